@@ -1,0 +1,90 @@
+//! Owns the agent boundary: the one interface through which the coordinator applies, renews and
+//! reverts faults, whether the agent is embedded in this process or (later) a remote daemon.
+
+mod core;
+mod journal;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) use self::core::AgentCore;
+use crate::protocol::{ApplyRequest, Applied, RevertCause, Reverted};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AgentError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("{0}")]
+    FaultFailed(String),
+    #[error("revert failed: {0}")]
+    RevertFailed(String),
+    #[error("agent failed: {0}")]
+    Internal(String),
+}
+
+/// An agent the coordinator can drive. A closed set: the coordinator matches on nothing here.
+#[derive(Clone, Debug)]
+pub(crate) enum Agent {
+    /// Faults act on this host, in this process.
+    Embedded(Arc<AgentCore>),
+}
+
+impl Agent {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Agent::Embedded(_) => "local",
+        }
+    }
+
+    pub(crate) async fn apply(&self, id: &str, req: ApplyRequest) -> Result<Applied, AgentError> {
+        match self {
+            Agent::Embedded(core) => {
+                let core = Arc::clone(core);
+                let id = id.to_owned();
+                tokio::task::spawn_blocking(move || core.apply_blocking(&id, &req))
+                    .await
+                    .map_err(|e| AgentError::Internal(e.to_string()))?
+            }
+        }
+    }
+
+    pub(crate) async fn revert(&self, id: &str) -> Result<Reverted, AgentError> {
+        match self {
+            Agent::Embedded(core) => {
+                let core = Arc::clone(core);
+                let id = id.to_owned();
+                tokio::task::spawn_blocking(move || core.revert_blocking(&id, RevertCause::Requested))
+                    .await
+                    .map_err(|e| AgentError::Internal(e.to_string()))?
+            }
+        }
+    }
+
+    pub(crate) async fn renew(&self, ids: Vec<String>) -> Result<(), AgentError> {
+        match self {
+            Agent::Embedded(core) => {
+                core.renew(&ids);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where the embedded agent keeps its journal: `$FAULTLINE_STATE_DIR`, else a system directory for
+/// root and the XDG state directory for everyone else.
+pub(crate) fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FAULTLINE_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/faultline/embedded");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+    });
+    base.unwrap_or_else(std::env::temp_dir).join("faultline")
+}

@@ -1,0 +1,317 @@
+//! Owns an agent's fault state: apply (journal first), revert (idempotent), leases and durations
+//! enforced by the agent's own clock, and recovery of a journal left by a crash.
+//!
+//! The embedded agent and (later) the network daemon both wrap one `AgentCore`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::AgentError;
+use super::journal::{Entry, Journal};
+use crate::fault::{Context, Undo};
+use crate::process;
+use crate::protocol::{ApplyRequest, Applied, FaultStatus, RevertCause, Reverted, validate_fault_id};
+
+/// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
+const REAP_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+enum Slot {
+    /// Being prepared, injected and verified right now.
+    Applying,
+    Active(Active),
+    /// Reverted; kept so that repeated reverts and re-applies of the same id answer consistently.
+    Done(Reverted),
+}
+
+#[derive(Debug)]
+struct Active {
+    run_id: String,
+    kind: &'static str,
+    undo: Undo,
+    targets: Vec<String>,
+    injected_at: Timestamp,
+    ends_at: Instant,
+    lease: Duration,
+    lease_until: Instant,
+    /// Set while a revert is running, so the reaper and a request do not undo twice at once.
+    reverting: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct AgentCore {
+    journal: Journal,
+    slots: Mutex<HashMap<String, Slot>>,
+    halted: AtomicBool,
+    /// Identifies the journal entries this process writes.
+    owner: process::ProcRef,
+}
+
+/// What recovery found in the journal at start.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    pub(crate) reverted: Vec<String>,
+    pub(crate) failed: Vec<String>,
+}
+
+impl AgentCore {
+    /// Opens the journal and reverts every fault left behind by a writer that no longer runs.
+    pub(crate) fn open(state_dir: &Path) -> Result<(Arc<AgentCore>, Recovery), String> {
+        let journal = Journal::open(state_dir)?;
+        let owner = process::read(std::process::id() as i32)
+            .map(|p| p.to_ref())
+            .ok_or("failed to read this process from /proc")?;
+        let core = Arc::new(AgentCore { journal, slots: Mutex::new(HashMap::new()), halted: AtomicBool::new(false), owner });
+        let recovery = core.recover();
+        Ok((core, recovery))
+    }
+
+    pub(crate) fn state_dir(&self) -> &Path {
+        self.journal.dir()
+    }
+
+    fn recover(&self) -> Recovery {
+        let mut recovery = Recovery::default();
+        for entry in self.journal.entries() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    recovery.failed.push(e);
+                    continue;
+                }
+            };
+            if entry.owner.is_alive() {
+                continue;
+            }
+            match entry.undo.revert() {
+                Ok(detail) => {
+                    let _ = self.journal.remove(&entry.id);
+                    recovery.reverted.push(format!("{} ({}, run {}): {detail}", entry.id, entry.kind, entry.run_id));
+                }
+                Err(e) => recovery.failed.push(format!("{} ({}): {e}", entry.id, entry.kind)),
+            }
+        }
+        recovery
+    }
+
+    /// Starts the task that reverts faults whose duration ended or whose lease lapsed. It stops by
+    /// itself when the last handle to the core is dropped.
+    pub(crate) fn spawn_reaper(self: &Arc<Self>) {
+        let weak: Weak<AgentCore> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { return };
+                for (id, cause) in core.expired(Instant::now()) {
+                    let core = Arc::clone(&core);
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = core.revert_blocking(&id, cause) {
+                            tracing::error!("failed to revert expired fault {id}: {e}");
+                        }
+                    });
+                }
+            }
+        });
+    }
+
+    fn expired(&self, now: Instant) -> Vec<(String, RevertCause)> {
+        let slots = self.slots.lock().expect("agent state lock");
+        slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Active(a) if !a.reverting && now >= a.ends_at => Some((id.clone(), RevertCause::DurationEnded)),
+                Slot::Active(a) if !a.reverting && now >= a.lease_until => Some((id.clone(), RevertCause::LeaseExpired)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Applies a fault: prepare, journal, inject, verify. Blocking; call from a blocking thread.
+    pub(crate) fn apply_blocking(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
+        validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        if self.halted.load(Ordering::SeqCst) {
+            return Err(AgentError::Refused("the agent is halted; run `faultline resume` first".to_owned()));
+        }
+        let instant = req.spec.is_instant();
+        let duration = match (instant, req.duration_ms) {
+            (true, _) => Duration::ZERO,
+            (false, Some(ms)) if ms > 0 => Duration::from_millis(ms),
+            (false, _) => return Err(AgentError::BadRequest(format!("a {} fault needs a duration", req.spec.kind()))),
+        };
+        if req.lease_ms == 0 {
+            return Err(AgentError::BadRequest("the lease must be longer than zero".to_owned()));
+        }
+        {
+            let mut slots = self.slots.lock().expect("agent state lock");
+            match slots.get(id) {
+                Some(Slot::Active(a)) => {
+                    return Ok(Applied {
+                        id: id.to_owned(),
+                        targets: a.targets.clone(),
+                        detail: "already applied".to_owned(),
+                        injected_at: a.injected_at,
+                        instant: false,
+                    });
+                }
+                Some(Slot::Applying) => return Err(AgentError::Conflict(format!("fault {id} is being applied right now"))),
+                Some(Slot::Done(_)) => return Err(AgentError::Conflict(format!("fault {id} already ran and was reverted"))),
+                None => {}
+            }
+            slots.insert(id.to_owned(), Slot::Applying);
+        }
+        let result = self.inject(id, req, duration);
+        let mut slots = self.slots.lock().expect("agent state lock");
+        match result {
+            Ok((applied, active)) => {
+                match active {
+                    Some(active) => slots.insert(id.to_owned(), Slot::Active(active)),
+                    None => slots.insert(
+                        id.to_owned(),
+                        Slot::Done(Reverted {
+                            id: id.to_owned(),
+                            detail: "instant fault: nothing to revert".to_owned(),
+                            reverted_at: applied.injected_at,
+                            cause: RevertCause::Requested,
+                        }),
+                    ),
+                };
+                Ok(applied)
+            }
+            Err(e) => {
+                slots.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    fn inject(&self, id: &str, req: &ApplyRequest, duration: Duration) -> Result<(Applied, Option<Active>), AgentError> {
+        let prepared = req.spec.prepare(&Context { fault_id: id, seed: req.seed }).map_err(AgentError::FaultFailed)?;
+        let undo = prepared.undo();
+        let entry = Entry {
+            id: id.to_owned(),
+            run_id: req.run_id.clone(),
+            kind: req.spec.kind().to_owned(),
+            undo: undo.clone(),
+            owner: self.owner.clone(),
+            written_at: Timestamp::now(),
+        };
+        self.journal.record(&entry).map_err(AgentError::FaultFailed)?;
+        let injected_at = Timestamp::now();
+        let started = Instant::now();
+        let outcome = prepared.inject().and_then(|done| prepared.verify().map(|seen| format!("{done}; {seen}")));
+        let detail = match outcome {
+            Ok(detail) => detail,
+            Err(e) => {
+                // Undo whatever part of the fault did land; the journal entry stays if that fails.
+                let undo_note = match undo.revert() {
+                    Ok(_) => self.journal.remove(id).err().map_or_else(String::new, |e| format!("; {e}")),
+                    Err(undo_err) => format!("; and the partial change could NOT be undone: {undo_err}"),
+                };
+                return Err(AgentError::FaultFailed(format!("{e}{undo_note}")));
+            }
+        };
+        let applied = Applied { id: id.to_owned(), targets: prepared.targets(), detail, injected_at, instant: req.spec.is_instant() };
+        if req.spec.is_instant() {
+            self.journal.remove(id).map_err(AgentError::FaultFailed)?;
+            return Ok((applied, None));
+        }
+        let lease = Duration::from_millis(req.lease_ms);
+        let active = Active {
+            run_id: req.run_id.clone(),
+            kind: req.spec.kind(),
+            undo,
+            targets: applied.targets.clone(),
+            injected_at,
+            ends_at: started + duration,
+            lease,
+            lease_until: Instant::now() + lease,
+            reverting: false,
+        };
+        Ok((applied, Some(active)))
+    }
+
+    /// Reverts a fault. Idempotent: reverting an unknown or already reverted id succeeds.
+    pub(crate) fn revert_blocking(&self, id: &str, cause: RevertCause) -> Result<Reverted, AgentError> {
+        validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        let undo = {
+            let mut slots = self.slots.lock().expect("agent state lock");
+            match slots.get_mut(id) {
+                Some(Slot::Done(r)) => return Ok(r.clone()),
+                Some(Slot::Applying) => return Err(AgentError::Conflict(format!("fault {id} is being applied right now"))),
+                Some(Slot::Active(a)) if a.reverting => {
+                    return Err(AgentError::Conflict(format!("fault {id} is being reverted right now")));
+                }
+                Some(Slot::Active(a)) => {
+                    a.reverting = true;
+                    a.undo.clone()
+                }
+                None => {
+                    return Ok(Reverted {
+                        id: id.to_owned(),
+                        detail: "not active on this agent".to_owned(),
+                        reverted_at: Timestamp::now(),
+                        cause,
+                    });
+                }
+            }
+        };
+        let result = undo.revert().and_then(|detail| self.journal.remove(id).map(|()| detail));
+        let mut slots = self.slots.lock().expect("agent state lock");
+        match result {
+            Ok(detail) => {
+                let reverted = Reverted { id: id.to_owned(), detail, reverted_at: Timestamp::now(), cause };
+                slots.insert(id.to_owned(), Slot::Done(reverted.clone()));
+                Ok(reverted)
+            }
+            Err(e) => {
+                if let Some(Slot::Active(a)) = slots.get_mut(id) {
+                    a.reverting = false;
+                    // Retry no sooner than a second from now, not on every reaper tick.
+                    a.lease_until = Instant::now() + Duration::from_secs(1);
+                }
+                Err(AgentError::RevertFailed(e))
+            }
+        }
+    }
+
+    /// Extends the leases of the given faults by their lease length. Unknown ids are ignored.
+    pub(crate) fn renew(&self, ids: &[String]) {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().expect("agent state lock");
+        for id in ids {
+            if let Some(Slot::Active(a)) = slots.get_mut(id) {
+                a.lease_until = now + a.lease;
+            }
+        }
+    }
+
+    pub(crate) fn active(&self) -> Vec<FaultStatus> {
+        let slots = self.slots.lock().expect("agent state lock");
+        let mut list: Vec<FaultStatus> = slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Active(a) => Some(FaultStatus {
+                    id: id.clone(),
+                    run_id: a.run_id.clone(),
+                    kind: a.kind.to_owned(),
+                    targets: a.targets.clone(),
+                    injected_at: a.injected_at,
+                }),
+                _ => None,
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// Reverts every active fault, for shutdown and halt.
+    pub(crate) fn revert_all_blocking(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
+        self.active().into_iter().map(|f| self.revert_blocking(&f.id, cause)).collect()
+    }
+}

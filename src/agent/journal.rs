@@ -1,0 +1,87 @@
+//! Owns the agent's crash-safe journal: one file per fault holding what undoes it, written and
+//! fsynced before the host is changed, removed only after the change is undone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::fault::Undo;
+use crate::process::ProcRef;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) run_id: String,
+    pub(crate) kind: String,
+    pub(crate) undo: Undo,
+    /// The process that wrote the entry. Recovery leaves alone entries whose writer still runs,
+    /// so two runs sharing a state directory never revert each other's faults.
+    pub(crate) owner: ProcRef,
+    pub(crate) written_at: Timestamp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    pub(crate) fn open(dir: &Path) -> Result<Journal, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("failed to create state directory {}: {e}", dir.display()))?;
+        Ok(Journal { dir: dir.to_owned() })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes the entry durably: temp file, fsync, rename, fsync the directory.
+    pub(crate) fn record(&self, entry: &Entry) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("failed to journal fault {} in {}: {e}", entry.id, self.dir.display());
+        let tmp = self.dir.join(format!(".{}.tmp", entry.id));
+        let body = serde_json::to_vec_pretty(entry).map_err(|e| format!("failed to encode journal entry: {e}"))?;
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(fail)?;
+        file.write_all(&body).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        fs::rename(&tmp, self.path(&entry.id)).map_err(fail)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(fail)
+    }
+
+    /// Forgets an entry once its fault is undone. Removing a missing entry succeeds.
+    pub(crate) fn remove(&self, id: &str) -> Result<(), String> {
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("failed to sync {}: {e}", self.dir.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("failed to remove journal entry {id}: {e}")),
+        }
+    }
+
+    /// Every entry on disk. Unreadable entries are returned as errors so they are reported, not lost.
+    pub(crate) fn entries(&self) -> Vec<Result<Entry, String>> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut entries = Vec::new();
+        for item in dir.filter_map(Result::ok) {
+            let path = item.path();
+            let is_entry = path.extension().is_some_and(|e| e == "json")
+                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if !is_entry {
+                continue;
+            }
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+                .map_err(|e| format!("unreadable journal entry {}: {e}", path.display()));
+            entries.push(parsed);
+        }
+        entries
+    }
+}

@@ -1,0 +1,196 @@
+//! Owns the command line: parses arguments, turns them into validated settings once, and calls the
+//! part of the program that does the work. Returns the process exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::{Agent, AgentCore, default_state_dir};
+use crate::experiment;
+use crate::model::{Experiment, LOCAL_GROUP};
+use crate::progress::Progress;
+use crate::protocol::RevertCause;
+use crate::report::{json, junit, terminal};
+use crate::run::{self, RunOptions};
+use crate::units::Dur;
+
+/// Exit code for usage errors and invalid experiments: nothing ran.
+const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "faultline", version, about = "Chaos experiments with verdicts a release pipeline can trust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment: baseline, faults, recovery, verdict (exit 0 passed, 1 failed, 2 invalid,
+    /// 3 aborted, 4 not run, 5 error).
+    Run(RunArgs),
+    /// Check experiment files without touching anything.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print what a run would do — targets, timeline, changes — without doing it.
+    Plan {
+        file: PathBuf,
+        /// Agent inventory (network agents are not available in this build).
+        #[arg(long)]
+        agents: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// Agent inventory; without it, faults act on this host through the embedded agent.
+    #[arg(long)]
+    agents: Option<PathBuf>,
+    /// Write the JSON report (schema_version 1) here.
+    #[arg(long, value_name = "PATH")]
+    report_json: Option<PathBuf>,
+    /// Write a JUnit XML report here, for CI.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// Seed for every random choice, to reproduce a run; drawn and reported when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the plan and measure the steady state, but inject nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Agents revert a fault by themselves if the coordinator stops renewing it for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_lease)]
+    lease: Duration,
+    /// Where the embedded agent journals its faults [default: $FAULTLINE_STATE_DIR, else
+    /// /var/lib/faultline/embedded for root, else the XDG state directory].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// No live progress display; plain lines only.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = s.parse::<Dur>()?.0;
+    if d < Duration::from_millis(300) {
+        return Err("the lease must be at least 300ms".to_owned());
+    }
+    Ok(d)
+}
+
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Plan { file, agents } => {
+            let Some(exp) = load(&file) else { return Ok(ExitCode::from(EXIT_INVALID)) };
+            if let Err(e) = check_targets(&exp, agents.as_deref()) {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            print!("{}", crate::plan::render(&exp, true));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_experiment(args),
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match experiment::load(file) {
+            Ok(exp) => println!("{}: ok ({} probe(s), {} fault(s))", file.display(), exp.steady_state.probes.len(), exp.faults.len()),
+            Err(e) => {
+                eprintln!("error: invalid experiment {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) }
+}
+
+fn load(file: &Path) -> Option<Experiment> {
+    match experiment::load(file) {
+        Ok(exp) => Some(exp),
+        Err(e) => {
+            eprintln!("error: invalid experiment {e}");
+            None
+        }
+    }
+}
+
+/// Checks that every target group can be resolved with the agents at hand.
+fn check_targets(exp: &Experiment, agents: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(inventory) = agents {
+        bail!(
+            "--agents {}: network agents are not available in this build yet; run without --agents to use the embedded agent",
+            inventory.display()
+        );
+    }
+    if let Some(f) = exp.faults.iter().find(|f| f.on != LOCAL_GROUP) {
+        bail!(
+            "{}: fault `{}` targets group `{}`, which needs an agent inventory (--agents); without one only `local` exists",
+            exp.file.display(),
+            f.name,
+            f.on
+        );
+    }
+    Ok(())
+}
+
+fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(exp) = load(&args.file) else { return Ok(ExitCode::from(EXIT_INVALID)) };
+    if let Err(e) = check_targets(&exp, args.agents.as_deref()) {
+        eprintln!("error: {e:#}");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    if args.dry_run {
+        print!("{}", crate::plan::render(&exp, true));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")?;
+    let report = runtime.block_on(async {
+        let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+        let (core, recovery) = AgentCore::open(&state_dir).map_err(anyhow::Error::msg)?;
+        let progress = Progress::new(args.quiet);
+        for line in &recovery.reverted {
+            progress.log(&format!("reverted a fault left by an earlier crashed run: {line}"));
+        }
+        if !recovery.failed.is_empty() {
+            bail!(
+                "faults left by an earlier crashed run could not be reverted ({}); fix them before running again (journal: {})",
+                recovery.failed.join("; "),
+                core.state_dir().display()
+            );
+        }
+        core.spawn_reaper();
+        let opts = RunOptions { seed: args.seed, dry_run: args.dry_run, lease: args.lease, recovered: recovery.reverted };
+        let mut report = run::run(&exp, Agent::Embedded(core.clone()), opts, &progress).await;
+        // The run reverts every fault it injected; this is the backstop should one have slipped
+        // through (a revert that timed out). Anything found here is reported as a failed revert.
+        let leftovers = tokio::task::spawn_blocking(move || core.revert_all_blocking(RevertCause::Shutdown)).await?;
+        for left in leftovers {
+            let line = match left {
+                Ok(r) => format!("fault {} was still active at the end of the run and was reverted now: {}", r.id, r.detail),
+                Err(e) => format!("a fault was still active at the end of the run and could NOT be reverted: {e}"),
+            };
+            progress.log(&line);
+            report.note_leftover(line);
+        }
+        progress.finish();
+        Ok(report)
+    })?;
+    print!("{}", terminal::render(&report));
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, json::render(&report)).with_context(|| format!("failed to write the JSON report to {}", path.display()))?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, junit::render(&report)).with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}

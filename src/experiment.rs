@@ -1,0 +1,437 @@
+//! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
+//! syntaxes and every cross-field rule. Nothing here touches the host.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::fault::{DiskFill, FaultSpec, FillAmount, ProcessKill, ProcessPause};
+use crate::model::{
+    AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck,
+    ReadyKind, Slo, SteadyState, TargetGroup,
+};
+use crate::process::{Selector, parse_signal, protection_reason};
+use crate::units::{SuccessBound, format_ms};
+
+/// An experiment file that could not be loaded, with where in the file the problem is.
+#[derive(Debug)]
+pub(crate) struct ExperimentError {
+    pub(crate) path: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub(crate) position: Option<(usize, usize)>,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for ExperimentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}: line {line}, column {col}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ExperimentError {}
+
+/// Reads and validates an experiment file.
+pub(crate) fn load(path: &Path) -> Result<Experiment, ExperimentError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ExperimentError {
+        path: path.to_owned(),
+        position: None,
+        message: format!("failed to read the experiment: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates experiment text; `path` is only used in messages and the report.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentError> {
+    let fail = |span: Option<Range<usize>>, message: String| ExperimentError {
+        path: path.to_owned(),
+        position: span.map(|s| line_col(text, s.start)),
+        message,
+    };
+    let raw: raw::Experiment = toml::from_str(text).map_err(|e| fail(e.span(), e.message().trim().to_owned()))?;
+    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    Validator { fail: &fail }.experiment(raw, path, sha256)
+}
+
+/// Converts a byte offset into a 1-based (line, column).
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    fail: &'a dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+}
+
+type VResult<T> = std::result::Result<T, ExperimentError>;
+
+impl Validator<'_> {
+    fn at<T>(&self, span: Range<usize>, message: impl Into<String>) -> VResult<T> {
+        Err((self.fail)(Some(span), message.into()))
+    }
+
+    fn experiment(&self, raw: raw::Experiment, path: &Path, sha256: String) -> VResult<Experiment> {
+        if raw.title.trim().is_empty() {
+            return Err((self.fail)(None, "`title` must not be empty".to_owned()));
+        }
+        let setup = raw.setup.into_iter().map(|s| self.fixture(s)).collect::<VResult<Vec<_>>>()?;
+        let mut targets = BTreeMap::new();
+        for (name, target) in raw.targets {
+            targets.insert(name.clone(), self.target(&name, target)?);
+        }
+        let steady_state = self.steady_state(raw.steady_state)?;
+        let mut faults = Vec::new();
+        for fault in raw.fault {
+            let step = self.fault(fault, &targets)?;
+            if faults.iter().any(|f: &FaultStep| f.name == step.name) {
+                return Err((self.fail)(None, format!("two faults are named `{}`: fault names must be unique", step.name)));
+            }
+            faults.push(step);
+        }
+        if faults.is_empty() {
+            return Err((self.fail)(None, "the experiment has no `[[fault]]`: there is nothing to test".to_owned()));
+        }
+        let aborts = raw.abort.into_iter().map(|a| self.abort(a, &steady_state.probes)).collect::<VResult<Vec<_>>>()?;
+        Ok(Experiment {
+            title: raw.title,
+            description: raw.description,
+            file: path.to_owned(),
+            sha256,
+            setup,
+            targets,
+            steady_state,
+            faults,
+            aborts,
+            recovery_within: raw.recovery.within.0,
+        })
+    }
+
+    fn fixture(&self, raw: Spanned<raw::Setup>) -> VResult<Fixture> {
+        let span = raw.span();
+        let s = raw.into_inner();
+        if s.run.is_empty() || s.run[0].is_empty() {
+            return self.at(span, format!("setup `{}`: `run` must name a program, e.g. [\"python3\", \"-m\", \"http.server\"]", s.name));
+        }
+        let ready = match s.ready {
+            None => None,
+            Some(r) => {
+                let kind = match (r.tcp, r.http) {
+                    (Some(addr), None) => ReadyKind::Tcp(addr),
+                    (None, Some(url)) => ReadyKind::Http(url),
+                    _ => return self.at(span, format!("setup `{}`: `ready` takes exactly one of `tcp` or `http`", s.name)),
+                };
+                Some(ReadyCheck { kind, within: r.within.map_or(Duration::from_secs(10), |d| d.0) })
+            }
+        };
+        Ok(Fixture { name: s.name, argv: s.run, ready })
+    }
+
+    fn target(&self, name: &str, raw: Spanned<raw::Target>) -> VResult<TargetGroup> {
+        let span = raw.span();
+        let t = raw.into_inner();
+        if name == LOCAL_GROUP {
+            return self.at(span, "`local` is the embedded agent and cannot be redefined; pick another group name");
+        }
+        let pick = self.pick(span, t.count, t.percent.map(|p| p.0))?;
+        Ok(TargetGroup { tags: t.tags, pick })
+    }
+
+    fn pick(&self, span: Range<usize>, count: Option<u32>, percent: Option<f64>) -> VResult<Option<Pick>> {
+        match (count, percent) {
+            (Some(_), Some(_)) => self.at(span, "give `count` or `percent`, not both"),
+            (Some(0), None) => self.at(span, "`count = 0` selects nothing; remove the fault instead"),
+            (None, Some(p)) if p <= 0.0 => self.at(span, "`percent = \"0%\"` selects nothing; remove the fault instead"),
+            (Some(n), None) => Ok(Some(Pick::Count(n))),
+            (None, Some(p)) => Ok(Some(Pick::Percent(p))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn steady_state(&self, raw: raw::SteadyState) -> VResult<SteadyState> {
+        if raw.window.0.is_zero() {
+            return Err((self.fail)(None, "`steady_state.window` must be longer than zero".to_owned()));
+        }
+        if raw.probe.is_empty() {
+            return Err((self.fail)(None, "`steady_state` needs at least one `[[steady_state.probe]]`".to_owned()));
+        }
+        let mut probes: Vec<ProbeSpec> = Vec::new();
+        for p in raw.probe {
+            let span = p.span();
+            let probe = self.probe(p)?;
+            if probes.iter().any(|q| q.name == probe.name) {
+                return self.at(span, format!("two probes are named `{}`: probe names must be unique", probe.name));
+            }
+            probes.push(probe);
+        }
+        Ok(SteadyState { window: raw.window.0, probes })
+    }
+
+    fn probe(&self, raw: Spanned<raw::Probe>) -> VResult<ProbeSpec> {
+        let span = raw.span();
+        let p = raw.into_inner();
+        let name = p.name;
+        let given = [p.http.is_some(), p.tcp.is_some(), p.command.is_some()].iter().filter(|g| **g).count();
+        if given != 1 {
+            return self.at(span, format!("probe `{name}`: give exactly one of `http`, `tcp` or `command`"));
+        }
+        if p.command.is_none() && (p.expect_exit.is_some() || p.expect_stdout.is_some()) {
+            return self.at(span, format!("probe `{name}`: `expect_exit` and `expect_stdout` apply only to `command` probes"));
+        }
+        let check = if let Some(http) = p.http {
+            if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
+                return self.at(span, format!("probe `{name}`: `url` must start with http:// or https:// (got `{}`)", http.url));
+            }
+            Check::Http { url: http.url, status: http.status.unwrap_or_default() }
+        } else if let Some(addr) = p.tcp {
+            if !addr.contains(':') {
+                return self.at(span, format!("probe `{name}`: `tcp` must be `host:port` (got `{addr}`)"));
+            }
+            Check::Tcp { addr }
+        } else {
+            let argv = p.command.unwrap_or_default();
+            if argv.first().is_none_or(String::is_empty) {
+                return self.at(span, format!("probe `{name}`: `command` must name a program"));
+            }
+            let stdout = match p.expect_stdout {
+                Some(re) => Some(Regex::new(&re).or_else(|e| self.at(span.clone(), format!("probe `{name}`: invalid `expect_stdout` regex: {e}")))?),
+                None => None,
+            };
+            Check::Command { argv, expect_exit: p.expect_exit.unwrap_or(0), stdout }
+        };
+        let every = p.every.map_or(Duration::from_millis(500), |d| d.0);
+        let timeout = p.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        if every < Duration::from_millis(10) {
+            return self.at(span, format!("probe `{name}`: `every` must be at least 10ms"));
+        }
+        if timeout.is_zero() {
+            return self.at(span, format!("probe `{name}`: `timeout` must be longer than zero"));
+        }
+        let slo = p.slo.map_or_else(|| Ok(default_slo()), |s| Ok(convert_slo(s)))?;
+        let slo_during = p.slo_during.map(convert_slo);
+        Ok(ProbeSpec { name, check, every, timeout, slo, slo_during })
+    }
+
+    fn fault(&self, raw: Spanned<raw::Fault>, targets: &BTreeMap<String, TargetGroup>) -> VResult<FaultStep> {
+        let span = raw.span();
+        let f = raw.into_inner();
+        let name = f.name.clone();
+        let on = match &f.on {
+            None => LOCAL_GROUP.to_owned(),
+            Some(on) => {
+                let group = on.get_ref();
+                if group != LOCAL_GROUP && !targets.contains_key(group) {
+                    let known: Vec<String> = std::iter::once(LOCAL_GROUP.to_owned()).chain(targets.keys().cloned()).collect();
+                    return self.at(on.span(), format!("fault `{name}`: unknown target group `{group}` (known: {})", known.join(", ")));
+                }
+                group.clone()
+            }
+        };
+        let allowed: &[&str] = match f.kind.as_str() {
+            "process-kill" => &["select", "count", "percent", "signal"],
+            "process-pause" => &["select", "count", "percent", "duration"],
+            "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
+            "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress" | "memory-stress" => {
+                return self.at(span, format!(
+                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill",
+                    f.kind
+                ));
+            }
+            other => {
+                return self.at(span, format!(
+                    "fault `{name}`: unknown kind `{other}`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"
+                ));
+            }
+        };
+        if let Some(key) = f.given_keys().into_iter().find(|k| !allowed.contains(k)) {
+            let why = if key == "duration" { " (a kill is instant)" } else { "" };
+            return self.at(span, format!("fault `{name}`: `{key}` does not apply to kind `{}`{why}", f.kind));
+        }
+        let needs_duration = f.kind != "process-kill";
+        let duration = f.duration.map(|d| d.0);
+        if needs_duration && duration.is_none_or(|d| d.is_zero()) {
+            return self.at(span, format!("fault `{name}`: kind `{}` persists, so it needs a `duration` (e.g. `duration = \"10s\"`)", f.kind));
+        }
+        let spec = match f.kind.as_str() {
+            "process-kill" => {
+                let signal = f.signal.clone().unwrap_or_else(|| "SIGKILL".to_owned());
+                if let Err(e) = parse_signal(&signal) {
+                    return self.at(span, format!("fault `{name}`: {e}"));
+                }
+                FaultSpec::ProcessKill(ProcessKill { select: self.select(span.clone(), &name, f.select)?, pick: self.pick(span, f.count, f.percent.map(|p| p.0))?, signal })
+            }
+            "process-pause" => FaultSpec::ProcessPause(ProcessPause {
+                select: self.select(span.clone(), &name, f.select)?,
+                pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
+            }),
+            _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
+        };
+        Ok(FaultStep { name, on, at: f.at.map_or(Duration::ZERO, |d| d.0), duration, spec })
+    }
+
+    fn select(&self, span: Range<usize>, name: &str, raw: Option<raw::Select>) -> VResult<Selector> {
+        let Some(s) = raw else {
+            return self.at(span, format!("fault `{name}`: needs `select` with one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
+        };
+        let mut chosen = Vec::new();
+        if let Some(pid) = s.pid {
+            chosen.push(Selector::Pid(pid));
+        }
+        if let Some(path) = s.pidfile {
+            chosen.push(Selector::Pidfile(path));
+        }
+        if let Some(n) = s.name {
+            chosen.push(Selector::Name(n));
+        }
+        if let Some(re) = s.cmdline {
+            if let Err(e) = Regex::new(&re) {
+                return self.at(span, format!("fault `{name}`: invalid `cmdline` regex: {e}"));
+            }
+            chosen.push(Selector::Cmdline(re));
+        }
+        if let Some(port) = s.port {
+            chosen.push(Selector::Port(port));
+        }
+        if chosen.len() != 1 {
+            return self.at(span, format!("fault `{name}`: `select` takes exactly one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
+        }
+        let selector = chosen.remove(0);
+        if let Selector::Pid(pid) = selector {
+            if pid <= 2 || pid as u32 == std::process::id() {
+                return self.at(span, format!("fault `{name}`: refusing to target pid {pid}: it is {}", protection_reason(pid)));
+            }
+        }
+        Ok(selector)
+    }
+
+    fn disk_fill(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<DiskFill> {
+        let Some(path) = f.path.clone() else {
+            return self.at(span, format!("fault `{name}`: disk-fill needs `path`, a directory on the filesystem to fill"));
+        };
+        let amount = match (f.fill_to, f.size, f.leave_free) {
+            (Some(p), None, None) => FillAmount::FillTo(p.0),
+            (None, Some(s), None) => FillAmount::Size(s.0),
+            (None, None, Some(l)) => FillAmount::LeaveFree(l.0),
+            _ => return self.at(span, format!("fault `{name}`: disk-fill takes exactly one of `fill_to`, `size` or `leave_free`")),
+        };
+        let guard = f.guard.map_or(0.98, |g| g.0);
+        if let FillAmount::FillTo(p) = amount {
+            if p > guard {
+                return self.at(span, format!("fault `{name}`: `fill_to` of {} is above the guard of {}", crate::units::Percent(p), crate::units::Percent(guard)));
+            }
+        }
+        Ok(DiskFill { path, amount, guard })
+    }
+
+    fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {
+        let span = raw.span();
+        let a = raw.into_inner();
+        let probe_name = a.probe.get_ref();
+        let Some(probe) = probes.iter().position(|p| &p.name == probe_name) else {
+            let known: Vec<&str> = probes.iter().map(|p| p.name.as_str()).collect();
+            return self.at(a.probe.span(), format!("abort rule: unknown probe `{probe_name}` (known: {})", known.join(", ")));
+        };
+        let over = a.when.over.0;
+        let (condition, text) = match (a.when.success_below, a.when.p99_above) {
+            (Some(p), None) => (AbortCondition::SuccessBelow(p.0), format!("success below {p}")),
+            (None, Some(d)) => (AbortCondition::P99Above(d.0), format!("p99 above {}", format_ms(d.0))),
+            _ => return self.at(span, "abort rule: `when` takes exactly one of `success_below` or `p99_above`, plus `over`"),
+        };
+        if over.is_zero() {
+            return self.at(span, "abort rule: `over` must be longer than zero");
+        }
+        Ok(AbortRule { name: format!("{probe_name} {text} over {}", crate::units::Dur(over)), probe, condition, over })
+    }
+}
+
+fn default_slo() -> Slo {
+    Slo { success: SuccessBound::Absolute(1.0), p50: None, p95: None, p99: None }
+}
+
+fn convert_slo(s: raw::Slo) -> Slo {
+    Slo { success: s.success.unwrap_or(SuccessBound::Absolute(1.0)), p50: s.p50, p95: s.p95, p99: s.p99 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+title = "t"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "p"
+tcp = "127.0.0.1:1"
+[[fault]]
+name = "k"
+kind = "process-kill"
+select = { name = "nothing-here" }
+[recovery]
+within = "5s"
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("x.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_experiment_is_valid() {
+        let e = parse(Path::new("x.toml"), MINIMAL).unwrap();
+        assert_eq!(e.faults[0].on, "local");
+        assert_eq!(e.recovery_within, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_line_and_column() {
+        let text = "title = \"t\"\ndescription = \"d\"\ntimeout_typo = \"5s\"\n";
+        let e = err(text);
+        assert!(e.contains("line 3, column 1"), "{e}");
+        assert!(e.contains("timeout_typo"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_point_at_the_value() {
+        let e = err(&MINIMAL.replace("within = \"5s\"", "within = \"5 parsecs\""));
+        assert!(e.contains("invalid duration `5 parsecs`"), "{e}");
+        assert!(e.contains("line 14"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_another_kind_are_rejected_by_name() {
+        let e = err(&MINIMAL.replace("select = { name = \"nothing-here\" }", "select = { name = \"x\" }\nfill_to = \"90%\""));
+        assert!(e.contains("`fill_to` does not apply to kind `process-kill`"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn pid_one_is_refused_at_validation() {
+        let e = err(&MINIMAL.replace("name = \"nothing-here\"", "pid = 1"));
+        assert!(e.contains("refusing to target pid 1"), "{e}");
+    }
+
+    #[test]
+    fn persistent_faults_need_a_duration() {
+        let text = MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-pause\"");
+        assert!(err(&text).contains("needs a `duration`"));
+    }
+
+    #[test]
+    fn unknown_target_groups_and_probes_are_named() {
+        let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kill\"\non = \"web\""));
+        assert!(e.contains("unknown target group `web`"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[[abort]]\nprobe = \"nope\"\nwhen = {{ success_below = \"50%\", over = \"1s\" }}\n"));
+        assert!(e.contains("unknown probe `nope`"), "{e}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Owns the fault contract: every fault kind has the same life — validate (in `experiment.rs`) →
+//! describe (for `plan`) → prepare (decide exactly what will change, change nothing) → inject →
+//! verify it took effect → revert (idempotent, from the journaled [`Undo`] alone).
+//!
+//! Architecture invariant: only `fault/` changes the host, and only after the agent has journaled
+//! the [`Undo`] that reverses the change.
+
+mod disk_fill;
+mod process_kill;
+mod process_pause;
+
+use std::path::PathBuf;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use disk_fill::{DiskFill, FillAmount};
+pub(crate) use process_kill::ProcessKill;
+pub(crate) use process_pause::ProcessPause;
+
+use crate::model::Pick;
+use crate::process::{self, ProcInfo, ProcRef, Selector};
+
+/// What a fault does, as sent from the coordinator to an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub(crate) enum FaultSpec {
+    ProcessKill(ProcessKill),
+    ProcessPause(ProcessPause),
+    DiskFill(DiskFill),
+}
+
+/// What the agent knows when it prepares a fault.
+pub(crate) struct Context<'a> {
+    pub(crate) fault_id: &'a str,
+    /// Seeds every random choice of this fault, so `--seed` reproduces a run.
+    pub(crate) seed: u64,
+}
+
+impl FaultSpec {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::ProcessKill(_) => "process-kill",
+            FaultSpec::ProcessPause(_) => "process-pause",
+            FaultSpec::DiskFill(_) => "disk-fill",
+        }
+    }
+
+    /// Whether the fault is over the moment it is injected (a kill), rather than held for a duration.
+    pub(crate) fn is_instant(&self) -> bool {
+        matches!(self, FaultSpec::ProcessKill(_))
+    }
+
+    /// One sentence on what the fault will do. Pure: reads nothing.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            FaultSpec::ProcessKill(f) => f.describe(),
+            FaultSpec::ProcessPause(f) => f.describe(),
+            FaultSpec::DiskFill(f) => f.describe(),
+        }
+    }
+
+    /// What the fault would act on if injected now. Reads the host, changes nothing.
+    pub(crate) fn preview(&self) -> String {
+        match self {
+            FaultSpec::ProcessKill(f) => preview_selection(&f.select),
+            FaultSpec::ProcessPause(f) => preview_selection(&f.select),
+            FaultSpec::DiskFill(f) => f.preview(),
+        }
+    }
+
+    /// Decides exactly what will change. Changes nothing.
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
+        match self {
+            FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
+            FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
+            FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
+        }
+    }
+}
+
+/// A fault whose effect has been decided but not yet made.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    Kill(process_kill::Prepared),
+    Pause(process_pause::Prepared),
+    Fill(disk_fill::Prepared),
+}
+
+impl Prepared {
+    /// What reverses this fault. Journaled before [`Prepared::inject`] runs.
+    pub(crate) fn undo(&self) -> Undo {
+        match self {
+            Prepared::Kill(_) => Undo::Nothing,
+            Prepared::Pause(p) => Undo::Resume { procs: p.victims.clone() },
+            Prepared::Fill(p) => Undo::RemoveFile { path: p.file.clone() },
+        }
+    }
+
+    /// The things this fault acts on, for reports (`pid 123 (python3)`, a file path).
+    pub(crate) fn targets(&self) -> Vec<String> {
+        match self {
+            Prepared::Kill(p) => p.victims.iter().map(ToString::to_string).collect(),
+            Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
+            Prepared::Fill(p) => vec![p.file.display().to_string()],
+        }
+    }
+
+    /// Makes the change. On error, the caller reverts the journaled undo: a partial injection
+    /// (some processes stopped, part of a file allocated) is undone like a whole one.
+    pub(crate) fn inject(&self) -> Result<String, String> {
+        match self {
+            Prepared::Kill(p) => p.inject(),
+            Prepared::Pause(p) => p.inject(),
+            Prepared::Fill(p) => p.inject(),
+        }
+    }
+
+    /// Checks the change really took effect, and says what was observed.
+    pub(crate) fn verify(&self) -> Result<String, String> {
+        match self {
+            Prepared::Kill(p) => p.verify(),
+            Prepared::Pause(p) => p.verify(),
+            Prepared::Fill(p) => p.verify(),
+        }
+    }
+}
+
+/// What reverses a fault, self-contained so that an agent restarted after a crash can run it from
+/// the journal alone, whether or not the original target still exists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "undo", rename_all = "kebab-case")]
+pub(crate) enum Undo {
+    /// Instant faults leave nothing to undo.
+    Nothing,
+    /// Send SIGCONT to each process that still is the one that was stopped.
+    Resume { procs: Vec<ProcRef> },
+    /// Delete the fill file.
+    RemoveFile { path: PathBuf },
+}
+
+impl Undo {
+    /// Reverses the fault. Idempotent: undoing twice, or undoing what never happened, succeeds.
+    pub(crate) fn revert(&self) -> Result<String, String> {
+        match self {
+            Undo::Nothing => Ok("nothing to undo".to_owned()),
+            Undo::Resume { procs } => process_pause::resume(procs),
+            Undo::RemoveFile { path } => disk_fill::remove(path),
+        }
+    }
+}
+
+/// Resolves a selector and applies `count`/`percent` with a seeded shuffle.
+fn choose_victims(select: &Selector, pick: Option<Pick>, seed: u64) -> Result<(Vec<ProcRef>, usize), String> {
+    let matches = process::select(select)?;
+    let excluded = matches.excluded.len();
+    let mut found: Vec<ProcInfo> = matches.procs;
+    if found.is_empty() {
+        let note = if excluded > 0 { format!(" ({excluded} protected process(es) left out)") } else { String::new() };
+        return Err(format!("no process matched {select}{note}: nothing to inject"));
+    }
+    found.sort_by_key(|p| p.pid);
+    if let Some(pick) = pick {
+        let take = pick.how_many(found.len());
+        found.shuffle(&mut StdRng::seed_from_u64(seed));
+        found.truncate(take);
+        found.sort_by_key(|p| p.pid);
+    }
+    Ok((found.iter().map(ProcInfo::to_ref).collect(), excluded))
+}
+
+fn preview_selection(select: &Selector) -> String {
+    match process::select(select) {
+        Ok(m) if m.procs.is_empty() => "matches no process right now".to_owned(),
+        Ok(m) => {
+            let listed: Vec<String> = m.procs.iter().take(5).map(|p| format!("pid {} ({})", p.pid, p.comm)).collect();
+            let more = m.procs.len().saturating_sub(5);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            format!("matches {} right now: {}{more}", m.procs.len(), listed.join(", "))
+        }
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,76 @@
+//! Owns the `process-kill` fault: send a signal (SIGKILL by default) to the selected processes, once.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::{Context, choose_victims};
+use crate::model::Pick;
+use crate::process::{Delivery, ProcRef, Selector, parse_signal};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProcessKill {
+    pub(crate) select: Selector,
+    pub(crate) pick: Option<Pick>,
+    pub(crate) signal: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) victims: Vec<ProcRef>,
+    signal: Signal,
+}
+
+/// How long a SIGKILLed process may take to disappear before the kill counts as not taken.
+const DEATH_WAIT: Duration = Duration::from_secs(2);
+
+impl ProcessKill {
+    pub(crate) fn describe(&self) -> String {
+        let pick = match self.pick {
+            Some(Pick::Count(n)) => format!("{n} of "),
+            Some(Pick::Percent(p)) => format!("{}% of ", p * 100.0),
+            None => String::new(),
+        };
+        format!("send {} to {pick}{}", self.signal, self.select)
+    }
+
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
+        let signal = parse_signal(&self.signal)?;
+        let (victims, _) = choose_victims(&self.select, self.pick, ctx.seed)?;
+        Ok(Prepared { victims, signal })
+    }
+}
+
+impl Prepared {
+    pub(crate) fn inject(&self) -> Result<String, String> {
+        let mut sent = Vec::new();
+        for victim in &self.victims {
+            if victim.signal(self.signal)? == Delivery::Sent {
+                sent.push(victim.to_string());
+            }
+        }
+        if sent.is_empty() {
+            return Err("every selected process exited before it could be signalled".to_owned());
+        }
+        Ok(format!("sent {} to {}", self.signal, sent.join(", ")))
+    }
+
+    pub(crate) fn verify(&self) -> Result<String, String> {
+        if self.signal != Signal::SIGKILL {
+            return Ok(format!("{} delivered", self.signal));
+        }
+        let deadline = Instant::now() + DEATH_WAIT;
+        loop {
+            let alive: Vec<String> = self.victims.iter().filter(|v| v.is_alive()).map(ToString::to_string).collect();
+            if alive.is_empty() {
+                return Ok("every victim has exited".to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("still alive {} s after SIGKILL: {}", DEATH_WAIT.as_secs(), alive.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

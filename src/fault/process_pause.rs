@@ -1,0 +1,89 @@
+//! Owns the `process-pause` fault: SIGSTOP the selected processes for the fault's duration, SIGCONT
+//! them on revert — also when the revert runs from the journal after a crash.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::{Context, choose_victims};
+use crate::model::Pick;
+use crate::process::{Delivery, ProcRef, Selector};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProcessPause {
+    pub(crate) select: Selector,
+    pub(crate) pick: Option<Pick>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) victims: Vec<ProcRef>,
+}
+
+impl ProcessPause {
+    pub(crate) fn describe(&self) -> String {
+        format!("stop (SIGSTOP) {}; continue them (SIGCONT) on revert", self.select)
+    }
+
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
+        let (victims, _) = choose_victims(&self.select, self.pick, ctx.seed)?;
+        Ok(Prepared { victims })
+    }
+}
+
+impl Prepared {
+    pub(crate) fn inject(&self) -> Result<String, String> {
+        let mut stopped = Vec::new();
+        for victim in &self.victims {
+            if victim.signal(Signal::SIGSTOP)? == Delivery::Sent {
+                stopped.push(victim.to_string());
+            }
+        }
+        if stopped.is_empty() {
+            return Err("every selected process exited before it could be stopped".to_owned());
+        }
+        Ok(format!("stopped {}", stopped.join(", ")))
+    }
+
+    pub(crate) fn verify(&self) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let running: Vec<String> = self
+                .victims
+                .iter()
+                .filter(|v| v.state().is_some_and(|s| s != 'T' && s != 't'))
+                .map(ToString::to_string)
+                .collect();
+            if running.is_empty() {
+                return Ok("every victim is stopped".to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not stopped 1 s after SIGSTOP: {}", running.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Continues every process that is still the one that was stopped.
+pub(super) fn resume(procs: &[ProcRef]) -> Result<String, String> {
+    let mut resumed = Vec::new();
+    let mut errors = Vec::new();
+    for p in procs {
+        match p.signal(Signal::SIGCONT) {
+            Ok(Delivery::Sent) => resumed.push(p.to_string()),
+            Ok(Delivery::Gone) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    if resumed.is_empty() {
+        Ok("no stopped process left to continue".to_owned())
+    } else {
+        Ok(format!("continued {}", resumed.join(", ")))
+    }
+}

@@ -1,0 +1,35 @@
+//! Owns the process entry: logging set-up, then the command line; errors are printed with their
+//! causes and exit 5 ("the tool could not do what was asked").
+#![forbid(unsafe_code)]
+
+mod agent;
+mod cli;
+mod experiment;
+mod fault;
+mod fixture;
+mod model;
+mod plan;
+mod probe;
+mod process;
+mod progress;
+mod protocol;
+mod report;
+mod run;
+mod sli;
+mod units;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(5)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Owns the validated experiment: the only form of an experiment the rest of the program sees.
+//!
+//! Everything here was checked by `experiment.rs`; code that holds a [`Experiment`] never re-validates.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::fault::FaultSpec;
+use crate::units::{LatencyBound, SuccessBound};
+
+/// The name of the target group that means "the agent embedded in this process".
+pub(crate) const LOCAL_GROUP: &str = "local";
+
+#[derive(Debug)]
+pub(crate) struct Experiment {
+    pub(crate) title: String,
+    pub(crate) description: Option<String>,
+    pub(crate) file: PathBuf,
+    pub(crate) sha256: String,
+    pub(crate) setup: Vec<Fixture>,
+    pub(crate) targets: BTreeMap<String, TargetGroup>,
+    pub(crate) steady_state: SteadyState,
+    pub(crate) faults: Vec<FaultStep>,
+    pub(crate) aborts: Vec<AbortRule>,
+    pub(crate) recovery_within: Duration,
+}
+
+impl Experiment {
+    /// When the method ends if every fault runs its course: the latest `at + duration`.
+    pub(crate) fn method_length(&self) -> Duration {
+        self.faults.iter().map(|f| f.at + f.duration.unwrap_or_default()).max().unwrap_or_default()
+    }
+}
+
+/// A process the run starts before anything else and stops after everything else.
+#[derive(Debug)]
+pub(crate) struct Fixture {
+    pub(crate) name: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) ready: Option<ReadyCheck>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ReadyCheck {
+    pub(crate) kind: ReadyKind,
+    pub(crate) within: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) enum ReadyKind {
+    Tcp(String),
+    Http(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct TargetGroup {
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) pick: Option<Pick>,
+}
+
+/// How many of the matching targets to act on; rounding is up, and never below one.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Pick {
+    Count(u32),
+    /// A fraction in `0.0..=1.0`.
+    Percent(f64),
+}
+
+impl Pick {
+    /// How many of `available` to take: `count` capped at what exists, `percent` rounded up, at least one.
+    pub(crate) fn how_many(self, available: usize) -> usize {
+        let wanted = match self {
+            Pick::Count(n) => n as usize,
+            Pick::Percent(p) => (available as f64 * p).ceil() as usize,
+        };
+        wanted.clamp(1, available.max(1)).min(available)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SteadyState {
+    pub(crate) window: Duration,
+    pub(crate) probes: Vec<ProbeSpec>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ProbeSpec {
+    pub(crate) name: String,
+    pub(crate) check: Check,
+    pub(crate) every: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) slo: Slo,
+    /// An optional SLO for the `during` phase, for hypotheses like "users don't notice".
+    pub(crate) slo_during: Option<Slo>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Check {
+    Http { url: String, status: Vec<u16> },
+    Tcp { addr: String },
+    Command { argv: Vec<String>, expect_exit: i32, stdout: Option<Regex> },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Slo {
+    pub(crate) success: SuccessBound,
+    pub(crate) p50: Option<LatencyBound>,
+    pub(crate) p95: Option<LatencyBound>,
+    pub(crate) p99: Option<LatencyBound>,
+}
+
+#[derive(Debug)]
+pub(crate) struct FaultStep {
+    pub(crate) name: String,
+    pub(crate) on: String,
+    pub(crate) at: Duration,
+    /// `None` for instant faults (a kill); persistent faults always have one.
+    pub(crate) duration: Option<Duration>,
+    pub(crate) spec: FaultSpec,
+}
+
+#[derive(Debug)]
+pub(crate) struct AbortRule {
+    /// A readable name for reports: `front page success below 50% over 3s`.
+    pub(crate) name: String,
+    pub(crate) probe: usize,
+    pub(crate) condition: AbortCondition,
+    pub(crate) over: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AbortCondition {
+    SuccessBelow(f64),
+    P99Above(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pick;
+
+    #[test]
+    fn picking_rounds_up_and_never_selects_zero_of_something() {
+        assert_eq!(Pick::Percent(0.2).how_many(2), 1);
+        assert_eq!(Pick::Percent(0.5).how_many(3), 2);
+        assert_eq!(Pick::Percent(1.0).how_many(3), 3);
+        assert_eq!(Pick::Count(5).how_many(3), 3);
+        assert_eq!(Pick::Count(2).how_many(3), 2);
+        assert_eq!(Pick::Count(2).how_many(0), 0);
+    }
+}

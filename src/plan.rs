@@ -1,0 +1,159 @@
+//! Owns `faultline plan`: what a run would do — fixtures, probes, targets, the fault timeline and
+//! what each fault will change — without doing any of it.
+
+use std::fmt::Write;
+
+use crate::model::{Check, Experiment, ReadyKind, Slo};
+use crate::units::Dur;
+
+/// Renders the plan. `preview` adds what each fault would act on right now (reads the host,
+/// changes nothing); without it the output depends only on the experiment.
+pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "plan for `{}`", exp.title);
+    let _ = writeln!(out, "file: {} (sha256 {})", exp.file.display(), &exp.sha256[..16]);
+    if let Some(d) = &exp.description {
+        let _ = writeln!(out, "description: {}", d.trim());
+    }
+    if !exp.setup.is_empty() {
+        out.push_str("\nsetup (started first, stopped last, each in its own process group):\n");
+        for (i, f) in exp.setup.iter().enumerate() {
+            let ready = match &f.ready {
+                None => "no readiness check".to_owned(),
+                Some(r) => match &r.kind {
+                    ReadyKind::Tcp(addr) => format!("ready when {addr} accepts TCP connections (within {})", Dur(r.within)),
+                    ReadyKind::Http(url) => format!("ready when {url} answers (within {})", Dur(r.within)),
+                },
+            };
+            let _ = writeln!(out, "  {}. `{}`: runs {:?}; {ready}", i + 1, f.name, f.argv);
+        }
+    }
+    let _ = writeln!(out, "\nsteady state (baseline window {}):", Dur(exp.steady_state.window));
+    for p in &exp.steady_state.probes {
+        let check = match &p.check {
+            Check::Http { url, status } if status.is_empty() => format!("GET {url}, expect any 2xx"),
+            Check::Http { url, status } => format!("GET {url}, expect status {status:?}"),
+            Check::Tcp { addr } => format!("TCP connect to {addr}"),
+            Check::Command { argv, expect_exit, stdout } => {
+                let out = stdout.as_ref().map_or_else(String::new, |re| format!(", output matching /{re}/"));
+                format!("run {argv:?}, expect exit {expect_exit}{out}")
+            }
+        };
+        let _ = writeln!(out, "  - `{}`: {check}; every {}, timeout {}", p.name, Dur(p.every), Dur(p.timeout));
+        let _ = writeln!(out, "    SLO: {}", slo_text(&p.slo));
+        if let Some(slo) = &p.slo_during {
+            let _ = writeln!(out, "    SLO during the faults: {}", slo_text(slo));
+        }
+    }
+    out.push_str("\ntargets:\n  local: the embedded agent (faults act on this host)\n");
+    for (name, group) in &exp.targets {
+        let tags: Vec<String> = group.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "  {name}: agents tagged {} ({:?})", tags.join(", "), group.pick);
+    }
+    out.push_str("\ntimeline (t = start of the method):\n");
+    let mut faults: Vec<_> = exp.faults.iter().collect();
+    faults.sort_by_key(|f| f.at);
+    for f in faults {
+        let _ = writeln!(out, "  t+{:<8} inject `{}` ({}) on {}: {}", Dur(f.at).to_string(), f.name, f.spec.kind(), f.on, f.spec.describe());
+        if preview {
+            let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
+        }
+        match f.duration {
+            Some(d) => {
+                let _ = writeln!(out, "  t+{:<8} revert `{}`", Dur(f.at + d).to_string(), f.name);
+            }
+            None => {
+                let _ = writeln!(out, "  {:<10} (instant: nothing to revert)", "");
+            }
+        }
+    }
+    if !exp.aborts.is_empty() {
+        out.push_str("\nabort rules (while faults are active; a firing rule reverts every fault at once):\n");
+        for a in &exp.aborts {
+            let _ = writeln!(out, "  - {}", a.name);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nrecovery: the steady state must hold again within {} of the last fault ending (t+{}), confirmed over one window",
+        Dur(exp.recovery_within),
+        Dur(exp.method_length())
+    );
+    out
+}
+
+fn slo_text(slo: &Slo) -> String {
+    let mut parts = vec![format!("success >= {}", slo.success)];
+    for (label, bound) in [("p50", slo.p50), ("p95", slo.p95), ("p99", slo.p99)] {
+        if let Some(b) = bound {
+            parts.push(format!("{label} <= {b}"));
+        }
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn plan_reads_as_a_timeline() {
+        let text = r#"
+title = "kill and fill"
+[[setup]]
+name = "web"
+run = ["python3", "-m", "http.server", "18080"]
+ready = { tcp = "127.0.0.1:18080", within = "5s" }
+[steady_state]
+window = "2s"
+[[steady_state.probe]]
+name = "front page"
+http = { url = "http://127.0.0.1:18080/", status = [200] }
+every = "100ms"
+timeout = "500ms"
+slo = { success = "99%", p99 = "250ms" }
+[[fault]]
+name = "fill"
+kind = "disk-fill"
+path = "/data"
+fill_to = "90%"
+at = "1s"
+duration = "10s"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+select = { port = 18080 }
+[[abort]]
+probe = "front page"
+when = { success_below = "50%", over = "3s" }
+[recovery]
+within = "5s"
+"#;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = super::render(&exp, false);
+        let expected_tail = r#"
+setup (started first, stopped last, each in its own process group):
+  1. `web`: runs ["python3", "-m", "http.server", "18080"]; ready when 127.0.0.1:18080 accepts TCP connections (within 5s)
+
+steady state (baseline window 2s):
+  - `front page`: GET http://127.0.0.1:18080/, expect status [200]; every 100ms, timeout 500ms
+    SLO: success >= 99%, p99 <= 250 ms
+
+targets:
+  local: the embedded agent (faults act on this host)
+
+timeline (t = start of the method):
+  t+0s       inject `kill` (process-kill) on local: send SIGKILL to the process listening on TCP port 18080
+             (instant: nothing to revert)
+  t+1s       inject `fill` (disk-fill) on local: fill the filesystem of /data until it is 90% full (one file, never above 98%); delete the file on revert
+  t+11s      revert `fill`
+
+abort rules (while faults are active; a firing rule reverts every fault at once):
+  - front page success below 50% over 3s
+
+recovery: the steady state must hold again within 5s of the last fault ending (t+11s), confirmed over one window
+"#;
+        assert!(plan.starts_with("plan for `kill and fill`\nfile: x.toml (sha256 "), "{plan}");
+        assert!(plan.ends_with(expected_tail), "{plan}");
+    }
+}

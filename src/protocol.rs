@@ -1,0 +1,91 @@
+//! Owns the wire types between the coordinator and an agent: what a fault request, its answer and
+//! an agent's view of its faults look like. The embedded agent exchanges the same types in-process.
+//!
+//! Architecture invariant: the coordinator only talks to agents in these types, so it cannot tell
+//! whether an agent is embedded or remote.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::fault::FaultSpec;
+
+/// Apply a fault. The id (chosen by the coordinator) makes the request idempotent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApplyRequest {
+    pub(crate) run_id: String,
+    pub(crate) spec: FaultSpec,
+    /// How long the fault is held; `None` only for instant faults.
+    pub(crate) duration_ms: Option<u64>,
+    /// The agent reverts the fault on its own if the lease is not renewed within this time.
+    pub(crate) lease_ms: u64,
+    /// Seeds the agent's random choices (which processes of the matches), for reproducible runs.
+    pub(crate) seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Applied {
+    pub(crate) id: String,
+    pub(crate) targets: Vec<String>,
+    pub(crate) detail: String,
+    pub(crate) injected_at: Timestamp,
+    /// True for instant faults: nothing is held, nothing will be reverted.
+    pub(crate) instant: bool,
+}
+
+/// Why a fault was reverted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RevertCause {
+    /// The coordinator asked.
+    Requested,
+    /// The fault's duration ended on the agent's clock.
+    DurationEnded,
+    /// The coordinator stopped renewing the lease: the dead-man switch.
+    LeaseExpired,
+    /// The agent was shutting down.
+    Shutdown,
+    /// Found in the journal after a crash.
+    Recovered,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Reverted {
+    pub(crate) id: String,
+    pub(crate) detail: String,
+    pub(crate) reverted_at: Timestamp,
+    pub(crate) cause: RevertCause,
+}
+
+/// One fault as an agent lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct FaultStatus {
+    pub(crate) id: String,
+    pub(crate) run_id: String,
+    pub(crate) kind: String,
+    pub(crate) targets: Vec<String>,
+    pub(crate) injected_at: Timestamp,
+}
+
+/// Checks a coordinator-chosen fault id: it names a journal file, so it must be a plain token.
+pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(format!("invalid fault id `{id}`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.`")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_fault_id;
+
+    #[test]
+    fn fault_ids_cannot_escape_the_journal_directory() {
+        assert!(validate_fault_id("20261126T141500Z-ab12-0").is_ok());
+        assert!(validate_fault_id("../etc/passwd").is_err());
+        assert!(validate_fault_id(".hidden").is_err());
+        assert!(validate_fault_id("").is_err());
+        assert!(validate_fault_id("a b").is_err());
+    }
+}

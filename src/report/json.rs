@@ -1,0 +1,75 @@
+//! Owns the JSON report (schema_version 1): the machine-readable journal of a run.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{FaultRecord, ProbePhase, Report, millis};
+
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) fn render(report: &Report) -> String {
+    let phase = |list: &[ProbePhase]| -> Vec<Value> { list.iter().map(probe_phase).collect() };
+    let value = json!({
+        "schema_version": SCHEMA_VERSION,
+        "run_id": report.run_id,
+        "experiment": { "title": report.title, "file": report.file, "sha256": report.sha256 },
+        "seed": report.seed,
+        "started_at": report.started_at.to_string(),
+        "ended_at": report.ended_at.to_string(),
+        "dry_run": report.dry_run,
+        "verdict": report.verdict.as_str(),
+        "exit_code": report.exit_code(),
+        "reason": report.reason,
+        "phases": { "before": phase(&report.before), "during": phase(&report.during), "after": phase(&report.after) },
+        "faults": report.faults.iter().map(fault).collect::<Vec<_>>(),
+        "time_to_recover_ms": report.time_to_recover.map(|d| d.as_millis() as u64),
+        "recovery_within_ms": report.recovery_within.as_millis() as u64,
+        "aborted_by": report.aborted_by,
+        "time_to_abort_ms": report.time_to_abort.map(|d| d.as_millis() as u64),
+        "recovered_from_journal": report.recovered_from_journal,
+        "samples": report.samples.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+    });
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn probe_phase(p: &ProbePhase) -> Value {
+    let ms = |d: Option<std::time::Duration>| d.map(millis);
+    json!({
+        "probe": p.probe,
+        "samples": p.stats.samples,
+        "successes": p.stats.successes,
+        "success_ratio": p.stats.success_ratio(),
+        "p50_ms": ms(p.stats.p50),
+        "p95_ms": ms(p.stats.p95),
+        "p99_ms": ms(p.stats.p99),
+        "max_ms": ms(p.stats.max),
+        "slo_met": p.slo_met,
+    })
+}
+
+fn fault(f: &FaultRecord) -> Value {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        name: &'a str,
+        kind: &'a str,
+        agent: &'a str,
+        target: &'a [String],
+        injected_at: Option<String>,
+        reverted_at: Option<String>,
+        status: super::FaultState,
+        detail: &'a str,
+    }
+    serde_json::to_value(Out {
+        name: &f.name,
+        kind: &f.kind,
+        agent: &f.agent,
+        target: &f.targets,
+        injected_at: f.injected_at.map(|t| t.to_string()),
+        reverted_at: f.reverted_at.map(|t| t.to_string()),
+        status: f.status,
+        detail: &f.detail,
+    })
+    .unwrap_or(Value::Null)
+}

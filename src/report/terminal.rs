@@ -1,0 +1,114 @@
+//! Owns the terminal summary: per-phase probe results, faults with their times, and the verdict
+//! with its reason in one sentence.
+
+use tabled::settings::Style;
+use tabled::{Table, Tabled};
+
+use super::{FaultState, ProbePhase, Report};
+use crate::units::{Percent, format_ms};
+
+#[derive(Tabled)]
+struct ProbeRow {
+    phase: &'static str,
+    probe: String,
+    samples: usize,
+    success: String,
+    p50: String,
+    p95: String,
+    p99: String,
+    #[tabled(rename = "SLO")]
+    slo: &'static str,
+}
+
+#[derive(Tabled)]
+struct FaultRow {
+    fault: String,
+    kind: String,
+    agent: String,
+    injected: String,
+    reverted: String,
+    status: String,
+    detail: String,
+}
+
+pub(crate) fn render(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("\n{}  (run {}, seed {})\n", report.title, report.run_id, report.seed));
+    let mut rows = Vec::new();
+    for (phase, list) in [("before", &report.before), ("during", &report.during), ("after", &report.after)] {
+        rows.extend(list.iter().map(|p| probe_row(phase, p)));
+    }
+    if !rows.is_empty() {
+        out.push_str(&Table::new(rows).with(Style::rounded()).to_string());
+        out.push('\n');
+    }
+    let time = |t: Option<jiff::Timestamp>| {
+        t.map_or_else(|| "-".to_owned(), |t| t.strftime("%H:%M:%S%.3f").to_string())
+    };
+    let faults: Vec<FaultRow> = report
+        .faults
+        .iter()
+        .map(|f| FaultRow {
+            fault: f.name.clone(),
+            kind: f.kind.clone(),
+            agent: f.agent.clone(),
+            injected: time(f.injected_at),
+            reverted: match f.status {
+                FaultState::Completed => "(instant)".to_owned(),
+                _ => time(f.reverted_at),
+            },
+            status: format!("{:?}", f.status).to_lowercase().replace("failed", " failed"),
+            detail: wrap(&f.detail, 60),
+        })
+        .collect();
+    if !faults.is_empty() {
+        out.push_str(&Table::new(faults).with(Style::rounded()).to_string());
+        out.push('\n');
+    }
+    if let Some(ttr) = report.time_to_recover {
+        out.push_str(&format!("time to recover: {} (allowed {})\n", format_ms(ttr), format_ms(report.recovery_within)));
+    }
+    if let (Some(rule), Some(tta)) = (&report.aborted_by, report.time_to_abort) {
+        out.push_str(&format!("aborted by: {rule} (faults reverted {} after the breach began)\n", format_ms(tta)));
+    }
+    for line in &report.recovered_from_journal {
+        out.push_str(&format!("reverted from an earlier crashed run: {line}\n"));
+    }
+    out.push_str(&format!("verdict: {} (exit {}) — {}\n", report.verdict.as_str().to_uppercase(), report.exit_code(), report.reason));
+    out
+}
+
+fn probe_row(phase: &'static str, p: &ProbePhase) -> ProbeRow {
+    let ms = |d: Option<std::time::Duration>| d.map_or_else(|| "-".to_owned(), format_ms);
+    ProbeRow {
+        phase,
+        probe: p.probe.clone(),
+        samples: p.stats.samples,
+        success: p.stats.success_ratio().map_or_else(|| "-".to_owned(), |r| Percent(r).to_string()),
+        p50: ms(p.stats.p50),
+        p95: ms(p.stats.p95),
+        p99: ms(p.stats.p99),
+        slo: match p.slo_met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "-",
+        },
+    }
+}
+
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ') {
+        if line > 0 && line + word.len() > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += word.len();
+    }
+    out
+}

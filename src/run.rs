@@ -1,0 +1,621 @@
+//! Owns the run loop: fixtures → before (baseline) → method (faults on their timeline, abort rules,
+//! lease renewal) → after (recovery) → teardown, and the verdict that comes out of it.
+//!
+//! One task owns all run state and is the only `select!` over its events (samples, fault results,
+//! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::{Agent, AgentError};
+use crate::fixture;
+use crate::model::Experiment;
+use crate::probe::{self, Sample};
+use crate::progress::Progress;
+use crate::protocol::{ApplyRequest, Applied, Reverted};
+use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis};
+use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
+use crate::units::format_ms;
+
+/// How often the run loop re-evaluates the timeline, abort rules and recovery.
+const TICK: Duration = Duration::from_millis(20);
+/// How long one apply or revert may take before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct RunOptions {
+    pub(crate) seed: Option<u64>,
+    pub(crate) dry_run: bool,
+    /// The dead-man switch: an agent reverts a fault whose lease is not renewed within this time.
+    pub(crate) lease: Duration,
+    /// Faults the embedded agent reverted from an earlier crashed run, for the report.
+    pub(crate) recovered: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    Pending,
+    Injecting,
+    Active { since: Instant },
+    Reverting,
+    Done,
+}
+
+struct FaultRun {
+    id: String,
+    seed: u64,
+    slot: Slot,
+    record: FaultRecord,
+    /// When the fault stopped acting: revert done, or injection done for instant faults.
+    ended: Option<Instant>,
+}
+
+enum Op {
+    Applied(usize, Result<Applied, AgentError>),
+    Reverted(usize, Result<Reverted, AgentError>),
+}
+
+enum Stage {
+    Before { until: Instant },
+    Method,
+    After { tracker: RecoveryTracker },
+    Done,
+}
+
+struct Runner<'a> {
+    exp: &'a Experiment,
+    agent: Agent,
+    opts: RunOptions,
+    progress: &'a Progress,
+    run_id: String,
+    seed: u64,
+    t0: Instant,
+    started_at: Timestamp,
+    stage: Stage,
+    samples: Vec<Vec<Sample>>,
+    faults: Vec<FaultRun>,
+    ops: mpsc::UnboundedSender<Op>,
+    before_start: Instant,
+    method_start: Option<Instant>,
+    first_injected: Option<Instant>,
+    baselines: Vec<Stats>,
+    /// Set when the run must wind down early: an abort rule, a failed injection, a signal.
+    stopping: bool,
+    interrupted: Option<&'static str>,
+    inject_failed: bool,
+    aborted: Option<(String, Instant)>,
+    time_to_abort: Option<Duration>,
+    recovered_at: Option<Instant>,
+    after_start: Option<Instant>,
+    outcome: Option<(Verdict, String)>,
+    last_renew: Instant,
+    last_status: Instant,
+}
+
+/// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
+/// every outcome, including errors, is a report.
+pub(crate) async fn run(exp: &Experiment, agent: Agent, opts: RunOptions, progress: &Progress) -> Report {
+    let seed = opts.seed.unwrap_or_else(rand::random);
+    let started_at = Timestamp::now();
+    let run_id = format!("{}-{:04x}", started_at.strftime("%Y%m%dT%H%M%SZ"), rand::random::<u16>());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let faults = exp
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(i, step)| FaultRun {
+            id: format!("{run_id}-{i}"),
+            seed: rng.random(),
+            slot: Slot::Pending,
+            record: FaultRecord {
+                name: step.name.clone(),
+                kind: step.spec.kind().to_owned(),
+                agent: agent.name().to_owned(),
+                targets: Vec::new(),
+                injected_at: None,
+                reverted_at: None,
+                status: FaultState::Skipped,
+                detail: String::new(),
+            },
+            ended: None,
+        })
+        .collect();
+    let (ops, mut ops_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut runner = Runner {
+        exp,
+        agent,
+        opts,
+        progress,
+        run_id,
+        seed,
+        t0: now,
+        started_at,
+        stage: Stage::Done,
+        samples: vec![Vec::new(); exp.steady_state.probes.len()],
+        faults,
+        ops,
+        before_start: now,
+        method_start: None,
+        first_injected: None,
+        baselines: Vec::new(),
+        stopping: false,
+        interrupted: None,
+        inject_failed: false,
+        aborted: None,
+        time_to_abort: None,
+        recovered_at: None,
+        after_start: None,
+        outcome: None,
+        last_renew: now,
+        last_status: now,
+    };
+    progress.log(&format!("run {} of `{}` (seed {})", runner.run_id, exp.title, seed));
+
+    let log = |line: String| progress.log(&line);
+    let fixtures = match fixture::start(&exp.setup, &log).await {
+        Ok(running) => running,
+        Err((started, e)) => {
+            fixture::stop_all(started, &log).await;
+            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            return runner.report();
+        }
+    };
+
+    let (samples_tx, mut samples_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let probes = match probe::spawn_all(&exp.steady_state.probes, &samples_tx, &stop_rx) {
+        Ok(set) => set,
+        Err(e) => {
+            fixture::stop_all(fixtures, &log).await;
+            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            return runner.report();
+        }
+    };
+    drop(samples_tx);
+    runner.before_start = Instant::now();
+    runner.stage = Stage::Before { until: runner.before_start + exp.steady_state.window };
+    progress.log(&format!("before: measuring the steady state for {}", crate::units::Dur(exp.steady_state.window)));
+
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            Some(sample) = samples_rx.recv() => runner.samples[sample.probe].push(sample),
+            Some(op) = ops_rx.recv() => runner.on_op(op),
+            _ = tick.tick() => {}
+            Some(()) = recv_signal(&mut sigint) => runner.interrupt("SIGINT"),
+            Some(()) = recv_signal(&mut sigterm) => runner.interrupt("SIGTERM"),
+        }
+        runner.advance(Instant::now());
+        if matches!(runner.stage, Stage::Done) {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    probes.join_all().await;
+    while let Ok(sample) = samples_rx.try_recv() {
+        runner.samples[sample.probe].push(sample);
+    }
+    fixture::stop_all(fixtures, &log).await;
+    runner.report()
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Runner<'_> {
+    fn interrupt(&mut self, name: &'static str) {
+        if self.interrupted.is_none() {
+            self.progress.log(&format!("{name} received: reverting every fault and stopping"));
+        }
+        self.interrupted = Some(name);
+        self.stopping = true;
+    }
+
+    fn finish(&mut self, verdict: Verdict, reason: String) {
+        self.outcome = Some((verdict, reason));
+        self.stage = Stage::Done;
+    }
+
+    fn advance(&mut self, now: Instant) {
+        self.show_status(now);
+        match &mut self.stage {
+            Stage::Before { until } => {
+                let until = *until;
+                if let Some(sig) = self.interrupted {
+                    self.finish(Verdict::Error, format!("interrupted by {sig} before any fault was injected"));
+                } else if now >= until {
+                    self.end_before(until);
+                }
+            }
+            Stage::Method => self.advance_method(now),
+            Stage::After { tracker } => {
+                let state = tracker.update(&self.exp.steady_state.probes, &self.samples, &self.baselines, now);
+                if let Some(sig) = self.interrupted {
+                    self.finish(Verdict::Error, format!("interrupted by {sig} while waiting for recovery; every fault had been reverted"));
+                    return;
+                }
+                match state {
+                    RecoveryState::Pending => {}
+                    RecoveryState::Recovered(at) => self.end_recovered(at),
+                    RecoveryState::Failed(why) => self.end_not_recovered(why),
+                }
+            }
+            Stage::Done => {}
+        }
+    }
+
+    fn end_before(&mut self, until: Instant) {
+        let probes = &self.exp.steady_state.probes;
+        self.baselines = (0..probes.len()).map(|i| Stats::of(between(&self.samples[i], self.before_start, until))).collect();
+        let failures: Vec<String> = probes
+            .iter()
+            .zip(&self.baselines)
+            .filter_map(|(p, stats)| check_slo(&p.name, &p.slo, stats, None).err())
+            .collect();
+        if !failures.is_empty() {
+            self.finish(
+                Verdict::NotRun,
+                format!("the steady state was not met before the method ({}); no fault was injected", failures.join("; ")),
+            );
+            return;
+        }
+        if self.opts.dry_run {
+            self.finish(Verdict::NotRun, "dry run: the steady state held before the method; no fault was injected".to_owned());
+            return;
+        }
+        self.progress.log("before: steady state met; starting the method");
+        self.method_start = Some(until);
+        self.stage = Stage::Method;
+    }
+
+    fn advance_method(&mut self, now: Instant) {
+        let start = self.method_start.expect("method started");
+        if !self.stopping {
+            for i in 0..self.faults.len() {
+                if self.faults[i].slot == Slot::Pending && now >= start + self.exp.faults[i].at {
+                    self.inject(i);
+                }
+            }
+            self.check_aborts(now);
+        }
+        for i in 0..self.faults.len() {
+            match self.faults[i].slot {
+                Slot::Pending if self.stopping => {
+                    self.faults[i].slot = Slot::Done;
+                    self.faults[i].record.detail = "not started: the run stopped first".to_owned();
+                }
+                Slot::Active { since } => {
+                    let due = self.exp.faults[i].duration.is_some_and(|d| now >= since + d);
+                    if due || self.stopping {
+                        self.revert(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if now.duration_since(self.last_renew) >= self.opts.lease / 3 {
+            self.renew_leases();
+            self.last_renew = now;
+        }
+        if self.faults.iter().all(|f| f.slot == Slot::Done) {
+            self.end_method(now);
+        }
+    }
+
+    fn end_method(&mut self, now: Instant) {
+        if let Some((rule, breach)) = &self.aborted {
+            let reverted = self.faults.iter().filter_map(|f| f.ended).max().unwrap_or(now);
+            self.time_to_abort = Some(reverted.saturating_duration_since(*breach));
+            self.progress.log(&format!("aborted by `{rule}`: every fault reverted"));
+        }
+        if let Some(sig) = self.interrupted {
+            self.finish(Verdict::Error, format!("interrupted by {sig}; every injected fault was reverted"));
+            return;
+        }
+        if self.inject_failed {
+            let failed: Vec<String> = self
+                .faults
+                .iter()
+                .filter(|f| f.record.status == FaultState::InjectFailed)
+                .map(|f| format!("fault `{}` could not be injected: {}", f.record.name, f.record.detail))
+                .collect();
+            self.finish(Verdict::Error, format!("{}; every injected fault was reverted", failed.join("; ")));
+            return;
+        }
+        let from = self.faults.iter().filter_map(|f| f.ended).max().unwrap_or(now);
+        self.after_start = Some(from);
+        self.progress.log(&format!("after: waiting up to {} for the steady state to return", format_ms(self.exp.recovery_within)));
+        self.stage = Stage::After { tracker: RecoveryTracker::new(from, self.exp.steady_state.window, self.exp.recovery_within) };
+    }
+
+    fn end_recovered(&mut self, at: Instant) {
+        self.recovered_at = Some(at);
+        let ttr = at.saturating_duration_since(self.after_start.expect("after started"));
+        let recovered = format!(
+            "every probe met its SLO again {} after the last fault ended (allowed {})",
+            format_ms(ttr),
+            format_ms(self.exp.recovery_within)
+        );
+        if let Some(verdict) = self.abort_verdict(&recovered) {
+            self.finish(Verdict::Aborted, verdict);
+            return;
+        }
+        let during = self.during_breaches();
+        if !during.is_empty() {
+            self.finish(Verdict::Failed, format!("during the faults {}; {recovered}", during.join("; ")));
+            return;
+        }
+        self.finish(Verdict::Passed, recovered);
+    }
+
+    fn end_not_recovered(&mut self, why: String) {
+        match self.abort_verdict(&format!("then {why}")) {
+            Some(reason) => self.finish(Verdict::Aborted, reason),
+            None => self.finish(Verdict::Failed, why),
+        }
+    }
+
+    fn abort_verdict(&self, tail: &str) -> Option<String> {
+        let (rule, _) = self.aborted.as_ref()?;
+        let after = self.time_to_abort.map_or_else(String::new, |d| format!(", faults reverted {} after the breach began", format_ms(d)));
+        Some(format!("abort rule `{rule}` fired{after}; {tail}"))
+    }
+
+    fn during_breaches(&self) -> Vec<String> {
+        let (Some(from), Some(to)) = (self.method_start, self.after_start) else { return Vec::new() };
+        self.exp
+            .steady_state
+            .probes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let slo = p.slo_during.as_ref()?;
+                check_slo(&p.name, slo, &Stats::of(between(&self.samples[i], from, to)), self.baselines.get(i)).err()
+            })
+            .collect()
+    }
+
+    fn check_aborts(&mut self, now: Instant) {
+        let Some(active_since) = self.first_injected else { return };
+        let any_active = self.faults.iter().any(|f| matches!(f.slot, Slot::Active { .. } | Slot::Injecting));
+        if !any_active || self.aborted.is_some() {
+            return;
+        }
+        for rule in &self.exp.aborts {
+            if let Some(breach) = abort_breach(rule, &self.samples[rule.probe], active_since, now) {
+                self.progress.log(&format!("abort rule `{}` fired: reverting every fault now", rule.name));
+                self.aborted = Some((rule.name.clone(), breach));
+                self.stopping = true;
+                return;
+            }
+        }
+    }
+
+    fn inject(&mut self, i: usize) {
+        let step = &self.exp.faults[i];
+        let fault = &mut self.faults[i];
+        fault.slot = Slot::Injecting;
+        let req = ApplyRequest {
+            run_id: self.run_id.clone(),
+            spec: step.spec.clone(),
+            duration_ms: step.duration.map(|d| d.as_millis() as u64),
+            lease_ms: self.opts.lease.as_millis() as u64,
+            seed: fault.seed,
+        };
+        self.progress.log(&format!("inject `{}`: {}", step.name, step.spec.describe()));
+        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(OP_TIMEOUT, agent.apply(&id, req)).await {
+                Ok(result) => result,
+                Err(_) => Err(AgentError::FaultFailed(format!("no answer from the agent within {}", format_ms(OP_TIMEOUT)))),
+            };
+            let _ = ops.send(Op::Applied(i, result));
+        });
+    }
+
+    fn revert(&mut self, i: usize) {
+        let fault = &mut self.faults[i];
+        fault.slot = Slot::Reverting;
+        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
+                Ok(result) => result,
+                Err(_) => Err(AgentError::RevertFailed(format!("no answer from the agent within {}", format_ms(OP_TIMEOUT)))),
+            };
+            let _ = ops.send(Op::Reverted(i, result));
+        });
+    }
+
+    fn renew_leases(&self) {
+        let ids: Vec<String> = self.faults.iter().filter(|f| matches!(f.slot, Slot::Active { .. })).map(|f| f.id.clone()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent.renew(ids).await {
+                tracing::warn!("failed to renew leases on {}: {e}", agent.name());
+            }
+        });
+    }
+
+    fn on_op(&mut self, op: Op) {
+        let now = Instant::now();
+        match op {
+            Op::Applied(i, result) => {
+                let name = self.exp.faults[i].name.clone();
+                let fault = &mut self.faults[i];
+                match result {
+                    Ok(applied) => {
+                        fault.record.injected_at = Some(applied.injected_at);
+                        fault.record.targets = applied.targets;
+                        fault.record.detail = applied.detail;
+                        self.first_injected.get_or_insert(now);
+                        if applied.instant {
+                            fault.slot = Slot::Done;
+                            fault.ended = Some(now);
+                            fault.record.status = FaultState::Completed;
+                        } else {
+                            fault.slot = Slot::Active { since: now };
+                            fault.record.status = FaultState::Reverted;
+                        }
+                        self.progress.log(&format!("injected `{name}`: {}", fault.record.detail));
+                    }
+                    Err(e) => {
+                        fault.slot = Slot::Done;
+                        fault.record.status = FaultState::InjectFailed;
+                        fault.record.detail = e.to_string();
+                        self.progress.log(&format!("FAILED to inject `{name}`: {e}"));
+                        self.inject_failed = true;
+                        self.stopping = true;
+                    }
+                }
+            }
+            Op::Reverted(i, result) => {
+                let name = self.exp.faults[i].name.clone();
+                let fault = &mut self.faults[i];
+                fault.slot = Slot::Done;
+                fault.ended = Some(now);
+                match result {
+                    Ok(reverted) => {
+                        fault.record.reverted_at = Some(reverted.reverted_at);
+                        fault.record.status = FaultState::Reverted;
+                        fault.record.detail = format!("{}; reverted: {}", fault.record.detail, reverted.detail);
+                        self.progress.log(&format!("reverted `{name}`: {}", reverted.detail));
+                    }
+                    Err(e) => {
+                        fault.record.status = FaultState::RevertFailed;
+                        fault.record.detail = format!("{}; REVERT FAILED: {e}", fault.record.detail);
+                        self.progress.log(&format!("FAILED to revert `{name}`: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn show_status(&mut self, now: Instant) {
+        if now.duration_since(self.last_status) < Duration::from_millis(200) {
+            return;
+        }
+        self.last_status = now;
+        let stage = match self.stage {
+            Stage::Before { .. } => "before",
+            Stage::Method => "during",
+            Stage::After { .. } => "after",
+            Stage::Done => return,
+        };
+        let health: Vec<String> = self
+            .exp
+            .steady_state
+            .probes
+            .iter()
+            .zip(&self.samples)
+            .map(|(p, s)| {
+                let recent = &s[s.len().saturating_sub(10)..];
+                let ok = recent.iter().filter(|x| x.ok).count();
+                format!("{} {ok}/{}", p.name, recent.len())
+            })
+            .collect();
+        self.progress.status(&format!("{stage} | {}", health.join(" | ")));
+    }
+
+    fn phase_stats(&self, phase: Phase, from: Instant, to: Instant) -> Vec<ProbePhase> {
+        self.exp
+            .steady_state
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let stats = Stats::of(between(&self.samples[i], from, to));
+                let baseline = self.baselines.get(i);
+                let slo_met = match phase {
+                    Phase::Before => Some(check_slo(&p.name, &p.slo, &stats, None).is_ok()),
+                    Phase::During => p.slo_during.as_ref().map(|slo| check_slo(&p.name, slo, &stats, baseline).is_ok()),
+                    Phase::After => Some(self.recovered_at.is_some_and(|c| {
+                        let window = Stats::of(between(&self.samples[i], c, c + self.exp.steady_state.window));
+                        check_slo(&p.name, &p.slo, &window, baseline).is_ok()
+                    })),
+                };
+                ProbePhase { probe: p.name.clone(), stats, slo_met }
+            })
+            .collect()
+    }
+
+    fn phase_of(&self, at: Instant) -> Phase {
+        match (self.method_start, self.after_start) {
+            (_, Some(after)) if at >= after => Phase::After,
+            (Some(method), _) if at >= method => Phase::During,
+            _ => Phase::Before,
+        }
+    }
+
+    fn report(&self) -> Report {
+        let end = Instant::now();
+        let (mut verdict, mut reason) =
+            self.outcome.clone().unwrap_or((Verdict::Error, "the run ended without a verdict".to_owned()));
+        let unreverted: Vec<String> = self
+            .faults
+            .iter()
+            .filter(|f| f.record.status == FaultState::RevertFailed)
+            .map(|f| format!("fault `{}` on {} could NOT be reverted ({})", f.record.name, f.record.agent, f.record.detail))
+            .collect();
+        if !unreverted.is_empty() {
+            reason = format!("{}; check the host by hand, then `faultline revert`. Before that: {reason}", unreverted.join("; "));
+            verdict = Verdict::Error;
+        }
+        let method = self.method_start.unwrap_or(end);
+        let before = self.phase_stats(Phase::Before, self.before_start, method);
+        let (during, after) = match (self.method_start, self.after_start) {
+            (Some(m), Some(a)) => (self.phase_stats(Phase::During, m, a), self.phase_stats(Phase::After, a, end)),
+            (Some(m), None) => (self.phase_stats(Phase::During, m, end), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let mut samples: Vec<SampleRecord> = self
+            .samples
+            .iter()
+            .flatten()
+            .map(|s| SampleRecord {
+                probe: self.exp.steady_state.probes[s.probe].name.clone(),
+                t_ms: millis(s.at.saturating_duration_since(self.t0)),
+                phase: self.phase_of(s.at),
+                ok: s.ok,
+                latency_ms: millis(s.latency),
+                error: s.error.clone(),
+            })
+            .collect();
+        samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
+        Report {
+            run_id: self.run_id.clone(),
+            title: self.exp.title.clone(),
+            file: self.exp.file.display().to_string(),
+            sha256: self.exp.sha256.clone(),
+            seed: self.seed,
+            started_at: self.started_at,
+            ended_at: Timestamp::now(),
+            dry_run: self.opts.dry_run,
+            verdict,
+            reason,
+            before,
+            during,
+            after,
+            faults: self.faults.iter().map(|f| f.record.clone()).collect(),
+            time_to_recover: self.recovered_at.zip(self.after_start).map(|(c, a)| c.saturating_duration_since(a)),
+            recovery_within: self.exp.recovery_within,
+            aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
+            time_to_abort: self.time_to_abort,
+            recovered_from_journal: self.opts.recovered.clone(),
+            samples,
+        }
+    }
+}
