@@ -1,0 +1,4 @@
+//! The one integration-test binary: every test drives the real `faultline` binary against real
+//! processes, sockets and filesystems. Helpers live in `support.rs`; one module per area.
+
+mod support;

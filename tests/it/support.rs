@@ -1,0 +1,184 @@
+//! Small helpers shared by the integration tests: running the binary, free ports, demo servers,
+//! privileged-test gating, and guards that clean up whatever a test made, even when it fails.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+
+/// Whether this process can do what privileged tests need (namespaces, mounts, nft, tc).
+pub fn is_root() -> bool {
+    nix_is_root()
+}
+
+fn nix_is_root() -> bool {
+    // /proc/self/status reports the effective uid as the second number of the `Uid:` line.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Gate for tests that need root. Returns false (after saying so loudly) when the test must be
+/// skipped; panics with a clear message when `FAULTLINE_REQUIRE_PRIVILEGED=1` demands it run.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("FAULTLINE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test} needs root (namespaces, mounts, nft or tc) and FAULTLINE_REQUIRE_PRIVILEGED=1 forbids skipping it");
+    }
+    eprintln!("SKIPPED {test}: needs root; set FAULTLINE_REQUIRE_PRIVILEGED=1 to make this a failure");
+    false
+}
+
+/// A fresh temporary directory, removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("faultline-test-").tempdir().expect("create temp dir")
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+/// The result of one `faultline` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Option<serde_json::Value>,
+}
+
+impl Run {
+    pub fn verdict(&self) -> &str {
+        self.report.as_ref().and_then(|r| r["verdict"].as_str()).unwrap_or("<no report>")
+    }
+
+    pub fn explain(&self) -> String {
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `faultline ARGS...` with its own state directory and returns its exit code and output.
+pub fn faultline(args: &[&str], state_dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("FAULTLINE_STATE_DIR", state_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the faultline binary")
+}
+
+/// Writes `toml` to a file in `dir`, runs it with `--report-json`, and parses the report.
+pub fn run_experiment(dir: &Path, toml: &str, extra: &[&str]) -> Run {
+    let file = dir.join("experiment.toml");
+    std::fs::write(&file, toml).expect("write experiment");
+    let report_path = dir.join("report.json");
+    let _ = std::fs::remove_file(&report_path);
+    let state = dir.join("state");
+    let mut args = vec!["run", file.to_str().unwrap(), "--quiet", "--report-json", report_path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = faultline(&args, &state);
+    let report = std::fs::read_to_string(&report_path).ok().map(|t| serde_json::from_str(&t).expect("report is JSON"));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    }
+}
+
+/// A child process killed (with its whole process group) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Starts `argv` in its own process group.
+    pub fn spawn(argv: &[&str]) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn test process");
+        Proc { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python HTTP server on 127.0.0.1:`port`, serving `dir`.
+pub fn http_server(port: u16, dir: &Path) -> Proc {
+    let p = Proc::spawn(&["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()]);
+    wait_for_port(port, Duration::from_secs(10));
+    p
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listened on port {port} within {within:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A tmpfs mounted on a fresh directory, unmounted (lazily, so a busy mount cannot leak) on drop.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempdir();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs failed");
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// Used fraction as `df` computes it.
+    pub fn usage(&self) -> f64 {
+        let out = Command::new("df").args(["--output=used,avail", "-B1", self.dir.path().to_str().unwrap()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().nth(1).expect("df output");
+        let nums: Vec<f64> = line.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        nums[0] / (nums[0] + nums[1])
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", self.dir.path().to_str().unwrap()]).status();
+    }
+}
