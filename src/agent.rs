@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use self::core::AgentCore;
-use crate::protocol::{ApplyRequest, Applied, RevertCause, Reverted};
+use crate::protocol::{Applied, ApplyRequest, RevertCause, Reverted};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AgentError {
@@ -57,13 +57,19 @@ impl Agent {
             Agent::Embedded(core) => {
                 let core = Arc::clone(core);
                 let id = id.to_owned();
-                tokio::task::spawn_blocking(move || core.revert_blocking(&id, RevertCause::Requested))
-                    .await
-                    .map_err(|e| AgentError::Internal(e.to_string()))?
+                tokio::task::spawn_blocking(move || {
+                    core.revert_blocking(&id, RevertCause::Requested)
+                })
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))?
             }
         }
     }
 
+    #[expect(
+        clippy::unused_async,
+        reason = "renewing a remote agent's leases is a network call"
+    )]
     pub(crate) async fn renew(&self, ids: Vec<String>) -> Result<(), AgentError> {
         match self {
             Agent::Embedded(core) => {
@@ -83,8 +89,8 @@ pub(crate) fn default_state_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/faultline/embedded");
     }
-    let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-    });
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
     base.unwrap_or_else(std::env::temp_dir).join("faultline")
 }

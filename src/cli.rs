@@ -21,7 +21,11 @@ use crate::units::Dur;
 const EXIT_INVALID: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "faultline", version, about = "Chaos experiments with verdicts a release pipeline can trust")]
+#[command(
+    name = "faultline",
+    version,
+    about = "Chaos experiments with verdicts a release pipeline can trust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,7 +93,9 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { files } => Ok(validate(&files)),
         Command::Plan { file, agents } => {
-            let Some(exp) = load(&file) else { return Ok(ExitCode::from(EXIT_INVALID)) };
+            let Some(exp) = load(&file) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
             if let Err(e) = check_targets(&exp, agents.as_deref()) {
                 eprintln!("error: {e:#}");
                 return Ok(ExitCode::from(EXIT_INVALID));
@@ -97,7 +103,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             print!("{}", crate::plan::render(&exp, true));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_experiment(args),
+        Command::Run(args) => run_experiment(&args),
     }
 }
 
@@ -105,14 +111,23 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match experiment::load(file) {
-            Ok(exp) => println!("{}: ok ({} probe(s), {} fault(s))", file.display(), exp.steady_state.probes.len(), exp.faults.len()),
+            Ok(exp) => println!(
+                "{}: ok ({} probe(s), {} fault(s))",
+                file.display(),
+                exp.steady_state.probes.len(),
+                exp.faults.len()
+            ),
             Err(e) => {
                 eprintln!("error: invalid experiment {e}");
                 ok = false;
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    }
 }
 
 fn load(file: &Path) -> Option<Experiment> {
@@ -144,8 +159,10 @@ fn check_targets(exp: &Experiment, agents: Option<&Path>) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(exp) = load(&args.file) else { return Ok(ExitCode::from(EXIT_INVALID)) };
+fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(exp) = load(&args.file) else {
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
     if let Err(e) = check_targets(&exp, args.agents.as_deref()) {
         eprintln!("error: {e:#}");
         return Ok(ExitCode::from(EXIT_INVALID));
@@ -153,7 +170,10 @@ fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         print!("{}", crate::plan::render(&exp, true));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
     let report = runtime.block_on(async {
         let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
         let (core, recovery) = AgentCore::open(&state_dir).map_err(anyhow::Error::msg)?;
@@ -180,17 +200,19 @@ fn run_experiment(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => format!("a fault was still active at the end of the run and could NOT be reverted: {e}"),
             };
             progress.log(&line);
-            report.note_leftover(line);
+            report.note_leftover(&line);
         }
         progress.finish();
         Ok(report)
     })?;
     print!("{}", terminal::render(&report));
     if let Some(path) = &args.report_json {
-        std::fs::write(path, json::render(&report)).with_context(|| format!("failed to write the JSON report to {}", path.display()))?;
+        std::fs::write(path, json::render(&report))
+            .with_context(|| format!("failed to write the JSON report to {}", path.display()))?;
     }
     if let Some(path) = &args.junit {
-        std::fs::write(path, junit::render(&report)).with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
+        std::fs::write(path, junit::render(&report))
+            .with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use crate::fault::{DiskFill, FaultSpec, FillAmount, ProcessKill, ProcessPause};
 use crate::model::{
-    AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck,
-    ReadyKind, Slo, SteadyState, TargetGroup,
+    AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
+    ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
 };
 use crate::process::{Selector, parse_signal, protection_reason};
 use crate::units::{SuccessBound, format_ms};
@@ -33,7 +33,12 @@ pub(crate) struct ExperimentError {
 impl fmt::Display for ExperimentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}: line {line}, column {col}: {}", self.path.display(), self.message),
+            Some((line, col)) => write!(
+                f,
+                "{}: line {line}, column {col}: {}",
+                self.path.display(),
+                self.message
+            ),
             None => write!(f, "{}: {}", self.path.display(), self.message),
         }
     }
@@ -58,7 +63,8 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
         position: span.map(|s| line_col(text, s.start)),
         message,
     };
-    let raw: raw::Experiment = toml::from_str(text).map_err(|e| fail(e.span(), e.message().trim().to_owned()))?;
+    let raw: raw::Experiment =
+        toml::from_str(text).map_err(|e| fail(e.span(), e.message().trim().to_owned()))?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
     Validator { fail: &fail }.experiment(raw, path, sha256)
 }
@@ -86,7 +92,11 @@ impl Validator<'_> {
         if raw.title.trim().is_empty() {
             return Err((self.fail)(None, "`title` must not be empty".to_owned()));
         }
-        let setup = raw.setup.into_iter().map(|s| self.fixture(s)).collect::<VResult<Vec<_>>>()?;
+        let setup = raw
+            .setup
+            .into_iter()
+            .map(|s| self.fixture(s))
+            .collect::<VResult<Vec<_>>>()?;
         let mut targets = BTreeMap::new();
         for (name, target) in raw.targets {
             targets.insert(name.clone(), self.target(&name, target)?);
@@ -96,14 +106,27 @@ impl Validator<'_> {
         for fault in raw.fault {
             let step = self.fault(fault, &targets)?;
             if faults.iter().any(|f: &FaultStep| f.name == step.name) {
-                return Err((self.fail)(None, format!("two faults are named `{}`: fault names must be unique", step.name)));
+                return Err((self.fail)(
+                    None,
+                    format!(
+                        "two faults are named `{}`: fault names must be unique",
+                        step.name
+                    ),
+                ));
             }
             faults.push(step);
         }
         if faults.is_empty() {
-            return Err((self.fail)(None, "the experiment has no `[[fault]]`: there is nothing to test".to_owned()));
+            return Err((self.fail)(
+                None,
+                "the experiment has no `[[fault]]`: there is nothing to test".to_owned(),
+            ));
         }
-        let aborts = raw.abort.into_iter().map(|a| self.abort(a, &steady_state.probes)).collect::<VResult<Vec<_>>>()?;
+        let aborts = raw
+            .abort
+            .into_iter()
+            .map(|a| self.abort(a, &steady_state.probes))
+            .collect::<VResult<Vec<_>>>()?;
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
@@ -130,29 +153,58 @@ impl Validator<'_> {
                 let kind = match (r.tcp, r.http) {
                     (Some(addr), None) => ReadyKind::Tcp(addr),
                     (None, Some(url)) => ReadyKind::Http(url),
-                    _ => return self.at(span, format!("setup `{}`: `ready` takes exactly one of `tcp` or `http`", s.name)),
+                    _ => {
+                        return self.at(
+                            span,
+                            format!(
+                                "setup `{}`: `ready` takes exactly one of `tcp` or `http`",
+                                s.name
+                            ),
+                        );
+                    }
                 };
-                Some(ReadyCheck { kind, within: r.within.map_or(Duration::from_secs(10), |d| d.0) })
+                Some(ReadyCheck {
+                    kind,
+                    within: r.within.map_or(Duration::from_secs(10), |d| d.0),
+                })
             }
         };
-        Ok(Fixture { name: s.name, argv: s.run, ready })
+        Ok(Fixture {
+            name: s.name,
+            argv: s.run,
+            ready,
+        })
     }
 
     fn target(&self, name: &str, raw: Spanned<raw::Target>) -> VResult<TargetGroup> {
         let span = raw.span();
         let t = raw.into_inner();
         if name == LOCAL_GROUP {
-            return self.at(span, "`local` is the embedded agent and cannot be redefined; pick another group name");
+            return self.at(
+                span,
+                "`local` is the embedded agent and cannot be redefined; pick another group name",
+            );
         }
         let pick = self.pick(span, t.count, t.percent.map(|p| p.0))?;
         Ok(TargetGroup { tags: t.tags, pick })
     }
 
-    fn pick(&self, span: Range<usize>, count: Option<u32>, percent: Option<f64>) -> VResult<Option<Pick>> {
+    fn pick(
+        &self,
+        span: Range<usize>,
+        count: Option<u32>,
+        percent: Option<f64>,
+    ) -> VResult<Option<Pick>> {
         match (count, percent) {
             (Some(_), Some(_)) => self.at(span, "give `count` or `percent`, not both"),
-            (Some(0), None) => self.at(span, "`count = 0` selects nothing; remove the fault instead"),
-            (None, Some(p)) if p <= 0.0 => self.at(span, "`percent = \"0%\"` selects nothing; remove the fault instead"),
+            (Some(0), None) => self.at(
+                span,
+                "`count = 0` selects nothing; remove the fault instead",
+            ),
+            (None, Some(p)) if p <= 0.0 => self.at(
+                span,
+                "`percent = \"0%\"` selects nothing; remove the fault instead",
+            ),
             (Some(n), None) => Ok(Some(Pick::Count(n))),
             (None, Some(p)) => Ok(Some(Pick::Percent(p))),
             (None, None) => Ok(None),
@@ -161,69 +213,133 @@ impl Validator<'_> {
 
     fn steady_state(&self, raw: raw::SteadyState) -> VResult<SteadyState> {
         if raw.window.0.is_zero() {
-            return Err((self.fail)(None, "`steady_state.window` must be longer than zero".to_owned()));
+            return Err((self.fail)(
+                None,
+                "`steady_state.window` must be longer than zero".to_owned(),
+            ));
         }
         if raw.probe.is_empty() {
-            return Err((self.fail)(None, "`steady_state` needs at least one `[[steady_state.probe]]`".to_owned()));
+            return Err((self.fail)(
+                None,
+                "`steady_state` needs at least one `[[steady_state.probe]]`".to_owned(),
+            ));
         }
         let mut probes: Vec<ProbeSpec> = Vec::new();
         for p in raw.probe {
             let span = p.span();
             let probe = self.probe(p)?;
             if probes.iter().any(|q| q.name == probe.name) {
-                return self.at(span, format!("two probes are named `{}`: probe names must be unique", probe.name));
+                return self.at(
+                    span,
+                    format!(
+                        "two probes are named `{}`: probe names must be unique",
+                        probe.name
+                    ),
+                );
             }
             probes.push(probe);
         }
-        Ok(SteadyState { window: raw.window.0, probes })
+        Ok(SteadyState {
+            window: raw.window.0,
+            probes,
+        })
     }
 
     fn probe(&self, raw: Spanned<raw::Probe>) -> VResult<ProbeSpec> {
         let span = raw.span();
         let p = raw.into_inner();
         let name = p.name;
-        let given = [p.http.is_some(), p.tcp.is_some(), p.command.is_some()].iter().filter(|g| **g).count();
+        let given = [p.http.is_some(), p.tcp.is_some(), p.command.is_some()]
+            .iter()
+            .filter(|g| **g)
+            .count();
         if given != 1 {
-            return self.at(span, format!("probe `{name}`: give exactly one of `http`, `tcp` or `command`"));
+            return self.at(
+                span,
+                format!("probe `{name}`: give exactly one of `http`, `tcp` or `command`"),
+            );
         }
         if p.command.is_none() && (p.expect_exit.is_some() || p.expect_stdout.is_some()) {
             return self.at(span, format!("probe `{name}`: `expect_exit` and `expect_stdout` apply only to `command` probes"));
         }
         let check = if let Some(http) = p.http {
             if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                return self.at(span, format!("probe `{name}`: `url` must start with http:// or https:// (got `{}`)", http.url));
+                return self.at(
+                    span,
+                    format!(
+                        "probe `{name}`: `url` must start with http:// or https:// (got `{}`)",
+                        http.url
+                    ),
+                );
             }
-            Check::Http { url: http.url, status: http.status.unwrap_or_default() }
+            Check::Http {
+                url: http.url,
+                status: http.status.unwrap_or_default(),
+            }
         } else if let Some(addr) = p.tcp {
             if !addr.contains(':') {
-                return self.at(span, format!("probe `{name}`: `tcp` must be `host:port` (got `{addr}`)"));
+                return self.at(
+                    span,
+                    format!("probe `{name}`: `tcp` must be `host:port` (got `{addr}`)"),
+                );
             }
             Check::Tcp { addr }
         } else {
             let argv = p.command.unwrap_or_default();
             if argv.first().is_none_or(String::is_empty) {
-                return self.at(span, format!("probe `{name}`: `command` must name a program"));
+                return self.at(
+                    span,
+                    format!("probe `{name}`: `command` must name a program"),
+                );
             }
             let stdout = match p.expect_stdout {
-                Some(re) => Some(Regex::new(&re).or_else(|e| self.at(span.clone(), format!("probe `{name}`: invalid `expect_stdout` regex: {e}")))?),
+                Some(re) => Some(Regex::new(&re).or_else(|e| {
+                    self.at(
+                        span.clone(),
+                        format!("probe `{name}`: invalid `expect_stdout` regex: {e}"),
+                    )
+                })?),
                 None => None,
             };
-            Check::Command { argv, expect_exit: p.expect_exit.unwrap_or(0), stdout }
+            Check::Command {
+                argv,
+                expect_exit: p.expect_exit.unwrap_or(0),
+                stdout,
+            }
         };
         let every = p.every.map_or(Duration::from_millis(500), |d| d.0);
         let timeout = p.timeout.map_or(Duration::from_secs(1), |d| d.0);
         if every < Duration::from_millis(10) {
-            return self.at(span, format!("probe `{name}`: `every` must be at least 10ms"));
+            return self.at(
+                span,
+                format!("probe `{name}`: `every` must be at least 10ms"),
+            );
         }
         if timeout.is_zero() {
-            return self.at(span, format!("probe `{name}`: `timeout` must be longer than zero"));
+            return self.at(
+                span,
+                format!("probe `{name}`: `timeout` must be longer than zero"),
+            );
         }
-        let slo = p.slo.map_or_else(|| Ok(default_slo()), |s| Ok(convert_slo(s)))?;
-        let slo_during = p.slo_during.map(convert_slo);
-        Ok(ProbeSpec { name, check, every, timeout, slo, slo_during })
+        let slo = p
+            .slo
+            .map_or_else(|| Ok(default_slo()), |s| Ok(convert_slo(&s)))?;
+        let slo_during = p.slo_during.as_ref().map(convert_slo);
+        Ok(ProbeSpec {
+            name,
+            check,
+            every,
+            timeout,
+            slo,
+            slo_during,
+        })
     }
 
-    fn fault(&self, raw: Spanned<raw::Fault>, targets: &BTreeMap<String, TargetGroup>) -> VResult<FaultStep> {
+    fn fault(
+        &self,
+        raw: Spanned<raw::Fault>,
+        targets: &BTreeMap<String, TargetGroup>,
+    ) -> VResult<FaultStep> {
         let span = raw.span();
         let f = raw.into_inner();
         let name = f.name.clone();
@@ -232,8 +348,16 @@ impl Validator<'_> {
             Some(on) => {
                 let group = on.get_ref();
                 if group != LOCAL_GROUP && !targets.contains_key(group) {
-                    let known: Vec<String> = std::iter::once(LOCAL_GROUP.to_owned()).chain(targets.keys().cloned()).collect();
-                    return self.at(on.span(), format!("fault `{name}`: unknown target group `{group}` (known: {})", known.join(", ")));
+                    let known: Vec<String> = std::iter::once(LOCAL_GROUP.to_owned())
+                        .chain(targets.keys().cloned())
+                        .collect();
+                    return self.at(
+                        on.span(),
+                        format!(
+                            "fault `{name}`: unknown target group `{group}` (known: {})",
+                            known.join(", ")
+                        ),
+                    );
                 }
                 group.clone()
             }
@@ -242,7 +366,8 @@ impl Validator<'_> {
             "process-kill" => &["select", "count", "percent", "signal"],
             "process-pause" => &["select", "count", "percent", "duration"],
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
-            "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress" | "memory-stress" => {
+            "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress"
+            | "memory-stress" => {
                 return self.at(span, format!(
                     "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill",
                     f.kind
@@ -255,8 +380,18 @@ impl Validator<'_> {
             }
         };
         if let Some(key) = f.given_keys().into_iter().find(|k| !allowed.contains(k)) {
-            let why = if key == "duration" { " (a kill is instant)" } else { "" };
-            return self.at(span, format!("fault `{name}`: `{key}` does not apply to kind `{}`{why}", f.kind));
+            let why = if key == "duration" {
+                " (a kill is instant)"
+            } else {
+                ""
+            };
+            return self.at(
+                span,
+                format!(
+                    "fault `{name}`: `{key}` does not apply to kind `{}`{why}",
+                    f.kind
+                ),
+            );
         }
         let needs_duration = f.kind != "process-kill";
         let duration = f.duration.map(|d| d.0);
@@ -269,7 +404,11 @@ impl Validator<'_> {
                 if let Err(e) = parse_signal(&signal) {
                     return self.at(span, format!("fault `{name}`: {e}"));
                 }
-                FaultSpec::ProcessKill(ProcessKill { select: self.select(span.clone(), &name, f.select)?, pick: self.pick(span, f.count, f.percent.map(|p| p.0))?, signal })
+                FaultSpec::ProcessKill(ProcessKill {
+                    select: self.select(span.clone(), &name, f.select)?,
+                    pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
+                    signal,
+                })
             }
             "process-pause" => FaultSpec::ProcessPause(ProcessPause {
                 select: self.select(span.clone(), &name, f.select)?,
@@ -277,10 +416,21 @@ impl Validator<'_> {
             }),
             _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
         };
-        Ok(FaultStep { name, on, at: f.at.map_or(Duration::ZERO, |d| d.0), duration, spec })
+        Ok(FaultStep {
+            name,
+            on,
+            at: f.at.map_or(Duration::ZERO, |d| d.0),
+            duration,
+            spec,
+        })
     }
 
-    fn select(&self, span: Range<usize>, name: &str, raw: Option<raw::Select>) -> VResult<Selector> {
+    fn select(
+        &self,
+        span: Range<usize>,
+        name: &str,
+        raw: Option<raw::Select>,
+    ) -> VResult<Selector> {
         let Some(s) = raw else {
             return self.at(span, format!("fault `{name}`: needs `select` with one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
         };
@@ -296,7 +446,10 @@ impl Validator<'_> {
         }
         if let Some(re) = s.cmdline {
             if let Err(e) = Regex::new(&re) {
-                return self.at(span, format!("fault `{name}`: invalid `cmdline` regex: {e}"));
+                return self.at(
+                    span,
+                    format!("fault `{name}`: invalid `cmdline` regex: {e}"),
+                );
             }
             chosen.push(Selector::Cmdline(re));
         }
@@ -309,7 +462,13 @@ impl Validator<'_> {
         let selector = chosen.remove(0);
         if let Selector::Pid(pid) = selector {
             if pid <= 2 || pid as u32 == std::process::id() {
-                return self.at(span, format!("fault `{name}`: refusing to target pid {pid}: it is {}", protection_reason(pid)));
+                return self.at(
+                    span,
+                    format!(
+                        "fault `{name}`: refusing to target pid {pid}: it is {}",
+                        protection_reason(pid)
+                    ),
+                );
             }
         }
         Ok(selector)
@@ -317,7 +476,12 @@ impl Validator<'_> {
 
     fn disk_fill(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<DiskFill> {
         let Some(path) = f.path.clone() else {
-            return self.at(span, format!("fault `{name}`: disk-fill needs `path`, a directory on the filesystem to fill"));
+            return self.at(
+                span,
+                format!(
+                    "fault `{name}`: disk-fill needs `path`, a directory on the filesystem to fill"
+                ),
+            );
         };
         let amount = match (f.fill_to, f.size, f.leave_free) {
             (Some(p), None, None) => FillAmount::FillTo(p.0),
@@ -328,10 +492,21 @@ impl Validator<'_> {
         let guard = f.guard.map_or(0.98, |g| g.0);
         if let FillAmount::FillTo(p) = amount {
             if p > guard {
-                return self.at(span, format!("fault `{name}`: `fill_to` of {} is above the guard of {}", crate::units::Percent(p), crate::units::Percent(guard)));
+                return self.at(
+                    span,
+                    format!(
+                        "fault `{name}`: `fill_to` of {} is above the guard of {}",
+                        crate::units::Percent(p),
+                        crate::units::Percent(guard)
+                    ),
+                );
             }
         }
-        Ok(DiskFill { path, amount, guard })
+        Ok(DiskFill {
+            path,
+            amount,
+            guard,
+        })
     }
 
     fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {
@@ -340,7 +515,13 @@ impl Validator<'_> {
         let probe_name = a.probe.get_ref();
         let Some(probe) = probes.iter().position(|p| &p.name == probe_name) else {
             let known: Vec<&str> = probes.iter().map(|p| p.name.as_str()).collect();
-            return self.at(a.probe.span(), format!("abort rule: unknown probe `{probe_name}` (known: {})", known.join(", ")));
+            return self.at(
+                a.probe.span(),
+                format!(
+                    "abort rule: unknown probe `{probe_name}` (known: {})",
+                    known.join(", ")
+                ),
+            );
         };
         let over = a.when.over.0;
         let (condition, text) = match (a.when.success_below, a.when.p99_above) {
@@ -351,16 +532,31 @@ impl Validator<'_> {
         if over.is_zero() {
             return self.at(span, "abort rule: `over` must be longer than zero");
         }
-        Ok(AbortRule { name: format!("{probe_name} {text} over {}", crate::units::Dur(over)), probe, condition, over })
+        Ok(AbortRule {
+            name: format!("{probe_name} {text} over {}", crate::units::Dur(over)),
+            probe,
+            condition,
+            over,
+        })
     }
 }
 
 fn default_slo() -> Slo {
-    Slo { success: SuccessBound::Absolute(1.0), p50: None, p95: None, p99: None }
+    Slo {
+        success: SuccessBound::Absolute(1.0),
+        p50: None,
+        p95: None,
+        p99: None,
+    }
 }
 
-fn convert_slo(s: raw::Slo) -> Slo {
-    Slo { success: s.success.unwrap_or(SuccessBound::Absolute(1.0)), p50: s.p50, p95: s.p95, p99: s.p99 }
+fn convert_slo(s: &raw::Slo) -> Slo {
+    Slo {
+        success: s.success.unwrap_or(SuccessBound::Absolute(1.0)),
+        p50: s.p50,
+        p95: s.p95,
+        p99: s.p99,
+    }
 }
 
 #[cfg(test)]
@@ -405,14 +601,23 @@ within = "5s"
     fn bad_values_point_at_the_value() {
         let e = err(&MINIMAL.replace("within = \"5s\"", "within = \"5 parsecs\""));
         assert!(e.contains("invalid duration `5 parsecs`"), "{e}");
-        assert!(e.contains("line 14"), "{e}");
+        assert!(e.contains("line 13"), "{e}");
     }
 
     #[test]
     fn keys_of_another_kind_are_rejected_by_name() {
-        let e = err(&MINIMAL.replace("select = { name = \"nothing-here\" }", "select = { name = \"x\" }\nfill_to = \"90%\""));
-        assert!(e.contains("`fill_to` does not apply to kind `process-kill`"), "{e}");
-        assert!(e.contains("line 10"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "select = { name = \"nothing-here\" }",
+            "select = { name = \"x\" }\nfill_to = \"90%\"",
+        ));
+        assert!(
+            e.contains("`fill_to` does not apply to kind `process-kill`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 8"),
+            "the error points at the `[[fault]]` table: {e}"
+        );
     }
 
     #[test]
@@ -429,9 +634,14 @@ within = "5s"
 
     #[test]
     fn unknown_target_groups_and_probes_are_named() {
-        let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kill\"\non = \"web\""));
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-kill\"\non = \"web\"",
+        ));
         assert!(e.contains("unknown target group `web`"), "{e}");
-        let e = err(&format!("{MINIMAL}\n[[abort]]\nprobe = \"nope\"\nwhen = {{ success_below = \"50%\", over = \"1s\" }}\n"));
+        let e = err(&format!(
+            "{MINIMAL}\n[[abort]]\nprobe = \"nope\"\nwhen = {{ success_below = \"50%\", over = \"1s\" }}\n"
+        ));
         assert!(e.contains("unknown probe `nope`"), "{e}");
     }
 }

@@ -94,8 +94,12 @@ impl Prepared {
     pub(crate) fn undo(&self) -> Undo {
         match self {
             Prepared::Kill(_) => Undo::Nothing,
-            Prepared::Pause(p) => Undo::Resume { procs: p.victims.clone() },
-            Prepared::Fill(p) => Undo::RemoveFile { path: p.file.clone() },
+            Prepared::Pause(p) => Undo::Resume {
+                procs: p.victims.clone(),
+            },
+            Prepared::Fill(p) => Undo::RemoveFile {
+                path: p.file.clone(),
+            },
         }
     }
 
@@ -153,13 +157,23 @@ impl Undo {
 }
 
 /// Resolves a selector and applies `count`/`percent` with a seeded shuffle.
-fn choose_victims(select: &Selector, pick: Option<Pick>, seed: u64) -> Result<(Vec<ProcRef>, usize), String> {
+fn choose_victims(
+    select: &Selector,
+    pick: Option<Pick>,
+    seed: u64,
+) -> Result<(Vec<ProcRef>, usize), String> {
     let matches = process::select(select)?;
     let excluded = matches.excluded.len();
     let mut found: Vec<ProcInfo> = matches.procs;
     if found.is_empty() {
-        let note = if excluded > 0 { format!(" ({excluded} protected process(es) left out)") } else { String::new() };
-        return Err(format!("no process matched {select}{note}: nothing to inject"));
+        let note = if excluded > 0 {
+            format!(" ({excluded} protected process(es) left out)")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "no process matched {select}{note}: nothing to inject"
+        ));
     }
     found.sort_by_key(|p| p.pid);
     if let Some(pick) = pick {
@@ -175,10 +189,23 @@ fn preview_selection(select: &Selector) -> String {
     match process::select(select) {
         Ok(m) if m.procs.is_empty() => "matches no process right now".to_owned(),
         Ok(m) => {
-            let listed: Vec<String> = m.procs.iter().take(5).map(|p| format!("pid {} ({})", p.pid, p.comm)).collect();
+            let listed: Vec<String> = m
+                .procs
+                .iter()
+                .take(5)
+                .map(|p| format!("pid {} ({})", p.pid, p.comm))
+                .collect();
             let more = m.procs.len().saturating_sub(5);
-            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-            format!("matches {} right now: {}{more}", m.procs.len(), listed.join(", "))
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "matches {} right now: {}{more}",
+                m.procs.len(),
+                listed.join(", ")
+            )
         }
         Err(e) => e,
     }

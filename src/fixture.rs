@@ -20,7 +20,10 @@ pub(crate) struct Running {
 }
 
 /// Starts the fixtures in order. On error, the ones already started are returned for stopping.
-pub(crate) async fn start(fixtures: &[Fixture], log: &dyn Fn(String)) -> Result<Vec<Running>, (Vec<Running>, String)> {
+pub(crate) async fn start(
+    fixtures: &[Fixture],
+    log: &dyn Fn(String),
+) -> Result<Vec<Running>, (Vec<Running>, String)> {
     let mut running = Vec::new();
     for f in fixtures {
         let child = Command::new(&f.argv[0])
@@ -32,7 +35,12 @@ pub(crate) async fn start(fixtures: &[Fixture], log: &dyn Fn(String)) -> Result<
             .spawn();
         let mut child = match child {
             Ok(child) => child,
-            Err(e) => return Err((running, format!("setup `{}` failed to start `{}`: {e}", f.name, f.argv[0]))),
+            Err(e) => {
+                return Err((
+                    running,
+                    format!("setup `{}` failed to start `{}`: {e}", f.name, f.argv[0]),
+                ));
+            }
         };
         let pid = child.id().map_or(0, |p| p as i32);
         log(format!("setup: started `{}` (pid {pid})", f.name));
@@ -40,7 +48,11 @@ pub(crate) async fn start(fixtures: &[Fixture], log: &dyn Fn(String)) -> Result<
             None => Ok(()),
             Some(check) => wait_ready(&mut child, &check.kind, check.within).await,
         };
-        running.push(Running { name: f.name.clone(), child, pgid: pid });
+        running.push(Running {
+            name: f.name.clone(),
+            child,
+            pgid: pid,
+        });
         if let Err(e) = ready {
             return Err((running, format!("setup `{}` {e}", f.name)));
         }
@@ -50,14 +62,21 @@ pub(crate) async fn start(fixtures: &[Fixture], log: &dyn Fn(String)) -> Result<
 
 async fn wait_ready(child: &mut Child, kind: &ReadyKind, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .map_err(|e| e.to_string())?;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited ({status}) before it was ready"));
         }
         let ready = match kind {
             ReadyKind::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
-            ReadyKind::Http(url) => client.get(url).send().await.is_ok_and(|r| r.status().as_u16() < 500),
+            ReadyKind::Http(url) => client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() < 500),
         };
         if ready {
             return Ok(());
@@ -67,7 +86,10 @@ async fn wait_ready(child: &mut Child, kind: &ReadyKind, within: Duration) -> Re
                 ReadyKind::Tcp(addr) => format!("accept TCP connections on {addr}"),
                 ReadyKind::Http(url) => format!("answer {url}"),
             };
-            return Err(format!("did not {what} within {}", humantime::format_duration(within)));
+            return Err(format!(
+                "did not {what} within {}",
+                humantime::format_duration(within)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -82,7 +104,10 @@ pub(crate) async fn stop_all(mut running: Vec<Running>, log: &dyn Fn(String)) {
         let group = Pid::from_raw(f.pgid);
         let _ = killpg(group, Signal::SIGCONT);
         let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, f.child.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, f.child.wait())
+            .await
+            .is_err()
+        {
             let _ = f.child.start_kill();
         }
         // The leader may be gone while others of its group (a server it restarted) live on.

@@ -31,7 +31,11 @@ pub(crate) struct Experiment {
 impl Experiment {
     /// When the method ends if every fault runs its course: the latest `at + duration`.
     pub(crate) fn method_length(&self) -> Duration {
-        self.faults.iter().map(|f| f.at + f.duration.unwrap_or_default()).max().unwrap_or_default()
+        self.faults
+            .iter()
+            .map(|f| f.at + f.duration.unwrap_or_default())
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -100,9 +104,18 @@ pub(crate) struct ProbeSpec {
 
 #[derive(Debug)]
 pub(crate) enum Check {
-    Http { url: String, status: Vec<u16> },
-    Tcp { addr: String },
-    Command { argv: Vec<String>, expect_exit: i32, stdout: Option<Regex> },
+    Http {
+        url: String,
+        status: Vec<u16>,
+    },
+    Tcp {
+        addr: String,
+    },
+    Command {
+        argv: Vec<String>,
+        expect_exit: i32,
+        stdout: Option<Regex>,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -11,7 +11,12 @@ use crate::units::Dur;
 pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "plan for `{}`", exp.title);
-    let _ = writeln!(out, "file: {} (sha256 {})", exp.file.display(), &exp.sha256[..16]);
+    let _ = writeln!(
+        out,
+        "file: {} (sha256 {})",
+        exp.file.display(),
+        &exp.sha256[..16]
+    );
     if let Some(d) = &exp.description {
         let _ = writeln!(out, "description: {}", d.trim());
     }
@@ -21,25 +26,48 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             let ready = match &f.ready {
                 None => "no readiness check".to_owned(),
                 Some(r) => match &r.kind {
-                    ReadyKind::Tcp(addr) => format!("ready when {addr} accepts TCP connections (within {})", Dur(r.within)),
-                    ReadyKind::Http(url) => format!("ready when {url} answers (within {})", Dur(r.within)),
+                    ReadyKind::Tcp(addr) => format!(
+                        "ready when {addr} accepts TCP connections (within {})",
+                        Dur(r.within)
+                    ),
+                    ReadyKind::Http(url) => {
+                        format!("ready when {url} answers (within {})", Dur(r.within))
+                    }
                 },
             };
             let _ = writeln!(out, "  {}. `{}`: runs {:?}; {ready}", i + 1, f.name, f.argv);
         }
     }
-    let _ = writeln!(out, "\nsteady state (baseline window {}):", Dur(exp.steady_state.window));
+    let _ = writeln!(
+        out,
+        "\nsteady state (baseline window {}):",
+        Dur(exp.steady_state.window)
+    );
     for p in &exp.steady_state.probes {
         let check = match &p.check {
-            Check::Http { url, status } if status.is_empty() => format!("GET {url}, expect any 2xx"),
+            Check::Http { url, status } if status.is_empty() => {
+                format!("GET {url}, expect any 2xx")
+            }
             Check::Http { url, status } => format!("GET {url}, expect status {status:?}"),
             Check::Tcp { addr } => format!("TCP connect to {addr}"),
-            Check::Command { argv, expect_exit, stdout } => {
-                let out = stdout.as_ref().map_or_else(String::new, |re| format!(", output matching /{re}/"));
+            Check::Command {
+                argv,
+                expect_exit,
+                stdout,
+            } => {
+                let out = stdout
+                    .as_ref()
+                    .map_or_else(String::new, |re| format!(", output matching /{re}/"));
                 format!("run {argv:?}, expect exit {expect_exit}{out}")
             }
         };
-        let _ = writeln!(out, "  - `{}`: {check}; every {}, timeout {}", p.name, Dur(p.every), Dur(p.timeout));
+        let _ = writeln!(
+            out,
+            "  - `{}`: {check}; every {}, timeout {}",
+            p.name,
+            Dur(p.every),
+            Dur(p.timeout)
+        );
         let _ = writeln!(out, "    SLO: {}", slo_text(&p.slo));
         if let Some(slo) = &p.slo_during {
             let _ = writeln!(out, "    SLO during the faults: {}", slo_text(slo));
@@ -48,19 +76,37 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     out.push_str("\ntargets:\n  local: the embedded agent (faults act on this host)\n");
     for (name, group) in &exp.targets {
         let tags: Vec<String> = group.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(out, "  {name}: agents tagged {} ({:?})", tags.join(", "), group.pick);
+        let _ = writeln!(
+            out,
+            "  {name}: agents tagged {} ({:?})",
+            tags.join(", "),
+            group.pick
+        );
     }
     out.push_str("\ntimeline (t = start of the method):\n");
     let mut faults: Vec<_> = exp.faults.iter().collect();
     faults.sort_by_key(|f| f.at);
     for f in faults {
-        let _ = writeln!(out, "  t+{:<8} inject `{}` ({}) on {}: {}", Dur(f.at).to_string(), f.name, f.spec.kind(), f.on, f.spec.describe());
+        let _ = writeln!(
+            out,
+            "  t+{:<8} inject `{}` ({}) on {}: {}",
+            Dur(f.at).to_string(),
+            f.name,
+            f.spec.kind(),
+            f.on,
+            f.spec.describe()
+        );
         if preview {
             let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
         }
         match f.duration {
             Some(d) => {
-                let _ = writeln!(out, "  t+{:<8} revert `{}`", Dur(f.at + d).to_string(), f.name);
+                let _ = writeln!(
+                    out,
+                    "  t+{:<8} revert `{}`",
+                    Dur(f.at + d).to_string(),
+                    f.name
+                );
             }
             None => {
                 let _ = writeln!(out, "  {:<10} (instant: nothing to revert)", "");
@@ -68,7 +114,9 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         }
     }
     if !exp.aborts.is_empty() {
-        out.push_str("\nabort rules (while faults are active; a firing rule reverts every fault at once):\n");
+        out.push_str(
+            "\nabort rules (while faults are active; a firing rule reverts every fault at once):\n",
+        );
         for a in &exp.aborts {
             let _ = writeln!(out, "  - {}", a.name);
         }
@@ -153,7 +201,10 @@ abort rules (while faults are active; a firing rule reverts every fault at once)
 
 recovery: the steady state must hold again within 5s of the last fault ending (t+11s), confirmed over one window
 "#;
-        assert!(plan.starts_with("plan for `kill and fill`\nfile: x.toml (sha256 "), "{plan}");
+        assert!(
+            plan.starts_with("plan for `kill and fill`\nfile: x.toml (sha256 "),
+            "{plan}"
+        );
         assert!(plan.ends_with(expected_tail), "{plan}");
     }
 }

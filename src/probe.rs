@@ -34,11 +34,19 @@ enum Prober {
 impl Prober {
     fn new(check: &Check, timeout: Duration) -> Result<Prober, String> {
         Ok(match check {
-            Check::Http { url, status } => Prober::Http(http::HttpCheck::new(url, status, timeout)?),
-            Check::Tcp { addr } => Prober::Tcp(addr.clone()),
-            Check::Command { argv, expect_exit, stdout } => {
-                Prober::Command(command::CommandCheck { argv: argv.clone(), expect_exit: *expect_exit, stdout: stdout.clone() })
+            Check::Http { url, status } => {
+                Prober::Http(http::HttpCheck::new(url, status, timeout)?)
             }
+            Check::Tcp { addr } => Prober::Tcp(addr.clone()),
+            Check::Command {
+                argv,
+                expect_exit,
+                stdout,
+            } => Prober::Command(command::CommandCheck {
+                argv: argv.clone(),
+                expect_exit: *expect_exit,
+                stdout: stdout.clone(),
+            }),
         })
     }
 
@@ -59,7 +67,8 @@ pub(crate) fn spawn_all(
 ) -> Result<JoinSet<()>, String> {
     let mut set = JoinSet::new();
     for (index, spec) in probes.iter().enumerate() {
-        let prober = Prober::new(&spec.check, spec.timeout).map_err(|e| format!("probe `{}`: {e}", spec.name))?;
+        let prober = Prober::new(&spec.check, spec.timeout)
+            .map_err(|e| format!("probe `{}`: {e}", spec.name))?;
         let (every, timeout) = (spec.every, spec.timeout);
         let tx = tx.clone();
         let mut stop = stop.clone();
@@ -77,10 +86,19 @@ pub(crate) fn spawn_all(
                 let at = Instant::now();
                 let outcome = match tokio::time::timeout(timeout, prober.check()).await {
                     Ok(result) => result,
-                    Err(_) => Err(format!("timed out after {}", humantime::format_duration(timeout))),
+                    Err(_) => Err(format!(
+                        "timed out after {}",
+                        humantime::format_duration(timeout)
+                    )),
                 };
                 let latency = at.elapsed();
-                let sample = Sample { probe: index, at, ok: outcome.is_ok(), latency, error: outcome.err() };
+                let sample = Sample {
+                    probe: index,
+                    at,
+                    ok: outcome.is_ok(),
+                    latency,
+                    error: outcome.err(),
+                };
                 if tx.send(sample).is_err() {
                     return;
                 }

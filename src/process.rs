@@ -101,7 +101,11 @@ pub(crate) struct ProcInfo {
 
 impl ProcInfo {
     pub(crate) fn to_ref(&self) -> ProcRef {
-        ProcRef { pid: self.pid, start_time: self.start_time, comm: self.comm.clone() }
+        ProcRef {
+            pid: self.pid,
+            start_time: self.start_time,
+            comm: self.comm.clone(),
+        }
     }
 
     fn is_kernel_thread(&self) -> bool {
@@ -115,15 +119,27 @@ pub(crate) fn read(pid: i32) -> Option<ProcInfo> {
     if stat.state == 'Z' || stat.state == 'X' {
         return None;
     }
-    let cmdline = process.cmdline().map(|args| args.join(" ")).unwrap_or_default();
-    Some(ProcInfo { pid: stat.pid, ppid: stat.ppid, comm: stat.comm, cmdline, start_time: stat.starttime })
+    let cmdline = process
+        .cmdline()
+        .map(|args| args.join(" "))
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid: stat.pid,
+        ppid: stat.ppid,
+        comm: stat.comm,
+        cmdline,
+        start_time: stat.starttime,
+    })
 }
 
 fn all() -> Vec<ProcInfo> {
     let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    processes.filter_map(Result::ok).filter_map(|p| read(p.pid())).collect()
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|p| read(p.pid()))
+        .collect()
 }
 
 /// The processes no fault may ever signal: init, kthreadd, this process and every ancestor of it.
@@ -163,9 +179,15 @@ pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
     let protected = protected();
     let explicit = |pid: i32| -> Result<Matches, String> {
         if protected.contains(&pid) {
-            return Err(format!("refusing to signal pid {pid}: it is {}", protection_reason(pid)));
+            return Err(format!(
+                "refusing to signal pid {pid}: it is {}",
+                protection_reason(pid)
+            ));
         }
-        Ok(Matches { procs: read(pid).into_iter().collect(), excluded: Vec::new() })
+        Ok(Matches {
+            procs: read(pid).into_iter().collect(),
+            excluded: Vec::new(),
+        })
     };
     match selector {
         Selector::Pid(pid) => explicit(*pid),
@@ -173,29 +195,46 @@ pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("failed to read pidfile {}: {e}", path.display()))?;
             let pid = text.trim().parse::<i32>().map_err(|_| {
-                format!("pidfile {} does not hold a pid (it holds `{}`)", path.display(), text.trim())
+                format!(
+                    "pidfile {} does not hold a pid (it holds `{}`)",
+                    path.display(),
+                    text.trim()
+                )
             })?;
             explicit(pid)
         }
         Selector::Port(port) => {
-            let mut matches = Matches { procs: Vec::new(), excluded: Vec::new() };
+            let mut matches = Matches {
+                procs: Vec::new(),
+                excluded: Vec::new(),
+            };
             for pid in listeners(*port)? {
                 let found = explicit(pid)?;
                 matches.procs.extend(found.procs);
             }
             Ok(matches)
         }
-        Selector::Name(name) => Ok(split_protected(all().into_iter().filter(|p| &p.comm == name), &protected)),
+        Selector::Name(name) => Ok(split_protected(
+            all().into_iter().filter(|p| &p.comm == name),
+            &protected,
+        )),
         Selector::Cmdline(pattern) => {
-            let re = Regex::new(pattern).map_err(|e| format!("invalid cmdline regex /{pattern}/: {e}"))?;
-            Ok(split_protected(all().into_iter().filter(|p| !p.cmdline.is_empty() && re.is_match(&p.cmdline)), &protected))
+            let re = Regex::new(pattern)
+                .map_err(|e| format!("invalid cmdline regex /{pattern}/: {e}"))?;
+            Ok(split_protected(
+                all()
+                    .into_iter()
+                    .filter(|p| !p.cmdline.is_empty() && re.is_match(&p.cmdline)),
+                &protected,
+            ))
         }
     }
 }
 
 fn split_protected(found: impl Iterator<Item = ProcInfo>, protected: &HashSet<i32>) -> Matches {
-    let (excluded, procs) =
-        found.filter(|p| !p.is_kernel_thread()).partition(|p: &ProcInfo| protected.contains(&p.pid));
+    let (excluded, procs) = found
+        .filter(|p| !p.is_kernel_thread())
+        .partition(|p: &ProcInfo| protected.contains(&p.pid));
     Matches { procs, excluded }
 }
 
@@ -214,10 +253,13 @@ fn listeners(port: u16) -> Result<Vec<i32>, String> {
         return Ok(Vec::new());
     }
     let mut pids = Vec::new();
-    let processes = procfs::process::all_processes().map_err(|e| format!("failed to list processes: {e}"))?;
+    let processes =
+        procfs::process::all_processes().map_err(|e| format!("failed to list processes: {e}"))?;
     for process in processes.filter_map(Result::ok) {
         let Ok(fds) = process.fd() else { continue };
-        let owns = fds.filter_map(Result::ok).any(|fd| matches!(fd.target, FDTarget::Socket(inode) if inodes.contains(&inode)));
+        let owns = fds
+            .filter_map(Result::ok)
+            .any(|fd| matches!(fd.target, FDTarget::Socket(inode) if inodes.contains(&inode)));
         if owns {
             pids.push(process.pid());
         }
@@ -231,8 +273,13 @@ pub(crate) fn parse_signal(name: &str) -> Result<Signal, String> {
     if let Ok(n) = upper.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
     }
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    full.parse::<Signal>().map_err(|_| format!("unknown signal `{name}`: write e.g. `SIGKILL`, `SIGTERM` or `9`"))
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| format!("unknown signal `{name}`: write e.g. `SIGKILL`, `SIGTERM` or `9`"))
 }
 
 #[cfg(test)]
@@ -259,7 +306,10 @@ mod tests {
     #[test]
     fn a_reused_pid_is_never_signalled() {
         let me = read(std::process::id() as i32).unwrap();
-        let stale = ProcRef { start_time: me.start_time + 1, ..me.to_ref() };
+        let stale = ProcRef {
+            start_time: me.start_time + 1,
+            ..me.to_ref()
+        };
         assert!(!stale.is_alive());
         assert_eq!(stale.signal(Signal::SIGCONT).unwrap(), Delivery::Gone);
     }

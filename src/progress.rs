@@ -16,11 +16,17 @@ impl Progress {
     pub(crate) fn new(quiet: bool) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid progress template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                    .expect("valid progress template"),
+            );
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        Progress { started: Instant::now(), bar }
+        Progress {
+            started: Instant::now(),
+            bar,
+        }
     }
 
     /// A line that stays: phase changes, injections, reverts.

@@ -53,7 +53,7 @@ pub(crate) enum RevertCause {
 pub(crate) struct Reverted {
     pub(crate) id: String,
     pub(crate) detail: String,
-    pub(crate) reverted_at: Timestamp,
+    pub(crate) at: Timestamp,
     pub(crate) cause: RevertCause,
 }
 
@@ -72,8 +72,16 @@ pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else { Err(format!("invalid fault id `{id}`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.`")) }
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid fault id `{id}`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.`"
+        ))
+    }
 }
 
 #[cfg(test)]

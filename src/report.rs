@@ -125,7 +125,7 @@ pub(crate) struct SampleRecord {
 
 impl Report {
     /// Records a fault that outlived the run loop: the run's verdict can no longer be trusted.
-    pub(crate) fn note_leftover(&mut self, line: String) {
+    pub(crate) fn note_leftover(&mut self, line: &str) {
         self.reason = format!("{line}; before that: {}", self.reason);
         self.verdict = Verdict::Error;
     }
@@ -136,7 +136,11 @@ impl Report {
             && self.verdict == Verdict::NotRun
             && !self.before.is_empty()
             && self.before.iter().all(|p| p.slo_met == Some(true));
-        if dry_run_held { 0 } else { self.verdict.exit_code() }
+        if dry_run_held {
+            0
+        } else {
+            self.verdict.exit_code()
+        }
     }
 }
 

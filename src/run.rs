@@ -17,8 +17,10 @@ use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
-use crate::protocol::{ApplyRequest, Applied, Reverted};
-use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis};
+use crate::protocol::{Applied, ApplyRequest, Reverted};
+use crate::report::{
+    FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis,
+};
 use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
 use crate::units::format_ms;
 
@@ -98,10 +100,19 @@ struct Runner<'a> {
 
 /// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
 /// every outcome, including errors, is a report.
-pub(crate) async fn run(exp: &Experiment, agent: Agent, opts: RunOptions, progress: &Progress) -> Report {
+pub(crate) async fn run(
+    exp: &Experiment,
+    agent: Agent,
+    opts: RunOptions,
+    progress: &Progress,
+) -> Report {
     let seed = opts.seed.unwrap_or_else(rand::random);
     let started_at = Timestamp::now();
-    let run_id = format!("{}-{:04x}", started_at.strftime("%Y%m%dT%H%M%SZ"), rand::random::<u16>());
+    let run_id = format!(
+        "{}-{:04x}",
+        started_at.strftime("%Y%m%dT%H%M%SZ"),
+        rand::random::<u16>()
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let faults = exp
         .faults
@@ -154,7 +165,10 @@ pub(crate) async fn run(exp: &Experiment, agent: Agent, opts: RunOptions, progre
         last_renew: now,
         last_status: now,
     };
-    progress.log(&format!("run {} of `{}` (seed {})", runner.run_id, exp.title, seed));
+    progress.log(&format!(
+        "run {} of `{}` (seed {})",
+        runner.run_id, exp.title, seed
+    ));
 
     let log = |line: String| progress.log(&line);
     let fixtures = match fixture::start(&exp.setup, &log).await {
@@ -178,8 +192,13 @@ pub(crate) async fn run(exp: &Experiment, agent: Agent, opts: RunOptions, progre
     };
     drop(samples_tx);
     runner.before_start = Instant::now();
-    runner.stage = Stage::Before { until: runner.before_start + exp.steady_state.window };
-    progress.log(&format!("before: measuring the steady state for {}", crate::units::Dur(exp.steady_state.window)));
+    runner.stage = Stage::Before {
+        until: runner.before_start + exp.steady_state.window,
+    };
+    progress.log(&format!(
+        "before: measuring the steady state for {}",
+        crate::units::Dur(exp.steady_state.window)
+    ));
 
     let mut sigint = signal(SignalKind::interrupt()).ok();
     let mut sigterm = signal(SignalKind::terminate()).ok();
@@ -216,7 +235,9 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
 impl Runner<'_> {
     fn interrupt(&mut self, name: &'static str) {
         if self.interrupted.is_none() {
-            self.progress.log(&format!("{name} received: reverting every fault and stopping"));
+            self.progress.log(&format!(
+                "{name} received: reverting every fault and stopping"
+            ));
         }
         self.interrupted = Some(name);
         self.stopping = true;
@@ -233,14 +254,22 @@ impl Runner<'_> {
             Stage::Before { until } => {
                 let until = *until;
                 if let Some(sig) = self.interrupted {
-                    self.finish(Verdict::Error, format!("interrupted by {sig} before any fault was injected"));
+                    self.finish(
+                        Verdict::Error,
+                        format!("interrupted by {sig} before any fault was injected"),
+                    );
                 } else if now >= until {
                     self.end_before(until);
                 }
             }
             Stage::Method => self.advance_method(now),
             Stage::After { tracker } => {
-                let state = tracker.update(&self.exp.steady_state.probes, &self.samples, &self.baselines, now);
+                let state = tracker.update(
+                    &self.exp.steady_state.probes,
+                    &self.samples,
+                    &self.baselines,
+                    now,
+                );
                 if let Some(sig) = self.interrupted {
                     self.finish(Verdict::Error, format!("interrupted by {sig} while waiting for recovery; every fault had been reverted"));
                     return;
@@ -257,7 +286,9 @@ impl Runner<'_> {
 
     fn end_before(&mut self, until: Instant) {
         let probes = &self.exp.steady_state.probes;
-        self.baselines = (0..probes.len()).map(|i| Stats::of(between(&self.samples[i], self.before_start, until))).collect();
+        self.baselines = (0..probes.len())
+            .map(|i| Stats::of(between(&self.samples[i], self.before_start, until)))
+            .collect();
         let failures: Vec<String> = probes
             .iter()
             .zip(&self.baselines)
@@ -266,15 +297,23 @@ impl Runner<'_> {
         if !failures.is_empty() {
             self.finish(
                 Verdict::NotRun,
-                format!("the steady state was not met before the method ({}); no fault was injected", failures.join("; ")),
+                format!(
+                    "the steady state was not met before the method ({}); no fault was injected",
+                    failures.join("; ")
+                ),
             );
             return;
         }
         if self.opts.dry_run {
-            self.finish(Verdict::NotRun, "dry run: the steady state held before the method; no fault was injected".to_owned());
+            self.finish(
+                Verdict::NotRun,
+                "dry run: the steady state held before the method; no fault was injected"
+                    .to_owned(),
+            );
             return;
         }
-        self.progress.log("before: steady state met; starting the method");
+        self.progress
+            .log("before: steady state met; starting the method");
         self.method_start = Some(until);
         self.stage = Stage::Method;
     }
@@ -293,10 +332,13 @@ impl Runner<'_> {
             match self.faults[i].slot {
                 Slot::Pending if self.stopping => {
                     self.faults[i].slot = Slot::Done;
-                    self.faults[i].record.detail = "not started: the run stopped first".to_owned();
+                    "not started: the run stopped first"
+                        .clone_into(&mut self.faults[i].record.detail);
                 }
                 Slot::Active { since } => {
-                    let due = self.exp.faults[i].duration.is_some_and(|d| now >= since + d);
+                    let due = self.exp.faults[i]
+                        .duration
+                        .is_some_and(|d| now >= since + d);
                     if due || self.stopping {
                         self.revert(i);
                     }
@@ -315,12 +357,21 @@ impl Runner<'_> {
 
     fn end_method(&mut self, now: Instant) {
         if let Some((rule, breach)) = &self.aborted {
-            let reverted = self.faults.iter().filter_map(|f| f.ended).max().unwrap_or(now);
+            let reverted = self
+                .faults
+                .iter()
+                .filter_map(|f| f.ended)
+                .max()
+                .unwrap_or(now);
             self.time_to_abort = Some(reverted.saturating_duration_since(*breach));
-            self.progress.log(&format!("aborted by `{rule}`: every fault reverted"));
+            self.progress
+                .log(&format!("aborted by `{rule}`: every fault reverted"));
         }
         if let Some(sig) = self.interrupted {
-            self.finish(Verdict::Error, format!("interrupted by {sig}; every injected fault was reverted"));
+            self.finish(
+                Verdict::Error,
+                format!("interrupted by {sig}; every injected fault was reverted"),
+            );
             return;
         }
         if self.inject_failed {
@@ -328,15 +379,37 @@ impl Runner<'_> {
                 .faults
                 .iter()
                 .filter(|f| f.record.status == FaultState::InjectFailed)
-                .map(|f| format!("fault `{}` could not be injected: {}", f.record.name, f.record.detail))
+                .map(|f| {
+                    format!(
+                        "fault `{}` could not be injected: {}",
+                        f.record.name, f.record.detail
+                    )
+                })
                 .collect();
-            self.finish(Verdict::Error, format!("{}; every injected fault was reverted", failed.join("; ")));
+            self.finish(
+                Verdict::Error,
+                format!("{}; every injected fault was reverted", failed.join("; ")),
+            );
             return;
         }
-        let from = self.faults.iter().filter_map(|f| f.ended).max().unwrap_or(now);
+        let from = self
+            .faults
+            .iter()
+            .filter_map(|f| f.ended)
+            .max()
+            .unwrap_or(now);
         self.after_start = Some(from);
-        self.progress.log(&format!("after: waiting up to {} for the steady state to return", format_ms(self.exp.recovery_within)));
-        self.stage = Stage::After { tracker: RecoveryTracker::new(from, self.exp.steady_state.window, self.exp.recovery_within) };
+        self.progress.log(&format!(
+            "after: waiting up to {} for the steady state to return",
+            format_ms(self.exp.recovery_within)
+        ));
+        self.stage = Stage::After {
+            tracker: RecoveryTracker::new(
+                from,
+                self.exp.steady_state.window,
+                self.exp.recovery_within,
+            ),
+        };
     }
 
     fn end_recovered(&mut self, at: Instant) {
@@ -353,7 +426,10 @@ impl Runner<'_> {
         }
         let during = self.during_breaches();
         if !during.is_empty() {
-            self.finish(Verdict::Failed, format!("during the faults {}; {recovered}", during.join("; ")));
+            self.finish(
+                Verdict::Failed,
+                format!("during the faults {}; {recovered}", during.join("; ")),
+            );
             return;
         }
         self.finish(Verdict::Passed, recovered);
@@ -368,12 +444,16 @@ impl Runner<'_> {
 
     fn abort_verdict(&self, tail: &str) -> Option<String> {
         let (rule, _) = self.aborted.as_ref()?;
-        let after = self.time_to_abort.map_or_else(String::new, |d| format!(", faults reverted {} after the breach began", format_ms(d)));
+        let after = self.time_to_abort.map_or_else(String::new, |d| {
+            format!(", faults reverted {} after the breach began", format_ms(d))
+        });
         Some(format!("abort rule `{rule}` fired{after}; {tail}"))
     }
 
     fn during_breaches(&self) -> Vec<String> {
-        let (Some(from), Some(to)) = (self.method_start, self.after_start) else { return Vec::new() };
+        let (Some(from), Some(to)) = (self.method_start, self.after_start) else {
+            return Vec::new();
+        };
         self.exp
             .steady_state
             .probes
@@ -381,20 +461,34 @@ impl Runner<'_> {
             .enumerate()
             .filter_map(|(i, p)| {
                 let slo = p.slo_during.as_ref()?;
-                check_slo(&p.name, slo, &Stats::of(between(&self.samples[i], from, to)), self.baselines.get(i)).err()
+                check_slo(
+                    &p.name,
+                    slo,
+                    &Stats::of(between(&self.samples[i], from, to)),
+                    self.baselines.get(i),
+                )
+                .err()
             })
             .collect()
     }
 
     fn check_aborts(&mut self, now: Instant) {
-        let Some(active_since) = self.first_injected else { return };
-        let any_active = self.faults.iter().any(|f| matches!(f.slot, Slot::Active { .. } | Slot::Injecting));
+        let Some(active_since) = self.first_injected else {
+            return;
+        };
+        let any_active = self
+            .faults
+            .iter()
+            .any(|f| matches!(f.slot, Slot::Active { .. } | Slot::Injecting));
         if !any_active || self.aborted.is_some() {
             return;
         }
         for rule in &self.exp.aborts {
             if let Some(breach) = abort_breach(rule, &self.samples[rule.probe], active_since, now) {
-                self.progress.log(&format!("abort rule `{}` fired: reverting every fault now", rule.name));
+                self.progress.log(&format!(
+                    "abort rule `{}` fired: reverting every fault now",
+                    rule.name
+                ));
                 self.aborted = Some((rule.name.clone(), breach));
                 self.stopping = true;
                 return;
@@ -413,12 +507,16 @@ impl Runner<'_> {
             lease_ms: self.opts.lease.as_millis() as u64,
             seed: fault.seed,
         };
-        self.progress.log(&format!("inject `{}`: {}", step.name, step.spec.describe()));
+        self.progress
+            .log(&format!("inject `{}`: {}", step.name, step.spec.describe()));
         let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.apply(&id, req)).await {
                 Ok(result) => result,
-                Err(_) => Err(AgentError::FaultFailed(format!("no answer from the agent within {}", format_ms(OP_TIMEOUT)))),
+                Err(_) => Err(AgentError::FaultFailed(format!(
+                    "no answer from the agent within {}",
+                    format_ms(OP_TIMEOUT)
+                ))),
             };
             let _ = ops.send(Op::Applied(i, result));
         });
@@ -431,14 +529,22 @@ impl Runner<'_> {
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
                 Ok(result) => result,
-                Err(_) => Err(AgentError::RevertFailed(format!("no answer from the agent within {}", format_ms(OP_TIMEOUT)))),
+                Err(_) => Err(AgentError::RevertFailed(format!(
+                    "no answer from the agent within {}",
+                    format_ms(OP_TIMEOUT)
+                ))),
             };
             let _ = ops.send(Op::Reverted(i, result));
         });
     }
 
     fn renew_leases(&self) {
-        let ids: Vec<String> = self.faults.iter().filter(|f| matches!(f.slot, Slot::Active { .. })).map(|f| f.id.clone()).collect();
+        let ids: Vec<String> = self
+            .faults
+            .iter()
+            .filter(|f| matches!(f.slot, Slot::Active { .. }))
+            .map(|f| f.id.clone())
+            .collect();
         if ids.is_empty() {
             return;
         }
@@ -470,13 +576,15 @@ impl Runner<'_> {
                             fault.slot = Slot::Active { since: now };
                             fault.record.status = FaultState::Reverted;
                         }
-                        self.progress.log(&format!("injected `{name}`: {}", fault.record.detail));
+                        self.progress
+                            .log(&format!("injected `{name}`: {}", fault.record.detail));
                     }
                     Err(e) => {
                         fault.slot = Slot::Done;
                         fault.record.status = FaultState::InjectFailed;
                         fault.record.detail = e.to_string();
-                        self.progress.log(&format!("FAILED to inject `{name}`: {e}"));
+                        self.progress
+                            .log(&format!("FAILED to inject `{name}`: {e}"));
                         self.inject_failed = true;
                         self.stopping = true;
                     }
@@ -489,15 +597,19 @@ impl Runner<'_> {
                 fault.ended = Some(now);
                 match result {
                     Ok(reverted) => {
-                        fault.record.reverted_at = Some(reverted.reverted_at);
+                        fault.record.reverted_at = Some(reverted.at);
                         fault.record.status = FaultState::Reverted;
-                        fault.record.detail = format!("{}; reverted: {}", fault.record.detail, reverted.detail);
-                        self.progress.log(&format!("reverted `{name}`: {}", reverted.detail));
+                        fault.record.detail =
+                            format!("{}; reverted: {}", fault.record.detail, reverted.detail);
+                        self.progress
+                            .log(&format!("reverted `{name}`: {}", reverted.detail));
                     }
                     Err(e) => {
                         fault.record.status = FaultState::RevertFailed;
-                        fault.record.detail = format!("{}; REVERT FAILED: {e}", fault.record.detail);
-                        self.progress.log(&format!("FAILED to revert `{name}`: {e}"));
+                        fault.record.detail =
+                            format!("{}; REVERT FAILED: {e}", fault.record.detail);
+                        self.progress
+                            .log(&format!("FAILED to revert `{name}`: {e}"));
                     }
                 }
             }
@@ -527,7 +639,8 @@ impl Runner<'_> {
                 format!("{} {ok}/{}", p.name, recent.len())
             })
             .collect();
-        self.progress.status(&format!("{stage} | {}", health.join(" | ")));
+        self.progress
+            .status(&format!("{stage} | {}", health.join(" | ")));
     }
 
     fn phase_stats(&self, phase: Phase, from: Instant, to: Instant) -> Vec<ProbePhase> {
@@ -541,13 +654,24 @@ impl Runner<'_> {
                 let baseline = self.baselines.get(i);
                 let slo_met = match phase {
                     Phase::Before => Some(check_slo(&p.name, &p.slo, &stats, None).is_ok()),
-                    Phase::During => p.slo_during.as_ref().map(|slo| check_slo(&p.name, slo, &stats, baseline).is_ok()),
+                    Phase::During => p
+                        .slo_during
+                        .as_ref()
+                        .map(|slo| check_slo(&p.name, slo, &stats, baseline).is_ok()),
                     Phase::After => Some(self.recovered_at.is_some_and(|c| {
-                        let window = Stats::of(between(&self.samples[i], c, c + self.exp.steady_state.window));
+                        let window = Stats::of(between(
+                            &self.samples[i],
+                            c,
+                            c + self.exp.steady_state.window,
+                        ));
                         check_slo(&p.name, &p.slo, &window, baseline).is_ok()
                     })),
                 };
-                ProbePhase { probe: p.name.clone(), stats, slo_met }
+                ProbePhase {
+                    probe: p.name.clone(),
+                    stats,
+                    slo_met,
+                }
             })
             .collect()
     }
@@ -562,22 +686,35 @@ impl Runner<'_> {
 
     fn report(&self) -> Report {
         let end = Instant::now();
-        let (mut verdict, mut reason) =
-            self.outcome.clone().unwrap_or((Verdict::Error, "the run ended without a verdict".to_owned()));
+        let (mut verdict, mut reason) = self
+            .outcome
+            .clone()
+            .unwrap_or((Verdict::Error, "the run ended without a verdict".to_owned()));
         let unreverted: Vec<String> = self
             .faults
             .iter()
             .filter(|f| f.record.status == FaultState::RevertFailed)
-            .map(|f| format!("fault `{}` on {} could NOT be reverted ({})", f.record.name, f.record.agent, f.record.detail))
+            .map(|f| {
+                format!(
+                    "fault `{}` on {} could NOT be reverted ({})",
+                    f.record.name, f.record.agent, f.record.detail
+                )
+            })
             .collect();
         if !unreverted.is_empty() {
-            reason = format!("{}; check the host by hand, then `faultline revert`. Before that: {reason}", unreverted.join("; "));
+            reason = format!(
+                "{}; check the host by hand, then `faultline revert`. Before that: {reason}",
+                unreverted.join("; ")
+            );
             verdict = Verdict::Error;
         }
         let method = self.method_start.unwrap_or(end);
         let before = self.phase_stats(Phase::Before, self.before_start, method);
         let (during, after) = match (self.method_start, self.after_start) {
-            (Some(m), Some(a)) => (self.phase_stats(Phase::During, m, a), self.phase_stats(Phase::After, a, end)),
+            (Some(m), Some(a)) => (
+                self.phase_stats(Phase::During, m, a),
+                self.phase_stats(Phase::After, a, end),
+            ),
             (Some(m), None) => (self.phase_stats(Phase::During, m, end), Vec::new()),
             _ => (Vec::new(), Vec::new()),
         };
@@ -610,7 +747,10 @@ impl Runner<'_> {
             during,
             after,
             faults: self.faults.iter().map(|f| f.record.clone()).collect(),
-            time_to_recover: self.recovered_at.zip(self.after_start).map(|(c, a)| c.saturating_duration_since(a)),
+            time_to_recover: self
+                .recovered_at
+                .zip(self.after_start)
+                .map(|(c, a)| c.saturating_duration_since(a)),
             recovery_within: self.exp.recovery_within,
             aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
             time_to_abort: self.time_to_abort,

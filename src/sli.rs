@@ -24,7 +24,8 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Stats {
         // Microseconds up to an hour, three significant digits: 0.1% error at any latency.
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
         let mut stats = Stats::default();
         for s in samples {
             stats.samples += 1;
@@ -50,7 +51,12 @@ impl Stats {
 
 /// Checks stats against an SLO. The error is one readable clause naming the number and threshold:
 /// "front page p99 was 812 ms, above 250 ms".
-pub(crate) fn check_slo(name: &str, slo: &Slo, stats: &Stats, baseline: Option<&Stats>) -> Result<(), String> {
+pub(crate) fn check_slo(
+    name: &str,
+    slo: &Slo,
+    stats: &Stats,
+    baseline: Option<&Stats>,
+) -> Result<(), String> {
     let Some(ratio) = stats.success_ratio() else {
         return Err(format!("{name} had no samples"));
     };
@@ -58,7 +64,11 @@ pub(crate) fn check_slo(name: &str, slo: &Slo, stats: &Stats, baseline: Option<&
         SuccessBound::Absolute(p) => p,
         SuccessBound::BaselineMinus(points) => match baseline.and_then(Stats::success_ratio) {
             Some(base) => base - points,
-            None => return Err(format!("{name} has no baseline to compare its success ratio with")),
+            None => {
+                return Err(format!(
+                    "{name} has no baseline to compare its success ratio with"
+                ));
+            }
         },
     };
     // A tiny tolerance, so "99.9%" of 1000 samples is not lost to floating point.
@@ -72,7 +82,11 @@ pub(crate) fn check_slo(name: &str, slo: &Slo, stats: &Stats, baseline: Option<&
             relative_note(matches!(slo.success, SuccessBound::BaselineMinus(_)))
         ));
     }
-    let bounds = [("p50", slo.p50, stats.p50, baseline.and_then(|b| b.p50)), ("p95", slo.p95, stats.p95, baseline.and_then(|b| b.p95)), ("p99", slo.p99, stats.p99, baseline.and_then(|b| b.p99))];
+    let bounds = [
+        ("p50", slo.p50, stats.p50, baseline.and_then(|b| b.p50)),
+        ("p95", slo.p95, stats.p95, baseline.and_then(|b| b.p95)),
+        ("p99", slo.p99, stats.p99, baseline.and_then(|b| b.p99)),
+    ];
     for (label, bound, value, base) in bounds {
         let Some(bound) = bound else { continue };
         let limit = match bound {
@@ -83,7 +97,9 @@ pub(crate) fn check_slo(name: &str, slo: &Slo, stats: &Stats, baseline: Option<&
             },
         };
         let Some(value) = value else {
-            return Err(format!("{name} had no successful samples to measure {label}"));
+            return Err(format!(
+                "{name} had no successful samples to measure {label}"
+            ));
         };
         if value > limit {
             return Err(format!(
@@ -98,11 +114,19 @@ pub(crate) fn check_slo(name: &str, slo: &Slo, stats: &Stats, baseline: Option<&
 }
 
 fn relative_note(relative: bool) -> &'static str {
-    if relative { " (relative to the baseline)" } else { "" }
+    if relative {
+        " (relative to the baseline)"
+    } else {
+        ""
+    }
 }
 
 /// Samples whose start lies in `[from, to)`.
-pub(crate) fn between(samples: &[Sample], from: Instant, to: Instant) -> impl Iterator<Item = &Sample> {
+pub(crate) fn between(
+    samples: &[Sample],
+    from: Instant,
+    to: Instant,
+) -> impl Iterator<Item = &Sample> {
     samples.iter().filter(move |s| s.at >= from && s.at < to)
 }
 
@@ -127,7 +151,12 @@ pub(crate) enum RecoveryState {
 
 impl RecoveryTracker {
     pub(crate) fn new(from: Instant, window: Duration, within: Duration) -> RecoveryTracker {
-        RecoveryTracker { from, window, within, rejected_until: None }
+        RecoveryTracker {
+            from,
+            window,
+            within,
+            rejected_until: None,
+        }
     }
 
     /// The latest moment a recovery can be confirmed: the last allowed start plus one window.
@@ -135,7 +164,13 @@ impl RecoveryTracker {
         self.from + self.within + self.window
     }
 
-    pub(crate) fn update(&mut self, probes: &[ProbeSpec], samples: &[Vec<Sample>], baselines: &[Stats], now: Instant) -> RecoveryState {
+    pub(crate) fn update(
+        &mut self,
+        probes: &[ProbeSpec],
+        samples: &[Vec<Sample>],
+        baselines: &[Stats],
+        now: Instant,
+    ) -> RecoveryState {
         let mut candidates: Vec<Instant> = samples
             .iter()
             .flatten()
@@ -150,7 +185,13 @@ impl RecoveryTracker {
                 break;
             }
             let holds = probes.iter().enumerate().all(|(i, p)| {
-                check_slo(&p.name, &p.slo, &Stats::of(between(&samples[i], c, c + self.window)), baselines.get(i)).is_ok()
+                check_slo(
+                    &p.name,
+                    &p.slo,
+                    &Stats::of(between(&samples[i], c, c + self.window)),
+                    baselines.get(i),
+                )
+                .is_ok()
             });
             if holds {
                 return RecoveryState::Recovered(c);
@@ -161,13 +202,28 @@ impl RecoveryTracker {
             return RecoveryState::Pending;
         }
         // Explain with the most recent window, which is what a person would look at.
-        let recent = now.checked_sub(self.window).unwrap_or(self.from).max(self.from);
+        let recent = now
+            .checked_sub(self.window)
+            .unwrap_or(self.from)
+            .max(self.from);
         let reasons: Vec<String> = probes
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| check_slo(&p.name, &p.slo, &Stats::of(between(&samples[i], recent, now)), baselines.get(i)).err())
+            .filter_map(|(i, p)| {
+                check_slo(
+                    &p.name,
+                    &p.slo,
+                    &Stats::of(between(&samples[i], recent, now)),
+                    baselines.get(i),
+                )
+                .err()
+            })
             .collect();
-        let why = if reasons.is_empty() { "the steady state never held for a whole window".to_owned() } else { reasons.join("; ") };
+        let why = if reasons.is_empty() {
+            "the steady state never held for a whole window".to_owned()
+        } else {
+            reasons.join("; ")
+        };
         RecoveryState::Failed(format!(
             "{why} in the last {}; not recovered within the allowed {}",
             format_ms(now.saturating_duration_since(recent)),
@@ -178,12 +234,20 @@ impl RecoveryTracker {
 
 /// If the rule is breached at `now`, when the breach began. Only judged once a whole `over` has
 /// passed since `active_since` (the first injection); no data at all counts as a breach.
-pub(crate) fn abort_breach(rule: &AbortRule, samples: &[Sample], active_since: Instant, now: Instant) -> Option<Instant> {
+pub(crate) fn abort_breach(
+    rule: &AbortRule,
+    samples: &[Sample],
+    active_since: Instant,
+    now: Instant,
+) -> Option<Instant> {
     if now.saturating_duration_since(active_since) < rule.over {
         return None;
     }
-    let start = now - rule.over;
-    let window: Vec<&Sample> = samples.iter().filter(|s| s.at > start && s.at <= now).collect();
+    let start = now.checked_sub(rule.over)?;
+    let window: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at > start && s.at <= now)
+        .collect();
     let Some(first) = window.first() else {
         return Some(start);
     };
@@ -196,7 +260,12 @@ pub(crate) fn abort_breach(rule: &AbortRule, samples: &[Sample], active_since: I
         AbortCondition::P99Above(limit) => {
             let stats = Stats::of(window.iter().copied());
             let breached = stats.p99.is_none_or(|p99| p99 > limit);
-            breached.then(|| window.iter().find(|s| !s.ok || s.latency > limit).map_or(first.at, |s| s.at))
+            breached.then(|| {
+                window
+                    .iter()
+                    .find(|s| !s.ok || s.latency > limit)
+                    .map_or(first.at, |s| s.at)
+            })
         }
     }
 }
@@ -207,13 +276,21 @@ mod tests {
     use crate::model::Check;
 
     fn sample(at: Instant, ok: bool, ms: u64) -> Sample {
-        Sample { probe: 0, at, ok, latency: Duration::from_millis(ms), error: None }
+        Sample {
+            probe: 0,
+            at,
+            ok,
+            latency: Duration::from_millis(ms),
+            error: None,
+        }
     }
 
     fn probe(slo: Slo) -> ProbeSpec {
         ProbeSpec {
             name: "front page".into(),
-            check: Check::Tcp { addr: "127.0.0.1:1".into() },
+            check: Check::Tcp {
+                addr: "127.0.0.1:1".into(),
+            },
             every: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
             slo,
@@ -222,7 +299,12 @@ mod tests {
     }
 
     fn slo(success: f64, p99: Option<LatencyBound>) -> Slo {
-        Slo { success: SuccessBound::Absolute(success), p50: None, p95: None, p99 }
+        Slo {
+            success: SuccessBound::Absolute(success),
+            p50: None,
+            p95: None,
+            p99,
+        }
     }
 
     #[test]
@@ -241,9 +323,19 @@ mod tests {
     fn slo_breaches_read_as_sentences() {
         let t = Instant::now();
         let samples = vec![sample(t, true, 812), sample(t, false, 1)];
-        let err = check_slo("front page", &slo(0.99, None), &Stats::of(&samples), None).unwrap_err();
+        let err =
+            check_slo("front page", &slo(0.99, None), &Stats::of(&samples), None).unwrap_err();
         assert_eq!(err, "front page success was 50% (1/2), below 99%");
-        let err = check_slo("front page", &slo(0.5, Some(LatencyBound::Absolute(Duration::from_millis(250)))), &Stats::of(&samples), None).unwrap_err();
+        let err = check_slo(
+            "front page",
+            &slo(
+                0.5,
+                Some(LatencyBound::Absolute(Duration::from_millis(250))),
+            ),
+            &Stats::of(&samples),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err, "front page p99 was 812 ms, above 250 ms");
     }
 
@@ -256,7 +348,10 @@ mod tests {
         assert!(check_slo("p", &relaxed, &now, Some(&base)).is_ok());
         let strict = slo(1.0, Some(LatencyBound::TimesBaseline(1.2)));
         let err = check_slo("p", &strict, &now, Some(&base)).unwrap_err();
-        assert!(err.contains("above 120 ms (relative to the baseline)"), "{err}");
+        assert!(
+            err.contains("above 120 ms (relative to the baseline)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -264,22 +359,33 @@ mod tests {
         let t0 = Instant::now();
         let p = [probe(slo(1.0, None))];
         // Fails for 1.5 s after t0, then succeeds every 100 ms.
-        let samples: Vec<Sample> =
-            (0..50).map(|i| sample(t0 + Duration::from_millis(i * 100), i >= 15, 1)).collect();
+        let samples: Vec<Sample> = (0..50)
+            .map(|i| sample(t0 + Duration::from_millis(i * 100), i >= 15, 1))
+            .collect();
         let mut tracker = RecoveryTracker::new(t0, Duration::from_secs(1), Duration::from_secs(3));
         let all = vec![samples];
-        assert_eq!(tracker.update(&p, &all, &[], t0 + Duration::from_millis(2000)), RecoveryState::Pending);
+        assert_eq!(
+            tracker.update(&p, &all, &[], t0 + Duration::from_secs(2)),
+            RecoveryState::Pending
+        );
         let state = tracker.update(&p, &all, &[], t0 + Duration::from_millis(2600));
-        assert_eq!(state, RecoveryState::Recovered(t0 + Duration::from_millis(1500)));
+        assert_eq!(
+            state,
+            RecoveryState::Recovered(t0 + Duration::from_millis(1500))
+        );
     }
 
     #[test]
     fn recovery_fails_after_the_allowed_time_with_a_reason() {
         let t0 = Instant::now();
         let p = [probe(slo(1.0, None))];
-        let samples: Vec<Sample> = (0..50).map(|i| sample(t0 + Duration::from_millis(i * 100), false, 1)).collect();
+        let samples: Vec<Sample> = (0..50)
+            .map(|i| sample(t0 + Duration::from_millis(i * 100), false, 1))
+            .collect();
         let mut tracker = RecoveryTracker::new(t0, Duration::from_secs(1), Duration::from_secs(2));
-        let RecoveryState::Failed(why) = tracker.update(&p, &[samples], &[], t0 + Duration::from_secs(5)) else {
+        let RecoveryState::Failed(why) =
+            tracker.update(&p, &[samples], &[], t0 + Duration::from_secs(5))
+        else {
             panic!("expected a failed recovery");
         };
         assert!(why.contains("front page success was 0%"), "{why}");
@@ -289,13 +395,32 @@ mod tests {
     #[test]
     fn abort_rules_wait_for_a_full_window_then_fire() {
         let t0 = Instant::now();
-        let rule = AbortRule { name: "r".into(), probe: 0, condition: AbortCondition::P99Above(Duration::from_millis(200)), over: Duration::from_secs(1) };
-        let samples: Vec<Sample> = (0..12).map(|i| sample(t0 + Duration::from_millis(i * 100), true, 500)).collect();
-        assert_eq!(abort_breach(&rule, &samples, t0, t0 + Duration::from_millis(900)), None);
+        let rule = AbortRule {
+            name: "r".into(),
+            probe: 0,
+            condition: AbortCondition::P99Above(Duration::from_millis(200)),
+            over: Duration::from_secs(1),
+        };
+        let samples: Vec<Sample> = (0..12)
+            .map(|i| sample(t0 + Duration::from_millis(i * 100), true, 500))
+            .collect();
+        assert_eq!(
+            abort_breach(&rule, &samples, t0, t0 + Duration::from_millis(900)),
+            None
+        );
         let start = abort_breach(&rule, &samples, t0, t0 + Duration::from_millis(1100)).unwrap();
         assert_eq!(start, t0 + Duration::from_millis(200));
-        let quiet = AbortRule { condition: AbortCondition::SuccessBelow(0.5), ..rule };
-        assert_eq!(abort_breach(&quiet, &samples, t0, t0 + Duration::from_millis(1100)), None);
-        assert!(abort_breach(&quiet, &[], t0, t0 + Duration::from_millis(1100)).is_some(), "no data is a breach");
+        let quiet = AbortRule {
+            condition: AbortCondition::SuccessBelow(0.5),
+            ..rule
+        };
+        assert_eq!(
+            abort_breach(&quiet, &samples, t0, t0 + Duration::from_millis(1100)),
+            None
+        );
+        assert!(
+            abort_breach(&quiet, &[], t0, t0 + Duration::from_millis(1100)).is_some(),
+            "no data is a breach"
+        );
     }
 }

@@ -17,9 +17,9 @@ pub(crate) struct Dur(pub(crate) Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("invalid duration `{s}` ({e}); write e.g. `250ms`, `5s` or `1m 30s`"))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!("invalid duration `{s}` ({e}); write e.g. `250ms`, `5s` or `1m 30s`")
+        })
     }
 }
 
@@ -36,7 +36,11 @@ pub(crate) struct Percent(pub(crate) f64);
 impl FromStr for Percent {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid percentage `{s}`: write a number from 0 to 100 followed by `%`, e.g. `99.9%`");
+        let bad = || {
+            format!(
+                "invalid percentage `{s}`: write a number from 0 to 100 followed by `%`, e.g. `99.9%`"
+            )
+        };
         let number = s.trim().strip_suffix('%').ok_or_else(bad)?;
         let value: f64 = number.trim().parse().map_err(|_| bad())?;
         if !(0.0..=100.0).contains(&value) {
@@ -59,7 +63,11 @@ pub(crate) struct ByteSize(pub(crate) u64);
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid size `{s}`: write a whole number with a unit, e.g. `512MiB`, `1GiB` or `100MB`");
+        let bad = || {
+            format!(
+                "invalid size `{s}`: write a whole number with a unit, e.g. `512MiB`, `1GiB` or `100MB`"
+            )
+        };
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
@@ -124,7 +132,9 @@ impl FromStr for LatencyBound {
             let factor = factor.trim().strip_suffix('x').map(str::trim);
             return match factor.and_then(|f| f.parse::<f64>().ok()) {
                 Some(f) if f > 0.0 && f.is_finite() => Ok(LatencyBound::TimesBaseline(f)),
-                _ => Err(format!("invalid latency bound `{s}`: write a duration (`250ms`) or a factor of the baseline (`2x baseline`)")),
+                _ => Err(format!(
+                    "invalid latency bound `{s}`: write a duration (`250ms`) or a factor of the baseline (`2x baseline`)"
+                )),
             };
         }
         t.parse::<Dur>().map(|d| LatencyBound::Absolute(d.0)).map_err(|_| {
@@ -160,9 +170,13 @@ impl FromStr for SuccessBound {
                 return Ok(SuccessBound::BaselineMinus(0.0));
             }
             if let Some(points) = rest.strip_prefix('-') {
-                return points.parse::<Percent>().map(|p| SuccessBound::BaselineMinus(p.0));
+                return points
+                    .parse::<Percent>()
+                    .map(|p| SuccessBound::BaselineMinus(p.0));
             }
-            return Err(format!("invalid success bound `{s}`: write a percentage (`99%`) or `baseline - 1%`"));
+            return Err(format!(
+                "invalid success bound `{s}`: write a percentage (`99%`) or `baseline - 1%`"
+            ));
         }
         t.parse::<Percent>().map(|p| SuccessBound::Absolute(p.0))
     }
@@ -214,7 +228,10 @@ mod tests {
     #[test]
     fn durations_accept_humantime_and_reject_bare_numbers() {
         assert_eq!("1m 30s".parse::<Dur>().unwrap().0, Duration::from_secs(90));
-        assert_eq!("250ms".parse::<Dur>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(250)
+        );
         let err = "5".parse::<Dur>().unwrap_err();
         assert!(err.contains("invalid duration `5`"), "{err}");
     }
@@ -239,7 +256,10 @@ mod tests {
 
     #[test]
     fn bounds_can_be_relative_to_the_baseline() {
-        assert_eq!("2x baseline".parse::<LatencyBound>().unwrap(), LatencyBound::TimesBaseline(2.0));
+        assert_eq!(
+            "2x baseline".parse::<LatencyBound>().unwrap(),
+            LatencyBound::TimesBaseline(2.0)
+        );
         assert_eq!(
             "250ms".parse::<LatencyBound>().unwrap(),
             LatencyBound::Absolute(Duration::from_millis(250))
@@ -249,7 +269,10 @@ mod tests {
             "baseline - 1%".parse::<SuccessBound>().unwrap(),
             SuccessBound::BaselineMinus(0.01)
         );
-        assert_eq!("99%".parse::<SuccessBound>().unwrap(), SuccessBound::Absolute(0.99));
+        assert_eq!(
+            "99%".parse::<SuccessBound>().unwrap(),
+            SuccessBound::Absolute(0.99)
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use super::AgentError;
 use super::journal::{Entry, Journal};
 use crate::fault::{Context, Undo};
 use crate::process;
-use crate::protocol::{ApplyRequest, Applied, FaultStatus, RevertCause, Reverted, validate_fault_id};
+use crate::protocol::{
+    Applied, ApplyRequest, FaultStatus, RevertCause, Reverted, validate_fault_id,
+};
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
 const REAP_EVERY: Duration = Duration::from_millis(50);
@@ -66,7 +68,12 @@ impl AgentCore {
         let owner = process::read(std::process::id() as i32)
             .map(|p| p.to_ref())
             .ok_or("failed to read this process from /proc")?;
-        let core = Arc::new(AgentCore { journal, slots: Mutex::new(HashMap::new()), halted: AtomicBool::new(false), owner });
+        let core = Arc::new(AgentCore {
+            journal,
+            slots: Mutex::new(HashMap::new()),
+            halted: AtomicBool::new(false),
+            owner,
+        });
         let recovery = core.recover();
         Ok((core, recovery))
     }
@@ -91,9 +98,14 @@ impl AgentCore {
             match entry.undo.revert() {
                 Ok(detail) => {
                     let _ = self.journal.remove(&entry.id);
-                    recovery.reverted.push(format!("{} ({}, run {}): {detail}", entry.id, entry.kind, entry.run_id));
+                    recovery.reverted.push(format!(
+                        "{} ({}, run {}): {detail}",
+                        entry.id, entry.kind, entry.run_id
+                    ));
                 }
-                Err(e) => recovery.failed.push(format!("{} ({}): {e}", entry.id, entry.kind)),
+                Err(e) => recovery
+                    .failed
+                    .push(format!("{} ({}): {e}", entry.id, entry.kind)),
             }
         }
         recovery
@@ -125,27 +137,44 @@ impl AgentCore {
         slots
             .iter()
             .filter_map(|(id, slot)| match slot {
-                Slot::Active(a) if !a.reverting && now >= a.ends_at => Some((id.clone(), RevertCause::DurationEnded)),
-                Slot::Active(a) if !a.reverting && now >= a.lease_until => Some((id.clone(), RevertCause::LeaseExpired)),
+                Slot::Active(a) if !a.reverting && now >= a.ends_at => {
+                    Some((id.clone(), RevertCause::DurationEnded))
+                }
+                Slot::Active(a) if !a.reverting && now >= a.lease_until => {
+                    Some((id.clone(), RevertCause::LeaseExpired))
+                }
                 _ => None,
             })
             .collect()
     }
 
     /// Applies a fault: prepare, journal, inject, verify. Blocking; call from a blocking thread.
-    pub(crate) fn apply_blocking(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
+    pub(crate) fn apply_blocking(
+        &self,
+        id: &str,
+        req: &ApplyRequest,
+    ) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.halted.load(Ordering::SeqCst) {
-            return Err(AgentError::Refused("the agent is halted; run `faultline resume` first".to_owned()));
+            return Err(AgentError::Refused(
+                "the agent is halted; run `faultline resume` first".to_owned(),
+            ));
         }
         let instant = req.spec.is_instant();
         let duration = match (instant, req.duration_ms) {
             (true, _) => Duration::ZERO,
             (false, Some(ms)) if ms > 0 => Duration::from_millis(ms),
-            (false, _) => return Err(AgentError::BadRequest(format!("a {} fault needs a duration", req.spec.kind()))),
+            (false, _) => {
+                return Err(AgentError::BadRequest(format!(
+                    "a {} fault needs a duration",
+                    req.spec.kind()
+                )));
+            }
         };
         if req.lease_ms == 0 {
-            return Err(AgentError::BadRequest("the lease must be longer than zero".to_owned()));
+            return Err(AgentError::BadRequest(
+                "the lease must be longer than zero".to_owned(),
+            ));
         }
         {
             let mut slots = self.slots.lock().expect("agent state lock");
@@ -159,8 +188,16 @@ impl AgentCore {
                         instant: false,
                     });
                 }
-                Some(Slot::Applying) => return Err(AgentError::Conflict(format!("fault {id} is being applied right now"))),
-                Some(Slot::Done(_)) => return Err(AgentError::Conflict(format!("fault {id} already ran and was reverted"))),
+                Some(Slot::Applying) => {
+                    return Err(AgentError::Conflict(format!(
+                        "fault {id} is being applied right now"
+                    )));
+                }
+                Some(Slot::Done(_)) => {
+                    return Err(AgentError::Conflict(format!(
+                        "fault {id} already ran and was reverted"
+                    )));
+                }
                 None => {}
             }
             slots.insert(id.to_owned(), Slot::Applying);
@@ -176,7 +213,7 @@ impl AgentCore {
                         Slot::Done(Reverted {
                             id: id.to_owned(),
                             detail: "instant fault: nothing to revert".to_owned(),
-                            reverted_at: applied.injected_at,
+                            at: applied.injected_at,
                             cause: RevertCause::Requested,
                         }),
                     ),
@@ -190,8 +227,19 @@ impl AgentCore {
         }
     }
 
-    fn inject(&self, id: &str, req: &ApplyRequest, duration: Duration) -> Result<(Applied, Option<Active>), AgentError> {
-        let prepared = req.spec.prepare(&Context { fault_id: id, seed: req.seed }).map_err(AgentError::FaultFailed)?;
+    fn inject(
+        &self,
+        id: &str,
+        req: &ApplyRequest,
+        duration: Duration,
+    ) -> Result<(Applied, Option<Active>), AgentError> {
+        let prepared = req
+            .spec
+            .prepare(&Context {
+                fault_id: id,
+                seed: req.seed,
+            })
+            .map_err(AgentError::FaultFailed)?;
         let undo = prepared.undo();
         let entry = Entry {
             id: id.to_owned(),
@@ -201,22 +249,38 @@ impl AgentCore {
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
         };
-        self.journal.record(&entry).map_err(AgentError::FaultFailed)?;
+        self.journal
+            .record(&entry)
+            .map_err(AgentError::FaultFailed)?;
         let injected_at = Timestamp::now();
         let started = Instant::now();
-        let outcome = prepared.inject().and_then(|done| prepared.verify().map(|seen| format!("{done}; {seen}")));
+        let outcome = prepared
+            .inject()
+            .and_then(|done| prepared.verify().map(|seen| format!("{done}; {seen}")));
         let detail = match outcome {
             Ok(detail) => detail,
             Err(e) => {
                 // Undo whatever part of the fault did land; the journal entry stays if that fails.
                 let undo_note = match undo.revert() {
-                    Ok(_) => self.journal.remove(id).err().map_or_else(String::new, |e| format!("; {e}")),
-                    Err(undo_err) => format!("; and the partial change could NOT be undone: {undo_err}"),
+                    Ok(_) => self
+                        .journal
+                        .remove(id)
+                        .err()
+                        .map_or_else(String::new, |e| format!("; {e}")),
+                    Err(undo_err) => {
+                        format!("; and the partial change could NOT be undone: {undo_err}")
+                    }
                 };
                 return Err(AgentError::FaultFailed(format!("{e}{undo_note}")));
             }
         };
-        let applied = Applied { id: id.to_owned(), targets: prepared.targets(), detail, injected_at, instant: req.spec.is_instant() };
+        let applied = Applied {
+            id: id.to_owned(),
+            targets: prepared.targets(),
+            detail,
+            injected_at,
+            instant: req.spec.is_instant(),
+        };
         if req.spec.is_instant() {
             self.journal.remove(id).map_err(AgentError::FaultFailed)?;
             return Ok((applied, None));
@@ -237,15 +301,25 @@ impl AgentCore {
     }
 
     /// Reverts a fault. Idempotent: reverting an unknown or already reverted id succeeds.
-    pub(crate) fn revert_blocking(&self, id: &str, cause: RevertCause) -> Result<Reverted, AgentError> {
+    pub(crate) fn revert_blocking(
+        &self,
+        id: &str,
+        cause: RevertCause,
+    ) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         let undo = {
             let mut slots = self.slots.lock().expect("agent state lock");
             match slots.get_mut(id) {
                 Some(Slot::Done(r)) => return Ok(r.clone()),
-                Some(Slot::Applying) => return Err(AgentError::Conflict(format!("fault {id} is being applied right now"))),
+                Some(Slot::Applying) => {
+                    return Err(AgentError::Conflict(format!(
+                        "fault {id} is being applied right now"
+                    )));
+                }
                 Some(Slot::Active(a)) if a.reverting => {
-                    return Err(AgentError::Conflict(format!("fault {id} is being reverted right now")));
+                    return Err(AgentError::Conflict(format!(
+                        "fault {id} is being reverted right now"
+                    )));
                 }
                 Some(Slot::Active(a)) => {
                     a.reverting = true;
@@ -255,17 +329,24 @@ impl AgentCore {
                     return Ok(Reverted {
                         id: id.to_owned(),
                         detail: "not active on this agent".to_owned(),
-                        reverted_at: Timestamp::now(),
+                        at: Timestamp::now(),
                         cause,
                     });
                 }
             }
         };
-        let result = undo.revert().and_then(|detail| self.journal.remove(id).map(|()| detail));
+        let result = undo
+            .revert()
+            .and_then(|detail| self.journal.remove(id).map(|()| detail));
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok(detail) => {
-                let reverted = Reverted { id: id.to_owned(), detail, reverted_at: Timestamp::now(), cause };
+                let reverted = Reverted {
+                    id: id.to_owned(),
+                    detail,
+                    at: Timestamp::now(),
+                    cause,
+                };
                 slots.insert(id.to_owned(), Slot::Done(reverted.clone()));
                 Ok(reverted)
             }
@@ -311,7 +392,13 @@ impl AgentCore {
     }
 
     /// Reverts every active fault, for shutdown and halt.
-    pub(crate) fn revert_all_blocking(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
-        self.active().into_iter().map(|f| self.revert_blocking(&f.id, cause)).collect()
+    pub(crate) fn revert_all_blocking(
+        &self,
+        cause: RevertCause,
+    ) -> Vec<Result<Reverted, AgentError>> {
+        self.active()
+            .into_iter()
+            .map(|f| self.revert_blocking(&f.id, cause))
+            .collect()
     }
 }

@@ -30,8 +30,11 @@ pub(crate) struct Journal {
 
 impl Journal {
     pub(crate) fn open(dir: &Path) -> Result<Journal, String> {
-        fs::create_dir_all(dir).map_err(|e| format!("failed to create state directory {}: {e}", dir.display()))?;
-        Ok(Journal { dir: dir.to_owned() })
+        fs::create_dir_all(dir)
+            .map_err(|e| format!("failed to create state directory {}: {e}", dir.display()))?;
+        Ok(Journal {
+            dir: dir.to_owned(),
+        })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -44,14 +47,28 @@ impl Journal {
 
     /// Writes the entry durably: temp file, fsync, rename, fsync the directory.
     pub(crate) fn record(&self, entry: &Entry) -> Result<(), String> {
-        let fail = |e: std::io::Error| format!("failed to journal fault {} in {}: {e}", entry.id, self.dir.display());
+        let fail = |e: std::io::Error| {
+            format!(
+                "failed to journal fault {} in {}: {e}",
+                entry.id,
+                self.dir.display()
+            )
+        };
         let tmp = self.dir.join(format!(".{}.tmp", entry.id));
-        let body = serde_json::to_vec_pretty(entry).map_err(|e| format!("failed to encode journal entry: {e}"))?;
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(fail)?;
+        let body = serde_json::to_vec_pretty(entry)
+            .map_err(|e| format!("failed to encode journal entry: {e}"))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(fail)?;
         file.write_all(&body).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         fs::rename(&tmp, self.path(&entry.id)).map_err(fail)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(fail)
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)
     }
 
     /// Forgets an entry once its fault is undone. Removing a missing entry succeeds.
@@ -67,12 +84,16 @@ impl Journal {
 
     /// Every entry on disk. Unreadable entries are returned as errors so they are reported, not lost.
     pub(crate) fn entries(&self) -> Vec<Result<Entry, String>> {
-        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut entries = Vec::new();
         for item in dir.filter_map(Result::ok) {
             let path = item.path();
             let is_entry = path.extension().is_some_and(|e| e == "json")
-                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             if !is_entry {
                 continue;
             }

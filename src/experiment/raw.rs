@@ -131,7 +131,11 @@ impl Fault {
             ("guard", self.guard.is_some()),
             ("duration", self.duration.is_some()),
         ];
-        present.into_iter().filter(|(_, given)| *given).map(|(key, _)| key).collect()
+        present
+            .into_iter()
+            .filter(|(_, given)| *given)
+            .map(|(key, _)| key)
+            .collect()
     }
 }
 

@@ -42,7 +42,8 @@ struct Usage {
 
 impl Usage {
     fn of(path: &Path) -> Result<Usage, String> {
-        let st = statvfs(path).map_err(|e| format!("failed to read filesystem usage of {}: {e}", path.display()))?;
+        let st = statvfs(path)
+            .map_err(|e| format!("failed to read filesystem usage of {}: {e}", path.display()))?;
         let frsize = st.fragment_size();
         let used = (st.blocks() - st.blocks_free()) * frsize;
         let avail = st.blocks_available() * frsize;
@@ -54,7 +55,11 @@ impl Usage {
     }
 
     fn ratio(self) -> f64 {
-        if self.size() == 0 { 1.0 } else { self.used as f64 / self.size() as f64 }
+        if self.size() == 0 {
+            1.0
+        } else {
+            self.used as f64 / self.size() as f64
+        }
     }
 }
 
@@ -132,15 +137,23 @@ impl DiskFill {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
-        let meta = fs::metadata(&self.path).map_err(|e| format!("failed to fill {}: {e}", self.path.display()))?;
+        let meta = fs::metadata(&self.path)
+            .map_err(|e| format!("failed to fill {}: {e}", self.path.display()))?;
         if !meta.is_dir() {
-            return Err(format!("failed to fill {}: not a directory", self.path.display()));
+            return Err(format!(
+                "failed to fill {}: not a directory",
+                self.path.display()
+            ));
         }
         let usage = Usage::of(&self.path)?;
         let bytes = self.bytes_needed(usage)?;
         let target = (usage.used + bytes) as f64 / usage.size() as f64;
         let file = self.path.join(format!(".faultline-fill-{}", ctx.fault_id));
-        Ok(Prepared { file, bytes, target })
+        Ok(Prepared {
+            file,
+            bytes,
+            target,
+        })
     }
 }
 
@@ -165,7 +178,11 @@ impl Prepared {
                 ));
             }
         }
-        Ok(format!("allocated {} in {}", format_bytes(self.bytes), self.file.display()))
+        Ok(format!(
+            "allocated {} in {}",
+            format_bytes(self.bytes),
+            self.file.display()
+        ))
     }
 
     pub(crate) fn verify(&self) -> Result<String, String> {
@@ -180,7 +197,11 @@ impl Prepared {
                 Percent(self.target)
             ));
         }
-        Ok(format!("{} is now {} full", dir.display(), Percent(usage.ratio())))
+        Ok(format!(
+            "{} is now {} full",
+            dir.display(),
+            Percent(usage.ratio())
+        ))
     }
 }
 
@@ -198,8 +219,13 @@ fn write_zeros(mut file: File, mut bytes: u64) -> std::io::Result<()> {
 pub(super) fn remove(path: &Path) -> Result<String, String> {
     match fs::remove_file(path) {
         Ok(()) => Ok(format!("deleted {}", path.display())),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(format!("{} was already gone", path.display())),
-        Err(e) => Err(format!("failed to delete fill file {}: {e}", path.display())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            Ok(format!("{} was already gone", path.display()))
+        }
+        Err(e) => Err(format!(
+            "failed to delete fill file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -208,20 +234,33 @@ mod tests {
     use super::*;
 
     fn fill(amount: FillAmount) -> DiskFill {
-        DiskFill { path: "/data".into(), amount, guard: 0.98 }
+        DiskFill {
+            path: "/data".into(),
+            amount,
+            guard: 0.98,
+        }
     }
 
     #[test]
     fn fill_to_counts_only_what_is_missing() {
-        let u = Usage { used: 100, avail: 900 };
+        let u = Usage {
+            used: 100,
+            avail: 900,
+        };
         assert_eq!(fill(FillAmount::FillTo(0.9)).bytes_needed(u).unwrap(), 800);
-        assert_eq!(fill(FillAmount::LeaveFree(100)).bytes_needed(u).unwrap(), 800);
+        assert_eq!(
+            fill(FillAmount::LeaveFree(100)).bytes_needed(u).unwrap(),
+            800
+        );
         assert_eq!(fill(FillAmount::Size(50)).bytes_needed(u).unwrap(), 50);
     }
 
     #[test]
     fn the_guard_refuses_and_says_why() {
-        let u = Usage { used: 100, avail: 900 };
+        let u = Usage {
+            used: 100,
+            avail: 900,
+        };
         let err = fill(FillAmount::FillTo(0.99)).bytes_needed(u).unwrap_err();
         assert!(err.contains("above the guard of 98%"), "{err}");
         let err = fill(FillAmount::FillTo(0.05)).bytes_needed(u).unwrap_err();

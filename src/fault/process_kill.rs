@@ -63,12 +63,21 @@ impl Prepared {
         }
         let deadline = Instant::now() + DEATH_WAIT;
         loop {
-            let alive: Vec<String> = self.victims.iter().filter(|v| v.is_alive()).map(ToString::to_string).collect();
+            let alive: Vec<String> = self
+                .victims
+                .iter()
+                .filter(|v| v.is_alive())
+                .map(ToString::to_string)
+                .collect();
             if alive.is_empty() {
                 return Ok("every victim has exited".to_owned());
             }
             if Instant::now() >= deadline {
-                return Err(format!("still alive {} s after SIGKILL: {}", DEATH_WAIT.as_secs(), alive.join(", ")));
+                return Err(format!(
+                    "still alive {} s after SIGKILL: {}",
+                    DEATH_WAIT.as_secs(),
+                    alive.join(", ")
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -24,7 +24,10 @@ pub(crate) struct Prepared {
 
 impl ProcessPause {
     pub(crate) fn describe(&self) -> String {
-        format!("stop (SIGSTOP) {}; continue them (SIGCONT) on revert", self.select)
+        format!(
+            "stop (SIGSTOP) {}; continue them (SIGCONT) on revert",
+            self.select
+        )
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
@@ -60,7 +63,10 @@ impl Prepared {
                 return Ok("every victim is stopped".to_owned());
             }
             if Instant::now() >= deadline {
-                return Err(format!("not stopped 1 s after SIGSTOP: {}", running.join(", ")));
+                return Err(format!(
+                    "not stopped 1 s after SIGSTOP: {}",
+                    running.join(", ")
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

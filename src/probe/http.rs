@@ -15,16 +15,33 @@ impl HttpCheck {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("failed to build HTTP client: {e}"))?;
-        Ok(HttpCheck { client, url: url.to_owned(), status: status.to_vec() })
+        Ok(HttpCheck {
+            client,
+            url: url.to_owned(),
+            status: status.to_vec(),
+        })
     }
 
     pub(crate) async fn check(&self) -> Result<(), String> {
-        let response = self.client.get(&self.url).send().await.map_err(|e| describe(&e))?;
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
         let code = response.status().as_u16();
         // Read the body: a server that sends headers and then stalls is not healthy.
         response.bytes().await.map_err(|e| describe(&e))?;
-        let allowed = if self.status.is_empty() { (200..300).contains(&code) } else { self.status.contains(&code) };
-        if allowed { Ok(()) } else { Err(format!("HTTP {code}")) }
+        let allowed = if self.status.is_empty() {
+            (200..300).contains(&code)
+        } else {
+            self.status.contains(&code)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!("HTTP {code}"))
+        }
     }
 }
 
@@ -34,5 +51,9 @@ fn describe(e: &reqwest::Error) -> String {
     while let Some(next) = source.source() {
         source = next;
     }
-    if e.is_timeout() { "timed out".to_owned() } else { source.to_string() }
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        source.to_string()
+    }
 }

@@ -8,12 +8,17 @@ use super::{FaultState, Report, Verdict};
 pub(crate) fn render(report: &Report) -> String {
     let mut cases: Vec<(String, Option<String>)> = Vec::new();
     let before_failed = report.verdict == Verdict::NotRun;
-    cases.push(("steady state before the method".to_owned(), before_failed.then(|| report.reason.clone())));
+    cases.push((
+        "steady state before the method".to_owned(),
+        before_failed.then(|| report.reason.clone()),
+    ));
     for f in &report.faults {
         let failure = match f.status {
             FaultState::InjectFailed => Some(format!("failed to inject: {}", f.detail)),
             FaultState::RevertFailed => Some(format!("failed to revert: {}", f.detail)),
-            FaultState::Skipped if !before_failed => Some("not started: the run stopped first".to_owned()),
+            FaultState::Skipped if !before_failed => {
+                Some("not started: the run stopped first".to_owned())
+            }
             _ => None,
         };
         cases.push((format!("fault `{}` ({})", f.name, f.kind), failure));
@@ -25,7 +30,10 @@ pub(crate) fn render(report: &Report) -> String {
     cases.push(("steady state recovered".to_owned(), recovery_failure));
 
     let failures = cases.iter().filter(|(_, f)| f.is_some()).count();
-    let seconds = report.ended_at.duration_since(report.started_at).as_secs_f64();
+    let seconds = report
+        .ended_at
+        .duration_since(report.started_at)
+        .as_secs_f64();
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         xml,
@@ -47,7 +55,12 @@ pub(crate) fn render(report: &Report) -> String {
         report.seed
     );
     for (name, failure) in &cases {
-        let _ = write!(xml, "    <testcase classname=\"{}\" name=\"{}\"", escape(&report.file), escape(name));
+        let _ = write!(
+            xml,
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            escape(&report.file),
+            escape(name)
+        );
         match failure {
             None => xml.push_str("/>\n"),
             Some(message) => {

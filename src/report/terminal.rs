@@ -33,9 +33,16 @@ struct FaultRow {
 
 pub(crate) fn render(report: &Report) -> String {
     let mut out = String::new();
-    out.push_str(&format!("\n{}  (run {}, seed {})\n", report.title, report.run_id, report.seed));
+    out.push_str(&format!(
+        "\n{}  (run {}, seed {})\n",
+        report.title, report.run_id, report.seed
+    ));
     let mut rows = Vec::new();
-    for (phase, list) in [("before", &report.before), ("during", &report.during), ("after", &report.after)] {
+    for (phase, list) in [
+        ("before", &report.before),
+        ("during", &report.during),
+        ("after", &report.after),
+    ] {
         rows.extend(list.iter().map(|p| probe_row(phase, p)));
     }
     if !rows.is_empty() {
@@ -43,7 +50,10 @@ pub(crate) fn render(report: &Report) -> String {
         out.push('\n');
     }
     let time = |t: Option<jiff::Timestamp>| {
-        t.map_or_else(|| "-".to_owned(), |t| t.strftime("%H:%M:%S%.3f").to_string())
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.strftime("%H:%M:%S%.3f").to_string(),
+        )
     };
     let faults: Vec<FaultRow> = report
         .faults
@@ -57,7 +67,9 @@ pub(crate) fn render(report: &Report) -> String {
                 FaultState::Completed => "(instant)".to_owned(),
                 _ => time(f.reverted_at),
             },
-            status: format!("{:?}", f.status).to_lowercase().replace("failed", " failed"),
+            status: format!("{:?}", f.status)
+                .to_lowercase()
+                .replace("failed", " failed"),
             detail: wrap(&f.detail, 60),
         })
         .collect();
@@ -66,15 +78,27 @@ pub(crate) fn render(report: &Report) -> String {
         out.push('\n');
     }
     if let Some(ttr) = report.time_to_recover {
-        out.push_str(&format!("time to recover: {} (allowed {})\n", format_ms(ttr), format_ms(report.recovery_within)));
+        out.push_str(&format!(
+            "time to recover: {} (allowed {})\n",
+            format_ms(ttr),
+            format_ms(report.recovery_within)
+        ));
     }
     if let (Some(rule), Some(tta)) = (&report.aborted_by, report.time_to_abort) {
-        out.push_str(&format!("aborted by: {rule} (faults reverted {} after the breach began)\n", format_ms(tta)));
+        out.push_str(&format!(
+            "aborted by: {rule} (faults reverted {} after the breach began)\n",
+            format_ms(tta)
+        ));
     }
     for line in &report.recovered_from_journal {
         out.push_str(&format!("reverted from an earlier crashed run: {line}\n"));
     }
-    out.push_str(&format!("verdict: {} (exit {}) — {}\n", report.verdict.as_str().to_uppercase(), report.exit_code(), report.reason));
+    out.push_str(&format!(
+        "verdict: {} (exit {}) — {}\n",
+        report.verdict.as_str().to_uppercase(),
+        report.exit_code(),
+        report.reason
+    ));
     out
 }
 
@@ -84,7 +108,10 @@ fn probe_row(phase: &'static str, p: &ProbePhase) -> ProbeRow {
         phase,
         probe: p.probe.clone(),
         samples: p.stats.samples,
-        success: p.stats.success_ratio().map_or_else(|| "-".to_owned(), |r| Percent(r).to_string()),
+        success: p
+            .stats
+            .success_ratio()
+            .map_or_else(|| "-".to_owned(), |r| Percent(r).to_string()),
         p50: ms(p.stats.p50),
         p95: ms(p.stats.p95),
         p99: ms(p.stats.p99),

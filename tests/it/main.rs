@@ -2,3 +2,8 @@
 //! processes, sockets and filesystems. Helpers live in `support.rs`; one module per area.
 
 mod support;
+
+mod disk_fill;
+mod examples;
+mod validate;
+mod verdicts;

@@ -19,7 +19,11 @@ fn nix_is_root() -> bool {
     // /proc/self/status reports the effective uid as the second number of the `Uid:` line.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -30,21 +34,31 @@ pub fn privileged(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    if std::env::var("FAULTLINE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test} needs root (namespaces, mounts, nft or tc) and FAULTLINE_REQUIRE_PRIVILEGED=1 forbids skipping it");
-    }
-    eprintln!("SKIPPED {test}: needs root; set FAULTLINE_REQUIRE_PRIVILEGED=1 to make this a failure");
+    assert!(
+        std::env::var("FAULTLINE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root (namespaces, mounts, nft or tc) and FAULTLINE_REQUIRE_PRIVILEGED=1 forbids skipping it"
+    );
+    eprintln!(
+        "SKIPPED {test}: needs root; set FAULTLINE_REQUIRE_PRIVILEGED=1 to make this a failure"
+    );
     false
 }
 
 /// A fresh temporary directory, removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("faultline-test-").tempdir().expect("create temp dir")
+    tempfile::Builder::new()
+        .prefix("faultline-test-")
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// The result of one `faultline` invocation.
@@ -57,11 +71,17 @@ pub struct Run {
 
 impl Run {
     pub fn verdict(&self) -> &str {
-        self.report.as_ref().and_then(|r| r["verdict"].as_str()).unwrap_or("<no report>")
+        self.report
+            .as_ref()
+            .and_then(|r| r["verdict"].as_str())
+            .unwrap_or("<no report>")
     }
 
     pub fn explain(&self) -> String {
-        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -82,10 +102,18 @@ pub fn run_experiment(dir: &Path, toml: &str, extra: &[&str]) -> Run {
     let report_path = dir.join("report.json");
     let _ = std::fs::remove_file(&report_path);
     let state = dir.join("state");
-    let mut args = vec!["run", file.to_str().unwrap(), "--quiet", "--report-json", report_path.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--report-json",
+        report_path.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let out = faultline(&args, &state);
-    let report = std::fs::read_to_string(&report_path).ok().map(|t| serde_json::from_str(&t).expect("report is JSON"));
+    let report = std::fs::read_to_string(&report_path)
+        .ok()
+        .map(|t| serde_json::from_str(&t).expect("report is JSON"));
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -126,7 +154,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -134,7 +164,16 @@ impl Drop for Proc {
 
 /// A Python HTTP server on 127.0.0.1:`port`, serving `dir`.
 pub fn http_server(port: u16, dir: &Path) -> Proc {
-    let p = Proc::spawn(&["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()]);
+    let p = Proc::spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        dir.to_str().unwrap(),
+    ]);
     wait_for_port(port, Duration::from_secs(10));
     p
 }
@@ -142,7 +181,10 @@ pub fn http_server(port: u16, dir: &Path) -> Proc {
 pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listened on port {port} within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on port {port} within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -156,7 +198,14 @@ impl Tmpfs {
     pub fn mount(size: &str) -> Tmpfs {
         let dir = tempdir();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.path().to_str().unwrap(),
+            ])
             .status()
             .expect("run mount");
         assert!(status.success(), "mount tmpfs failed");
@@ -169,16 +218,28 @@ impl Tmpfs {
 
     /// Used fraction as `df` computes it.
     pub fn usage(&self) -> f64 {
-        let out = Command::new("df").args(["--output=used,avail", "-B1", self.dir.path().to_str().unwrap()]).output().unwrap();
+        let out = Command::new("df")
+            .args([
+                "--output=used,avail",
+                "-B1",
+                self.dir.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text.lines().nth(1).expect("df output");
-        let nums: Vec<f64> = line.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        let nums: Vec<f64> = line
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
         nums[0] / (nums[0] + nums[1])
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").args(["-l", self.dir.path().to_str().unwrap()]).status();
+        let _ = Command::new("umount")
+            .args(["-l", self.dir.path().to_str().unwrap()])
+            .status();
     }
 }

@@ -1,0 +1,93 @@
+//! `faultline validate` and `plan`: bad input is named by file, line and key; nothing is touched.
+
+use crate::support::{faultline, tempdir};
+
+#[test]
+fn a_typo_on_line_three_is_named_with_its_line() {
+    let dir = tempdir();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(
+        &file,
+        "title = \"t\"\ndescription = \"d\"\ntimeout_typo = \"5s\"\n",
+    )
+    .unwrap();
+    let out = faultline(
+        &["validate", file.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("timeout_typo"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("typo.toml"), "{stderr}");
+}
+
+#[test]
+fn a_bad_duration_is_named_with_its_value() {
+    let dir = tempdir();
+    let file = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string("experiments/quickstart.toml")
+        .unwrap()
+        .replace("within = \"5s\"", "within = \"5 parsecs\"");
+    std::fs::write(&file, text).unwrap();
+    let out = faultline(
+        &["validate", file.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid duration `5 parsecs`"), "{stderr}");
+}
+
+#[test]
+fn validate_has_no_side_effects_and_needs_no_target() {
+    // The quickstart names a server that is not running: validation must not care, start nothing
+    // and create no state directory.
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let out = faultline(&["validate", "experiments/quickstart.toml"], &state);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!state.exists(), "validate created the state directory");
+}
+
+#[test]
+fn plan_prints_the_timeline_without_running_anything() {
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let out = faultline(&["plan", "experiments/quickstart.toml"], &state);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("inject `kill the server` (process-kill) on local: send SIGKILL to the process listening on TCP port 18080"), "{stdout}");
+    assert!(
+        stdout.contains("recovery: the steady state must hold again within 5s"),
+        "{stdout}"
+    );
+    assert!(!state.exists(), "plan created the state directory");
+}
+
+#[test]
+fn network_inventories_are_refused_clearly_until_supported() {
+    let dir = tempdir();
+    let out = faultline(
+        &[
+            "run",
+            "experiments/quickstart.toml",
+            "--agents",
+            "inventory.toml",
+        ],
+        &dir.path().join("state"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--agents"), "{stderr}");
+}
