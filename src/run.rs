@@ -292,7 +292,8 @@ impl Runner<'_> {
         let failures: Vec<String> = probes
             .iter()
             .zip(&self.baselines)
-            .filter_map(|(p, stats)| check_slo(&p.name, &p.slo, stats, None).err())
+            // Bounds relative to the baseline hold trivially against the baseline itself.
+            .filter_map(|(p, stats)| check_slo(&p.name, &p.slo, stats, Some(stats)).err())
             .collect();
         if !failures.is_empty() {
             self.finish(
@@ -653,7 +654,7 @@ impl Runner<'_> {
                 let stats = Stats::of(between(&self.samples[i], from, to));
                 let baseline = self.baselines.get(i);
                 let slo_met = match phase {
-                    Phase::Before => Some(check_slo(&p.name, &p.slo, &stats, None).is_ok()),
+                    Phase::Before => Some(check_slo(&p.name, &p.slo, &stats, Some(&stats)).is_ok()),
                     Phase::During => p
                         .slo_during
                         .as_ref()
