@@ -168,7 +168,8 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_INVALID));
     }
     if args.dry_run {
-        print!("{}", crate::plan::render(&exp, true));
+        // Fixtures are not running yet, so "what matches now" would mislead for self-contained experiments.
+        print!("{}", crate::plan::render(&exp, exp.setup.is_empty()));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
