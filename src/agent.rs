@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use self::core::AgentCore;
-use crate::protocol::{Applied, ApplyRequest, RevertCause, Reverted};
+use crate::protocol::{Applied, ApplyRequest, OpenRequest, RevertCause, Reverted};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AgentError {
@@ -46,6 +46,19 @@ impl Agent {
                 let core = Arc::clone(core);
                 let id = id.to_owned();
                 tokio::task::spawn_blocking(move || core.apply_blocking(&id, &req))
+                    .await
+                    .map_err(|e| AgentError::Internal(e.to_string()))?
+            }
+        }
+    }
+
+    /// Opens a run resource; it stays until reverted like a fault (or its lease lapses).
+    pub(crate) async fn open(&self, id: &str, req: OpenRequest) -> Result<Applied, AgentError> {
+        match self {
+            Agent::Embedded(core) => {
+                let core = Arc::clone(core);
+                let id = id.to_owned();
+                tokio::task::spawn_blocking(move || core.open_blocking(&id, &req))
                     .await
                     .map_err(|e| AgentError::Internal(e.to_string()))?
             }

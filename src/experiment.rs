@@ -13,7 +13,7 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::fault::{DiskFill, FaultSpec, FillAmount, ProcessKill, ProcessPause};
+use crate::fault::{DiskFill, FaultSpec, FillAmount, LatencyProxy, ProcessKill, ProcessPause};
 use crate::model::{
     AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
     ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
@@ -115,6 +115,23 @@ impl Validator<'_> {
                 ));
             }
             faults.push(step);
+        }
+        let mut proxies: BTreeMap<std::net::SocketAddr, &str> = BTreeMap::new();
+        for step in &faults {
+            if let FaultSpec::LatencyProxy(p) = &step.spec {
+                if proxies
+                    .insert(p.listen, &p.upstream)
+                    .is_some_and(|up| up != p.upstream)
+                {
+                    return Err((self.fail)(
+                        None,
+                        format!(
+                            "fault `{}`: another fault already uses a proxy on {} with a different `upstream`; one listen address forwards to one upstream",
+                            step.name, p.listen
+                        ),
+                    ));
+                }
+            }
         }
         if faults.is_empty() {
             return Err((self.fail)(
@@ -366,6 +383,22 @@ impl Validator<'_> {
             "process-kill" => &["select", "count", "percent", "signal"],
             "process-pause" => &["select", "count", "percent", "duration"],
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
+            "latency" if f.backend.as_deref().is_none_or(|b| b == "proxy") => &[
+                "backend",
+                "listen",
+                "upstream",
+                "delay",
+                "jitter",
+                "direction",
+                "rate",
+                "corrupt",
+                "timeout",
+                "reset_after",
+                "duration",
+            ],
+            "latency" if f.backend.as_deref() != Some("netem") => {
+                return self.at(span, format!("fault `{name}`: unknown `backend` `{}`; use `proxy` (the default) or `netem`", f.backend.as_deref().unwrap_or_default()));
+            }
             "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress"
             | "memory-stress" => {
                 return self.at(span, format!(
@@ -414,6 +447,7 @@ impl Validator<'_> {
                 select: self.select(span.clone(), &name, f.select)?,
                 pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
             }),
+            "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span, &name, &f)?),
             _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
         };
         Ok(FaultStep {
@@ -506,6 +540,75 @@ impl Validator<'_> {
             path,
             amount,
             guard,
+        })
+    }
+
+    fn latency_proxy(
+        &self,
+        span: Range<usize>,
+        name: &str,
+        f: &raw::Fault,
+    ) -> VResult<LatencyProxy> {
+        let (Some(listen), Some(upstream)) = (&f.listen, &f.upstream) else {
+            return self.at(span, format!(
+                "fault `{name}`: a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\")"
+            ));
+        };
+        let listen: std::net::SocketAddr = listen.parse().or_else(|_| {
+            self.at(span.clone(), format!("fault `{name}`: `listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
+        })?;
+        if upstream
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return self.at(
+                span,
+                format!("fault `{name}`: `upstream` must be `host:port` (got `{upstream}`)"),
+            );
+        }
+        if upstream
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|u| u == listen)
+        {
+            return self.at(span, format!("fault `{name}`: `listen` and `upstream` are the same address: the proxy would forward to itself"));
+        }
+        let direction = match &f.direction {
+            Some(d) => crate::proxy::Direction::parse(d)
+                .or_else(|e| self.at(span.clone(), format!("fault `{name}`: {e}")))?,
+            None => crate::proxy::Direction::default(),
+        };
+        let reset_after = match &f.reset_after {
+            None => None,
+            Some(text) => Some(match (text.parse::<crate::units::ByteSize>(), text.parse::<crate::units::Dur>()) {
+                (Ok(b), _) if b.0 > 0 => crate::proxy::ResetAfter::Bytes(b.0),
+                (_, Ok(d)) => crate::proxy::ResetAfter::Time(d.0),
+                _ => return self.at(span, format!("fault `{name}`: `reset_after` takes a size (`64KiB`) or a duration (`2s`), got `{text}`")),
+            }),
+        };
+        let toxics = crate::proxy::ToxicSpec {
+            direction,
+            delay: f.delay.map_or(Duration::ZERO, |d| d.0),
+            jitter: f.jitter.map_or(Duration::ZERO, |d| d.0),
+            rate: f.rate.map(|r| r.0),
+            corrupt: f.corrupt.map_or(0.0, |p| p.0),
+            timeout: f.timeout.map(|d| d.0),
+            reset_after,
+        };
+        let does_something = !toxics.delay.is_zero()
+            || !toxics.jitter.is_zero()
+            || toxics.rate.is_some()
+            || toxics.corrupt > 0.0
+            || toxics.timeout.is_some()
+            || toxics.reset_after.is_some();
+        if !does_something {
+            return self.at(span, format!(
+                "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout` or `reset_after`"
+            ));
+        }
+        Ok(LatencyProxy {
+            listen,
+            upstream: upstream.clone(),
+            toxics,
         })
     }
 

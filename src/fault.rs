@@ -6,9 +6,11 @@
 //! the [`Undo`] that reverses the change.
 
 mod disk_fill;
+mod latency;
 mod process_kill;
 mod process_pause;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use rand::SeedableRng;
@@ -17,6 +19,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use disk_fill::{DiskFill, FillAmount};
+pub(crate) use latency::LatencyProxy;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
 
@@ -30,6 +33,8 @@ pub(crate) enum FaultSpec {
     ProcessKill(ProcessKill),
     ProcessPause(ProcessPause),
     DiskFill(DiskFill),
+    /// `latency` with `backend = "proxy"`; the wire tag keeps it apart from the netem backend.
+    LatencyProxy(LatencyProxy),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -45,6 +50,7 @@ impl FaultSpec {
             FaultSpec::ProcessKill(_) => "process-kill",
             FaultSpec::ProcessPause(_) => "process-pause",
             FaultSpec::DiskFill(_) => "disk-fill",
+            FaultSpec::LatencyProxy(_) => "latency",
         }
     }
 
@@ -59,6 +65,7 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.describe(),
             FaultSpec::ProcessPause(f) => f.describe(),
             FaultSpec::DiskFill(f) => f.describe(),
+            FaultSpec::LatencyProxy(f) => f.describe(),
         }
     }
 
@@ -68,6 +75,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
+            FaultSpec::LatencyProxy(f) => format!(
+                "clients connect to {}; the proxy listens for the whole run",
+                f.listen
+            ),
         }
     }
 
@@ -77,6 +88,70 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
             FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
+            FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
+        }
+    }
+
+    /// What the fault needs for the whole run — opened before the steady state is measured,
+    /// closed when the run ends — if anything.
+    pub(crate) fn run_resource(&self) -> Option<RunResource> {
+        match self {
+            FaultSpec::LatencyProxy(f) => Some(RunResource::Proxy {
+                name: f.proxy_name(),
+                listen: f.listen,
+                upstream: f.upstream.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Something faults act through for the whole run rather than only while they are active: a
+/// proxy the system under test is pointed at from before the steady state to the end. Opening
+/// one is journaled like a fault, so the dead-man switch and crash recovery cover it too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resource", rename_all = "kebab-case")]
+pub(crate) enum RunResource {
+    /// A transparent TCP proxy until a fault turns its toxics on.
+    Proxy {
+        name: String,
+        listen: SocketAddr,
+        upstream: String,
+    },
+}
+
+impl RunResource {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            RunResource::Proxy { .. } => "proxy",
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            RunResource::Proxy {
+                listen, upstream, ..
+            } => format!("proxy {listen} -> {upstream}"),
+        }
+    }
+
+    /// What closes the resource. Journaled before [`RunResource::open`] runs.
+    pub(crate) fn undo(&self) -> Undo {
+        match self {
+            RunResource::Proxy { name, .. } => Undo::CloseProxy {
+                proxy: name.clone(),
+            },
+        }
+    }
+
+    /// Opens the resource. Idempotent. Needs the async runtime (a blocking-pool thread is fine).
+    pub(crate) fn open(&self) -> Result<String, String> {
+        match self {
+            RunResource::Proxy {
+                name,
+                listen,
+                upstream,
+            } => crate::proxy::registry().open(name, *listen, upstream),
         }
     }
 }
@@ -87,6 +162,7 @@ pub(crate) enum Prepared {
     Kill(process_kill::Prepared),
     Pause(process_pause::Prepared),
     Fill(disk_fill::Prepared),
+    Latency(latency::Prepared),
 }
 
 impl Prepared {
@@ -100,6 +176,10 @@ impl Prepared {
             Prepared::Fill(p) => Undo::RemoveFile {
                 path: p.file.clone(),
             },
+            Prepared::Latency(p) => Undo::ClearToxics {
+                proxy: p.proxy.clone(),
+                owner: p.owner.clone(),
+            },
         }
     }
 
@@ -109,6 +189,7 @@ impl Prepared {
             Prepared::Kill(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Fill(p) => vec![p.file.display().to_string()],
+            Prepared::Latency(p) => vec![format!("proxy on {}", p.listen)],
         }
     }
 
@@ -119,6 +200,7 @@ impl Prepared {
             Prepared::Kill(p) => p.inject(),
             Prepared::Pause(p) => p.inject(),
             Prepared::Fill(p) => p.inject(),
+            Prepared::Latency(p) => p.inject(),
         }
     }
 
@@ -128,6 +210,7 @@ impl Prepared {
             Prepared::Kill(p) => p.verify(),
             Prepared::Pause(p) => p.verify(),
             Prepared::Fill(p) => p.verify(),
+            Prepared::Latency(p) => p.verify(),
         }
     }
 }
@@ -143,6 +226,11 @@ pub(crate) enum Undo {
     Resume { procs: Vec<ProcRef> },
     /// Delete the fill file.
     RemoveFile { path: PathBuf },
+    /// Turn off the toxics this fault set on a proxy (nothing, if the proxy is gone: it lived in
+    /// the process that crashed).
+    ClearToxics { proxy: String, owner: String },
+    /// Close a run-scoped proxy.
+    CloseProxy { proxy: String },
 }
 
 impl Undo {
@@ -152,6 +240,8 @@ impl Undo {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
+            Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
+            Undo::CloseProxy { proxy } => crate::proxy::registry().close(proxy),
         }
     }
 }

@@ -13,6 +13,7 @@ mod probe;
 mod process;
 mod progress;
 mod protocol;
+mod proxy;
 mod report;
 mod run;
 mod sli;

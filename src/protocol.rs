@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::fault::FaultSpec;
+use crate::fault::{FaultSpec, RunResource};
 
 /// Apply a fault. The id (chosen by the coordinator) makes the request idempotent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -21,6 +21,16 @@ pub(crate) struct ApplyRequest {
     pub(crate) lease_ms: u64,
     /// Seeds the agent's random choices (which processes of the matches), for reproducible runs.
     pub(crate) seed: u64,
+}
+
+/// Open a run resource (a proxy) for the whole run. Answered with [`Applied`]; closed by the same
+/// revert as a fault, and held by the same lease.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OpenRequest {
+    pub(crate) run_id: String,
+    pub(crate) resource: RunResource,
+    pub(crate) lease_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
-use crate::protocol::{Applied, ApplyRequest, Reverted};
+use crate::protocol::{Applied, ApplyRequest, OpenRequest, Reverted};
 use crate::report::{
     FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis,
 };
@@ -96,6 +96,9 @@ struct Runner<'a> {
     outcome: Option<(Verdict, String)>,
     last_renew: Instant,
     last_status: Instant,
+    /// Ids of the run resources (proxies) open on the agent, renewed like active faults.
+    resources: Vec<String>,
+    closing_failures: Vec<String>,
 }
 
 /// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
@@ -164,6 +167,8 @@ pub(crate) async fn run(
         outcome: None,
         last_renew: now,
         last_status: now,
+        resources: Vec::new(),
+        closing_failures: Vec::new(),
     };
     progress.log(&format!(
         "run {} of `{}` (seed {})",
@@ -180,11 +185,19 @@ pub(crate) async fn run(
         }
     };
 
+    if let Err(e) = runner.open_resources().await {
+        runner.close_resources().await;
+        fixture::stop_all(fixtures, &log).await;
+        runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+        return runner.report();
+    }
+
     let (samples_tx, mut samples_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let probes = match probe::spawn_all(&exp.steady_state.probes, &samples_tx, &stop_rx) {
         Ok(set) => set,
         Err(e) => {
+            runner.close_resources().await;
             fixture::stop_all(fixtures, &log).await;
             runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
             return runner.report();
@@ -221,6 +234,7 @@ pub(crate) async fn run(
     while let Ok(sample) = samples_rx.try_recv() {
         runner.samples[sample.probe].push(sample);
     }
+    runner.close_resources().await;
     fixture::stop_all(fixtures, &log).await;
     runner.report()
 }
@@ -233,6 +247,62 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
 }
 
 impl Runner<'_> {
+    /// Opens what the faults act through for the whole run (latency proxies), before the steady
+    /// state is measured, so probes that go through them see the same path before, during and after.
+    async fn open_resources(&mut self) -> Result<(), String> {
+        let mut wanted = Vec::new();
+        for step in &self.exp.faults {
+            if let Some(resource) = step.spec.run_resource() {
+                if !wanted.contains(&resource) {
+                    wanted.push(resource);
+                }
+            }
+        }
+        for (k, resource) in wanted.into_iter().enumerate() {
+            let id = format!("{}-r{k}", self.run_id);
+            let what = resource.describe();
+            let req = OpenRequest {
+                run_id: self.run_id.clone(),
+                resource,
+                lease_ms: self.opts.lease.as_millis() as u64,
+            };
+            match tokio::time::timeout(OP_TIMEOUT, self.agent.open(&id, req)).await {
+                Ok(Ok(opened)) => {
+                    self.progress.log(&format!("setup: {}", opened.detail));
+                    self.resources.push(id);
+                }
+                Ok(Err(e)) => return Err(format!("failed to open the {what}: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "failed to open the {what}: no answer from the agent within {}",
+                        format_ms(OP_TIMEOUT)
+                    ));
+                }
+            }
+        }
+        self.last_renew = Instant::now();
+        Ok(())
+    }
+
+    /// Closes the run resources; a failure is reported like a failed revert.
+    async fn close_resources(&mut self) {
+        for id in std::mem::take(&mut self.resources) {
+            let line = match tokio::time::timeout(OP_TIMEOUT, self.agent.revert(&id)).await {
+                Ok(Ok(closed)) => {
+                    self.progress.log(&format!("teardown: {}", closed.detail));
+                    continue;
+                }
+                Ok(Err(e)) => format!("run resource {id} could NOT be closed: {e}"),
+                Err(_) => format!(
+                    "run resource {id} could NOT be closed: no answer within {}",
+                    format_ms(OP_TIMEOUT)
+                ),
+            };
+            self.progress.log(&line);
+            self.closing_failures.push(line);
+        }
+    }
+
     fn interrupt(&mut self, name: &'static str) {
         if self.interrupted.is_none() {
             self.progress.log(&format!(
@@ -250,6 +320,11 @@ impl Runner<'_> {
 
     fn advance(&mut self, now: Instant) {
         self.show_status(now);
+        // Leases are renewed in every stage: run resources are held from before to after.
+        if now.duration_since(self.last_renew) >= self.opts.lease / 3 {
+            self.renew_leases();
+            self.last_renew = now;
+        }
         match &mut self.stage {
             Stage::Before { until } => {
                 let until = *until;
@@ -346,10 +421,6 @@ impl Runner<'_> {
                 }
                 _ => {}
             }
-        }
-        if now.duration_since(self.last_renew) >= self.opts.lease / 3 {
-            self.renew_leases();
-            self.last_renew = now;
         }
         if self.faults.iter().all(|f| f.slot == Slot::Done) {
             self.end_method(now);
@@ -540,12 +611,12 @@ impl Runner<'_> {
     }
 
     fn renew_leases(&self) {
-        let ids: Vec<String> = self
+        let active = self
             .faults
             .iter()
             .filter(|f| matches!(f.slot, Slot::Active { .. }))
-            .map(|f| f.id.clone())
-            .collect();
+            .map(|f| f.id.clone());
+        let ids: Vec<String> = active.chain(self.resources.iter().cloned()).collect();
         if ids.is_empty() {
             return;
         }
@@ -733,7 +804,7 @@ impl Runner<'_> {
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-        Report {
+        let mut report = Report {
             run_id: self.run_id.clone(),
             title: self.exp.title.clone(),
             file: self.exp.file.display().to_string(),
@@ -757,6 +828,10 @@ impl Runner<'_> {
             time_to_abort: self.time_to_abort,
             recovered_from_journal: self.opts.recovered.clone(),
             samples,
+        };
+        for line in &self.closing_failures {
+            report.note_leftover(line.clone());
         }
+        report
     }
 }

@@ -16,7 +16,7 @@ use super::journal::{Entry, Journal};
 use crate::fault::{Context, Undo};
 use crate::process;
 use crate::protocol::{
-    Applied, ApplyRequest, FaultStatus, RevertCause, Reverted, validate_fault_id,
+    Applied, ApplyRequest, FaultStatus, OpenRequest, RevertCause, Reverted, validate_fault_id,
 };
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
@@ -38,7 +38,8 @@ struct Active {
     undo: Undo,
     targets: Vec<String>,
     injected_at: Timestamp,
-    ends_at: Instant,
+    /// `None` for run resources, which last until reverted or until their lease lapses.
+    ends_at: Option<Instant>,
     lease: Duration,
     lease_until: Instant,
     /// Set while a revert is running, so the reaper and a request do not undo twice at once.
@@ -137,7 +138,7 @@ impl AgentCore {
         slots
             .iter()
             .filter_map(|(id, slot)| match slot {
-                Slot::Active(a) if !a.reverting && now >= a.ends_at => {
+                Slot::Active(a) if !a.reverting && a.ends_at.is_some_and(|end| now >= end) => {
                     Some((id.clone(), RevertCause::DurationEnded))
                 }
                 Slot::Active(a) if !a.reverting && now >= a.lease_until => {
@@ -292,12 +293,99 @@ impl AgentCore {
             undo,
             targets: applied.targets.clone(),
             injected_at,
-            ends_at: started + duration,
+            ends_at: Some(started + duration),
             lease,
             lease_until: Instant::now() + lease,
             reverting: false,
         };
         Ok((applied, Some(active)))
+    }
+
+    /// Opens a run resource: journal first, then open. Blocking; call from a blocking thread of
+    /// the runtime (proxies are spawned onto it).
+    pub(crate) fn open_blocking(&self, id: &str, req: &OpenRequest) -> Result<Applied, AgentError> {
+        validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        if self.halted.load(Ordering::SeqCst) {
+            return Err(AgentError::Refused(
+                "the agent is halted; run `faultline resume` first".to_owned(),
+            ));
+        }
+        if req.lease_ms == 0 {
+            return Err(AgentError::BadRequest(
+                "the lease must be longer than zero".to_owned(),
+            ));
+        }
+        {
+            let mut slots = self.slots.lock().expect("agent state lock");
+            match slots.get(id) {
+                Some(Slot::Active(a)) => {
+                    return Ok(Applied {
+                        id: id.to_owned(),
+                        targets: a.targets.clone(),
+                        detail: "already open".to_owned(),
+                        injected_at: a.injected_at,
+                        instant: false,
+                    });
+                }
+                Some(_) => {
+                    return Err(AgentError::Conflict(format!(
+                        "resource {id} is being opened or was closed"
+                    )));
+                }
+                None => {}
+            }
+            slots.insert(id.to_owned(), Slot::Applying);
+        }
+        let undo = req.resource.undo();
+        let entry = Entry {
+            id: id.to_owned(),
+            run_id: req.run_id.clone(),
+            kind: req.resource.kind().to_owned(),
+            undo: undo.clone(),
+            owner: self.owner.clone(),
+            written_at: Timestamp::now(),
+        };
+        let opened = self.journal.record(&entry).and_then(|()| {
+            req.resource.open().map_err(|e| {
+                match undo.revert().and_then(|_| self.journal.remove(id)) {
+                    Ok(()) => e,
+                    Err(undo_err) => format!("{e}; and cleaning up failed: {undo_err}"),
+                }
+            })
+        });
+        let mut slots = self.slots.lock().expect("agent state lock");
+        match opened {
+            Ok(detail) => {
+                let injected_at = Timestamp::now();
+                let lease = Duration::from_millis(req.lease_ms);
+                let targets = vec![req.resource.describe()];
+                slots.insert(
+                    id.to_owned(),
+                    Slot::Active(Active {
+                        run_id: req.run_id.clone(),
+                        kind: req.resource.kind(),
+                        undo,
+                        targets: targets.clone(),
+                        injected_at,
+                        ends_at: None,
+                        lease,
+                        lease_until: Instant::now() + lease,
+                        reverting: false,
+                    }),
+                );
+                Ok(Applied {
+                    id: id.to_owned(),
+                    targets,
+                    detail,
+                    injected_at,
+                    instant: false,
+                })
+            }
+            Err(e) => {
+                slots.remove(id);
+                Err(AgentError::FaultFailed(e))
+            }
+        }
     }
 
     /// Reverts a fault. Idempotent: reverting an unknown or already reverted id succeeds.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units::{ByteSize, Dur, LatencyBound, Percent, SuccessBound};
+use crate::units::{ByteSize, Dur, LatencyBound, Percent, Rate, SuccessBound};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +114,18 @@ pub(crate) struct Fault {
     pub(crate) size: Option<ByteSize>,
     pub(crate) leave_free: Option<ByteSize>,
     pub(crate) guard: Option<Percent>,
+    // latency (backend = "proxy", the default)
+    pub(crate) backend: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) delay: Option<Dur>,
+    pub(crate) jitter: Option<Dur>,
+    pub(crate) direction: Option<String>,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) corrupt: Option<Percent>,
+    pub(crate) timeout: Option<Dur>,
+    /// A size (`64KiB`) or a duration (`2s`).
+    pub(crate) reset_after: Option<String>,
 }
 
 impl Fault {
@@ -129,6 +141,16 @@ impl Fault {
             ("size", self.size.is_some()),
             ("leave_free", self.leave_free.is_some()),
             ("guard", self.guard.is_some()),
+            ("backend", self.backend.is_some()),
+            ("listen", self.listen.is_some()),
+            ("upstream", self.upstream.is_some()),
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("direction", self.direction.is_some()),
+            ("rate", self.rate.is_some()),
+            ("corrupt", self.corrupt.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("reset_after", self.reset_after.is_some()),
             ("duration", self.duration.is_some()),
         ];
         present

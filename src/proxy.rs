@@ -1,0 +1,460 @@
+//! Owns the userspace TCP proxies that proxy-backed faults act through: the process-wide registry
+//! of running proxies, their accept loops, and the per-connection pumps that apply toxics.
+//!
+//! A proxy runs without toxics (a transparent relay) until a fault sets them, and runs on when the
+//! fault clears them: connections that are open at that moment carry on undelayed. Each direction
+//! of a connection is one reader and one writer joined by a bounded queue of chunks, so a fast
+//! sender meets TCP back-pressure instead of growing memory, and each chunk carries the instant it
+//! may be written (read time + delay), so a delay shifts a stream without throttling it.
+
+mod timer;
+mod toxics;
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+pub(crate) use timer::PreciseTimer;
+pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
+use toxics::{Flow, Plan, Pump};
+
+/// The most bytes one read takes, and so the largest chunk a toxic acts on.
+pub(crate) const CHUNK: usize = 32 << 10;
+/// Chunks queued per direction of a connection. With [`CHUNK`] this bounds a connection to 4 MiB
+/// per direction in flight, enough for 400 MB/s under a 10 ms delay.
+const QUEUE: usize = 128;
+
+/// Every proxy this process runs, by name. Process-wide because the sockets are: a proxy lives
+/// exactly as long as this process, so after a crash there is nothing left to close, and a revert
+/// read from the journal finds the proxy here if and only if it still exists.
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry {
+        proxies: Mutex::new(HashMap::new()),
+    })
+}
+
+pub(crate) struct Registry {
+    proxies: Mutex<HashMap<String, Proxy>>,
+}
+
+struct Proxy {
+    listen: SocketAddr,
+    upstream: String,
+    toxics: watch::Sender<Option<Arc<Toxics>>>,
+    shutdown: watch::Sender<bool>,
+    /// Disconnects when the accept loop has dropped its listener.
+    closed: std::sync::mpsc::Receiver<()>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Registry {
+    /// Starts a proxy from `listen` to `upstream`. Opening the same proxy again is a no-op.
+    /// Needs to run inside a tokio runtime (a blocking-pool thread is fine).
+    pub(crate) fn open(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        upstream: &str,
+    ) -> Result<String, String> {
+        let mut proxies = self.proxies.lock().expect("proxy registry lock");
+        if let Some(p) = proxies.get(name) {
+            if p.listen == listen && p.upstream == upstream {
+                return Ok(format!(
+                    "proxy {listen} -> {upstream} was already listening"
+                ));
+            }
+            return Err(format!(
+                "proxy `{name}` already runs from {} to {}",
+                p.listen, p.upstream
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "proxies need the async runtime".to_owned())?;
+        let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
+            format!("failed to listen on {listen} for the proxy to {upstream}: {e}")
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("failed to set up {listen}: {e}"))?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(std_listener)
+                .map_err(|e| format!("failed to set up {listen}: {e}"))?
+        };
+        let (toxics, toxics_rx) = watch::channel(None);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        let live = Arc::new(AtomicUsize::new(0));
+        let relay = Relay {
+            upstream: upstream.into(),
+            toxics: toxics_rx,
+            shutdown: shutdown_rx,
+            live: Arc::clone(&live),
+        };
+        runtime.spawn(relay.accept_loop(listener, closed_tx));
+        proxies.insert(
+            name.to_owned(),
+            Proxy {
+                listen,
+                upstream: upstream.to_owned(),
+                toxics,
+                shutdown,
+                closed,
+                live,
+            },
+        );
+        Ok(format!(
+            "proxy listening on {listen}, forwarding to {upstream}"
+        ))
+    }
+
+    /// Stops a proxy: the port is closed when this returns, and open connections are dropped.
+    /// Closing a proxy that is not running succeeds.
+    pub(crate) fn close(&self, name: &str) -> Result<String, String> {
+        let Some(proxy) = self
+            .proxies
+            .lock()
+            .expect("proxy registry lock")
+            .remove(name)
+        else {
+            return Ok(format!("proxy `{name}` was not running"));
+        };
+        let _ = proxy.shutdown.send(true);
+        // The accept loop drops the listener within one poll; waiting makes "closed" mean closed.
+        let _ = proxy.closed.recv_timeout(Duration::from_secs(5));
+        Ok(format!(
+            "closed the proxy on {} ({} live connection(s) dropped)",
+            proxy.listen,
+            proxy.live.load(Ordering::Relaxed)
+        ))
+    }
+
+    /// Turns toxics on. Fails if another fault's toxics are in force on the same proxy.
+    pub(crate) fn set_toxics(&self, name: &str, toxics: Toxics) -> Result<(), String> {
+        let proxies = self.proxies.lock().expect("proxy registry lock");
+        let proxy = proxies
+            .get(name)
+            .ok_or_else(|| format!("no proxy `{name}` is running on this agent"))?;
+        if let Some(current) = proxy.toxics.borrow().as_ref() {
+            if current.owner == toxics.owner {
+                return Ok(());
+            }
+            return Err(format!(
+                "proxy on {} already carries the toxics of fault {}",
+                proxy.listen, current.owner
+            ));
+        }
+        proxy.toxics.send_replace(Some(Arc::new(toxics)));
+        Ok(())
+    }
+
+    /// Turns off the toxics `owner` set. Idempotent; a proxy that is gone has nothing to clear.
+    pub(crate) fn clear_toxics(&self, name: &str, owner: &str) -> String {
+        let proxies = self.proxies.lock().expect("proxy registry lock");
+        let Some(proxy) = proxies.get(name) else {
+            return format!("proxy `{name}` is no longer running: nothing to clear");
+        };
+        let mine = proxy
+            .toxics
+            .borrow()
+            .as_ref()
+            .is_some_and(|t| t.owner == owner);
+        if mine {
+            proxy.toxics.send_replace(None);
+            format!(
+                "toxics off on {}; live connections continue undelayed",
+                proxy.listen
+            )
+        } else {
+            format!("no toxics of this fault on {}", proxy.listen)
+        }
+    }
+
+    pub(crate) fn is_running(&self, name: &str) -> bool {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .contains_key(name)
+    }
+
+    /// Whether `owner`'s toxics are in force, and how many connections they reach.
+    pub(crate) fn toxics_status(&self, name: &str, owner: &str) -> Result<String, String> {
+        let proxies = self.proxies.lock().expect("proxy registry lock");
+        let proxy = proxies
+            .get(name)
+            .ok_or_else(|| format!("proxy `{name}` stopped running"))?;
+        if !proxy
+            .toxics
+            .borrow()
+            .as_ref()
+            .is_some_and(|t| t.owner == owner)
+        {
+            return Err(format!("the toxics are not in force on {}", proxy.listen));
+        }
+        Ok(format!(
+            "in force on {} ({} live connection(s))",
+            proxy.listen,
+            proxy.live.load(Ordering::Relaxed)
+        ))
+    }
+}
+
+/// What every connection task of one proxy shares.
+#[derive(Clone)]
+struct Relay {
+    upstream: Arc<str>,
+    toxics: watch::Receiver<Option<Arc<Toxics>>>,
+    shutdown: watch::Receiver<bool>,
+    live: Arc<AtomicUsize>,
+}
+
+/// How one direction, or a whole connection, ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Orderly: EOF passed on as a half-close.
+    Eof,
+    /// Close both sides now (a `timeout` toxic, a failed write, the proxy stopping).
+    Close,
+    /// Close both sides with RST (a `reset_after` toxic, or a peer that reset).
+    Reset,
+}
+
+enum Item {
+    Data { release: Instant, bytes: Vec<u8> },
+    Reset,
+}
+
+impl Relay {
+    async fn accept_loop(self, listener: TcpListener, closed: std::sync::mpsc::Sender<()>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut next = 0_u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => {
+                        tokio::spawn(self.clone().connection(client, next));
+                        next += 1;
+                    }
+                    Err(e) => {
+                        // Out of descriptors, typically: back off instead of spinning.
+                        tracing::warn!("proxy failed to accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        drop(closed);
+    }
+
+    async fn connection(mut self, mut client: TcpStream, index: u64) {
+        let _ = client.set_nodelay(true);
+        let connect = TcpStream::connect(&*self.upstream);
+        let mut server = tokio::select! {
+            s = connect => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("proxy failed to connect to {}: {e}", self.upstream);
+                    return;
+                }
+            },
+            _ = self.shutdown.changed() => return,
+        };
+        let _ = server.set_nodelay(true);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let end = {
+            let counted = Mutex::new((0_usize, 0_u64));
+            let (client_read, client_write) = client.split();
+            let (server_read, server_write) = server.split();
+            let up = pipe(
+                client_read,
+                server_write,
+                Flow::ToServer,
+                index,
+                &self.toxics,
+                &counted,
+            );
+            let down = pipe(
+                server_read,
+                client_write,
+                Flow::ToClient,
+                index,
+                &self.toxics,
+                &counted,
+            );
+            tokio::pin!(up, down);
+            let (mut up_done, mut down_done) = (false, false);
+            let mut toxics = self.toxics.clone();
+            loop {
+                let timed = timed_end(toxics.borrow().as_ref(), started);
+                let sleep = async {
+                    match timed {
+                        Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = self.shutdown.changed() => break End::Close,
+                    changed = toxics.changed() => if changed.is_err() { break End::Close },
+                    end = &mut up, if !up_done => if end == End::Eof { up_done = true } else { break end },
+                    end = &mut down, if !down_done => if end == End::Eof { down_done = true } else { break end },
+                    () = sleep => break timed.map_or(End::Close, |(_, end)| end),
+                }
+                if up_done && down_done {
+                    break End::Eof;
+                }
+            }
+        };
+        if end == End::Reset {
+            let _ = client.set_zero_linger();
+            let _ = server.set_zero_linger();
+        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// When a time-based toxic ends the connection: `timeout` closes it, `reset_after` resets it.
+fn timed_end(toxics: Option<&Arc<Toxics>>, started: Instant) -> Option<(Instant, End)> {
+    let t = toxics?;
+    let reached = t.since.max(started);
+    let close = t
+        .spec
+        .timeout
+        .filter(|d| !d.is_zero())
+        .map(|d| (reached + d, End::Close));
+    let reset = match t.spec.reset_after {
+        Some(ResetAfter::Time(d)) => Some((reached + d, End::Reset)),
+        _ => None,
+    };
+    [close, reset]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
+}
+
+/// Moves one direction of a connection: read, plan each chunk, queue it, write it when due.
+async fn pipe(
+    src: impl AsyncRead + Unpin,
+    dst: impl AsyncWrite + Unpin,
+    flow: Flow,
+    index: u64,
+    toxics: &watch::Receiver<Option<Arc<Toxics>>>,
+    counted: &Mutex<(usize, u64)>,
+) -> End {
+    let (tx, rx) = mpsc::channel::<Item>(QUEUE);
+    let reader = read_side(src, tx, Pump::new(flow, index), toxics, counted);
+    let writer = write_side(dst, rx);
+    tokio::pin!(reader, writer);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            end = &mut reader, if reading => if end == End::Eof { reading = false } else { return end },
+            end = &mut writer => return end,
+        }
+    }
+}
+
+/// Reads chunks and queues them with their release time. Returning drops `tx`, which tells the
+/// writer that nothing more comes.
+async fn read_side(
+    mut src: impl AsyncRead + Unpin,
+    tx: mpsc::Sender<Item>,
+    mut pump: Pump,
+    toxics: &watch::Receiver<Option<Arc<Toxics>>>,
+    counted: &Mutex<(usize, u64)>,
+) -> End {
+    let mut buf = vec![0_u8; CHUNK];
+    loop {
+        let size = pump.read_size(toxics.borrow().as_ref(), CHUNK);
+        let mut n = match src.read(&mut buf[..size]).await {
+            Ok(0) => return End::Eof,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return End::Reset,
+            Err(_) => return End::Close,
+        };
+        let read_at = Instant::now();
+        let current = toxics.borrow().clone();
+        let mut reset = false;
+        if let Some(ResetAfter::Bytes(limit)) = pump
+            .active(current.as_ref())
+            .and_then(|t| t.spec.reset_after)
+        {
+            // Counted per connection across the affected directions, from when this fault began.
+            let key = current.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
+            let mut count = counted.lock().expect("byte count lock");
+            if count.0 != key {
+                *count = (key, 0);
+            }
+            let left = limit.saturating_sub(count.1);
+            if n as u64 >= left {
+                n = left as usize;
+                reset = true;
+            }
+            count.1 += n as u64;
+        }
+        let chunk = &mut buf[..n];
+        if let Plan::Release(release) = pump.plan(read_at, chunk, current.as_ref()) {
+            if n > 0
+                && tx
+                    .send(Item::Data {
+                        release,
+                        bytes: chunk.to_vec(),
+                    })
+                    .await
+                    .is_err()
+            {
+                return End::Close;
+            }
+        }
+        if reset {
+            // The writer delivers what came before, then resets the connection.
+            let _ = tx.send(Item::Reset).await;
+            return End::Eof;
+        }
+    }
+}
+
+/// Writes queued chunks no earlier than their release time, in order; half-closes at the end.
+async fn write_side(mut dst: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Item>) -> End {
+    let mut timer: Option<PreciseTimer> = None;
+    while let Some(item) = rx.recv().await {
+        match item {
+            Item::Data { release, bytes } => {
+                if release > Instant::now() {
+                    wait_until(&mut timer, release).await;
+                }
+                if dst.write_all(&bytes).await.is_err() {
+                    return End::Close;
+                }
+            }
+            Item::Reset => return End::Reset,
+        }
+    }
+    let _ = dst.shutdown().await;
+    End::Eof
+}
+
+/// Waits precisely when a timerfd is available, else (out of descriptors) with tokio's timer,
+/// which may be up to a millisecond late but is never early either.
+async fn wait_until(timer: &mut Option<PreciseTimer>, at: Instant) {
+    if timer.is_none() {
+        *timer = PreciseTimer::new().ok();
+    }
+    let precise = match timer {
+        Some(t) => t.sleep_until(at).await.is_ok(),
+        None => false,
+    };
+    if !precise {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}

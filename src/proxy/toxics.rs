@@ -1,0 +1,368 @@
+//! Owns what a proxy does to the bytes while a fault is active — the toxics — and the arithmetic
+//! of each one, kept free of IO so it can be tested exactly.
+//!
+//! Semantics, per connection and per affected direction (a "chunk" is what one read returned, at
+//! most [`super::CHUNK`] bytes):
+//! - `delay` / `jitter`: a chunk read at `t` is released at `t + d`, where `d` is drawn uniformly
+//!   from `[delay − jitter, delay + jitter]` for every chunk; draws below zero count as zero, so a
+//!   jitter larger than the delay cannot underflow. A chunk is never released before the chunk read
+//!   before it: order is kept, and a short draw behind a long one waits for it.
+//! - `rate`: bytes leave at most at this rate: a chunk is released no earlier than when the
+//!   previous chunks, sent back to back at `rate`, would have finished. Reads shrink to about 10 ms
+//!   worth of data so the pacing stays smooth.
+//! - `corrupt`: every byte has this probability of getting one random bit flipped.
+//! - `timeout`: black hole — data is read and dropped; the connection is closed (FIN) this long
+//!   after the fault reached it, or held open while the fault lasts when it is zero.
+//! - `reset_after`: the connection is reset (RST to both sides) once this many bytes have passed
+//!   in the affected directions, or this long after the fault reached it.
+//!
+//! "The fault reached it" = the later of the connection's start and the fault's injection.
+//! Random draws come from the fault's seed, mixed with the connection's number and direction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Which way the toxics act. `Downstream` is server → client, the way replies travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Direction {
+    #[default]
+    Downstream,
+    Upstream,
+    Both,
+}
+
+impl Direction {
+    pub(crate) fn parse(s: &str) -> Result<Direction, String> {
+        match s {
+            "downstream" => Ok(Direction::Downstream),
+            "upstream" => Ok(Direction::Upstream),
+            "both" => Ok(Direction::Both),
+            other => Err(format!(
+                "invalid direction `{other}`: use `downstream` (server to client), `upstream` or `both`"
+            )),
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Direction::Downstream => "downstream",
+            Direction::Upstream => "upstream",
+            Direction::Both => "both",
+        }
+    }
+
+    /// Whether a pump flowing `flow` is affected.
+    pub(crate) fn covers(self, flow: Flow) -> bool {
+        matches!(
+            (self, flow),
+            (Direction::Both, _)
+                | (Direction::Downstream, Flow::ToClient)
+                | (Direction::Upstream, Flow::ToServer)
+        )
+    }
+}
+
+/// One of the two byte flows of a proxied connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    ToServer,
+    ToClient,
+}
+
+/// When a connection is reset.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ResetAfter {
+    Bytes(u64),
+    Time(Duration),
+}
+
+/// The toxics of one fault, as configured. Serializable: it travels in the fault spec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ToxicSpec {
+    pub(crate) direction: Direction,
+    pub(crate) delay: Duration,
+    pub(crate) jitter: Duration,
+    /// Bytes per second.
+    pub(crate) rate: Option<u64>,
+    /// Probability per byte, `0.0..=1.0`.
+    pub(crate) corrupt: f64,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reset_after: Option<ResetAfter>,
+}
+
+/// Toxics in force on a proxy: the spec plus what the running fault contributes.
+#[derive(Debug)]
+pub(crate) struct Toxics {
+    pub(crate) spec: ToxicSpec,
+    /// The fault that set them; only it may clear them.
+    pub(crate) owner: String,
+    pub(crate) since: Instant,
+    pub(crate) seed: u64,
+}
+
+/// What a pump does with one chunk.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Plan {
+    /// Write it at this instant (possibly now).
+    Release(Instant),
+    /// Drop it (black hole).
+    Drop,
+}
+
+/// Per-pump toxic state: the ordering floor, the pacing clock and the random stream.
+pub(crate) struct Pump {
+    flow: Flow,
+    connection: u64,
+    /// The release time of the previous chunk: no chunk goes before it.
+    floor: Option<Instant>,
+    /// When the bytes paced so far have all left, for `rate`.
+    paced_until: Option<Instant>,
+    rng: Option<(usize, StdRng)>,
+}
+
+impl Pump {
+    pub(crate) fn new(flow: Flow, connection: u64) -> Pump {
+        Pump {
+            flow,
+            connection,
+            floor: None,
+            paced_until: None,
+            rng: None,
+        }
+    }
+
+    /// The toxics that apply to this pump, if any.
+    pub(crate) fn active<'t>(&self, toxics: Option<&'t Arc<Toxics>>) -> Option<&'t Arc<Toxics>> {
+        toxics.filter(|t| t.spec.direction.covers(self.flow))
+    }
+
+    /// How many bytes to read at most: about 10 ms worth when a rate applies.
+    pub(crate) fn read_size(&self, toxics: Option<&Arc<Toxics>>, max: usize) -> usize {
+        match self.active(toxics).and_then(|t| t.spec.rate) {
+            Some(rate) => ((rate / 100) as usize).clamp(1, max),
+            None => max,
+        }
+    }
+
+    /// Decides when the chunk read at `read_at` leaves, corrupting it first if asked.
+    pub(crate) fn plan(
+        &mut self,
+        read_at: Instant,
+        chunk: &mut [u8],
+        toxics: Option<&Arc<Toxics>>,
+    ) -> Plan {
+        let Some(t) = self.active(toxics) else {
+            self.paced_until = None;
+            return self.keep_order(read_at);
+        };
+        if t.spec.timeout.is_some() {
+            return Plan::Drop;
+        }
+        let rng = self.rng_for(t);
+        let mut release = read_at + draw_delay(t.spec.delay, t.spec.jitter, rng);
+        if t.spec.corrupt > 0.0 {
+            corrupt(chunk, t.spec.corrupt, rng);
+        }
+        if let Some(rate) = t.spec.rate {
+            let start = self.paced_until.map_or(read_at, |p| p.max(read_at));
+            let done = start + Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64);
+            self.paced_until = Some(done);
+            release = release.max(done);
+        }
+        self.keep_order(release)
+    }
+
+    fn keep_order(&mut self, release: Instant) -> Plan {
+        let release = self.floor.map_or(release, |f| f.max(release));
+        self.floor = Some(release);
+        Plan::Release(release)
+    }
+
+    /// The random stream for this fault, connection and direction; a new fault starts a new one.
+    fn rng_for(&mut self, t: &Arc<Toxics>) -> &mut StdRng {
+        let key = Arc::as_ptr(t) as usize;
+        if self.rng.as_ref().is_none_or(|(k, _)| *k != key) {
+            let lane = self.connection.wrapping_mul(2) + u64::from(self.flow == Flow::ToClient);
+            self.rng = Some((
+                key,
+                StdRng::seed_from_u64(t.seed ^ lane.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ));
+        }
+        &mut self.rng.as_mut().expect("set above").1
+    }
+}
+
+/// A delay drawn uniformly from `[delay − jitter, delay + jitter]`, clamped at zero.
+pub(crate) fn draw_delay(delay: Duration, jitter: Duration, rng: &mut impl Rng) -> Duration {
+    if jitter.is_zero() {
+        return delay;
+    }
+    let (d, j) = (delay.as_nanos() as i128, jitter.as_nanos() as i128);
+    let drawn = rng.random_range(d - j..=d + j);
+    Duration::from_nanos(drawn.max(0) as u64)
+}
+
+/// Flips one random bit in each byte chosen with probability `p`.
+fn corrupt(chunk: &mut [u8], p: f64, rng: &mut impl Rng) {
+    for byte in chunk {
+        if rng.random_bool(p.clamp(0.0, 1.0)) {
+            *byte ^= 1 << rng.random_range(0..8);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toxics(spec: ToxicSpec) -> Arc<Toxics> {
+        Arc::new(Toxics {
+            spec,
+            owner: "f".to_owned(),
+            since: Instant::now(),
+            seed: 7,
+        })
+    }
+
+    #[test]
+    fn jitter_larger_than_the_delay_clamps_at_zero_instead_of_underflowing() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let draws: Vec<Duration> = (0..10_000)
+            .map(|_| draw_delay(Duration::from_millis(1), Duration::from_millis(5), &mut rng))
+            .collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_millis(6)));
+        assert!(
+            draws.iter().any(Duration::is_zero),
+            "about 40% of draws fall below zero and must count as zero"
+        );
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(5)));
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert!(
+            draw_delay(Duration::ZERO, year, &mut rng) <= year,
+            "a huge jitter on no delay neither panics nor wraps"
+        );
+    }
+
+    #[test]
+    fn chunks_are_delayed_from_their_read_time_and_never_reordered() {
+        let t = toxics(ToxicSpec {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(9),
+            ..ToxicSpec::default()
+        });
+        let mut pump = Pump::new(Flow::ToClient, 3);
+        let start = Instant::now();
+        let mut last = start;
+        for i in 0..1000 {
+            let read_at = start + Duration::from_micros(i * 100);
+            let Plan::Release(at) = pump.plan(read_at, &mut [0; 8], Some(&t)) else {
+                panic!("dropped")
+            };
+            assert!(
+                at >= read_at + Duration::from_millis(1),
+                "released before the smallest possible draw"
+            );
+            assert!(at >= last, "released out of order");
+            last = at;
+        }
+    }
+
+    #[test]
+    fn the_direction_decides_which_flow_is_touched() {
+        let t = toxics(ToxicSpec {
+            delay: Duration::from_millis(10),
+            ..ToxicSpec::default()
+        });
+        let now = Instant::now();
+        let mut up = Pump::new(Flow::ToServer, 0);
+        assert_eq!(
+            up.plan(now, &mut [0], Some(&t)),
+            Plan::Release(now),
+            "downstream is the default"
+        );
+        let mut down = Pump::new(Flow::ToClient, 0);
+        assert_eq!(
+            down.plan(now, &mut [0], Some(&t)),
+            Plan::Release(now + Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn undelayed_chunks_after_the_fault_wait_behind_delayed_ones() {
+        let t = toxics(ToxicSpec {
+            delay: Duration::from_millis(10),
+            ..ToxicSpec::default()
+        });
+        let now = Instant::now();
+        let mut pump = Pump::new(Flow::ToClient, 0);
+        let Plan::Release(first) = pump.plan(now, &mut [0], Some(&t)) else {
+            panic!()
+        };
+        assert_eq!(
+            pump.plan(now + Duration::from_millis(1), &mut [0], None),
+            Plan::Release(first)
+        );
+        let later = now + Duration::from_millis(20);
+        assert_eq!(pump.plan(later, &mut [0], None), Plan::Release(later));
+    }
+
+    #[test]
+    fn a_rate_paces_chunks_back_to_back() {
+        let t = toxics(ToxicSpec {
+            rate: Some(1000),
+            ..ToxicSpec::default()
+        });
+        let now = Instant::now();
+        let mut pump = Pump::new(Flow::ToClient, 0);
+        assert_eq!(pump.read_size(Some(&t), 32 << 10), 10);
+        assert_eq!(
+            pump.plan(now, &mut [0; 10], Some(&t)),
+            Plan::Release(now + Duration::from_millis(10))
+        );
+        assert_eq!(
+            pump.plan(now, &mut [0; 10], Some(&t)),
+            Plan::Release(now + Duration::from_millis(20))
+        );
+    }
+
+    #[test]
+    fn corruption_is_seeded_and_flips_single_bits() {
+        let t = toxics(ToxicSpec {
+            corrupt: 0.5,
+            ..ToxicSpec::default()
+        });
+        let run = || {
+            let mut chunk = vec![0_u8; 4096];
+            Pump::new(Flow::ToClient, 1).plan(Instant::now(), &mut chunk, Some(&t));
+            chunk
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b, "the same seed corrupts the same bytes");
+        let flipped = a.iter().filter(|b| **b != 0).count();
+        assert!(
+            (1500..2600).contains(&flipped),
+            "{flipped} of 4096 bytes flipped at p = 0.5"
+        );
+        assert!(a.iter().all(|b| b.count_ones() <= 1));
+    }
+
+    #[test]
+    fn a_black_hole_drops_data() {
+        let t = toxics(ToxicSpec {
+            timeout: Some(Duration::ZERO),
+            direction: Direction::Both,
+            ..ToxicSpec::default()
+        });
+        assert_eq!(
+            Pump::new(Flow::ToServer, 0).plan(Instant::now(), &mut [1], Some(&t)),
+            Plan::Drop
+        );
+    }
+}
