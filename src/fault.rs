@@ -241,7 +241,7 @@ impl Undo {
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
             Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
-            Undo::CloseProxy { proxy } => crate::proxy::registry().close(proxy),
+            Undo::CloseProxy { proxy } => Ok(crate::proxy::registry().close(proxy)),
         }
     }
 }

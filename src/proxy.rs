@@ -118,23 +118,23 @@ impl Registry {
 
     /// Stops a proxy: the port is closed when this returns, and open connections are dropped.
     /// Closing a proxy that is not running succeeds.
-    pub(crate) fn close(&self, name: &str) -> Result<String, String> {
+    pub(crate) fn close(&self, name: &str) -> String {
         let Some(proxy) = self
             .proxies
             .lock()
             .expect("proxy registry lock")
             .remove(name)
         else {
-            return Ok(format!("proxy `{name}` was not running"));
+            return format!("proxy `{name}` was not running");
         };
         let _ = proxy.shutdown.send(true);
         // The accept loop drops the listener within one poll; waiting makes "closed" mean closed.
         let _ = proxy.closed.recv_timeout(Duration::from_secs(5));
-        Ok(format!(
+        format!(
             "closed the proxy on {} ({} live connection(s) dropped)",
             proxy.listen,
             proxy.live.load(Ordering::Relaxed)
-        ))
+        )
     }
 
     /// Turns toxics on. Fails if another fault's toxics are in force on the same proxy.
@@ -191,11 +191,11 @@ impl Registry {
         let proxy = proxies
             .get(name)
             .ok_or_else(|| format!("proxy `{name}` stopped running"))?;
-        if !proxy
+        if proxy
             .toxics
             .borrow()
             .as_ref()
-            .is_some_and(|t| t.owner == owner)
+            .is_none_or(|t| t.owner != owner)
         {
             return Err(format!("the toxics are not in force on {}", proxy.listen));
         }

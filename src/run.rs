@@ -830,7 +830,7 @@ impl Runner<'_> {
             samples,
         };
         for line in &self.closing_failures {
-            report.note_leftover(line.clone());
+            report.note_leftover(line);
         }
         report
     }

@@ -124,10 +124,10 @@ pub(crate) fn describe_toxics(t: &ToxicSpec) -> String {
     }
     match t.reset_after {
         Some(ResetAfter::Bytes(b)) => {
-            parts.push(format!("reset connections after {}", format_bytes(b)))
+            parts.push(format!("reset connections after {}", format_bytes(b)));
         }
         Some(ResetAfter::Time(d)) => {
-            parts.push(format!("reset connections after {}", format_ms(d)))
+            parts.push(format!("reset connections after {}", format_ms(d)));
         }
         None => {}
     }

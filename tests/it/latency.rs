@@ -1,0 +1,250 @@
+//! The `latency` fault through the userspace proxy, end to end: the proxy listens for the whole
+//! run, delays only while the fault is active (never early), and is gone when the run ends.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::support::{faultline, free_port, run_experiment, tempdir};
+
+/// An echo server on a free port, one thread per connection; it stops when the test process ends.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let _ = conn.set_nodelay(true);
+                let mut buf = [0_u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn experiment(listen: u16, upstream: u16, extra: &str) -> String {
+    format!(
+        r#"
+title = "latency through the proxy"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "through the proxy"
+tcp = "127.0.0.1:{listen}"
+every = "100ms"
+timeout = "500ms"
+[[fault]]
+name = "slow replies"
+kind = "latency"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+delay = "10ms"
+at = "0s"
+duration = "3s"
+{extra}
+[recovery]
+within = "5s"
+"#
+    )
+}
+
+/// One round trip: when it started (wall clock, to compare with the report) and how long it took.
+struct RoundTrip {
+    started: SystemTime,
+    rtt: Duration,
+}
+
+/// Round trips of 64 bytes on one persistent connection through `port`, until `stop` is set.
+fn client(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<Vec<RoundTrip>> {
+    std::thread::spawn(move || {
+        let mut conn = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(_) if !stop.load(Ordering::Relaxed) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("the proxy never listened on {port}: {e}"),
+            }
+        };
+        conn.set_nodelay(true).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = [7_u8; 64];
+        let mut reply = [0_u8; 64];
+        let mut trips = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let started = SystemTime::now();
+            let t = Instant::now();
+            if conn.write_all(&request).is_err() || conn.read_exact(&mut reply).is_err() {
+                break;
+            }
+            trips.push(RoundTrip {
+                started,
+                rtt: t.elapsed(),
+            });
+            assert_eq!(reply, request, "the proxy changed the bytes");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = conn.shutdown(Shutdown::Both);
+        trips
+    })
+}
+
+fn timestamp(report: &serde_json::Value, key: &str) -> SystemTime {
+    let text = report["faults"][0][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("fault has no {key}: {report}"));
+    let ts: jiff::Timestamp = text.parse().unwrap();
+    SystemTime::from(ts)
+}
+
+#[test]
+fn proxied_round_trips_are_delayed_while_the_fault_is_active_and_never_early() {
+    let dir = tempdir();
+    let (upstream, listen) = (echo_server(), free_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let trips = client(listen, Arc::clone(&stop));
+    let run = run_experiment(dir.path(), &experiment(listen, upstream, ""), &[]);
+    stop.store(true, Ordering::Relaxed);
+    let trips = trips.join().expect("client thread");
+    assert_eq!(run.code, 0, "{}", run.explain());
+    let report = run.report.as_ref().unwrap();
+    assert_eq!(
+        report["phases"]["before"][0]["success_ratio"], 1.0,
+        "the probe goes through the proxy before the fault"
+    );
+    assert_eq!(
+        report["phases"]["after"][0]["slo_met"], true,
+        "and after it"
+    );
+
+    // Round trips wholly inside the fault (margins for the instants the report records around
+    // the switch) were all delayed by at least the 10 ms asked for: never early.
+    let (injected, reverted) = (
+        timestamp(report, "injected_at"),
+        timestamp(report, "reverted_at"),
+    );
+    let inside: Vec<&RoundTrip> = trips
+        .iter()
+        .filter(|t| {
+            t.started >= injected + Duration::from_millis(50)
+                && t.started + t.rtt + Duration::from_millis(300) <= reverted
+        })
+        .collect();
+    assert!(
+        inside.len() >= 50,
+        "only {} round trips fell inside the fault",
+        inside.len()
+    );
+    let early: Vec<Duration> = inside
+        .iter()
+        .map(|t| t.rtt)
+        .filter(|rtt| *rtt < Duration::from_millis(10))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "round trips faster than the delay during the fault: {early:?}"
+    );
+
+    // The same connection carried on after the revert, and went back to undelayed round trips.
+    let after: Vec<&RoundTrip> = trips
+        .iter()
+        .filter(|t| t.started >= reverted + Duration::from_millis(50))
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "the connection did not survive the revert"
+    );
+    assert!(
+        after.iter().any(|t| t.rtt < Duration::from_millis(10)),
+        "no round trip after the revert was faster than the delay"
+    );
+    let before: Vec<&RoundTrip> = trips
+        .iter()
+        .filter(|t| t.started + t.rtt < injected)
+        .collect();
+    assert!(
+        before.iter().any(|t| t.rtt < Duration::from_millis(10)),
+        "the proxy delayed before the fault"
+    );
+}
+
+#[test]
+fn the_listen_port_is_closed_after_the_run() {
+    let dir = tempdir();
+    let (upstream, listen) = (echo_server(), free_port());
+    let run = run_experiment(
+        dir.path(),
+        &experiment(listen, upstream, "jitter = \"30ms\""),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.explain());
+    assert!(
+        run.stderr
+            .contains(&format!("closed the proxy on 127.0.0.1:{listen}")),
+        "{}",
+        run.explain()
+    );
+    let err = TcpStream::connect(("127.0.0.1", listen))
+        .expect_err("the proxy port still accepts connections");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn a_port_that_is_taken_is_an_error_before_anything_is_injected() {
+    let dir = tempdir();
+    let upstream = echo_server();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().port();
+    let run = run_experiment(dir.path(), &experiment(listen, upstream, ""), &[]);
+    assert_eq!(run.code, 5, "{}", run.explain());
+    let reason = run.report.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!("failed to listen on 127.0.0.1:{listen}")),
+        "{reason}"
+    );
+    assert!(reason.contains("nothing was injected"), "{reason}");
+}
+
+#[test]
+fn latency_keys_are_checked_by_name() {
+    let dir = tempdir();
+    let check = |extra: &str, replace: (&str, &str)| {
+        let text = experiment(1111, 2222, extra).replace(replace.0, replace.1);
+        let file = dir.path().join("x.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = faultline(
+            &["validate", file.to_str().unwrap()],
+            &dir.path().join("state"),
+        );
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = check("direction = \"sideways\"", ("", ""));
+    assert!(e.contains("invalid direction `sideways`"), "{e}");
+    let e = check(
+        "",
+        ("listen = \"127.0.0.1:1111\"", "listen = \"localhost:1111\""),
+    );
+    assert!(e.contains("`listen` must be an IP address and port"), "{e}");
+    let e = check("backend = \"ebpf\"", ("", ""));
+    assert!(e.contains("unknown `backend` `ebpf`"), "{e}");
+    let e = check("", ("delay = \"10ms\"", ""));
+    assert!(e.contains("give `delay`"), "{e}");
+    let e = check("signal = \"SIGKILL\"", ("", ""));
+    assert!(
+        e.contains("`signal` does not apply to kind `latency`"),
+        "{e}"
+    );
+}
