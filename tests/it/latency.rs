@@ -70,7 +70,7 @@ fn client(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<Vec<RoundTrip>> {
             match TcpStream::connect(("127.0.0.1", port)) {
                 Ok(c) => break c,
                 Err(_) if !stop.load(Ordering::Relaxed) => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => panic!("the proxy never listened on {port}: {e}"),
             }
