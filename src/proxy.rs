@@ -458,3 +458,219 @@ async fn wait_until(timer: &mut Option<PreciseTimer>, at: Instant) {
         tokio::time::sleep_until(at.into()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{Direction, ResetAfter, ToxicSpec, Toxics, registry};
+
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    /// An echo server and a proxy in front of it; returns the proxy's name and address.
+    async fn proxied_echo() -> (String, SocketAddr) {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        registry()
+            .open(&name, listen, &upstream.to_string())
+            .unwrap();
+        (name, listen)
+    }
+
+    fn toxics(spec: ToxicSpec) -> Toxics {
+        Toxics {
+            spec,
+            owner: "test-fault".to_owned(),
+            since: Instant::now(),
+            seed: 42,
+        }
+    }
+
+    async fn close(name: String) -> String {
+        tokio::task::spawn_blocking(move || registry().close(&name))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_toxics_the_proxy_relays_bytes_and_half_closes() {
+        let (name, listen) = proxied_echo().await;
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let data: Vec<u8> = (0..200_000_u32).map(|i| i as u8).collect();
+        let (mut r, mut w) = conn.split();
+        let send = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let (_, read) = tokio::join!(send, r.read_to_end(&mut back));
+        read.unwrap();
+        assert_eq!(back, data);
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delay_in_both_directions_adds_up_and_is_never_early() {
+        let (name, listen) = proxied_echo().await;
+        let spec = ToxicSpec {
+            delay: Duration::from_millis(5),
+            direction: Direction::Both,
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut buf = [0_u8; 64];
+        for _ in 0..20 {
+            let t = Instant::now();
+            conn.write_all(&[1; 64]).await.unwrap();
+            conn.read_exact(&mut buf).await.unwrap();
+            assert!(
+                t.elapsed() >= Duration::from_millis(10),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        assert!(
+            registry()
+                .clear_toxics(&name, "test-fault")
+                .contains("toxics off")
+        );
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limits_each_connection() {
+        let (name, listen) = proxied_echo().await;
+        // 100 kB/s downstream: 20 kB cannot come back in less than about 0.2 s.
+        registry()
+            .set_toxics(
+                &name,
+                toxics(ToxicSpec {
+                    rate: Some(100_000),
+                    ..ToxicSpec::default()
+                }),
+            )
+            .unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let t = Instant::now();
+        conn.write_all(&[3; 20_000]).await.unwrap();
+        let mut back = vec![0_u8; 20_000];
+        conn.read_exact(&mut back).await.unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reset_after_bytes_delivers_the_bytes_then_resets() {
+        let (name, listen) = proxied_echo().await;
+        let spec = ToxicSpec {
+            reset_after: Some(ResetAfter::Bytes(100)),
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.write_all(&[5; 300]).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0_u8; 512];
+        let err = loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => panic!("closed with FIN, not reset, after {} bytes", got.len()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got.len(), 100);
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_black_holes_data_then_closes() {
+        let (name, listen) = proxied_echo().await;
+        let spec = ToxicSpec {
+            timeout: Some(Duration::from_millis(200)),
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let t = Instant::now();
+        conn.write_all(&[9; 64]).await.unwrap();
+        let mut buf = [0_u8; 64];
+        let n = conn.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "data came through a black hole");
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "closed after {:?}",
+            t.elapsed()
+        );
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_the_proxy_closes_the_port_and_its_connections() {
+        let (name, listen) = proxied_echo().await;
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.write_all(b"hi").await.unwrap();
+        let mut buf = [0_u8; 2];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert!(close(name.clone()).await.contains("closed the proxy"));
+        assert!(
+            TcpStream::connect(listen).await.is_err(),
+            "the port still accepts connections"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+            .await
+            .expect("connection left open");
+        assert!(n.is_err() || n.unwrap() == 0);
+        assert!(
+            close(name).await.contains("was not running"),
+            "closing twice is fine"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_one_fault_at_a_time_owns_a_proxy() {
+        let (name, _) = proxied_echo().await;
+        registry()
+            .set_toxics(&name, toxics(ToxicSpec::default()))
+            .unwrap();
+        let other = Toxics {
+            owner: "other".to_owned(),
+            ..toxics(ToxicSpec::default())
+        };
+        let err = registry().set_toxics(&name, other).unwrap_err();
+        assert!(
+            err.contains("already carries the toxics of fault test-fault"),
+            "{err}"
+        );
+        assert!(
+            registry()
+                .clear_toxics(&name, "other")
+                .contains("no toxics of this fault")
+        );
+        close(name).await;
+    }
+}
