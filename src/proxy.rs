@@ -521,7 +521,7 @@ mod tests {
             w.shutdown().await.unwrap();
         };
         let mut back = Vec::new();
-        let (_, read) = tokio::join!(send, r.read_to_end(&mut back));
+        let ((), read) = tokio::join!(send, r.read_to_end(&mut back));
         read.unwrap();
         assert_eq!(back, data);
         close(name).await;
@@ -572,7 +572,7 @@ mod tests {
             .unwrap();
         let mut conn = TcpStream::connect(listen).await.unwrap();
         let t = Instant::now();
-        conn.write_all(&[3; 20_000]).await.unwrap();
+        conn.write_all(&vec![3; 20_000]).await.unwrap();
         let mut back = vec![0_u8; 20_000];
         conn.read_exact(&mut back).await.unwrap();
         assert!(
