@@ -48,6 +48,28 @@ enum Command {
         #[arg(long)]
         agents: Option<PathBuf>,
     },
+    /// Measure faultline itself and print figures (release builds give the meaningful ones).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The latency proxy: delay precision (vs a plain tokio-sleep proxy), throughput, 1000 connections.
+    Proxy {
+        /// Round trips per precision figure, after 50 of warm-up.
+        #[arg(long, default_value_t = 1000)]
+        round_trips: usize,
+        /// Delays to measure, in milliseconds.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+        delays_ms: Vec<u64>,
+        /// Bytes of the bulk transfer.
+        #[arg(long, default_value_t = 1 << 30)]
+        bulk_bytes: u64,
+        /// Concurrent connections of the scale figure.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
 }
 
 #[derive(Args)]
@@ -104,6 +126,21 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_experiment(&args),
+        Command::Bench(BenchCommand::Proxy {
+            round_trips,
+            delays_ms,
+            bulk_bytes,
+            connections,
+        }) => {
+            let settings = crate::bench::Settings {
+                round_trips,
+                delays_ms,
+                bulk_bytes,
+                connections,
+            };
+            crate::bench::proxy(&settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

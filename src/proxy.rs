@@ -27,6 +27,8 @@ use toxics::{Flow, Plan, Pump};
 
 /// The most bytes one read takes, and so the largest chunk a toxic acts on.
 pub(crate) const CHUNK: usize = 32 << 10;
+/// The read buffer a connection starts with, per direction.
+const FIRST_BUFFER: usize = 2 << 10;
 /// Chunks queued per direction of a connection. With [`CHUNK`] this bounds a connection to 4 MiB
 /// per direction in flight, enough for 400 MB/s under a 10 ms delay.
 const QUEUE: usize = 128;
@@ -373,9 +375,11 @@ async fn read_side(
     toxics: &watch::Receiver<Option<Arc<Toxics>>>,
     counted: &Mutex<(usize, u64)>,
 ) -> End {
-    let mut buf = vec![0_u8; CHUNK];
+    // Starts small and doubles while reads fill it, so a thousand idle or chatty connections do
+    // not hold 64 KiB of buffers each, and a bulk stream still reads CHUNK at a time.
+    let mut buf = vec![0_u8; FIRST_BUFFER];
     loop {
-        let size = pump.read_size(toxics.borrow().as_ref(), CHUNK);
+        let size = pump.read_size(toxics.borrow().as_ref(), buf.len());
         let mut n = match src.read(&mut buf[..size]).await {
             Ok(0) => return End::Eof,
             Ok(n) => n,
@@ -383,6 +387,9 @@ async fn read_side(
             Err(_) => return End::Close,
         };
         let read_at = Instant::now();
+        if n == buf.len() && buf.len() < CHUNK {
+            buf.resize(buf.len() * 2, 0);
+        }
         let current = toxics.borrow().clone();
         let mut reset = false;
         if let Some(ResetAfter::Bytes(limit)) = pump
