@@ -375,20 +375,22 @@ async fn read_side(
     toxics: &watch::Receiver<Option<Arc<Toxics>>>,
     counted: &Mutex<(usize, u64)>,
 ) -> End {
-    // Starts small and doubles while reads fill it, so a thousand idle or chatty connections do
-    // not hold 64 KiB of buffers each, and a bulk stream still reads CHUNK at a time.
-    let mut buf = vec![0_u8; FIRST_BUFFER];
+    // Reads start small and double while they come back full, so a thousand idle or chatty
+    // connections hold little memory and a bulk stream still reads CHUNK at a time. Each read
+    // goes into a fresh buffer that is queued as it is: no zeroing, no copy.
+    let mut want = FIRST_BUFFER;
     loop {
-        let size = pump.read_size(toxics.borrow().as_ref(), buf.len());
-        let mut n = match src.read(&mut buf[..size]).await {
+        let size = pump.read_size(toxics.borrow().as_ref(), want);
+        let mut chunk = Vec::with_capacity(size);
+        let mut n = match src.read_buf(&mut chunk).await {
             Ok(0) => return End::Eof,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return End::Reset,
             Err(_) => return End::Close,
         };
         let read_at = Instant::now();
-        if n == buf.len() && buf.len() < CHUNK {
-            buf.resize(buf.len() * 2, 0);
+        if n == want && want < CHUNK {
+            want *= 2;
         }
         let current = toxics.borrow().clone();
         let mut reset = false;
@@ -409,13 +411,17 @@ async fn read_side(
             }
             count.1 += n as u64;
         }
-        let chunk = &mut buf[..n];
-        if let Plan::Release(release) = pump.plan(read_at, chunk, current.as_ref()) {
+        chunk.truncate(n);
+        if chunk.len() * 2 < chunk.capacity() {
+            // A small message held in a large buffer while it waits out a delay wastes memory.
+            chunk.shrink_to_fit();
+        }
+        if let Plan::Release(release) = pump.plan(read_at, &mut chunk, current.as_ref()) {
             if n > 0
                 && tx
                     .send(Item::Data {
                         release,
-                        bytes: chunk.to_vec(),
+                        bytes: chunk,
                     })
                     .await
                     .is_err()
