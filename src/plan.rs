@@ -38,6 +38,28 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             let _ = writeln!(out, "  {}. `{}`: runs {:?}; {ready}", i + 1, f.name, f.argv);
         }
     }
+    let mut resources = Vec::new();
+    for f in &exp.faults {
+        if let Some(r) = f.spec.run_resource() {
+            if !resources.contains(&r) {
+                resources.push(r);
+            }
+        }
+    }
+    if !resources.is_empty() {
+        out.push_str(
+            "
+run resources (opened after setup, before the steady state; closed when the run ends):
+",
+        );
+        for r in &resources {
+            let _ = writeln!(
+                out,
+                "  - {}: no toxics until a fault turns them on",
+                r.describe()
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\nsteady state (baseline window {}):",

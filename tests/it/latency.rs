@@ -248,3 +248,83 @@ fn latency_keys_are_checked_by_name() {
         "{e}"
     );
 }
+
+fn journal_entries(state: &std::path::Path) -> usize {
+    std::fs::read_dir(state).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    })
+}
+
+#[test]
+fn a_proxy_and_its_toxics_left_by_a_killed_run_are_cleared_from_the_journal() {
+    use std::process::{Command, Stdio};
+    let dir = tempdir();
+    let (upstream, listen) = (echo_server(), free_port());
+    let file = dir.path().join("latency.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &file,
+        experiment(listen, upstream, "").replace("duration = \"3s\"", "duration = \"60s\""),
+    )
+    .unwrap();
+    let mut child = Command::new(crate::support::BIN)
+        .args(["run", file.to_str().unwrap(), "--quiet"])
+        .env("FAULTLINE_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both the proxy (a run resource) and the fault's toxics are journaled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_entries(&state) < 2 {
+        assert!(Instant::now() < deadline, "the fault never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err =
+        TcpStream::connect(("127.0.0.1", listen)).expect_err("the proxy outlived its process");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+
+    let out = faultline(
+        &["run", file.to_str().unwrap(), "--quiet", "--dry-run"],
+        &state,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("(proxy, run "), "{stderr}");
+    assert!(stderr.contains("(latency, run "), "{stderr}");
+    assert_eq!(
+        journal_entries(&state),
+        0,
+        "the journal still holds entries: {stderr}"
+    );
+}
+
+#[test]
+fn plan_shows_the_proxy_for_the_whole_run_and_the_toxics_on_the_timeline() {
+    let dir = tempdir();
+    let file = dir.path().join("x.toml");
+    std::fs::write(
+        &file,
+        experiment(1111, 2222, "jitter = \"2ms\"\ndirection = \"both\""),
+    )
+    .unwrap();
+    let out = faultline(&["plan", file.to_str().unwrap()], &dir.path().join("state"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "run resources (opened after setup, before the steady state; closed when the run ends):\n  - proxy 127.0.0.1:1111 -> 127.0.0.1:2222: no toxics until a fault turns them on\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "inject `slow replies` (latency) on local: delay 10 ms ± 2 ms (uniform, never below 0) both in the proxy 127.0.0.1:1111 -> 127.0.0.1:2222"
+        ),
+        "{stdout}"
+    );
+}
