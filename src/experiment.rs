@@ -393,11 +393,16 @@ impl Validator<'_> {
                 "rate",
                 "corrupt",
                 "timeout",
+                "slow_close",
                 "reset_after",
                 "duration",
             ],
             "latency" if f.backend.as_deref() != Some("netem") => {
-                return self.at(span, format!("fault `{name}`: unknown `backend` `{}`; use `proxy` (the default) or `netem`", f.backend.as_deref().unwrap_or_default()));
+                let backend = f.backend.as_deref().unwrap_or_default();
+                return self.at(
+                    span,
+                    format!("fault `{name}`: unknown `backend` `{backend}`; use `proxy` (the default) or `netem`"),
+                );
             }
             "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress"
             | "memory-stress" => {
@@ -592,6 +597,7 @@ impl Validator<'_> {
             rate: f.rate.map(|r| r.0),
             corrupt: f.corrupt.map_or(0.0, |p| p.0),
             timeout: f.timeout.map(|d| d.0),
+            slow_close: f.slow_close.map(|d| d.0),
             reset_after,
         };
         let does_something = !toxics.delay.is_zero()
@@ -599,10 +605,11 @@ impl Validator<'_> {
             || toxics.rate.is_some()
             || toxics.corrupt > 0.0
             || toxics.timeout.is_some()
+            || toxics.slow_close.is_some()
             || toxics.reset_after.is_some();
         if !does_something {
             return self.at(span, format!(
-                "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout` or `reset_after`"
+                "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout`, `slow_close` or `reset_after`"
             ));
         }
         Ok(LatencyProxy {

@@ -230,7 +230,14 @@ enum End {
 }
 
 enum Item {
-    Data { release: Instant, bytes: Vec<u8> },
+    /// End of stream, to pass on no earlier than `at`.
+    Fin {
+        at: Instant,
+    },
+    Data {
+        release: Instant,
+        bytes: Vec<u8>,
+    },
     Reset,
 }
 
@@ -383,7 +390,19 @@ async fn read_side(
         let size = pump.read_size(toxics.borrow().as_ref(), want);
         let mut chunk = Vec::with_capacity(size);
         let mut n = match src.read_buf(&mut chunk).await {
-            Ok(0) => return End::Eof,
+            Ok(0) => {
+                let slow = pump
+                    .active(toxics.borrow().as_ref())
+                    .and_then(|t| t.spec.slow_close);
+                if let Some(d) = slow {
+                    let _ = tx
+                        .send(Item::Fin {
+                            at: Instant::now() + d,
+                        })
+                        .await;
+                }
+                return End::Eof;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return End::Reset,
             Err(_) => return End::Close,
@@ -449,6 +468,10 @@ async fn write_side(mut dst: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Ite
                 if dst.write_all(&bytes).await.is_err() {
                     return End::Close;
                 }
+            }
+            Item::Fin { at } => {
+                wait_until(&mut timer, at).await;
+                break;
             }
             Item::Reset => return End::Reset,
         }
@@ -637,6 +660,31 @@ mod tests {
         assert!(
             t.elapsed() >= Duration::from_millis(190),
             "closed after {:?}",
+            t.elapsed()
+        );
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_close_holds_the_end_of_the_stream_back() {
+        let (name, listen) = proxied_echo().await;
+        let spec = ToxicSpec {
+            slow_close: Some(Duration::from_millis(200)),
+            direction: Direction::Both,
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.write_all(b"bye").await.unwrap();
+        let t = Instant::now();
+        conn.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        conn.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"bye");
+        // The FIN waits 200 ms on the way up and again on the way down.
+        assert!(
+            t.elapsed() >= Duration::from_millis(390),
+            "{:?}",
             t.elapsed()
         );
         close(name).await;

@@ -124,6 +124,7 @@ pub(crate) struct Fault {
     pub(crate) rate: Option<Rate>,
     pub(crate) corrupt: Option<Percent>,
     pub(crate) timeout: Option<Dur>,
+    pub(crate) slow_close: Option<Dur>,
     /// A size (`64KiB`) or a duration (`2s`).
     pub(crate) reset_after: Option<String>,
 }
@@ -150,6 +151,7 @@ impl Fault {
             ("rate", self.rate.is_some()),
             ("corrupt", self.corrupt.is_some()),
             ("timeout", self.timeout.is_some()),
+            ("slow_close", self.slow_close.is_some()),
             ("reset_after", self.reset_after.is_some()),
             ("duration", self.duration.is_some()),
         ];

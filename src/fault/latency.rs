@@ -122,6 +122,9 @@ pub(crate) fn describe_toxics(t: &ToxicSpec) -> String {
         )),
         None => {}
     }
+    if let Some(d) = t.slow_close {
+        parts.push(format!("hold each end of stream back {}", format_ms(d)));
+    }
     match t.reset_after {
         Some(ResetAfter::Bytes(b)) => {
             parts.push(format!("reset connections after {}", format_bytes(b)));

@@ -13,6 +13,8 @@
 //! - `corrupt`: every byte has this probability of getting one random bit flipped.
 //! - `timeout`: black hole — data is read and dropped; the connection is closed (FIN) this long
 //!   after the fault reached it, or held open while the fault lasts when it is zero.
+//! - `slow_close`: the end of the stream (FIN) is passed on this long after it arrived (and never
+//!   before the data queued ahead of it).
 //! - `reset_after`: the connection is reset (RST to both sides) once this many bytes have passed
 //!   in the affected directions, or this long after the fault reached it.
 //!
@@ -94,6 +96,7 @@ pub(crate) struct ToxicSpec {
     /// Probability per byte, `0.0..=1.0`.
     pub(crate) corrupt: f64,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) slow_close: Option<Duration>,
     pub(crate) reset_after: Option<ResetAfter>,
 }
 
