@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 pub(crate) use timer::PreciseTimer;
 pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
@@ -29,9 +29,14 @@ use toxics::{Flow, Plan, Pump};
 pub(crate) const CHUNK: usize = 32 << 10;
 /// The read buffer a connection starts with, per direction.
 const FIRST_BUFFER: usize = 2 << 10;
-/// Chunks queued per direction of a connection. With [`CHUNK`] this bounds a connection to 4 MiB
-/// per direction in flight, enough for 400 MB/s under a 10 ms delay.
-const QUEUE: usize = 128;
+/// Bytes queued per direction of a connection, waiting for their release time: enough for
+/// 400 MB/s under a 10 ms delay, and a hard bound whatever the sender does. Bounding bytes rather
+/// than chunks keeps a stream of small messages (64-byte requests at 100k/s under 50 ms is
+/// 5000 chunks) from being throttled by the queue.
+const QUEUE_BYTES: usize = 4 << 20;
+/// What one queued chunk costs beyond its bytes (buffer header, queue slot), charged to the budget
+/// so that many tiny chunks are bounded too.
+const CHUNK_OVERHEAD: usize = 128;
 
 /// Every proxy this process runs, by name. Process-wide because the sockets are: a proxy lives
 /// exactly as long as this process, so after a crash there is nothing left to close, and a revert
@@ -360,9 +365,12 @@ async fn pipe(
     toxics: &watch::Receiver<Option<Arc<Toxics>>>,
     counted: &Mutex<(usize, u64)>,
 ) -> End {
-    let (tx, rx) = mpsc::channel::<Item>(QUEUE);
-    let reader = read_side(src, tx, Pump::new(flow, index), toxics, counted);
-    let writer = write_side(dst, rx);
+    // The queue itself is unbounded; the byte budget bounds it. The reader takes budget before it
+    // reads, so a full queue stops reads and the sender meets TCP back-pressure.
+    let (tx, rx) = mpsc::unbounded_channel::<Item>();
+    let budget = Semaphore::new(QUEUE_BYTES);
+    let reader = read_side(src, tx, &budget, Pump::new(flow, index), toxics, counted);
+    let writer = write_side(dst, rx, &budget);
     tokio::pin!(reader, writer);
     let mut reading = true;
     loop {
@@ -377,7 +385,8 @@ async fn pipe(
 /// writer that nothing more comes.
 async fn read_side(
     mut src: impl AsyncRead + Unpin,
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::UnboundedSender<Item>,
+    budget: &Semaphore,
     mut pump: Pump,
     toxics: &watch::Receiver<Option<Arc<Toxics>>>,
     counted: &Mutex<(usize, u64)>,
@@ -388,18 +397,22 @@ async fn read_side(
     let mut want = FIRST_BUFFER;
     loop {
         let size = pump.read_size(toxics.borrow().as_ref(), want);
+        let Ok(taken) = budget.acquire_many((size + CHUNK_OVERHEAD) as u32).await else {
+            return End::Close;
+        };
+        taken.forget();
         let mut chunk = Vec::with_capacity(size);
-        let mut n = match src.read_buf(&mut chunk).await {
+        let read = src.read_buf(&mut chunk).await;
+        budget.add_permits(size - read.as_ref().map_or(0, |n| *n));
+        let mut n = match read {
             Ok(0) => {
                 let slow = pump
                     .active(toxics.borrow().as_ref())
                     .and_then(|t| t.spec.slow_close);
                 if let Some(d) = slow {
-                    let _ = tx
-                        .send(Item::Fin {
-                            at: Instant::now() + d,
-                        })
-                        .await;
+                    let _ = tx.send(Item::Fin {
+                        at: Instant::now() + d,
+                    });
                 }
                 return End::Eof;
             }
@@ -430,34 +443,43 @@ async fn read_side(
             }
             count.1 += n as u64;
         }
-        chunk.truncate(n);
+        if chunk.len() > n {
+            budget.add_permits(chunk.len() - n);
+            chunk.truncate(n);
+        }
         if chunk.len() * 2 < chunk.capacity() {
             // A small message held in a large buffer while it waits out a delay wastes memory.
             chunk.shrink_to_fit();
         }
-        if let Plan::Release(release) = pump.plan(read_at, &mut chunk, current.as_ref()) {
-            if n > 0
-                && tx
+        match pump.plan(read_at, &mut chunk, current.as_ref()) {
+            Plan::Release(release) if n > 0 => {
+                if tx
                     .send(Item::Data {
                         release,
                         bytes: chunk,
                     })
-                    .await
                     .is_err()
-            {
-                return End::Close;
+                {
+                    return End::Close;
+                }
             }
+            // Nothing queued (a black hole, or a reset cut the chunk to nothing): give back its budget.
+            _ => budget.add_permits(n + CHUNK_OVERHEAD),
         }
         if reset {
             // The writer delivers what came before, then resets the connection.
-            let _ = tx.send(Item::Reset).await;
+            let _ = tx.send(Item::Reset);
             return End::Eof;
         }
     }
 }
 
 /// Writes queued chunks no earlier than their release time, in order; half-closes at the end.
-async fn write_side(mut dst: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Item>) -> End {
+async fn write_side(
+    mut dst: impl AsyncWrite + Unpin,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    budget: &Semaphore,
+) -> End {
     let mut timer: Option<PreciseTimer> = None;
     while let Some(item) = rx.recv().await {
         match item {
@@ -468,6 +490,7 @@ async fn write_side(mut dst: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Ite
                 if dst.write_all(&bytes).await.is_err() {
                     return End::Close;
                 }
+                budget.add_permits(bytes.len() + CHUNK_OVERHEAD);
             }
             Item::Fin { at } => {
                 wait_until(&mut timer, at).await;
@@ -590,6 +613,33 @@ mod tests {
                 .clear_toxics(&name, "test-fault")
                 .contains("toxics off")
         );
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fast_sender_meets_back_pressure_instead_of_growing_the_queue() {
+        let (name, listen) = proxied_echo().await;
+        // Upstream held for a minute: nothing leaves the queue, so only its bound stops the sender.
+        let spec = ToxicSpec {
+            delay: Duration::from_secs(60),
+            direction: Direction::Upstream,
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let block = vec![0_u8; 64 << 10];
+        let mut sent = 0_usize;
+        while let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_millis(500), conn.write_all(&block)).await
+        {
+            sent += block.len();
+            assert!(
+                sent < 64 << 20,
+                "the proxy took 64 MiB without pushing back"
+            );
+        }
+        // 4 MiB of queue plus what the kernel buffers on both sockets.
+        assert!(sent >= 4 << 20, "the queue took only {sent} bytes");
         close(name).await;
     }
 
