@@ -1,6 +1,7 @@
 //! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
 //! syntaxes and every cross-field rule. Nothing here touches the host.
 
+mod network;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -366,10 +367,13 @@ impl Validator<'_> {
             "process-kill" => &["select", "count", "percent", "signal"],
             "process-pause" => &["select", "count", "percent", "duration"],
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
-            "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress"
-            | "memory-stress" => {
+            "network-loss" => &["percent", "match", "duration"],
+            "partition" => &["peers", "ports", "duration"],
+            "bandwidth" => &["device", "rate", "match", "duration"],
+            "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
+            "latency" | "cpu-stress" | "memory-stress" => {
                 return self.at(span, format!(
-                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill",
+                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill, network-loss, partition, bandwidth, latency with backend = \"netem\"",
                     f.kind
                 ));
             }
@@ -414,6 +418,10 @@ impl Validator<'_> {
                 select: self.select(span.clone(), &name, f.select)?,
                 pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
             }),
+            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
+            "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
+            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
+            "latency" => FaultSpec::NetemLatency(self.netem_latency(span, &name, &f)?),
             _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
         };
         Ok(FaultStep {

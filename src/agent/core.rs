@@ -22,6 +22,9 @@ use crate::protocol::{
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
 const REAP_EVERY: Duration = Duration::from_millis(50);
 
+/// How long a revert request waits for a revert of the same fault already running.
+const REVERT_WAIT: Duration = Duration::from_secs(20);
+
 #[derive(Debug)]
 enum Slot {
     /// Being prepared, injected and verified right now.
@@ -238,6 +241,7 @@ impl AgentCore {
             .prepare(&Context {
                 fault_id: id,
                 seed: req.seed,
+                control_port: None,
             })
             .map_err(AgentError::FaultFailed)?;
         let undo = prepared.undo();
@@ -307,33 +311,41 @@ impl AgentCore {
         cause: RevertCause,
     ) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
-        let undo = {
-            let mut slots = self.slots.lock().expect("agent state lock");
-            match slots.get_mut(id) {
-                Some(Slot::Done(r)) => return Ok(r.clone()),
-                Some(Slot::Applying) => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} is being applied right now"
-                    )));
-                }
-                Some(Slot::Active(a)) if a.reverting => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} is being reverted right now"
-                    )));
-                }
-                Some(Slot::Active(a)) => {
-                    a.reverting = true;
-                    a.undo.clone()
-                }
-                None => {
-                    return Ok(Reverted {
-                        id: id.to_owned(),
-                        detail: "not active on this agent".to_owned(),
-                        at: Timestamp::now(),
-                        cause,
-                    });
+        // A second revert of the same fault (the coordinator's, racing the reaper's at the end of
+        // the duration) waits for the first one's outcome instead of failing with a conflict.
+        let wait_until = Instant::now() + REVERT_WAIT;
+        let undo = loop {
+            {
+                let mut slots = self.slots.lock().expect("agent state lock");
+                match slots.get_mut(id) {
+                    Some(Slot::Done(r)) => return Ok(r.clone()),
+                    Some(Slot::Applying) => {
+                        return Err(AgentError::Conflict(format!(
+                            "fault {id} is being applied right now"
+                        )));
+                    }
+                    Some(Slot::Active(a)) if a.reverting => {
+                        if Instant::now() >= wait_until {
+                            return Err(AgentError::Conflict(format!(
+                                "fault {id} is being reverted right now"
+                            )));
+                        }
+                    }
+                    Some(Slot::Active(a)) => {
+                        a.reverting = true;
+                        break a.undo.clone();
+                    }
+                    None => {
+                        return Ok(Reverted {
+                            id: id.to_owned(),
+                            detail: "not active on this agent".to_owned(),
+                            at: Timestamp::now(),
+                            cause,
+                        });
+                    }
                 }
             }
+            std::thread::sleep(Duration::from_millis(10));
         };
         let result = undo
             .revert()
