@@ -566,7 +566,12 @@ pub(crate) fn u32_filters(device: &str, parent: u16, m: &TcMatch, flowid: &str) 
     let parent = format!("{parent:x}:");
     let mut cmds = Vec::new();
     for &is_v6 in families {
-        let (protocol, sel) = if is_v6 { ("ipv6", "ip6") } else { ("ip", "ip") };
+        // The kernel keeps one protocol per filter priority, so IPv6 filters get a priority of their own.
+        let (protocol, sel, prio) = if is_v6 {
+            ("ipv6", "ip6", "2")
+        } else {
+            ("ip", "ip", "1")
+        };
         let mut base: Vec<String> = Vec::new();
         if let Some(dst) = m.dst {
             base.extend([
@@ -602,7 +607,7 @@ pub(crate) fn u32_filters(device: &str, parent: u16, m: &TcMatch, flowid: &str) 
         for port_match in port_matches {
             let mut args: Vec<String> = [
                 "filter", "add", "dev", device, "parent", &parent, "protocol", protocol, "prio",
-                "1", "u32",
+                prio, "u32",
             ]
             .map(String::from)
             .to_vec();
@@ -693,7 +698,7 @@ mod tests {
         assert_eq!(cmds.len(), 4);
         assert_eq!(
             cmds[3],
-            "tc filter add dev eth0 parent 1abc: protocol ipv6 prio 1 u32 match ip6 sport 80 0xffff flowid 1abc:1"
+            "tc filter add dev eth0 parent 1abc: protocol ipv6 prio 2 u32 match ip6 sport 80 0xffff flowid 1abc:1"
         );
     }
 }

@@ -657,3 +657,59 @@ fn plan_prints_the_exact_ruleset_and_tc_commands() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bandwidth_with_a_port_match_sends_that_port_through_an_htb_class() {
+    if !privileged("bandwidth_with_a_port_match_sends_that_port_through_an_htb_class") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let www = tempdir();
+    std::fs::write(www.path().join("bulk"), vec![7_u8; 256 * 1024]).unwrap();
+    let _server = net.server(www.path());
+    let files = Files::new(&experiment(
+        &format!(
+            "kind = \"bandwidth\"\ndevice = \"va\"\nrate = \"2mbit\"\nmatch = {{ port = {PORT} }}"
+        ),
+        "8s",
+    ));
+    let run = net.start_run(&files.experiment(), &files.state(), &files.report());
+    let ours =
+        |q: &serde_json::Value| q["root"] == true && q["kind"] == "htb" && q["handle"] != "0:";
+    wait_until(
+        "the fault's htb qdisc exists",
+        Duration::from_secs(15),
+        || net.qdiscs_a().iter().any(ours),
+    );
+    let (bytes, shaped) = net.download_from_b(&format!("http://{ADDR_A}:{PORT}/bulk"));
+    // `tc -j class show` prints no JSON for htb classes in iproute2 6.1, so read "Sent N bytes".
+    let classes = output(&["tc", "-n", &net.a, "-s", "class", "show", "dev", "va"]);
+    let sent: u64 = classes
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("Sent ")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "bandwidth with a port match: {} KiB in {shaped:.3} s at 2mbit; {sent} bytes went through the htb class",
+        bytes / 1024
+    );
+    assert!(
+        sent >= 256 * 1024,
+        "the transfer did not go through the shaped class:\n{classes}"
+    );
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !net.qdiscs_a()
+            .iter()
+            .any(|q| q["root"] == true && q["handle"] != "0:"),
+        "a qdisc was left behind: {:?}",
+        net.qdiscs_a()
+    );
+}
