@@ -190,15 +190,18 @@ impl fmt::Display for NetMatch {
         if let Some(port) = self.port {
             parts.push(format!("on port {port}"));
         }
-        let direction = match self.direction {
-            Direction::Egress => "outgoing",
-            Direction::Ingress => "incoming",
-            Direction::Both => "outgoing and answering incoming",
-        };
-        if parts.is_empty() {
-            write!(f, "all {direction} packets")
+        let described = if parts.is_empty() {
+            String::new()
         } else {
-            write!(f, "{direction} packets {}", parts.join(" "))
+            format!(" {}", parts.join(" "))
+        };
+        match self.direction {
+            Direction::Egress => write!(f, "outgoing packets{described}"),
+            Direction::Ingress => write!(f, "incoming packets{described}"),
+            Direction::Both if self.dst.is_some() || self.src.is_some() => {
+                write!(f, "packets{described}, and the incoming ones back")
+            }
+            Direction::Both => write!(f, "packets{described} in both directions"),
         }
     }
 }

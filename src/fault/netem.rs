@@ -28,7 +28,7 @@ pub(crate) struct NetemLatency {
     pub(crate) reorder: Option<f64>,
 }
 
-/// The shape of the jitter, as netem names its tables. netem's default (none given) is uniform.
+/// The shape of the jitter, as netem names its tables (uniform, the default, needs none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Distribution {
@@ -84,7 +84,8 @@ impl NetemLatency {
             if let Some(c) = self.correlation {
                 args.push(Percent(c).to_string());
             }
-            if let Some(d) = self.distribution {
+            // Uniform is netem's own default and has no table file, so it is never named.
+            if let Some(d) = self.distribution.filter(|d| *d != Distribution::Uniform) {
                 args.extend(["distribution".to_owned(), d.as_str().to_owned()]);
             }
         }
@@ -144,7 +145,7 @@ impl NetemLatency {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
-        check_kernel(!self.matching.is_empty())?;
+        check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))?;
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
         let (kind, commands) = self.commands(handle);
@@ -157,32 +158,42 @@ impl NetemLatency {
     }
 }
 
-/// Checks that the kernel has the qdiscs the fault needs by adding them to the loopback device of
-/// a scratch network namespace (`unshare --net`), which vanishes when the check exits: nothing on
+/// Checks that the kernel has the qdiscs the fault needs by adding them — with the fault's own
+/// netem options, so a missing distribution table shows up here too — to the loopback device of a
+/// scratch network namespace (`unshare --net`), which vanishes when the check exits: nothing on
 /// the host changes, and the answer is the kernel's own (built in, or a module it can load).
-fn check_kernel(needs_htb: bool) -> Result<(), String> {
-    let mut lines: Vec<(&str, &str)> = Vec::new();
-    if needs_htb {
-        lines.push(("htb", "qdisc add dev lo root handle 1: htb"));
-        lines.push((
-            "htb",
-            "class add dev lo parent 1: classid 1:1 htb rate 100gbit",
-        ));
-        lines.push((
-            "netem",
-            "qdisc add dev lo parent 1:1 handle 2: netem delay 1ms",
-        ));
+fn check_kernel(needs_htb: bool, netem_args: &str) -> Result<(), String> {
+    let lines: Vec<(&str, String)> = if needs_htb {
+        vec![
+            ("htb", "qdisc add dev lo root handle 1: htb".to_owned()),
+            (
+                "htb",
+                "class add dev lo parent 1: classid 1:1 htb rate 100gbit".to_owned(),
+            ),
+            (
+                "netem",
+                format!("qdisc add dev lo parent 1:1 handle 2: netem {netem_args}"),
+            ),
+        ]
     } else {
-        lines.push(("netem", "qdisc add dev lo root handle 1: netem delay 1ms"));
-    }
-    let batch = lines.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n") + "\n";
+        vec![(
+            "netem",
+            format!("qdisc add dev lo root handle 1: netem {netem_args}"),
+        )]
+    };
+    let batch = lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let Err(e) = Cmd::new("unshare", &["--net", "--", "tc", "-batch", "-"]).run(Some(&batch))
     else {
         return Ok(());
     };
     if !e.contains("Specified qdisc kind is unknown") {
         return Err(format!(
-            "could not check whether this kernel has netem: {}",
+            "the netem check in a scratch network namespace failed, so nothing was changed: {}",
             one_line(&e)
         ));
     }

@@ -25,7 +25,8 @@ impl NetworkLoss {
         )
     }
 
-    /// The exact ruleset `nft -f -` is fed.
+    /// The exact ruleset `nft -f -` is fed. Traffic over loopback passes both the output and the
+    /// input hook, so with `direction = "both"` it gets two chances to be dropped.
     pub(crate) fn ruleset(&self, table: &str, control_port: Option<u16>) -> String {
         let chains = match self.matching.direction {
             Direction::Egress => vec![Chain {
@@ -184,7 +185,7 @@ mod tests {
         assert_eq!(f.rules(true), ["ip6 saddr fd00::5 ip6 daddr fd00::1 drop"]);
         assert_eq!(
             f.describe(),
-            "drop 100% of outgoing and answering incoming packets to fd00::5 from fd00::1 (an nftables table of its own, deleted on revert)"
+            "drop 100% of packets to fd00::5 from fd00::1, and the incoming ones back (an nftables table of its own, deleted on revert)"
         );
     }
 }
