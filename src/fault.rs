@@ -121,7 +121,7 @@ impl FaultSpec {
             FaultSpec::DiskFill(f) => f.preview(),
             FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
             FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
-            FaultSpec::NetemLatency(f) => net::preview_device(&f.device),
+            FaultSpec::NetemLatency(f) => f.preview(),
         }
     }
 

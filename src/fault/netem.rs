@@ -144,8 +144,21 @@ impl NetemLatency {
         ("htb", cmds)
     }
 
+    /// Whether the fault could be injected now: the kernel check (in a scratch namespace, so
+    /// nothing on the host changes) and the device's root qdisc.
+    pub(crate) fn preview(&self) -> String {
+        match self.check() {
+            Ok(()) => super::net::preview_device(&self.device),
+            Err(e) => e,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
-        check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))?;
+        self.check()?;
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
         let (kind, commands) = self.commands(handle);

@@ -277,6 +277,15 @@ fn full_loss_on_a_port_blocks_connections_while_held_and_leaves_no_table() {
     let net = NetnsPair::new();
     let www = tempdir();
     let _server = net.server(www.path());
+    // Someone else's table, which the fault's revert must leave alone.
+    let theirs = "table inet someone_else {\n\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\ttcp dport 9 counter accept\n\t}\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &net.a, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), theirs.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success());
     let files = Files::new(&experiment(
         &format!("kind = \"network-loss\"\npercent = \"100%\"\nmatch = {{ port = {PORT} }}"),
         "3s",
@@ -302,6 +311,11 @@ fn full_loss_on_a_port_blocks_connections_while_held_and_leaves_no_table() {
     assert!(
         net.connects_from_b(Duration::from_secs(2)),
         "connections still fail after the fault"
+    );
+    assert!(
+        net.ruleset_a().contains("table inet someone_else"),
+        "the revert touched another table:\n{}",
+        net.ruleset_a()
     );
 }
 
@@ -711,5 +725,58 @@ fn bandwidth_with_a_port_match_sends_that_port_through_an_htb_class() {
             .any(|q| q["root"] == true && q["handle"] != "0:"),
         "a qdisc was left behind: {:?}",
         net.qdiscs_a()
+    );
+}
+
+#[test]
+fn bandwidth_revert_leaves_alone_a_root_qdisc_that_replaced_its_own() {
+    if !privileged("bandwidth_revert_leaves_alone_a_root_qdisc_that_replaced_its_own") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let www = tempdir();
+    let _server = net.server(www.path());
+    let files = Files::new(&experiment(
+        "kind = \"bandwidth\"\ndevice = \"va\"\nrate = \"10mbit\"",
+        "4s",
+    ));
+    let run = net.start_run(&files.experiment(), &files.state(), &files.report());
+    let ours =
+        |q: &serde_json::Value| q["root"] == true && q["kind"] == "tbf" && q["handle"] != "0:";
+    wait_until(
+        "the fault's tbf qdisc exists",
+        Duration::from_secs(15),
+        || net.qdiscs_a().iter().any(ours),
+    );
+    // Someone replaces the root qdisc while the fault holds: revert must not delete theirs (pumba#166).
+    let theirs = [
+        "qdisc", "replace", "dev", "va", "root", "handle", "7:", "htb",
+    ];
+    assert!(
+        Command::new("tc")
+            .arg("-n")
+            .arg(&net.a)
+            .args(theirs)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+    let report = files.read_report();
+    let detail = report["faults"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("not ours") && detail.contains("left alone"),
+        "{report}"
+    );
+    let root: Vec<_> = net
+        .qdiscs_a()
+        .into_iter()
+        .filter(|q| q["root"] == true)
+        .collect();
+    assert_eq!(
+        (root[0]["kind"].as_str(), root[0]["handle"].as_str()),
+        (Some("htb"), Some("7:")),
+        "their qdisc was touched"
     );
 }
