@@ -633,13 +633,13 @@ fn plan_prints_the_exact_ruleset_and_tc_commands() {
                table inet faultline_RUN_0 {
                \tchain input {
                \t\ttype filter hook input priority -10; policy accept;
-               \t\tmeta l4proto { tcp, udp } th dport 18081 numgen random mod 100 < 30 drop
-               \t\tmeta l4proto { tcp, udp } th sport 18081 th dport != 18081 numgen random mod 100 < 30 drop
+               \t\tip saddr 10.0.5.0/24 meta l4proto { tcp, udp } th dport 5432 numgen random mod 100 < 30 drop
+               \t\tip saddr 10.0.5.0/24 meta l4proto { tcp, udp } th sport 5432 th dport != 5432 numgen random mod 100 < 30 drop
                \t}
                \tchain output {
                \t\ttype filter hook output priority -10; policy accept;
-               \t\tmeta l4proto { tcp, udp } th dport 18081 numgen random mod 100 < 30 drop
-               \t\tmeta l4proto { tcp, udp } th sport 18081 th dport != 18081 numgen random mod 100 < 30 drop
+               \t\tip daddr 10.0.5.0/24 meta l4proto { tcp, udp } th dport 5432 numgen random mod 100 < 30 drop
+               \t\tip daddr 10.0.5.0/24 meta l4proto { tcp, udp } th sport 5432 th dport != 5432 numgen random mod 100 < 30 drop
                \t}
                }
                EOF
