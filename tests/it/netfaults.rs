@@ -780,3 +780,58 @@ fn bandwidth_revert_leaves_alone_a_root_qdisc_that_replaced_its_own() {
         "their qdisc was touched"
     );
 }
+
+#[test]
+fn a_qdisc_left_by_a_killed_run_is_deleted_by_the_next_run() {
+    if !privileged("a_qdisc_left_by_a_killed_run_is_deleted_by_the_next_run") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let www = tempdir();
+    let _server = net.server(www.path());
+    let files = Files::new(&experiment(
+        &format!(
+            "kind = \"bandwidth\"\ndevice = \"va\"\nrate = \"1mbit\"\nmatch = {{ dst = \"{ADDR_B}\" }}"
+        ),
+        "60s",
+    ));
+    let mut run = net.start_run(&files.experiment(), &files.state(), &files.report());
+    let ours =
+        |q: &serde_json::Value| q["root"] == true && q["kind"] == "htb" && q["handle"] != "0:";
+    wait_until(
+        "the fault's htb qdisc exists",
+        Duration::from_secs(15),
+        || net.qdiscs_a().iter().any(ours),
+    );
+    run.kill();
+    assert!(
+        net.qdiscs_a().iter().any(ours),
+        "the qdisc should survive a SIGKILL of the run"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            BIN,
+            "run",
+            files.experiment().to_str().unwrap(),
+            "--quiet",
+            "--dry-run",
+        ])
+        .env("FAULTLINE_STATE_DIR", files.state())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reverted a fault left by an earlier crashed run"),
+        "{stderr}"
+    );
+    assert!(
+        !net.qdiscs_a()
+            .iter()
+            .any(|q| q["root"] == true && q["handle"] != "0:"),
+        "the next run left the qdisc: {:?}",
+        net.qdiscs_a()
+    );
+}
