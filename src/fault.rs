@@ -8,6 +8,7 @@
 mod disk_fill;
 mod process_kill;
 mod process_pause;
+mod stress;
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use disk_fill::{DiskFill, FillAmount};
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
+pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
 
 use crate::model::Pick;
 use crate::process::{self, ProcInfo, ProcRef, Selector};
@@ -30,6 +32,8 @@ pub(crate) enum FaultSpec {
     ProcessKill(ProcessKill),
     ProcessPause(ProcessPause),
     DiskFill(DiskFill),
+    CpuStress(CpuStress),
+    MemoryStress(MemoryStress),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -45,6 +49,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(_) => "process-kill",
             FaultSpec::ProcessPause(_) => "process-pause",
             FaultSpec::DiskFill(_) => "disk-fill",
+            FaultSpec::CpuStress(_) => "cpu-stress",
+            FaultSpec::MemoryStress(_) => "memory-stress",
         }
     }
 
@@ -59,6 +65,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.describe(),
             FaultSpec::ProcessPause(f) => f.describe(),
             FaultSpec::DiskFill(f) => f.describe(),
+            FaultSpec::CpuStress(f) => f.describe(),
+            FaultSpec::MemoryStress(f) => f.describe(),
         }
     }
 
@@ -68,6 +76,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
+            FaultSpec::CpuStress(_) => {
+                "starts new processes; acts on nothing that exists now".to_owned()
+            }
+            FaultSpec::MemoryStress(f) => f.preview(),
         }
     }
 
@@ -77,6 +89,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
             FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
+            FaultSpec::CpuStress(f) => Ok(Prepared::Stress(f.prepare(ctx))),
+            FaultSpec::MemoryStress(f) => f.prepare(ctx).map(Prepared::Stress),
         }
     }
 }
@@ -87,6 +101,7 @@ pub(crate) enum Prepared {
     Kill(process_kill::Prepared),
     Pause(process_pause::Prepared),
     Fill(disk_fill::Prepared),
+    Stress(stress::Prepared),
 }
 
 impl Prepared {
@@ -96,6 +111,9 @@ impl Prepared {
             Prepared::Kill(_) => Undo::Nothing,
             Prepared::Pause(p) => Undo::Resume {
                 procs: p.victims.clone(),
+            },
+            Prepared::Stress(p) => Undo::KillWorkers {
+                fault_id: p.fault_id.clone(),
             },
             Prepared::Fill(p) => Undo::RemoveFile {
                 path: p.file.clone(),
@@ -109,6 +127,7 @@ impl Prepared {
             Prepared::Kill(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Fill(p) => vec![p.file.display().to_string()],
+            Prepared::Stress(_) => vec!["this host".to_owned()],
         }
     }
 
@@ -119,6 +138,7 @@ impl Prepared {
             Prepared::Kill(p) => p.inject(),
             Prepared::Pause(p) => p.inject(),
             Prepared::Fill(p) => p.inject(),
+            Prepared::Stress(p) => p.inject(),
         }
     }
 
@@ -128,6 +148,7 @@ impl Prepared {
             Prepared::Kill(p) => p.verify(),
             Prepared::Pause(p) => p.verify(),
             Prepared::Fill(p) => p.verify(),
+            Prepared::Stress(p) => p.verify(),
         }
     }
 }
@@ -143,6 +164,8 @@ pub(crate) enum Undo {
     Resume { procs: Vec<ProcRef> },
     /// Delete the fill file.
     RemoveFile { path: PathBuf },
+    /// Kill the stress workers tagged with this fault id.
+    KillWorkers { fault_id: String },
 }
 
 impl Undo {
@@ -152,6 +175,7 @@ impl Undo {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
+            Undo::KillWorkers { fault_id } => stress::kill_workers(fault_id),
         }
     }
 }

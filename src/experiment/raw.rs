@@ -114,6 +114,9 @@ pub(crate) struct Fault {
     pub(crate) size: Option<ByteSize>,
     pub(crate) leave_free: Option<ByteSize>,
     pub(crate) guard: Option<Percent>,
+    // cpu-stress, memory-stress (memory-stress also takes `size`)
+    pub(crate) workers: Option<u32>,
+    pub(crate) load: Option<Percent>,
 }
 
 impl Fault {
@@ -129,6 +132,8 @@ impl Fault {
             ("size", self.size.is_some()),
             ("leave_free", self.leave_free.is_some()),
             ("guard", self.guard.is_some()),
+            ("workers", self.workers.is_some()),
+            ("load", self.load.is_some()),
             ("duration", self.duration.is_some()),
         ];
         present

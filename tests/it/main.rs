@@ -5,5 +5,6 @@ mod support;
 
 mod disk_fill;
 mod examples;
+mod stress;
 mod validate;
 mod verdicts;
