@@ -47,6 +47,9 @@ enum Command {
     StressWorker {
         #[arg(long)]
         fault_id: String,
+        /// The agent's pid: the worker exits as soon as it is no longer its parent.
+        #[arg(long)]
+        parent: u32,
         #[arg(long)]
         cpu_load: Option<f64>,
         #[arg(long)]
@@ -117,6 +120,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_experiment(&args),
         Command::StressWorker {
             fault_id: _,
+            parent,
             cpu_load,
             memory,
         } => {
@@ -125,7 +129,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
                 (None, Some(bytes)) => Work::Memory { bytes },
                 _ => bail!("stress-worker takes exactly one of --cpu-load or --memory"),
             };
-            worker_main(&work);
+            worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
         }
     }
