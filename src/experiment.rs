@@ -14,7 +14,9 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::fault::{DiskFill, FaultSpec, FillAmount, ProcessKill, ProcessPause};
+use crate::fault::{
+    CpuStress, DiskFill, FaultSpec, FillAmount, MemoryStress, ProcessKill, ProcessPause,
+};
 use crate::model::{
     AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
     ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
@@ -367,13 +369,15 @@ impl Validator<'_> {
             "process-kill" => &["select", "count", "percent", "signal"],
             "process-pause" => &["select", "count", "percent", "duration"],
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
+            "cpu-stress" => &["workers", "load", "duration"],
+            "memory-stress" => &["workers", "size", "duration"],
             "network-loss" => &["percent", "match", "duration"],
             "partition" => &["peers", "ports", "duration"],
             "bandwidth" => &["device", "rate", "match", "duration"],
             "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
-            "latency" | "cpu-stress" | "memory-stress" => {
+            "latency" => {
                 return self.at(span, format!(
-                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill, network-loss, partition, bandwidth, latency with backend = \"netem\"",
+                    "fault `{name}`: kind `{}` is only available with `backend = \"netem\"` in this build yet; available kinds: process-kill, process-pause, disk-fill, cpu-stress, memory-stress, network-loss, partition, bandwidth, latency with backend = \"netem\"",
                     f.kind
                 ));
             }
@@ -418,6 +422,7 @@ impl Validator<'_> {
                 select: self.select(span.clone(), &name, f.select)?,
                 pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
             }),
+            "cpu-stress" | "memory-stress" => self.stress(span, &name, &f)?,
             "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
             "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
             "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
@@ -515,6 +520,39 @@ impl Validator<'_> {
             amount,
             guard,
         })
+    }
+
+    fn stress(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<FaultSpec> {
+        if f.workers == Some(0) {
+            return self.at(
+                span,
+                format!("fault `{name}`: `workers = 0` starts nothing"),
+            );
+        }
+        if f.kind == "cpu-stress" {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let load = f.load.map_or(1.0, |p| p.0);
+            if load <= 0.0 {
+                return self.at(span, format!("fault `{name}`: `load` must be above 0%"));
+            }
+            return Ok(FaultSpec::CpuStress(CpuStress {
+                workers: f.workers.unwrap_or(cpus),
+                load,
+            }));
+        }
+        let Some(size) = f.size else {
+            return self.at(
+                span,
+                format!("fault `{name}`: memory-stress needs `size`, e.g. `size = \"1GiB\"`"),
+            );
+        };
+        if size.0 == 0 {
+            return self.at(span, format!("fault `{name}`: `size` must be above zero"));
+        }
+        Ok(FaultSpec::MemoryStress(MemoryStress {
+            workers: f.workers.unwrap_or(1),
+            size: size.0,
+        }))
     }
 
     fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {

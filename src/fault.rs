@@ -13,6 +13,7 @@ mod network_loss;
 mod partition;
 mod process_kill;
 mod process_pause;
+mod stress;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,7 @@ pub(crate) use network_loss::NetworkLoss;
 pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
+pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
 
 use crate::model::Pick;
 use crate::process::{self, ProcInfo, ProcRef, Selector};
@@ -40,6 +42,8 @@ pub(crate) enum FaultSpec {
     ProcessKill(ProcessKill),
     ProcessPause(ProcessPause),
     DiskFill(DiskFill),
+    CpuStress(CpuStress),
+    MemoryStress(MemoryStress),
     NetworkLoss(NetworkLoss),
     Partition(Partition),
     Bandwidth(Bandwidth),
@@ -64,6 +68,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(_) => "process-kill",
             FaultSpec::ProcessPause(_) => "process-pause",
             FaultSpec::DiskFill(_) => "disk-fill",
+            FaultSpec::CpuStress(_) => "cpu-stress",
+            FaultSpec::MemoryStress(_) => "memory-stress",
             FaultSpec::NetworkLoss(_) => "network-loss",
             FaultSpec::Partition(_) => "partition",
             FaultSpec::Bandwidth(_) => "bandwidth",
@@ -82,6 +88,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.describe(),
             FaultSpec::ProcessPause(f) => f.describe(),
             FaultSpec::DiskFill(f) => f.describe(),
+            FaultSpec::CpuStress(f) => f.describe(),
+            FaultSpec::MemoryStress(f) => f.describe(),
             FaultSpec::NetworkLoss(f) => f.describe(),
             FaultSpec::Partition(f) => f.describe(),
             FaultSpec::Bandwidth(f) => f.describe(),
@@ -99,7 +107,11 @@ impl FaultSpec {
                 .join("\n")
         };
         match self {
-            FaultSpec::ProcessKill(_) | FaultSpec::ProcessPause(_) | FaultSpec::DiskFill(_) => None,
+            FaultSpec::ProcessKill(_)
+            | FaultSpec::ProcessPause(_)
+            | FaultSpec::DiskFill(_)
+            | FaultSpec::CpuStress(_)
+            | FaultSpec::MemoryStress(_) => None,
             FaultSpec::NetworkLoss(f) => Some(format!(
                 "nft -f - <<EOF\n{}EOF\n",
                 f.ruleset(&net::nft_table(fault_id), None)
@@ -119,6 +131,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
+            FaultSpec::CpuStress(_) => {
+                "starts new processes; acts on nothing that exists now".to_owned()
+            }
+            FaultSpec::MemoryStress(f) => f.preview(),
             FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
             FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
             FaultSpec::NetemLatency(f) => f.preview(),
@@ -131,6 +147,8 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
             FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
+            FaultSpec::CpuStress(f) => Ok(Prepared::Stress(f.prepare(ctx))),
+            FaultSpec::MemoryStress(f) => f.prepare(ctx).map(Prepared::Stress),
             FaultSpec::NetworkLoss(f) => Ok(Prepared::Nft(f.prepare(ctx))),
             FaultSpec::Partition(f) => Ok(Prepared::Nft(f.prepare(ctx))),
             FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
@@ -145,6 +163,7 @@ pub(crate) enum Prepared {
     Kill(process_kill::Prepared),
     Pause(process_pause::Prepared),
     Fill(disk_fill::Prepared),
+    Stress(stress::Prepared),
     /// `network-loss` and `partition`: an nft table of the fault's own.
     Nft(net::NftTable),
     /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
@@ -158,6 +177,9 @@ impl Prepared {
             Prepared::Kill(_) => Undo::Nothing,
             Prepared::Pause(p) => Undo::Resume {
                 procs: p.victims.clone(),
+            },
+            Prepared::Stress(p) => Undo::KillWorkers {
+                fault_id: p.fault_id.clone(),
             },
             Prepared::Fill(p) => Undo::RemoveFile {
                 path: p.file.clone(),
@@ -179,6 +201,7 @@ impl Prepared {
             Prepared::Kill(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Fill(p) => vec![p.file.display().to_string()],
+            Prepared::Stress(_) => vec!["this host".to_owned()],
             Prepared::Nft(p) => vec![format!("nft table inet {}", p.table)],
             Prepared::Qdisc(p) => vec![format!("{} qdisc {:x}: on {}", p.kind, p.handle, p.device)],
         }
@@ -191,6 +214,7 @@ impl Prepared {
             Prepared::Kill(p) => p.inject(),
             Prepared::Pause(p) => p.inject(),
             Prepared::Fill(p) => p.inject(),
+            Prepared::Stress(p) => p.inject(),
             Prepared::Nft(p) => p.inject(),
             Prepared::Qdisc(p) => p.inject(),
         }
@@ -202,6 +226,7 @@ impl Prepared {
             Prepared::Kill(p) => p.verify(),
             Prepared::Pause(p) => p.verify(),
             Prepared::Fill(p) => p.verify(),
+            Prepared::Stress(p) => p.verify(),
             Prepared::Nft(p) => p.verify(),
             Prepared::Qdisc(p) => p.verify(),
         }
@@ -219,6 +244,8 @@ pub(crate) enum Undo {
     Resume { procs: Vec<ProcRef> },
     /// Delete the fill file.
     RemoveFile { path: PathBuf },
+    /// Kill the stress workers tagged with this fault id.
+    KillWorkers { fault_id: String },
     /// Delete the fault's own nft table (family inet).
     DeleteNftTable { table: String },
     /// Delete the root qdisc of `device`, only if it still has this handle and kind.
@@ -236,6 +263,7 @@ impl Undo {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
+            Undo::KillWorkers { fault_id } => stress::kill_workers(fault_id),
             Undo::DeleteNftTable { table } => net::nft_delete_table(table),
             Undo::DeleteRootQdisc {
                 device,

@@ -115,6 +115,9 @@ pub(crate) struct Fault {
     pub(crate) size: Option<ByteSize>,
     pub(crate) leave_free: Option<ByteSize>,
     pub(crate) guard: Option<Percent>,
+    // cpu-stress, memory-stress (memory-stress also takes `size`)
+    pub(crate) workers: Option<u32>,
+    pub(crate) load: Option<Percent>,
     // network-loss, partition, bandwidth, and latency with backend = "netem"
     pub(crate) backend: Option<String>,
     #[serde(rename = "match")]
@@ -146,6 +149,8 @@ impl Fault {
             ("size", self.size.is_some()),
             ("leave_free", self.leave_free.is_some()),
             ("guard", self.guard.is_some()),
+            ("workers", self.workers.is_some()),
+            ("load", self.load.is_some()),
             ("backend", self.backend.is_some()),
             ("match", self.matching.is_some()),
             ("peers", self.peers.is_some()),

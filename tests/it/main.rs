@@ -6,5 +6,6 @@ mod support;
 mod disk_fill;
 mod examples;
 mod netfaults;
+mod stress;
 mod validate;
 mod verdicts;
