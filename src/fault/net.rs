@@ -338,8 +338,9 @@ pub(crate) fn nft_ruleset(table: &str, control_port: Option<u16>, chains: &[Chai
     let mut out = format!("table inet {table} {{\n");
     for chain in chains {
         out.push_str(&format!("\tchain {} {{\n", chain.hook));
-        // Before the usual filter priority, so our drops are seen before other tables' accepts
-        // (a drop in any base chain is final; an accept only ends its own chain).
+        // A drop in any base chain is final and an accept only ends its own chain, so other
+        // tables cannot let dropped packets through; -10 runs ahead of the common filter chains
+        // (priority 0) so that theirs see only the packets the fault let pass.
         out.push_str(&format!(
             "\t\ttype filter hook {} priority -10; policy accept;\n",
             chain.hook
@@ -456,8 +457,8 @@ pub(crate) fn preview_device(device: &str) -> String {
 // --- tc ---
 
 /// A qdisc handle major this fault owns, derived from the fault id so that a revert after a crash
-/// recognises exactly the qdisc its own fault added. Kept in 1000:..efff: to stay clear of the
-/// handles tc assigns by itself (8000: and up are also possible, so ownership is checked anyway).
+/// recognises exactly the qdisc its own fault added. Kept in 1000:..7ffd: (and the netem leaf one
+/// above), clear of the handles the kernel assigns by itself (8000: and up).
 pub(crate) fn tc_handle(fault_id: &str) -> u16 {
     // FNV-1a: stable across builds and platforms, unlike the std hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -465,7 +466,7 @@ pub(crate) fn tc_handle(fault_id: &str) -> u16 {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    0x1000 + (hash % 0xe000) as u16
+    0x1000 + (hash % 0x6ffe) as u16
 }
 
 /// A qdisc as `tc -j qdisc show` reports it.
@@ -666,7 +667,7 @@ mod tests {
             "faultline_20261126T141500Z_ab12_0"
         );
         let h = tc_handle("20261126T141500Z-ab12-0");
-        assert!((0x1000..0xf000).contains(&h));
+        assert!((0x1000..0x7ffe).contains(&h));
         assert_eq!(h, tc_handle("20261126T141500Z-ab12-0"));
         assert_ne!(h, tc_handle("20261126T141500Z-ab12-1"));
     }
