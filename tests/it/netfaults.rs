@@ -835,3 +835,49 @@ fn a_qdisc_left_by_a_killed_run_is_deleted_by_the_next_run() {
         net.qdiscs_a()
     );
 }
+
+#[test]
+fn partial_loss_drops_about_that_share_of_datagrams() {
+    if !privileged("partial_loss_drops_about_that_share_of_datagrams") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let www = tempdir();
+    let _server = net.server(www.path());
+    let files = Files::new(&experiment(
+        "kind = \"network-loss\"\npercent = \"50%\"\nmatch = { port = 9999, direction = \"ingress\" }",
+        "10s",
+    ));
+    let run = net.start_run(&files.experiment(), &files.state(), &files.report());
+    wait_until(
+        "the fault's nft table exists",
+        Duration::from_secs(15),
+        || net.ruleset_a().contains("table inet faultline_"),
+    );
+    // Counts datagrams until two seconds pass without one.
+    let receiver = "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind((sys.argv[1], 9999))\nprint('ready', flush=True)\ns.settimeout(2)\nn = 0\ntry:\n    while True:\n        s.recv(64)\n        n += 1\nexcept socket.timeout:\n    pass\nprint(n)";
+    let mut rx = Command::new("ip")
+        .args(["netns", "exec", &net.a, "python3", "-c", receiver, ADDR_A])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(rx.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // Paced, so that the receiver's socket buffer never overflows and only the fault drops.
+    let sender = "import socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(1000):\n    s.sendto(b'x' * 32, (sys.argv[1], 9999))\n    time.sleep(0.0005)";
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &net.b, "python3", "-c", sender, ADDR_A])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let received: u32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    rx.wait().unwrap();
+    eprintln!("network-loss 50%: {received} of 1000 datagrams arrived");
+    // 1000 draws at 50%: the standard deviation is about 16, so 350..650 holds by a wide margin.
+    assert!(
+        (350..=650).contains(&received),
+        "{received} of 1000 datagrams arrived with 50% loss"
+    );
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+}
