@@ -9,6 +9,7 @@ declare -A needs=(
   [ip]=iproute2
   [tc]=iproute2
   [nft]=nftables
+  [unshare]=util-linux
   [mount]=mount
   [df]=coreutils
 )

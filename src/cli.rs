@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{Agent, AgentCore, default_state_dir};
 use crate::experiment;
+use crate::fault::{Work, worker_main};
 use crate::model::{Experiment, LOCAL_GROUP};
 use crate::progress::Progress;
 use crate::protocol::RevertCause;
@@ -40,6 +41,19 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// A stress worker process, started by the `cpu-stress` and `memory-stress` faults.
+    #[command(name = "stress-worker", hide = true)]
+    StressWorker {
+        #[arg(long)]
+        fault_id: String,
+        /// The agent's pid: the worker exits as soon as it is no longer its parent.
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        cpu_load: Option<f64>,
+        #[arg(long)]
+        memory: Option<u64>,
     },
     /// Print what a run would do — targets, timeline, changes — without doing it.
     Plan {
@@ -139,6 +153,20 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
                 connections,
             };
             crate::bench::proxy(&settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::StressWorker {
+            fault_id: _,
+            parent,
+            cpu_load,
+            memory,
+        } => {
+            let work = match (cpu_load, memory) {
+                (Some(load), None) => Work::Cpu { load },
+                (None, Some(bytes)) => Work::Memory { bytes },
+                _ => bail!("stress-worker takes exactly one of --cpu-load or --memory"),
+            };
+            worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,6 +1,7 @@
 //! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
 //! syntaxes and every cross-field rule. Nothing here touches the host.
 
+mod network;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,10 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::fault::{DiskFill, FaultSpec, FillAmount, LatencyProxy, ProcessKill, ProcessPause};
+use crate::fault::{
+    CpuStress, DiskFill, FaultSpec, FillAmount, LatencyProxy, MemoryStress, ProcessKill,
+    ProcessPause,
+};
 use crate::model::{
     AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
     ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
@@ -383,6 +387,12 @@ impl Validator<'_> {
             "process-kill" => &["select", "count", "percent", "signal"],
             "process-pause" => &["select", "count", "percent", "duration"],
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
+            "cpu-stress" => &["workers", "load", "duration"],
+            "memory-stress" => &["workers", "size", "duration"],
+            "network-loss" => &["percent", "match", "duration"],
+            "partition" => &["peers", "ports", "duration"],
+            "bandwidth" => &["device", "rate", "match", "duration"],
+            "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
             "latency" if f.backend.as_deref().is_none_or(|b| b == "proxy") => &[
                 "backend",
                 "listen",
@@ -397,19 +407,12 @@ impl Validator<'_> {
                 "reset_after",
                 "duration",
             ],
-            "latency" if f.backend.as_deref() != Some("netem") => {
+            "latency" => {
                 let backend = f.backend.as_deref().unwrap_or_default();
                 return self.at(
                     span,
                     format!("fault `{name}`: unknown `backend` `{backend}`; use `proxy` (the default) or `netem`"),
                 );
-            }
-            "latency" | "network-loss" | "partition" | "bandwidth" | "cpu-stress"
-            | "memory-stress" => {
-                return self.at(span, format!(
-                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill",
-                    f.kind
-                ));
             }
             other => {
                 return self.at(span, format!(
@@ -452,6 +455,13 @@ impl Validator<'_> {
                 select: self.select(span.clone(), &name, f.select)?,
                 pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
             }),
+            "cpu-stress" | "memory-stress" => self.stress(span, &name, &f)?,
+            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
+            "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
+            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
+            "latency" if f.backend.as_deref() == Some("netem") => {
+                FaultSpec::NetemLatency(self.netem_latency(span, &name, &f)?)
+            }
             "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span, &name, &f)?),
             _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
         };
@@ -594,7 +604,7 @@ impl Validator<'_> {
             direction,
             delay: f.delay.map_or(Duration::ZERO, |d| d.0),
             jitter: f.jitter.map_or(Duration::ZERO, |d| d.0),
-            rate: f.rate.map(|r| r.0),
+            rate: f.rate.map(|r| (r.0 / 8).max(1)),
             corrupt: f.corrupt.map_or(0.0, |p| p.0),
             timeout: f.timeout.map(|d| d.0),
             slow_close: f.slow_close.map(|d| d.0),
@@ -617,6 +627,39 @@ impl Validator<'_> {
             upstream: upstream.clone(),
             toxics,
         })
+    }
+
+    fn stress(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<FaultSpec> {
+        if f.workers == Some(0) {
+            return self.at(
+                span,
+                format!("fault `{name}`: `workers = 0` starts nothing"),
+            );
+        }
+        if f.kind == "cpu-stress" {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let load = f.load.map_or(1.0, |p| p.0);
+            if load <= 0.0 {
+                return self.at(span, format!("fault `{name}`: `load` must be above 0%"));
+            }
+            return Ok(FaultSpec::CpuStress(CpuStress {
+                workers: f.workers.unwrap_or(cpus),
+                load,
+            }));
+        }
+        let Some(size) = f.size else {
+            return self.at(
+                span,
+                format!("fault `{name}`: memory-stress needs `size`, e.g. `size = \"1GiB\"`"),
+            );
+        };
+        if size.0 == 0 {
+            return self.at(span, format!("fault `{name}`: `size` must be above zero"));
+        }
+        Ok(FaultSpec::MemoryStress(MemoryStress {
+            workers: f.workers.unwrap_or(1),
+            size: size.0,
+        }))
     }
 
     fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {

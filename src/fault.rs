@@ -5,10 +5,16 @@
 //! Architecture invariant: only `fault/` changes the host, and only after the agent has journaled
 //! the [`Undo`] that reverses the change.
 
+mod bandwidth;
 mod disk_fill;
 mod latency;
+mod net;
+mod netem;
+mod network_loss;
+mod partition;
 mod process_kill;
 mod process_pause;
+mod stress;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,10 +24,16 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use bandwidth::Bandwidth;
 pub(crate) use disk_fill::{DiskFill, FillAmount};
 pub(crate) use latency::LatencyProxy;
+pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
+pub(crate) use netem::{Distribution, NetemLatency};
+pub(crate) use network_loss::NetworkLoss;
+pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
+pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
 
 use crate::model::Pick;
 use crate::process::{self, ProcInfo, ProcRef, Selector};
@@ -33,6 +45,14 @@ pub(crate) enum FaultSpec {
     ProcessKill(ProcessKill),
     ProcessPause(ProcessPause),
     DiskFill(DiskFill),
+    CpuStress(CpuStress),
+    MemoryStress(MemoryStress),
+    NetworkLoss(NetworkLoss),
+    Partition(Partition),
+    Bandwidth(Bandwidth),
+    /// `latency` with `backend = "netem"`; its own wire kind, so an agent never confuses it with
+    /// the proxy backend.
+    NetemLatency(NetemLatency),
     /// `latency` with `backend = "proxy"`; the wire tag keeps it apart from the netem backend.
     LatencyProxy(LatencyProxy),
 }
@@ -42,6 +62,9 @@ pub(crate) struct Context<'a> {
     pub(crate) fault_id: &'a str,
     /// Seeds every random choice of this fault, so `--seed` reproduces a run.
     pub(crate) seed: u64,
+    /// The TCP port the agent's control channel listens on, which network faults never block.
+    /// `None` for the embedded agent, which has no control channel.
+    pub(crate) control_port: Option<u16>,
 }
 
 impl FaultSpec {
@@ -50,7 +73,13 @@ impl FaultSpec {
             FaultSpec::ProcessKill(_) => "process-kill",
             FaultSpec::ProcessPause(_) => "process-pause",
             FaultSpec::DiskFill(_) => "disk-fill",
-            FaultSpec::LatencyProxy(_) => "latency",
+            FaultSpec::CpuStress(_) => "cpu-stress",
+            FaultSpec::MemoryStress(_) => "memory-stress",
+            FaultSpec::NetworkLoss(_) => "network-loss",
+            FaultSpec::Partition(_) => "partition",
+            FaultSpec::Bandwidth(_) => "bandwidth",
+            // Two backends, one kind for users and reports.
+            FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
         }
     }
 
@@ -66,6 +95,41 @@ impl FaultSpec {
             FaultSpec::ProcessPause(f) => f.describe(),
             FaultSpec::DiskFill(f) => f.describe(),
             FaultSpec::LatencyProxy(f) => f.describe(),
+            FaultSpec::CpuStress(f) => f.describe(),
+            FaultSpec::MemoryStress(f) => f.describe(),
+            FaultSpec::NetworkLoss(f) => f.describe(),
+            FaultSpec::Partition(f) => f.describe(),
+            FaultSpec::Bandwidth(f) => f.describe(),
+            FaultSpec::NetemLatency(f) => f.describe(),
+        }
+    }
+
+    /// The exact changes the fault makes (an nft ruleset, tc commands), for `plan`; `None` for
+    /// kinds whose one-sentence description says it all. Pure: `fault_id` names what the fault owns.
+    pub(crate) fn changes(&self, fault_id: &str) -> Option<String> {
+        let commands = |cmds: Vec<net::Cmd>| {
+            cmds.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        match self {
+            FaultSpec::ProcessKill(_)
+            | FaultSpec::ProcessPause(_)
+            | FaultSpec::DiskFill(_)
+            | FaultSpec::CpuStress(_)
+            | FaultSpec::MemoryStress(_)
+            | FaultSpec::LatencyProxy(_) => None,
+            FaultSpec::NetworkLoss(f) => Some(format!(
+                "nft -f - <<EOF\n{}EOF\n",
+                f.ruleset(&net::nft_table(fault_id), None)
+            )),
+            FaultSpec::Partition(f) => Some(format!(
+                "nft -f - <<EOF\n{}EOF\n",
+                f.ruleset(&net::nft_table(fault_id), None)
+            )),
+            FaultSpec::Bandwidth(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
+            FaultSpec::NetemLatency(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
         }
     }
 
@@ -75,6 +139,13 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
+            FaultSpec::CpuStress(_) => {
+                "starts new processes; acts on nothing that exists now".to_owned()
+            }
+            FaultSpec::MemoryStress(f) => f.preview(),
+            FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
+            FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
+            FaultSpec::NetemLatency(f) => f.preview(),
             FaultSpec::LatencyProxy(f) => format!(
                 "clients connect to {}; the proxy listens for the whole run",
                 f.listen
@@ -88,6 +159,12 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
             FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
+            FaultSpec::CpuStress(f) => Ok(Prepared::Stress(f.prepare(ctx))),
+            FaultSpec::MemoryStress(f) => f.prepare(ctx).map(Prepared::Stress),
+            FaultSpec::NetworkLoss(f) => Ok(Prepared::Nft(f.prepare(ctx))),
+            FaultSpec::Partition(f) => Ok(Prepared::Nft(f.prepare(ctx))),
+            FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
+            FaultSpec::NetemLatency(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
         }
     }
@@ -162,6 +239,11 @@ pub(crate) enum Prepared {
     Kill(process_kill::Prepared),
     Pause(process_pause::Prepared),
     Fill(disk_fill::Prepared),
+    Stress(stress::Prepared),
+    /// `network-loss` and `partition`: an nft table of the fault's own.
+    Nft(net::NftTable),
+    /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
+    Qdisc(bandwidth::RootQdisc),
     Latency(latency::Prepared),
 }
 
@@ -173,8 +255,19 @@ impl Prepared {
             Prepared::Pause(p) => Undo::Resume {
                 procs: p.victims.clone(),
             },
+            Prepared::Stress(p) => Undo::KillWorkers {
+                fault_id: p.fault_id.clone(),
+            },
             Prepared::Fill(p) => Undo::RemoveFile {
                 path: p.file.clone(),
+            },
+            Prepared::Nft(p) => Undo::DeleteNftTable {
+                table: p.table.clone(),
+            },
+            Prepared::Qdisc(p) => Undo::DeleteRootQdisc {
+                device: p.device.clone(),
+                handle: p.handle,
+                kind: p.kind.to_owned(),
             },
             Prepared::Latency(p) => Undo::ClearToxics {
                 proxy: p.proxy.clone(),
@@ -189,6 +282,9 @@ impl Prepared {
             Prepared::Kill(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Fill(p) => vec![p.file.display().to_string()],
+            Prepared::Stress(_) => vec!["this host".to_owned()],
+            Prepared::Nft(p) => vec![format!("nft table inet {}", p.table)],
+            Prepared::Qdisc(p) => vec![format!("{} qdisc {:x}: on {}", p.kind, p.handle, p.device)],
             Prepared::Latency(p) => vec![format!("proxy on {}", p.listen)],
         }
     }
@@ -200,6 +296,9 @@ impl Prepared {
             Prepared::Kill(p) => p.inject(),
             Prepared::Pause(p) => p.inject(),
             Prepared::Fill(p) => p.inject(),
+            Prepared::Stress(p) => p.inject(),
+            Prepared::Nft(p) => p.inject(),
+            Prepared::Qdisc(p) => p.inject(),
             Prepared::Latency(p) => p.inject(),
         }
     }
@@ -210,6 +309,9 @@ impl Prepared {
             Prepared::Kill(p) => p.verify(),
             Prepared::Pause(p) => p.verify(),
             Prepared::Fill(p) => p.verify(),
+            Prepared::Stress(p) => p.verify(),
+            Prepared::Nft(p) => p.verify(),
+            Prepared::Qdisc(p) => p.verify(),
             Prepared::Latency(p) => p.verify(),
         }
     }
@@ -226,6 +328,16 @@ pub(crate) enum Undo {
     Resume { procs: Vec<ProcRef> },
     /// Delete the fill file.
     RemoveFile { path: PathBuf },
+    /// Kill the stress workers tagged with this fault id.
+    KillWorkers { fault_id: String },
+    /// Delete the fault's own nft table (family inet).
+    DeleteNftTable { table: String },
+    /// Delete the root qdisc of `device`, only if it still has this handle and kind.
+    DeleteRootQdisc {
+        device: String,
+        handle: u16,
+        kind: String,
+    },
     /// Turn off the toxics this fault set on a proxy (nothing, if the proxy is gone: it lived in
     /// the process that crashed).
     ClearToxics { proxy: String, owner: String },
@@ -240,6 +352,13 @@ impl Undo {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
+            Undo::KillWorkers { fault_id } => stress::kill_workers(fault_id),
+            Undo::DeleteNftTable { table } => net::nft_delete_table(table),
+            Undo::DeleteRootQdisc {
+                device,
+                handle,
+                kind,
+            } => net::tc_delete_root(device, *handle, kind),
             Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
             Undo::CloseProxy { proxy } => Ok(crate::proxy::registry().close(proxy)),
         }

@@ -121,6 +121,23 @@ run resources (opened after setup, before the steady state; closed when the run 
         if preview {
             let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
         }
+        let index = exp
+            .faults
+            .iter()
+            .position(|g| std::ptr::eq(g, f))
+            .unwrap_or_default();
+        if let Some(changes) = f.spec.changes(&format!("RUN-{index}")) {
+            // The fault id (run id + index) names the nft table and picks the tc handle; the run id
+            // is only chosen when the run starts, so the plan writes RUN in its place.
+            let _ = writeln!(
+                out,
+                "  {:<10} exact changes (RUN stands for the run id; the table name and tc handle derive from it):",
+                ""
+            );
+            for line in changes.lines() {
+                let _ = writeln!(out, "  {:<10}   {line}", "");
+            }
+        }
         match f.duration {
             Some(d) => {
                 let _ = writeln!(

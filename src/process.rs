@@ -132,7 +132,7 @@ pub(crate) fn read(pid: i32) -> Option<ProcInfo> {
     })
 }
 
-fn all() -> Vec<ProcInfo> {
+pub(crate) fn all() -> Vec<ProcInfo> {
     let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };

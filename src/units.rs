@@ -116,51 +116,6 @@ pub(crate) fn format_number(value: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// A data rate in tc's syntax, held in bytes per second: `bit`, `kbit`, `mbit`, `gbit` are bits
-/// per second (decimal multiples) and `bps`, `kbps`, `mbps`, `gbps` bytes per second, as in `tc`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Rate(pub(crate) u64);
-
-impl FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid rate `{s}`: write a whole number with a unit, e.g. `1mbit`, `500kbit` or `10mbps` (bytes)"
-            )
-        };
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let (bits, multiplier): (bool, u64) = match unit.trim().to_ascii_lowercase().as_str() {
-            "bit" => (true, 1),
-            "kbit" => (true, 1000),
-            "mbit" => (true, 1000_u64.pow(2)),
-            "gbit" => (true, 1000_u64.pow(3)),
-            "bps" => (false, 1),
-            "kbps" => (false, 1000),
-            "mbps" => (false, 1000_u64.pow(2)),
-            "gbps" => (false, 1000_u64.pow(3)),
-            _ => return Err(bad()),
-        };
-        let per_second = n.checked_mul(multiplier).ok_or_else(bad)?;
-        let bytes = if bits { per_second / 8 } else { per_second };
-        if bytes == 0 {
-            return Err(format!(
-                "invalid rate `{s}`: it must be at least 8bit (one byte per second)"
-            ));
-        }
-        Ok(Rate(bytes))
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}bps", self.0)
-    }
-}
-
 /// A latency bound: a fixed duration, or a multiple of the latency measured in the `before` phase.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum LatencyBound {
@@ -264,7 +219,7 @@ macro_rules! serde_via_str {
     )*};
 }
 
-serde_via_str!(Dur, Percent, ByteSize, LatencyBound, SuccessBound, Rate);
+serde_via_str!(Dur, Percent, ByteSize, LatencyBound, SuccessBound);
 
 #[cfg(test)]
 mod tests {
@@ -297,14 +252,6 @@ mod tests {
         assert!("1.5GiB".parse::<ByteSize>().is_err());
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("99999999999TiB".parse::<ByteSize>().is_err());
-    }
-
-    #[test]
-    fn rates_read_like_tc() {
-        assert_eq!("1mbit".parse::<Rate>().unwrap().0, 125_000);
-        assert_eq!("10mbps".parse::<Rate>().unwrap().0, 10_000_000);
-        assert!("1bit".parse::<Rate>().is_err());
-        assert!("fast".parse::<Rate>().is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units::{ByteSize, Dur, LatencyBound, Percent, Rate, SuccessBound};
+use crate::fault::{BitRate, Cidr, Direction, Distribution};
+use crate::units::{ByteSize, Dur, LatencyBound, Percent, SuccessBound};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,15 +115,29 @@ pub(crate) struct Fault {
     pub(crate) size: Option<ByteSize>,
     pub(crate) leave_free: Option<ByteSize>,
     pub(crate) guard: Option<Percent>,
-    // latency (backend = "proxy", the default)
+    // cpu-stress, memory-stress (memory-stress also takes `size`)
+    pub(crate) workers: Option<u32>,
+    pub(crate) load: Option<Percent>,
+    // network-loss, partition, bandwidth, and latency with backend = "netem"
     pub(crate) backend: Option<String>,
-    pub(crate) listen: Option<String>,
-    pub(crate) upstream: Option<String>,
+    #[serde(rename = "match")]
+    pub(crate) matching: Option<NetMatch>,
+    pub(crate) peers: Option<Vec<Cidr>>,
+    pub(crate) ports: Option<Vec<u16>>,
+    pub(crate) device: Option<String>,
+    pub(crate) rate: Option<BitRate>,
     pub(crate) delay: Option<Dur>,
     pub(crate) jitter: Option<Dur>,
-    pub(crate) direction: Option<String>,
-    pub(crate) rate: Option<Rate>,
+    pub(crate) correlation: Option<Percent>,
+    pub(crate) distribution: Option<Distribution>,
+    pub(crate) loss: Option<Percent>,
+    pub(crate) duplicate: Option<Percent>,
     pub(crate) corrupt: Option<Percent>,
+    pub(crate) reorder: Option<Percent>,
+    // latency with backend = "proxy" (the default); also `delay`, `jitter`, `rate`, `corrupt` above
+    pub(crate) listen: Option<String>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) direction: Option<String>,
     pub(crate) timeout: Option<Dur>,
     pub(crate) slow_close: Option<Dur>,
     /// A size (`64KiB`) or a duration (`2s`).
@@ -142,14 +157,25 @@ impl Fault {
             ("size", self.size.is_some()),
             ("leave_free", self.leave_free.is_some()),
             ("guard", self.guard.is_some()),
+            ("workers", self.workers.is_some()),
+            ("load", self.load.is_some()),
             ("backend", self.backend.is_some()),
-            ("listen", self.listen.is_some()),
-            ("upstream", self.upstream.is_some()),
+            ("match", self.matching.is_some()),
+            ("peers", self.peers.is_some()),
+            ("ports", self.ports.is_some()),
+            ("device", self.device.is_some()),
+            ("rate", self.rate.is_some()),
             ("delay", self.delay.is_some()),
             ("jitter", self.jitter.is_some()),
-            ("direction", self.direction.is_some()),
-            ("rate", self.rate.is_some()),
+            ("correlation", self.correlation.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("loss", self.loss.is_some()),
+            ("duplicate", self.duplicate.is_some()),
             ("corrupt", self.corrupt.is_some()),
+            ("reorder", self.reorder.is_some()),
+            ("listen", self.listen.is_some()),
+            ("upstream", self.upstream.is_some()),
+            ("direction", self.direction.is_some()),
             ("timeout", self.timeout.is_some()),
             ("slow_close", self.slow_close.is_some()),
             ("reset_after", self.reset_after.is_some()),
@@ -161,6 +187,16 @@ impl Fault {
             .map(|(key, _)| key)
             .collect()
     }
+}
+
+/// `match = { dst, src, port, direction }` of the network faults; which keys apply is checked per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetMatch {
+    pub(crate) dst: Option<Cidr>,
+    pub(crate) src: Option<Cidr>,
+    pub(crate) port: Option<u16>,
+    pub(crate) direction: Option<Direction>,
 }
 
 #[derive(Debug, Deserialize)]

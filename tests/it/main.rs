@@ -6,5 +6,7 @@ mod support;
 mod disk_fill;
 mod examples;
 mod latency;
+mod netfaults;
+mod stress;
 mod validate;
 mod verdicts;
