@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::fault::{
     CpuStress, DiskFill, FaultSpec, FillAmount, LatencyProxy, MemoryStress, ProcessKill,
-    ProcessPause,
+    ProcessPause, Via,
 };
 use crate::model::{
     AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
@@ -122,16 +122,20 @@ impl Validator<'_> {
         }
         let mut proxies: BTreeMap<std::net::SocketAddr, &str> = BTreeMap::new();
         for step in &faults {
-            if let FaultSpec::LatencyProxy(p) = &step.spec {
+            if let FaultSpec::LatencyProxy(LatencyProxy {
+                via: Via::Run { listen, upstream },
+                ..
+            }) = &step.spec
+            {
                 if proxies
-                    .insert(p.listen, &p.upstream)
-                    .is_some_and(|up| up != p.upstream)
+                    .insert(*listen, upstream)
+                    .is_some_and(|up| up != upstream)
                 {
                     return Err((self.fail)(
                         None,
                         format!(
-                            "fault `{}`: another fault already uses a proxy on {} with a different `upstream`; one listen address forwards to one upstream",
-                            step.name, p.listen
+                            "fault `{}`: another fault already uses a proxy on {listen} with a different `upstream`; one listen address forwards to one upstream",
+                            step.name
                         ),
                     ));
                 }
@@ -397,6 +401,7 @@ impl Validator<'_> {
                 "backend",
                 "listen",
                 "upstream",
+                "proxy",
                 "delay",
                 "jitter",
                 "direction",
@@ -564,29 +569,7 @@ impl Validator<'_> {
         name: &str,
         f: &raw::Fault,
     ) -> VResult<LatencyProxy> {
-        let (Some(listen), Some(upstream)) = (&f.listen, &f.upstream) else {
-            return self.at(span, format!(
-                "fault `{name}`: a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\")"
-            ));
-        };
-        let listen: std::net::SocketAddr = listen.parse().or_else(|_| {
-            self.at(span.clone(), format!("fault `{name}`: `listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
-        })?;
-        if upstream
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return self.at(
-                span,
-                format!("fault `{name}`: `upstream` must be `host:port` (got `{upstream}`)"),
-            );
-        }
-        if upstream
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|u| u == listen)
-        {
-            return self.at(span, format!("fault `{name}`: `listen` and `upstream` are the same address: the proxy would forward to itself"));
-        }
+        let via = self.proxy_via(span.clone(), name, f)?;
         let direction = match &f.direction {
             Some(d) => crate::proxy::Direction::parse(d)
                 .or_else(|e| self.at(span.clone(), format!("fault `{name}`: {e}")))?,
@@ -622,10 +605,48 @@ impl Validator<'_> {
                 "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout`, `slow_close` or `reset_after`"
             ));
         }
-        Ok(LatencyProxy {
+        Ok(LatencyProxy { via, toxics })
+    }
+
+    /// `proxy = "NAME"` (a persistent proxy of the agent), or `listen` and `upstream` (a proxy
+    /// opened for this run).
+    fn proxy_via(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<Via> {
+        if let Some(proxy) = &f.proxy {
+            if f.listen.is_some() || f.upstream.is_some() {
+                return self.at(span, format!(
+                    "fault `{name}`: give `proxy` (a persistent proxy of the agent) or `listen` and `upstream` (a proxy for this run), not both"
+                ));
+            }
+            crate::proxy::check_persistent_name(proxy)
+                .or_else(|e| self.at(span, format!("fault `{name}`: {e}")))?;
+            return Ok(Via::Named(proxy.clone()));
+        }
+        let (Some(listen), Some(upstream)) = (&f.listen, &f.upstream) else {
+            return self.at(span, format!(
+                "fault `{name}`: a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\"), or `proxy` naming a persistent proxy of the agent"
+            ));
+        };
+        let listen: std::net::SocketAddr = listen.parse().or_else(|_| {
+            self.at(span.clone(), format!("fault `{name}`: `listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
+        })?;
+        if upstream
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return self.at(
+                span,
+                format!("fault `{name}`: `upstream` must be `host:port` (got `{upstream}`)"),
+            );
+        }
+        if upstream
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|u| u == listen)
+        {
+            return self.at(span, format!("fault `{name}`: `listen` and `upstream` are the same address: the proxy would forward to itself"));
+        }
+        Ok(Via::Run {
             listen,
             upstream: upstream.clone(),
-            toxics,
         })
     }
 

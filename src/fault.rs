@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use disk_fill::{DiskFill, FillAmount};
-pub(crate) use latency::LatencyProxy;
+pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
 pub(crate) use netem::{Distribution, NetemLatency};
 pub(crate) use network_loss::NetworkLoss;
@@ -146,10 +146,7 @@ impl FaultSpec {
             FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
             FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
             FaultSpec::NetemLatency(f) => f.preview(),
-            FaultSpec::LatencyProxy(f) => format!(
-                "clients connect to {}; the proxy listens for the whole run",
-                f.listen
-            ),
+            FaultSpec::LatencyProxy(f) => f.preview(),
         }
     }
 
@@ -173,11 +170,7 @@ impl FaultSpec {
     /// closed when the run ends — if anything.
     pub(crate) fn run_resource(&self) -> Option<RunResource> {
         match self {
-            FaultSpec::LatencyProxy(f) => Some(RunResource::Proxy {
-                name: f.proxy_name(),
-                listen: f.listen,
-                upstream: f.upstream.clone(),
-            }),
+            FaultSpec::LatencyProxy(f) => f.run_resource(),
             _ => None,
         }
     }

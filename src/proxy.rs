@@ -7,6 +7,7 @@
 //! sender meets TCP back-pressure instead of growing memory, and each chunk carries the instant it
 //! may be written (read time + delay), so a delay shifts a stream without throttling it.
 
+pub(crate) mod persistent;
 mod timer;
 mod toxics;
 
@@ -21,9 +22,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+pub(crate) use persistent::check_persistent_name;
 pub(crate) use timer::PreciseTimer;
 pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
 use toxics::{Flow, Plan, Pump};
+
+/// The names of run proxies start with this; persistent proxies may not.
+pub(crate) const RUN_PREFIX: &str = "listen-";
 
 /// The most bytes one read takes, and so the largest chunk a toxic acts on.
 pub(crate) const CHUNK: usize = 32 << 10;
@@ -185,11 +190,13 @@ impl Registry {
         }
     }
 
-    pub(crate) fn is_running(&self, name: &str) -> bool {
+    /// Where the proxy `name` listens, if it runs.
+    pub(crate) fn listen_of(&self, name: &str) -> Option<SocketAddr> {
         self.proxies
             .lock()
             .expect("proxy registry lock")
-            .contains_key(name)
+            .get(name)
+            .map(|p| p.listen)
     }
 
     /// Whether `owner`'s toxics are in force, and how many connections they reach.

@@ -137,6 +137,8 @@ pub(crate) struct Fault {
     // latency with backend = "proxy" (the default); also `delay`, `jitter`, `rate`, `corrupt` above
     pub(crate) listen: Option<String>,
     pub(crate) upstream: Option<String>,
+    /// A persistent proxy of the agent, instead of `listen` and `upstream`.
+    pub(crate) proxy: Option<String>,
     pub(crate) direction: Option<String>,
     pub(crate) timeout: Option<Dur>,
     pub(crate) slow_close: Option<Dur>,
@@ -175,6 +177,7 @@ impl Fault {
             ("reorder", self.reorder.is_some()),
             ("listen", self.listen.is_some()),
             ("upstream", self.upstream.is_some()),
+            ("proxy", self.proxy.is_some()),
             ("direction", self.direction.is_some()),
             ("timeout", self.timeout.is_some()),
             ("slow_close", self.slow_close.is_some()),

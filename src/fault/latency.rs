@@ -1,9 +1,10 @@
 //! Owns the `latency` fault with `backend = "proxy"`: toxics (delay, jitter, rate, corruption,
 //! black hole, reset) switched on in a userspace proxy for the fault's duration and off on revert.
 //!
-//! The proxy itself is a run resource ([`super::RunResource::Proxy`]): it listens from before the
-//! steady state is measured to the end of the run, so the system under test can be pointed at it
-//! throughout. This fault only turns its toxics on and off.
+//! The proxy is either a run resource ([`super::RunResource::Proxy`], from `listen`/`upstream`): it
+//! listens from before the steady state is measured to the end of the run, so the system under
+//! test can be pointed at it throughout; or a persistent proxy the agent hosts (`proxy = "db"`,
+//! declared in `agent.toml`). This fault only turns its toxics on and off.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -18,11 +19,21 @@ use crate::units::{Percent, format_bytes, format_ms};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LatencyProxy {
-    /// Where the proxy listens; clients connect here.
-    pub(crate) listen: SocketAddr,
-    /// Where it forwards to, `host:port`.
-    pub(crate) upstream: String,
+    pub(crate) via: Via,
     pub(crate) toxics: ToxicSpec,
+}
+
+/// Which proxy the toxics go into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Via {
+    /// A proxy of this run: clients connect to `listen`, it forwards to `upstream` (`host:port`).
+    Run {
+        listen: SocketAddr,
+        upstream: String,
+    },
+    /// A persistent proxy of the agent, by name (`[[proxy]]` in `agent.toml`).
+    Named(String),
 }
 
 #[derive(Debug)]
@@ -35,31 +46,63 @@ pub(crate) struct Prepared {
 }
 
 impl LatencyProxy {
-    /// The registry name of the run-scoped proxy on `listen`: one proxy per listen address.
+    /// The proxy's name in the registry: one run proxy per listen address, or the persistent name.
     pub(crate) fn proxy_name(&self) -> String {
-        scoped_name(self.listen)
+        match &self.via {
+            Via::Run { listen, .. } => scoped_name(*listen),
+            Via::Named(name) => name.clone(),
+        }
     }
 
     pub(crate) fn describe(&self) -> String {
-        format!(
-            "{} in the proxy {} -> {}",
-            describe_toxics(&self.toxics),
-            self.listen,
-            self.upstream
-        )
+        let proxy = match &self.via {
+            Via::Run { listen, upstream } => format!("the proxy {listen} -> {upstream}"),
+            Via::Named(name) => format!("the agent's persistent proxy `{name}`"),
+        };
+        format!("{} in {proxy}", describe_toxics(&self.toxics))
+    }
+
+    pub(crate) fn preview(&self) -> String {
+        match &self.via {
+            Via::Run { listen, .. } => {
+                format!("clients connect to {listen}; the proxy listens for the whole run")
+            }
+            Via::Named(name) => format!("acts on the persistent proxy `{name}` of the agent"),
+        }
+    }
+
+    /// The proxy to open for the run, unless the agent hosts it anyway.
+    pub(crate) fn run_resource(&self) -> Option<super::RunResource> {
+        match &self.via {
+            Via::Run { listen, upstream } => Some(super::RunResource::Proxy {
+                name: self.proxy_name(),
+                listen: *listen,
+                upstream: upstream.clone(),
+            }),
+            Via::Named(_) => None,
+        }
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
-        // The proxy must already run: the coordinator opens it before the steady state.
-        if !proxy::registry().is_running(&self.proxy_name()) {
-            return Err(format!(
-                "no proxy listens on {} on this agent (it is opened when the run starts)",
-                self.listen
-            ));
-        }
+        let name = self.proxy_name();
+        // The proxy must already run: the coordinator opens run proxies before the steady state,
+        // and the agent opens its persistent ones when it starts.
+        let Some(listen) = proxy::registry().listen_of(&name) else {
+            return Err(match &self.via {
+                Via::Run { listen, .. } => {
+                    format!(
+                        "no proxy listens on {listen} on this agent (it is opened when the run starts)"
+                    )
+                }
+                Via::Named(name) => format!(
+                    "this agent has no persistent proxy `{name}`; declare it in its agent.toml as \
+                     [[proxy]] name = \"{name}\", listen = \"ADDR:PORT\", upstream = \"HOST:PORT\""
+                ),
+            });
+        };
         Ok(Prepared {
-            proxy: self.proxy_name(),
-            listen: self.listen,
+            proxy: name,
+            listen,
             toxics: self.toxics.clone(),
             owner: ctx.fault_id.to_owned(),
             seed: ctx.seed,
@@ -69,7 +112,7 @@ impl LatencyProxy {
 
 /// The registry name of the experiment-scoped proxy listening on `listen`.
 pub(crate) fn scoped_name(listen: SocketAddr) -> String {
-    format!("listen-{listen}")
+    format!("{}{listen}", proxy::RUN_PREFIX)
 }
 
 impl Prepared {
@@ -135,4 +178,67 @@ pub(crate) fn describe_toxics(t: &ToxicSpec) -> String {
         None => {}
     }
     format!("{} {}", parts.join(", "), t.direction.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{LatencyProxy, Via};
+    use crate::fault::{Context, FaultSpec};
+    use crate::proxy::{ToxicSpec, persistent};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fault_can_act_on_a_persistent_proxy_by_name() {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let text = format!(
+            "[[proxy]]\nname = \"db-by-name\"\nlisten = \"{listen}\"\nupstream = \"127.0.0.1:9\"\n"
+        );
+        persistent::open_all(&persistent::parse(&text).unwrap()).unwrap();
+        let spec = FaultSpec::LatencyProxy(LatencyProxy {
+            via: Via::Named("db-by-name".to_owned()),
+            toxics: ToxicSpec {
+                delay: Duration::from_millis(5),
+                ..ToxicSpec::default()
+            },
+        });
+        assert_eq!(
+            spec.run_resource(),
+            None,
+            "the agent hosts it: nothing to open for the run"
+        );
+        assert!(
+            spec.describe().contains("persistent proxy `db-by-name`"),
+            "{}",
+            spec.describe()
+        );
+        let ctx = Context {
+            fault_id: "f-by-name",
+            seed: 3,
+            control_port: None,
+        };
+        let prepared = tokio::task::block_in_place(|| spec.prepare(&ctx)).unwrap();
+        assert_eq!(prepared.targets(), vec![format!("proxy on {listen}")]);
+        prepared.inject().unwrap();
+        assert!(prepared.verify().unwrap().starts_with("in force"));
+        let undone = prepared.undo().revert().unwrap();
+        assert!(undone.contains("toxics off"), "{undone}");
+        assert!(
+            prepared.verify().is_err(),
+            "the toxics stayed on after the revert"
+        );
+
+        let missing = FaultSpec::LatencyProxy(LatencyProxy {
+            via: Via::Named("nope".to_owned()),
+            toxics: ToxicSpec::default(),
+        });
+        let err = missing.prepare(&ctx).unwrap_err();
+        assert!(
+            err.contains("this agent has no persistent proxy `nope`"),
+            "{err}"
+        );
+    }
 }

@@ -328,3 +328,36 @@ fn plan_shows_the_proxy_for_the_whole_run_and_the_toxics_on_the_timeline() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_persistent_proxy_the_agent_does_not_host_is_an_error_naming_it() {
+    let dir = tempdir();
+    let probe_port = echo_server();
+    let text = experiment(probe_port, 1, "proxy = \"db\"")
+        .replace(&format!("listen = \"127.0.0.1:{probe_port}\"\n"), "")
+        .replace("upstream = \"127.0.0.1:1\"\n", "");
+    let run = run_experiment(dir.path(), &text, &[]);
+    assert_eq!(run.code, 5, "{}", run.explain());
+    let reason = run.report.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("this agent has no persistent proxy `db`"),
+        "{reason}"
+    );
+
+    let file = dir.path().join("both.toml");
+    std::fs::write(&file, experiment(1111, 2222, "proxy = \"db\"")).unwrap();
+    let out = faultline(
+        &["validate", file.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("give `proxy` (a persistent proxy of the agent) or `listen` and `upstream`"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,150 @@
+//! Owns persistent named proxies: the `[[proxy]]` tables of `agent.toml` (`name`, `listen`,
+//! `upstream`), which an agent opens when it starts and keeps for its whole life, like Toxiproxy's
+//! proxies. Staging apps point at them permanently; a `latency` fault with `proxy = "NAME"` turns
+//! toxics on in one for its duration.
+//!
+//! Only the `[[proxy]]` tables are read here; the rest of `agent.toml` belongs to the agent's own
+//! configuration parser, which must accept (and may hand over) the `proxy` key.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::registry;
+
+/// One `[[proxy]]` table.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PersistentProxy {
+    pub(crate) name: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) upstream: String,
+}
+
+/// `agent.toml`, seen only for its `[[proxy]]` tables.
+#[derive(Deserialize)]
+struct ProxiesOnly {
+    #[serde(default)]
+    proxy: Vec<PersistentProxy>,
+}
+
+/// Checks a persistent proxy name: a plain token, and never one a run proxy could take.
+pub(crate) fn check_persistent_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        return Err(format!(
+            "invalid proxy name `{name}`: use 1 to 64 of [A-Za-z0-9._-]"
+        ));
+    }
+    if name.starts_with(super::RUN_PREFIX) {
+        return Err(format!(
+            "invalid proxy name `{name}`: names starting with `{}` are for the proxies of runs",
+            super::RUN_PREFIX
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the `[[proxy]]` tables of an `agent.toml` text and checks them.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "called by the agent daemon (`faultline agent --config`), which lands on the agents branch"
+    )
+)]
+pub(crate) fn parse(text: &str) -> Result<Vec<PersistentProxy>, String> {
+    let file: ProxiesOnly = toml::from_str(text)
+        .map_err(|e| format!("invalid [[proxy]] table: {}", e.message().trim()))?;
+    for (i, p) in file.proxy.iter().enumerate() {
+        check_persistent_name(&p.name)?;
+        if file.proxy[..i].iter().any(|q| q.name == p.name) {
+            return Err(format!("two [[proxy]] tables are named `{}`", p.name));
+        }
+        if file.proxy[..i].iter().any(|q| q.listen == p.listen) {
+            return Err(format!("two [[proxy]] tables listen on {}", p.listen));
+        }
+        if p.upstream
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "[[proxy]] `{}`: `upstream` must be `host:port` (got `{}`)",
+                p.name, p.upstream
+            ));
+        }
+    }
+    Ok(file.proxy)
+}
+
+/// Opens every persistent proxy; they stay until the process ends. Needs the async runtime.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "called by the agent daemon (`faultline agent --config`), which lands on the agents branch"
+    )
+)]
+pub(crate) fn open_all(proxies: &[PersistentProxy]) -> Result<Vec<String>, String> {
+    proxies
+        .iter()
+        .map(|p| {
+            registry()
+                .open(&p.name, p.listen, &p.upstream)
+                .map_err(|e| format!("[[proxy]] `{}`: {e}", p.name))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_are_read_from_agent_toml_whatever_else_it_holds() {
+        let text = r#"
+allowed_kinds = ["latency"]
+[[proxy]]
+name = "db"
+listen = "127.0.0.1:15432"
+upstream = "db.internal:5432"
+"#;
+        let proxies = parse(text).unwrap();
+        assert_eq!(
+            proxies,
+            vec![PersistentProxy {
+                name: "db".into(),
+                listen: "127.0.0.1:15432".parse().unwrap(),
+                upstream: "db.internal:5432".into()
+            }]
+        );
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_proxy_tables_are_named() {
+        let e = parse("[[proxy]]\nname = \"db\"\nlisten = \"localhost:1\"\nupstream = \"x:2\"\n")
+            .unwrap_err();
+        assert!(e.contains("invalid socket address"), "{e}");
+        let e =
+            parse("[[proxy]]\nname = \"listen-x\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:2\"\n")
+                .unwrap_err();
+        assert!(e.contains("are for the proxies of runs"), "{e}");
+        let two = "[[proxy]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:2\"\n";
+        let e = parse(&format!(
+            "{two}{}",
+            two.replace("127.0.0.1:1", "127.0.0.1:3")
+        ))
+        .unwrap_err();
+        assert!(e.contains("two [[proxy]] tables are named `a`"), "{e}");
+        let e = parse(
+            "[[proxy]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:2\"\ntypo = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `typo`"), "{e}");
+    }
+}
