@@ -55,13 +55,27 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
     let direct = round_trips(echo, settings.round_trips).await?;
     let ours_base = round_trips(ours.listen, settings.round_trips).await?;
     let sleepy_base = round_trips(sleepy.listen, settings.round_trips).await?;
+    // The tail of the undelayed round trips is the machine's scheduling noise: delay errors
+    // cannot be judged finer than it.
     println!(
-        "baseline RTT p50: direct {:.1} µs, through the faultline proxy {:.1} µs (+{:.1}), through the sleep proxy {:.1} µs\n",
-        percentile(&direct, 0.5),
-        percentile(&ours_base, 0.5),
-        percentile(&ours_base, 0.5) - percentile(&direct, 0.5),
-        percentile(&sleepy_base, 0.5)
+        "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "RTT with no delay", "", "p50", "p99", "max", "min"
     );
+    for (label, rtts) in [
+        ("direct", &direct),
+        ("through faultline", &ours_base),
+        ("through the sleep proxy", &sleepy_base),
+    ] {
+        println!(
+            "{label:<28} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "",
+            percentile(rtts, 0.5),
+            percentile(rtts, 0.99),
+            percentile(rtts, 1.0),
+            percentile(rtts, 0.0)
+        );
+    }
+    println!();
 
     println!(
         "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -87,7 +101,13 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         );
         print_errors("baseline (tokio sleep)", ms, &measured);
         sleepy.delay_us.store(0, Ordering::Relaxed);
+        let floor = tokio::task::spawn_blocking(move || os_sleep_lateness(delay, 200)).await?;
+        print_errors("OS floor (thread::sleep)", ms, &floor);
     }
+    println!(
+        "(OS floor: how late a plain thread wakes from a {}-sample sleep of that length on this machine, with no proxy at all)",
+        200
+    );
 
     println!(
         "\nthroughput: {} from a server to a client (downstream, the direction delays apply to)",
@@ -131,6 +151,18 @@ fn print_errors(label: &str, delay_ms: u64, errors: &[f64]) {
         percentile(errors, 1.0),
         percentile(errors, 0.0)
     );
+}
+
+/// How late `std::thread::sleep` (`clock_nanosleep`) returns, in microseconds: the scheduling
+/// noise of the machine, which no timer in a process can beat.
+fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::sleep(d);
+            (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
+        })
+        .collect()
 }
 
 /// The delay error of each round trip, in microseconds.
