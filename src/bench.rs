@@ -49,7 +49,7 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         "faultline bench proxy — loopback, 64-byte request/response on one persistent TCP_NODELAY connection"
     );
     println!(
-        "error = RTT − delay − baseline RTT (median RTT through the same proxy with no delay), in µs\n"
+        "error = RTT − delay − baseline RTT (the median direct RTT, so the proxy's own hop cost is part of the error), in µs\n"
     );
 
     let direct = round_trips(echo, settings.round_trips).await?;
@@ -87,7 +87,7 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         let measured = errors(
             &round_trips(ours.listen, settings.round_trips).await?,
             delay,
-            &ours_base,
+            &direct,
         );
         print_errors("faultline (timerfd)", ms, &measured);
         ours.set_delay(Duration::ZERO);
@@ -97,7 +97,7 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         let measured = errors(
             &round_trips(sleepy.listen, settings.round_trips).await?,
             delay,
-            &sleepy_base,
+            &direct,
         );
         print_errors("baseline (tokio sleep)", ms, &measured);
         sleepy.delay_us.store(0, Ordering::Relaxed);
