@@ -20,6 +20,10 @@ use crate::units::Dur;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
 const EXIT_INVALID: u8 = 2;
+/// Exit code of `budget` when too little error budget is left (the same as a `not_run` verdict).
+const EXIT_NOT_ENOUGH: u8 = 4;
+/// Exit code when the tool could not do what was asked (here: Prometheus could not be read).
+const EXIT_ERROR: u8 = 5;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +41,9 @@ enum Command {
     /// Run an experiment: baseline, faults, recovery, verdict (exit 0 passed, 1 failed, 2 invalid,
     /// 3 aborted, 4 not run, 5 error).
     Run(RunArgs),
+    /// Print the error budget of an experiment's `[slo_budget]` (exit 0 enough left, 2 invalid or no
+    /// `[slo_budget]`, 4 less than `min_remaining` left, 5 Prometheus could not be read).
+    Budget { file: PathBuf },
     /// Check experiment files without touching anything.
     Validate {
         #[arg(required = true)]
@@ -131,6 +138,41 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             };
             worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Budget { file } => budget(&file),
+    }
+}
+
+fn budget(file: &Path) -> anyhow::Result<ExitCode> {
+    let Some(exp) = load(file) else {
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let Some(spec) = &exp.budget else {
+        eprintln!(
+            "error: {} has no [slo_budget] table; add one to gate runs on the error budget",
+            file.display()
+        );
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    match runtime.block_on(crate::budget::check(spec)) {
+        Ok(numbers) => {
+            println!("error budget for `{}`", exp.title);
+            print!("{}", numbers.table());
+            if numbers.enough() {
+                println!("enough budget left: {}", numbers.summary());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("NOT enough budget left: {}", numbers.summary());
+                Ok(ExitCode::from(EXIT_NOT_ENOUGH))
+            }
+        }
+        Err(e) => {
+            eprintln!("error: could not check the error budget: {e}");
+            Ok(ExitCode::from(EXIT_ERROR))
         }
     }
 }

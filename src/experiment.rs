@@ -18,8 +18,8 @@ use crate::fault::{
     CpuStress, DiskFill, FaultSpec, FillAmount, MemoryStress, ProcessKill, ProcessPause,
 };
 use crate::model::{
-    AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
-    ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
+    AbortCondition, AbortRule, BudgetSpec, Check, Experiment, FaultStep, Fixture, GoldenSignal,
+    LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup, Threshold,
 };
 use crate::process::{Selector, parse_signal, protection_reason};
 use crate::units::{SuccessBound, format_ms};
@@ -130,6 +130,7 @@ impl Validator<'_> {
             .into_iter()
             .map(|a| self.abort(a, &steady_state.probes))
             .collect::<VResult<Vec<_>>>()?;
+        let budget = raw.slo_budget.map(|b| self.budget(b)).transpose()?;
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
@@ -141,6 +142,43 @@ impl Validator<'_> {
             faults,
             aborts,
             recovery_within: raw.recovery.within.0,
+            budget,
+        })
+    }
+
+    fn budget(&self, raw: Spanned<raw::SloBudget>) -> VResult<BudgetSpec> {
+        let span = raw.span();
+        let b = raw.into_inner();
+        if !(b.prometheus.starts_with("http://") || b.prometheus.starts_with("https://")) {
+            return self.at(
+                span,
+                format!(
+                    "slo_budget: `prometheus` must start with http:// or https:// (got `{}`)",
+                    b.prometheus
+                ),
+            );
+        }
+        // A 100% target allows no errors at all, so there is no budget to divide by.
+        if !(b.target.0 > 0.0 && b.target.0 < 1.0) {
+            return self.at(
+                span,
+                format!(
+                    "slo_budget: `target` must be above 0% and below 100% (got {})",
+                    b.target
+                ),
+            );
+        }
+        for (key, query) in [("good", &b.good), ("total", &b.total)] {
+            if query.trim().is_empty() {
+                return self.at(span, format!("slo_budget: `{key}` must be a PromQL query, e.g. sum(increase(http_requests_total[28d]))"));
+            }
+        }
+        Ok(BudgetSpec {
+            prometheus: b.prometheus,
+            target: b.target.0,
+            good: b.good,
+            total: b.total,
+            min_remaining: b.min_remaining.map_or(0.0, |p| p.0),
         })
     }
 
@@ -252,20 +290,56 @@ impl Validator<'_> {
         let span = raw.span();
         let p = raw.into_inner();
         let name = p.name;
-        let given = [p.http.is_some(), p.tcp.is_some(), p.command.is_some()]
-            .iter()
-            .filter(|g| **g)
-            .count();
+        let given = [
+            p.http.is_some(),
+            p.tcp.is_some(),
+            p.command.is_some(),
+            p.prometheus.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
         if given != 1 {
             return self.at(
                 span,
-                format!("probe `{name}`: give exactly one of `http`, `tcp` or `command`"),
+                format!(
+                    "probe `{name}`: give exactly one of `http`, `tcp`, `command` or `prometheus`"
+                ),
             );
         }
-        if p.command.is_none() && (p.expect_exit.is_some() || p.expect_stdout.is_some()) {
-            return self.at(span, format!("probe `{name}`: `expect_exit` and `expect_stdout` apply only to `command` probes"));
+        if p.command.is_none()
+            && (p.expect_exit.is_some() || p.expect_stdout.is_some() || p.value.is_some())
+        {
+            return self.at(span, format!("probe `{name}`: `expect_exit`, `expect_stdout` and `value` apply only to `command` probes"));
         }
-        let check = if let Some(http) = p.http {
+        let records_value = p.prometheus.is_some() || p.value == Some(true);
+        if p.signal == Some(GoldenSignal::Saturation) && !records_value {
+            return self.at(span, format!(
+                "probe `{name}`: a saturation signal needs a number to show: use a `prometheus` probe or a `command` probe with `value = true`"
+            ));
+        }
+        let check = if let Some(prom) = p.prometheus {
+            if !(prom.url.starts_with("http://") || prom.url.starts_with("https://")) {
+                return self.at(span, format!("probe `{name}`: prometheus `url` must start with http:// or https:// (got `{}`)", prom.url));
+            }
+            if prom.query.trim().is_empty() {
+                return self.at(
+                    span,
+                    format!("probe `{name}`: prometheus `query` must not be empty"),
+                );
+            }
+            let threshold = match (prom.below, prom.above, prom.equals) {
+                (Some(v), None, None) => Threshold::Below(v),
+                (None, Some(v), None) => Threshold::Above(v),
+                (None, None, Some(v)) => Threshold::Equals(v),
+                _ => return self.at(span, format!("probe `{name}`: prometheus takes exactly one of `below`, `above` or `equals`")),
+            };
+            Check::Prometheus {
+                url: prom.url,
+                query: prom.query,
+                threshold,
+            }
+        } else if let Some(http) = p.http {
             if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
                 return self.at(
                     span,
@@ -308,6 +382,7 @@ impl Validator<'_> {
                 argv,
                 expect_exit: p.expect_exit.unwrap_or(0),
                 stdout,
+                value: p.value == Some(true),
             }
         };
         let every = p.every.map_or(Duration::from_millis(500), |d| d.0);
@@ -335,6 +410,7 @@ impl Validator<'_> {
             timeout,
             slo,
             slo_during,
+            signal: p.signal,
         })
     }
 

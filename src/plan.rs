@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::model::{Check, Experiment, ReadyKind, Slo};
-use crate::units::Dur;
+use crate::units::{Dur, Percent};
 
 /// Renders the plan. `preview` adds what each fault would act on right now (reads the host,
 /// changes nothing); without it the output depends only on the experiment.
@@ -38,6 +38,17 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             let _ = writeln!(out, "  {}. `{}`: runs {:?}; {ready}", i + 1, f.name, f.argv);
         }
     }
+    if let Some(b) = &exp.budget {
+        let _ = writeln!(
+            out,
+            "\nerror budget gate (checked first; nothing runs if it fails):\n  Prometheus {}: good = `{}`, total = `{}`\n  target {}; refuse (not_run) when less than {} of the budget remains",
+            b.prometheus,
+            b.good,
+            b.total,
+            Percent(b.target),
+            Percent(b.min_remaining)
+        );
+    }
     let _ = writeln!(
         out,
         "\nsteady state (baseline window {}):",
@@ -54,16 +65,34 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
                 argv,
                 expect_exit,
                 stdout,
+                value,
             } => {
                 let out = stdout
                     .as_ref()
                     .map_or_else(String::new, |re| format!(", output matching /{re}/"));
-                format!("run {argv:?}, expect exit {expect_exit}{out}")
+                let number = if *value {
+                    ", output read as a number"
+                } else {
+                    ""
+                };
+                format!("run {argv:?}, expect exit {expect_exit}{out}{number}")
+            }
+            Check::Prometheus {
+                url,
+                query,
+                threshold,
+            } => {
+                format!(
+                    "Prometheus query `{query}` at {url}, expect one value {threshold} (no series fails)"
+                )
             }
         };
+        let signal = p
+            .signal
+            .map_or_else(String::new, |s| format!(" [golden signal: {}]", s.as_str()));
         let _ = writeln!(
             out,
-            "  - `{}`: {check}; every {}, timeout {}",
+            "  - `{}`: {check}; every {}, timeout {}{signal}",
             p.name,
             Dur(p.every),
             Dur(p.timeout)

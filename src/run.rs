@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Agent, AgentError};
+use crate::budget::{self, Budget};
 use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
@@ -96,6 +97,8 @@ struct Runner<'a> {
     outcome: Option<(Verdict, String)>,
     last_renew: Instant,
     last_status: Instant,
+    /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
+    budget: Option<Budget>,
 }
 
 /// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
@@ -164,11 +167,38 @@ pub(crate) async fn run(
         outcome: None,
         last_renew: now,
         last_status: now,
+        budget: None,
     };
     progress.log(&format!(
         "run {} of `{}` (seed {})",
         runner.run_id, exp.title, seed
     ));
+
+    // The gate comes first: a run refused for lack of budget must not even start its fixtures.
+    if let Some(spec) = &exp.budget {
+        match budget::check(spec).await {
+            Ok(numbers) => {
+                let enough = numbers.enough();
+                let summary = numbers.summary();
+                runner.budget = Some(numbers);
+                if !enough {
+                    runner.outcome = Some((
+                        Verdict::NotRun,
+                        format!("error budget too low: {summary}; no fault was injected"),
+                    ));
+                    return runner.report();
+                }
+                progress.log(&format!("error budget: {summary}"));
+            }
+            Err(e) => {
+                runner.outcome = Some((
+                    Verdict::Error,
+                    format!("could not check the error budget: {e}; nothing was injected"),
+                ));
+                return runner.report();
+            }
+        }
+    }
 
     let log = |line: String| progress.log(&line);
     let fixtures = match fixture::start(&exp.setup, &log).await {
@@ -670,6 +700,7 @@ impl Runner<'_> {
                 };
                 ProbePhase {
                     probe: p.name.clone(),
+                    signal: p.signal,
                     stats,
                     slo_met,
                 }
@@ -730,6 +761,7 @@ impl Runner<'_> {
                 ok: s.ok,
                 latency_ms: millis(s.latency),
                 error: s.error.clone(),
+                value: s.value,
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
@@ -756,6 +788,7 @@ impl Runner<'_> {
             aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
             time_to_abort: self.time_to_abort,
             recovered_from_journal: self.opts.recovered.clone(),
+            budget: self.budget.clone(),
             samples,
         }
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{FaultRecord, ProbePhase, Report, millis};
+use crate::budget::Budget;
 
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 
@@ -27,6 +28,7 @@ pub(crate) fn render(report: &Report) -> String {
         "aborted_by": report.aborted_by,
         "time_to_abort_ms": report.time_to_abort.map(|d| d.as_millis() as u64),
         "recovered_from_journal": report.recovered_from_journal,
+        "budget": report.budget.as_ref().map(budget),
         "samples": report.samples.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
@@ -38,6 +40,7 @@ fn probe_phase(p: &ProbePhase) -> Value {
     let ms = |d: Option<std::time::Duration>| d.map(millis);
     json!({
         "probe": p.probe,
+        "signal": p.signal.map(crate::model::GoldenSignal::as_str),
         "samples": p.stats.samples,
         "successes": p.stats.successes,
         "success_ratio": p.stats.success_ratio(),
@@ -46,6 +49,23 @@ fn probe_phase(p: &ProbePhase) -> Value {
         "p99_ms": ms(p.stats.p99),
         "max_ms": ms(p.stats.max),
         "slo_met": p.slo_met,
+        "values": p.stats.values.map(|v| json!({ "count": v.count, "min": v.min, "mean": v.mean, "max": v.max })),
+    })
+}
+
+/// Fractions, as everywhere in the report (`0.999` = 99.9%).
+fn budget(b: &Budget) -> Value {
+    json!({
+        "prometheus": b.prometheus,
+        "good": b.good,
+        "total": b.total,
+        "good_ratio": b.good_ratio,
+        "target": b.target,
+        "allowed_error": b.allowed_error,
+        "consumed": b.consumed,
+        "remaining": b.remaining,
+        "min_remaining": b.min_remaining,
+        "enough": b.enough(),
     })
 }
 
