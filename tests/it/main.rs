@@ -5,7 +5,9 @@ mod support;
 
 mod disk_fill;
 mod examples;
+mod measured;
 mod netfaults;
+mod prometheus;
 mod stress;
 mod validate;
 mod verdicts;
