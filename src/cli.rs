@@ -44,6 +44,9 @@ enum Command {
     /// Print the error budget of an experiment's `[slo_budget]` (exit 0 enough left, 2 invalid or no
     /// `[slo_budget]`, 4 less than `min_remaining` left, 5 Prometheus could not be read).
     Budget { file: PathBuf },
+    /// Measure faultline itself and print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Check experiment files without touching anything.
     Validate {
         #[arg(required = true)]
@@ -69,6 +72,27 @@ enum Command {
         #[arg(long)]
         agents: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// How many probe samples per second one run sustains, and the CPU they cost: TCP probes
+    /// against a listener on loopback, driven by the same probe tasks as a run.
+    Probes {
+        /// How many probes run at once.
+        #[arg(long, default_value_t = 100)]
+        probes: usize,
+        /// How often each probe checks.
+        #[arg(long, default_value = "10ms", value_parser = parse_dur)]
+        every: Duration,
+        /// How long to measure.
+        #[arg(long = "for", default_value = "10s", value_parser = parse_dur)]
+        duration: Duration,
+    },
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    s.parse::<Dur>().map(|d| d.0)
 }
 
 #[derive(Args)]
@@ -140,6 +164,23 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Budget { file } => budget(&file),
+        Command::Bench(BenchCommand::Probes {
+            probes,
+            every,
+            duration,
+        }) => {
+            if probes == 0 || every.is_zero() || duration.is_zero() {
+                eprintln!("error: --probes, --every and --for must be above zero");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            let settings = crate::bench::BenchSettings {
+                probes,
+                every,
+                duration,
+            };
+            print!("{}", crate::bench::probes(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

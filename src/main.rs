@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod bench;
 mod budget;
 mod cli;
 mod experiment;

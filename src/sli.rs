@@ -203,12 +203,20 @@ impl RecoveryTracker {
         baselines: &[Stats],
         now: Instant,
     ) -> RecoveryState {
+        // Only samples not yet judged and not past the allowed time can start a recovery; each
+        // probe's samples are in start order, so those are one slice per probe.
+        let last = self.from + self.within;
         let mut candidates: Vec<Instant> = samples
             .iter()
-            .flatten()
-            .map(|s| s.at)
-            .filter(|at| *at >= self.from && *at <= self.from + self.within)
-            .filter(|at| self.rejected_until.is_none_or(|r| *at > r))
+            .flat_map(|probe| {
+                let lo = match self.rejected_until {
+                    Some(r) => probe.partition_point(|s| s.at <= r),
+                    None => 0,
+                };
+                let lo = lo.max(probe.partition_point(|s| s.at < self.from));
+                let hi = probe.partition_point(|s| s.at <= last).max(lo);
+                probe[lo..hi].iter().map(|s| s.at)
+            })
             .collect();
         candidates.sort();
         candidates.dedup();
