@@ -127,7 +127,7 @@ pub(crate) fn probes(settings: &BenchSettings) -> anyhow::Result<String> {
     let cpu_before = process_cpu().map_err(anyhow::Error::msg)?;
     let listener_before = thread_cpu(listener.tid).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
-    let samples = runtime.block_on(async {
+    let (samples, wall) = runtime.block_on(async {
         let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = probe::spawn_all(&specs, &tx, &stop_rx).map_err(anyhow::Error::msg)?;
@@ -142,11 +142,12 @@ pub(crate) fn probes(settings: &BenchSettings) -> anyhow::Result<String> {
                 () = &mut deadline => break,
             }
         }
+        // Checks still in flight finish after this; their samples are not counted.
+        let wall = started.elapsed();
         let _ = stop_tx.send(true);
         tasks.join_all().await;
-        anyhow::Ok(kept)
+        anyhow::Ok((kept, wall))
     })?;
-    let wall = started.elapsed();
     let cpu = process_cpu().map_err(anyhow::Error::msg)? - cpu_before;
     let listener_cpu = thread_cpu(listener.tid).map_err(anyhow::Error::msg)? - listener_before;
     listener.stop();
@@ -176,6 +177,17 @@ pub(crate) fn probes(settings: &BenchSettings) -> anyhow::Result<String> {
         asked,
         stats.samples - stats.successes
     );
+    let mut causes: Vec<(usize, &str)> = Vec::new();
+    for error in samples.iter().flatten().filter_map(|s| s.error.as_deref()) {
+        match causes.iter_mut().find(|(_, e)| *e == error) {
+            Some((n, _)) => *n += 1,
+            None => causes.push((1, error)),
+        }
+    }
+    causes.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    if let Some((n, error)) = causes.first() {
+        let _ = writeln!(out, "failures:       most common ({n}): {error}");
+    }
     let _ = writeln!(
         out,
         "CPU, probing:   {probing_cpu:.2} s = {:.1}% of one core; {:.1} µs per sample",

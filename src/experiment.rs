@@ -766,4 +766,62 @@ within = "5s"
         ));
         assert!(e.contains("unknown probe `nope`"), "{e}");
     }
+
+    #[test]
+    fn prometheus_probes_take_one_threshold() {
+        let probe = "tcp = \"127.0.0.1:1\"";
+        let prom = "prometheus = { url = \"http://127.0.0.1:9090\", query = \"up\", below = 1 }";
+        let e = parse(Path::new("x.toml"), &MINIMAL.replace(probe, prom)).unwrap();
+        assert!(matches!(
+            e.steady_state.probes[0].check,
+            Check::Prometheus {
+                threshold: Threshold::Below(_),
+                ..
+            }
+        ));
+        let two = prom.replace("below = 1", "below = 1, above = 0");
+        let e = err(&MINIMAL.replace(probe, &two));
+        assert!(
+            e.contains("exactly one of `below`, `above` or `equals`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 5"),
+            "the error points at the probe table: {e}"
+        );
+        let typo = prom.replace("below", "bellow");
+        assert!(err(&MINIMAL.replace(probe, &typo)).contains("unknown field `bellow`"));
+    }
+
+    #[test]
+    fn saturation_needs_a_probe_that_reads_a_number() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nsignal = \"saturation\"",
+        ));
+        assert!(e.contains("a saturation signal needs a number"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nsignal = \"speed\"",
+        ));
+        assert!(e.contains("unknown variant `speed`"), "{e}");
+        let ok = MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "command = [\"echo\", \"1\"]\nvalue = true\nsignal = \"saturation\"",
+        );
+        assert!(parse(Path::new("x.toml"), &ok).is_ok());
+    }
+
+    #[test]
+    fn error_budget_targets_leave_room_for_errors() {
+        let budget = "[slo_budget]\nprometheus = \"http://p:9090\"\ntarget = \"99.9%\"\ngood = \"g\"\ntotal = \"t\"\nmin_remaining = \"10%\"\n";
+        let e = parse(Path::new("x.toml"), &format!("{MINIMAL}{budget}")).unwrap();
+        let b = e.budget.unwrap();
+        assert!((b.target - 0.999).abs() < 1e-12 && (b.min_remaining - 0.1).abs() < 1e-12);
+        let e = err(&format!("{MINIMAL}{}", budget.replace("99.9%", "100%")));
+        assert!(
+            e.contains("`target` must be above 0% and below 100%"),
+            "{e}"
+        );
+    }
 }
