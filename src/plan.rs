@@ -253,4 +253,41 @@ recovery: the steady state must hold again within 5s of the last fault ending (t
         );
         assert!(plan.ends_with(expected_tail), "{plan}");
     }
+
+    #[test]
+    fn plan_shows_the_budget_gate_and_prometheus_probes() {
+        let text = r#"
+title = "gated"
+[slo_budget]
+prometheus = "http://127.0.0.1:9090"
+target = "99.9%"
+good = 'sum(good)'
+total = 'sum(total)'
+min_remaining = "10%"
+[steady_state]
+window = "2s"
+[[steady_state.probe]]
+name = "queue"
+prometheus = { url = "http://127.0.0.1:9090", query = "queue_depth", below = 5 }
+signal = "saturation"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+select = { port = 18080 }
+[recovery]
+within = "5s"
+"#;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = super::render(&exp, false);
+        let expected = r"
+error budget gate (checked first; nothing runs if it fails):
+  Prometheus http://127.0.0.1:9090: good = `sum(good)`, total = `sum(total)`
+  target 99.9%; refuse (not_run) when less than 10% of the budget remains
+
+steady state (baseline window 2s):
+  - `queue`: Prometheus query `queue_depth` at http://127.0.0.1:9090, expect one value below 5 (no series fails); every 500ms, timeout 1s [golden signal: saturation]
+    SLO: success >= 100%
+";
+        assert!(plan.contains(expected), "{plan}");
+    }
 }

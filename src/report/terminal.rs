@@ -212,3 +212,60 @@ fn wrap(text: &str, width: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{GoldenSignal, ProbePhase, signal_cell};
+    use crate::probe::Sample;
+    use crate::sli::Stats;
+
+    fn phase(samples: &[(bool, u64, Option<f64>)]) -> ProbePhase {
+        let at = Instant::now();
+        let samples: Vec<Sample> = samples
+            .iter()
+            .map(|&(ok, ms, value)| Sample {
+                probe: 0,
+                at,
+                ok,
+                latency: Duration::from_millis(ms),
+                error: None,
+                value,
+            })
+            .collect();
+        ProbePhase {
+            probe: "p".into(),
+            signal: None,
+            stats: Stats::of(&samples),
+            slo_met: None,
+        }
+    }
+
+    #[test]
+    fn signal_cells_show_the_number_that_stands_for_the_signal() {
+        let timed = phase(&[
+            (true, 50, None),
+            (true, 52, None),
+            (false, 1, None),
+            (true, 51, None),
+        ]);
+        assert_eq!(
+            signal_cell(GoldenSignal::Latency, &timed),
+            "p50 51.01 ms, p99 52.03 ms"
+        );
+        assert_eq!(signal_cell(GoldenSignal::Errors, &timed), "25% failed");
+        assert_eq!(
+            signal_cell(GoldenSignal::Traffic, &timed),
+            "3 answered of 4"
+        );
+        let read = phase(&[(true, 1, Some(0.25)), (false, 1, Some(0.97))]);
+        assert_eq!(
+            signal_cell(GoldenSignal::Saturation, &read),
+            "mean 0.61, max 0.97"
+        );
+        let flat = phase(&[(true, 1, Some(3.0)), (true, 1, Some(3.0))]);
+        assert_eq!(signal_cell(GoldenSignal::Saturation, &flat), "3");
+        assert_eq!(signal_cell(GoldenSignal::Latency, &phase(&[])), "-");
+    }
+}
