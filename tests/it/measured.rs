@@ -156,3 +156,25 @@ fn an_slo_during_the_faults_fails_a_run_that_recovers() {
     assert!(reason.contains("(relative to the baseline)"), "{reason}");
     assert_eq!(report["phases"]["during"][0]["slo_met"], false);
 }
+
+#[test]
+fn the_sampling_bench_prints_its_figures() {
+    let dir = tempdir();
+    let out = crate::support::faultline(
+        &[
+            "bench", "probes", "--probes", "3", "--every", "20ms", "--for", "500ms",
+        ],
+        &dir.path().join("state"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "samples:",
+        "CPU, probing:",
+        "µs per sample",
+        "CPU, listener:",
+        "connect time:",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}

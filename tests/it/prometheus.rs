@@ -406,3 +406,21 @@ fn unreachable_budget_server_is_an_error_and_nothing_runs() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is unreachable"));
 }
+
+#[test]
+fn budget_command_needs_an_slo_budget_table() {
+    let dir = tempdir();
+    let file = dir.path().join("no-budget.toml");
+    std::fs::write(
+        &file,
+        probing("[[steady_state.probe]]\nname = \"p\"\ntcp = \"127.0.0.1:1\"\n"),
+    )
+    .unwrap();
+    let out = faultline(
+        &["budget", file.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no [slo_budget] table"), "{stderr}");
+}
