@@ -1,9 +1,10 @@
 //! Owns the JSON report (schema_version 1): the machine-readable journal of a run.
 
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Value, json};
 
-use super::{FaultRecord, ProbePhase, Report, millis};
+use super::{FaultRecord, ProbePhase, Report, SampleRecord, millis};
 use crate::budget::Budget;
 
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -29,11 +30,36 @@ pub(crate) fn render(report: &Report) -> String {
         "time_to_abort_ms": report.time_to_abort.map(|d| d.as_millis() as u64),
         "recovered_from_journal": report.recovered_from_journal,
         "budget": report.budget.as_ref().map(budget),
-        "samples": report.samples.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect::<Vec<_>>(),
     });
-    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let Value::Object(head) = value else {
+        unreachable!("the report head is a json! object literal")
+    };
+    let document = Document {
+        head,
+        samples: &report.samples,
+    };
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The report object with `samples` last, serialized straight from the records: a long run with
+/// fast probes keeps hundreds of thousands of samples, and a `Value` per sample costs about 2 KiB
+/// (74k samples peaked at 148 MiB that way, against 28 MiB without a JSON report).
+struct Document<'a> {
+    head: serde_json::Map<String, Value>,
+    samples: &'a [SampleRecord],
+}
+
+impl Serialize for Document<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.head.len() + 1))?;
+        for (key, value) in &self.head {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("samples", self.samples)?;
+        map.end()
+    }
 }
 
 fn probe_phase(p: &ProbePhase) -> Value {
