@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::model::BudgetSpec;
 use crate::probe::prometheus::Prometheus;
 
+/// Differences smaller than this are floating-point noise, not budget.
+const TOLERANCE: f64 = 1e-9;
+
 /// How long each of the two budget queries may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,22 +75,30 @@ impl Budget {
     }
 
     /// Whether enough budget is left to run an experiment.
+    /// A spent budget (nothing left) is never enough, whatever the minimum.
     pub(crate) fn enough(&self) -> bool {
-        // The tolerance keeps "exactly the minimum" from failing on floating point.
-        self.remaining + 1e-12 >= self.min_remaining
+        // The tolerances keep "exactly the minimum" from failing, and "exactly spent" from
+        // passing, on floating point: 0.001 / 0.001 need not be exactly 1.
+        !self.spent() && self.remaining + TOLERANCE >= self.min_remaining
+    }
+
+    pub(crate) fn spent(&self) -> bool {
+        self.remaining <= TOLERANCE
     }
 
     /// One clause for a verdict's reason: what is left, the minimum, and where that comes from.
     pub(crate) fn summary(&self) -> String {
+        let min = pct(self.min_remaining);
         let relation = if self.enough() {
-            "at or above"
+            format!("at or above the minimum of {min}")
+        } else if self.remaining + TOLERANCE < self.min_remaining {
+            format!("below the minimum of {min}")
         } else {
-            "below"
+            "so it is spent".to_owned()
         };
         format!(
-            "{} of the error budget remains, {relation} the minimum of {} (good/total = {}/{} = {} against a target of {}: {} of events may fail, {} of that allowance is used)",
+            "{} of the error budget remains, {relation} (good/total = {}/{} = {} against a target of {}: {} of events may fail, {} of that allowance is used)",
             pct(self.remaining),
-            pct(self.min_remaining),
             count(self.good),
             count(self.total),
             pct(self.good_ratio),
@@ -171,6 +182,22 @@ mod tests {
             "{}",
             b.summary()
         );
+    }
+
+    #[test]
+    fn a_spent_budget_is_never_enough_even_without_a_minimum() {
+        // 99.9% good against a 99.9% target: the whole allowance used, to floating point.
+        let b = Budget::compute("http://p", 0.999, 0.0, 9990.0, 10_000.0).unwrap();
+        assert!(b.spent() && !b.enough(), "{b:?}");
+        assert!(
+            b.summary().starts_with(
+                "0% of the error budget remains, so it is spent (good/total = 9990/10000"
+            ),
+            "{}",
+            b.summary()
+        );
+        let left = Budget::compute("http://p", 0.999, 0.0, 9995.0, 10_000.0).unwrap();
+        assert!(left.enough(), "{left:?}");
     }
 
     #[test]
