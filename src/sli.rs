@@ -284,10 +284,10 @@ pub(crate) fn abort_breach(
         return None;
     }
     let start = now.checked_sub(rule.over)?;
-    let window: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.at > start && s.at <= now)
-        .collect();
+    // Samples are in start order (see `between`): the window is a slice, found without a scan.
+    let lo = samples.partition_point(|s| s.at <= start);
+    let hi = samples.partition_point(|s| s.at <= now).max(lo);
+    let window: Vec<&Sample> = samples[lo..hi].iter().collect();
     let Some(first) = window.first() else {
         return Some(start);
     };
