@@ -296,9 +296,25 @@ fn spent_error_budget_refuses_the_run_with_the_numbers() {
         "requests_total",
     );
     let tag = free_port();
-    let run = run_experiment(&prom.path(), &gated(&prom.url(), tag), &[]);
+    let junit = prom.path().join("junit.xml");
+    let run = run_experiment(
+        &prom.path(),
+        &gated(&prom.url(), tag),
+        &["--junit", junit.to_str().unwrap()],
+    );
     assert_eq!(run.code, 4, "{}", run.explain());
     assert_eq!(run.verdict(), "not_run");
+    // In CI the gate, not the steady state, is the criterion that failed.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("name=\"error budget\">\n      <failure type=\"not_run\" message=\"error budget too low: -400%"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("name=\"steady state before the method\"/>"),
+        "{xml}"
+    );
+    assert!(xml.contains("tests=\"4\" failures=\"1\""), "{xml}");
     let report = run.report.as_ref().unwrap();
     let reason = report["reason"].as_str().unwrap();
     assert_eq!(
