@@ -12,6 +12,9 @@ declare -A needs=(
   [unshare]=util-linux
   [mount]=mount
   [df]=coreutils
+  # The tests of the prometheus probe and the error-budget gate start their own Prometheus
+  # (on a free loopback port, with a temporary data directory); the package's service is not used.
+  [prometheus]=prometheus
 )
 
 missing=()

@@ -1,459 +1,215 @@
-//! Owns `faultline bench proxy`: figures for the latency proxy — delay precision against a plain
-//! `tokio::time::sleep` proxy, throughput against a direct connection, and the cost of 1000
-//! concurrent connections. Everything runs on loopback inside this process; nothing is asserted,
-//! the numbers are printed.
+//! Owns `faultline bench probes`: how many probe samples one run sustains on this machine and
+//! what they cost in CPU. It drives the real probe tasks (the same `probe::spawn_all` a run uses)
+//! with TCP probes against a listener on loopback, collects samples the way the run loop does,
+//! and prints figures. A benchmark, not a test: nothing here asserts a speed.
+//! `faultline bench proxy` is in `bench/proxy.rs`.
 
-use std::net::SocketAddr;
+pub(crate) mod proxy;
+
+use std::fmt::Write;
+use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::proxy::{self, ToxicSpec, Toxics};
+use crate::model::{Check, ProbeSpec, Slo};
+use crate::probe::{self, Sample};
+use crate::sli::Stats;
+use crate::units::{Dur, Percent, SuccessBound, format_ms};
 
-/// What to measure and how much.
-pub(crate) struct Settings {
-    pub(crate) round_trips: usize,
-    pub(crate) delays_ms: Vec<u64>,
-    pub(crate) bulk_bytes: u64,
-    pub(crate) connections: usize,
+pub(crate) struct BenchSettings {
+    pub(crate) probes: usize,
+    pub(crate) every: Duration,
+    pub(crate) duration: Duration,
 }
 
-/// Runs every figure and prints it. Takes a few minutes with the defaults (1000 round trips at
-/// 50 ms is 50 s per proxy).
-///
-/// The proxies run on their own multi-threaded runtime, as in `faultline run`; the clients and the
-/// echo and bulk servers on a separate single-threaded one, standing in for other processes.
-pub(crate) fn proxy(settings: &Settings) -> anyhow::Result<()> {
-    let proxies = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("proxy")
-        .build()?;
-    let clients = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = clients.block_on(measure(settings, proxies.handle()));
-    proxies.shutdown_background();
-    result
+/// CPU time used so far, in seconds: user + system.
+fn cpu_seconds(stat: &procfs::process::Stat) -> f64 {
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
-async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
-    let echo = echo_server().await?;
-    let ours = Ours::open(echo, proxies)?;
-    let sleepy = SleepProxy::open(echo, proxies)?;
-    println!(
-        "faultline bench proxy — loopback, 64-byte request/response on one persistent TCP_NODELAY connection"
-    );
-    println!(
-        "error = RTT − delay − baseline RTT (the median direct RTT, so the proxy's own hop cost is part of the error), in µs\n"
-    );
-
-    let direct = round_trips(echo, settings.round_trips).await?;
-    let ours_base = round_trips(ours.listen, settings.round_trips).await?;
-    let sleepy_base = round_trips(sleepy.listen, settings.round_trips).await?;
-    // The tail of the undelayed round trips is the machine's scheduling noise: delay errors
-    // cannot be judged finer than it.
-    println!(
-        "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "RTT with no delay", "", "p50", "p99", "max", "min"
-    );
-    for (label, rtts) in [
-        ("direct", &direct),
-        ("through faultline", &ours_base),
-        ("through the sleep proxy", &sleepy_base),
-    ] {
-        println!(
-            "{label:<28} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            "",
-            percentile(rtts, 0.5),
-            percentile(rtts, 0.99),
-            percentile(rtts, 1.0),
-            percentile(rtts, 0.0)
-        );
-    }
-    println!();
-
-    println!(
-        "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "precision", "delay", "p50", "p99", "max", "min"
-    );
-    for &ms in &settings.delays_ms {
-        let delay = Duration::from_millis(ms);
-        ours.set_delay(delay);
-        let measured = errors(
-            &round_trips(ours.listen, settings.round_trips).await?,
-            delay,
-            &direct,
-        );
-        print_errors("faultline (timerfd)", ms, &measured);
-        ours.set_delay(Duration::ZERO);
-        sleepy
-            .delay_us
-            .store(delay.as_micros() as u64, Ordering::Relaxed);
-        let measured = errors(
-            &round_trips(sleepy.listen, settings.round_trips).await?,
-            delay,
-            &direct,
-        );
-        print_errors("baseline (tokio sleep)", ms, &measured);
-        sleepy.delay_us.store(0, Ordering::Relaxed);
-        let floor = tokio::task::spawn_blocking(move || os_sleep_lateness(delay, 200)).await?;
-        print_errors("OS floor (thread::sleep)", ms, &floor);
-    }
-    println!(
-        "(OS floor: how late a plain thread wakes from a {}-sample sleep of that length on this machine, with no proxy at all)",
-        200
-    );
-
-    println!(
-        "\nthroughput: {} from a server to a client (downstream, the direction delays apply to)",
-        crate::units::format_bytes(settings.bulk_bytes)
-    );
-    let source = source_server(settings.bulk_bytes).await?;
-    let bulk = Ours::open(source, proxies)?;
-    let direct = bulk_read(source).await?;
-    let proxied = bulk_read(bulk.listen).await?;
-    bulk.set_delay(Duration::from_millis(10));
-    let delayed = bulk_read(bulk.listen).await?;
-    bulk.set_delay(Duration::ZERO);
-    println!("  direct                      {:>8.0} MB/s", direct / 1e6);
-    println!(
-        "  through the proxy, no toxic {:>8.0} MB/s  (ratio to direct {:.2})",
-        proxied / 1e6,
-        proxied / direct
-    );
-    println!(
-        "  through the proxy, 10 ms    {:>8.0} MB/s  (ratio to direct {:.2})",
-        delayed / 1e6,
-        delayed / direct
-    );
-    bulk.close();
-
-    println!(
-        "\nscale: {} concurrent connections through one proxy",
-        settings.connections
-    );
-    scale(echo, &ours, settings.connections).await?;
-    ours.close();
-    Ok(())
+fn process_cpu() -> Result<f64, String> {
+    let me = procfs::process::Process::myself()
+        .map_err(|e| format!("failed to read /proc/self: {e}"))?;
+    me.stat()
+        .map(|s| cpu_seconds(&s))
+        .map_err(|e| format!("failed to read /proc/self/stat: {e}"))
 }
 
-fn print_errors(label: &str, delay_ms: u64, errors: &[f64]) {
-    println!(
-        "{label:<28} {:>4}ms {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-        delay_ms,
-        percentile(errors, 0.5),
-        percentile(errors, 0.99),
-        percentile(errors, 1.0),
-        percentile(errors, 0.0)
-    );
+fn thread_cpu(tid: i32) -> Result<f64, String> {
+    let me = procfs::process::Process::myself()
+        .map_err(|e| format!("failed to read /proc/self: {e}"))?;
+    let task = me
+        .task_from_tid(tid)
+        .map_err(|e| format!("failed to read thread {tid}: {e}"))?;
+    task.stat()
+        .map(|s| cpu_seconds(&s))
+        .map_err(|e| format!("failed to read thread {tid} stat: {e}"))
 }
 
-/// How late `std::thread::sleep` (`clock_nanosleep`) returns, in microseconds: the scheduling
-/// noise of the machine, which no timer in a process can beat.
-fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            std::thread::sleep(d);
-            (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
-        })
-        .collect()
+/// Peak resident memory of this process, from `VmHWM` in /proc/self/status.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The delay error of each round trip, in microseconds.
-fn errors(rtts: &[f64], delay: Duration, baseline: &[f64]) -> Vec<f64> {
-    let base = percentile(baseline, 0.5);
-    let d = delay.as_secs_f64() * 1e6;
-    let mut e: Vec<f64> = rtts.iter().map(|r| r - d - base).collect();
-    e.sort_by(f64::total_cmp);
-    e
+/// The listener the probes connect to: a plain thread accepting and dropping connections, so
+/// its CPU can be read on its own and taken out of the probing figure.
+struct Listener {
+    port: u16,
+    tid: i32,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
-/// The `q` quantile (nearest rank) of `values`, which need not be sorted.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-/// Round-trip times in microseconds on one connection, after a warm-up.
-async fn round_trips(to: SocketAddr, n: usize) -> anyhow::Result<Vec<f64>> {
-    let mut conn = TcpStream::connect(to).await?;
-    conn.set_nodelay(true)?;
-    let request = [0x5a_u8; 64];
-    let mut reply = [0_u8; 64];
-    let mut rtts = Vec::with_capacity(n);
-    for i in 0..n + 50 {
-        let t = Instant::now();
-        conn.write_all(&request).await?;
-        conn.read_exact(&mut reply).await?;
-        if i >= 50 {
-            rtts.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    Ok(rtts)
-}
-
-/// Reads everything a server sends; returns bytes per second.
-async fn bulk_read(from: SocketAddr) -> anyhow::Result<f64> {
-    let mut conn = TcpStream::connect(from).await?;
-    let mut buf = vec![0_u8; 256 << 10];
-    let (t, mut total) = (Instant::now(), 0_u64);
-    loop {
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    Ok(total as f64 / t.elapsed().as_secs_f64())
-}
-
-/// Opens `n` connections direct and then through the proxy, reports the memory the proxied ones
-/// cost beyond the direct ones (the client and echo ends are in both), then times round trips on
-/// all of them at once, without and with a 10 ms delay.
-async fn scale(echo: SocketAddr, ours: &Ours, n: usize) -> anyhow::Result<()> {
-    let rss0 = rss_kib();
-    let direct = open_all(echo, n).await?;
-    let rss1 = rss_kib();
-    let proxied = open_all(ours.listen, n).await?;
-    let rss2 = rss_kib();
-    let per_direct = rss1.saturating_sub(rss0);
-    let per_proxied = rss2.saturating_sub(rss1);
-    println!(
-        "  RSS: {} direct connections +{} KiB; {} proxied connections +{} KiB, so the proxy costs about {} KiB ({:.1} KiB per connection); whole process {} MiB",
-        n,
-        per_direct,
-        n,
-        per_proxied,
-        per_proxied.saturating_sub(per_direct),
-        per_proxied.saturating_sub(per_direct) as f64 / n as f64,
-        rss2 / 1024
-    );
-    drop(direct);
-    let quiet = concurrent_round_trips(proxied, 5).await?;
-    let proxied = open_all(ours.listen, n).await?;
-    ours.set_delay(Duration::from_millis(10));
-    let delayed = concurrent_round_trips(proxied, 5).await?;
-    ours.set_delay(Duration::ZERO);
-    let early = delayed.iter().filter(|rtt| **rtt < 10_000.0).count();
-    println!(
-        "  all {n} connections doing 5 back-to-back 64-byte round trips at once (a burst of {n} requests):"
-    );
-    println!(
-        "    no toxic: RTT p50 {:.0} µs, p99 {:.0} µs; with 10 ms: RTT p50 {:.0} µs, p99 {:.0} µs, min {:.0} µs ({early} of {} under 10 ms); added p50 {:.0} µs; RSS now {} MiB",
-        percentile(&quiet, 0.5),
-        percentile(&quiet, 0.99),
-        percentile(&delayed, 0.5),
-        percentile(&delayed, 0.99),
-        percentile(&delayed, 0.0),
-        delayed.len(),
-        percentile(&delayed, 0.5) - percentile(&quiet, 0.5),
-        rss_kib() / 1024
-    );
-    Ok(())
-}
-
-async fn open_all(to: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut c = TcpStream::connect(to).await?;
-        c.set_nodelay(true)?;
-        // One round trip so the proxy has connected upstream and the connection is complete.
-        c.write_all(&[1]).await?;
-        c.read_exact(&mut [0]).await?;
-        conns.push(c);
-    }
-    Ok(conns)
-}
-
-/// `each` round trips on every connection, all connections at once; RTTs in microseconds.
-async fn concurrent_round_trips(conns: Vec<TcpStream>, each: usize) -> anyhow::Result<Vec<f64>> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut c in conns {
-        tasks.spawn(async move {
-            let mut rtts = Vec::with_capacity(each);
-            let mut reply = [0_u8; 64];
-            for _ in 0..each {
-                let t = Instant::now();
-                c.write_all(&[7; 64]).await?;
-                c.read_exact(&mut reply).await?;
-                rtts.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            Ok::<_, std::io::Error>(rtts)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        all.extend(done??);
-    }
-    Ok(all)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The faultline proxy, driven through its registry as a fault would.
-struct Ours {
-    name: String,
-    listen: SocketAddr,
-}
-
-impl Ours {
-    fn open(upstream: SocketAddr, proxies: &Handle) -> anyhow::Result<Ours> {
-        let listen = free_addr()?;
-        let name = format!("bench-{listen}");
-        let _on_the_proxy_runtime = proxies.enter();
-        proxy::registry()
-            .open(&name, listen, &upstream.to_string())
-            .map_err(anyhow::Error::msg)?;
-        Ok(Ours { name, listen })
-    }
-
-    fn set_delay(&self, delay: Duration) {
-        proxy::registry().clear_toxics(&self.name, "bench");
-        if !delay.is_zero() {
-            let spec = ToxicSpec {
-                delay,
-                ..ToxicSpec::default()
-            };
-            let toxics = Toxics {
-                spec,
-                owner: "bench".to_owned(),
-                since: Instant::now(),
-                seed: 1,
-            };
-            proxy::registry()
-                .set_toxics(&self.name, toxics)
-                .expect("bench proxy runs");
-        }
-    }
-
-    fn close(self) {
-        proxy::registry().close(&self.name);
-    }
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// The baseline: the same read → queue → write shape as the faultline proxy, but the writer
-/// waits with `tokio::time::sleep_until`, whose timer wheel has millisecond granularity.
-struct SleepProxy {
-    listen: SocketAddr,
-    delay_us: Arc<AtomicU64>,
-}
-
-impl SleepProxy {
-    fn open(upstream: SocketAddr, proxies: &Handle) -> anyhow::Result<SleepProxy> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let listen = listener.local_addr()?;
-        let delay_us = Arc::new(AtomicU64::new(0));
-        let delay = Arc::clone(&delay_us);
-        proxies.spawn(async move {
-            let Ok(listener) = TcpListener::from_std(listener) else {
-                return;
-            };
-            while let Ok((client, _)) = listener.accept().await {
-                let delay = Arc::clone(&delay);
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(sleep_pipe(cr, sw, None), sleep_pipe(sr, cw, Some(delay)));
-                });
-            }
-        });
-        Ok(SleepProxy { listen, delay_us })
-    }
-}
-
-async fn sleep_pipe(
-    mut src: impl AsyncRead + Unpin,
-    mut dst: impl AsyncWrite + Unpin,
-    delay: Option<Arc<AtomicU64>>,
-) {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(128);
-    let reader = async move {
-        let mut buf = vec![0_u8; 32 << 10];
-        while let Ok(n) = src.read(&mut buf).await {
-            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
-                return;
-            }
-        }
-    };
-    let writer = async move {
-        while let Some((read_at, bytes)) = rx.recv().await {
-            // Like the faultline proxy, skip the timer when nothing is left to wait: tokio rounds
-            // even a past deadline up to its next millisecond tick.
-            let release = read_at
-                + Duration::from_micros(delay.as_ref().map_or(0, |d| d.load(Ordering::Relaxed)));
-            if release > Instant::now() {
-                tokio::time::sleep_until(release.into()).await;
-            }
-            if dst.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::join!(reader, writer);
-}
-
-async fn echo_server() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = conn.set_nodelay(true);
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// A server that sends `bytes` to every client, then closes.
-async fn source_server(bytes: u64) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let chunk = vec![0xab_u8; 256 << 10];
-                let mut left = bytes;
-                while left > 0 {
-                    let n = left.min(chunk.len() as u64) as usize;
-                    if conn.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n as u64;
+impl Listener {
+    fn start() -> Result<Listener, String> {
+        let socket = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("failed to bind a loopback port: {e}"))?;
+        let port = socket
+            .local_addr()
+            .map_err(|e| format!("failed to read the bound port: {e}"))?
+            .port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+            for conn in socket.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    return;
                 }
-            });
+                drop(conn);
+            }
+        });
+        let tid = tid_rx
+            .recv()
+            .map_err(|_| "the listener thread died at start".to_owned())?;
+        Ok(Listener {
+            port,
+            tid,
+            stop,
+            thread,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // One more connection wakes the blocking accept so the thread sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs the benchmark and returns the figures as text.
+pub(crate) fn probes(settings: &BenchSettings) -> anyhow::Result<String> {
+    let listener = Listener::start().map_err(anyhow::Error::msg)?;
+    let addr = format!("127.0.0.1:{}", listener.port);
+    let specs: Vec<ProbeSpec> = (0..settings.probes)
+        .map(|i| ProbeSpec {
+            name: format!("tcp {i}"),
+            check: Check::Tcp { addr: addr.clone() },
+            every: settings.every,
+            timeout: Duration::from_secs(1),
+            slo: Slo {
+                success: SuccessBound::Absolute(1.0),
+                p50: None,
+                p95: None,
+                p99: None,
+            },
+            slo_during: None,
+            signal: None,
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cpu_before = process_cpu().map_err(anyhow::Error::msg)?;
+    let listener_before = thread_cpu(listener.tid).map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let (samples, wall) = runtime.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = probe::spawn_all(&specs, &tx, &stop_rx).map_err(anyhow::Error::msg)?;
+        drop(tx);
+        // Kept per probe, as the run loop keeps them, so the cost of holding them is counted.
+        let mut kept: Vec<Vec<Sample>> = vec![Vec::new(); specs.len()];
+        let deadline = tokio::time::sleep(settings.duration);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                Some(sample) = rx.recv() => kept[sample.probe].push(sample),
+                () = &mut deadline => break,
+            }
         }
-    });
-    Ok(addr)
+        // Checks still in flight finish after this; their samples are not counted.
+        let wall = started.elapsed();
+        let _ = stop_tx.send(true);
+        tasks.join_all().await;
+        anyhow::Ok((kept, wall))
+    })?;
+    let cpu = process_cpu().map_err(anyhow::Error::msg)? - cpu_before;
+    let listener_cpu = thread_cpu(listener.tid).map_err(anyhow::Error::msg)? - listener_before;
+    listener.stop();
+    drop(runtime);
+
+    let stats = Stats::of(samples.iter().flatten());
+    let asked = settings.probes as f64 / settings.every.as_secs_f64();
+    let rate = stats.samples as f64 / wall.as_secs_f64();
+    let probing_cpu = (cpu - listener_cpu).max(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let ms = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), format_ms);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench probes: {} TCP probes every {} for {} against a listener on {addr} ({cores} CPU(s))",
+        settings.probes,
+        Dur(settings.every),
+        Dur(settings.duration)
+    );
+    let _ = writeln!(
+        out,
+        "samples:        {} in {:.2} s = {:.0} per second ({} of the {:.0}/s asked), {} failed",
+        stats.samples,
+        wall.as_secs_f64(),
+        rate,
+        Percent((rate / asked).min(1.0)),
+        asked,
+        stats.samples - stats.successes
+    );
+    let mut causes: Vec<(usize, &str)> = Vec::new();
+    for error in samples.iter().flatten().filter_map(|s| s.error.as_deref()) {
+        match causes.iter_mut().find(|(_, e)| *e == error) {
+            Some((n, _)) => *n += 1,
+            None => causes.push((1, error)),
+        }
+    }
+    causes.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    if let Some((n, error)) = causes.first() {
+        let _ = writeln!(out, "failures:       most common ({n}): {error}");
+    }
+    let _ = writeln!(
+        out,
+        "CPU, probing:   {probing_cpu:.2} s = {:.1}% of one core; {:.1} µs per sample",
+        100.0 * probing_cpu / wall.as_secs_f64(),
+        1e6 * probing_cpu / (stats.samples.max(1) as f64)
+    );
+    let _ = writeln!(
+        out,
+        "CPU, listener:  {listener_cpu:.2} s (the accepting side, left out of the figure above)"
+    );
+    let _ = writeln!(
+        out,
+        "connect time:   p50 {}, p99 {}, max {}",
+        ms(stats.p50),
+        ms(stats.p99),
+        ms(stats.max)
+    );
+    if let Some(kib) = peak_rss_kib() {
+        let _ = writeln!(out, "peak RSS:       {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(out)
 }

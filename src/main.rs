@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod budget;
 mod cli;
 mod experiment;
 mod fault;

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Agent, AgentError};
+use crate::budget::{self, Budget};
 use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
@@ -99,6 +100,8 @@ struct Runner<'a> {
     /// Ids of the run resources (proxies) open on the agent, renewed like active faults.
     resources: Vec<String>,
     closing_failures: Vec<String>,
+    /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
+    budget: Option<Budget>,
 }
 
 /// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
@@ -169,11 +172,38 @@ pub(crate) async fn run(
         last_status: now,
         resources: Vec::new(),
         closing_failures: Vec::new(),
+        budget: None,
     };
     progress.log(&format!(
         "run {} of `{}` (seed {})",
         runner.run_id, exp.title, seed
     ));
+
+    // The gate comes first: a run refused for lack of budget must not even start its fixtures.
+    if let Some(spec) = &exp.budget {
+        match budget::check(spec).await {
+            Ok(numbers) => {
+                let enough = numbers.enough();
+                let summary = numbers.summary();
+                runner.budget = Some(numbers);
+                if !enough {
+                    runner.outcome = Some((
+                        Verdict::NotRun,
+                        format!("error budget too low: {summary}; no fault was injected"),
+                    ));
+                    return runner.report();
+                }
+                progress.log(&format!("error budget: {summary}"));
+            }
+            Err(e) => {
+                runner.outcome = Some((
+                    Verdict::Error,
+                    format!("could not check the error budget: {e}; nothing was injected"),
+                ));
+                return runner.report();
+            }
+        }
+    }
 
     let log = |line: String| progress.log(&line);
     let fixtures = match fixture::start(&exp.setup, &log).await {
@@ -741,6 +771,7 @@ impl Runner<'_> {
                 };
                 ProbePhase {
                     probe: p.name.clone(),
+                    signal: p.signal,
                     stats,
                     slo_met,
                 }
@@ -801,6 +832,7 @@ impl Runner<'_> {
                 ok: s.ok,
                 latency_ms: millis(s.latency),
                 error: s.error.clone(),
+                value: s.value,
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
@@ -827,6 +859,7 @@ impl Runner<'_> {
             aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
             time_to_abort: self.time_to_abort,
             recovered_from_journal: self.opts.recovered.clone(),
+            budget: self.budget.clone(),
             samples,
         };
         for line in &self.closing_failures {

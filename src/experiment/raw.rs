@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::fault::{BitRate, Cidr, Direction, Distribution};
+use crate::model::GoldenSignal;
 use crate::units::{ByteSize, Dur, LatencyBound, Percent, SuccessBound};
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +28,7 @@ pub(crate) struct Experiment {
     #[serde(default)]
     pub(crate) abort: Vec<Spanned<Abort>>,
     pub(crate) recovery: Recovery,
+    pub(crate) slo_budget: Option<Spanned<SloBudget>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,10 +70,15 @@ pub(crate) struct Probe {
     pub(crate) http: Option<HttpProbe>,
     pub(crate) tcp: Option<String>,
     pub(crate) command: Option<Vec<String>>,
+    pub(crate) prometheus: Option<PrometheusProbe>,
     /// For `command` probes: the exit code that counts as success.
     pub(crate) expect_exit: Option<i32>,
     /// For `command` probes: a regex the standard output must match.
     pub(crate) expect_stdout: Option<String>,
+    /// For `command` probes: read standard output as a number (for saturation and the report).
+    pub(crate) value: Option<bool>,
+    /// The golden signal this probe stands for.
+    pub(crate) signal: Option<GoldenSignal>,
     pub(crate) every: Option<Dur>,
     pub(crate) timeout: Option<Dur>,
     pub(crate) slo: Option<Slo>,
@@ -83,6 +90,26 @@ pub(crate) struct Probe {
 pub(crate) struct HttpProbe {
     pub(crate) url: String,
     pub(crate) status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrometheusProbe {
+    pub(crate) url: String,
+    pub(crate) query: String,
+    pub(crate) below: Option<f64>,
+    pub(crate) above: Option<f64>,
+    pub(crate) equals: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SloBudget {
+    pub(crate) prometheus: String,
+    pub(crate) target: Percent,
+    pub(crate) good: String,
+    pub(crate) total: String,
+    pub(crate) min_remaining: Option<Percent>,
 }
 
 #[derive(Debug, Deserialize)]
