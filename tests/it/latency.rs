@@ -361,3 +361,42 @@ fn a_persistent_proxy_the_agent_does_not_host_is_an_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_proxy_prints_every_figure() {
+    let dir = tempdir();
+    let out = faultline(
+        &[
+            "bench",
+            "proxy",
+            "--round-trips",
+            "20",
+            "--delays-ms",
+            "1",
+            "--bulk-bytes",
+            "1000000",
+            "--connections",
+            "20",
+        ],
+        &dir.path().join("state"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for figure in [
+        "through faultline",
+        "faultline (timerfd)             1ms",
+        "baseline (tokio sleep)          1ms",
+        "OS floor (thread::sleep)        1ms",
+        "through the proxy, no toxic",
+        "through the proxy, 10 ms",
+        "20 proxied connections",
+        "0 of 100 under 10 ms",
+    ] {
+        assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
+    }
+}
