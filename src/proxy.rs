@@ -88,6 +88,7 @@ impl Registry {
                 p.listen, p.upstream
             ));
         }
+        raise_descriptor_limit();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "proxies need the async runtime".to_owned())?;
         let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
@@ -219,6 +220,23 @@ impl Registry {
             proxy.live.load(Ordering::Relaxed)
         ))
     }
+}
+
+/// Raises this process's soft limit on open descriptors to the hard limit, once: a proxied
+/// connection holds two sockets and up to two timers, so the usual soft limit of 1024 would cap a
+/// proxy at a few hundred connections. (Go's runtime does the same at start.)
+fn raise_descriptor_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    tracing::warn!("failed to raise the open-file limit from {soft} to {hard}: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// What every connection task of one proxy shares.
