@@ -232,7 +232,9 @@ fn raise_descriptor_limit() {
         if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
             if soft < hard {
                 if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    tracing::warn!("failed to raise the open-file limit from {soft} to {hard}: {e}");
+                    tracing::warn!(
+                        "failed to raise the open-file limit from {soft} to {hard}: {e}"
+                    );
                 }
             }
         }
