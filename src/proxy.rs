@@ -3,9 +3,9 @@
 //!
 //! A proxy runs without toxics (a transparent relay) until a fault sets them, and runs on when the
 //! fault clears them: connections that are open at that moment carry on undelayed. Each direction
-//! of a connection is one reader and one writer joined by a bounded queue of chunks, so a fast
-//! sender meets TCP back-pressure instead of growing memory, and each chunk carries the instant it
-//! may be written (read time + delay), so a delay shifts a stream without throttling it.
+//! of a connection is one reader and one writer joined by a queue of chunks bounded in bytes, so a
+//! fast sender meets TCP back-pressure instead of growing memory, and each chunk carries the
+//! instant it may be written (read time + delay), so a delay shifts a stream without throttling it.
 
 pub(crate) mod persistent;
 mod timer;
