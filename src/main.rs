@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod certs;
 mod cli;
 mod experiment;
 mod fault;
 mod fixture;
+mod fleet;
+mod inventory;
 mod model;
 mod plan;
 mod probe;

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::inventory::Selection;
 use crate::model::{Check, Experiment, ReadyKind, Slo};
 use crate::units::Dur;
 
@@ -127,6 +128,47 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         Dur(exp.recovery_within),
         Dur(exp.method_length())
     );
+    out
+}
+
+/// The agents each target group resolved to. With a seed, the exact agents a run with that seed
+/// acts on; without, every matching agent and how many a run will pick.
+pub(crate) fn render_selection(selection: &Selection, seed: Option<u64>) -> String {
+    let mut out = String::new();
+    if selection.groups.is_empty() {
+        return out;
+    }
+    match seed {
+        Some(seed) => {
+            let _ = writeln!(out, "\nresolved agents (seed {seed}):");
+        }
+        None => out.push_str(
+            "\nresolved agents (matching now; pass --seed N to see a run's exact choice):\n",
+        ),
+    }
+    for (name, choice) in &selection.groups {
+        let list = if seed.is_some() {
+            &choice.chosen
+        } else {
+            &choice.matching
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {} of {} matching agent(s)",
+            choice.chosen.len(),
+            choice.matching.len()
+        );
+        for agent in list {
+            let tags: Vec<String> = agent.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "    - {} at {} [{}]",
+                agent.name,
+                agent.address,
+                tags.join(", ")
+            );
+        }
+    }
     out
 }
 

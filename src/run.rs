@@ -4,6 +4,7 @@
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
 //! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -47,7 +48,13 @@ enum Slot {
     Done,
 }
 
+/// One fault step acting on one agent: a step whose target group resolved to three agents runs as
+/// three of these, injected and reverted concurrently and reported one by one.
 struct FaultRun {
+    /// Index into `Experiment::faults`.
+    step: usize,
+    agent: Agent,
+    /// The same for every agent of one step: ids only need to be unique per agent.
     id: String,
     seed: u64,
     slot: Slot,
@@ -68,9 +75,11 @@ enum Stage {
     Done,
 }
 
+/// The agents each target group resolved to, `local` included when a fault uses it.
+pub(crate) type Targets = BTreeMap<String, Vec<Agent>>;
+
 struct Runner<'a> {
     exp: &'a Experiment,
-    agent: Agent,
     opts: RunOptions,
     progress: &'a Progress,
     run_id: String,
@@ -98,11 +107,11 @@ struct Runner<'a> {
     last_status: Instant,
 }
 
-/// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
-/// every outcome, including errors, is a report.
+/// Runs an experiment against the agents of its target groups and returns the report. Never panics
+/// on a failed fault: every outcome, including errors, is a report.
 pub(crate) async fn run(
     exp: &Experiment,
-    agent: Agent,
+    targets: &Targets,
     opts: RunOptions,
     progress: &Progress,
 ) -> Report {
@@ -114,32 +123,33 @@ pub(crate) async fn run(
         rand::random::<u16>()
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults = exp
-        .faults
-        .iter()
-        .enumerate()
-        .map(|(i, step)| FaultRun {
-            id: format!("{run_id}-{i}"),
-            seed: rng.random(),
-            slot: Slot::Pending,
-            record: FaultRecord {
-                name: step.name.clone(),
-                kind: step.spec.kind().to_owned(),
-                agent: agent.name().to_owned(),
-                targets: Vec::new(),
-                injected_at: None,
-                reverted_at: None,
-                status: FaultState::Skipped,
-                detail: String::new(),
-            },
-            ended: None,
-        })
-        .collect();
+    let mut faults = Vec::new();
+    for (i, step) in exp.faults.iter().enumerate() {
+        for agent in targets.get(&step.on).into_iter().flatten() {
+            faults.push(FaultRun {
+                step: i,
+                agent: agent.clone(),
+                id: format!("{run_id}-{i}"),
+                seed: rng.random(),
+                slot: Slot::Pending,
+                record: FaultRecord {
+                    name: step.name.clone(),
+                    kind: step.spec.kind().to_owned(),
+                    agent: agent.name().to_owned(),
+                    targets: Vec::new(),
+                    injected_at: None,
+                    reverted_at: None,
+                    status: FaultState::Skipped,
+                    detail: String::new(),
+                },
+                ended: None,
+            });
+        }
+    }
     let (ops, mut ops_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let mut runner = Runner {
         exp,
-        agent,
         opts,
         progress,
         run_id,
@@ -323,7 +333,9 @@ impl Runner<'_> {
         let start = self.method_start.expect("method started");
         if !self.stopping {
             for i in 0..self.faults.len() {
-                if self.faults[i].slot == Slot::Pending && now >= start + self.exp.faults[i].at {
+                if self.faults[i].slot == Slot::Pending
+                    && now >= start + self.exp.faults[self.faults[i].step].at
+                {
                     self.inject(i);
                 }
             }
@@ -337,7 +349,7 @@ impl Runner<'_> {
                         .clone_into(&mut self.faults[i].record.detail);
                 }
                 Slot::Active { since } => {
-                    let due = self.exp.faults[i]
+                    let due = self.exp.faults[self.faults[i].step]
                         .duration
                         .is_some_and(|d| now >= since + d);
                     if due || self.stopping {
@@ -498,8 +510,8 @@ impl Runner<'_> {
     }
 
     fn inject(&mut self, i: usize) {
-        let step = &self.exp.faults[i];
         let fault = &mut self.faults[i];
+        let step = &self.exp.faults[fault.step];
         fault.slot = Slot::Injecting;
         let req = ApplyRequest {
             run_id: self.run_id.clone(),
@@ -508,9 +520,13 @@ impl Runner<'_> {
             lease_ms: self.opts.lease.as_millis() as u64,
             seed: fault.seed,
         };
-        self.progress
-            .log(&format!("inject `{}`: {}", step.name, step.spec.describe()));
-        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        self.progress.log(&format!(
+            "inject `{}` on {}: {}",
+            step.name,
+            fault.agent.name(),
+            step.spec.describe()
+        ));
+        let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.apply(&id, req)).await {
                 Ok(result) => result,
@@ -526,7 +542,7 @@ impl Runner<'_> {
     fn revert(&mut self, i: usize) {
         let fault = &mut self.faults[i];
         fault.slot = Slot::Reverting;
-        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
                 Ok(result) => result,
@@ -539,30 +555,50 @@ impl Runner<'_> {
         });
     }
 
+    /// Renews every held fault's lease: one call per agent, all agents at once. A renewal that
+    /// fails is only logged: if the agent stays unreachable, its lease lapses and it reverts alone.
     fn renew_leases(&self) {
-        let ids: Vec<String> = self
+        let mut per_agent: BTreeMap<&str, (Agent, Vec<String>)> = BTreeMap::new();
+        for f in self
             .faults
             .iter()
             .filter(|f| matches!(f.slot, Slot::Active { .. }))
-            .map(|f| f.id.clone())
-            .collect();
-        if ids.is_empty() {
-            return;
+        {
+            per_agent
+                .entry(f.agent.name())
+                .or_insert_with(|| (f.agent.clone(), Vec::new()))
+                .1
+                .push(f.id.clone());
         }
-        let agent = self.agent.clone();
-        tokio::spawn(async move {
-            if let Err(e) = agent.renew(ids).await {
-                tracing::warn!("failed to renew leases on {}: {e}", agent.name());
-            }
-        });
+        let timeout = self.opts.lease;
+        for (_, (agent, ids)) in per_agent {
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, agent.renew(ids)).await {
+                    Ok(Ok(renewed)) if !renewed.unknown.is_empty() => {
+                        tracing::warn!(
+                            "{} no longer holds {}: it ended them on its own",
+                            agent.name(),
+                            renewed.unknown.join(", ")
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("failed to renew leases on {}: {e}", agent.name()),
+                    Err(_) => tracing::warn!(
+                        "failed to renew leases on {}: no answer within {}",
+                        agent.name(),
+                        format_ms(timeout)
+                    ),
+                }
+            });
+        }
     }
 
     fn on_op(&mut self, op: Op) {
         let now = Instant::now();
         match op {
             Op::Applied(i, result) => {
-                let name = self.exp.faults[i].name.clone();
                 let fault = &mut self.faults[i];
+                let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 match result {
                     Ok(applied) => {
                         fault.record.injected_at = Some(applied.injected_at);
@@ -592,8 +628,8 @@ impl Runner<'_> {
                 }
             }
             Op::Reverted(i, result) => {
-                let name = self.exp.faults[i].name.clone();
                 let fault = &mut self.faults[i];
+                let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 fault.slot = Slot::Done;
                 fault.ended = Some(now);
                 match result {

@@ -5,22 +5,25 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
 use super::AgentError;
+use super::envelope::Envelope;
 use super::journal::{Entry, Journal};
 use crate::fault::{Context, Undo};
 use crate::process;
 use crate::protocol::{
-    Applied, ApplyRequest, FaultStatus, RevertCause, Reverted, validate_fault_id,
+    Applied, ApplyRequest, FaultStatus, Renewed, RevertCause, Reverted, validate_fault_id,
 };
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
 const REAP_EVERY: Duration = Duration::from_millis(50);
+/// How long a revert waits for another revert of the same fault before answering "conflict".
+const CONCURRENT_REVERT_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Slot {
@@ -52,7 +55,23 @@ pub(crate) struct AgentCore {
     halted: AtomicBool,
     /// Identifies the journal entries this process writes.
     owner: process::ProcRef,
+    envelope: Envelope,
+    counters: Counters,
 }
+
+/// Running totals for `GET /metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) applied: AtomicU64,
+    pub(crate) reverted: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) lease_expiries: AtomicU64,
+    pub(crate) refused: AtomicU64,
+}
+
+/// The file whose presence says "halted": it survives an agent restart, so a halted fleet stays
+/// halted until someone runs `faultline resume`.
+const HALTED_MARKER: &str = "HALTED";
 
 /// What recovery found in the journal at start.
 #[derive(Debug, Default)]
@@ -63,16 +82,22 @@ pub(crate) struct Recovery {
 
 impl AgentCore {
     /// Opens the journal and reverts every fault left behind by a writer that no longer runs.
-    pub(crate) fn open(state_dir: &Path) -> Result<(Arc<AgentCore>, Recovery), String> {
+    pub(crate) fn open(
+        state_dir: &Path,
+        envelope: Envelope,
+    ) -> Result<(Arc<AgentCore>, Recovery), String> {
         let journal = Journal::open(state_dir)?;
         let owner = process::read(std::process::id() as i32)
             .map(|p| p.to_ref())
             .ok_or("failed to read this process from /proc")?;
+        let halted = AtomicBool::new(state_dir.join(HALTED_MARKER).exists());
         let core = Arc::new(AgentCore {
             journal,
             slots: Mutex::new(HashMap::new()),
-            halted: AtomicBool::new(false),
+            halted,
             owner,
+            envelope,
+            counters: Counters::default(),
         });
         let recovery = core.recover();
         Ok((core, recovery))
@@ -80,6 +105,45 @@ impl AgentCore {
 
     pub(crate) fn state_dir(&self) -> &Path {
         self.journal.dir()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// The kill switch: refuse new faults from now on (also after a restart), then revert every
+    /// active one. A fault being applied right now is reverted as soon as it lands.
+    pub(crate) fn halt_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
+        self.halted.store(true, Ordering::SeqCst);
+        let marker = self.state_dir().join(HALTED_MARKER);
+        if let Err(e) = std::fs::write(
+            &marker,
+            b"halted by `faultline halt`; `faultline resume` clears this\n",
+        ) {
+            tracing::error!("failed to persist the halt in {}: {e}", marker.display());
+        }
+        self.revert_all_blocking(RevertCause::Halted)
+    }
+
+    /// Accepts new faults again.
+    pub(crate) fn resume(&self) -> Result<(), String> {
+        let marker = self.state_dir().join(HALTED_MARKER);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "failed to clear the halt marker {}: {e}",
+                    marker.display()
+                ));
+            }
+        }
+        self.halted.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     fn recover(&self) -> Recovery {
@@ -154,12 +218,24 @@ impl AgentCore {
         id: &str,
         req: &ApplyRequest,
     ) -> Result<Applied, AgentError> {
+        let result = self.apply_inner(id, req);
+        let counter = match &result {
+            Ok(_) => &self.counters.applied,
+            Err(AgentError::Refused(_)) => &self.counters.refused,
+            Err(_) => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn apply_inner(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(
                 "the agent is halted; run `faultline resume` first".to_owned(),
             ));
         }
+        let req = &self.envelope.admit(req).map_err(AgentError::Refused)?;
         let instant = req.spec.is_instant();
         let duration = match (instant, req.duration_ms) {
             (true, _) => Duration::ZERO,
@@ -206,6 +282,7 @@ impl AgentCore {
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok((applied, active)) => {
+                let halted_meanwhile = active.is_some() && self.halted.load(Ordering::SeqCst);
                 match active {
                     Some(active) => slots.insert(id.to_owned(), Slot::Active(active)),
                     None => slots.insert(
@@ -218,6 +295,13 @@ impl AgentCore {
                         }),
                     ),
                 };
+                drop(slots);
+                if halted_meanwhile {
+                    let undone = self.revert_blocking(id, RevertCause::Halted);
+                    return Err(AgentError::Refused(format!(
+                        "the agent was halted while this fault was applied; reverting it: {undone:?}"
+                    )));
+                }
                 Ok(applied)
             }
             Err(e) => {
@@ -240,6 +324,9 @@ impl AgentCore {
                 seed: req.seed,
             })
             .map_err(AgentError::FaultFailed)?;
+        self.envelope
+            .check_victims(prepared.processes())
+            .map_err(AgentError::Refused)?;
         let undo = prepared.undo();
         let entry = Entry {
             id: id.to_owned(),
@@ -307,7 +394,10 @@ impl AgentCore {
         cause: RevertCause,
     ) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
-        let undo = {
+        // A revert that meets another one in progress (the reaper's, when the duration ended just
+        // as the coordinator asked) waits for it and answers with its outcome.
+        let waiting_since = Instant::now();
+        let undo = loop {
             let mut slots = self.slots.lock().expect("agent state lock");
             match slots.get_mut(id) {
                 Some(Slot::Done(r)) => return Ok(r.clone()),
@@ -317,13 +407,17 @@ impl AgentCore {
                     )));
                 }
                 Some(Slot::Active(a)) if a.reverting => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} is being reverted right now"
-                    )));
+                    drop(slots);
+                    if waiting_since.elapsed() > CONCURRENT_REVERT_WAIT {
+                        return Err(AgentError::Conflict(format!(
+                            "fault {id} is being reverted right now"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 Some(Slot::Active(a)) => {
                     a.reverting = true;
-                    a.undo.clone()
+                    break a.undo.clone();
                 }
                 None => {
                     return Ok(Reverted {
@@ -341,6 +435,13 @@ impl AgentCore {
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok(detail) => {
+                self.counters.reverted.fetch_add(1, Ordering::Relaxed);
+                if cause == RevertCause::LeaseExpired {
+                    self.counters.lease_expiries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "fault {id}: the lease lapsed, so the coordinator is gone or cut off; reverted it"
+                    );
+                }
                 let reverted = Reverted {
                     id: id.to_owned(),
                     detail,
@@ -351,6 +452,7 @@ impl AgentCore {
                 Ok(reverted)
             }
             Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(Slot::Active(a)) = slots.get_mut(id) {
                     a.reverting = false;
                     // Retry no sooner than a second from now, not on every reaper tick.
@@ -361,15 +463,27 @@ impl AgentCore {
         }
     }
 
-    /// Extends the leases of the given faults by their lease length. Unknown ids are ignored.
-    pub(crate) fn renew(&self, ids: &[String]) {
+    /// Extends the leases of the given faults by their lease length, and names the ids that are
+    /// not active here (so the coordinator learns of a fault that ended without it).
+    pub(crate) fn renew(&self, ids: &[String]) -> Renewed {
         let now = Instant::now();
         let mut slots = self.slots.lock().expect("agent state lock");
+        let mut answer = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+        };
         for id in ids {
-            if let Some(Slot::Active(a)) = slots.get_mut(id) {
-                a.lease_until = now + a.lease;
+            match slots.get_mut(id) {
+                Some(Slot::Active(a)) => {
+                    a.lease_until = now + a.lease;
+                    answer.renewed.push(id.clone());
+                }
+                // Still being applied: its lease starts when the apply ends.
+                Some(Slot::Applying) => answer.renewed.push(id.clone()),
+                _ => answer.unknown.push(id.clone()),
             }
         }
+        answer
     }
 
     pub(crate) fn active(&self) -> Vec<FaultStatus> {
