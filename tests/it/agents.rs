@@ -525,6 +525,8 @@ fn halt_reverts_every_fault_and_runs_are_refused_until_resume() {
 struct NetHost {
     ns: String,
     addr: String,
+    /// The veth end in this namespace: setting it down cuts the host off.
+    host_if: String,
 }
 
 impl NetHost {
@@ -534,6 +536,7 @@ impl NetHost {
         let guard = NetHost {
             ns: ns.to_owned(),
             addr: format!("10.203.{subnet}.2"),
+            host_if: host_if.clone(),
         };
         let ip = |args: &[&str]| {
             let st = Command::new("ip").args(args).status().expect("run ip");
@@ -750,4 +753,85 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
         );
     }
     drop(agents);
+}
+
+#[test]
+fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_lease() {
+    if !support::privileged(
+        "cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_lease",
+    ) {
+        return;
+    }
+    let dir = support::tempdir();
+    let tag = std::process::id() % 100_000;
+    // Subnets 240..=249 are this test's; the three-host test uses 0..240.
+    let host = NetHost::create(
+        &format!("flc-{tag}"),
+        &format!("fc{tag}"),
+        240 + (tag % 10) as u8,
+    );
+    let certs = certs(dir.path(), &[&host.addr]);
+    let listen = format!("{}:7443", host.addr);
+    // Same pid namespace as the test, so the agent can pause a victim the test watches.
+    let _agent = start_agent(
+        &["ip", "netns", "exec", &host.ns],
+        &certs,
+        &listen,
+        &dir.path().join("agent-state"),
+        &dir.path().join("agent.log"),
+        &[],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let inv = inventory(
+        dir.path(),
+        &certs,
+        &[("cut", format!("https://{listen}"), "web")],
+    );
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let fault = format!(
+        "[[fault]]\nname = \"pause\"\nkind = \"process-pause\"\non = \"web\"\nselect = {{ pid = {} }}\nduration = \"60s\"",
+        victim.pid()
+    );
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(
+        &exp,
+        experiment("[targets.web]\ntags = { role = \"web\" }", &fault),
+    )
+    .unwrap();
+    let _coordinator = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--quiet",
+            "--agents",
+            inv.to_str().unwrap(),
+            "--lease",
+            "2s",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("coordinator.log"),
+    );
+    assert!(
+        until(Duration::from_secs(20), || state_of(victim.pid())
+            == Some('T'))
+        .is_some(),
+        "never stopped"
+    );
+
+    let st = Command::new("ip")
+        .args(["link", "set", &host.host_if, "down"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cut_at = Instant::now();
+    let resumed = until(Duration::from_secs(10), || {
+        state_of(victim.pid()).is_some_and(|s| s != 'T')
+    })
+    .map(|_| cut_at.elapsed());
+    eprintln!("link cut -> victim running again: {resumed:?} (lease 2s)");
+    assert!(
+        resumed.is_some_and(|d| d <= Duration::from_secs(3)),
+        "victim still stopped: {resumed:?}"
+    );
 }
