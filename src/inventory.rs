@@ -266,7 +266,47 @@ fn fnv1a(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::fnv1a;
+    use super::{Raw, fnv1a};
+
+    #[test]
+    fn the_example_inventories_are_valid() {
+        let raw: Raw = toml::from_str(include_str!("../agents/inventory.toml")).unwrap();
+        assert_eq!(raw.agent.len(), 3);
+        let raw: Raw = toml::from_str(include_str!("../agents/kubernetes/inventory.toml")).unwrap();
+        assert_eq!(
+            raw.dns.as_deref(),
+            Some("faultline-agent.chaos.svc.cluster.local:7443")
+        );
+    }
+
+    #[test]
+    fn dns_discovery_makes_one_agent_per_address_checked_against_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::generate(dir.path(), &[]).unwrap();
+        let creds = super::Credentials {
+            ca_pem: std::fs::read(dir.path().join("ca.pem")).unwrap(),
+            token: "t".repeat(32),
+            identity_pem: None,
+        };
+        let tags = [("role".to_owned(), "node".to_owned())].into();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let agents = runtime
+            .block_on(super::discover("localhost:7443", &tags, &creds))
+            .unwrap();
+        assert!(agents.iter().any(|a| a.name == "127.0.0.1"), "{agents:?}");
+        assert!(
+            agents
+                .iter()
+                .all(|a| a.address == "https://localhost:7443" && a.tags == tags)
+        );
+        let e = runtime
+            .block_on(super::discover("localhost", &tags, &creds))
+            .unwrap_err();
+        assert!(e.contains("must be host:port"), "{e}");
+    }
 
     #[test]
     fn group_hash_is_stable_across_builds() {

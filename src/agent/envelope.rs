@@ -126,6 +126,13 @@ mod tests {
     use super::Envelope;
 
     #[test]
+    fn the_example_agent_toml_is_valid() {
+        let e = Envelope::parse(include_str!("../../agents/agent.toml")).unwrap();
+        assert_eq!(e.max_disk_fill, Some(0.9));
+        assert!(!e.protected.is_empty());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_patterns_are_errors() {
         assert!(
             Envelope::parse("max_durations = \"1m\"")
