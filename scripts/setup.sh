@@ -11,6 +11,8 @@ declare -A needs=(
   [nft]=nftables
   [mount]=mount
   [df]=coreutils
+  [curl]=curl
+  [unshare]=util-linux
 )
 
 missing=()

@@ -835,3 +835,152 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
         "victim still stopped: {resumed:?}"
     );
 }
+
+#[test]
+fn the_safety_envelope_refuses_long_faults_and_protected_processes() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path(), &["127.0.0.1"]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "max_duration = \"10s\"\nprotected_processes = [\"^sleep$\"]\n",
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let state = dir.path().join("agent-state");
+    let _agent = start_agent(
+        &[],
+        &certs,
+        &listen,
+        &state,
+        &dir.path().join("agent.log"),
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let put = |id: &str, duration_ms: u64| {
+        let body = format!(
+            r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":{duration_ms},"lease_ms":5000,"seed":1}}"#,
+            victim.pid()
+        );
+        curl(
+            &certs,
+            "PUT",
+            &format!("https://{listen}/v1/faults/{id}"),
+            Some(&token(&certs)),
+            Some(&body),
+        )
+    };
+    let (status, answer) = put("long", 60_000);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("above this agent's maximum of 10s"),
+        "{answer}"
+    );
+    let (status, answer) = put("protected", 5_000);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("is protected on this agent (matches /^sleep$/)"),
+        "{answer}"
+    );
+    assert_eq!(state_of(victim.pid()), Some('S'));
+    let (_, metrics) = curl(
+        &certs,
+        "GET",
+        &format!("https://{listen}/metrics"),
+        Some(&token(&certs)),
+        None,
+    );
+    assert!(
+        metrics.contains("faultline_agent_faults_refused_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("faultline_agent_active_faults 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn with_a_client_ca_only_coordinators_holding_a_client_certificate_get_in() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path(), &["127.0.0.1"]);
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let state = dir.path().join("agent-state");
+    let ca = certs.join("ca.pem");
+    let _agent = start_agent(
+        &[],
+        &certs,
+        &listen,
+        &state,
+        &dir.path().join("agent.log"),
+        &["--client-ca", ca.to_str().unwrap()],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let inv = inventory(
+        dir.path(),
+        &certs,
+        &[("m1", format!("https://{listen}"), "web")],
+    );
+
+    let without = support::faultline(
+        &["resume", "--agents", inv.to_str().unwrap()],
+        &dir.path().join("x"),
+    );
+    assert_eq!(
+        without.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&without.stdout)
+    );
+    assert!(String::from_utf8_lossy(&without.stdout).contains("m1: NOT resumed"));
+
+    let text = std::fs::read_to_string(&inv).unwrap().replacen(
+        "\n",
+        &format!(
+            "\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            certs.join("client.pem").display(),
+            certs.join("client-key.pem").display()
+        ),
+        1,
+    );
+    std::fs::write(&inv, text).unwrap();
+    let with = support::faultline(
+        &["resume", "--agents", inv.to_str().unwrap()],
+        &dir.path().join("x"),
+    );
+    let out = String::from_utf8_lossy(&with.stdout);
+    assert!(
+        with.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(out.contains("m1: resumed"), "{out}");
+    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("(client certificate "), "{audit}");
+}
+
+#[test]
+fn a_target_group_matching_no_agent_refuses_to_run() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path(), &["127.0.0.1"]);
+    // Nothing listens there: the run must stop at selection, before contacting any agent.
+    let inv = inventory(
+        dir.path(),
+        &certs,
+        &[("w1", "https://127.0.0.1:9".to_owned(), "web")],
+    );
+    let exp = experiment(
+        "[targets.db]\ntags = { role = \"db\" }\npercent = \"50%\"",
+        "[[fault]]\nname = \"kill\"\nkind = \"process-kill\"\non = \"db\"\nselect = { name = \"postgres\" }",
+    );
+    let run = support::run_experiment(dir.path(), &exp, &["--agents", inv.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.explain());
+    assert!(
+        run.stderr
+            .contains("target group `db` (tags role=db) matches none of the 1 agent(s)"),
+        "{}",
+        run.explain()
+    );
+    assert!(run.report.is_none(), "nothing ran, so there is no report");
+}
