@@ -54,7 +54,6 @@ struct FaultRun {
     /// Index into `Experiment::faults`.
     step: usize,
     agent: Agent,
-    /// The same for every agent of one step: ids only need to be unique per agent.
     id: String,
     seed: u64,
     slot: Slot,
@@ -125,11 +124,13 @@ pub(crate) async fn run(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     for (i, step) in exp.faults.iter().enumerate() {
-        for agent in targets.get(&step.on).into_iter().flatten() {
+        for (k, agent) in targets.get(&step.on).into_iter().flatten().enumerate() {
             faults.push(FaultRun {
                 step: i,
                 agent: agent.clone(),
-                id: format!("{run_id}-{i}"),
+                // Unique per (step, agent): agents that share a filesystem (two on one host, an
+                // NFS mount) must never collide on a fill file or journal entry.
+                id: format!("{run_id}-{i}.{k}"),
                 seed: rng.random(),
                 slot: Slot::Pending,
                 record: FaultRecord {

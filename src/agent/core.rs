@@ -297,9 +297,13 @@ impl AgentCore {
                 };
                 drop(slots);
                 if halted_meanwhile {
-                    let undone = self.revert_blocking(id, RevertCause::Halted);
+                    // The halt's revert-all ran before this fault landed: undo it here.
+                    let undone = match self.revert_blocking(id, RevertCause::Halted) {
+                        Ok(r) => format!("reverted it: {}", r.detail),
+                        Err(e) => format!("and reverting it FAILED: {e}"),
+                    };
                     return Err(AgentError::Refused(format!(
-                        "the agent was halted while this fault was applied; reverting it: {undone:?}"
+                        "the agent was halted while this fault was being applied; {undone}"
                     )));
                 }
                 Ok(applied)

@@ -936,7 +936,7 @@ fn with_a_client_ca_only_coordinators_holding_a_client_certificate_get_in() {
     assert!(String::from_utf8_lossy(&without.stdout).contains("m1: NOT resumed"));
 
     let text = std::fs::read_to_string(&inv).unwrap().replacen(
-        "\n",
+        '\n',
         &format!(
             "\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
             certs.join("client.pem").display(),
