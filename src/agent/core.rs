@@ -53,6 +53,8 @@ pub(crate) struct AgentCore {
     journal: Journal,
     slots: Mutex<HashMap<String, Slot>>,
     halted: AtomicBool,
+    /// Set once the agent is shutting down: like a halt, but not persisted.
+    closing: AtomicBool,
     /// Identifies the journal entries this process writes.
     owner: process::ProcRef,
     envelope: Envelope,
@@ -95,6 +97,7 @@ impl AgentCore {
             journal,
             slots: Mutex::new(HashMap::new()),
             halted,
+            closing: AtomicBool::new(false),
             owner,
             envelope,
             counters: Counters::default(),
@@ -109,6 +112,17 @@ impl AgentCore {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Shutdown: refuse new faults and revert every active one, including one whose apply is
+    /// still running (it is reverted as soon as it lands).
+    pub(crate) fn close_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
+        self.closing.store(true, Ordering::SeqCst);
+        self.revert_all_blocking(RevertCause::Shutdown)
+    }
+
+    fn refusing(&self) -> bool {
+        self.halted.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_halted(&self) -> bool {
@@ -230,6 +244,9 @@ impl AgentCore {
 
     fn apply_inner(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::Refused("the agent is shutting down".to_owned()));
+        }
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(
                 "the agent is halted; run `faultline resume` first".to_owned(),
@@ -282,7 +299,7 @@ impl AgentCore {
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok((applied, active)) => {
-                let halted_meanwhile = active.is_some() && self.halted.load(Ordering::SeqCst);
+                let halted_meanwhile = active.is_some() && self.refusing();
                 match active {
                     Some(active) => slots.insert(id.to_owned(), Slot::Active(active)),
                     None => slots.insert(
@@ -297,13 +314,13 @@ impl AgentCore {
                 };
                 drop(slots);
                 if halted_meanwhile {
-                    // The halt's revert-all ran before this fault landed: undo it here.
+                    // The halt's (or shutdown's) revert-all ran before this fault landed: undo it here.
                     let undone = match self.revert_blocking(id, RevertCause::Halted) {
                         Ok(r) => format!("reverted it: {}", r.detail),
                         Err(e) => format!("and reverting it FAILED: {e}"),
                     };
                     return Err(AgentError::Refused(format!(
-                        "the agent was halted while this fault was being applied; {undone}"
+                        "the agent was halted or shut down while this fault was being applied; {undone}"
                     )));
                 }
                 Ok(applied)

@@ -157,9 +157,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     tls::serve(listener, tls_config, router(state), shutdown_signal()).await;
     println!("shutting down: reverting every active fault");
-    let results =
-        tokio::task::spawn_blocking(move || core.revert_all_blocking(RevertCause::Shutdown))
-            .await?;
+    let results = tokio::task::spawn_blocking(move || core.close_blocking()).await?;
     let mut failed = 0;
     for result in results {
         match result {

@@ -984,3 +984,58 @@ fn a_target_group_matching_no_agent_refuses_to_run() {
     );
     assert!(run.report.is_none(), "nothing ran, so there is no report");
 }
+
+#[test]
+fn sigterm_makes_the_agent_revert_every_fault_before_it_exits() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path(), &["127.0.0.1"]);
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let state = dir.path().join("agent-state");
+    let mut agent = start_agent(
+        &[],
+        &certs,
+        &listen,
+        &state,
+        &dir.path().join("agent.log"),
+        &[],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let body = format!(
+        r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#,
+        victim.pid()
+    );
+    let url = format!("https://{listen}/v1/faults/held");
+    let (status, answer) = curl(&certs, "PUT", &url, Some(&token(&certs)), Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    // Applying the same id again applies once.
+    let (status, answer) = curl(&certs, "PUT", &url, Some(&token(&certs)), Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("already applied"), "{answer}");
+    assert_eq!(state_of(victim.pid()), Some('T'));
+
+    let st = Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exit = agent.child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "the agent exits cleanly after reverting: {exit:?}"
+    );
+    assert_eq!(
+        state_of(victim.pid()),
+        Some('S'),
+        "the victim runs again once the agent is gone"
+    );
+    let journal: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(
+        journal.is_empty(),
+        "nothing is left in the journal: {journal:?}"
+    );
+}
