@@ -1039,3 +1039,117 @@ fn sigterm_makes_the_agent_revert_every_fault_before_it_exits() {
         "nothing is left in the journal: {journal:?}"
     );
 }
+
+#[test]
+fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path(), &["127.0.0.1"]);
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let _agent = start_agent(
+        &[],
+        &certs,
+        &listen,
+        &dir.path().join("agent-state"),
+        &dir.path().join("agent.log"),
+        &[],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let inv = inventory(
+        dir.path(),
+        &certs,
+        &[("r", format!("https://{listen}"), "web")],
+    );
+    let (v1, v2) = (
+        Proc::spawn(&["sleep", "300"]),
+        Proc::spawn(&["sleep", "300"]),
+    );
+    for (id, run, pid) in [("f1", "run-one", v1.pid()), ("f2", "run-two", v2.pid())] {
+        let body = format!(
+            r#"{{"run_id":"{run}","spec":{{"kind":"process-pause","select":{{"pid":{pid}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#
+        );
+        let (status, answer) = curl(
+            &certs,
+            "PUT",
+            &format!("https://{listen}/v1/faults/{id}"),
+            Some(&token(&certs)),
+            Some(&body),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    // An oversized body is refused before it is read (with `Expect: 100-continue`, so curl does not
+    // race the refusal by sending the body).
+    let huge = format!(r#"{{"run_id":"{}"}}"#, "x".repeat(100_000));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            certs.join("ca.pem").to_str().unwrap(),
+            "-X",
+            "PUT",
+        ])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", token(&certs)),
+            "-H",
+            "Expect: 100-continue",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &huge,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("https://{listen}/v1/faults/f3"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n413"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("length limit exceeded"), "{text}");
+
+    let one = support::faultline(
+        &[
+            "revert",
+            "--agents",
+            inv.to_str().unwrap(),
+            "--run",
+            "run-one",
+        ],
+        &dir.path().join("x"),
+    );
+    let out = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success(), "{out}");
+    assert!(
+        out.contains("reverted f1 (process-pause, run run-one)"),
+        "{out}"
+    );
+    assert_eq!(
+        (state_of(v1.pid()), state_of(v2.pid())),
+        (Some('S'), Some('T')),
+        "{out}"
+    );
+
+    let all = support::faultline(
+        &["revert", "--agents", inv.to_str().unwrap(), "--all"],
+        &dir.path().join("x"),
+    );
+    let out = String::from_utf8_lossy(&all.stdout);
+    assert!(all.status.success(), "{out}");
+    assert!(
+        out.contains("reverted f2 (process-pause, run run-two)"),
+        "{out}"
+    );
+    assert_eq!(state_of(v2.pid()), Some('S'));
+    let again = support::faultline(
+        &["revert", "--agents", inv.to_str().unwrap(), "--all"],
+        &dir.path().join("x"),
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("r: nothing to revert"));
+}
