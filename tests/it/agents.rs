@@ -580,6 +580,9 @@ impl Drop for NetHost {
                 let _ = Command::new("kill").args(["-KILL", pid]).status();
             }
         }
+        // Deleting our end of the pair deletes both, even while the namespace lingers (a socket
+        // the cut link left retransmitting keeps a dead namespace alive for minutes).
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
@@ -616,8 +619,8 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
     let hosts: Vec<NetHost> = (0..3)
         .map(|i| {
             NetHost::create(
-                &format!("flt-{tag}-{i}"),
-                &format!("fl{tag}{i}"),
+                &format!("flagents-{tag}-{i}"),
+                &format!("agt{tag}{i}"),
                 subnet_base + i,
             )
         })
@@ -766,8 +769,8 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
     let tag = std::process::id() % 100_000;
     // Subnets 240..=249 are this test's; the three-host test uses 0..240.
     let host = NetHost::create(
-        &format!("flc-{tag}"),
-        &format!("fc{tag}"),
+        &format!("flagents-cut-{tag}"),
+        &format!("agc{tag}"),
         240 + (tag % 10) as u8,
     );
     let certs = certs(dir.path(), &[&host.addr]);
