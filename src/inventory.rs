@@ -247,11 +247,15 @@ fn choose(
         ));
     }
     let mut chosen = matching.clone();
-    if let Some(pick) = group.pick {
+    let wanted = group
+        .pick
+        .map_or(matching.len(), |p| p.how_many(matching.len()));
+    let wanted = group.max.map_or(wanted, |max| wanted.min(max as usize));
+    if wanted < matching.len() {
         // Seeded per group (seed mixed with the group's name), so adding a group to an experiment
         // does not change which agents another group picks for the same seed.
         chosen.shuffle(&mut StdRng::seed_from_u64(seed ^ fnv1a(name)));
-        chosen.truncate(pick.how_many(matching.len()));
+        chosen.truncate(wanted);
         chosen.sort_by(|a, b| a.name.cmp(&b.name));
     }
     Ok(GroupChoice { matching, chosen })
@@ -276,6 +280,90 @@ mod tests {
         assert_eq!(
             raw.dns.as_deref(),
             Some("faultline-agent.chaos.svc.cluster.local:7443")
+        );
+    }
+
+    fn fleet(n: usize) -> super::Inventory {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::generate(dir.path(), &[]).unwrap();
+        let creds = super::Credentials {
+            ca_pem: std::fs::read(dir.path().join("ca.pem")).unwrap(),
+            token: "t".repeat(32),
+            identity_pem: None,
+        };
+        let agents = (0..n)
+            .map(|i| {
+                let tags = [("role".to_owned(), "web".to_owned())].into();
+                let agent = super::RemoteAgent::new(
+                    format!("w{i}"),
+                    "https://127.0.0.1:1",
+                    tags,
+                    &creds,
+                    None,
+                )
+                .unwrap();
+                std::sync::Arc::new(agent)
+            })
+            .collect();
+        super::Inventory {
+            path: "inv.toml".into(),
+            agents,
+        }
+    }
+
+    fn group(
+        tags: &[(&str, &str)],
+        pick: Option<crate::model::Pick>,
+        max: Option<u32>,
+    ) -> crate::model::TargetGroup {
+        let tags = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        crate::model::TargetGroup { tags, pick, max }
+    }
+
+    fn names(choice: &super::GroupChoice) -> Vec<String> {
+        choice.chosen.iter().map(|a| a.name.clone()).collect()
+    }
+
+    #[test]
+    fn groups_round_up_respect_the_cap_and_follow_the_seed() {
+        use crate::model::Pick;
+        let inv = fleet(5);
+        let half = group(&[("role", "web")], Some(Pick::Percent(0.5)), None);
+        let chosen = super::choose("web", &half, &inv, 7).unwrap();
+        assert_eq!(
+            (chosen.matching.len(), chosen.chosen.len()),
+            (5, 3),
+            "50% of 5 rounds up to 3"
+        );
+        assert_eq!(
+            names(&chosen),
+            names(&super::choose("web", &half, &inv, 7).unwrap()),
+            "same seed, same agents"
+        );
+        let seeds_differ = (0..20)
+            .any(|s| names(&super::choose("web", &half, &inv, s).unwrap()) != names(&chosen));
+        assert!(seeds_differ, "other seeds choose other agents");
+        let capped = group(&[("role", "web")], Some(Pick::Percent(0.5)), Some(2));
+        assert_eq!(
+            super::choose("web", &capped, &inv, 7).unwrap().chosen.len(),
+            2
+        );
+        let tiny = group(&[], Some(Pick::Percent(0.01)), None);
+        assert_eq!(
+            super::choose("web", &tiny, &inv, 7).unwrap().chosen.len(),
+            1,
+            "never zero"
+        );
+        let all = group(&[("role", "web")], None, None);
+        assert_eq!(super::choose("web", &all, &inv, 7).unwrap().chosen.len(), 5);
+        let none = group(&[("role", "db")], None, None);
+        let e = super::choose("db", &none, &inv, 7).unwrap_err();
+        assert_eq!(
+            e,
+            "target group `db` (tags role=db) matches none of the 5 agent(s) in inv.toml; refusing to run"
         );
     }
 

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::inventory::Selection;
-use crate::model::{Check, Experiment, ReadyKind, Slo};
+use crate::model::{Check, Experiment, LOCAL_GROUP, Pick, ReadyKind, Slo};
 use crate::units::Dur;
 
 /// Renders the plan. `preview` adds what each fault would act on right now (reads the host,
@@ -77,11 +77,25 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     out.push_str("\ntargets:\n  local: the embedded agent (faults act on this host)\n");
     for (name, group) in &exp.targets {
         let tags: Vec<String> = group.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let how_many = match group.pick {
+            None => "all of them".to_owned(),
+            Some(Pick::Count(n)) => format!("{n} of them"),
+            Some(Pick::Percent(p)) => format!(
+                "{} of them, rounded up, at least 1",
+                crate::units::Percent(p)
+            ),
+        };
+        let cap = group
+            .max
+            .map_or_else(String::new, |m| format!(", at most {m}"));
+        let tags = if tags.is_empty() {
+            "anything".to_owned()
+        } else {
+            tags.join(", ")
+        };
         let _ = writeln!(
             out,
-            "  {name}: agents tagged {} ({:?})",
-            tags.join(", "),
-            group.pick
+            "  {name}: agents tagged {tags}; {how_many}{cap}, chosen by the run's seed"
         );
     }
     out.push_str("\ntimeline (t = start of the method):\n");
@@ -97,7 +111,8 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             f.on,
             f.spec.describe()
         );
-        if preview {
+        // Only the embedded agent's host is this host: a remote group's processes are not here.
+        if preview && f.on == LOCAL_GROUP {
             let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
         }
         match f.duration {

@@ -582,7 +582,9 @@ impl Drop for NetHost {
         }
         // Deleting our end of the pair deletes both, even while the namespace lingers (a socket
         // the cut link left retransmitting keeps a dead namespace alive for minutes).
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
