@@ -9,10 +9,13 @@ declare -A needs=(
   [ip]=iproute2
   [tc]=iproute2
   [nft]=nftables
+  [unshare]=util-linux
   [mount]=mount
   [df]=coreutils
   [curl]=curl
-  [unshare]=util-linux
+  # The tests of the prometheus probe and the error-budget gate start their own Prometheus
+  # (on a free loopback port, with a temporary data directory); the package's service is not used.
+  [prometheus]=prometheus
 )
 
 missing=()

@@ -21,6 +21,10 @@ use crate::units::Dur;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
 const EXIT_INVALID: u8 = 2;
+/// Exit code of `budget` when too little error budget is left (the same as a `not_run` verdict).
+const EXIT_NOT_ENOUGH: u8 = 4;
+/// Exit code when the tool could not do what was asked (here: Prometheus could not be read).
+const EXIT_ERROR: u8 = 5;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +42,12 @@ enum Command {
     /// Run an experiment: baseline, faults, recovery, verdict (exit 0 passed, 1 failed, 2 invalid,
     /// 3 aborted, 4 not run, 5 error).
     Run(RunArgs),
+    /// Print the error budget of an experiment's `[slo_budget]` (exit 0 enough left, 2 invalid or no
+    /// `[slo_budget]`, 4 less than `min_remaining` left, 5 Prometheus could not be read).
+    Budget { file: PathBuf },
+    /// Measure faultline itself and print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Check experiment files without touching anything.
     Validate {
         #[arg(required = true)]
@@ -48,6 +58,9 @@ enum Command {
     StressWorker {
         #[arg(long)]
         fault_id: String,
+        /// The agent's pid: the worker exits as soon as it is no longer its parent.
+        #[arg(long)]
+        parent: u32,
         #[arg(long)]
         cpu_load: Option<f64>,
         #[arg(long)]
@@ -125,6 +138,27 @@ struct RevertArgs {
     all: bool,
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// How many probe samples per second one run sustains, and the CPU they cost: TCP probes
+    /// against a listener on loopback, driven by the same probe tasks as a run.
+    Probes {
+        /// How many probes run at once.
+        #[arg(long, default_value_t = 100)]
+        probes: usize,
+        /// How often each probe checks.
+        #[arg(long, default_value = "10ms", value_parser = parse_dur)]
+        every: Duration,
+        /// How long to measure.
+        #[arg(long = "for", default_value = "10s", value_parser = parse_dur)]
+        duration: Duration,
+    },
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    s.parse::<Dur>().map(|d| d.0)
+}
+
 #[derive(Args)]
 struct RunArgs {
     file: PathBuf,
@@ -186,6 +220,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_experiment(&args),
         Command::StressWorker {
             fault_id: _,
+            parent,
             cpu_load,
             memory,
         } => {
@@ -194,7 +229,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
                 (None, Some(bytes)) => Work::Memory { bytes },
                 _ => bail!("stress-worker takes exactly one of --cpu-load or --memory"),
             };
-            worker_main(&work);
+            worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs { out, hosts } => {
@@ -235,6 +270,58 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Resume { agents } => runtime()?.block_on(crate::fleet::resume(&agents)),
         Command::Revert(args) => {
             runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
+        }
+        Command::Budget { file } => budget(&file),
+        Command::Bench(BenchCommand::Probes {
+            probes,
+            every,
+            duration,
+        }) => {
+            if probes == 0 || every.is_zero() || duration.is_zero() {
+                eprintln!("error: --probes, --every and --for must be above zero");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            let settings = crate::bench::BenchSettings {
+                probes,
+                every,
+                duration,
+            };
+            print!("{}", crate::bench::probes(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn budget(file: &Path) -> anyhow::Result<ExitCode> {
+    let Some(exp) = load(file) else {
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let Some(spec) = &exp.budget else {
+        eprintln!(
+            "error: {} has no [slo_budget] table; add one to gate runs on the error budget",
+            file.display()
+        );
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    match runtime.block_on(crate::budget::check(spec)) {
+        Ok(numbers) => {
+            println!("error budget for `{}`", exp.title);
+            print!("{}", numbers.table());
+            if numbers.enough() {
+                println!("enough budget left: {}", numbers.summary());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("NOT enough budget left: {}", numbers.summary());
+                Ok(ExitCode::from(EXIT_NOT_ENOUGH))
+            }
+        }
+        Err(e) => {
+            eprintln!("error: could not check the error budget: {e}");
+            Ok(ExitCode::from(EXIT_ERROR))
         }
     }
 }
@@ -347,7 +434,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = runtime.block_on(async {
         let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-        let (core, recovery) = AgentCore::open(&state_dir, Envelope::default()).map_err(anyhow::Error::msg)?;
+        let (core, recovery) = AgentCore::open(&state_dir, Envelope::default(), None).map_err(anyhow::Error::msg)?;
         let progress = Progress::new(args.quiet);
         for line in &recovery.reverted {
             progress.log(&format!("reverted a fault left by an earlier crashed run: {line}"));

@@ -1,6 +1,7 @@
 //! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
 //! syntaxes and every cross-field rule. Nothing here touches the host.
 
+mod network;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,8 @@ use crate::fault::{
     CpuStress, DiskFill, FaultSpec, FillAmount, MemoryStress, ProcessKill, ProcessPause,
 };
 use crate::model::{
-    AbortCondition, AbortRule, Check, Experiment, FaultStep, Fixture, LOCAL_GROUP, Pick, ProbeSpec,
-    ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup,
+    AbortCondition, AbortRule, BudgetSpec, Check, Experiment, FaultStep, Fixture, GoldenSignal,
+    LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup, Threshold,
 };
 use crate::process::{Selector, parse_signal, protection_reason};
 use crate::units::{SuccessBound, format_ms};
@@ -129,6 +130,7 @@ impl Validator<'_> {
             .into_iter()
             .map(|a| self.abort(a, &steady_state.probes))
             .collect::<VResult<Vec<_>>>()?;
+        let budget = raw.slo_budget.map(|b| self.budget(b)).transpose()?;
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
@@ -140,6 +142,43 @@ impl Validator<'_> {
             faults,
             aborts,
             recovery_within: raw.recovery.within.0,
+            budget,
+        })
+    }
+
+    fn budget(&self, raw: Spanned<raw::SloBudget>) -> VResult<BudgetSpec> {
+        let span = raw.span();
+        let b = raw.into_inner();
+        if !(b.prometheus.starts_with("http://") || b.prometheus.starts_with("https://")) {
+            return self.at(
+                span,
+                format!(
+                    "slo_budget: `prometheus` must start with http:// or https:// (got `{}`)",
+                    b.prometheus
+                ),
+            );
+        }
+        // A 100% target allows no errors at all, so there is no budget to divide by.
+        if !(b.target.0 > 0.0 && b.target.0 < 1.0) {
+            return self.at(
+                span,
+                format!(
+                    "slo_budget: `target` must be above 0% and below 100% (got {})",
+                    b.target
+                ),
+            );
+        }
+        for (key, query) in [("good", &b.good), ("total", &b.total)] {
+            if query.trim().is_empty() {
+                return self.at(span, format!("slo_budget: `{key}` must be a PromQL query, e.g. sum(increase(http_requests_total[28d]))"));
+            }
+        }
+        Ok(BudgetSpec {
+            prometheus: b.prometheus,
+            target: b.target.0,
+            good: b.good,
+            total: b.total,
+            min_remaining: b.min_remaining.map_or(0.0, |p| p.0),
         })
     }
 
@@ -261,20 +300,56 @@ impl Validator<'_> {
         let span = raw.span();
         let p = raw.into_inner();
         let name = p.name;
-        let given = [p.http.is_some(), p.tcp.is_some(), p.command.is_some()]
-            .iter()
-            .filter(|g| **g)
-            .count();
+        let given = [
+            p.http.is_some(),
+            p.tcp.is_some(),
+            p.command.is_some(),
+            p.prometheus.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
         if given != 1 {
             return self.at(
                 span,
-                format!("probe `{name}`: give exactly one of `http`, `tcp` or `command`"),
+                format!(
+                    "probe `{name}`: give exactly one of `http`, `tcp`, `command` or `prometheus`"
+                ),
             );
         }
-        if p.command.is_none() && (p.expect_exit.is_some() || p.expect_stdout.is_some()) {
-            return self.at(span, format!("probe `{name}`: `expect_exit` and `expect_stdout` apply only to `command` probes"));
+        if p.command.is_none()
+            && (p.expect_exit.is_some() || p.expect_stdout.is_some() || p.value.is_some())
+        {
+            return self.at(span, format!("probe `{name}`: `expect_exit`, `expect_stdout` and `value` apply only to `command` probes"));
         }
-        let check = if let Some(http) = p.http {
+        let records_value = p.prometheus.is_some() || p.value == Some(true);
+        if p.signal == Some(GoldenSignal::Saturation) && !records_value {
+            return self.at(span, format!(
+                "probe `{name}`: a saturation signal needs a number to show: use a `prometheus` probe or a `command` probe with `value = true`"
+            ));
+        }
+        let check = if let Some(prom) = p.prometheus {
+            if !(prom.url.starts_with("http://") || prom.url.starts_with("https://")) {
+                return self.at(span, format!("probe `{name}`: prometheus `url` must start with http:// or https:// (got `{}`)", prom.url));
+            }
+            if prom.query.trim().is_empty() {
+                return self.at(
+                    span,
+                    format!("probe `{name}`: prometheus `query` must not be empty"),
+                );
+            }
+            let threshold = match (prom.below, prom.above, prom.equals) {
+                (Some(v), None, None) => Threshold::Below(v),
+                (None, Some(v), None) => Threshold::Above(v),
+                (None, None, Some(v)) => Threshold::Equals(v),
+                _ => return self.at(span, format!("probe `{name}`: prometheus takes exactly one of `below`, `above` or `equals`")),
+            };
+            Check::Prometheus {
+                url: prom.url,
+                query: prom.query,
+                threshold,
+            }
+        } else if let Some(http) = p.http {
             if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
                 return self.at(
                     span,
@@ -317,6 +392,7 @@ impl Validator<'_> {
                 argv,
                 expect_exit: p.expect_exit.unwrap_or(0),
                 stdout,
+                value: p.value == Some(true),
             }
         };
         let every = p.every.map_or(Duration::from_millis(500), |d| d.0);
@@ -344,6 +420,7 @@ impl Validator<'_> {
             timeout,
             slo,
             slo_during,
+            signal: p.signal,
         })
     }
 
@@ -380,9 +457,13 @@ impl Validator<'_> {
             "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
             "cpu-stress" => &["workers", "load", "duration"],
             "memory-stress" => &["workers", "size", "duration"],
-            "latency" | "network-loss" | "partition" | "bandwidth" => {
+            "network-loss" => &["percent", "match", "duration"],
+            "partition" => &["peers", "ports", "duration"],
+            "bandwidth" => &["device", "rate", "match", "duration"],
+            "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
+            "latency" => {
                 return self.at(span, format!(
-                    "fault `{name}`: kind `{}` is not available in this build yet; available kinds: process-kill, process-pause, disk-fill, cpu-stress, memory-stress",
+                    "fault `{name}`: kind `{}` is only available with `backend = \"netem\"` in this build yet; available kinds: process-kill, process-pause, disk-fill, cpu-stress, memory-stress, network-loss, partition, bandwidth, latency with backend = \"netem\"",
                     f.kind
                 ));
             }
@@ -428,6 +509,10 @@ impl Validator<'_> {
                 pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
             }),
             "cpu-stress" | "memory-stress" => self.stress(span, &name, &f)?,
+            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
+            "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
+            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
+            "latency" => FaultSpec::NetemLatency(self.netem_latency(span, &name, &f)?),
             _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
         };
         Ok(FaultStep {
@@ -690,5 +775,63 @@ within = "5s"
             "{MINIMAL}\n[[abort]]\nprobe = \"nope\"\nwhen = {{ success_below = \"50%\", over = \"1s\" }}\n"
         ));
         assert!(e.contains("unknown probe `nope`"), "{e}");
+    }
+
+    #[test]
+    fn prometheus_probes_take_one_threshold() {
+        let probe = "tcp = \"127.0.0.1:1\"";
+        let prom = "prometheus = { url = \"http://127.0.0.1:9090\", query = \"up\", below = 1 }";
+        let e = parse(Path::new("x.toml"), &MINIMAL.replace(probe, prom)).unwrap();
+        assert!(matches!(
+            e.steady_state.probes[0].check,
+            Check::Prometheus {
+                threshold: Threshold::Below(_),
+                ..
+            }
+        ));
+        let two = prom.replace("below = 1", "below = 1, above = 0");
+        let e = err(&MINIMAL.replace(probe, &two));
+        assert!(
+            e.contains("exactly one of `below`, `above` or `equals`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 5"),
+            "the error points at the probe table: {e}"
+        );
+        let typo = prom.replace("below", "bellow");
+        assert!(err(&MINIMAL.replace(probe, &typo)).contains("unknown field `bellow`"));
+    }
+
+    #[test]
+    fn saturation_needs_a_probe_that_reads_a_number() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nsignal = \"saturation\"",
+        ));
+        assert!(e.contains("a saturation signal needs a number"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nsignal = \"speed\"",
+        ));
+        assert!(e.contains("unknown variant `speed`"), "{e}");
+        let ok = MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "command = [\"echo\", \"1\"]\nvalue = true\nsignal = \"saturation\"",
+        );
+        assert!(parse(Path::new("x.toml"), &ok).is_ok());
+    }
+
+    #[test]
+    fn error_budget_targets_leave_room_for_errors() {
+        let budget = "[slo_budget]\nprometheus = \"http://p:9090\"\ntarget = \"99.9%\"\ngood = \"g\"\ntotal = \"t\"\nmin_remaining = \"10%\"\n";
+        let e = parse(Path::new("x.toml"), &format!("{MINIMAL}{budget}")).unwrap();
+        let b = e.budget.unwrap();
+        assert!((b.target - 0.999).abs() < 1e-12 && (b.min_remaining - 0.1).abs() < 1e-12);
+        let e = err(&format!("{MINIMAL}{}", budget.replace("99.9%", "100%")));
+        assert!(
+            e.contains("`target` must be above 0% and below 100%"),
+            "{e}"
+        );
     }
 }

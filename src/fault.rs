@@ -5,7 +5,12 @@
 //! Architecture invariant: only `fault/` changes the host, and only after the agent has journaled
 //! the [`Undo`] that reverses the change.
 
+mod bandwidth;
 mod disk_fill;
+mod net;
+mod netem;
+mod network_loss;
+mod partition;
 mod process_kill;
 mod process_pause;
 mod stress;
@@ -17,7 +22,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use bandwidth::Bandwidth;
 pub(crate) use disk_fill::{DiskFill, FillAmount};
+pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
+pub(crate) use netem::{Distribution, NetemLatency};
+pub(crate) use network_loss::NetworkLoss;
+pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
 pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
@@ -34,6 +44,12 @@ pub(crate) enum FaultSpec {
     DiskFill(DiskFill),
     CpuStress(CpuStress),
     MemoryStress(MemoryStress),
+    NetworkLoss(NetworkLoss),
+    Partition(Partition),
+    Bandwidth(Bandwidth),
+    /// `latency` with `backend = "netem"`; its own wire kind, so an agent never confuses it with
+    /// the proxy backend.
+    NetemLatency(NetemLatency),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -41,6 +57,9 @@ pub(crate) struct Context<'a> {
     pub(crate) fault_id: &'a str,
     /// Seeds every random choice of this fault, so `--seed` reproduces a run.
     pub(crate) seed: u64,
+    /// The TCP port the agent's control channel listens on, which network faults never block.
+    /// `None` for the embedded agent, which has no control channel.
+    pub(crate) control_port: Option<u16>,
 }
 
 impl FaultSpec {
@@ -51,6 +70,10 @@ impl FaultSpec {
             FaultSpec::DiskFill(_) => "disk-fill",
             FaultSpec::CpuStress(_) => "cpu-stress",
             FaultSpec::MemoryStress(_) => "memory-stress",
+            FaultSpec::NetworkLoss(_) => "network-loss",
+            FaultSpec::Partition(_) => "partition",
+            FaultSpec::Bandwidth(_) => "bandwidth",
+            FaultSpec::NetemLatency(_) => "latency",
         }
     }
 
@@ -67,6 +90,38 @@ impl FaultSpec {
             FaultSpec::DiskFill(f) => f.describe(),
             FaultSpec::CpuStress(f) => f.describe(),
             FaultSpec::MemoryStress(f) => f.describe(),
+            FaultSpec::NetworkLoss(f) => f.describe(),
+            FaultSpec::Partition(f) => f.describe(),
+            FaultSpec::Bandwidth(f) => f.describe(),
+            FaultSpec::NetemLatency(f) => f.describe(),
+        }
+    }
+
+    /// The exact changes the fault makes (an nft ruleset, tc commands), for `plan`; `None` for
+    /// kinds whose one-sentence description says it all. Pure: `fault_id` names what the fault owns.
+    pub(crate) fn changes(&self, fault_id: &str) -> Option<String> {
+        let commands = |cmds: Vec<net::Cmd>| {
+            cmds.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        match self {
+            FaultSpec::ProcessKill(_)
+            | FaultSpec::ProcessPause(_)
+            | FaultSpec::DiskFill(_)
+            | FaultSpec::CpuStress(_)
+            | FaultSpec::MemoryStress(_) => None,
+            FaultSpec::NetworkLoss(f) => Some(format!(
+                "nft -f - <<EOF\n{}EOF\n",
+                f.ruleset(&net::nft_table(fault_id), None)
+            )),
+            FaultSpec::Partition(f) => Some(format!(
+                "nft -f - <<EOF\n{}EOF\n",
+                f.ruleset(&net::nft_table(fault_id), None)
+            )),
+            FaultSpec::Bandwidth(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
+            FaultSpec::NetemLatency(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
         }
     }
 
@@ -80,6 +135,9 @@ impl FaultSpec {
                 "starts new processes; acts on nothing that exists now".to_owned()
             }
             FaultSpec::MemoryStress(f) => f.preview(),
+            FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
+            FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
+            FaultSpec::NetemLatency(f) => f.preview(),
         }
     }
 
@@ -91,6 +149,10 @@ impl FaultSpec {
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
             FaultSpec::CpuStress(f) => Ok(Prepared::Stress(f.prepare(ctx))),
             FaultSpec::MemoryStress(f) => f.prepare(ctx).map(Prepared::Stress),
+            FaultSpec::NetworkLoss(f) => Ok(Prepared::Nft(f.prepare(ctx))),
+            FaultSpec::Partition(f) => Ok(Prepared::Nft(f.prepare(ctx))),
+            FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
+            FaultSpec::NetemLatency(f) => f.prepare(ctx).map(Prepared::Qdisc),
         }
     }
 }
@@ -102,6 +164,10 @@ pub(crate) enum Prepared {
     Pause(process_pause::Prepared),
     Fill(disk_fill::Prepared),
     Stress(stress::Prepared),
+    /// `network-loss` and `partition`: an nft table of the fault's own.
+    Nft(net::NftTable),
+    /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
+    Qdisc(bandwidth::RootQdisc),
 }
 
 impl Prepared {
@@ -118,6 +184,14 @@ impl Prepared {
             Prepared::Fill(p) => Undo::RemoveFile {
                 path: p.file.clone(),
             },
+            Prepared::Nft(p) => Undo::DeleteNftTable {
+                table: p.table.clone(),
+            },
+            Prepared::Qdisc(p) => Undo::DeleteRootQdisc {
+                device: p.device.clone(),
+                handle: p.handle,
+                kind: p.kind.to_owned(),
+            },
         }
     }
 
@@ -128,6 +202,8 @@ impl Prepared {
             Prepared::Pause(p) => p.victims.iter().map(ToString::to_string).collect(),
             Prepared::Fill(p) => vec![p.file.display().to_string()],
             Prepared::Stress(_) => vec!["this host".to_owned()],
+            Prepared::Nft(p) => vec![format!("nft table inet {}", p.table)],
+            Prepared::Qdisc(p) => vec![format!("{} qdisc {:x}: on {}", p.kind, p.handle, p.device)],
         }
     }
 
@@ -136,7 +212,7 @@ impl Prepared {
         match self {
             Prepared::Kill(p) => &p.victims,
             Prepared::Pause(p) => &p.victims,
-            Prepared::Fill(_) | Prepared::Stress(_) => &[],
+            Prepared::Fill(_) | Prepared::Stress(_) | Prepared::Nft(_) | Prepared::Qdisc(_) => &[],
         }
     }
 
@@ -148,6 +224,8 @@ impl Prepared {
             Prepared::Pause(p) => p.inject(),
             Prepared::Fill(p) => p.inject(),
             Prepared::Stress(p) => p.inject(),
+            Prepared::Nft(p) => p.inject(),
+            Prepared::Qdisc(p) => p.inject(),
         }
     }
 
@@ -158,6 +236,8 @@ impl Prepared {
             Prepared::Pause(p) => p.verify(),
             Prepared::Fill(p) => p.verify(),
             Prepared::Stress(p) => p.verify(),
+            Prepared::Nft(p) => p.verify(),
+            Prepared::Qdisc(p) => p.verify(),
         }
     }
 }
@@ -175,6 +255,14 @@ pub(crate) enum Undo {
     RemoveFile { path: PathBuf },
     /// Kill the stress workers tagged with this fault id.
     KillWorkers { fault_id: String },
+    /// Delete the fault's own nft table (family inet).
+    DeleteNftTable { table: String },
+    /// Delete the root qdisc of `device`, only if it still has this handle and kind.
+    DeleteRootQdisc {
+        device: String,
+        handle: u16,
+        kind: String,
+    },
 }
 
 impl Undo {
@@ -185,6 +273,12 @@ impl Undo {
             Undo::Resume { procs } => process_pause::resume(procs),
             Undo::RemoveFile { path } => disk_fill::remove(path),
             Undo::KillWorkers { fault_id } => stress::kill_workers(fault_id),
+            Undo::DeleteNftTable { table } => net::nft_delete_table(table),
+            Undo::DeleteRootQdisc {
+                device,
+                handle,
+                kind,
+            } => net::tc_delete_root(device, *handle, kind),
         }
     }
 }

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod bench;
+mod budget;
 mod certs;
 mod cli;
 mod experiment;

@@ -26,6 +26,8 @@ pub(crate) struct Experiment {
     pub(crate) faults: Vec<FaultStep>,
     pub(crate) aborts: Vec<AbortRule>,
     pub(crate) recovery_within: Duration,
+    /// The error-budget gate, checked before anything else in a run.
+    pub(crate) budget: Option<BudgetSpec>,
 }
 
 impl Experiment {
@@ -102,6 +104,8 @@ pub(crate) struct ProbeSpec {
     pub(crate) slo: Slo,
     /// An optional SLO for the `during` phase, for hypotheses like "users don't notice".
     pub(crate) slo_during: Option<Slo>,
+    /// Which of the four golden signals this probe stands for, if any.
+    pub(crate) signal: Option<GoldenSignal>,
 }
 
 #[derive(Debug)]
@@ -113,11 +117,62 @@ pub(crate) enum Check {
     Tcp {
         addr: String,
     },
+    /// `value`: read standard output as a number for the report.
     Command {
         argv: Vec<String>,
         expect_exit: i32,
         stdout: Option<Regex>,
+        value: bool,
     },
+    /// An instant PromQL query whose single value must meet `threshold`.
+    Prometheus {
+        url: String,
+        query: String,
+        threshold: Threshold,
+    },
+}
+
+/// What a Prometheus probe's value must be. Comparisons are strict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Threshold {
+    Below(f64),
+    Above(f64),
+    Equals(f64),
+}
+
+/// The four golden signals of monitoring (Google SRE book, ch. 6); a probe may stand for one.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GoldenSignal {
+    Latency,
+    Traffic,
+    Errors,
+    Saturation,
+}
+
+impl GoldenSignal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GoldenSignal::Latency => "latency",
+            GoldenSignal::Traffic => "traffic",
+            GoldenSignal::Errors => "errors",
+            GoldenSignal::Saturation => "saturation",
+        }
+    }
+}
+
+/// `[slo_budget]`: refuse to run while the service's error budget is (nearly) spent.
+#[derive(Debug)]
+pub(crate) struct BudgetSpec {
+    pub(crate) prometheus: String,
+    /// The SLO target as a fraction, strictly between 0 and 1 (`99.9%` = 0.999).
+    pub(crate) target: f64,
+    pub(crate) good: String,
+    pub(crate) total: String,
+    /// The share of the budget that must be left for the run to go ahead.
+    pub(crate) min_remaining: f64,
 }
 
 #[derive(Clone, Debug)]

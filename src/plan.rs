@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::inventory::Selection;
 use crate::model::{Check, Experiment, LOCAL_GROUP, Pick, ReadyKind, Slo};
-use crate::units::Dur;
+use crate::units::{Dur, Percent};
 
 /// Renders the plan. `preview` adds what each fault would act on right now (reads the host,
 /// changes nothing); without it the output depends only on the experiment.
@@ -39,6 +39,17 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             let _ = writeln!(out, "  {}. `{}`: runs {:?}; {ready}", i + 1, f.name, f.argv);
         }
     }
+    if let Some(b) = &exp.budget {
+        let _ = writeln!(
+            out,
+            "\nerror budget gate (checked first; nothing runs if it fails):\n  Prometheus {}: good = `{}`, total = `{}`\n  target {}; refuse (not_run) when less than {} of the budget remains",
+            b.prometheus,
+            b.good,
+            b.total,
+            Percent(b.target),
+            Percent(b.min_remaining)
+        );
+    }
     let _ = writeln!(
         out,
         "\nsteady state (baseline window {}):",
@@ -55,16 +66,34 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
                 argv,
                 expect_exit,
                 stdout,
+                value,
             } => {
                 let out = stdout
                     .as_ref()
                     .map_or_else(String::new, |re| format!(", output matching /{re}/"));
-                format!("run {argv:?}, expect exit {expect_exit}{out}")
+                let number = if *value {
+                    ", output read as a number"
+                } else {
+                    ""
+                };
+                format!("run {argv:?}, expect exit {expect_exit}{out}{number}")
+            }
+            Check::Prometheus {
+                url,
+                query,
+                threshold,
+            } => {
+                format!(
+                    "Prometheus query `{query}` at {url}, expect one value {threshold} (no series fails)"
+                )
             }
         };
+        let signal = p
+            .signal
+            .map_or_else(String::new, |s| format!(" [golden signal: {}]", s.as_str()));
         let _ = writeln!(
             out,
-            "  - `{}`: {check}; every {}, timeout {}",
+            "  - `{}`: {check}; every {}, timeout {}{signal}",
             p.name,
             Dur(p.every),
             Dur(p.timeout)
@@ -114,6 +143,23 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         // Only the embedded agent's host is this host: a remote group's processes are not here.
         if preview && f.on == LOCAL_GROUP {
             let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
+        }
+        let index = exp
+            .faults
+            .iter()
+            .position(|g| std::ptr::eq(g, f))
+            .unwrap_or_default();
+        if let Some(changes) = f.spec.changes(&format!("RUN-{index}")) {
+            // The fault id (run id + index) names the nft table and picks the tc handle; the run id
+            // is only chosen when the run starts, so the plan writes RUN in its place.
+            let _ = writeln!(
+                out,
+                "  {:<10} exact changes (RUN stands for the run id; the table name and tc handle derive from it):",
+                ""
+            );
+            for line in changes.lines() {
+                let _ = writeln!(out, "  {:<10}   {line}", "");
+            }
         }
         match f.duration {
             Some(d) => {
@@ -263,5 +309,42 @@ recovery: the steady state must hold again within 5s of the last fault ending (t
             "{plan}"
         );
         assert!(plan.ends_with(expected_tail), "{plan}");
+    }
+
+    #[test]
+    fn plan_shows_the_budget_gate_and_prometheus_probes() {
+        let text = r#"
+title = "gated"
+[slo_budget]
+prometheus = "http://127.0.0.1:9090"
+target = "99.9%"
+good = 'sum(good)'
+total = 'sum(total)'
+min_remaining = "10%"
+[steady_state]
+window = "2s"
+[[steady_state.probe]]
+name = "queue"
+prometheus = { url = "http://127.0.0.1:9090", query = "queue_depth", below = 5 }
+signal = "saturation"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+select = { port = 18080 }
+[recovery]
+within = "5s"
+"#;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = super::render(&exp, false);
+        let expected = r"
+error budget gate (checked first; nothing runs if it fails):
+  Prometheus http://127.0.0.1:9090: good = `sum(good)`, total = `sum(total)`
+  target 99.9%; refuse (not_run) when less than 10% of the budget remains
+
+steady state (baseline window 2s):
+  - `queue`: Prometheus query `queue_depth` at http://127.0.0.1:9090, expect one value below 5 (no series fails); every 500ms, timeout 1s [golden signal: saturation]
+    SLO: success >= 100%
+";
+        assert!(plan.contains(expected), "{plan}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod command;
 mod http;
+pub(crate) mod prometheus;
 mod tcp;
 
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub(crate) struct Sample {
     pub(crate) ok: bool,
     pub(crate) latency: Duration,
     pub(crate) error: Option<String>,
+    /// The number the check read, for probes that read one (a Prometheus query, a command's
+    /// output with `value = true`); kept for failed samples too, since the value is often why.
+    pub(crate) value: Option<f64>,
 }
 
 /// A check ready to run repeatedly, built once per probe.
@@ -29,6 +33,7 @@ enum Prober {
     Http(http::HttpCheck),
     Tcp(String),
     Command(command::CommandCheck),
+    Prometheus(prometheus::PrometheusCheck),
 }
 
 impl Prober {
@@ -42,19 +47,30 @@ impl Prober {
                 argv,
                 expect_exit,
                 stdout,
+                value,
             } => Prober::Command(command::CommandCheck {
                 argv: argv.clone(),
                 expect_exit: *expect_exit,
                 stdout: stdout.clone(),
+                value: *value,
             }),
+            Check::Prometheus {
+                url,
+                query,
+                threshold,
+            } => Prober::Prometheus(prometheus::PrometheusCheck::new(
+                url, query, *threshold, timeout,
+            )?),
         })
     }
 
-    async fn check(&self) -> Result<(), String> {
+    /// The value read, if the check reads one, and whether the check passed.
+    async fn check(&self) -> (Option<f64>, Result<(), String>) {
         match self {
-            Prober::Http(h) => h.check().await,
-            Prober::Tcp(addr) => tcp::check(addr).await,
+            Prober::Http(h) => (None, h.check().await),
+            Prober::Tcp(addr) => (None, tcp::check(addr).await),
             Prober::Command(c) => c.check().await,
+            Prober::Prometheus(p) => p.check().await,
         }
     }
 }
@@ -84,12 +100,15 @@ pub(crate) fn spawn_all(
                     return;
                 }
                 let at = Instant::now();
-                let outcome = match tokio::time::timeout(timeout, prober.check()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!(
-                        "timed out after {}",
-                        humantime::format_duration(timeout)
-                    )),
+                let (value, outcome) = match tokio::time::timeout(timeout, prober.check()).await {
+                    Ok(checked) => checked,
+                    Err(_) => (
+                        None,
+                        Err(format!(
+                            "timed out after {}",
+                            humantime::format_duration(timeout)
+                        )),
+                    ),
                 };
                 let latency = at.elapsed();
                 let sample = Sample {
@@ -98,6 +117,7 @@ pub(crate) fn spawn_all(
                     ok: outcome.is_ok(),
                     latency,
                     error: outcome.err(),
+                    value,
                 };
                 if tx.send(sample).is_err() {
                     return;

@@ -10,6 +10,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::budget::Budget;
+use crate::model::GoldenSignal;
 use crate::sli::Stats;
 
 /// The outcome a pipeline gates on. Exit codes are part of the contract.
@@ -75,6 +77,8 @@ pub(crate) struct Report {
     pub(crate) time_to_abort: Option<Duration>,
     /// Faults found in the journal from an earlier, crashed run and reverted before this one began.
     pub(crate) recovered_from_journal: Vec<String>,
+    /// The error-budget gate's numbers, when the experiment has one and they could be read.
+    pub(crate) budget: Option<Budget>,
     pub(crate) samples: Vec<SampleRecord>,
 }
 
@@ -82,6 +86,7 @@ pub(crate) struct Report {
 #[derive(Clone, Debug)]
 pub(crate) struct ProbePhase {
     pub(crate) probe: String,
+    pub(crate) signal: Option<GoldenSignal>,
     pub(crate) stats: Stats,
     /// `None` when no SLO applies to this phase (the `during` phase without `slo_during`).
     pub(crate) slo_met: Option<bool>,
@@ -121,6 +126,8 @@ pub(crate) struct SampleRecord {
     pub(crate) latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) value: Option<f64>,
 }
 
 impl Report {

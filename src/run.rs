@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Agent, AgentError};
+use crate::budget::{self, Budget};
 use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
@@ -104,6 +105,8 @@ struct Runner<'a> {
     outcome: Option<(Verdict, String)>,
     last_renew: Instant,
     last_status: Instant,
+    /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
+    budget: Option<Budget>,
 }
 
 /// Runs an experiment against the agents of its target groups and returns the report. Never panics
@@ -129,8 +132,13 @@ pub(crate) async fn run(
                 step: i,
                 agent: agent.clone(),
                 // Unique per (step, agent): agents that share a filesystem (two on one host, an
-                // NFS mount) must never collide on a fill file or journal entry.
-                id: format!("{run_id}-{i}.{k}"),
+                // NFS mount) must never collide on a fill file or journal entry. The first agent's
+                // id is the plain `RUN-STEP` that `plan` shows.
+                id: if k == 0 {
+                    format!("{run_id}-{i}")
+                } else {
+                    format!("{run_id}-{i}.{k}")
+                },
                 seed: rng.random(),
                 slot: Slot::Pending,
                 record: FaultRecord {
@@ -175,11 +183,38 @@ pub(crate) async fn run(
         outcome: None,
         last_renew: now,
         last_status: now,
+        budget: None,
     };
     progress.log(&format!(
         "run {} of `{}` (seed {})",
         runner.run_id, exp.title, seed
     ));
+
+    // The gate comes first: a run refused for lack of budget must not even start its fixtures.
+    if let Some(spec) = &exp.budget {
+        match budget::check(spec).await {
+            Ok(numbers) => {
+                let enough = numbers.enough();
+                let summary = numbers.summary();
+                runner.budget = Some(numbers);
+                if !enough {
+                    runner.outcome = Some((
+                        Verdict::NotRun,
+                        format!("error budget too low: {summary}; no fault was injected"),
+                    ));
+                    return runner.report();
+                }
+                progress.log(&format!("error budget: {summary}"));
+            }
+            Err(e) => {
+                runner.outcome = Some((
+                    Verdict::Error,
+                    format!("could not check the error budget: {e}; nothing was injected"),
+                ));
+                return runner.report();
+            }
+        }
+    }
 
     let log = |line: String| progress.log(&line);
     let fixtures = match fixture::start(&exp.setup, &log).await {
@@ -707,6 +742,7 @@ impl Runner<'_> {
                 };
                 ProbePhase {
                     probe: p.name.clone(),
+                    signal: p.signal,
                     stats,
                     slo_met,
                 }
@@ -767,6 +803,7 @@ impl Runner<'_> {
                 ok: s.ok,
                 latency_ms: millis(s.latency),
                 error: s.error.clone(),
+                value: s.value,
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
@@ -793,6 +830,7 @@ impl Runner<'_> {
             aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
             time_to_abort: self.time_to_abort,
             recovered_from_journal: self.opts.recovered.clone(),
+            budget: self.budget.clone(),
             samples,
         }
     }

@@ -19,6 +19,18 @@ pub(crate) struct Stats {
     pub(crate) p95: Option<Duration>,
     pub(crate) p99: Option<Duration>,
     pub(crate) max: Option<Duration>,
+    /// Over the samples that read a number (Prometheus probes, `value = true` commands), failed
+    /// ones included: a saturation of 97% is the reason a check failed, not noise to drop.
+    pub(crate) values: Option<ValueStats>,
+}
+
+/// Minimum, mean and maximum of the numbers a probe read in one phase.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ValueStats {
+    pub(crate) count: usize,
+    pub(crate) min: f64,
+    pub(crate) mean: f64,
+    pub(crate) max: f64,
 }
 
 impl Stats {
@@ -27,12 +39,28 @@ impl Stats {
         let mut hist =
             Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
         let mut stats = Stats::default();
+        let (mut count, mut sum, mut min, mut max) =
+            (0_usize, 0.0_f64, f64::INFINITY, f64::NEG_INFINITY);
         for s in samples {
             stats.samples += 1;
             if s.ok {
                 stats.successes += 1;
                 hist.saturating_record((s.latency.as_micros() as u64).max(1));
             }
+            if let Some(v) = s.value.filter(|v| !v.is_nan()) {
+                count += 1;
+                sum += v;
+                min = min.min(v);
+                max = max.max(v);
+            }
+        }
+        if count > 0 {
+            stats.values = Some(ValueStats {
+                count,
+                min,
+                mean: sum / count as f64,
+                max,
+            });
         }
         if stats.successes > 0 {
             let at = |q: f64| Some(Duration::from_micros(hist.value_at_quantile(q)));
@@ -121,13 +149,17 @@ fn relative_note(relative: bool) -> &'static str {
     }
 }
 
-/// Samples whose start lies in `[from, to)`.
+/// Samples whose start lies in `[from, to)`. One probe's samples are in start order (its task
+/// checks one at a time), so this is two binary searches, not a scan: the run loop asks it on
+/// every event, and a scan would make long runs with fast probes quadratic.
 pub(crate) fn between(
     samples: &[Sample],
     from: Instant,
     to: Instant,
 ) -> impl Iterator<Item = &Sample> {
-    samples.iter().filter(move |s| s.at >= from && s.at < to)
+    let lo = samples.partition_point(|s| s.at < from);
+    let hi = samples.partition_point(|s| s.at < to).max(lo);
+    samples[lo..hi].iter()
 }
 
 /// Finds when the steady state came back after the faults: the earliest sample time `c` after
@@ -171,12 +203,20 @@ impl RecoveryTracker {
         baselines: &[Stats],
         now: Instant,
     ) -> RecoveryState {
+        // Only samples not yet judged and not past the allowed time can start a recovery; each
+        // probe's samples are in start order, so those are one slice per probe.
+        let last = self.from + self.within;
         let mut candidates: Vec<Instant> = samples
             .iter()
-            .flatten()
-            .map(|s| s.at)
-            .filter(|at| *at >= self.from && *at <= self.from + self.within)
-            .filter(|at| self.rejected_until.is_none_or(|r| *at > r))
+            .flat_map(|probe| {
+                let lo = match self.rejected_until {
+                    Some(r) => probe.partition_point(|s| s.at <= r),
+                    None => 0,
+                };
+                let lo = lo.max(probe.partition_point(|s| s.at < self.from));
+                let hi = probe.partition_point(|s| s.at <= last).max(lo);
+                probe[lo..hi].iter().map(|s| s.at)
+            })
             .collect();
         candidates.sort();
         candidates.dedup();
@@ -244,10 +284,10 @@ pub(crate) fn abort_breach(
         return None;
     }
     let start = now.checked_sub(rule.over)?;
-    let window: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.at > start && s.at <= now)
-        .collect();
+    // Samples are in start order (see `between`): the window is a slice, found without a scan.
+    let lo = samples.partition_point(|s| s.at <= start);
+    let hi = samples.partition_point(|s| s.at <= now).max(lo);
+    let window: Vec<&Sample> = samples[lo..hi].iter().collect();
     let Some(first) = window.first() else {
         return Some(start);
     };
@@ -282,6 +322,7 @@ mod tests {
             ok,
             latency: Duration::from_millis(ms),
             error: None,
+            value: None,
         }
     }
 
@@ -295,6 +336,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             slo,
             slo_during: None,
+            signal: None,
         }
     }
 
@@ -352,6 +394,39 @@ mod tests {
             err.contains("above 120 ms (relative to the baseline)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn relative_bounds_hold_for_the_baseline_itself() {
+        let t = Instant::now();
+        let base = Stats::of(&[sample(t, true, 100)]);
+        let slo = Slo {
+            success: SuccessBound::BaselineMinus(0.01),
+            p50: None,
+            p95: None,
+            p99: Some(LatencyBound::TimesBaseline(2.0)),
+        };
+        assert_eq!(check_slo("p", &slo, &base, Some(&base)), Ok(()));
+    }
+
+    #[test]
+    fn values_are_summarised_across_failed_samples_too() {
+        let t = Instant::now();
+        let mut samples = vec![sample(t, true, 1), sample(t, false, 1), sample(t, true, 1)];
+        for (s, v) in samples.iter_mut().zip([2.0, 8.0, f64::NAN]) {
+            s.value = Some(v);
+        }
+        let v = Stats::of(&samples).values.unwrap();
+        assert_eq!((v.count, v.min, v.mean, v.max), (2, 2.0, 5.0, 8.0));
+    }
+
+    #[test]
+    fn between_finds_the_window_in_ordered_samples() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let samples: Vec<Sample> = (0..10).map(|i| sample(t + ms(i * 100), true, 1)).collect();
+        assert_eq!(between(&samples, t + ms(200), t + ms(500)).count(), 3);
+        assert_eq!(between(&samples, t + ms(500), t + ms(200)).count(), 0);
     }
 
     #[test]

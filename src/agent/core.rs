@@ -22,8 +22,8 @@ use crate::protocol::{
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
 const REAP_EVERY: Duration = Duration::from_millis(50);
-/// How long a revert waits for another revert of the same fault before answering "conflict".
-const CONCURRENT_REVERT_WAIT: Duration = Duration::from_secs(10);
+/// How long a revert waits for another apply or revert of the same fault to finish.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 enum Slot {
@@ -59,6 +59,8 @@ pub(crate) struct AgentCore {
     owner: process::ProcRef,
     envelope: Envelope,
     counters: Counters,
+    /// The daemon's listening port, which network faults must never cut off; `None` embedded.
+    control_port: Option<u16>,
 }
 
 /// Running totals for `GET /metrics`.
@@ -87,6 +89,7 @@ impl AgentCore {
     pub(crate) fn open(
         state_dir: &Path,
         envelope: Envelope,
+        control_port: Option<u16>,
     ) -> Result<(Arc<AgentCore>, Recovery), String> {
         let journal = Journal::open(state_dir)?;
         let owner = process::read(std::process::id() as i32)
@@ -101,6 +104,7 @@ impl AgentCore {
             owner,
             envelope,
             counters: Counters::default(),
+            control_port,
         });
         let recovery = core.recover();
         Ok((core, recovery))
@@ -343,6 +347,7 @@ impl AgentCore {
             .prepare(&Context {
                 fault_id: id,
                 seed: req.seed,
+                control_port: self.control_port,
             })
             .map_err(AgentError::FaultFailed)?;
         self.envelope
@@ -415,26 +420,27 @@ impl AgentCore {
         cause: RevertCause,
     ) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
-        // A revert that meets another one in progress (the reaper's, when the duration ended just
-        // as the coordinator asked) waits for it and answers with its outcome.
-        let waiting_since = Instant::now();
+        // The reaper (duration end, lease) and a request can ask at the same moment: the second
+        // waits for the first to finish and then answers with its result.
+        let deadline = Instant::now() + BUSY_WAIT;
         let undo = loop {
             let mut slots = self.slots.lock().expect("agent state lock");
             match slots.get_mut(id) {
                 Some(Slot::Done(r)) => return Ok(r.clone()),
-                Some(Slot::Applying) => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} is being applied right now"
-                    )));
-                }
-                Some(Slot::Active(a)) if a.reverting => {
+                Some(
+                    Slot::Applying
+                    | Slot::Active(Active {
+                        reverting: true, ..
+                    }),
+                ) => {
                     drop(slots);
-                    if waiting_since.elapsed() > CONCURRENT_REVERT_WAIT {
+                    if Instant::now() >= deadline {
                         return Err(AgentError::Conflict(format!(
-                            "fault {id} is being reverted right now"
+                            "fault {id} stayed busy for {} s",
+                            BUSY_WAIT.as_secs()
                         )));
                     }
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Some(Slot::Active(a)) => {
                     a.reverting = true;
@@ -535,5 +541,56 @@ impl AgentCore {
             .into_iter()
             .map(|f| self.revert_blocking(&f.id, cause))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fault::{FaultSpec, ProcessPause};
+    use crate::process::Selector;
+
+    #[test]
+    fn concurrent_reverts_of_one_fault_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut victim = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        let req = ApplyRequest {
+            run_id: "r".to_owned(),
+            spec: FaultSpec::ProcessPause(ProcessPause {
+                select: Selector::Pid(victim.id() as i32),
+                pick: None,
+            }),
+            duration_ms: Some(3_600_000),
+            lease_ms: 3_600_000,
+            seed: 1,
+        };
+        core.apply_blocking("race-0", &req).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let core = Arc::clone(&core);
+                std::thread::spawn(move || core.revert_blocking("race-0", RevertCause::Requested))
+            })
+            .collect();
+        for h in handles {
+            let reverted = h.join().unwrap().expect("every concurrent revert succeeds");
+            assert!(reverted.detail.contains("continued"), "{}", reverted.detail);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", victim.id())).unwrap();
+        assert!(
+            !stat.contains(") T "),
+            "the victim is still stopped: {stat}"
+        );
+        assert!(
+            core.journal.entries().is_empty(),
+            "the journal entry outlived the revert"
+        );
+        victim.kill().unwrap();
+        victim.wait().unwrap();
     }
 }

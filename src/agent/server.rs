@@ -119,8 +119,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         .unwrap_or_else(|| settings.state_dir.join("audit.jsonl"));
     // Recovery comes before the socket is even bound: nothing can be asked of an agent that still
     // holds faults from its previous life.
-    let (core, recovery) =
-        AgentCore::open(&settings.state_dir, envelope).map_err(anyhow::Error::msg)?;
+    let (core, recovery) = AgentCore::open(
+        &settings.state_dir,
+        envelope,
+        Some(settings.listen.port()).filter(|p| *p != 0),
+    )
+    .map_err(anyhow::Error::msg)?;
     let audit = Arc::new(Audit::open(&audit_path).map_err(anyhow::Error::msg)?);
     for line in &recovery.reverted {
         println!("reverted a fault left by an earlier run of this agent: {line}");

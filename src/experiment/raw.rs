@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::fault::{BitRate, Cidr, Direction, Distribution};
+use crate::model::GoldenSignal;
 use crate::units::{ByteSize, Dur, LatencyBound, Percent, SuccessBound};
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +28,7 @@ pub(crate) struct Experiment {
     #[serde(default)]
     pub(crate) abort: Vec<Spanned<Abort>>,
     pub(crate) recovery: Recovery,
+    pub(crate) slo_budget: Option<Spanned<SloBudget>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,10 +72,15 @@ pub(crate) struct Probe {
     pub(crate) http: Option<HttpProbe>,
     pub(crate) tcp: Option<String>,
     pub(crate) command: Option<Vec<String>>,
+    pub(crate) prometheus: Option<PrometheusProbe>,
     /// For `command` probes: the exit code that counts as success.
     pub(crate) expect_exit: Option<i32>,
     /// For `command` probes: a regex the standard output must match.
     pub(crate) expect_stdout: Option<String>,
+    /// For `command` probes: read standard output as a number (for saturation and the report).
+    pub(crate) value: Option<bool>,
+    /// The golden signal this probe stands for.
+    pub(crate) signal: Option<GoldenSignal>,
     pub(crate) every: Option<Dur>,
     pub(crate) timeout: Option<Dur>,
     pub(crate) slo: Option<Slo>,
@@ -84,6 +92,26 @@ pub(crate) struct Probe {
 pub(crate) struct HttpProbe {
     pub(crate) url: String,
     pub(crate) status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrometheusProbe {
+    pub(crate) url: String,
+    pub(crate) query: String,
+    pub(crate) below: Option<f64>,
+    pub(crate) above: Option<f64>,
+    pub(crate) equals: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SloBudget {
+    pub(crate) prometheus: String,
+    pub(crate) target: Percent,
+    pub(crate) good: String,
+    pub(crate) total: String,
+    pub(crate) min_remaining: Option<Percent>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +147,22 @@ pub(crate) struct Fault {
     // cpu-stress, memory-stress (memory-stress also takes `size`)
     pub(crate) workers: Option<u32>,
     pub(crate) load: Option<Percent>,
+    // network-loss, partition, bandwidth, and latency with backend = "netem"
+    pub(crate) backend: Option<String>,
+    #[serde(rename = "match")]
+    pub(crate) matching: Option<NetMatch>,
+    pub(crate) peers: Option<Vec<Cidr>>,
+    pub(crate) ports: Option<Vec<u16>>,
+    pub(crate) device: Option<String>,
+    pub(crate) rate: Option<BitRate>,
+    pub(crate) delay: Option<Dur>,
+    pub(crate) jitter: Option<Dur>,
+    pub(crate) correlation: Option<Percent>,
+    pub(crate) distribution: Option<Distribution>,
+    pub(crate) loss: Option<Percent>,
+    pub(crate) duplicate: Option<Percent>,
+    pub(crate) corrupt: Option<Percent>,
+    pub(crate) reorder: Option<Percent>,
 }
 
 impl Fault {
@@ -136,6 +180,20 @@ impl Fault {
             ("guard", self.guard.is_some()),
             ("workers", self.workers.is_some()),
             ("load", self.load.is_some()),
+            ("backend", self.backend.is_some()),
+            ("match", self.matching.is_some()),
+            ("peers", self.peers.is_some()),
+            ("ports", self.ports.is_some()),
+            ("device", self.device.is_some()),
+            ("rate", self.rate.is_some()),
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("correlation", self.correlation.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("loss", self.loss.is_some()),
+            ("duplicate", self.duplicate.is_some()),
+            ("corrupt", self.corrupt.is_some()),
+            ("reorder", self.reorder.is_some()),
             ("duration", self.duration.is_some()),
         ];
         present
@@ -144,6 +202,16 @@ impl Fault {
             .map(|(key, _)| key)
             .collect()
     }
+}
+
+/// `match = { dst, src, port, direction }` of the network faults; which keys apply is checked per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetMatch {
+    pub(crate) dst: Option<Cidr>,
+    pub(crate) src: Option<Cidr>,
+    pub(crate) port: Option<u16>,
+    pub(crate) direction: Option<Direction>,
 }
 
 #[derive(Debug, Deserialize)]

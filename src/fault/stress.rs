@@ -76,9 +76,10 @@ impl MemoryStress {
     pub(crate) fn preview(&self) -> String {
         match meminfo() {
             Ok((total, available)) => format!(
-                "now {} available of {}",
+                "now {} available of {}; would hold {} more",
                 format_bytes(available),
-                format_bytes(total)
+                format_bytes(total),
+                format_bytes(self.size)
             ),
             Err(e) => e,
         }
@@ -115,6 +116,7 @@ impl Prepared {
             let mut child = Command::new(&exe)
                 .arg(WORKER_COMMAND)
                 .args(["--fault-id", &self.fault_id])
+                .args(["--parent", &std::process::id().to_string()])
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -212,9 +214,10 @@ pub(crate) enum Work {
     Memory { bytes: u64 },
 }
 
-/// The body of a stress worker process. Returns when its parent goes away.
-pub(crate) fn worker_main(work: &Work) {
-    let parent = std::os::unix::process::parent_id();
+/// The body of a stress worker process. Returns when its parent, the agent that started it, is
+/// gone. The parent's pid comes from the command line rather than from `getppid` at start: the
+/// agent may die before the worker's first instruction, and the worker must notice that too.
+pub(crate) fn worker_main(work: &Work, parent: u32) {
     let held: Vec<u8> = match work {
         Work::Memory { bytes } => {
             let mut block = vec![0_u8; usize::try_from(*bytes).unwrap_or(usize::MAX)];

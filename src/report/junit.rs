@@ -1,5 +1,5 @@
 //! Owns the JUnit XML rendering, so CI systems show a resilience experiment like a test suite:
-//! one test case per verdict criterion (steady state before, each fault, recovery).
+//! one test case per verdict criterion (error budget, steady state before, each fault, recovery).
 
 use std::fmt::Write;
 
@@ -7,7 +7,16 @@ use super::{FaultState, Report, Verdict};
 
 pub(crate) fn render(report: &Report) -> String {
     let mut cases: Vec<(String, Option<String>)> = Vec::new();
-    let before_failed = report.verdict == Verdict::NotRun;
+    // A run the error-budget gate refused never measured its steady state: the gate is the
+    // criterion that failed, not the baseline.
+    let budget_refused = report.budget.as_ref().is_some_and(|b| !b.enough());
+    if let Some(b) = &report.budget {
+        cases.push((
+            "error budget".to_owned(),
+            (!b.enough()).then(|| report.reason.clone()),
+        ));
+    }
+    let before_failed = report.verdict == Verdict::NotRun && !budget_refused;
     cases.push((
         "steady state before the method".to_owned(),
         before_failed.then(|| report.reason.clone()),
@@ -16,7 +25,7 @@ pub(crate) fn render(report: &Report) -> String {
         let failure = match f.status {
             FaultState::InjectFailed => Some(format!("failed to inject: {}", f.detail)),
             FaultState::RevertFailed => Some(format!("failed to revert: {}", f.detail)),
-            FaultState::Skipped if !before_failed => {
+            FaultState::Skipped if !before_failed && !budget_refused => {
                 Some("not started: the run stopped first".to_owned())
             }
             _ => None,

@@ -5,6 +5,8 @@ use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
 use super::{FaultState, ProbePhase, Report};
+use crate::model::GoldenSignal;
+use crate::probe::prometheus::format_number_full;
 use crate::units::{Percent, format_ms};
 
 #[derive(Tabled)]
@@ -18,6 +20,16 @@ struct ProbeRow {
     p99: String,
     #[tabled(rename = "SLO")]
     slo: &'static str,
+}
+
+/// One golden signal, side by side across the phases.
+#[derive(Tabled)]
+struct SignalRow {
+    signal: &'static str,
+    probe: String,
+    before: String,
+    during: String,
+    after: String,
 }
 
 #[derive(Tabled)]
@@ -48,6 +60,15 @@ pub(crate) fn render(report: &Report) -> String {
     if !rows.is_empty() {
         out.push_str(&Table::new(rows).with(Style::rounded()).to_string());
         out.push('\n');
+    }
+    let signals = signal_rows(report);
+    if !signals.is_empty() {
+        out.push_str("golden signals:\n");
+        out.push_str(&Table::new(signals).with(Style::rounded()).to_string());
+        out.push('\n');
+    }
+    if let Some(b) = &report.budget {
+        out.push_str(&format!("error budget: {}\n", b.summary()));
     }
     let time = |t: Option<jiff::Timestamp>| {
         t.map_or_else(
@@ -123,6 +144,58 @@ fn probe_row(phase: &'static str, p: &ProbePhase) -> ProbeRow {
     }
 }
 
+/// Rows for the probes that carry a golden-signal role, in the book's order, one column per phase.
+fn signal_rows(report: &Report) -> Vec<SignalRow> {
+    let mut tagged: Vec<(GoldenSignal, &ProbePhase)> = report
+        .before
+        .iter()
+        .filter_map(|p| p.signal.map(|s| (s, p)))
+        .collect();
+    tagged.sort_by_key(|(s, _)| *s);
+    let cell = |list: &[ProbePhase], name: &str, signal: GoldenSignal| {
+        list.iter()
+            .find(|p| p.probe == name)
+            .map_or_else(|| "-".to_owned(), |p| signal_cell(signal, p))
+    };
+    tagged
+        .into_iter()
+        .map(|(signal, p)| SignalRow {
+            signal: signal.as_str(),
+            probe: p.probe.clone(),
+            before: signal_cell(signal, p),
+            during: cell(&report.during, &p.probe, signal),
+            after: cell(&report.after, &p.probe, signal),
+        })
+        .collect()
+}
+
+/// The number that stands for a signal in one phase: the value the probe read when it reads one
+/// (a PromQL rate, a queue depth), otherwise what the samples themselves say.
+fn signal_cell(signal: GoldenSignal, p: &ProbePhase) -> String {
+    if p.stats.samples == 0 {
+        return "-".to_owned();
+    }
+    if let Some(v) = p.stats.values {
+        let (mean, max) = (format_number_full(v.mean), format_number_full(v.max));
+        return if (v.max - v.min).abs() < f64::EPSILON {
+            mean
+        } else {
+            format!("mean {mean}, max {max}")
+        };
+    }
+    let ms = |d: Option<std::time::Duration>| d.map_or_else(|| "-".to_owned(), format_ms);
+    match signal {
+        GoldenSignal::Latency => format!("p50 {}, p99 {}", ms(p.stats.p50), ms(p.stats.p99)),
+        GoldenSignal::Errors => p.stats.success_ratio().map_or_else(
+            || "-".to_owned(),
+            |r| format!("{} failed", Percent(1.0 - r)),
+        ),
+        GoldenSignal::Traffic | GoldenSignal::Saturation => {
+            format!("{} answered of {}", p.stats.successes, p.stats.samples)
+        }
+    }
+}
+
 fn wrap(text: &str, width: usize) -> String {
     let mut out = String::new();
     let mut line = 0;
@@ -138,4 +211,61 @@ fn wrap(text: &str, width: usize) -> String {
         line += word.len();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{GoldenSignal, ProbePhase, signal_cell};
+    use crate::probe::Sample;
+    use crate::sli::Stats;
+
+    fn phase(samples: &[(bool, u64, Option<f64>)]) -> ProbePhase {
+        let at = Instant::now();
+        let samples: Vec<Sample> = samples
+            .iter()
+            .map(|&(ok, ms, value)| Sample {
+                probe: 0,
+                at,
+                ok,
+                latency: Duration::from_millis(ms),
+                error: None,
+                value,
+            })
+            .collect();
+        ProbePhase {
+            probe: "p".into(),
+            signal: None,
+            stats: Stats::of(&samples),
+            slo_met: None,
+        }
+    }
+
+    #[test]
+    fn signal_cells_show_the_number_that_stands_for_the_signal() {
+        let timed = phase(&[
+            (true, 50, None),
+            (true, 52, None),
+            (false, 1, None),
+            (true, 51, None),
+        ]);
+        assert_eq!(
+            signal_cell(GoldenSignal::Latency, &timed),
+            "p50 51.01 ms, p99 52.03 ms"
+        );
+        assert_eq!(signal_cell(GoldenSignal::Errors, &timed), "25% failed");
+        assert_eq!(
+            signal_cell(GoldenSignal::Traffic, &timed),
+            "3 answered of 4"
+        );
+        let read = phase(&[(true, 1, Some(0.25)), (false, 1, Some(0.97))]);
+        assert_eq!(
+            signal_cell(GoldenSignal::Saturation, &read),
+            "mean 0.61, max 0.97"
+        );
+        let flat = phase(&[(true, 1, Some(3.0)), (true, 1, Some(3.0))]);
+        assert_eq!(signal_cell(GoldenSignal::Saturation, &flat), "3");
+        assert_eq!(signal_cell(GoldenSignal::Latency, &phase(&[])), "-");
+    }
 }

@@ -1,0 +1,286 @@
+//! Owns `latency` with `backend = "netem"`: delay (and optionally lose, duplicate, corrupt,
+//! reorder) what leaves a device with the kernel's netem — at the root for a whole device, or as
+//! the leaf of an htb class with u32 filters for a match — after checking the kernel has netem.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Context;
+use super::bandwidth::RootQdisc;
+use super::net::{Cmd, TcMatch, ensure_default_root, one_line, tc_handle, u32_filters};
+use crate::units::{Percent, format_ms};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetemLatency {
+    pub(crate) device: String,
+    #[serde(rename = "match", default)]
+    pub(crate) matching: TcMatch,
+    pub(crate) delay: Duration,
+    pub(crate) jitter: Option<Duration>,
+    /// How much each jitter draw depends on the previous one, a fraction.
+    pub(crate) correlation: Option<f64>,
+    pub(crate) distribution: Option<Distribution>,
+    pub(crate) loss: Option<f64>,
+    pub(crate) duplicate: Option<f64>,
+    pub(crate) corrupt: Option<f64>,
+    pub(crate) reorder: Option<f64>,
+}
+
+/// The shape of the jitter, as netem names its tables (uniform, the default, needs none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Distribution {
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+impl Distribution {
+    fn as_str(self) -> &'static str {
+        match self {
+            Distribution::Uniform => "uniform",
+            Distribution::Normal => "normal",
+            Distribution::Pareto => "pareto",
+            Distribution::Paretonormal => "paretonormal",
+        }
+    }
+}
+
+/// A time as tc reads it: whole milliseconds, else microseconds.
+fn tc_time(d: Duration) -> String {
+    if d.as_micros() % 1000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+impl NetemLatency {
+    pub(crate) fn describe(&self) -> String {
+        let scope = if self.matching.is_empty() {
+            "everything".to_owned()
+        } else {
+            self.matching.to_string()
+        };
+        let jitter = self
+            .jitter
+            .map_or_else(String::new, |j| format!(" ± {}", format_ms(j)));
+        format!(
+            "delay {scope} leaving {} by {}{jitter} with netem (`{}`; a root qdisc of its own, deleted on revert)",
+            self.device,
+            format_ms(self.delay),
+            self.netem_args().join(" ")
+        )
+    }
+
+    /// The netem options, in the order tc-netem(8) documents them.
+    fn netem_args(&self) -> Vec<String> {
+        let mut args = vec!["delay".to_owned(), tc_time(self.delay)];
+        if let Some(jitter) = self.jitter {
+            args.push(tc_time(jitter));
+            if let Some(c) = self.correlation {
+                args.push(Percent(c).to_string());
+            }
+            // Uniform is netem's own default and has no table file, so it is never named.
+            if let Some(d) = self.distribution.filter(|d| *d != Distribution::Uniform) {
+                args.extend(["distribution".to_owned(), d.as_str().to_owned()]);
+            }
+        }
+        for (name, value) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("corrupt", self.corrupt),
+            ("reorder", self.reorder),
+        ] {
+            if let Some(v) = value {
+                args.extend([name.to_owned(), Percent(v).to_string()]);
+            }
+        }
+        args
+    }
+
+    /// The exact tc commands the fault runs, in order.
+    pub(crate) fn commands(&self, handle: u16) -> (&'static str, Vec<Cmd>) {
+        let dev = self.device.as_str();
+        let root = format!("{handle:x}:");
+        let netem = self.netem_args();
+        let with_netem = |head: &[&str]| {
+            let mut cmd = Cmd::new("tc", head);
+            cmd.args.extend(netem.iter().cloned());
+            cmd
+        };
+        if self.matching.is_empty() {
+            return (
+                "netem",
+                vec![with_netem(&[
+                    "qdisc", "add", "dev", dev, "root", "handle", &root, "netem",
+                ])],
+            );
+        }
+        let class = format!("{handle:x}:1");
+        let leaf = format!("{:x}:", handle + 1);
+        let mut cmds = vec![
+            // No `default`: traffic no filter claims goes straight out, undelayed.
+            Cmd::new(
+                "tc",
+                &["qdisc", "add", "dev", dev, "root", "handle", &root, "htb"],
+            ),
+            // The class only routes to netem; its rate is far above any link so it shapes nothing.
+            Cmd::new(
+                "tc",
+                &[
+                    "class", "add", "dev", dev, "parent", &root, "classid", &class, "htb", "rate",
+                    "100gbit",
+                ],
+            ),
+            with_netem(&[
+                "qdisc", "add", "dev", dev, "parent", &class, "handle", &leaf, "netem",
+            ]),
+        ];
+        cmds.extend(u32_filters(dev, handle, &self.matching, &class));
+        ("htb", cmds)
+    }
+
+    /// Whether the fault could be injected now: the kernel check (in a scratch namespace, so
+    /// nothing on the host changes) and the device's root qdisc.
+    pub(crate) fn preview(&self) -> String {
+        match self.check() {
+            Ok(()) => super::net::preview_device(&self.device),
+            Err(e) => e,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))
+    }
+
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
+        self.check()?;
+        ensure_default_root(&self.device)?;
+        let handle = tc_handle(ctx.fault_id);
+        let (kind, commands) = self.commands(handle);
+        Ok(RootQdisc {
+            device: self.device.clone(),
+            handle,
+            kind,
+            commands,
+        })
+    }
+}
+
+/// Checks that the kernel has the qdiscs the fault needs by adding them — with the fault's own
+/// netem options, so a missing distribution table shows up here too — to the loopback device of a
+/// scratch network namespace (`unshare --net`), which vanishes when the check exits: nothing on
+/// the host changes, and the answer is the kernel's own (built in, or a module it can load).
+fn check_kernel(needs_htb: bool, netem_args: &str) -> Result<(), String> {
+    let lines: Vec<(&str, String)> = if needs_htb {
+        vec![
+            ("htb", "qdisc add dev lo root handle 1: htb".to_owned()),
+            (
+                "htb",
+                "class add dev lo parent 1: classid 1:1 htb rate 100gbit".to_owned(),
+            ),
+            (
+                "netem",
+                format!("qdisc add dev lo parent 1:1 handle 2: netem {netem_args}"),
+            ),
+        ]
+    } else {
+        vec![(
+            "netem",
+            format!("qdisc add dev lo root handle 1: netem {netem_args}"),
+        )]
+    };
+    let batch = lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let Err(e) = Cmd::new("unshare", &["--net", "--", "tc", "-batch", "-"]).run(Some(&batch))
+    else {
+        return Ok(());
+    };
+    if !e.contains("Specified qdisc kind is unknown") {
+        return Err(format!(
+            "the netem check in a scratch network namespace failed, so nothing was changed: {}",
+            one_line(&e)
+        ));
+    }
+    // tc names the failing batch line as `-:N`.
+    let failed = lines
+        .iter()
+        .enumerate()
+        .find(|(i, _)| e.contains(&format!("-:{}", i + 1)))
+        .map_or("netem", |(_, (qdisc, _))| *qdisc);
+    Err(format!(
+        "{failed} is unavailable on this kernel (`tc qdisc add ... {failed}` answers \"Specified qdisc kind is unknown\"): \
+         nothing was changed; use `backend = \"proxy\"` (the userspace latency proxy, with `listen` and `upstream`) instead"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn netem(matching: TcMatch) -> NetemLatency {
+        NetemLatency {
+            device: "eth0".into(),
+            matching,
+            delay: Duration::from_millis(100),
+            jitter: Some(Duration::from_micros(2500)),
+            correlation: Some(0.25),
+            distribution: Some(Distribution::Normal),
+            loss: Some(0.01),
+            duplicate: Some(0.005),
+            corrupt: Some(0.001),
+            reorder: Some(0.1),
+        }
+    }
+
+    fn commands(f: &NetemLatency) -> Vec<String> {
+        f.commands(0x1abc)
+            .1
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_device_gets_netem_at_the_root_with_every_parameter() {
+        assert_eq!(
+            commands(&netem(TcMatch::default())),
+            [
+                "tc qdisc add dev eth0 root handle 1abc: netem delay 100ms 2500us 25% distribution normal loss 1% duplicate 0.5% corrupt 0.1% reorder 10%"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_match_gets_netem_below_an_htb_class() {
+        let f = netem(TcMatch {
+            dst: None,
+            src: Some("10.0.0.0/24".parse().unwrap()),
+            port: None,
+        });
+        assert_eq!(
+            commands(&f),
+            [
+                "tc qdisc add dev eth0 root handle 1abc: htb",
+                "tc class add dev eth0 parent 1abc: classid 1abc:1 htb rate 100gbit",
+                "tc qdisc add dev eth0 parent 1abc:1 handle 1abd: netem delay 100ms 2500us 25% distribution normal loss 1% duplicate 0.5% corrupt 0.1% reorder 10%",
+                "tc filter add dev eth0 parent 1abc: protocol ip prio 1 u32 match ip src 10.0.0.0/24 flowid 1abc:1",
+            ]
+        );
+        assert!(
+            f.describe().starts_with(
+                "delay packets from 10.0.0.0/24 leaving eth0 by 100 ms ± 2.5 ms with netem"
+            ),
+            "{}",
+            f.describe()
+        );
+    }
+}

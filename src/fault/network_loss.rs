@@ -1,0 +1,191 @@
+//! Owns the `network-loss` fault: drop a share of the matched packets from an nftables table the
+//! fault owns (`numgen random`), and delete exactly that table on revert.
+
+use serde::{Deserialize, Serialize};
+
+use super::Context;
+use super::net::{Chain, Direction, NetMatch, NftTable, family, nft_ruleset, nft_table};
+use crate::units::Percent;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkLoss {
+    /// The share of matched packets to drop, a fraction in `(0, 1]`.
+    pub(crate) percent: f64,
+    #[serde(rename = "match")]
+    pub(crate) matching: NetMatch,
+}
+
+impl NetworkLoss {
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "drop {} of {} (an nftables table of its own, deleted on revert)",
+            Percent(self.percent),
+            self.matching
+        )
+    }
+
+    /// The exact ruleset `nft -f -` is fed. Traffic over loopback passes both the output and the
+    /// input hook, so with `direction = "both"` it gets two chances to be dropped.
+    pub(crate) fn ruleset(&self, table: &str, control_port: Option<u16>) -> String {
+        let chains = match self.matching.direction {
+            Direction::Egress => vec![Chain {
+                hook: "output",
+                rules: self.rules(false),
+            }],
+            Direction::Ingress => vec![Chain {
+                hook: "input",
+                rules: self.rules(false),
+            }],
+            Direction::Both => {
+                vec![
+                    Chain {
+                        hook: "input",
+                        rules: self.rules(true),
+                    },
+                    Chain {
+                        hook: "output",
+                        rules: self.rules(false),
+                    },
+                ]
+            }
+        };
+        nft_ruleset(table, control_port, &chains)
+    }
+
+    /// The rules of one chain; `mirrored` swaps the address sides, for answers coming in.
+    fn rules(&self, mirrored: bool) -> Vec<String> {
+        let m = &self.matching;
+        let (to, from) = if mirrored {
+            ("saddr", "daddr")
+        } else {
+            ("daddr", "saddr")
+        };
+        let mut addresses = Vec::new();
+        if let Some(dst) = m.dst {
+            addresses.push(format!("{} {to} {dst}", family(dst)));
+        }
+        if let Some(src) = m.src {
+            addresses.push(format!("{} {from} {src}", family(src)));
+        }
+        let verdict = format!("{}drop", chance(self.percent));
+        let rule = |port: Option<String>| {
+            let mut parts = addresses.clone();
+            parts.extend(port);
+            parts.push(verdict.clone());
+            parts.join(" ")
+        };
+        match m.port {
+            None => vec![rule(None)],
+            // Two rules, so either side's port matches; the second skips packets the first one
+            // already rolled the dice for, or such packets would be dropped more often.
+            Some(port) => vec![
+                rule(Some(format!("meta l4proto {{ tcp, udp }} th dport {port}"))),
+                rule(Some(format!(
+                    "meta l4proto {{ tcp, udp }} th sport {port} th dport != {port}"
+                ))),
+            ],
+        }
+    }
+
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
+        let table = nft_table(ctx.fault_id);
+        let ruleset = self.ruleset(&table, ctx.control_port);
+        NftTable { table, ruleset }
+    }
+}
+
+/// The nft expression that matches a random share of packets; empty when every packet is dropped.
+fn chance(fraction: f64) -> String {
+    if fraction >= 1.0 {
+        return String::new();
+    }
+    let percent = fraction * 100.0;
+    if (percent - percent.round()).abs() < 1e-9 {
+        format!("numgen random mod 100 < {} ", percent.round() as u32)
+    } else {
+        // Hundredths of a percent, for shares like 0.5%.
+        format!(
+            "numgen random mod 10000 < {} ",
+            (fraction * 10_000.0).round() as u32
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss(percent: f64, matching: NetMatch) -> NetworkLoss {
+        NetworkLoss { percent, matching }
+    }
+
+    #[test]
+    fn loss_on_a_port_in_both_directions() {
+        let f = loss(
+            0.3,
+            NetMatch {
+                port: Some(5432),
+                ..NetMatch::default()
+            },
+        );
+        assert_eq!(
+            f.ruleset("faultline_r_0", None),
+            "table inet faultline_r_0 {
+\tchain input {
+\t\ttype filter hook input priority -10; policy accept;
+\t\tmeta l4proto { tcp, udp } th dport 5432 numgen random mod 100 < 30 drop
+\t\tmeta l4proto { tcp, udp } th sport 5432 th dport != 5432 numgen random mod 100 < 30 drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority -10; policy accept;
+\t\tmeta l4proto { tcp, udp } th dport 5432 numgen random mod 100 < 30 drop
+\t\tmeta l4proto { tcp, udp } th sport 5432 th dport != 5432 numgen random mod 100 < 30 drop
+\t}
+}
+"
+        );
+    }
+
+    #[test]
+    fn egress_loss_to_a_network_spares_the_control_channel() {
+        let f = loss(
+            0.005,
+            NetMatch {
+                dst: Some("10.0.0.0/24".parse().unwrap()),
+                direction: Direction::Egress,
+                ..NetMatch::default()
+            },
+        );
+        assert_eq!(
+            f.ruleset("faultline_r_1", Some(7443)),
+            "table inet faultline_r_1 {
+\tchain output {
+\t\ttype filter hook output priority -10; policy accept;
+\t\ttcp dport 7443 accept
+\t\ttcp sport 7443 accept
+\t\tip daddr 10.0.0.0/24 numgen random mod 10000 < 50 drop
+\t}
+}
+"
+        );
+    }
+
+    #[test]
+    fn answers_are_matched_mirrored_and_full_loss_needs_no_dice() {
+        let f = loss(
+            1.0,
+            NetMatch {
+                dst: Some("fd00::5".parse().unwrap()),
+                src: Some("fd00::1".parse().unwrap()),
+                ..NetMatch::default()
+            },
+        );
+        assert_eq!(f.rules(false), ["ip6 daddr fd00::5 ip6 saddr fd00::1 drop"]);
+        assert_eq!(f.rules(true), ["ip6 saddr fd00::5 ip6 daddr fd00::1 drop"]);
+        assert_eq!(
+            f.describe(),
+            "drop 100% of packets to fd00::5 from fd00::1, and the incoming ones back (an nftables table of its own, deleted on revert)"
+        );
+    }
+}
