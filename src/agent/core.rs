@@ -122,7 +122,30 @@ impl AgentCore {
     /// still running (it is reverted as soon as it lands).
     pub(crate) fn close_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
         self.closing.store(true, Ordering::SeqCst);
-        self.revert_all_blocking(RevertCause::Shutdown)
+        self.revert_everything(RevertCause::Shutdown)
+    }
+
+    /// Reverts every active fault and every fault being applied right now (waiting for its apply
+    /// to land; the apply then sees the halt or shutdown and reverts it). Call after setting
+    /// `halted` or `closing`, so that nothing new starts meanwhile.
+    fn revert_everything(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
+        let in_flight: Vec<String> = {
+            let slots = self.slots.lock().expect("agent state lock");
+            slots
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Applying))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let mut results = self.revert_all_blocking(cause);
+        for id in in_flight {
+            match self.revert_blocking(&id, cause) {
+                // An instant fault that landed meanwhile: it held nothing, so nothing was undone.
+                Ok(r) if r.cause == RevertCause::Requested => {}
+                other => results.push(other),
+            }
+        }
+        results
     }
 
     fn refusing(&self) -> bool {
@@ -144,7 +167,7 @@ impl AgentCore {
         ) {
             tracing::error!("failed to persist the halt in {}: {e}", marker.display());
         }
-        self.revert_all_blocking(RevertCause::Halted)
+        self.revert_everything(RevertCause::Halted)
     }
 
     /// Accepts new faults again.

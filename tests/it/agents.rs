@@ -1158,3 +1158,70 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
     );
     assert!(String::from_utf8_lossy(&again.stdout).contains("r: nothing to revert"));
 }
+
+#[test]
+fn a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_get_through() {
+    if !support::privileged(
+        "a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_get_through",
+    ) {
+        return;
+    }
+    let dir = support::tempdir();
+    let tag = std::process::id() % 100_000;
+    // Subnets 250..=254 are this test's.
+    let host = NetHost::create(
+        &format!("flagents-net-{tag}"),
+        &format!("agn{tag}"),
+        250 + (tag % 5) as u8,
+    );
+    let certs = certs(dir.path(), &[&host.addr]);
+    let listen = format!("{}:7443", host.addr);
+    let _agent = start_agent(
+        &["ip", "netns", "exec", &host.ns],
+        &certs,
+        &listen,
+        &dir.path().join("agent-state"),
+        &dir.path().join("agent.log"),
+        &[],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let inv = inventory(
+        dir.path(),
+        &certs,
+        &[("isolated", format!("https://{listen}"), "web")],
+    );
+    // Every packet in or out of the agent's host is dropped for 4 s, with a lease of 1 s: only the
+    // exemption of the agent's own port lets the coordinator renew and then revert.
+    let exp = experiment(
+        "[targets.web]\ntags = { role = \"web\" }",
+        "[[fault]]\nname = \"drop everything\"\nkind = \"network-loss\"\non = \"web\"\npercent = \"100%\"\nmatch = { direction = \"both\" }\nduration = \"4s\"",
+    );
+    let run = support::run_experiment(
+        dir.path(),
+        &exp,
+        &["--agents", inv.to_str().unwrap(), "--lease", "1s"],
+    );
+    assert_eq!(run.verdict(), "passed", "{}", run.explain());
+    let fault = &run.report.as_ref().unwrap()["faults"][0];
+    assert_eq!(fault["status"], "reverted", "{fault}");
+    assert_eq!(fault["agent"], "isolated");
+    let (_, metrics) = curl(
+        &certs,
+        "GET",
+        &format!("https://{listen}/metrics"),
+        Some(&token(&certs)),
+        None,
+    );
+    assert!(
+        metrics.contains("faultline_agent_lease_expiries_total 0"),
+        "the lease must never have lapsed: {metrics}"
+    );
+    let tables = Command::new("ip")
+        .args(["netns", "exec", &host.ns, "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("faultline_"),
+        "the fault's nft table is gone"
+    );
+}
