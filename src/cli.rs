@@ -90,11 +90,13 @@ enum Command {
     Agent(AgentArgs),
     /// Kill switch: revert every fault on every agent now; agents refuse new faults until `resume`.
     Halt {
+        /// The agent inventory: every agent in it is halted.
         #[arg(long, value_name = "INVENTORY")]
         agents: PathBuf,
     },
     /// Let halted agents accept faults again.
     Resume {
+        /// The agent inventory: every agent in it is resumed.
         #[arg(long, value_name = "INVENTORY")]
         agents: PathBuf,
     },
@@ -105,13 +107,15 @@ enum Command {
 #[derive(Args)]
 struct AgentArgs {
     /// Address to listen on, e.g. 0.0.0.0:7443.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     listen: std::net::SocketAddr,
     /// File holding the bearer token every request must carry.
     #[arg(long, value_name = "PATH")]
     token_file: PathBuf,
+    /// The agent's certificate chain (PEM), e.g. `agent.pem` from `faultline certs`.
     #[arg(long, value_name = "PATH")]
     tls_cert: PathBuf,
+    /// The agent's private key (PEM), e.g. `agent-key.pem` from `faultline certs`.
     #[arg(long, value_name = "PATH")]
     tls_key: PathBuf,
     /// Require client certificates signed by this CA (mutual TLS).
@@ -128,6 +132,7 @@ struct AgentArgs {
 #[derive(Args)]
 #[command(group(ArgGroup::new("which").required(true).args(["run", "all"])))]
 struct RevertArgs {
+    /// The agent inventory: every agent in it is asked.
     #[arg(long, value_name = "INVENTORY")]
     agents: PathBuf,
     /// Revert the faults of this run id (printed at the start of a run and in its report).
