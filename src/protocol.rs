@@ -51,6 +51,20 @@ pub(crate) enum RevertCause {
     Halted,
 }
 
+impl RevertCause {
+    /// Why the agent reverted on its own, for reports; `None` when the coordinator asked.
+    pub(crate) fn on_its_own(self) -> Option<&'static str> {
+        match self {
+            RevertCause::Requested => None,
+            RevertCause::DurationEnded => Some("its duration ended on the agent's clock"),
+            RevertCause::LeaseExpired => Some("its lease lapsed (the dead-man switch)"),
+            RevertCause::Shutdown => Some("the agent shut down"),
+            RevertCause::Recovered => Some("the agent recovered it from its journal"),
+            RevertCause::Halted => Some("`faultline halt`"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Reverted {
     pub(crate) id: String,

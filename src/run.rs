@@ -672,8 +672,11 @@ impl Runner<'_> {
                     Ok(reverted) => {
                         fault.record.reverted_at = Some(reverted.at);
                         fault.record.status = FaultState::Reverted;
+                        let by = reverted.cause.on_its_own().map_or_else(String::new, |why| {
+                            format!(" by the agent, because {why}")
+                        });
                         fault.record.detail =
-                            format!("{}; reverted: {}", fault.record.detail, reverted.detail);
+                            format!("{}; reverted{by}: {}", fault.record.detail, reverted.detail);
                         self.progress
                             .log(&format!("reverted `{name}`: {}", reverted.detail));
                     }
