@@ -268,6 +268,31 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// An inventory of agents that are never contacted, for tests of selection and its rendering:
+/// (name, role) pairs, each agent at `https://NAME.test:7443` tagged `role = ROLE`.
+#[cfg(test)]
+pub(crate) fn test_inventory(agents: &[(String, &str)]) -> Inventory {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crate::certs::generate(dir.path(), &[]).expect("certificates");
+    let creds = Credentials {
+        ca_pem: std::fs::read(dir.path().join("ca.pem")).expect("ca.pem"),
+        token: "t".repeat(32),
+        identity_pem: None,
+    };
+    let agents = agents
+        .iter()
+        .map(|(name, role)| {
+            let tags = [("role".to_owned(), (*role).to_owned())].into();
+            let address = format!("https://{name}.test:7443");
+            Arc::new(RemoteAgent::new(name.clone(), &address, tags, &creds, None).expect("agent"))
+        })
+        .collect();
+    Inventory {
+        path: "inventory.toml".into(),
+        agents,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Raw, fnv1a};
@@ -284,31 +309,7 @@ mod tests {
     }
 
     fn fleet(n: usize) -> super::Inventory {
-        let dir = tempfile::tempdir().unwrap();
-        crate::certs::generate(dir.path(), &[]).unwrap();
-        let creds = super::Credentials {
-            ca_pem: std::fs::read(dir.path().join("ca.pem")).unwrap(),
-            token: "t".repeat(32),
-            identity_pem: None,
-        };
-        let agents = (0..n)
-            .map(|i| {
-                let tags = [("role".to_owned(), "web".to_owned())].into();
-                let agent = super::RemoteAgent::new(
-                    format!("w{i}"),
-                    "https://127.0.0.1:1",
-                    tags,
-                    &creds,
-                    None,
-                )
-                .unwrap();
-                std::sync::Arc::new(agent)
-            })
-            .collect();
-        super::Inventory {
-            path: "inv.toml".into(),
-            agents,
-        }
+        super::test_inventory(&(0..n).map(|i| (format!("w{i}"), "web")).collect::<Vec<_>>())
     }
 
     fn group(
@@ -363,7 +364,7 @@ mod tests {
         let e = super::choose("db", &none, &inv, 7).unwrap_err();
         assert_eq!(
             e,
-            "target group `db` (tags role=db) matches none of the 5 agent(s) in inv.toml; refusing to run"
+            "target group `db` (tags role=db) matches none of the 5 agent(s) in inventory.toml; refusing to run"
         );
     }
 

@@ -248,6 +248,62 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn plan_shows_groups_and_the_agents_a_seed_picks() {
+        let text = r#"
+title = "fleet"
+[targets.web]
+tags = { role = "web" }
+percent = "50%"
+max = 2
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "p"
+tcp = "127.0.0.1:1"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+on = "web"
+select = { name = "nginx" }
+[recovery]
+within = "5s"
+"#;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = super::render(&exp, true);
+        assert!(
+            plan.contains("  web: agents tagged role=web; 50% of them, rounded up, at least 1, at most 2, chosen by the run's seed\n"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("now:"),
+            "a remote group's processes are not previewed from here: {plan}"
+        );
+        let names = ["web-1", "web-2", "web-3", "db-1"];
+        let roles = ["web", "web", "web", "db"];
+        let agents: Vec<(String, &str)> = names
+            .iter()
+            .zip(roles)
+            .map(|(n, r)| ((*n).to_owned(), r))
+            .collect();
+        let inventory = crate::inventory::test_inventory(&agents);
+        let selection = crate::inventory::select(&exp, Some(&inventory), 42).unwrap();
+        let chosen = super::render_selection(&selection, Some(42));
+        assert!(
+            chosen.starts_with("\nresolved agents (seed 42):\n  web: 2 of 3 matching agent(s)\n"),
+            "{chosen}"
+        );
+        assert_eq!(chosen.matches("    - web-").count(), 2, "{chosen}");
+        assert!(chosen.contains(".test:7443 [role=web]\n"), "{chosen}");
+        let matching = super::render_selection(&selection, None);
+        assert_eq!(
+            matching,
+            "\nresolved agents (matching now; pass --seed N to see a run's exact choice):\n  web: 2 of 3 matching agent(s)\n    \
+             - web-1 at https://web-1.test:7443 [role=web]\n    - web-2 at https://web-2.test:7443 [role=web]\n    \
+             - web-3 at https://web-3.test:7443 [role=web]\n"
+        );
+    }
+
+    #[test]
     fn plan_reads_as_a_timeline() {
         let text = r#"
 title = "kill and fill"
