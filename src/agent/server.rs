@@ -102,6 +102,7 @@ struct AuditNote(String);
 
 /// Runs the daemon until SIGTERM or SIGINT, then reverts every active fault and returns.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let envelope = match &settings.config {
         Some(path) => Envelope::load(path).map_err(anyhow::Error::msg)?,
         None => Envelope::default(),
@@ -159,7 +160,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             ""
         },
     );
-    tls::serve(listener, tls_config, router(state), shutdown_signal()).await;
+    tls::serve(listener, tls_config, router(state), shutdown).await;
     println!("shutting down: reverting every active fault");
     let results = tokio::task::spawn_blocking(move || core.close_blocking()).await?;
     let mut failed = 0;
@@ -189,18 +190,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT at once (so a signal that arrives during recovery or start-up
+/// is not lost to the default action), and returns the future that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn read_token(path: &Path) -> Result<String, String> {
