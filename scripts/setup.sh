@@ -12,6 +12,7 @@ declare -A needs=(
   [unshare]=util-linux
   [mount]=mount
   [df]=coreutils
+  [curl]=curl
   # The tests of the prometheus probe and the error-budget gate start their own Prometheus
   # (on a free loopback port, with a temporary data directory); the package's service is not used.
   [prometheus]=prometheus

@@ -1,14 +1,20 @@
 //! Owns the agent boundary: the one interface through which the coordinator applies, renews and
-//! reverts faults, whether the agent is embedded in this process or (later) a remote daemon.
+//! reverts faults, whether the agent is embedded in this process or a remote daemon.
 
 mod core;
+mod envelope;
 mod journal;
+mod remote;
+pub(crate) mod server;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use self::core::AgentCore;
-use crate::protocol::{Applied, ApplyRequest, OpenRequest, RevertCause, Reverted};
+pub(crate) use self::envelope::Envelope;
+pub(crate) use self::remote::{Credentials, RemoteAgent};
+use crate::protocol::{Applied, ApplyRequest, OpenRequest, Renewed, RevertCause, Reverted};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AgentError {
@@ -24,6 +30,8 @@ pub(crate) enum AgentError {
     RevertFailed(String),
     #[error("agent failed: {0}")]
     Internal(String),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// An agent the coordinator can drive. A closed set: the coordinator matches on nothing here.
@@ -31,12 +39,15 @@ pub(crate) enum AgentError {
 pub(crate) enum Agent {
     /// Faults act on this host, in this process.
     Embedded(Arc<AgentCore>),
+    /// A `faultline agent` daemon, over HTTPS.
+    Remote(Arc<RemoteAgent>),
 }
 
 impl Agent {
     pub(crate) fn name(&self) -> &str {
         match self {
             Agent::Embedded(_) => "local",
+            Agent::Remote(remote) => &remote.name,
         }
     }
 
@@ -49,6 +60,7 @@ impl Agent {
                     .await
                     .map_err(|e| AgentError::Internal(e.to_string()))?
             }
+            Agent::Remote(remote) => remote.apply(id, &req).await,
         }
     }
 
@@ -62,6 +74,7 @@ impl Agent {
                     .await
                     .map_err(|e| AgentError::Internal(e.to_string()))?
             }
+            Agent::Remote(remote) => remote.open(id, &req).await,
         }
     }
 
@@ -76,19 +89,15 @@ impl Agent {
                 .await
                 .map_err(|e| AgentError::Internal(e.to_string()))?
             }
+            Agent::Remote(remote) => remote.revert(id).await,
         }
     }
 
-    #[expect(
-        clippy::unused_async,
-        reason = "renewing a remote agent's leases is a network call"
-    )]
-    pub(crate) async fn renew(&self, ids: Vec<String>) -> Result<(), AgentError> {
+    /// Renews the leases of every listed fault on this agent in one call.
+    pub(crate) async fn renew(&self, ids: Vec<String>) -> Result<Renewed, AgentError> {
         match self {
-            Agent::Embedded(core) => {
-                core.renew(&ids);
-                Ok(())
-            }
+            Agent::Embedded(core) => Ok(core.renew(&ids)),
+            Agent::Remote(remote) => remote.renew(ids).await,
         }
     }
 }

@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::agent::{Agent, AgentCore, default_state_dir};
+use crate::agent::{Agent, AgentCore, Envelope, default_state_dir, server};
 use crate::experiment;
 use crate::fault::{Work, worker_main};
+use crate::inventory::{self, Selection};
 use crate::model::{Experiment, LOCAL_GROUP};
 use crate::progress::Progress;
 use crate::protocol::RevertCause;
 use crate::report::{json, junit, terminal};
-use crate::run::{self, RunOptions};
+use crate::run::{self, RunOptions, Targets};
 use crate::units::Dur;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
@@ -68,10 +69,78 @@ enum Command {
     /// Print what a run would do — targets, timeline, changes — without doing it.
     Plan {
         file: PathBuf,
-        /// Agent inventory (network agents are not available in this build).
+        /// Agent inventory: shows which agents each target group resolves to (contacts none).
         #[arg(long)]
         agents: Option<PathBuf>,
+        /// Show the agents this seed would choose; without it, the matching agents are listed.
+        #[arg(long)]
+        seed: Option<u64>,
     },
+    /// Write a private CA, an agent certificate and key, a client certificate and a random token
+    /// into a directory, for `faultline agent` and the inventory.
+    Certs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A DNS name or IP address the agent certificate is valid for (repeat for several)
+        /// [default: localhost and 127.0.0.1].
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Run the agent daemon: serves the agent API over TLS until SIGTERM, then reverts every fault.
+    Agent(AgentArgs),
+    /// Kill switch: revert every fault on every agent now; agents refuse new faults until `resume`.
+    Halt {
+        /// The agent inventory: every agent in it is halted.
+        #[arg(long, value_name = "INVENTORY")]
+        agents: PathBuf,
+    },
+    /// Let halted agents accept faults again.
+    Resume {
+        /// The agent inventory: every agent in it is resumed.
+        #[arg(long, value_name = "INVENTORY")]
+        agents: PathBuf,
+    },
+    /// Revert the faults of one run, or all faults, on every agent.
+    Revert(RevertArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7443.
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token every request must carry.
+    #[arg(long, value_name = "PATH")]
+    token_file: PathBuf,
+    /// The agent's certificate chain (PEM), e.g. `agent.pem` from `faultline certs`.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: PathBuf,
+    /// The agent's private key (PEM), e.g. `agent-key.pem` from `faultline certs`.
+    #[arg(long, value_name = "PATH")]
+    tls_key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, value_name = "PATH")]
+    client_ca: Option<PathBuf>,
+    /// Where the agent journals its faults [default: /var/lib/faultline/agent].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Safety envelope: allowed kinds, maximum duration and disk fill, protected processes.
+    #[arg(long, value_name = "agent.toml")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["run", "all"])))]
+struct RevertArgs {
+    /// The agent inventory: every agent in it is asked.
+    #[arg(long, value_name = "INVENTORY")]
+    agents: PathBuf,
+    /// Revert the faults of this run id (printed at the start of a run and in its report).
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<String>,
+    /// Revert every active fault.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,15 +222,20 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => Ok(validate(&files)),
-        Command::Plan { file, agents } => {
+        Command::Plan { file, agents, seed } => {
             let Some(exp) = load(&file) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
-            if let Err(e) = check_targets(&exp, agents.as_deref()) {
-                eprintln!("error: {e:#}");
-                return Ok(ExitCode::from(EXIT_INVALID));
-            }
+            let selection =
+                match runtime()?.block_on(resolve(&exp, agents.as_deref(), seed.unwrap_or(0))) {
+                    Ok(selection) => selection,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                };
             print!("{}", crate::plan::render(&exp, true));
+            print!("{}", crate::plan::render_selection(&selection, seed));
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_experiment(&args),
@@ -193,6 +267,45 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             };
             worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { out, hosts } => {
+            let written = crate::certs::generate(&out, &hosts).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote (certificates valid 10 years, for {}):",
+                written.hosts.join(", ")
+            );
+            for file in &written.files {
+                println!("  {}", file.display());
+            }
+            println!(
+                "start an agent with: faultline agent --listen 0.0.0.0:7443 --token-file {0}/token --tls-cert {0}/agent.pem --tls-key {0}/agent-key.pem",
+                out.display()
+            );
+            println!(
+                "and point the inventory's `ca` at {0}/ca.pem and `token_file` at {0}/token",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(args) => {
+            let settings = server::Settings {
+                listen: args.listen,
+                token_file: args.token_file,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                client_ca: args.client_ca,
+                state_dir: args
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/faultline/agent")),
+                config: args.config,
+            };
+            runtime()?.block_on(server::run(settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Halt { agents } => runtime()?.block_on(crate::fleet::halt(&agents)),
+        Command::Resume { agents } => runtime()?.block_on(crate::fleet::resume(&agents)),
+        Command::Revert(args) => {
+            runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
         }
         Command::Budget { file } => budget(&file),
         Command::Bench(BenchCommand::Probes {
@@ -249,6 +362,54 @@ fn budget(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+/// Asks every chosen agent whether it is reachable and accepting faults, all at once, so a run
+/// against a halted or unreachable agent stops before the baseline instead of in the middle.
+async fn preflight(selection: &Selection) -> Result<(), String> {
+    let mut agents: Vec<_> = selection
+        .groups
+        .values()
+        .flat_map(|g| g.chosen.iter().cloned())
+        .collect();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    agents.dedup_by(|a, b| a.name == b.name);
+    let checks: Vec<_> = agents
+        .into_iter()
+        .map(|a| tokio::spawn(async move { (a.name.clone(), a.health().await) }))
+        .collect();
+    let mut problems = Vec::new();
+    for check in checks {
+        match check.await {
+            Ok((_, Ok(h))) if !h.halted => {}
+            Ok((name, Ok(_))) => problems.push(format!(
+                "agent `{name}` is halted (run `faultline resume --agents ...` first)"
+            )),
+            Ok((_, Err(e))) => problems.push(e.to_string()),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Loads the inventory (if any) and resolves every target group for this seed.
+async fn resolve(exp: &Experiment, agents: Option<&Path>, seed: u64) -> anyhow::Result<Selection> {
+    let inventory = match agents {
+        Some(path) => Some(inventory::load(path).await.map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    inventory::select(exp, inventory.as_ref(), seed).map_err(anyhow::Error::msg)
+}
+
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
@@ -282,44 +443,34 @@ fn load(file: &Path) -> Option<Experiment> {
     }
 }
 
-/// Checks that every target group can be resolved with the agents at hand.
-fn check_targets(exp: &Experiment, agents: Option<&Path>) -> anyhow::Result<()> {
-    if let Some(inventory) = agents {
-        bail!(
-            "--agents {}: network agents are not available in this build yet; run without --agents to use the embedded agent",
-            inventory.display()
-        );
-    }
-    if let Some(f) = exp.faults.iter().find(|f| f.on != LOCAL_GROUP) {
-        bail!(
-            "{}: fault `{}` targets group `{}`, which needs an agent inventory (--agents); without one only `local` exists",
-            exp.file.display(),
-            f.name,
-            f.on
-        );
-    }
-    Ok(())
-}
-
 fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let Some(exp) = load(&args.file) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
-    if let Err(e) = check_targets(&exp, args.agents.as_deref()) {
-        eprintln!("error: {e:#}");
-        return Ok(ExitCode::from(EXIT_INVALID));
-    }
+    // Drawn here, not in the run, because the choice of agents already depends on it.
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let runtime = runtime()?;
+    let selection = match runtime.block_on(resolve(&exp, args.agents.as_deref(), seed)) {
+        Ok(selection) => selection,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
     if args.dry_run {
         // Fixtures are not running yet, so "what matches now" would mislead for self-contained experiments.
         print!("{}", crate::plan::render(&exp, exp.setup.is_empty()));
+        print!("{}", crate::plan::render_selection(&selection, Some(seed)));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
+    if !args.dry_run {
+        if let Err(e) = runtime.block_on(preflight(&selection)) {
+            eprintln!("error: {e}; nothing was injected");
+            return Ok(ExitCode::from(5));
+        }
+    }
     let report = runtime.block_on(async {
         let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-        let (core, recovery) = AgentCore::open(&state_dir).map_err(anyhow::Error::msg)?;
+        let (core, recovery) = AgentCore::open(&state_dir, Envelope::default(), None).map_err(anyhow::Error::msg)?;
         let progress = Progress::new(args.quiet);
         for line in &recovery.reverted {
             progress.log(&format!("reverted a fault left by an earlier crashed run: {line}"));
@@ -332,8 +483,18 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         core.spawn_reaper();
-        let opts = RunOptions { seed: args.seed, dry_run: args.dry_run, lease: args.lease, recovered: recovery.reverted };
-        let mut report = run::run(&exp, Agent::Embedded(core.clone()), opts, &progress).await;
+        let mut targets: Targets = selection
+            .groups
+            .iter()
+            .map(|(name, choice)| (name.clone(), choice.chosen.iter().map(|a| Agent::Remote(a.clone())).collect()))
+            .collect();
+        targets.insert(LOCAL_GROUP.to_owned(), vec![Agent::Embedded(core.clone())]);
+        for (name, choice) in &selection.groups {
+            let names: Vec<&str> = choice.chosen.iter().map(|a| a.name.as_str()).collect();
+            progress.log(&format!("target group `{name}`: {} of {} matching agent(s): {}", names.len(), choice.matching.len(), names.join(", ")));
+        }
+        let opts = RunOptions { seed: Some(seed), dry_run: args.dry_run, lease: args.lease, recovered: recovery.reverted };
+        let mut report = run::run(&exp, &targets, opts, &progress).await;
         // The run reverts every fault it injected; this is the backstop should one have slipped
         // through (a revert that timed out). Anything found here is reported as a failed revert.
         let leftovers = tokio::task::spawn_blocking(move || core.revert_all_blocking(RevertCause::Shutdown)).await?;

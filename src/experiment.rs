@@ -248,8 +248,18 @@ impl Validator<'_> {
                 "`local` is the embedded agent and cannot be redefined; pick another group name",
             );
         }
+        if t.max == Some(0) {
+            return self.at(
+                span,
+                "`max = 0` selects nothing; remove the group's faults instead",
+            );
+        }
         let pick = self.pick(span, t.count, t.percent.map(|p| p.0))?;
-        Ok(TargetGroup { tags: t.tags, pick })
+        Ok(TargetGroup {
+            tags: t.tags,
+            pick,
+            max: t.max,
+        })
     }
 
     fn pick(

@@ -282,6 +282,19 @@ impl Prepared {
         }
     }
 
+    /// The processes this fault will signal, so an agent can refuse ones its envelope protects.
+    pub(crate) fn processes(&self) -> &[ProcRef] {
+        match self {
+            Prepared::Kill(p) => &p.victims,
+            Prepared::Pause(p) => &p.victims,
+            Prepared::Fill(_)
+            | Prepared::Stress(_)
+            | Prepared::Nft(_)
+            | Prepared::Qdisc(_)
+            | Prepared::Latency(_) => &[],
+        }
+    }
+
     /// Makes the change. On error, the caller reverts the journaled undo: a partial injection
     /// (some processes stopped, part of a file allocated) is undone like a whole one.
     pub(crate) fn inject(&self) -> Result<String, String> {

@@ -5,10 +5,13 @@
 mod agent;
 mod bench;
 mod budget;
+mod certs;
 mod cli;
 mod experiment;
 mod fault;
 mod fixture;
+mod fleet;
+mod inventory;
 mod model;
 mod plan;
 mod probe;

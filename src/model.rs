@@ -65,6 +65,8 @@ pub(crate) enum ReadyKind {
 pub(crate) struct TargetGroup {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) pick: Option<Pick>,
+    /// A cap on how many agents the group acts on, applied after `pick`.
+    pub(crate) max: Option<u32>,
 }
 
 /// How many of the matching targets to act on; rounding is up, and never below one.

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::model::{Check, Experiment, ReadyKind, Slo};
+use crate::inventory::Selection;
+use crate::model::{Check, Experiment, LOCAL_GROUP, Pick, ReadyKind, Slo};
 use crate::units::{Dur, Percent};
 
 /// Renders the plan. `preview` adds what each fault would act on right now (reads the host,
@@ -125,11 +126,25 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     out.push_str("\ntargets:\n  local: the embedded agent (faults act on this host)\n");
     for (name, group) in &exp.targets {
         let tags: Vec<String> = group.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let how_many = match group.pick {
+            None => "all of them".to_owned(),
+            Some(Pick::Count(n)) => format!("{n} of them"),
+            Some(Pick::Percent(p)) => format!(
+                "{} of them, rounded up, at least 1",
+                crate::units::Percent(p)
+            ),
+        };
+        let cap = group
+            .max
+            .map_or_else(String::new, |m| format!(", at most {m}"));
+        let tags = if tags.is_empty() {
+            "anything".to_owned()
+        } else {
+            tags.join(", ")
+        };
         let _ = writeln!(
             out,
-            "  {name}: agents tagged {} ({:?})",
-            tags.join(", "),
-            group.pick
+            "  {name}: agents tagged {tags}; {how_many}{cap}, chosen by the run's seed"
         );
     }
     out.push_str("\ntimeline (t = start of the method):\n");
@@ -145,7 +160,8 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
             f.on,
             f.spec.describe()
         );
-        if preview {
+        // Only the embedded agent's host is this host: a remote group's processes are not here.
+        if preview && f.on == LOCAL_GROUP {
             let _ = writeln!(out, "  {:<10} now: {}", "", f.spec.preview());
         }
         let index = exp
@@ -196,6 +212,47 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     out
 }
 
+/// The agents each target group resolved to. With a seed, the exact agents a run with that seed
+/// acts on; without, every matching agent and how many a run will pick.
+pub(crate) fn render_selection(selection: &Selection, seed: Option<u64>) -> String {
+    let mut out = String::new();
+    if selection.groups.is_empty() {
+        return out;
+    }
+    match seed {
+        Some(seed) => {
+            let _ = writeln!(out, "\nresolved agents (seed {seed}):");
+        }
+        None => out.push_str(
+            "\nresolved agents (matching now; pass --seed N to see a run's exact choice):\n",
+        ),
+    }
+    for (name, choice) in &selection.groups {
+        let list = if seed.is_some() {
+            &choice.chosen
+        } else {
+            &choice.matching
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {} of {} matching agent(s)",
+            choice.chosen.len(),
+            choice.matching.len()
+        );
+        for agent in list {
+            let tags: Vec<String> = agent.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "    - {} at {} [{}]",
+                agent.name,
+                agent.address,
+                tags.join(", ")
+            );
+        }
+    }
+    out
+}
+
 fn slo_text(slo: &Slo) -> String {
     let mut parts = vec![format!("success >= {}", slo.success)];
     for (label, bound) in [("p50", slo.p50), ("p95", slo.p95), ("p99", slo.p99)] {
@@ -209,6 +266,62 @@ fn slo_text(slo: &Slo) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn plan_shows_groups_and_the_agents_a_seed_picks() {
+        let text = r#"
+title = "fleet"
+[targets.web]
+tags = { role = "web" }
+percent = "50%"
+max = 2
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "p"
+tcp = "127.0.0.1:1"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+on = "web"
+select = { name = "nginx" }
+[recovery]
+within = "5s"
+"#;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = super::render(&exp, true);
+        assert!(
+            plan.contains("  web: agents tagged role=web; 50% of them, rounded up, at least 1, at most 2, chosen by the run's seed\n"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("now:"),
+            "a remote group's processes are not previewed from here: {plan}"
+        );
+        let names = ["web-1", "web-2", "web-3", "db-1"];
+        let roles = ["web", "web", "web", "db"];
+        let agents: Vec<(String, &str)> = names
+            .iter()
+            .zip(roles)
+            .map(|(n, r)| ((*n).to_owned(), r))
+            .collect();
+        let inventory = crate::inventory::test_inventory(&agents);
+        let selection = crate::inventory::select(&exp, Some(&inventory), 42).unwrap();
+        let chosen = super::render_selection(&selection, Some(42));
+        assert!(
+            chosen.starts_with("\nresolved agents (seed 42):\n  web: 2 of 3 matching agent(s)\n"),
+            "{chosen}"
+        );
+        assert_eq!(chosen.matches("    - web-").count(), 2, "{chosen}");
+        assert!(chosen.contains(".test:7443 [role=web]\n"), "{chosen}");
+        let matching = super::render_selection(&selection, None);
+        assert_eq!(
+            matching,
+            "\nresolved agents (matching now; pass --seed N to see a run's exact choice):\n  web: 2 of 3 matching agent(s)\n    \
+             - web-1 at https://web-1.test:7443 [role=web]\n    - web-2 at https://web-2.test:7443 [role=web]\n    \
+             - web-3 at https://web-3.test:7443 [role=web]\n"
+        );
+    }
 
     #[test]
     fn plan_reads_as_a_timeline() {

@@ -97,7 +97,13 @@ pub(crate) struct ProcInfo {
     pub(crate) comm: String,
     pub(crate) cmdline: String,
     pub(crate) start_time: u64,
+    /// From the kernel's `PF_KTHREAD` flag, not from "pid 2 or a child of it": inside a pid
+    /// namespace (a container, an agent's test host) pid 2 is an ordinary process.
+    kernel_thread: bool,
 }
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags.
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 impl ProcInfo {
     pub(crate) fn to_ref(&self) -> ProcRef {
@@ -109,7 +115,7 @@ impl ProcInfo {
     }
 
     fn is_kernel_thread(&self) -> bool {
-        self.pid == 2 || self.ppid == 2
+        self.kernel_thread
     }
 }
 
@@ -129,6 +135,7 @@ pub(crate) fn read(pid: i32) -> Option<ProcInfo> {
         comm: stat.comm,
         cmdline,
         start_time: stat.starttime,
+        kernel_thread: stat.flags & PF_KTHREAD != 0,
     })
 }
 

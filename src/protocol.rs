@@ -57,6 +57,22 @@ pub(crate) enum RevertCause {
     Shutdown,
     /// Found in the journal after a crash.
     Recovered,
+    /// `faultline halt`: the kill switch.
+    Halted,
+}
+
+impl RevertCause {
+    /// Why the agent reverted on its own, for reports; `None` when the coordinator asked.
+    pub(crate) fn on_its_own(self) -> Option<&'static str> {
+        match self {
+            RevertCause::Requested => None,
+            RevertCause::DurationEnded => Some("its duration ended on the agent's clock"),
+            RevertCause::LeaseExpired => Some("its lease lapsed (the dead-man switch)"),
+            RevertCause::Shutdown => Some("the agent shut down"),
+            RevertCause::Recovered => Some("the agent recovered it from its journal"),
+            RevertCause::Halted => Some("`faultline halt`"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,6 +91,44 @@ pub(crate) struct FaultStatus {
     pub(crate) kind: String,
     pub(crate) targets: Vec<String>,
     pub(crate) injected_at: Timestamp,
+}
+
+/// Renew the leases of these faults (one call per agent covers all of a run's faults there).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RenewRequest {
+    pub(crate) ids: Vec<String>,
+}
+
+/// What renewing found: ids the agent no longer holds (reverted, or never applied) are listed, so
+/// the coordinator learns that a fault ended without it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Renewed {
+    pub(crate) renewed: Vec<String>,
+    pub(crate) unknown: Vec<String>,
+}
+
+/// An agent's answer to `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Health {
+    pub(crate) ok: bool,
+    pub(crate) halted: bool,
+    pub(crate) active: usize,
+    pub(crate) version: String,
+}
+
+/// What `halt` (or a bulk revert) undid on one agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct RevertedAll {
+    pub(crate) reverted: Vec<Reverted>,
+    pub(crate) failed: Vec<String>,
+}
+
+/// An error as an agent sends it: `kind` maps back onto the coordinator's error type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) kind: String,
+    pub(crate) error: String,
 }
 
 /// Checks a coordinator-chosen fault id: it names a journal file, so it must be a plain token.

@@ -4,6 +4,7 @@
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
 //! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Agent, AgentError};
 use crate::budget::{self, Budget};
+use crate::fault::RunResource;
 use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
@@ -48,7 +50,12 @@ enum Slot {
     Done,
 }
 
+/// One fault step acting on one agent: a step whose target group resolved to three agents runs as
+/// three of these, injected and reverted concurrently and reported one by one.
 struct FaultRun {
+    /// Index into `Experiment::faults`.
+    step: usize,
+    agent: Agent,
     id: String,
     seed: u64,
     slot: Slot,
@@ -69,9 +76,11 @@ enum Stage {
     Done,
 }
 
+/// The agents each target group resolved to, `local` included when a fault uses it.
+pub(crate) type Targets = BTreeMap<String, Vec<Agent>>;
+
 struct Runner<'a> {
     exp: &'a Experiment,
-    agent: Agent,
     opts: RunOptions,
     progress: &'a Progress,
     run_id: String,
@@ -97,18 +106,18 @@ struct Runner<'a> {
     outcome: Option<(Verdict, String)>,
     last_renew: Instant,
     last_status: Instant,
-    /// Ids of the run resources (proxies) open on the agent, renewed like active faults.
-    resources: Vec<String>,
+    /// The run resources (proxies) open on agents, with their ids; renewed like active faults.
+    resources: Vec<(Agent, String)>,
     closing_failures: Vec<String>,
     /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
     budget: Option<Budget>,
 }
 
-/// Runs an experiment against one agent and returns the report. Never panics on a failed fault:
-/// every outcome, including errors, is a report.
+/// Runs an experiment against the agents of its target groups and returns the report. Never panics
+/// on a failed fault: every outcome, including errors, is a report.
 pub(crate) async fn run(
     exp: &Experiment,
-    agent: Agent,
+    targets: &Targets,
     opts: RunOptions,
     progress: &Progress,
 ) -> Report {
@@ -120,32 +129,40 @@ pub(crate) async fn run(
         rand::random::<u16>()
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults = exp
-        .faults
-        .iter()
-        .enumerate()
-        .map(|(i, step)| FaultRun {
-            id: format!("{run_id}-{i}"),
-            seed: rng.random(),
-            slot: Slot::Pending,
-            record: FaultRecord {
-                name: step.name.clone(),
-                kind: step.spec.kind().to_owned(),
-                agent: agent.name().to_owned(),
-                targets: Vec::new(),
-                injected_at: None,
-                reverted_at: None,
-                status: FaultState::Skipped,
-                detail: String::new(),
-            },
-            ended: None,
-        })
-        .collect();
+    let mut faults = Vec::new();
+    for (i, step) in exp.faults.iter().enumerate() {
+        for (k, agent) in targets.get(&step.on).into_iter().flatten().enumerate() {
+            faults.push(FaultRun {
+                step: i,
+                agent: agent.clone(),
+                // Unique per (step, agent): agents that share a filesystem (two on one host, an
+                // NFS mount) must never collide on a fill file or journal entry. The first agent's
+                // id is the plain `RUN-STEP` that `plan` shows.
+                id: if k == 0 {
+                    format!("{run_id}-{i}")
+                } else {
+                    format!("{run_id}-{i}.{k}")
+                },
+                seed: rng.random(),
+                slot: Slot::Pending,
+                record: FaultRecord {
+                    name: step.name.clone(),
+                    kind: step.spec.kind().to_owned(),
+                    agent: agent.name().to_owned(),
+                    targets: Vec::new(),
+                    injected_at: None,
+                    reverted_at: None,
+                    status: FaultState::Skipped,
+                    detail: String::new(),
+                },
+                ended: None,
+            });
+        }
+    }
     let (ops, mut ops_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let mut runner = Runner {
         exp,
-        agent,
         opts,
         progress,
         run_id,
@@ -280,26 +297,31 @@ impl Runner<'_> {
     /// Opens what the faults act through for the whole run (latency proxies), before the steady
     /// state is measured, so probes that go through them see the same path before, during and after.
     async fn open_resources(&mut self) -> Result<(), String> {
-        let mut wanted = Vec::new();
-        for step in &self.exp.faults {
-            if let Some(resource) = step.spec.run_resource() {
-                if !wanted.contains(&resource) {
-                    wanted.push(resource);
+        // One resource per agent that runs a fault needing it, however many faults share it.
+        let mut wanted: Vec<(Agent, RunResource)> = Vec::new();
+        for f in &self.faults {
+            if let Some(resource) = self.exp.faults[f.step].spec.run_resource() {
+                if !wanted
+                    .iter()
+                    .any(|(a, r)| a.name() == f.agent.name() && *r == resource)
+                {
+                    wanted.push((f.agent.clone(), resource));
                 }
             }
         }
-        for (k, resource) in wanted.into_iter().enumerate() {
+        for (k, (agent, resource)) in wanted.into_iter().enumerate() {
             let id = format!("{}-r{k}", self.run_id);
-            let what = resource.describe();
+            let what = format!("{} on {}", resource.describe(), agent.name());
             let req = OpenRequest {
                 run_id: self.run_id.clone(),
                 resource,
                 lease_ms: self.opts.lease.as_millis() as u64,
             };
-            match tokio::time::timeout(OP_TIMEOUT, self.agent.open(&id, req)).await {
+            match tokio::time::timeout(OP_TIMEOUT, agent.open(&id, req)).await {
                 Ok(Ok(opened)) => {
-                    self.progress.log(&format!("setup: {}", opened.detail));
-                    self.resources.push(id);
+                    self.progress
+                        .log(&format!("setup: {}: {}", agent.name(), opened.detail));
+                    self.resources.push((agent, id));
                 }
                 Ok(Err(e)) => return Err(format!("failed to open the {what}: {e}")),
                 Err(_) => {
@@ -316,15 +338,20 @@ impl Runner<'_> {
 
     /// Closes the run resources; a failure is reported like a failed revert.
     async fn close_resources(&mut self) {
-        for id in std::mem::take(&mut self.resources) {
-            let line = match tokio::time::timeout(OP_TIMEOUT, self.agent.revert(&id)).await {
+        for (agent, id) in std::mem::take(&mut self.resources) {
+            let line = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
                 Ok(Ok(closed)) => {
-                    self.progress.log(&format!("teardown: {}", closed.detail));
+                    self.progress
+                        .log(&format!("teardown: {}: {}", agent.name(), closed.detail));
                     continue;
                 }
-                Ok(Err(e)) => format!("run resource {id} could NOT be closed: {e}"),
+                Ok(Err(e)) => format!(
+                    "run resource {id} on {} could NOT be closed: {e}",
+                    agent.name()
+                ),
                 Err(_) => format!(
-                    "run resource {id} could NOT be closed: no answer within {}",
+                    "run resource {id} on {} could NOT be closed: no answer within {}",
+                    agent.name(),
                     format_ms(OP_TIMEOUT)
                 ),
             };
@@ -428,7 +455,9 @@ impl Runner<'_> {
         let start = self.method_start.expect("method started");
         if !self.stopping {
             for i in 0..self.faults.len() {
-                if self.faults[i].slot == Slot::Pending && now >= start + self.exp.faults[i].at {
+                if self.faults[i].slot == Slot::Pending
+                    && now >= start + self.exp.faults[self.faults[i].step].at
+                {
                     self.inject(i);
                 }
             }
@@ -442,7 +471,7 @@ impl Runner<'_> {
                         .clone_into(&mut self.faults[i].record.detail);
                 }
                 Slot::Active { since } => {
-                    let due = self.exp.faults[i]
+                    let due = self.exp.faults[self.faults[i].step]
                         .duration
                         .is_some_and(|d| now >= since + d);
                     if due || self.stopping {
@@ -599,8 +628,8 @@ impl Runner<'_> {
     }
 
     fn inject(&mut self, i: usize) {
-        let step = &self.exp.faults[i];
         let fault = &mut self.faults[i];
+        let step = &self.exp.faults[fault.step];
         fault.slot = Slot::Injecting;
         let req = ApplyRequest {
             run_id: self.run_id.clone(),
@@ -609,9 +638,13 @@ impl Runner<'_> {
             lease_ms: self.opts.lease.as_millis() as u64,
             seed: fault.seed,
         };
-        self.progress
-            .log(&format!("inject `{}`: {}", step.name, step.spec.describe()));
-        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        self.progress.log(&format!(
+            "inject `{}` on {}: {}",
+            step.name,
+            fault.agent.name(),
+            step.spec.describe()
+        ));
+        let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.apply(&id, req)).await {
                 Ok(result) => result,
@@ -627,7 +660,7 @@ impl Runner<'_> {
     fn revert(&mut self, i: usize) {
         let fault = &mut self.faults[i];
         fault.slot = Slot::Reverting;
-        let (agent, id, ops) = (self.agent.clone(), fault.id.clone(), self.ops.clone());
+        let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
                 Ok(result) => result,
@@ -640,30 +673,57 @@ impl Runner<'_> {
         });
     }
 
+    /// Renews every held fault's lease: one call per agent, all agents at once. A renewal that
+    /// fails is only logged: if the agent stays unreachable, its lease lapses and it reverts alone.
     fn renew_leases(&self) {
-        let active = self
+        let mut per_agent: BTreeMap<&str, (Agent, Vec<String>)> = BTreeMap::new();
+        for f in self
             .faults
             .iter()
             .filter(|f| matches!(f.slot, Slot::Active { .. }))
-            .map(|f| f.id.clone());
-        let ids: Vec<String> = active.chain(self.resources.iter().cloned()).collect();
-        if ids.is_empty() {
-            return;
+        {
+            per_agent
+                .entry(f.agent.name())
+                .or_insert_with(|| (f.agent.clone(), Vec::new()))
+                .1
+                .push(f.id.clone());
         }
-        let agent = self.agent.clone();
-        tokio::spawn(async move {
-            if let Err(e) = agent.renew(ids).await {
-                tracing::warn!("failed to renew leases on {}: {e}", agent.name());
-            }
-        });
+        for (agent, id) in &self.resources {
+            per_agent
+                .entry(agent.name())
+                .or_insert_with(|| (agent.clone(), Vec::new()))
+                .1
+                .push(id.clone());
+        }
+        let timeout = self.opts.lease;
+        for (_, (agent, ids)) in per_agent {
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, agent.renew(ids)).await {
+                    Ok(Ok(renewed)) if !renewed.unknown.is_empty() => {
+                        tracing::warn!(
+                            "{} no longer holds {}: it ended them on its own",
+                            agent.name(),
+                            renewed.unknown.join(", ")
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("failed to renew leases on {}: {e}", agent.name()),
+                    Err(_) => tracing::warn!(
+                        "failed to renew leases on {}: no answer within {}",
+                        agent.name(),
+                        format_ms(timeout)
+                    ),
+                }
+            });
+        }
     }
 
     fn on_op(&mut self, op: Op) {
         let now = Instant::now();
         match op {
             Op::Applied(i, result) => {
-                let name = self.exp.faults[i].name.clone();
                 let fault = &mut self.faults[i];
+                let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 match result {
                     Ok(applied) => {
                         fault.record.injected_at = Some(applied.injected_at);
@@ -693,16 +753,19 @@ impl Runner<'_> {
                 }
             }
             Op::Reverted(i, result) => {
-                let name = self.exp.faults[i].name.clone();
                 let fault = &mut self.faults[i];
+                let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 fault.slot = Slot::Done;
                 fault.ended = Some(now);
                 match result {
                     Ok(reverted) => {
                         fault.record.reverted_at = Some(reverted.at);
                         fault.record.status = FaultState::Reverted;
+                        let by = reverted.cause.on_its_own().map_or_else(String::new, |why| {
+                            format!(" by the agent, because {why}")
+                        });
                         fault.record.detail =
-                            format!("{}; reverted: {}", fault.record.detail, reverted.detail);
+                            format!("{}; reverted{by}: {}", fault.record.detail, reverted.detail);
                         self.progress
                             .log(&format!("reverted `{name}`: {}", reverted.detail));
                     }

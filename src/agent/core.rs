@@ -5,18 +5,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
 use super::AgentError;
+use super::envelope::Envelope;
 use super::journal::{Entry, Journal};
 use crate::fault::{Context, Undo};
 use crate::process;
 use crate::protocol::{
-    Applied, ApplyRequest, FaultStatus, OpenRequest, RevertCause, Reverted, validate_fault_id,
+    Applied, ApplyRequest, FaultStatus, OpenRequest, Renewed, RevertCause, Reverted,
+    validate_fault_id,
 };
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
@@ -53,9 +55,29 @@ pub(crate) struct AgentCore {
     journal: Journal,
     slots: Mutex<HashMap<String, Slot>>,
     halted: AtomicBool,
+    /// Set once the agent is shutting down: like a halt, but not persisted.
+    closing: AtomicBool,
     /// Identifies the journal entries this process writes.
     owner: process::ProcRef,
+    envelope: Envelope,
+    counters: Counters,
+    /// The daemon's listening port, which network faults must never cut off; `None` embedded.
+    control_port: Option<u16>,
 }
+
+/// Running totals for `GET /metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) applied: AtomicU64,
+    pub(crate) reverted: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) lease_expiries: AtomicU64,
+    pub(crate) refused: AtomicU64,
+}
+
+/// The file whose presence says "halted": it survives an agent restart, so a halted fleet stays
+/// halted until someone runs `faultline resume`.
+const HALTED_MARKER: &str = "HALTED";
 
 /// What recovery found in the journal at start.
 #[derive(Debug, Default)]
@@ -66,16 +88,25 @@ pub(crate) struct Recovery {
 
 impl AgentCore {
     /// Opens the journal and reverts every fault left behind by a writer that no longer runs.
-    pub(crate) fn open(state_dir: &Path) -> Result<(Arc<AgentCore>, Recovery), String> {
+    pub(crate) fn open(
+        state_dir: &Path,
+        envelope: Envelope,
+        control_port: Option<u16>,
+    ) -> Result<(Arc<AgentCore>, Recovery), String> {
         let journal = Journal::open(state_dir)?;
         let owner = process::read(std::process::id() as i32)
             .map(|p| p.to_ref())
             .ok_or("failed to read this process from /proc")?;
+        let halted = AtomicBool::new(state_dir.join(HALTED_MARKER).exists());
         let core = Arc::new(AgentCore {
             journal,
             slots: Mutex::new(HashMap::new()),
-            halted: AtomicBool::new(false),
+            halted,
+            closing: AtomicBool::new(false),
             owner,
+            envelope,
+            counters: Counters::default(),
+            control_port,
         });
         let recovery = core.recover();
         Ok((core, recovery))
@@ -83,6 +114,79 @@ impl AgentCore {
 
     pub(crate) fn state_dir(&self) -> &Path {
         self.journal.dir()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Shutdown: refuse new faults and revert every active one, including one whose apply is
+    /// still running (it is reverted as soon as it lands).
+    pub(crate) fn close_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
+        self.closing.store(true, Ordering::SeqCst);
+        self.revert_everything(RevertCause::Shutdown)
+    }
+
+    /// Reverts every active fault and every fault being applied right now (waiting for its apply
+    /// to land; the apply then sees the halt or shutdown and reverts it). Call after setting
+    /// `halted` or `closing`, so that nothing new starts meanwhile.
+    fn revert_everything(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
+        let in_flight: Vec<String> = {
+            let slots = self.slots.lock().expect("agent state lock");
+            slots
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Applying))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let mut results = self.revert_all_blocking(cause);
+        for id in in_flight {
+            match self.revert_blocking(&id, cause) {
+                // An instant fault that landed meanwhile: it held nothing, so nothing was undone.
+                Ok(r) if r.cause == RevertCause::Requested => {}
+                other => results.push(other),
+            }
+        }
+        results
+    }
+
+    fn refusing(&self) -> bool {
+        self.halted.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// The kill switch: refuse new faults from now on (also after a restart), then revert every
+    /// active one. A fault being applied right now is reverted as soon as it lands.
+    pub(crate) fn halt_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
+        self.halted.store(true, Ordering::SeqCst);
+        let marker = self.state_dir().join(HALTED_MARKER);
+        if let Err(e) = std::fs::write(
+            &marker,
+            b"halted by `faultline halt`; `faultline resume` clears this\n",
+        ) {
+            tracing::error!("failed to persist the halt in {}: {e}", marker.display());
+        }
+        self.revert_everything(RevertCause::Halted)
+    }
+
+    /// Accepts new faults again.
+    pub(crate) fn resume(&self) -> Result<(), String> {
+        let marker = self.state_dir().join(HALTED_MARKER);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "failed to clear the halt marker {}: {e}",
+                    marker.display()
+                ));
+            }
+        }
+        self.halted.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     fn recover(&self) -> Recovery {
@@ -157,12 +261,27 @@ impl AgentCore {
         id: &str,
         req: &ApplyRequest,
     ) -> Result<Applied, AgentError> {
+        let result = self.apply_inner(id, req);
+        let counter = match &result {
+            Ok(_) => &self.counters.applied,
+            Err(AgentError::Refused(_)) => &self.counters.refused,
+            Err(_) => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn apply_inner(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::Refused("the agent is shutting down".to_owned()));
+        }
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(
                 "the agent is halted; run `faultline resume` first".to_owned(),
             ));
         }
+        let req = &self.envelope.admit(req).map_err(AgentError::Refused)?;
         let instant = req.spec.is_instant();
         let duration = match (instant, req.duration_ms) {
             (true, _) => Duration::ZERO,
@@ -209,6 +328,7 @@ impl AgentCore {
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok((applied, active)) => {
+                let halted_meanwhile = active.is_some() && self.refusing();
                 match active {
                     Some(active) => slots.insert(id.to_owned(), Slot::Active(active)),
                     None => slots.insert(
@@ -221,6 +341,17 @@ impl AgentCore {
                         }),
                     ),
                 };
+                drop(slots);
+                if halted_meanwhile {
+                    // The halt's (or shutdown's) revert-all ran before this fault landed: undo it here.
+                    let undone = match self.revert_blocking(id, RevertCause::Halted) {
+                        Ok(r) => format!("reverted it: {}", r.detail),
+                        Err(e) => format!("and reverting it FAILED: {e}"),
+                    };
+                    return Err(AgentError::Refused(format!(
+                        "the agent was halted or shut down while this fault was being applied; {undone}"
+                    )));
+                }
                 Ok(applied)
             }
             Err(e) => {
@@ -241,9 +372,12 @@ impl AgentCore {
             .prepare(&Context {
                 fault_id: id,
                 seed: req.seed,
-                control_port: None,
+                control_port: self.control_port,
             })
             .map_err(AgentError::FaultFailed)?;
+        self.envelope
+            .check_victims(prepared.processes())
+            .map_err(AgentError::Refused)?;
         let undo = prepared.undo();
         let entry = Entry {
             id: id.to_owned(),
@@ -318,6 +452,9 @@ impl AgentCore {
                 "the lease must be longer than zero".to_owned(),
             ));
         }
+        self.envelope
+            .admit_resource(&req.resource)
+            .map_err(AgentError::Refused)?;
         {
             let mut slots = self.slots.lock().expect("agent state lock");
             match slots.get(id) {
@@ -440,6 +577,13 @@ impl AgentCore {
         let mut slots = self.slots.lock().expect("agent state lock");
         match result {
             Ok(detail) => {
+                self.counters.reverted.fetch_add(1, Ordering::Relaxed);
+                if cause == RevertCause::LeaseExpired {
+                    self.counters.lease_expiries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "fault {id}: the lease lapsed, so the coordinator is gone or cut off; reverted it"
+                    );
+                }
                 let reverted = Reverted {
                     id: id.to_owned(),
                     detail,
@@ -450,6 +594,7 @@ impl AgentCore {
                 Ok(reverted)
             }
             Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(Slot::Active(a)) = slots.get_mut(id) {
                     a.reverting = false;
                     // Retry no sooner than a second from now, not on every reaper tick.
@@ -460,15 +605,27 @@ impl AgentCore {
         }
     }
 
-    /// Extends the leases of the given faults by their lease length. Unknown ids are ignored.
-    pub(crate) fn renew(&self, ids: &[String]) {
+    /// Extends the leases of the given faults by their lease length, and names the ids that are
+    /// not active here (so the coordinator learns of a fault that ended without it).
+    pub(crate) fn renew(&self, ids: &[String]) -> Renewed {
         let now = Instant::now();
         let mut slots = self.slots.lock().expect("agent state lock");
+        let mut answer = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+        };
         for id in ids {
-            if let Some(Slot::Active(a)) = slots.get_mut(id) {
-                a.lease_until = now + a.lease;
+            match slots.get_mut(id) {
+                Some(Slot::Active(a)) => {
+                    a.lease_until = now + a.lease;
+                    answer.renewed.push(id.clone());
+                }
+                // Still being applied: its lease starts when the apply ends.
+                Some(Slot::Applying) => answer.renewed.push(id.clone()),
+                _ => answer.unknown.push(id.clone()),
             }
         }
+        answer
     }
 
     pub(crate) fn active(&self) -> Vec<FaultStatus> {
@@ -517,7 +674,7 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let (core, _) = AgentCore::open(dir.path()).unwrap();
+        let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
         let req = ApplyRequest {
             run_id: "r".to_owned(),
             spec: FaultSpec::ProcessPause(ProcessPause {

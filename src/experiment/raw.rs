@@ -54,6 +54,8 @@ pub(crate) struct Target {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) count: Option<u32>,
     pub(crate) percent: Option<Percent>,
+    /// At most this many agents, whatever `percent` says.
+    pub(crate) max: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,8 +3,8 @@
 //! proxies. Staging apps point at them permanently; a `latency` fault with `proxy = "NAME"` turns
 //! toxics on in one for its duration.
 //!
-//! Only the `[[proxy]]` tables are read here; the rest of `agent.toml` belongs to the agent's own
-//! configuration parser, which must accept (and may hand over) the `proxy` key.
+//! The agent's envelope parser (`agent/envelope.rs`) reads the `proxy` key with the rest of
+//! `agent.toml` and checks it here; the daemon opens the proxies before it serves requests.
 
 use std::net::SocketAddr;
 
@@ -22,6 +22,7 @@ pub(crate) struct PersistentProxy {
 }
 
 /// `agent.toml`, seen only for its `[[proxy]]` tables.
+#[cfg(test)]
 #[derive(Deserialize)]
 struct ProxiesOnly {
     #[serde(default)]
@@ -49,23 +50,24 @@ pub(crate) fn check_persistent_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the `[[proxy]]` tables of an `agent.toml` text and checks them.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the agent daemon (`faultline agent --config`), which lands on the agents branch"
-    )
-)]
+/// Reads the `[[proxy]]` tables of an `agent.toml` text and checks them. (The agent's envelope
+/// parser reads them as one of its own keys and calls [`check`].)
+#[cfg(test)]
 pub(crate) fn parse(text: &str) -> Result<Vec<PersistentProxy>, String> {
     let file: ProxiesOnly = toml::from_str(text)
         .map_err(|e| format!("invalid [[proxy]] table: {}", e.message().trim()))?;
-    for (i, p) in file.proxy.iter().enumerate() {
+    check(&file.proxy)?;
+    Ok(file.proxy)
+}
+
+/// Checks `[[proxy]]` tables: plain names, no name or listen address twice, `host:port` upstreams.
+pub(crate) fn check(proxies: &[PersistentProxy]) -> Result<(), String> {
+    for (i, p) in proxies.iter().enumerate() {
         check_persistent_name(&p.name)?;
-        if file.proxy[..i].iter().any(|q| q.name == p.name) {
+        if proxies[..i].iter().any(|q| q.name == p.name) {
             return Err(format!("two [[proxy]] tables are named `{}`", p.name));
         }
-        if file.proxy[..i].iter().any(|q| q.listen == p.listen) {
+        if proxies[..i].iter().any(|q| q.listen == p.listen) {
             return Err(format!("two [[proxy]] tables listen on {}", p.listen));
         }
         if p.upstream
@@ -78,17 +80,10 @@ pub(crate) fn parse(text: &str) -> Result<Vec<PersistentProxy>, String> {
             ));
         }
     }
-    Ok(file.proxy)
+    Ok(())
 }
 
 /// Opens every persistent proxy; they stay until the process ends. Needs the async runtime.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the agent daemon (`faultline agent --config`), which lands on the agents branch"
-    )
-)]
 pub(crate) fn open_all(proxies: &[PersistentProxy]) -> Result<Vec<String>, String> {
     proxies
         .iter()

@@ -30,7 +30,10 @@ pub(crate) fn render(report: &Report) -> String {
             }
             _ => None,
         };
-        cases.push((format!("fault `{}` ({})", f.name, f.kind), failure));
+        cases.push((
+            format!("fault `{}` ({}) on {}", f.name, f.kind, f.agent),
+            failure,
+        ));
     }
     let recovery_failure = match report.verdict {
         Verdict::Passed | Verdict::NotRun => None,

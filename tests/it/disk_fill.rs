@@ -1,10 +1,12 @@
 //! `disk-fill` on a real tmpfs: reaches its target while held, refuses to pass the guard, and
 //! leaves nothing behind on any exit path.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, Tmpfs, free_port, http_server, privileged, run_experiment, tempdir};
+use crate::support::{
+    Tmpfs, free_port, http_server, privileged, run_experiment, spawn_run, tempdir, wait_until,
+};
 
 fn fill_experiment(port: u16, path: &std::path::Path, amount: &str, duration: &str) -> String {
     format!(
@@ -53,13 +55,7 @@ fn fill_to_ninety_percent_is_reached_while_held_and_removed_after() {
         fill_experiment(port, &fs.path(), "fill_to = \"90%\"", "2s"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&file, &dir.path().join("state"), &[]);
     let mut peak: f64 = 0.0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -115,24 +111,14 @@ fn sigterm_mid_fill_reverts_and_reports_an_error() {
         fill_experiment(port, &fs.path(), "size = \"8MiB\"", "60s"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--quiet",
-            "--report-json",
-            report.to_str().unwrap(),
-        ])
-        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fill_files(&fs.path()).is_empty() {
-        assert!(Instant::now() < deadline, "the fill never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_run(
+        &file,
+        &dir.path().join("state"),
+        &["--report-json", report.to_str().unwrap()],
+    );
+    wait_until("the fill", Duration::from_secs(20), || {
+        !fill_files(&fs.path()).is_empty()
+    });
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -172,18 +158,10 @@ fn a_fill_left_by_a_killed_run_is_removed_by_the_next_run() {
         fill_experiment(port, &fs.path(), "size = \"8MiB\"", "60s"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", &state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fill_files(&fs.path()).is_empty() {
-        assert!(Instant::now() < deadline, "the fill never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_run(&file, &state, &[]);
+    wait_until("the fill", Duration::from_secs(20), || {
+        !fill_files(&fs.path()).is_empty()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agents;
 mod disk_fill;
 mod examples;
 mod latency;

@@ -1,10 +1,9 @@
 //! `cpu-stress` and `memory-stress`: real worker processes while held, none after — also when the
 //! run is SIGKILLed, since workers leave when their parent does.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, free_port, http_server, run_experiment, tempdir};
+use crate::support::{free_port, http_server, run_experiment, spawn_run, tempdir};
 
 fn stress_experiment(port: u16, kind_and_keys: &str, duration: &str) -> String {
     format!(
@@ -64,13 +63,7 @@ fn alive(pid: u32) -> bool {
 
 /// Starts a run, watches its workers until it ends, returns (most workers seen, most bytes held).
 fn watch_run(file: &std::path::Path, state: &std::path::Path) -> (usize, u64, Option<i32>) {
-    let mut child = Command::new(BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(file, state, &[]);
     let (mut most, mut held) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -159,13 +152,7 @@ fn stress_workers_leave_when_the_run_is_killed() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&file, &dir.path().join("state"), &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let pids = loop {
         let seen = workers(child.id());

@@ -243,3 +243,29 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// Starts `faultline run FILE --quiet EXTRA...` in the background with its own state directory,
+/// for tests that watch the host while the run holds its faults.
+pub fn spawn_run(file: &Path, state_dir: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["run", file.to_str().unwrap(), "--quiet"])
+        .args(extra)
+        .env("FAULTLINE_STATE_DIR", state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start faultline run")
+}
+
+/// Polls `ready` every 20 ms; panics naming `what` when it has not held within `within`.
+pub fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

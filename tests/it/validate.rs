@@ -76,7 +76,7 @@ fn plan_prints_the_timeline_without_running_anything() {
 }
 
 #[test]
-fn network_inventories_are_refused_clearly_until_supported() {
+fn a_missing_inventory_is_refused_with_its_path() {
     let dir = tempdir();
     let out = faultline(
         &[
@@ -89,5 +89,8 @@ fn network_inventories_are_refused_clearly_until_supported() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--agents"), "{stderr}");
+    assert!(
+        stderr.contains("failed to read the agent inventory inventory.toml"),
+        "{stderr}"
+    );
 }

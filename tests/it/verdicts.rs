@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Proc, free_port, http_server, run_experiment, tempdir};
+use crate::support::{
+    Proc, free_port, http_server, run_experiment, spawn_run, tempdir, wait_until,
+};
 
 /// An experiment probing `port` over HTTP and killing whatever listens there.
 fn kill_by_port(port: u16, setup: &str, within: &str) -> String {
@@ -232,13 +234,7 @@ fn a_paused_process_is_stopped_while_held_and_continued_after() {
     let pid = victim.pid();
     let file = dir.path().join("pause.toml");
     std::fs::write(&file, pause_experiment(port, pid, "2s")).unwrap();
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&file, &dir.path().join("state"), &[]);
     let mut seen_stopped = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -261,18 +257,10 @@ fn a_pause_left_by_a_killed_run_is_undone_by_the_next_run() {
     let file = dir.path().join("pause.toml");
     std::fs::write(&file, pause_experiment(port, pid, "60s")).unwrap();
     let state_dir = dir.path().join("state");
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .args(["run", file.to_str().unwrap(), "--quiet"])
-        .env("FAULTLINE_STATE_DIR", &state_dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while state(pid) != 'T' {
-        assert!(Instant::now() < deadline, "the victim was never stopped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_run(&file, &state_dir, &[]);
+    wait_until("the victim stopping", Duration::from_secs(20), || {
+        state(pid) == 'T'
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));

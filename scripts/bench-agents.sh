@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Benchmark (prints figures, asserts nothing): one inject+revert round of a fault on N agents,
+# the dead-man switch after a coordinator SIGKILL, and an idle agent's memory.
+#   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline)
+# Every agent runs on 127.0.0.1 with its own port and state directory; all of them are stopped at
+# the end, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+counts=("$@")
+[ ${#counts[@]} -gt 0 ] || counts=(1 10 50)
+cargo build --release --quiet
+bin="$PWD/target/release/faultline"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$bin" certs --out "$work/certs" --host 127.0.0.1 >/dev/null
+mkdir -p "$work/fill"
+
+start_agents() { # N BASEPORT
+  local n=$1 base=$2
+  : > "$work/inventory.toml"
+  printf 'ca = "%s"\ntoken_file = "%s"\n' "$work/certs/ca.pem" "$work/certs/token" >> "$work/inventory.toml"
+  for ((i = 0; i < n; i++)); do
+    local port=$((base + i))
+    "$bin" agent --listen "127.0.0.1:$port" --token-file "$work/certs/token" \
+      --tls-cert "$work/certs/agent.pem" --tls-key "$work/certs/agent-key.pem" \
+      --state-dir "$work/state-$port" >/dev/null 2>&1 &
+    pids+=($!)
+    printf '\n[[agent]]\nname = "a%03d"\naddress = "https://127.0.0.1:%d"\ntags = { role = "bench" }\n' "$i" "$port" >> "$work/inventory.toml"
+  done
+  for ((i = 0; i < n; i++)); do
+    until (exec 3<>"/dev/tcp/127.0.0.1/$((base + i))") 2>/dev/null; do sleep 0.02; done
+  done
+}
+
+stop_agents() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+
+experiment() { # FAULT-KIND-BLOCK
+  cat <<TOML
+title = "agent bench"
+[targets.all]
+tags = { role = "bench" }
+[steady_state]
+window = "200ms"
+[[steady_state.probe]]
+name = "noop"
+command = ["true"]
+every = "100ms"
+$1
+[recovery]
+within = "5s"
+TOML
+}
+
+echo "inject+revert round, 3 runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
+echo "first injected_at -> last reverted_at from the report; includes up to one 20 ms run-loop tick):"
+for n in "${counts[@]}"; do
+  start_agents "$n" 27400
+  for attempt in 1 2 3; do
+  experiment "[[fault]]
+name = \"fill\"
+kind = \"disk-fill\"
+on = \"all\"
+path = \"$work/fill\"
+size = \"4KiB\"
+duration = \"1ms\"" > "$work/round.toml"
+  FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
+    --quiet --report-json "$work/round.json" >/dev/null 2>&1 || true
+  python3 - "$work/round.json" "$n" <<'PY'
+import json, sys
+from datetime import datetime
+r = json.load(open(sys.argv[1]))
+ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")[:26] + "+00:00") if "." in s else datetime.fromisoformat(s.replace("Z", "+00:00"))
+f = r["faults"]
+ok = all(x["status"] == "reverted" for x in f)
+first = min(ts(x["injected_at"]) for x in f)
+last = max(ts(x["reverted_at"]) for x in f)
+print(f"  {sys.argv[2]:>3} agents: {(last - first).total_seconds() * 1000:7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']})")
+PY
+  done
+  stop_agents
+done
+
+echo "coordinator SIGKILL -> victim running again (process-pause held 60s, lease 5s default):"
+start_agents 1 27400
+sleep 300 & victim=$!
+pids+=("$victim")
+experiment "[[fault]]
+name = \"pause\"
+kind = \"process-pause\"
+on = \"all\"
+select = { pid = $victim }
+duration = \"60s\"" > "$work/pause.toml"
+FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/pause.toml" --agents "$work/inventory.toml" --quiet >/dev/null 2>&1 &
+coordinator=$!
+until [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
+kill -KILL "$coordinator"
+t0=$(date +%s.%N)
+while [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
+t1=$(date +%s.%N)
+python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"
+
+rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[0]}/status")
+echo "idle agent RSS: $((rss / 1024)) MiB (${rss} kB, /proc/PID/status VmRSS after serving one run)"
