@@ -26,19 +26,15 @@ pub(crate) struct Settings {
 /// Runs every figure and prints it. Takes a few minutes with the defaults (1000 round trips at
 /// 50 ms is 50 s per proxy).
 ///
-/// The proxies run on their own multi-threaded runtime, as in `faultline run`; the clients and the
-/// echo and bulk servers on a separate single-threaded one, standing in for other processes.
+/// The proxies run on the proxy runtime of `faultline run` (one dedicated worker thread); the
+/// clients and the echo and bulk servers on a separate single-threaded one, standing in for other
+/// processes. The tokio-sleep baseline runs on the proxy runtime too, so only the timer differs.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
-    let proxies = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("proxy")
-        .build()?;
+    let proxies = proxy::runtime().map_err(anyhow::Error::msg)?;
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = clients.block_on(measure(settings, proxies.handle()));
-    proxies.shutdown_background();
-    result
+    clients.block_on(measure(settings, proxies))
 }
 
 async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
