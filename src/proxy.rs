@@ -76,7 +76,7 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Handle, String> {
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(proxy_threads())
                 .thread_name("faultline-proxy")
                 .enable_all()
                 .build()
@@ -85,6 +85,15 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Handle, String> {
         .as_ref()
         .map(tokio::runtime::Runtime::handle)
         .map_err(Clone::clone)
+}
+
+/// Worker threads of the proxy runtime: `FAULTLINE_PROXY_THREADS`, else 1.
+fn proxy_threads() -> usize {
+    std::env::var("FAULTLINE_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
 }
 
 impl Registry {
