@@ -178,3 +178,66 @@ fn the_sampling_bench_prints_its_figures() {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
 }
+
+#[test]
+fn a_500ms_latency_fault_on_the_probed_path_is_aborted_by_a_p99_rule() {
+    let dir = tempdir();
+    let upstream = free_port();
+    let _server = crate::support::http_server(upstream, dir.path());
+    let listen = free_port();
+    let toml = format!(
+        r#"
+title = "500 ms of latency on the probed path"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "through the proxy"
+http = {{ url = "http://127.0.0.1:{listen}/" }}
+every = "100ms"
+# Longer than the delay, so delayed answers are slow successes, not timeouts.
+timeout = "2s"
+slo = {{ success = "99%" }}
+[[fault]]
+name = "slow replies"
+kind = "latency"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+delay = "500ms"
+duration = "30s"
+[[abort]]
+probe = "through the proxy"
+when = {{ p99_above = "200ms", over = "1s" }}
+[recovery]
+within = "5s"
+"#
+    );
+    let run = run_experiment(dir.path(), &toml, &[]);
+    assert_eq!(run.code, 3, "{}", run.explain());
+    assert_eq!(run.verdict(), "aborted");
+    let report = run.report.as_ref().unwrap();
+    assert_eq!(
+        report["aborted_by"],
+        "through the proxy p99 above 200 ms over 1s"
+    );
+    let tta = report["time_to_abort_ms"]
+        .as_u64()
+        .expect("time_to_abort_ms");
+    eprintln!("time_to_abort_ms = {tta}");
+    assert!(tta <= 2000, "time_to_abort_ms = {tta}");
+    let fault = &report["faults"][0];
+    assert_eq!(fault["status"], "reverted");
+    let at = |key: &str| {
+        fault[key]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let held = at("reverted_at")
+        .duration_since(at("injected_at"))
+        .as_secs_f64();
+    assert!(held < 10.0, "the 30 s fault was held {held} s");
+    // The during phase saw the delay the rule reacted to.
+    let p99 = report["phases"]["during"][0]["p99_ms"].as_f64().unwrap();
+    assert!(p99 >= 500.0, "during p99 = {p99} ms");
+}
