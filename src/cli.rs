@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         memory: Option<u64>,
     },
+    /// The parent of one `[[setup]]` fixture: runs it and takes its process group down as soon as
+    /// the run that started it is gone.
+    #[command(name = "fixture-guard", hide = true)]
+    FixtureGuard {
+        /// The run's pid.
+        #[arg(long)]
+        parent: u32,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
     /// Print what a run would do — targets, timeline, changes — without doing it.
     Plan {
         file: PathBuf,
@@ -268,6 +278,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
         }
+        Command::FixtureGuard { parent, argv } => Ok(crate::fixture::guard_main(parent, &argv)),
         Command::Certs { out, hosts } => {
             let written = crate::certs::generate(&out, &hosts).map_err(anyhow::Error::msg)?;
             println!(

@@ -1,5 +1,9 @@
 //! Owns `[[setup]]` fixtures: processes the run starts first (waiting until they are ready) and
 //! stops last, each in its own process group so that everything it started goes with it.
+//!
+//! Each fixture runs under a guard (this binary's hidden `fixture-guard` subcommand) that leads
+//! its process group and kills the group as soon as the run that started it is gone, so even a
+//! run killed with SIGKILL leaves no demo server behind.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -9,6 +13,11 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::model::{Fixture, ReadyKind};
+
+/// The hidden subcommand a fixture's guard runs as.
+const GUARD_COMMAND: &str = "fixture-guard";
+/// How often a guard checks that the run that started it still exists.
+const GUARD_POLL: Duration = Duration::from_millis(100);
 
 /// How long a fixture gets to exit after SIGTERM before its group is SIGKILLed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -26,8 +35,20 @@ pub(crate) async fn start(
 ) -> Result<Vec<Running>, (Vec<Running>, String)> {
     let mut running = Vec::new();
     for f in fixtures {
-        let child = Command::new(&f.argv[0])
-            .args(&f.argv[1..])
+        if let Err(e) = find_program(&f.argv[0]) {
+            return Err((
+                running,
+                format!("setup `{}` failed to start `{}`: {e}", f.name, f.argv[0]),
+            ));
+        }
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => return Err((running, format!("failed to find the faultline binary: {e}"))),
+        };
+        let child = Command::new(exe)
+            .arg(GUARD_COMMAND)
+            .args(["--parent", &std::process::id().to_string(), "--"])
+            .args(&f.argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -114,5 +135,53 @@ pub(crate) async fn stop_all(mut running: Vec<Running>, log: &dyn Fn(String)) {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = f.child.wait().await;
         log(format!("setup: stopped `{}`", f.name));
+    }
+}
+
+/// Checks a program can be started, so a typo is reported as such and not as a fixture that
+/// "exited before it was ready".
+fn find_program(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        return if std::path::Path::new(program).is_file() {
+            Ok(())
+        } else {
+            Err("no such file".to_owned())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        Ok(())
+    } else {
+        Err("not found in PATH".to_owned())
+    }
+}
+
+/// The body of a fixture guard: starts `argv` in the guard's own process group, exits with its
+/// status when it ends, and kills the whole group when `parent` is no longer the guard's parent.
+pub(crate) fn guard_main(parent: u32, argv: &[String]) -> std::process::ExitCode {
+    let mut child = match std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("failed to start `{}`: {e}", argv[0]);
+            return std::process::ExitCode::from(127);
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let code = status.code().unwrap_or(128).clamp(0, 255);
+                return std::process::ExitCode::from(code as u8);
+            }
+            Ok(None) => {}
+            Err(_) => return std::process::ExitCode::from(1),
+        }
+        if std::os::unix::process::parent_id() != parent {
+            // The run is gone: take the fixture and everything it started (this guard included) down.
+            let _ = killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+        }
+        std::thread::sleep(GUARD_POLL);
     }
 }

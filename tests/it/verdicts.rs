@@ -285,3 +285,62 @@ fn a_pause_left_by_a_killed_run_is_undone_by_the_next_run() {
         "the victim is still stopped after recovery"
     );
 }
+
+/// Pids of processes whose command line is exactly `argv`.
+fn pids_of(argv: &[&str]) -> Vec<u32> {
+    let wanted = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+        })
+        .filter(|pid| state_of(*pid).is_some_and(|s| s != 'Z'))
+        .collect()
+}
+
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+#[test]
+fn fixtures_do_not_outlive_a_killed_run() {
+    let dir = tempdir();
+    let port = free_port();
+    let _server = http_server(port, dir.path());
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let fixture_argv = ["sleep", &format!("3600.{port}")].map(str::to_owned);
+    let text = pause_experiment(port, victim.pid(), "60s").replace(
+        "title = \"pause\"",
+        &format!(
+            "title = \"pause\"\n[[setup]]\nname = \"sleeper\"\nrun = [\"sleep\", \"{}\"]",
+            fixture_argv[1]
+        ),
+    );
+    let file = dir.path().join("pause.toml");
+    std::fs::write(&file, text).unwrap();
+    let argv: Vec<&str> = fixture_argv.iter().map(String::as_str).collect();
+    let mut child = spawn_run(&file, &dir.path().join("state"), &[]);
+    wait_until("the method starting", Duration::from_secs(20), || {
+        state(victim.pid()) == 'T'
+    });
+    assert_eq!(pids_of(&argv).len(), 1, "the fixture should be running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until(
+        "the fixture leaving with its run",
+        Duration::from_secs(2),
+        || pids_of(&argv).is_empty(),
+    );
+    // The pause itself is undone by the next run, as for any fault left by a killed run.
+    let out = crate::support::faultline(
+        &["run", file.to_str().unwrap(), "--quiet", "--dry-run"],
+        &dir.path().join("state"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("reverted a fault left by an earlier crashed run")
+    );
+}
