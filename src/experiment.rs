@@ -67,10 +67,30 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
         position: span.map(|s| line_col(text, s.start)),
         message,
     };
-    let raw: raw::Experiment =
-        toml::from_str(text).map_err(|e| fail(e.span(), e.message().trim().to_owned()))?;
+    let raw: raw::Experiment = toml::from_str(text).map_err(|e| {
+        let mut message = e.message().trim().to_owned();
+        // A bad value's span points at the value; name the key it belongs to as well.
+        if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
+            if !message.contains(&format!("`{key}`")) {
+                message = format!("`{key}`: {message}");
+            }
+        }
+        fail(e.span(), message)
+    })?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
     Validator { fail: &fail }.experiment(raw, path, sha256)
+}
+
+/// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..offset];
+    let key = before[..before.rfind('=')?].trim_end();
+    let start = key
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
 /// Converts a byte offset into a 1-based (line, column).
@@ -855,6 +875,20 @@ within = "5s"
         let e = err(text);
         assert!(e.contains("line 3, column 1"), "{e}");
         assert!(e.contains("timeout_typo"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = err(&MINIMAL.replace("window = \"1s\"", "window = \"2 seconds please\""));
+        assert!(
+            e.contains("line 4, column 10: `window`: invalid duration `2 seconds please`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nslo = { success = \"99\" }",
+        ));
+        assert!(e.contains("`success`: invalid percentage `99`"), "{e}");
     }
 
     #[test]

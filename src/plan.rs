@@ -137,6 +137,11 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         let cap = group
             .max
             .map_or_else(String::new, |m| format!(", at most {m}"));
+        let seeded = if group.pick.is_some() || group.max.is_some() {
+            ", chosen by the run's seed"
+        } else {
+            ""
+        };
         let tags = if tags.is_empty() {
             "anything".to_owned()
         } else {
@@ -144,10 +149,14 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "  {name}: agents tagged {tags}; {how_many}{cap}, chosen by the run's seed"
+            "  {name}: agents tagged {tags}; {how_many}{cap}{seeded}"
         );
     }
     out.push_str("\ntimeline (t = start of the method):\n");
+    if preview && !exp.setup.is_empty() {
+        // Otherwise "matches no process right now" reads like a broken selector.
+        out.push_str("  (\"now:\" is this moment, while the [[setup]] fixtures are not running)\n");
+    }
     let mut faults: Vec<_> = exp.faults.iter().collect();
     faults.sort_by_key(|f| f.at);
     for f in faults {

@@ -165,7 +165,7 @@ pub(crate) fn protected() -> HashSet<i32> {
 /// Why a process is protected, for error messages.
 pub(crate) fn protection_reason(pid: i32) -> &'static str {
     match pid {
-        1 => "pid 1 (init)",
+        1 => "init, the first process",
         2 => "the kernel's thread parent",
         p if p == std::process::id() as i32 => "faultline itself",
         _ => "an ancestor of faultline",
@@ -299,7 +299,10 @@ mod tests {
         assert!(protected.contains(&1));
         assert!(protected.contains(&(std::process::id() as i32)));
         let err = select(&Selector::Pid(1)).unwrap_err();
-        assert!(err.contains("pid 1 (init)"), "{err}");
+        assert!(
+            err.contains("refusing to signal pid 1: it is init"),
+            "{err}"
+        );
     }
 
     #[test]

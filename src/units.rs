@@ -17,9 +17,10 @@ pub(crate) struct Dur(pub(crate) Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            format!("invalid duration `{s}` ({e}); write e.g. `250ms`, `5s` or `1m 30s`")
-        })
+        // humantime's own message points at byte offsets, which read as noise in a TOML error.
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|_| format!("invalid duration `{s}`: write e.g. `250ms`, `5s` or `1m 30s`"))
     }
 }
 

@@ -24,10 +24,10 @@ pub(crate) fn render(report: &Report) -> String {
         "reason": report.reason,
         "phases": { "before": phase(&report.before), "during": phase(&report.during), "after": phase(&report.after) },
         "faults": report.faults.iter().map(fault).collect::<Vec<_>>(),
-        "time_to_recover_ms": report.time_to_recover.map(|d| d.as_millis() as u64),
+        "time_to_recover_ms": report.time_to_recover.map(millis),
         "recovery_within_ms": report.recovery_within.as_millis() as u64,
         "aborted_by": report.aborted_by,
-        "time_to_abort_ms": report.time_to_abort.map(|d| d.as_millis() as u64),
+        "time_to_abort_ms": report.time_to_abort.map(millis),
         "recovered_from_journal": report.recovered_from_journal,
         "budget": report.budget.as_ref().map(budget),
     });

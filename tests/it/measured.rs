@@ -126,10 +126,10 @@ fn an_abort_rule_reverts_the_fault_long_before_its_duration() {
     let report = run.report.as_ref().unwrap();
     assert_eq!(report["aborted_by"], "slow page p99 above 200 ms over 1s");
     let tta = report["time_to_abort_ms"]
-        .as_u64()
+        .as_f64()
         .expect("time_to_abort_ms");
     eprintln!("time_to_abort_ms = {tta}");
-    assert!(tta <= 2000, "time_to_abort_ms = {tta}");
+    assert!(tta <= 2000.0, "time_to_abort_ms = {tta}");
     assert_eq!(report["faults"][0]["status"], "reverted");
     let reason = report["reason"].as_str().unwrap();
     assert!(
@@ -220,10 +220,10 @@ within = "5s"
         "through the proxy p99 above 200 ms over 1s"
     );
     let tta = report["time_to_abort_ms"]
-        .as_u64()
+        .as_f64()
         .expect("time_to_abort_ms");
     eprintln!("time_to_abort_ms = {tta}");
-    assert!(tta <= 2000, "time_to_abort_ms = {tta}");
+    assert!(tta <= 2000.0, "time_to_abort_ms = {tta}");
     let fault = &report["faults"][0];
     assert_eq!(fault["status"], "reverted");
     let at = |key: &str| {
