@@ -57,6 +57,14 @@ impl fmt::Display for Percent {
     }
 }
 
+/// Splits `"512MiB"` into `(512, "MiB")`: a whole number, then a unit (spaces allowed between).
+pub(crate) fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    Some((digits.parse().ok()?, unit.trim()))
+}
+
 /// A byte count written with a unit (`512MiB`, `1GiB`, `100MB`, `4096`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct ByteSize(pub(crate) u64);
@@ -69,11 +77,8 @@ impl FromStr for ByteSize {
                 "invalid size `{s}`: write a whole number with a unit, e.g. `512MiB`, `1GiB` or `100MB`"
             )
         };
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let multiplier: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s).ok_or_else(bad)?;
+        let multiplier: u64 = match unit {
             "" | "B" => 1,
             "KB" | "kB" => 1000,
             "MB" => 1000_u64.pow(2),

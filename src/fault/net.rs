@@ -95,12 +95,9 @@ impl FromStr for BitRate {
                 "invalid rate `{s}`: write a whole number with a unit, e.g. `1mbit`, `500kbit`, `1gbit` or `64kbps` (bytes)"
             )
         };
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let (n, unit) = crate::units::number_and_unit(s).ok_or_else(bad)?;
         // The units of tc(8): SI multiples; `bps` means bytes per second.
-        let bits_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let bits_per_unit: u64 = match unit.to_ascii_lowercase().as_str() {
             "bit" => 1,
             "kbit" => 1_000,
             "mbit" => 1_000_000,
