@@ -154,3 +154,101 @@ impl Report {
 pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{FaultRecord, FaultState, Report, Verdict};
+
+    /// A run whose kill worked but whose pause could not be reverted: the worst case a report
+    /// must still say plainly.
+    fn revert_failed_report() -> Report {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        Report {
+            run_id: "20261126T141500Z-ab12".to_owned(),
+            title: "kill & pause <web>".to_owned(),
+            file: "experiments/x.toml".to_owned(),
+            sha256: "0".repeat(64),
+            seed: 7,
+            started_at: at("2026-11-26T14:15:00Z"),
+            ended_at: at("2026-11-26T14:15:09.5Z"),
+            dry_run: false,
+            verdict: Verdict::Error,
+            reason: "fault `pause` on local could NOT be reverted (SIGCONT failed: \"EPERM\")"
+                .to_owned(),
+            before: Vec::new(),
+            during: Vec::new(),
+            after: Vec::new(),
+            faults: vec![
+                FaultRecord {
+                    name: "kill".to_owned(),
+                    kind: "process-kill".to_owned(),
+                    agent: "local".to_owned(),
+                    targets: vec!["pid 42 (python3)".to_owned()],
+                    injected_at: Some(at("2026-11-26T14:15:02Z")),
+                    reverted_at: None,
+                    status: FaultState::Completed,
+                    detail: "sent SIGKILL to pid 42 (python3)".to_owned(),
+                },
+                FaultRecord {
+                    name: "pause".to_owned(),
+                    kind: "process-pause".to_owned(),
+                    agent: "local".to_owned(),
+                    targets: vec!["pid 43 (sleep)".to_owned()],
+                    injected_at: Some(at("2026-11-26T14:15:02Z")),
+                    reverted_at: None,
+                    status: FaultState::RevertFailed,
+                    detail: "stopped pid 43 (sleep); REVERT FAILED: EPERM".to_owned(),
+                },
+            ],
+            time_to_recover: Some(Duration::from_micros(674_620)),
+            recovery_within: Duration::from_secs(5),
+            aborted_by: None,
+            time_to_abort: None,
+            recovered_from_journal: Vec::new(),
+            budget: None,
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn junit_marks_the_failed_revert_and_escapes_what_it_quotes() {
+        let xml = super::junit::render(&revert_failed_report());
+        let expected = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="faultline" tests="4" failures="2" time="9.500">
+  <testsuite name="kill &amp; pause &lt;web&gt;" tests="4" failures="2" time="9.500" timestamp="2026-11-26T14:15:00Z">
+    <properties><property name="run_id" value="20261126T141500Z-ab12"/><property name="verdict" value="error"/><property name="seed" value="7"/></properties>
+    <testcase classname="experiments/x.toml" name="steady state before the method"/>
+    <testcase classname="experiments/x.toml" name="fault `kill` (process-kill) on local"/>
+    <testcase classname="experiments/x.toml" name="fault `pause` (process-pause) on local">
+      <failure type="error" message="failed to revert: stopped pid 43 (sleep); REVERT FAILED: EPERM"/>
+    </testcase>
+    <testcase classname="experiments/x.toml" name="steady state recovered">
+      <failure type="error" message="fault `pause` on local could NOT be reverted (SIGCONT failed: &quot;EPERM&quot;)"/>
+    </testcase>
+  </testsuite>
+</testsuites>
+"#;
+        assert_eq!(xml, expected);
+    }
+
+    #[test]
+    fn the_terminal_summary_ends_with_the_verdict_and_its_reason() {
+        let text = super::terminal::render(&revert_failed_report());
+        assert!(
+            text.contains("time to recover: 675 ms (allowed 5 s)\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "verdict: ERROR (exit 5) — fault `pause` on local could NOT be reverted (SIGCONT failed: \"EPERM\")\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("revert failed"),
+            "the fault table shows the failed revert: {text}"
+        );
+    }
+}

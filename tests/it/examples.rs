@@ -63,7 +63,12 @@ fn the_quickstart_passes_with_a_measured_time_to_recover() {
     let text = std::fs::read_to_string("experiments/quickstart.toml")
         .unwrap()
         .replace("18080", &port);
-    let run = run_experiment(dir.path(), &text, &["--seed", "7"]);
+    let junit = dir.path().join("junit.xml");
+    let run = run_experiment(
+        dir.path(),
+        &text,
+        &["--seed", "7", "--junit", junit.to_str().unwrap()],
+    );
     assert_eq!(run.code, 0, "{}", run.explain());
     let report = run.report.as_ref().expect("report");
     assert_eq!(report["verdict"], "passed");
@@ -90,4 +95,10 @@ fn the_quickstart_passes_with_a_measured_time_to_recover() {
         assert!(report.get(key).is_some(), "report lacks `{key}`");
     }
     assert!(report["phases"]["before"][0]["p99_ms"].is_number());
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit report was written");
+    assert!(xml.contains(r#"tests="3" failures="0""#), "{xml}");
+    assert!(
+        xml.contains(r#"<property name="verdict" value="passed"/>"#),
+        "{xml}"
+    );
 }
