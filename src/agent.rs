@@ -7,6 +7,7 @@ mod journal;
 mod remote;
 pub(crate) mod server;
 mod tls;
+pub(crate) mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -66,6 +66,15 @@ enum Command {
         #[arg(long)]
         memory: Option<u64>,
     },
+    /// The embedded agent's dead-man switch: reverts a run's faults from its journal as soon as
+    /// the run is gone, however it ended.
+    #[command(name = "watchdog", hide = true)]
+    Watchdog {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// The parent of one `[[setup]]` fixture: runs it and takes its process group down as soon as
     /// the run that started it is gone.
     #[command(name = "fixture-guard", hide = true)]
@@ -277,6 +286,9 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             };
             worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Watchdog { parent, state_dir } => {
+            Ok(crate::agent::watchdog::main(parent, &state_dir))
         }
         Command::FixtureGuard { parent, argv } => Ok(crate::fixture::guard_main(parent, &argv)),
         Command::Certs { out, hosts } => {
@@ -494,6 +506,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         core.spawn_reaper();
+        crate::agent::watchdog::spawn(core.state_dir()).map_err(anyhow::Error::msg)?;
         let mut targets: Targets = selection
             .groups
             .iter()

@@ -149,6 +149,8 @@ impl NetnsPair {
             ])
             .arg(report)
             .env("FAULTLINE_STATE_DIR", state)
+            // The crash tests are about the journal the next run recovers, not the watchdog.
+            .env("FAULTLINE_NO_WATCHDOG", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -245,17 +245,32 @@ impl Drop for Tmpfs {
 }
 
 /// Starts `faultline run FILE --quiet EXTRA...` in the background with its own state directory,
-/// for tests that watch the host while the run holds its faults.
+/// for tests that watch the host while the run holds its faults. Its watchdog is off, so a test
+/// that kills the run sees what the journal alone must undo; `spawn_run_with_watchdog` keeps it.
 pub fn spawn_run(file: &Path, state_dir: &Path, extra: &[&str]) -> Child {
-    Command::new(BIN)
+    run_command(file, state_dir, extra)
+        .env("FAULTLINE_NO_WATCHDOG", "1")
+        .spawn()
+        .expect("start faultline run")
+}
+
+/// `spawn_run` with the run's watchdog on, as users run it.
+pub fn spawn_run_with_watchdog(file: &Path, state_dir: &Path, extra: &[&str]) -> Child {
+    run_command(file, state_dir, extra)
+        .spawn()
+        .expect("start faultline run")
+}
+
+fn run_command(file: &Path, state_dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(["run", file.to_str().unwrap(), "--quiet"])
         .args(extra)
         .env("FAULTLINE_STATE_DIR", state_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start faultline run")
+        .stderr(Stdio::null());
+    command
 }
 
 /// Polls `ready` every 20 ms; panics naming `what` when it has not held within `within`.

@@ -270,7 +270,7 @@ fn a_pause_left_by_a_killed_run_is_undone_by_the_next_run() {
     assert_eq!(
         state(pid),
         'T',
-        "a SIGKILLed embedded run cannot revert by itself"
+        "with its watchdog off, a SIGKILLed run cannot revert by itself"
     );
     // The next run with the same state directory finds the journal entry and continues the victim.
     let out = crate::support::faultline(
@@ -345,5 +345,37 @@ fn fixtures_do_not_outlive_a_killed_run() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("reverted a fault left by an earlier crashed run")
+    );
+}
+
+#[test]
+fn a_killed_run_is_reverted_by_its_watchdog() {
+    let dir = tempdir();
+    let port = free_port();
+    let _server = http_server(port, dir.path());
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let pid = victim.pid();
+    let file = dir.path().join("pause.toml");
+    std::fs::write(&file, pause_experiment(port, pid, "60s")).unwrap();
+    let mut child = crate::support::spawn_run_with_watchdog(&file, &dir.path().join("state"), &[]);
+    wait_until("the victim stopping", Duration::from_secs(20), || {
+        state(pid) == 'T'
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // No later run is needed: the watchdog notices its run is gone and reverts from the journal.
+    wait_until(
+        "the watchdog continuing the victim",
+        Duration::from_secs(1),
+        || state(pid) != 'T',
+    );
+    let journal: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(
+        journal.is_empty(),
+        "the watchdog left journal entries: {journal:?}"
     );
 }
