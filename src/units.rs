@@ -7,9 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize, Serializer};
-
 /// A duration in humantime syntax (`250ms`, `5s`, `1m 30s`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Dur(pub(crate) Duration);
@@ -209,21 +206,24 @@ pub(crate) fn format_ms(d: Duration) -> String {
     }
 }
 
+/// Serde for a type through its `FromStr` and `Display`, so a bad value is reported by the TOML
+/// parser at the value's own line and column. Shared with `fault/net.rs`.
 macro_rules! serde_via_str {
     ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(de::Error::custom)
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(deserializer)?;
+                s.parse().map_err(<D::Error as serde::de::Error>::custom)
             }
         }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_str(self)
             }
         }
     )*};
 }
+pub(crate) use serde_via_str;
 
 serde_via_str!(Dur, Percent, ByteSize, LatencyBound, SuccessBound);
 

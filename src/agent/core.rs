@@ -298,31 +298,8 @@ impl AgentCore {
                 "the lease must be longer than zero".to_owned(),
             ));
         }
-        {
-            let mut slots = self.slots.lock().expect("agent state lock");
-            match slots.get(id) {
-                Some(Slot::Active(a)) => {
-                    return Ok(Applied {
-                        id: id.to_owned(),
-                        targets: a.targets.clone(),
-                        detail: "already applied".to_owned(),
-                        injected_at: a.injected_at,
-                        instant: false,
-                    });
-                }
-                Some(Slot::Applying) => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} is being applied right now"
-                    )));
-                }
-                Some(Slot::Done(_)) => {
-                    return Err(AgentError::Conflict(format!(
-                        "fault {id} already ran and was reverted"
-                    )));
-                }
-                None => {}
-            }
-            slots.insert(id.to_owned(), Slot::Applying);
+        if let Some(applied) = self.claim(id, "fault", "already applied")? {
+            return Ok(applied);
         }
         let result = self.inject(id, req, duration);
         let mut slots = self.slots.lock().expect("agent state lock");
@@ -440,6 +417,32 @@ impl AgentCore {
 
     /// Opens a run resource: journal first, then open. Blocking; call from a blocking thread of
     /// the runtime (proxies are spawned onto it).
+    /// Claims `id` for an apply or an open. `Ok(Some(_))` means it is already active: the request
+    /// is a repeat, answered with what is in force (idempotence). Otherwise the slot is marked
+    /// as being applied, and the caller must fill or free it.
+    fn claim(&self, id: &str, noun: &str, already: &str) -> Result<Option<Applied>, AgentError> {
+        let mut slots = self.slots.lock().expect("agent state lock");
+        match slots.get(id) {
+            Some(Slot::Active(a)) => Ok(Some(Applied {
+                id: id.to_owned(),
+                targets: a.targets.clone(),
+                detail: already.to_owned(),
+                injected_at: a.injected_at,
+                instant: false,
+            })),
+            Some(Slot::Applying) => Err(AgentError::Conflict(format!(
+                "{noun} {id} is being applied right now"
+            ))),
+            Some(Slot::Done(_)) => Err(AgentError::Conflict(format!(
+                "{noun} {id} already ran and was reverted"
+            ))),
+            None => {
+                slots.insert(id.to_owned(), Slot::Applying);
+                Ok(None)
+            }
+        }
+    }
+
     pub(crate) fn open_blocking(&self, id: &str, req: &OpenRequest) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.halted.load(Ordering::SeqCst) {
@@ -455,26 +458,8 @@ impl AgentCore {
         self.envelope
             .admit_resource(&req.resource)
             .map_err(AgentError::Refused)?;
-        {
-            let mut slots = self.slots.lock().expect("agent state lock");
-            match slots.get(id) {
-                Some(Slot::Active(a)) => {
-                    return Ok(Applied {
-                        id: id.to_owned(),
-                        targets: a.targets.clone(),
-                        detail: "already open".to_owned(),
-                        injected_at: a.injected_at,
-                        instant: false,
-                    });
-                }
-                Some(_) => {
-                    return Err(AgentError::Conflict(format!(
-                        "resource {id} is being opened or was closed"
-                    )));
-                }
-                None => {}
-            }
-            slots.insert(id.to_owned(), Slot::Applying);
+        if let Some(applied) = self.claim(id, "resource", "already open")? {
+            return Ok(applied);
         }
         let undo = req.resource.undo();
         let entry = Entry {
@@ -666,6 +651,24 @@ mod tests {
     use super::*;
     use crate::fault::{FaultSpec, ProcessPause};
     use crate::process::Selector;
+
+    #[test]
+    fn a_claimed_id_refuses_an_overlapping_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        assert!(
+            core.claim("claim-0", "resource", "already open")
+                .unwrap()
+                .is_none()
+        );
+        let err = core
+            .claim("claim-0", "resource", "already open")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conflict: resource claim-0 is being applied right now"
+        );
+    }
 
     #[test]
     fn concurrent_reverts_of_one_fault_both_succeed() {

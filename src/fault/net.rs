@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 
-use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// An address or a network: `10.0.0.5`, `10.0.1.0/24`, `fd00::/8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,23 +128,7 @@ impl fmt::Display for BitRate {
     }
 }
 
-macro_rules! serde_via_str {
-    ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(de::Error::custom)
-            }
-        }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
-            }
-        }
-    )*};
-}
-
-serde_via_str!(Cidr, BitRate);
+crate::units::serde_via_str!(Cidr, BitRate);
 
 /// Which packets a firewall fault acts on, relative to this host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
