@@ -760,6 +760,40 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
     drop(agents);
 }
 
+/// One agent tagged `role = "web"` on a network-namespace host of its own (`link` names the veth,
+/// `subnet` its /24), in the test's pid namespace so it can act on processes the test watches.
+/// Its inventory names it `name`.
+fn agent_on_its_own_host(dir: &Path, name: &str, link: &str, subnet: u8) -> OwnHost {
+    let host = NetHost::create(&format!("flagents-{link}"), link, subnet);
+    let certs = certs(dir, &[&host.addr]);
+    let listen = format!("{}:7443", host.addr);
+    let agent = start_agent(
+        &["ip", "netns", "exec", &host.ns],
+        &certs,
+        &listen,
+        &dir.join("agent-state"),
+        &dir.join("agent.log"),
+        &[],
+    );
+    wait_for(&listen, Duration::from_secs(10));
+    let inv = inventory(dir, &certs, &[(name, format!("https://{listen}"), "web")]);
+    OwnHost {
+        host,
+        _agent: agent,
+        inv,
+        listen,
+        certs,
+    }
+}
+
+struct OwnHost {
+    host: NetHost,
+    _agent: Proc,
+    inv: PathBuf,
+    listen: String,
+    certs: PathBuf,
+}
+
 #[test]
 fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_lease() {
     if !support::privileged(
@@ -770,27 +804,13 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
     let dir = support::tempdir();
     let tag = std::process::id() % 100_000;
     // Subnets 240..=249 are this test's; the three-host test uses 0..240.
-    let host = NetHost::create(
-        &format!("flagents-cut-{tag}"),
+    let OwnHost {
+        host, _agent, inv, ..
+    } = agent_on_its_own_host(
+        dir.path(),
+        "cut",
         &format!("agc{tag}"),
         240 + (tag % 10) as u8,
-    );
-    let certs = certs(dir.path(), &[&host.addr]);
-    let listen = format!("{}:7443", host.addr);
-    // Same pid namespace as the test, so the agent can pause a victim the test watches.
-    let _agent = start_agent(
-        &["ip", "netns", "exec", &host.ns],
-        &certs,
-        &listen,
-        &dir.path().join("agent-state"),
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
-        dir.path(),
-        &certs,
-        &[("cut", format!("https://{listen}"), "web")],
     );
     let victim = Proc::spawn(&["sleep", "300"]);
     let fault = format!(
@@ -1169,26 +1189,17 @@ fn a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_ge
     let dir = support::tempdir();
     let tag = std::process::id() % 100_000;
     // Subnets 250..=254 are this test's.
-    let host = NetHost::create(
-        &format!("flagents-net-{tag}"),
+    let OwnHost {
+        host,
+        _agent,
+        inv,
+        listen,
+        certs,
+    } = agent_on_its_own_host(
+        dir.path(),
+        "isolated",
         &format!("agn{tag}"),
         250 + (tag % 5) as u8,
-    );
-    let certs = certs(dir.path(), &[&host.addr]);
-    let listen = format!("{}:7443", host.addr);
-    let _agent = start_agent(
-        &["ip", "netns", "exec", &host.ns],
-        &certs,
-        &listen,
-        &dir.path().join("agent-state"),
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
-        dir.path(),
-        &certs,
-        &[("isolated", format!("https://{listen}"), "web")],
     );
     // Every packet in or out of the agent's host is dropped for 4 s, with a lease of 1 s: only the
     // exemption of the agent's own port lets the coordinator renew and then revert.
