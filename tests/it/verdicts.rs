@@ -379,3 +379,24 @@ fn a_killed_run_is_reverted_by_its_watchdog() {
         "the watchdog left journal entries: {journal:?}"
     );
 }
+
+#[test]
+fn a_fixture_that_cannot_start_is_an_error_naming_it() {
+    let dir = tempdir();
+    let port = free_port();
+    let text = kill_by_port(
+        port,
+        "[[setup]]\nname = \"demo\"\nrun = [\"no-such-program-xyz\", \"--serve\"]",
+        "2s",
+    );
+    let run = run_experiment(dir.path(), &text, &[]);
+    assert_eq!(run.code, 5, "{}", run.explain());
+    let reason = run.report.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        reason,
+        "setup `demo` failed to start `no-such-program-xyz`: not found in PATH; nothing was injected"
+    );
+}
