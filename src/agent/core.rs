@@ -4,9 +4,10 @@
 //! The embedded agent and (later) the network daemon both wrap one `AgentCore`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -112,6 +113,12 @@ impl AgentCore {
         Ok((core, recovery))
     }
 
+    /// The slots. A panic never happens while the lock is held (fault code runs outside it), so
+    /// a poisoned lock still guards consistent data: recover it rather than wedge every request.
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn state_dir(&self) -> &Path {
         self.journal.dir()
     }
@@ -132,7 +139,7 @@ impl AgentCore {
     /// `halted` or `closing`, so that nothing new starts meanwhile.
     fn revert_everything(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
         let in_flight: Vec<String> = {
-            let slots = self.slots.lock().expect("agent state lock");
+            let slots = self.slots();
             slots
                 .iter()
                 .filter(|(_, s)| matches!(s, Slot::Applying))
@@ -240,7 +247,7 @@ impl AgentCore {
     }
 
     fn expired(&self, now: Instant) -> Vec<(String, RevertCause)> {
-        let slots = self.slots.lock().expect("agent state lock");
+        let slots = self.slots();
         slots
             .iter()
             .filter_map(|(id, slot)| match slot {
@@ -298,27 +305,29 @@ impl AgentCore {
                 "the lease must be longer than zero".to_owned(),
             ));
         }
-        if let Some(applied) = self.claim(id, "fault", "already applied")? {
-            return Ok(applied);
-        }
-        let result = self.inject(id, req, duration);
-        let mut slots = self.slots.lock().expect("agent state lock");
+        let claim = match self.claim(id, "fault", "already applied")? {
+            Claimed::Repeat(applied) => return Ok(applied),
+            Claimed::New(claim) => claim,
+        };
+        // What this apply has journaled and not yet undone, so that a panic anywhere in the fault
+        // code still reverts it: the slot is freed by the claim's drop, the host by this.
+        let mut journaled: Option<Undo> = None;
+        let result = match unpanic(|| self.inject(id, req, duration, &mut journaled)) {
+            Ok(result) => result,
+            Err(panic) => Err(self.after_panic(id, "applying", &panic, journaled.take())),
+        };
         match result {
             Ok((applied, active)) => {
                 let halted_meanwhile = active.is_some() && self.refusing();
-                match active {
-                    Some(active) => slots.insert(id.to_owned(), Slot::Active(active)),
-                    None => slots.insert(
-                        id.to_owned(),
-                        Slot::Done(Reverted {
-                            id: id.to_owned(),
-                            detail: "instant fault: nothing to revert".to_owned(),
-                            at: applied.injected_at,
-                            cause: RevertCause::Requested,
-                        }),
-                    ),
-                };
-                drop(slots);
+                claim.fill(match active {
+                    Some(active) => Slot::Active(active),
+                    None => Slot::Done(Reverted {
+                        id: id.to_owned(),
+                        detail: "instant fault: nothing to revert".to_owned(),
+                        at: applied.injected_at,
+                        cause: RevertCause::Requested,
+                    }),
+                });
                 if halted_meanwhile {
                     // The halt's (or shutdown's) revert-all ran before this fault landed: undo it here.
                     let undone = match self.revert_blocking(id, RevertCause::Halted) {
@@ -331,11 +340,33 @@ impl AgentCore {
                 }
                 Ok(applied)
             }
-            Err(e) => {
-                slots.remove(id);
-                Err(e)
-            }
+            // Dropping the claim frees the slot.
+            Err(e) => Err(e),
         }
+    }
+
+    /// Answers a panic in fault code: reverts what was journaled (the panic may have struck after
+    /// the change landed) and says what happened. The caller's claim frees the slot.
+    fn after_panic(
+        &self,
+        id: &str,
+        doing: &str,
+        panic: &str,
+        journaled: Option<Undo>,
+    ) -> AgentError {
+        tracing::error!("{doing} fault {id} panicked: {panic}");
+        let undo_note = match journaled {
+            None => String::new(),
+            Some(undo) => match unpanic(|| undo.revert()) {
+                Ok(Ok(detail)) => match self.journal.remove(id) {
+                    Ok(()) => format!("; reverted what was journaled: {detail}"),
+                    Err(e) => format!("; reverted what was journaled ({detail}), but {e}"),
+                },
+                Ok(Err(e)) => format!("; and reverting what was journaled FAILED: {e}"),
+                Err(again) => format!("; and reverting what was journaled panicked too: {again}"),
+            },
+        };
+        AgentError::Internal(format!("{doing} fault {id} panicked: {panic}{undo_note}"))
     }
 
     fn inject(
@@ -343,7 +374,10 @@ impl AgentCore {
         id: &str,
         req: &ApplyRequest,
         duration: Duration,
+        journaled: &mut Option<Undo>,
     ) -> Result<(Applied, Option<Active>), AgentError> {
+        #[cfg(test)]
+        hooks::at(id, hooks::Stage::Prepare);
         let prepared = req
             .spec
             .prepare(&Context {
@@ -367,14 +401,18 @@ impl AgentCore {
         self.journal
             .record(&entry)
             .map_err(AgentError::FaultFailed)?;
+        *journaled = Some(undo.clone());
         let injected_at = Timestamp::now();
         let started = Instant::now();
-        let outcome = prepared
-            .inject()
-            .and_then(|done| prepared.verify().map(|seen| format!("{done}; {seen}")));
+        let outcome = prepared.inject().and_then(|done| {
+            #[cfg(test)]
+            hooks::at(id, hooks::Stage::Verify);
+            prepared.verify().map(|seen| format!("{done}; {seen}"))
+        });
         let detail = match outcome {
             Ok(detail) => detail,
             Err(e) => {
+                *journaled = None;
                 // Undo whatever part of the fault did land; the journal entry stays if that fails.
                 let undo_note = match undo.revert() {
                     Ok(_) => self
@@ -398,6 +436,7 @@ impl AgentCore {
         };
         if req.spec.is_instant() {
             self.journal.remove(id).map_err(AgentError::FaultFailed)?;
+            *journaled = None;
             return Ok((applied, None));
         }
         let lease = Duration::from_millis(req.lease_ms);
@@ -415,15 +454,13 @@ impl AgentCore {
         Ok((applied, Some(active)))
     }
 
-    /// Opens a run resource: journal first, then open. Blocking; call from a blocking thread of
-    /// the runtime (proxies are spawned onto it).
-    /// Claims `id` for an apply or an open. `Ok(Some(_))` means it is already active: the request
-    /// is a repeat, answered with what is in force (idempotence). Otherwise the slot is marked
-    /// as being applied, and the caller must fill or free it.
-    fn claim(&self, id: &str, noun: &str, already: &str) -> Result<Option<Applied>, AgentError> {
-        let mut slots = self.slots.lock().expect("agent state lock");
+    /// Claims `id` for an apply or an open. `Repeat` means it is already active: the request is a
+    /// repeat, answered with what is in force (idempotence). Otherwise the slot is marked as being
+    /// applied until the returned claim is filled or dropped.
+    fn claim(&self, id: &str, noun: &str, already: &str) -> Result<Claimed<'_>, AgentError> {
+        let mut slots = self.slots();
         match slots.get(id) {
-            Some(Slot::Active(a)) => Ok(Some(Applied {
+            Some(Slot::Active(a)) => Ok(Claimed::Repeat(Applied {
                 id: id.to_owned(),
                 targets: a.targets.clone(),
                 detail: already.to_owned(),
@@ -438,11 +475,17 @@ impl AgentCore {
             ))),
             None => {
                 slots.insert(id.to_owned(), Slot::Applying);
-                Ok(None)
+                Ok(Claimed::New(Claim {
+                    core: self,
+                    id: id.to_owned(),
+                    filled: false,
+                }))
             }
         }
     }
 
+    /// Opens a run resource: journal first, then open. Blocking; call from a blocking thread of
+    /// the runtime (proxies are spawned onto it).
     pub(crate) fn open_blocking(&self, id: &str, req: &OpenRequest) -> Result<Applied, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.halted.load(Ordering::SeqCst) {
@@ -458,9 +501,10 @@ impl AgentCore {
         self.envelope
             .admit_resource(&req.resource)
             .map_err(AgentError::Refused)?;
-        if let Some(applied) = self.claim(id, "resource", "already open")? {
-            return Ok(applied);
-        }
+        let claim = match self.claim(id, "resource", "already open")? {
+            Claimed::Repeat(applied) => return Ok(applied),
+            Claimed::New(claim) => claim,
+        };
         let undo = req.resource.undo();
         let entry = Entry {
             id: id.to_owned(),
@@ -470,34 +514,33 @@ impl AgentCore {
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
         };
-        let opened = self.journal.record(&entry).and_then(|()| {
-            req.resource.open().map_err(|e| {
-                match undo.revert().and_then(|_| self.journal.remove(id)) {
-                    Ok(()) => e,
-                    Err(undo_err) => format!("{e}; and cleaning up failed: {undo_err}"),
-                }
-            })
-        });
-        let mut slots = self.slots.lock().expect("agent state lock");
+        self.journal
+            .record(&entry)
+            .map_err(AgentError::FaultFailed)?;
+        let opened = match unpanic(|| {
+            #[cfg(test)]
+            hooks::at(id, hooks::Stage::Open);
+            req.resource.open()
+        }) {
+            Ok(opened) => opened,
+            Err(panic) => return Err(self.after_panic(id, "opening", &panic, Some(undo))),
+        };
         match opened {
             Ok(detail) => {
                 let injected_at = Timestamp::now();
                 let lease = Duration::from_millis(req.lease_ms);
                 let targets = vec![req.resource.describe()];
-                slots.insert(
-                    id.to_owned(),
-                    Slot::Active(Active {
-                        run_id: req.run_id.clone(),
-                        kind: req.resource.kind(),
-                        undo,
-                        targets: targets.clone(),
-                        injected_at,
-                        ends_at: None,
-                        lease,
-                        lease_until: Instant::now() + lease,
-                        reverting: false,
-                    }),
-                );
+                claim.fill(Slot::Active(Active {
+                    run_id: req.run_id.clone(),
+                    kind: req.resource.kind(),
+                    undo,
+                    targets: targets.clone(),
+                    injected_at,
+                    ends_at: None,
+                    lease,
+                    lease_until: Instant::now() + lease,
+                    reverting: false,
+                }));
                 Ok(Applied {
                     id: id.to_owned(),
                     targets,
@@ -507,7 +550,10 @@ impl AgentCore {
                 })
             }
             Err(e) => {
-                slots.remove(id);
+                let e = match undo.revert().and_then(|_| self.journal.remove(id)) {
+                    Ok(()) => e,
+                    Err(undo_err) => format!("{e}; and cleaning up failed: {undo_err}"),
+                };
                 Err(AgentError::FaultFailed(e))
             }
         }
@@ -524,7 +570,7 @@ impl AgentCore {
         // waits for the first to finish and then answers with its result.
         let deadline = Instant::now() + BUSY_WAIT;
         let undo = loop {
-            let mut slots = self.slots.lock().expect("agent state lock");
+            let mut slots = self.slots();
             match slots.get_mut(id) {
                 Some(Slot::Done(r)) => return Ok(r.clone()),
                 Some(
@@ -559,7 +605,7 @@ impl AgentCore {
         let result = undo
             .revert()
             .and_then(|detail| self.journal.remove(id).map(|()| detail));
-        let mut slots = self.slots.lock().expect("agent state lock");
+        let mut slots = self.slots();
         match result {
             Ok(detail) => {
                 self.counters.reverted.fetch_add(1, Ordering::Relaxed);
@@ -594,7 +640,7 @@ impl AgentCore {
     /// not active here (so the coordinator learns of a fault that ended without it).
     pub(crate) fn renew(&self, ids: &[String]) -> Renewed {
         let now = Instant::now();
-        let mut slots = self.slots.lock().expect("agent state lock");
+        let mut slots = self.slots();
         let mut answer = Renewed {
             renewed: Vec::new(),
             unknown: Vec::new(),
@@ -614,7 +660,7 @@ impl AgentCore {
     }
 
     pub(crate) fn active(&self) -> Vec<FaultStatus> {
-        let slots = self.slots.lock().expect("agent state lock");
+        let slots = self.slots();
         let mut list: Vec<FaultStatus> = slots
             .iter()
             .filter_map(|(id, slot)| match slot {
@@ -644,6 +690,98 @@ impl AgentCore {
     }
 }
 
+/// What claiming an id found.
+enum Claimed<'a> {
+    /// Already active: the request repeats one that is in force.
+    Repeat(Applied),
+    New(Claim<'a>),
+}
+
+/// A slot marked `Applying`. Filled when the apply lands; if it is dropped unfilled — the apply
+/// failed, returned early or panicked — the slot is freed, so no id is ever left "being applied"
+/// with nobody applying it.
+struct Claim<'a> {
+    core: &'a AgentCore,
+    id: String,
+    filled: bool,
+}
+
+impl Claim<'_> {
+    fn fill(mut self, slot: Slot) {
+        self.core.slots().insert(self.id.clone(), slot);
+        self.filled = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            let mut slots = self.core.slots();
+            if matches!(slots.get(&self.id), Some(Slot::Applying)) {
+                slots.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Runs fault code, turning a panic into an error carrying the panic's message: a bug in one
+/// fault kind (a division by zero on a bad request) must not wedge the agent's bookkeeping.
+fn unpanic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned())
+    })
+}
+
+/// Test-only points inside apply and open where a test can make fault code panic (or wait
+/// first), to prove the core survives a bug in any fault kind without relying on one existing.
+#[cfg(test)]
+pub(super) mod hooks {
+    use std::collections::HashMap;
+    use std::sync::mpsc::Receiver;
+    use std::sync::{Mutex, PoisonError};
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Stage {
+        Prepare,
+        Verify,
+        Open,
+    }
+
+    /// The stage at which to panic, and a gate to wait on before panicking.
+    type Plan = (Stage, Option<Receiver<()>>);
+
+    /// Fault id -> its planned panic.
+    static PLAN: Mutex<Option<HashMap<String, Plan>>> = Mutex::new(None);
+
+    pub(crate) fn panic_at(id: &str, stage: Stage, gate: Option<Receiver<()>>) {
+        PLAN.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(id.to_owned(), (stage, gate));
+    }
+
+    pub(crate) fn at(id: &str, stage: Stage) {
+        let planned = {
+            let mut plan = PLAN.lock().unwrap_or_else(PoisonError::into_inner);
+            let map = plan.get_or_insert_with(HashMap::new);
+            match map.get(id) {
+                Some((s, _)) if *s == stage => map.remove(id),
+                _ => None,
+            }
+        };
+        if let Some((_, gate)) = planned {
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
+            panic!("test hook: {stage:?} of {id} panics");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -656,18 +794,191 @@ mod tests {
     fn a_claimed_id_refuses_an_overlapping_apply() {
         let dir = tempfile::tempdir().unwrap();
         let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
-        assert!(
-            core.claim("claim-0", "resource", "already open")
-                .unwrap()
-                .is_none()
-        );
-        let err = core
-            .claim("claim-0", "resource", "already open")
-            .unwrap_err();
+        let first = core.claim("claim-0", "resource", "already open").unwrap();
+        assert!(matches!(first, Claimed::New(_)));
+        let Err(err) = core.claim("claim-0", "resource", "already open") else {
+            panic!("a second claim of claim-0 was granted");
+        };
         assert_eq!(
             err.to_string(),
             "conflict: resource claim-0 is being applied right now"
         );
+        drop(first);
+        assert!(
+            matches!(
+                core.claim("claim-0", "resource", "already open"),
+                Ok(Claimed::New(_))
+            ),
+            "a dropped claim still holds its slot"
+        );
+    }
+
+    fn open_core() -> (tempfile::TempDir, Arc<AgentCore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        (dir, core)
+    }
+
+    /// A `sleep` to pause, killed and reaped when the test ends however it ends.
+    struct Victim(std::process::Child);
+
+    impl Victim {
+        fn spawn() -> Victim {
+            Victim(
+                std::process::Command::new("sleep")
+                    .arg("300")
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+
+        fn stopped(&self) -> bool {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
+            stat.rsplit_once(") ").unwrap().1.starts_with('T')
+        }
+    }
+
+    impl Drop for Victim {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn pause(pid: i32) -> ApplyRequest {
+        ApplyRequest {
+            run_id: "r".to_owned(),
+            spec: FaultSpec::ProcessPause(ProcessPause {
+                select: Selector::Pid(pid),
+                pick: None,
+            }),
+            duration_ms: Some(3_600_000),
+            lease_ms: 3_600_000,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn a_panic_while_preparing_frees_the_id_and_answers_an_internal_error() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        hooks::panic_at("panic-prepare-0", hooks::Stage::Prepare, None);
+        let err = core
+            .apply_blocking("panic-prepare-0", &pause(victim.pid()))
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Internal(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("applying fault panic-prepare-0 panicked: test hook: Prepare"),
+            "{err}"
+        );
+        // Nothing holds the id: revert and halt answer at once, and the id can be applied again.
+        let reverted = core
+            .revert_blocking("panic-prepare-0", RevertCause::Requested)
+            .unwrap();
+        assert_eq!(reverted.detail, "not active on this agent");
+        assert!(core.halt_blocking().is_empty());
+        core.resume().unwrap();
+        core.apply_blocking("panic-prepare-0", &pause(victim.pid()))
+            .expect("the id is free again after the panic");
+        core.revert_blocking("panic-prepare-0", RevertCause::Requested)
+            .unwrap();
+        assert!(!victim.stopped());
+    }
+
+    #[test]
+    fn a_panic_after_the_change_landed_reverts_it_and_frees_the_id() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        hooks::panic_at("panic-verify-0", hooks::Stage::Verify, None);
+        let err = core
+            .apply_blocking("panic-verify-0", &pause(victim.pid()))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::Internal(_)), "{err:?}");
+        assert!(
+            text.contains("test hook: Verify of panic-verify-0 panics"),
+            "{text}"
+        );
+        assert!(text.contains("reverted what was journaled"), "{text}");
+        assert!(
+            !victim.stopped(),
+            "the victim stayed stopped after the panic"
+        );
+        assert!(
+            core.journal.entries().is_empty(),
+            "the journal kept the entry"
+        );
+        assert!(core.active().is_empty());
+        assert!(core.close_blocking().is_empty());
+    }
+
+    #[test]
+    fn a_revert_waiting_on_an_apply_that_panics_answers_when_the_apply_ends() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        let (release, gate) = std::sync::mpsc::channel();
+        hooks::panic_at("panic-verify-1", hooks::Stage::Verify, Some(gate));
+        let applying = {
+            let core = Arc::clone(&core);
+            let req = pause(victim.pid());
+            std::thread::spawn(move || core.apply_blocking("panic-verify-1", &req))
+        };
+        while core
+            .renew(&["panic-verify-1".to_owned()])
+            .renewed
+            .is_empty()
+        {
+            std::thread::yield_now();
+        }
+        let reverting = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || {
+                core.revert_blocking("panic-verify-1", RevertCause::Requested)
+            })
+        };
+        release.send(()).unwrap();
+        assert!(matches!(
+            applying.join().unwrap(),
+            Err(AgentError::Internal(_))
+        ));
+        let reverted = reverting
+            .join()
+            .unwrap()
+            .expect("the revert waits for the apply and then succeeds");
+        assert_eq!(reverted.detail, "not active on this agent");
+        assert!(!victim.stopped());
+    }
+
+    #[test]
+    fn a_panic_while_opening_a_resource_frees_the_id_and_closes_what_was_journaled() {
+        let (_dir, core) = open_core();
+        hooks::panic_at("panic-open-0", hooks::Stage::Open, None);
+        let req = OpenRequest {
+            run_id: "r".to_owned(),
+            resource: crate::fault::RunResource::Proxy {
+                name: "listen-127.0.0.1:1".to_owned(),
+                listen: "127.0.0.1:1".parse().unwrap(),
+                upstream: "127.0.0.1:2".to_owned(),
+            },
+            lease_ms: 60_000,
+        };
+        let err = core.open_blocking("panic-open-0", &req).unwrap_err();
+        assert!(matches!(err, AgentError::Internal(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("opening fault panic-open-0 panicked"),
+            "{err}"
+        );
+        assert!(
+            core.journal.entries().is_empty(),
+            "the journal kept the entry"
+        );
+        assert!(core.halt_blocking().is_empty());
     }
 
     #[test]
