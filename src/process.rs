@@ -4,9 +4,11 @@
 //! Architecture invariant: a process is only ever signalled through [`ProcRef::signal`], which
 //! re-checks the start time first, so a pid the kernel reused for another process is never touched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -149,20 +151,70 @@ pub(crate) fn all() -> Vec<ProcInfo> {
         .collect()
 }
 
-/// The processes no fault may ever signal: init, kthreadd, this process and every ancestor of it.
-pub(crate) fn protected() -> HashSet<i32> {
-    let mut pids: HashSet<i32> = [1, 2].into();
-    let mut pid = std::process::id() as i32;
-    while pid > 1 && pids.insert(pid) {
-        match read(pid) {
-            Some(info) => pid = info.ppid,
-            None => break,
+/// The subcommand of this binary that runs the embedded agent's watchdog (`agent/watchdog.rs`).
+const WATCHDOG_COMMAND: &str = "watchdog";
+
+/// The processes no fault may ever signal, each with the reason: init of this pid namespace (pid
+/// 1 as this process sees it), this process and every ancestor of it, and this process's own
+/// watchdog. Every entry is a thread-group leader: a thread id is resolved to its leader before
+/// it is looked up here. Kernel threads are refused separately, by their `PF_KTHREAD` flag.
+pub(crate) fn protected() -> HashMap<i32, &'static str> {
+    let me = std::process::id() as i32;
+    let mut pids: HashMap<i32, &'static str> = HashMap::from([(1, "init of this pid namespace")]);
+    pids.insert(me, "faultline itself");
+    let mut pid = me;
+    while let Some(parent) = read(pid).map(|info| info.ppid) {
+        if parent <= 1 || pids.contains_key(&parent) {
+            break;
         }
+        pids.insert(parent, "an ancestor of faultline");
+        pid = parent;
+    }
+    for watchdog in own_watchdogs(me) {
+        pids.insert(watchdog, "faultline's own watchdog");
     }
     pids
 }
 
-/// Why a process is protected, for error messages.
+/// This process's children that run this same binary's `watchdog` subcommand: the dead-man
+/// switch of an embedded run, which must outlive any fault the run injects.
+fn own_watchdogs(me: i32) -> Vec<i32> {
+    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    children(me)
+        .into_iter()
+        .filter(|&child| {
+            let Ok(process) = Process::new(child) else {
+                return false;
+            };
+            process.exe().is_ok_and(|exe| exe == my_exe)
+                && process
+                    .cmdline()
+                    .is_ok_and(|argv| argv.get(1).map(String::as_str) == Some(WATCHDOG_COMMAND))
+        })
+        .collect()
+}
+
+/// The children of `pid`, found by scanning `/proc` for processes whose parent it is (the
+/// kernel's `task/*/children` lists need a config option not every kernel has).
+fn children(pid: i32) -> Vec<i32> {
+    all()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The thread-group leader (the process) that a pid or thread id belongs to, from `Tgid:` in
+/// `/proc/ID/status`. `/proc/TID` exists for every thread even though `/proc` does not list it,
+/// and a signal sent to a thread id acts on its whole process.
+pub(crate) fn thread_group_of(id: i32) -> Option<i32> {
+    Process::new(id).ok()?.status().ok().map(|s| s.tgid)
+}
+
+/// Why a pid is protected, for messages about a pid the coordinator names before any agent reads
+/// `/proc` (experiment validation); agents use the reasons [`protected`] gives.
 pub(crate) fn protection_reason(pid: i32) -> &'static str {
     match pid {
         1 => "init, the first process",
@@ -180,36 +232,85 @@ pub(crate) struct Matches {
     pub(crate) excluded: Vec<ProcInfo>,
 }
 
+/// At most this much of a pidfile is read: a pid is a few digits, and a pidfile pointed at the
+/// wrong file (`/etc/shadow`) must not end up in an error message or an agent's audit log.
+const PIDFILE_MAX: u64 = 64;
+
+/// Reads the pid in a pidfile, reading at most [`PIDFILE_MAX`] bytes and never echoing them.
+fn read_pidfile(path: &Path) -> Result<i32, String> {
+    // Non-blocking, so a FIFO named as a pidfile fails here instead of hanging the agent.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| format!("failed to read pidfile {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("failed to read pidfile {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("pidfile {} is not a regular file", path.display()));
+    }
+    let mut head = Vec::new();
+    file.take(PIDFILE_MAX + 1)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("failed to read pidfile {}: {e}", path.display()))?;
+    if head.len() as u64 > PIDFILE_MAX {
+        return Err(format!(
+            "pidfile {} does not hold a pid: it is longer than {PIDFILE_MAX} bytes (its content is not shown)",
+            path.display()
+        ));
+    }
+    std::str::from_utf8(&head)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| {
+            format!(
+                "pidfile {} does not hold a pid: its {} byte(s) are not a positive decimal number (its content is not shown)",
+                path.display(),
+                head.len()
+            )
+        })
+}
+
 /// Finds the processes a selector names. Explicit selectors (`pid`, `pidfile`, `port`) that name a
-/// protected process are an error; pattern selectors silently leave protected processes out.
+/// protected process or a kernel thread are an error; pattern selectors silently leave them out.
+/// A thread id stands for its whole process (signals act on the thread group).
 pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
     let protected = protected();
-    let explicit = |pid: i32| -> Result<Matches, String> {
-        if protected.contains(&pid) {
+    let explicit = |id: i32| -> Result<Matches, String> {
+        let none = Matches {
+            procs: Vec::new(),
+            excluded: Vec::new(),
+        };
+        let Some(pid) = thread_group_of(id) else {
+            return Ok(none);
+        };
+        let named = if pid == id {
+            format!("pid {id}")
+        } else {
+            format!("pid {id} (a thread of pid {pid})")
+        };
+        if let Some(reason) = protected.get(&pid) {
+            return Err(format!("refusing to signal {named}: it is {reason}"));
+        }
+        let Some(info) = read(pid) else {
+            return Ok(none);
+        };
+        if info.is_kernel_thread() {
             return Err(format!(
-                "refusing to signal pid {pid}: it is {}",
-                protection_reason(pid)
+                "refusing to signal {named} ({}): it is a kernel thread",
+                info.comm
             ));
         }
         Ok(Matches {
-            procs: read(pid).into_iter().collect(),
+            procs: vec![info],
             excluded: Vec::new(),
         })
     };
     match selector {
         Selector::Pid(pid) => explicit(*pid),
-        Selector::Pidfile(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("failed to read pidfile {}: {e}", path.display()))?;
-            let pid = text.trim().parse::<i32>().map_err(|_| {
-                format!(
-                    "pidfile {} does not hold a pid (it holds `{}`)",
-                    path.display(),
-                    text.trim()
-                )
-            })?;
-            explicit(pid)
-        }
+        Selector::Pidfile(path) => explicit(read_pidfile(path)?),
         Selector::Port(port) => {
             let mut matches = Matches {
                 procs: Vec::new(),
@@ -238,10 +339,13 @@ pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
     }
 }
 
-fn split_protected(found: impl Iterator<Item = ProcInfo>, protected: &HashSet<i32>) -> Matches {
+fn split_protected(
+    found: impl Iterator<Item = ProcInfo>,
+    protected: &HashMap<i32, &'static str>,
+) -> Matches {
     let (excluded, procs) = found
         .filter(|p| !p.is_kernel_thread())
-        .partition(|p: &ProcInfo| protected.contains(&p.pid));
+        .partition(|p: &ProcInfo| protected.contains_key(&p.pid));
     Matches { procs, excluded }
 }
 
@@ -296,11 +400,11 @@ mod tests {
     #[test]
     fn init_and_this_process_are_protected() {
         let protected = protected();
-        assert!(protected.contains(&1));
-        assert!(protected.contains(&(std::process::id() as i32)));
+        assert!(protected.contains_key(&1));
+        assert!(protected.contains_key(&(std::process::id() as i32)));
         let err = select(&Selector::Pid(1)).unwrap_err();
         assert!(
-            err.contains("refusing to signal pid 1: it is init"),
+            err.contains("refusing to signal pid 1: it is init of this pid namespace"),
             "{err}"
         );
     }
@@ -322,5 +426,97 @@ mod tests {
         };
         assert!(!stale.is_alive());
         assert_eq!(stale.signal(Signal::SIGCONT).unwrap(), Delivery::Gone);
+    }
+
+    #[test]
+    fn a_thread_id_of_this_process_is_protected_like_the_process() {
+        let me = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = stopped.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(thread_group_of(tid), Some(me));
+        let result = select(&Selector::Pid(tid));
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+        let err = result.expect_err("a thread of this process was selected");
+        assert_eq!(
+            err,
+            format!("refusing to signal pid {tid} (a thread of pid {me}): it is faultline itself")
+        );
+    }
+
+    #[test]
+    fn kernel_threads_are_refused_by_their_flag_not_their_number() {
+        let kthread = all()
+            .into_iter()
+            .find(|p| p.is_kernel_thread() && p.pid > 2)
+            .expect("no kernel thread is visible in /proc: run this test on a host, not in a pid namespace");
+        let err = select(&Selector::Pid(kthread.pid)).expect_err("a kernel thread was selected");
+        assert_eq!(
+            err,
+            format!(
+                "refusing to signal pid {} ({}): it is a kernel thread",
+                kthread.pid, kthread.comm
+            )
+        );
+        assert!(
+            !protected().contains_key(&2),
+            "pid 2 is protected by its number"
+        );
+        if read(2).is_some_and(|p| p.is_kernel_thread()) {
+            let err = select(&Selector::Pid(2)).expect_err("kthreadd was selected");
+            assert!(err.ends_with("it is a kernel thread"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pidfile_that_holds_no_pid_is_refused_without_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "root:$6$SECRETHASH:19000:0:99999:7:::\n").unwrap();
+        let err = select(&Selector::Pidfile(secret.clone())).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "pidfile {} does not hold a pid: its 38 byte(s) are not a positive decimal number (its content is not shown)",
+                secret.display()
+            )
+        );
+        let long = dir.path().join("long");
+        std::fs::write(
+            &long,
+            format!("{}\n{}", std::process::id(), "x".repeat(1 << 20)),
+        )
+        .unwrap();
+        let err = select(&Selector::Pidfile(long.clone())).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "pidfile {} does not hold a pid: it is longer than 64 bytes (its content is not shown)",
+                long.display()
+            )
+        );
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = select(&Selector::Pidfile(fifo.clone())).unwrap_err();
+        assert_eq!(
+            err,
+            format!("pidfile {} is not a regular file", fifo.display())
+        );
+        let good = dir.path().join("good");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&good, format!("{}\n", child.id())).unwrap();
+        let found = select(&Selector::Pidfile(good));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.unwrap().procs[0].pid, child.id() as i32);
     }
 }
