@@ -199,10 +199,14 @@ fn own_watchdogs(me: i32) -> Vec<i32> {
 /// The children of `pid`, found by scanning `/proc` for processes whose parent it is (the
 /// kernel's `task/*/children` lists need a config option not every kernel has).
 fn children(pid: i32) -> Vec<i32> {
-    all()
-        .into_iter()
-        .filter(|p| p.ppid == pid)
-        .map(|p| p.pid)
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    // Only `stat` is read: this runs for every selection, so it stays cheap.
+    processes
+        .filter_map(Result::ok)
+        .filter(|p| p.stat().is_ok_and(|stat| stat.ppid == pid))
+        .map(|p| p.pid())
         .collect()
 }
 

@@ -3,11 +3,11 @@
 //!
 //! The embedded agent and (later) the network daemon both wrap one `AgentCore`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -26,14 +26,66 @@ use crate::protocol::{
 const REAP_EVERY: Duration = Duration::from_millis(50);
 /// How long a revert waits for another apply or revert of the same fault to finish.
 const BUSY_WAIT: Duration = Duration::from_secs(30);
+/// How many finished ids the agent remembers, so that repeated reverts and re-applies of recent
+/// ids answer consistently and renewals learn how a fault ended. Older ones are forgotten: the
+/// agent's memory stays bounded however long it runs.
+const HISTORY: usize = 1024;
 
+/// A fault that is not finished.
 #[derive(Debug)]
 enum Slot {
     /// Being prepared, injected and verified right now.
     Applying,
     Active(Active),
-    /// Reverted; kept so that repeated reverts and re-applies of the same id answer consistently.
-    Done(Reverted),
+}
+
+/// What the agent holds, split so that periodic work (reaper, health, metrics) is O(active).
+#[derive(Debug)]
+struct State {
+    /// Faults being applied or in force.
+    live: HashMap<String, Slot>,
+    /// The last [`HISTORY`] finished faults: when and why each ended.
+    finished: History,
+}
+
+/// Finished faults by id, forgetting the oldest beyond `bound` ([`HISTORY`]).
+#[derive(Debug)]
+struct History {
+    bound: usize,
+    by_id: HashMap<String, Reverted>,
+    /// Ids in the order they finished, oldest first.
+    order: VecDeque<String>,
+}
+
+impl History {
+    fn new(bound: usize) -> History {
+        History {
+            bound,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Reverted> {
+        self.by_id.get(id)
+    }
+
+    fn insert(&mut self, reverted: Reverted) {
+        let id = reverted.id.clone();
+        if self.by_id.insert(id.clone(), reverted).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > self.bound {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_id.remove(&oldest);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 #[derive(Debug)]
@@ -54,7 +106,9 @@ struct Active {
 #[derive(Debug)]
 pub(crate) struct AgentCore {
     journal: Journal,
-    slots: Mutex<HashMap<String, Slot>>,
+    state: Mutex<State>,
+    /// Signalled whenever a fault stops being applied or reverted, for a revert waiting on it.
+    changed: Condvar,
     halted: AtomicBool,
     /// Set once the agent is shutting down: like a halt, but not persisted.
     closing: AtomicBool,
@@ -101,7 +155,11 @@ impl AgentCore {
         let halted = AtomicBool::new(state_dir.join(HALTED_MARKER).exists());
         let core = Arc::new(AgentCore {
             journal,
-            slots: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                live: HashMap::new(),
+                finished: History::new(HISTORY),
+            }),
+            changed: Condvar::new(),
             halted,
             closing: AtomicBool::new(false),
             owner,
@@ -115,8 +173,8 @@ impl AgentCore {
 
     /// The slots. A panic never happens while the lock is held (fault code runs outside it), so
     /// a poisoned lock still guards consistent data: recover it rather than wedge every request.
-    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn state_dir(&self) -> &Path {
@@ -139,8 +197,9 @@ impl AgentCore {
     /// `halted` or `closing`, so that nothing new starts meanwhile.
     fn revert_everything(&self, cause: RevertCause) -> Vec<Result<Reverted, AgentError>> {
         let in_flight: Vec<String> = {
-            let slots = self.slots();
-            slots
+            let state = self.state();
+            state
+                .live
                 .iter()
                 .filter(|(_, s)| matches!(s, Slot::Applying))
                 .map(|(id, _)| id.clone())
@@ -216,6 +275,13 @@ impl AgentCore {
                         "{} ({}, run {}): {detail}",
                         entry.id, entry.kind, entry.run_id
                     ));
+                    // A coordinator still renewing this fault learns it was cut short, and when.
+                    self.state().finished.insert(Reverted {
+                        id: entry.id.clone(),
+                        detail,
+                        at: Timestamp::now(),
+                        cause: RevertCause::Recovered,
+                    });
                 }
                 Err(e) => recovery
                     .failed
@@ -247,8 +313,9 @@ impl AgentCore {
     }
 
     fn expired(&self, now: Instant) -> Vec<(String, RevertCause)> {
-        let slots = self.slots();
-        slots
+        let state = self.state();
+        state
+            .live
             .iter()
             .filter_map(|(id, slot)| match slot {
                 Slot::Active(a) if !a.reverting && a.ends_at.is_some_and(|end| now >= end) => {
@@ -319,15 +386,15 @@ impl AgentCore {
         match result {
             Ok((applied, active)) => {
                 let halted_meanwhile = active.is_some() && self.refusing();
-                claim.fill(match active {
-                    Some(active) => Slot::Active(active),
-                    None => Slot::Done(Reverted {
+                match active {
+                    Some(active) => claim.fill(active),
+                    None => claim.finish(Reverted {
                         id: id.to_owned(),
                         detail: "instant fault: nothing to revert".to_owned(),
                         at: applied.injected_at,
                         cause: RevertCause::Requested,
                     }),
-                });
+                }
                 if halted_meanwhile {
                     // The halt's (or shutdown's) revert-all ran before this fault landed: undo it here.
                     let undone = match self.revert_blocking(id, RevertCause::Halted) {
@@ -458,8 +525,13 @@ impl AgentCore {
     /// repeat, answered with what is in force (idempotence). Otherwise the slot is marked as being
     /// applied until the returned claim is filled or dropped.
     fn claim(&self, id: &str, noun: &str, already: &str) -> Result<Claimed<'_>, AgentError> {
-        let mut slots = self.slots();
-        match slots.get(id) {
+        let mut state = self.state();
+        if state.finished.get(id).is_some() {
+            return Err(AgentError::Conflict(format!(
+                "{noun} {id} already ran and was reverted"
+            )));
+        }
+        match state.live.get(id) {
             Some(Slot::Active(a)) => Ok(Claimed::Repeat(Applied {
                 id: id.to_owned(),
                 targets: a.targets.clone(),
@@ -470,11 +542,8 @@ impl AgentCore {
             Some(Slot::Applying) => Err(AgentError::Conflict(format!(
                 "{noun} {id} is being applied right now"
             ))),
-            Some(Slot::Done(_)) => Err(AgentError::Conflict(format!(
-                "{noun} {id} already ran and was reverted"
-            ))),
             None => {
-                slots.insert(id.to_owned(), Slot::Applying);
+                state.live.insert(id.to_owned(), Slot::Applying);
                 Ok(Claimed::New(Claim {
                     core: self,
                     id: id.to_owned(),
@@ -530,7 +599,7 @@ impl AgentCore {
                 let injected_at = Timestamp::now();
                 let lease = Duration::from_millis(req.lease_ms);
                 let targets = vec![req.resource.describe()];
-                claim.fill(Slot::Active(Active {
+                claim.fill(Active {
                     run_id: req.run_id.clone(),
                     kind: req.resource.kind(),
                     undo,
@@ -540,7 +609,7 @@ impl AgentCore {
                     lease,
                     lease_until: Instant::now() + lease,
                     reverting: false,
-                }));
+                });
                 Ok(Applied {
                     id: id.to_owned(),
                     targets,
@@ -567,26 +636,32 @@ impl AgentCore {
     ) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         // The reaper (duration end, lease) and a request can ask at the same moment: the second
-        // waits for the first to finish and then answers with its result.
+        // waits for the first to finish (woken by `changed`) and then answers with its result.
         let deadline = Instant::now() + BUSY_WAIT;
+        let mut state = self.state();
         let undo = loop {
-            let mut slots = self.slots();
-            match slots.get_mut(id) {
-                Some(Slot::Done(r)) => return Ok(r.clone()),
+            if let Some(r) = state.finished.get(id) {
+                return Ok(r.clone());
+            }
+            match state.live.get_mut(id) {
                 Some(
                     Slot::Applying
                     | Slot::Active(Active {
                         reverting: true, ..
                     }),
                 ) => {
-                    drop(slots);
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if now >= deadline {
                         return Err(AgentError::Conflict(format!(
                             "fault {id} stayed busy for {} s",
                             BUSY_WAIT.as_secs()
                         )));
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    state = self
+                        .changed
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 Some(Slot::Active(a)) => {
                     a.reverting = true;
@@ -602,11 +677,12 @@ impl AgentCore {
                 }
             }
         };
+        drop(state);
         let result = undo
             .revert()
             .and_then(|detail| self.journal.remove(id).map(|()| detail));
-        let mut slots = self.slots();
-        match result {
+        let mut state = self.state();
+        let answer = match result {
             Ok(detail) => {
                 self.counters.reverted.fetch_add(1, Ordering::Relaxed);
                 if cause == RevertCause::LeaseExpired {
@@ -621,47 +697,58 @@ impl AgentCore {
                     at: Timestamp::now(),
                     cause,
                 };
-                slots.insert(id.to_owned(), Slot::Done(reverted.clone()));
+                state.live.remove(id);
+                state.finished.insert(reverted.clone());
                 Ok(reverted)
             }
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                if let Some(Slot::Active(a)) = slots.get_mut(id) {
+                if let Some(Slot::Active(a)) = state.live.get_mut(id) {
                     a.reverting = false;
                     // Retry no sooner than a second from now, not on every reaper tick.
                     a.lease_until = Instant::now() + Duration::from_secs(1);
                 }
                 Err(AgentError::RevertFailed(e))
             }
-        }
+        };
+        drop(state);
+        self.changed.notify_all();
+        answer
     }
 
-    /// Extends the leases of the given faults by their lease length, and names the ids that are
-    /// not active here (so the coordinator learns of a fault that ended without it).
+    /// Extends the leases of the given faults by their lease length. Ids no longer active are
+    /// answered in `ended` with when and why they ended, if the agent still remembers them (the
+    /// cause is `requested` when the coordinator's own revert raced this renewal, and for an
+    /// instant fault); ids it never held, or held before it restarted, are `unknown`.
     pub(crate) fn renew(&self, ids: &[String]) -> Renewed {
         let now = Instant::now();
-        let mut slots = self.slots();
+        let mut state = self.state();
         let mut answer = Renewed {
             renewed: Vec::new(),
             unknown: Vec::new(),
+            ended: Vec::new(),
         };
         for id in ids {
-            match slots.get_mut(id) {
+            match state.live.get_mut(id) {
                 Some(Slot::Active(a)) => {
                     a.lease_until = now + a.lease;
                     answer.renewed.push(id.clone());
                 }
                 // Still being applied: its lease starts when the apply ends.
                 Some(Slot::Applying) => answer.renewed.push(id.clone()),
-                _ => answer.unknown.push(id.clone()),
+                None => match state.finished.get(id) {
+                    Some(reverted) => answer.ended.push(reverted.clone()),
+                    None => answer.unknown.push(id.clone()),
+                },
             }
         }
         answer
     }
 
     pub(crate) fn active(&self) -> Vec<FaultStatus> {
-        let slots = self.slots();
-        let mut list: Vec<FaultStatus> = slots
+        let state = self.state();
+        let mut list: Vec<FaultStatus> = state
+            .live
             .iter()
             .filter_map(|(id, slot)| match slot {
                 Slot::Active(a) => Some(FaultStatus {
@@ -671,7 +758,7 @@ impl AgentCore {
                     targets: a.targets.clone(),
                     injected_at: a.injected_at,
                 }),
-                _ => None,
+                Slot::Applying => None,
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -707,19 +794,36 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    fn fill(mut self, slot: Slot) {
-        self.core.slots().insert(self.id.clone(), slot);
+    /// The fault is in force.
+    fn fill(mut self, active: Active) {
+        self.core
+            .state()
+            .live
+            .insert(self.id.clone(), Slot::Active(active));
         self.filled = true;
+        self.core.changed.notify_all();
+    }
+
+    /// The fault is over as soon as it landed (an instant fault).
+    fn finish(mut self, reverted: Reverted) {
+        let mut state = self.core.state();
+        state.live.remove(&self.id);
+        state.finished.insert(reverted);
+        drop(state);
+        self.filled = true;
+        self.core.changed.notify_all();
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.filled {
-            let mut slots = self.core.slots();
-            if matches!(slots.get(&self.id), Some(Slot::Applying)) {
-                slots.remove(&self.id);
+            let mut state = self.core.state();
+            if matches!(state.live.get(&self.id), Some(Slot::Applying)) {
+                state.live.remove(&self.id);
             }
+            drop(state);
+            self.core.changed.notify_all();
         }
     }
 }
@@ -1021,5 +1125,129 @@ mod tests {
         );
         victim.kill().unwrap();
         victim.wait().unwrap();
+    }
+
+    fn kill_with(pid: i32, signal: &str) -> ApplyRequest {
+        ApplyRequest {
+            run_id: "r".to_owned(),
+            spec: FaultSpec::ProcessKill(crate::fault::ProcessKill {
+                select: Selector::Pid(pid),
+                signal: signal.to_owned(),
+                pick: None,
+            }),
+            duration_ms: None,
+            lease_ms: 60_000,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn finished_faults_are_remembered_up_to_a_bound_and_recent_repeats_still_answer() {
+        const BOUND: usize = 32;
+        let (_dir, core) = open_core();
+        // The agent's bound is HISTORY; a smaller one keeps this test quick, same code.
+        core.state().finished.bound = BOUND;
+        let victim = Victim::spawn();
+        // Instant faults finish as they land; a held fault finishes when reverted. Both kinds
+        // pass the bound, in this order: the held ones first, so they are the ones forgotten.
+        for i in 0..3 {
+            let id = format!("held-{i}");
+            core.apply_blocking(&id, &pause(victim.pid())).unwrap();
+            core.revert_blocking(&id, RevertCause::Requested).unwrap();
+        }
+        for i in 0..BOUND + 10 {
+            core.apply_blocking(&format!("kick-{i}"), &kill_with(victim.pid(), "SIGCONT"))
+                .unwrap();
+        }
+        let state = core.state();
+        assert!(state.live.is_empty(), "finished faults stayed live");
+        assert_eq!(state.finished.len(), BOUND);
+        assert_eq!(state.finished.order.len(), BOUND);
+        drop(state);
+        let recent = format!("kick-{}", BOUND + 9);
+        let first = core
+            .revert_blocking(&recent, RevertCause::Requested)
+            .unwrap();
+        let again = core
+            .revert_blocking(&recent, RevertCause::Requested)
+            .unwrap();
+        assert_eq!((first.at, &first.detail), (again.at, &again.detail));
+        assert_eq!(first.detail, "instant fault: nothing to revert");
+        let err = core
+            .apply_blocking(&recent, &kill_with(victim.pid(), "SIGCONT"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("conflict: fault {recent} already ran and was reverted")
+        );
+        let renewed = core.renew(&[recent.clone(), "held-0".to_owned()]);
+        assert_eq!(renewed.ended.len(), 1);
+        assert_eq!(renewed.ended[0].id, recent);
+        assert_eq!(
+            renewed.unknown,
+            vec!["held-0".to_owned()],
+            "the oldest id was not forgotten"
+        );
+    }
+
+    #[test]
+    fn renewing_a_fault_the_agent_ended_says_when_and_why() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        core.apply_blocking("lapsed-0", &pause(victim.pid()))
+            .unwrap();
+        // What the reaper does when the lease lapses.
+        let lapsed = core
+            .revert_blocking("lapsed-0", RevertCause::LeaseExpired)
+            .unwrap();
+        let renewed = core.renew(&["lapsed-0".to_owned(), "never-0".to_owned()]);
+        assert!(renewed.renewed.is_empty());
+        assert_eq!(renewed.unknown, vec!["never-0".to_owned()]);
+        assert_eq!(renewed.ended.len(), 1);
+        let ended = &renewed.ended[0];
+        assert_eq!(ended.id, "lapsed-0");
+        assert_eq!(ended.cause, RevertCause::LeaseExpired);
+        assert_eq!(ended.at, lapsed.at);
+        assert!(!victim.stopped());
+    }
+
+    #[test]
+    fn a_fault_recovered_from_the_journal_is_reported_as_ended_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = Victim::spawn();
+        let victim_ref = process::read(victim.pid()).unwrap().to_ref();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim.pid()),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+        let me = process::read(std::process::id() as i32).unwrap().to_ref();
+        // Left by an agent that is gone: same pid, another start time.
+        let dead = process::ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        Journal::open(dir.path())
+            .unwrap()
+            .record(&Entry {
+                id: "crashed-0".to_owned(),
+                run_id: "r".to_owned(),
+                kind: "process-pause".to_owned(),
+                undo: Undo::Resume {
+                    procs: vec![victim_ref],
+                },
+                owner: dead,
+                written_at: Timestamp::now(),
+            })
+            .unwrap();
+        let before = Timestamp::now();
+        let (core, recovery) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        assert_eq!(recovery.reverted.len(), 1, "{recovery:?}");
+        let renewed = core.renew(&["crashed-0".to_owned()]);
+        assert_eq!(renewed.ended.len(), 1, "{renewed:?}");
+        assert_eq!(renewed.ended[0].cause, RevertCause::Recovered);
+        assert!(renewed.ended[0].at >= before);
+        assert!(renewed.unknown.is_empty());
+        assert!(!victim.stopped());
     }
 }
