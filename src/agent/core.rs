@@ -15,12 +15,13 @@ use jiff::Timestamp;
 use super::AgentError;
 use super::envelope::Envelope;
 use super::journal::{Entry, Journal};
-use crate::fault::{Context, Undo};
+use crate::fault::{Context, RunResource, Undo};
 use crate::process;
 use crate::protocol::{
     Applied, ApplyRequest, FaultStatus, OpenRequest, Renewed, RevertCause, Reverted,
     validate_fault_id,
 };
+use crate::proxy::persistent::{self, RunNameError};
 
 /// How often the agent checks durations and leases. Bounds how late an expired fault is reverted.
 const REAP_EVERY: Duration = Duration::from_millis(50);
@@ -570,6 +571,11 @@ impl AgentCore {
         self.envelope
             .admit_resource(&req.resource)
             .map_err(AgentError::Refused)?;
+        let RunResource::Proxy { name, .. } = &req.resource;
+        persistent::check_run_name(name, &self.envelope.proxies).map_err(|e| match e {
+            RunNameError::Persistent(_) => AgentError::Conflict(e.to_string()),
+            RunNameError::NotARunName { .. } => AgentError::BadRequest(e.to_string()),
+        })?;
         let claim = match self.claim(id, "resource", "already open")? {
             Claimed::Repeat(applied) => return Ok(applied),
             Claimed::New(claim) => claim,
@@ -1064,7 +1070,7 @@ mod tests {
         hooks::panic_at("panic-open-0", hooks::Stage::Open, None);
         let req = OpenRequest {
             run_id: "r".to_owned(),
-            resource: crate::fault::RunResource::Proxy {
+            resource: RunResource::Proxy {
                 name: "listen-127.0.0.1:1".to_owned(),
                 listen: "127.0.0.1:1".parse().unwrap(),
                 upstream: "127.0.0.1:2".to_owned(),
@@ -1249,5 +1255,45 @@ mod tests {
         assert!(renewed.ended[0].at >= before);
         assert!(renewed.unknown.is_empty());
         assert!(!victim.stopped());
+    }
+
+    #[test]
+    fn a_run_cannot_open_a_proxy_under_a_persistent_proxys_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let envelope = Envelope::parse(
+            "[[proxy]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let (core, _) = AgentCore::open(dir.path(), envelope, None).unwrap();
+        let open = |name: &str| {
+            core.open_blocking(
+                &format!("res-{name}"),
+                &OpenRequest {
+                    run_id: "r".to_owned(),
+                    resource: RunResource::Proxy {
+                        name: name.to_owned(),
+                        listen: "127.0.0.1:0".parse().unwrap(),
+                        upstream: "127.0.0.1:2".to_owned(),
+                    },
+                    lease_ms: 60_000,
+                },
+            )
+        };
+        let err = open("db").unwrap_err();
+        assert!(matches!(err, AgentError::Conflict(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "conflict: proxy `db` is one of this agent's persistent proxies: a run may neither open nor close it"
+        );
+        let err = open("cache").unwrap_err();
+        assert!(matches!(err, AgentError::BadRequest(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "bad request: invalid run proxy name `cache`: the proxies of runs are named `listen-ADDRESS`"
+        );
+        assert!(crate::proxy::registry().listen_of("db").is_none());
+        assert!(crate::proxy::registry().listen_of("cache").is_none());
+        assert!(core.active().is_empty());
+        assert!(core.journal.entries().is_empty());
     }
 }

@@ -48,7 +48,7 @@ impl Envelope {
         Envelope::parse(&text).map_err(|e| format!("invalid agent config {}: {e}", path.display()))
     }
 
-    fn parse(text: &str) -> Result<Envelope, String> {
+    pub(super) fn parse(text: &str) -> Result<Envelope, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let protected = raw
             .protected_processes

@@ -50,6 +50,39 @@ pub(crate) fn check_persistent_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a run may not open a proxy of some name.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunNameError {
+    /// The name of one of the agent's persistent proxies: a run's revert or lapsed lease would
+    /// close it until the agent restarts.
+    #[error(
+        "proxy `{0}` is one of this agent's persistent proxies: a run may neither open nor close it"
+    )]
+    Persistent(String),
+    /// Outside the run proxies' own names, which persistent names can never take.
+    #[error("invalid run proxy name `{name}`: the proxies of runs are named `{prefix}ADDRESS`")]
+    NotARunName { name: String, prefix: &'static str },
+}
+
+/// Checks the name of a proxy a run asks to open: never a persistent proxy's, and always in the
+/// run proxies' own namespace (`listen-…`), which [`check_persistent_name`] keeps persistent
+/// names out of.
+pub(crate) fn check_run_name(
+    name: &str,
+    persistent: &[PersistentProxy],
+) -> Result<(), RunNameError> {
+    if persistent.iter().any(|p| p.name == name) {
+        return Err(RunNameError::Persistent(name.to_owned()));
+    }
+    if !name.starts_with(super::RUN_PREFIX) {
+        return Err(RunNameError::NotARunName {
+            name: name.to_owned(),
+            prefix: super::RUN_PREFIX,
+        });
+    }
+    Ok(())
+}
+
 /// Reads the `[[proxy]]` tables of an `agent.toml` text and checks them. (The agent's envelope
 /// parser reads them as one of its own keys and calls [`check`].)
 #[cfg(test)]
