@@ -493,7 +493,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = runtime.block_on(async {
         let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-        let (core, recovery) = AgentCore::open(&state_dir, Envelope::default(), None).map_err(anyhow::Error::msg)?;
+        let (core, recovery) = AgentCore::open_async(state_dir, Envelope::default(), None).await.map_err(anyhow::Error::msg)?;
         let progress = Progress::new(args.quiet);
         for line in &recovery.reverted {
             progress.log(&format!("reverted a fault left by an earlier crashed run: {line}"));

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -178,6 +178,18 @@ impl AgentCore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// [`AgentCore::open`] for async callers: recovery runs undo commands (`nft`, `tc`) and waits
+    /// for processes to die, so it runs on a blocking thread, never on the runtime's own.
+    pub(crate) async fn open_async(
+        state_dir: PathBuf,
+        envelope: Envelope,
+        control_port: Option<u16>,
+    ) -> Result<(Arc<AgentCore>, Recovery), String> {
+        tokio::task::spawn_blocking(move || AgentCore::open(&state_dir, envelope, control_port))
+            .await
+            .map_err(|e| format!("opening the agent's journal failed: {e}"))?
+    }
+
     pub(crate) fn state_dir(&self) -> &Path {
         self.journal.dir()
     }
@@ -257,6 +269,8 @@ impl AgentCore {
     }
 
     fn recover(&self) -> Recovery {
+        #[cfg(test)]
+        hooks::recovering(self.state_dir());
         let mut recovery = Recovery::default();
         for entry in self.journal.entries() {
             let entry = match entry {
@@ -851,8 +865,10 @@ fn unpanic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 #[cfg(test)]
 pub(super) mod hooks {
     use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
     use std::sync::mpsc::Receiver;
     use std::sync::{Mutex, PoisonError};
+    use std::time::Duration;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub(crate) enum Stage {
@@ -872,6 +888,28 @@ pub(super) mod hooks {
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(HashMap::new)
             .insert(id.to_owned(), (stage, gate));
+    }
+
+    /// State dir -> a gate recovery waits on (at most 10 s) before it starts.
+    static RECOVERY_GATES: Mutex<Option<HashMap<PathBuf, Receiver<()>>>> = Mutex::new(None);
+
+    pub(crate) fn gate_recovery(state_dir: &Path, gate: Receiver<()>) {
+        RECOVERY_GATES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(state_dir.to_owned(), gate);
+    }
+
+    pub(crate) fn recovering(state_dir: &Path) {
+        let gate = RECOVERY_GATES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .remove(state_dir);
+        if let Some(gate) = gate {
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+        }
     }
 
     pub(crate) fn at(id: &str, stage: Stage) {
@@ -1295,5 +1333,28 @@ mod tests {
         assert!(crate::proxy::registry().listen_of("cache").is_none());
         assert!(core.active().is_empty());
         assert!(core.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn journal_recovery_leaves_the_async_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        // Recovery waits until a task on the same single-threaded runtime has run: that task
+        // can only run if recovery is not occupying the runtime's one thread.
+        let (release, gate) = std::sync::mpsc::channel();
+        hooks::gate_recovery(dir.path(), gate);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ran_during_recovery = runtime.block_on(async {
+            let other = tokio::spawn(async move { release.send(()).is_ok() });
+            let opened =
+                AgentCore::open_async(dir.path().to_owned(), Envelope::default(), None).await;
+            opened.unwrap();
+            other.await.unwrap()
+        });
+        assert!(
+            ran_during_recovery,
+            "the other task could not run during recovery"
+        );
     }
 }

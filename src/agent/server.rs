@@ -123,11 +123,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         .unwrap_or_else(|| settings.state_dir.join("audit.jsonl"));
     // Recovery comes before the socket is even bound: nothing can be asked of an agent that still
     // holds faults from its previous life.
-    let (core, recovery) = AgentCore::open(
-        &settings.state_dir,
+    let (core, recovery) = AgentCore::open_async(
+        settings.state_dir.clone(),
         envelope,
         Some(settings.listen.port()).filter(|p| *p != 0),
     )
+    .await
     .map_err(anyhow::Error::msg)?;
     let audit = Arc::new(Audit::open(&audit_path).map_err(anyhow::Error::msg)?);
     for line in &recovery.reverted {
