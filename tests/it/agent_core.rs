@@ -25,6 +25,11 @@ struct Agent {
 impl Agent {
     /// Starts `prefix... faultline agent ...` and waits until it listens.
     fn start(dir: &Path, prefix: &[&str]) -> Agent {
+        Agent::start_with(dir, prefix, &[])
+    }
+
+    /// [`Agent::start`] with `extra` arguments for the agent.
+    fn start_with(dir: &Path, prefix: &[&str], extra: &[&str]) -> Agent {
         let certs = dir.join("certs");
         let made = support::faultline(
             &[
@@ -56,6 +61,7 @@ impl Agent {
             argv.push(flag.to_owned());
             argv.push(value);
         }
+        argv.extend(extra.iter().map(ToString::to_string));
         argv.insert(prefix.len() + 1, "agent".to_owned());
         let out = File::create(&log).expect("create the agent log");
         let child = Command::new(&argv[0])
@@ -302,4 +308,72 @@ fn regex_escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[test]
+fn a_fault_whose_code_panics_leaves_revert_halt_and_sigterm_working() {
+    let dir = support::tempdir();
+    let mut agent = Agent::start(dir.path(), &[]);
+    // `workers = 0` divided by zero inside the kind's prepare. Once the request is validated
+    // on arrival it is refused as a bad request instead; either way nothing may stay wedged.
+    let body = r#"{"run_id":"r1","spec":{"kind":"memory-stress","workers":0,"size":1048576},"duration_ms":60000,"lease_ms":60000,"seed":1}"#;
+    let (status, answer) = agent.request("PUT", "/v1/faults/zero-workers", Some(body));
+    assert!(
+        status == 500 && answer.contains("panicked") || status == 400,
+        "{status}: {answer}"
+    );
+    let (status, answer) = agent.request("DELETE", "/v1/faults/zero-workers", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("not active on this agent"), "{answer}");
+    let (status, answer) = agent.request("POST", "/v1/halt", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""failed":[]"#), "{answer}");
+    let (status, answer) = agent.request("POST", "/v1/resume", None);
+    assert_eq!(status, 200, "{answer}");
+    let term = Command::new("kill")
+        .args(["-TERM", &agent.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exit = agent.proc.child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "the agent did not exit cleanly after SIGTERM: {exit:?}; its log:\n{}",
+        std::fs::read_to_string(&agent.log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_run_cannot_open_or_close_the_agents_persistent_proxy() {
+    let dir = support::tempdir();
+    let persistent = format!("127.0.0.1:{}", support::free_port());
+    let upstream = format!("127.0.0.1:{}", support::free_port());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[[proxy]]\nname = \"db\"\nlisten = \"{persistent}\"\nupstream = \"{upstream}\"\n"),
+    )
+    .unwrap();
+    let agent = Agent::start_with(dir.path(), &[], &["--config", &path_arg(&config)]);
+    support::wait_for_port(
+        persistent.rsplit_once(':').unwrap().1.parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    // The same name, listen address and upstream: once "already listening", and journaled
+    // with an undo that closes it.
+    let body = format!(
+        r#"{{"run_id":"r1","resource":{{"resource":"proxy","name":"db","listen":"{persistent}","upstream":"{upstream}"}},"lease_ms":60000}}"#
+    );
+    let (status, answer) = agent.request("PUT", "/v1/resources/steal-db", Some(&body));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.contains("proxy `db` is one of this agent's persistent proxies"),
+        "{answer}"
+    );
+    let (status, answer) = agent.request("DELETE", "/v1/resources/steal-db", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        TcpStream::connect(&persistent).is_ok(),
+        "the persistent proxy on {persistent} was closed by a run"
+    );
 }
