@@ -172,7 +172,7 @@ impl AgentCore {
         Ok((core, recovery))
     }
 
-    /// The slots. A panic never happens while the lock is held (fault code runs outside it), so
+    /// The agent's state. A panic never happens while the lock is held (fault code runs outside it), so
     /// a poisoned lock still guards consistent data: recover it rather than wedge every request.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -187,7 +187,7 @@ impl AgentCore {
     ) -> Result<(Arc<AgentCore>, Recovery), String> {
         tokio::task::spawn_blocking(move || AgentCore::open(&state_dir, envelope, control_port))
             .await
-            .map_err(|e| format!("opening the agent's journal failed: {e}"))?
+            .map_err(|e| format!("failed to open the agent's journal in a blocking task: {e}"))?
     }
 
     pub(crate) fn state_dir(&self) -> &Path {
