@@ -14,6 +14,7 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use crate::fault::check;
 use crate::fault::{
     CpuStress, DiskFill, FaultSpec, FillAmount, LatencyProxy, MemoryStress, ProcessKill,
     ProcessPause, Via,
@@ -22,7 +23,7 @@ use crate::model::{
     AbortCondition, AbortRule, BudgetSpec, Check, Experiment, FaultStep, Fixture, GoldenSignal,
     LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup, Threshold,
 };
-use crate::process::{Selector, parse_signal, protection_reason};
+use crate::process::Selector;
 use crate::units::{SuccessBound, format_ms};
 
 /// An experiment file that could not be loaded, with where in the file the problem is.
@@ -78,7 +79,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
         fail(e.span(), message)
     })?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    Validator { fail: &fail }.experiment(raw, path, sha256)
+    Validator { fail: &fail, text }.experiment(raw, path, sha256)
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
@@ -93,6 +94,30 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
+/// Where `key = ...` is written inside the table at `table`, if it is on a line of its own (or
+/// inline, as `key = ` after `{` or `,`); `None` when the table does not spell it out.
+fn key_span(text: &str, table: Range<usize>, key: &str) -> Option<Range<usize>> {
+    // The span of an array-of-tables entry may cover only its header; its keys run to the next
+    // header.
+    let end = text[table.end.min(text.len())..]
+        .find("\n[")
+        .map_or(text.len(), |i| table.end + i);
+    let body = text.get(table.start..end)?;
+    let mut from = 0;
+    while let Some(found) = body[from..].find(key) {
+        let start = from + found;
+        let end = start + key.len();
+        from = end;
+        let before = body[..start].trim_end_matches([' ', '\t']);
+        let starts_key = before.is_empty() || before.ends_with(['\n', '{', ',']);
+        let is_key = body[end..].trim_start_matches([' ', '\t']).starts_with('=');
+        if starts_key && is_key {
+            return Some(table.start + start..table.start + end);
+        }
+    }
+    None
+}
+
 /// Converts a byte offset into a 1-based (line, column).
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -103,6 +128,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 struct Validator<'a> {
     fail: &'a dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+    /// The experiment's text, to point a spec's bound at the key it is about.
+    text: &'a str,
 }
 
 type VResult<T> = std::result::Result<T, ExperimentError>;
@@ -553,33 +580,39 @@ impl Validator<'_> {
         let spec = match f.kind.as_str() {
             "process-kill" => {
                 let signal = f.signal.clone().unwrap_or_else(|| "SIGKILL".to_owned());
-                if let Err(e) = parse_signal(&signal) {
-                    return self.at(span, format!("fault `{name}`: {e}"));
-                }
                 FaultSpec::ProcessKill(ProcessKill {
                     select: self.select(span.clone(), &name, f.select)?,
-                    pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
+                    pick: self.pick(span.clone(), f.count, f.percent.map(|p| p.0))?,
                     signal,
                 })
             }
             "process-pause" => FaultSpec::ProcessPause(ProcessPause {
                 select: self.select(span.clone(), &name, f.select)?,
-                pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
+                pick: self.pick(span.clone(), f.count, f.percent.map(|p| p.0))?,
             }),
-            "cpu-stress" | "memory-stress" => self.stress(span, &name, &f)?,
-            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
-            "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
-            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
+            "cpu-stress" | "memory-stress" => self.stress(span.clone(), &name, &f)?,
+            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span.clone(), &name, &f)?),
+            "partition" => FaultSpec::Partition(self.partition(span.clone(), &name, &f)?),
+            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span.clone(), &name, &f)?),
             "latency" if f.backend.as_deref() == Some("netem") => {
-                FaultSpec::NetemLatency(self.netem_latency(span, &name, &f)?)
+                FaultSpec::NetemLatency(self.netem_latency(span.clone(), &name, &f)?)
             }
-            "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span, &name, &f)?),
-            _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
+            "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span.clone(), &name, &f)?),
+            _ => FaultSpec::DiskFill(self.disk_fill(span.clone(), &name, &f)?),
         };
+        let at = f.at.map_or(Duration::ZERO, |d| d.0);
+        let checked = spec
+            .check()
+            .and_then(|()| check::hold("at", at))
+            .and_then(|()| duration.map_or(Ok(()), |d| check::hold("duration", d)));
+        if let Err(e) = checked {
+            let place = key_span(self.text, span.clone(), e.field).unwrap_or(span);
+            return self.at(place, format!("fault `{name}`: {e}"));
+        }
         Ok(FaultStep {
             name,
             on,
-            at: f.at.map_or(Duration::ZERO, |d| d.0),
+            at,
             duration,
             spec,
         })
@@ -605,12 +638,6 @@ impl Validator<'_> {
             chosen.push(Selector::Name(n));
         }
         if let Some(re) = s.cmdline {
-            if let Err(e) = Regex::new(&re) {
-                return self.at(
-                    span,
-                    format!("fault `{name}`: invalid `cmdline` regex: {e}"),
-                );
-            }
             chosen.push(Selector::Cmdline(re));
         }
         if let Some(port) = s.port {
@@ -619,19 +646,7 @@ impl Validator<'_> {
         if chosen.len() != 1 {
             return self.at(span, format!("fault `{name}`: `select` takes exactly one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
         }
-        let selector = chosen.remove(0);
-        if let Selector::Pid(pid) = selector {
-            if pid <= 2 || pid as u32 == std::process::id() {
-                return self.at(
-                    span,
-                    format!(
-                        "fault `{name}`: refusing to target pid {pid}: it is {}",
-                        protection_reason(pid)
-                    ),
-                );
-            }
-        }
-        Ok(selector)
+        Ok(chosen.remove(0))
     }
 
     fn disk_fill(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<DiskFill> {
@@ -650,18 +665,6 @@ impl Validator<'_> {
             _ => return self.at(span, format!("fault `{name}`: disk-fill takes exactly one of `fill_to`, `size` or `leave_free`")),
         };
         let guard = f.guard.map_or(0.98, |g| g.0);
-        if let FillAmount::FillTo(p) = amount {
-            if p > guard {
-                return self.at(
-                    span,
-                    format!(
-                        "fault `{name}`: `fill_to` of {} is above the guard of {}",
-                        crate::units::Percent(p),
-                        crate::units::Percent(guard)
-                    ),
-                );
-            }
-        }
         Ok(DiskFill {
             path,
             amount,
@@ -757,21 +760,11 @@ impl Validator<'_> {
     }
 
     fn stress(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<FaultSpec> {
-        if f.workers == Some(0) {
-            return self.at(
-                span,
-                format!("fault `{name}`: `workers = 0` starts nothing"),
-            );
-        }
         if f.kind == "cpu-stress" {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            let load = f.load.map_or(1.0, |p| p.0);
-            if load <= 0.0 {
-                return self.at(span, format!("fault `{name}`: `load` must be above 0%"));
-            }
+            // Without `workers`, the agent starts one per CPU of its own host.
             return Ok(FaultSpec::CpuStress(CpuStress {
-                workers: f.workers.unwrap_or(cpus),
-                load,
+                workers: f.workers,
+                load: f.load.map_or(1.0, |p| p.0),
             }));
         }
         let Some(size) = f.size else {
@@ -780,9 +773,6 @@ impl Validator<'_> {
                 format!("fault `{name}`: memory-stress needs `size`, e.g. `size = \"1GiB\"`"),
             );
         };
-        if size.0 == 0 {
-            return self.at(span, format!("fault `{name}`: `size` must be above zero"));
-        }
         Ok(FaultSpec::MemoryStress(MemoryStress {
             workers: f.workers.unwrap_or(1),
             size: size.0,

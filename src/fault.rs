@@ -6,6 +6,7 @@
 //! the [`Undo`] that reverses the change.
 
 mod bandwidth;
+pub(crate) mod check;
 mod disk_fill;
 mod latency;
 mod net;
@@ -25,6 +26,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use bandwidth::Bandwidth;
+pub(crate) use check::{FieldError, Host};
 pub(crate) use disk_fill::{DiskFill, FillAmount};
 pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
@@ -80,6 +82,40 @@ impl FaultSpec {
             FaultSpec::Bandwidth(_) => "bandwidth",
             // Two backends, one kind for users and reports.
             FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
+        }
+    }
+
+    /// Checks the bounds that hold on any host. `validate` runs it on every spec it builds and
+    /// an agent on every request, so both refuse the same spec with the same words.
+    pub(crate) fn check(&self) -> Result<(), FieldError> {
+        match self {
+            FaultSpec::ProcessKill(f) => f.check(),
+            FaultSpec::ProcessPause(f) => f.check(),
+            FaultSpec::DiskFill(f) => f.check(),
+            FaultSpec::CpuStress(f) => f.check(),
+            FaultSpec::MemoryStress(f) => f.check(),
+            FaultSpec::NetworkLoss(f) => f.check(),
+            FaultSpec::Partition(f) => f.check(),
+            FaultSpec::Bandwidth(f) => f.check(),
+            FaultSpec::NetemLatency(f) => f.check(),
+            FaultSpec::LatencyProxy(f) => f.check(),
+        }
+    }
+
+    /// Checks what depends on the agent's host (devices, CPUs). Only an agent runs it; call it
+    /// after [`FaultSpec::check`].
+    pub(crate) fn check_host(&self, host: &Host) -> Result<(), FieldError> {
+        match self {
+            FaultSpec::CpuStress(f) => f.check_host(host),
+            FaultSpec::MemoryStress(f) => f.check_host(host),
+            FaultSpec::Bandwidth(f) => host.device(&f.device),
+            FaultSpec::NetemLatency(f) => host.device(&f.device),
+            FaultSpec::ProcessKill(_)
+            | FaultSpec::ProcessPause(_)
+            | FaultSpec::DiskFill(_)
+            | FaultSpec::NetworkLoss(_)
+            | FaultSpec::Partition(_)
+            | FaultSpec::LatencyProxy(_) => Ok(()),
         }
     }
 

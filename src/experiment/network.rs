@@ -34,22 +34,9 @@ impl Validator<'_> {
         let Some(percent) = f.percent else {
             return self.at(span, format!("fault `{name}`: network-loss needs `percent`, the share of matched packets to drop, e.g. `percent = \"30%\"`"));
         };
-        if percent.0 <= 0.0 {
-            return self.at(
-                span,
-                format!(
-                    "fault `{name}`: `percent = \"0%\"` drops nothing; remove the fault instead"
-                ),
-            );
-        }
         let Some(m) = &f.matching else {
             return self.at(span, format!("fault `{name}`: network-loss needs `match` with at least one of `dst`, `src`, `port` or `direction`, e.g. `match = {{ port = 5432 }}`"));
         };
-        if m.dst.is_none() && m.src.is_none() && m.port.is_none() && m.direction.is_none() {
-            return self.at(span, format!("fault `{name}`: `match` needs at least one of `dst`, `src`, `port` or `direction`"));
-        }
-        self.same_family(span.clone(), name, m.dst, m.src)?;
-        self.port(span, name, m.port)?;
         let matching = NetMatch {
             dst: m.dst,
             src: m.src,
@@ -68,16 +55,12 @@ impl Validator<'_> {
         name: &str,
         f: &raw::Fault,
     ) -> VResult<Partition> {
-        let peers = f.peers.clone().unwrap_or_default();
-        if peers.is_empty() {
+        let Some(peers) = f.peers.clone() else {
             return self.at(span, format!("fault `{name}`: partition needs `peers`, the addresses or networks to cut off, e.g. `peers = [\"10.0.0.5\", \"10.0.1.0/24\"]`"));
-        }
+        };
         let ports = f.ports.clone().unwrap_or_default();
         if f.ports.is_some() && ports.is_empty() {
             return self.at(span, format!("fault `{name}`: `ports = []` would match nothing; leave `ports` out to cut off every port"));
-        }
-        for port in &ports {
-            self.port(span.clone(), name, Some(*port))?;
         }
         Ok(Partition { peers, ports })
     }

@@ -106,6 +106,12 @@ impl Bandwidth {
         ("htb", cmds)
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        super::check::device_name(&self.device)?;
+        tc_match(&self.matching)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
@@ -123,6 +129,12 @@ impl Bandwidth {
 /// GSO-merged) packets could not pass at low rates.
 fn burst_bytes(rate: BitRate) -> u64 {
     (rate.0 / 8 / 100).max(16 * 1024)
+}
+
+/// The match of a tc fault: the ports and address versions it names must be able to match.
+pub(crate) fn tc_match(m: &TcMatch) -> super::check::Checked {
+    super::check::same_family(m.dst, m.src)?;
+    super::check::port("port", m.port)
 }
 
 #[cfg(test)]

@@ -136,6 +136,35 @@ impl DiskFill {
         Ok(bytes)
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, share};
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "must name a directory"));
+        }
+        share("guard", self.guard)?;
+        match self.amount {
+            FillAmount::FillTo(p) => {
+                share("fill_to", p)?;
+                if p > self.guard {
+                    return Err(FieldError::new(
+                        "fill_to",
+                        format!(
+                            "of {} is above the guard of {}",
+                            Percent(p),
+                            Percent(self.guard)
+                        ),
+                    ));
+                }
+            }
+            FillAmount::Size(0) => {
+                return Err(FieldError::new("size", "must be above zero"));
+            }
+            FillAmount::Size(_) | FillAmount::LeaveFree(_) => {}
+        }
+        Ok(())
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
         let meta = fs::metadata(&self.path)
             .map_err(|e| format!("failed to fill {}: {e}", self.path.display()))?;

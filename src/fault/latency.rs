@@ -83,6 +83,45 @@ impl LatencyProxy {
         }
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, hold, port, share_or_zero};
+        match &self.via {
+            Via::Run { listen, upstream } => {
+                port("listen", Some(listen.port()))?;
+                let upstream_port = upstream
+                    .rsplit_once(':')
+                    .filter(|(host, _)| !host.is_empty())
+                    .and_then(|(_, p)| p.parse::<u16>().ok());
+                match upstream_port {
+                    None => {
+                        return Err(FieldError::new(
+                            "upstream",
+                            format!("must be `host:port` (got `{upstream}`)"),
+                        ));
+                    }
+                    Some(p) => port("upstream", Some(p))?,
+                }
+            }
+            Via::Named(name) => {
+                proxy::check_persistent_name(name).map_err(|e| FieldError::raw("proxy", e))?;
+            }
+        }
+        let t = &self.toxics;
+        hold("delay", t.delay)?;
+        hold("jitter", t.jitter)?;
+        share_or_zero("corrupt", t.corrupt)?;
+        if t.rate == Some(0) {
+            return Err(FieldError::new("rate", "must be above zero"));
+        }
+        for (field, d) in [("timeout", t.timeout), ("slow_close", t.slow_close)] {
+            if let Some(d) = d {
+                hold(field, d)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
         let name = self.proxy_name();
         // The proxy must already run: the coordinator opens run proxies before the steady state,

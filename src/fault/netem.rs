@@ -147,18 +147,49 @@ impl NetemLatency {
     /// Whether the fault could be injected now: the kernel check (in a scratch namespace, so
     /// nothing on the host changes) and the device's root qdisc.
     pub(crate) fn preview(&self) -> String {
-        match self.check() {
+        match self.check_kernel() {
             Ok(()) => super::net::preview_device(&self.device),
             Err(e) => e,
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check_kernel(&self) -> Result<(), String> {
         check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, hold, share, share_or_zero};
+        super::check::device_name(&self.device)?;
+        super::bandwidth::tc_match(&self.matching)?;
+        hold("delay", self.delay)?;
+        if let Some(jitter) = self.jitter {
+            hold("jitter", jitter)?;
+        } else if self.correlation.is_some() || self.distribution.is_some() {
+            return Err(FieldError::raw(
+                "jitter",
+                "`correlation` and `distribution` shape the jitter, so they need `jitter`"
+                    .to_owned(),
+            ));
+        }
+        if let Some(c) = self.correlation {
+            share_or_zero("correlation", c)?;
+        }
+        for (field, value) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("corrupt", self.corrupt),
+            ("reorder", self.reorder),
+        ] {
+            if let Some(v) = value {
+                share(field, v)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
-        self.check()?;
+        self.check_kernel()?;
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
         let (kind, commands) = self.commands(handle);

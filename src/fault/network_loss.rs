@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Context;
+use super::check::{self, Checked, FieldError};
 use super::net::{Chain, Direction, NetMatch, NftTable, family, nft_ruleset, nft_table};
 use crate::units::Percent;
 
@@ -88,11 +89,46 @@ impl NetworkLoss {
         }
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::share("percent", self.percent)?;
+        // nft draws from 10 000 values, so shares are whole hundredths of a percent; anything
+        // else would install a rule that drops a different share (or nothing) and still verify.
+        let steps = self.percent * STEPS;
+        if (steps - steps.round()).abs() > 1e-6 {
+            return Err(FieldError::new(
+                "percent",
+                format!(
+                    "must be a whole number of steps of 0.01% (nft draws from {STEPS} values); got {}",
+                    exact_percent(self.percent)
+                ),
+            ));
+        }
+        let m = &self.matching;
+        if m.dst.is_none() && m.src.is_none() && m.port.is_none() && m.direction == Direction::Both
+        {
+            return Err(FieldError::new(
+                "match",
+                "needs at least one of `dst`, `src`, `port` or `direction` (\"egress\" or \"ingress\"); an empty match would drop every packet of the host",
+            ));
+        }
+        check::same_family(m.dst, m.src)?;
+        check::port("port", m.port)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);
         NftTable { table, ruleset }
     }
+}
+
+/// How many values nft's random number is drawn from: the finest share it can express is one.
+const STEPS: f64 = 10_000.0;
+
+/// A fraction as a percentage with every digit it has, so a share finer than the step shows.
+fn exact_percent(fraction: f64) -> String {
+    format!("{}%", fraction * 100.0)
 }
 
 /// The nft expression that matches a random share of packets; empty when every packet is dropped.

@@ -77,6 +77,20 @@ impl Partition {
         rules
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        if self.peers.is_empty() {
+            return Err(super::check::FieldError::new(
+                "peers",
+                "must not be empty: name the addresses or networks to cut off, e.g. `peers = [\"10.0.0.5\", \"10.0.1.0/24\"]`",
+            ));
+        }
+        for port in &self.ports {
+            super::check::port("ports", Some(*port))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);

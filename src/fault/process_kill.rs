@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use super::check::{self, Checked, FieldError};
 use super::{Context, choose_victims};
 use crate::model::Pick;
 use crate::process::{Delivery, ProcRef, Selector, parse_signal};
@@ -34,6 +35,28 @@ impl ProcessKill {
             None => String::new(),
         };
         format!("send {} to {pick}{}", self.signal, self.select)
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::selector(&self.select)?;
+        check::pick(self.pick)?;
+        let signal =
+            parse_signal(&self.signal).map_err(|e| FieldError::raw("signal", e.clone()))?;
+        // A stop signal leaves the process stopped with nothing journaled to continue it: a kill
+        // is instant and has no undo.
+        if matches!(
+            signal,
+            Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        ) {
+            return Err(FieldError::new(
+                "signal",
+                format!(
+                    "{signal} stops processes and a kill has nothing to undo, so they would stay stopped; use kind `process-pause`, which continues them on revert"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {

@@ -30,6 +30,12 @@ impl ProcessPause {
         )
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        super::check::selector(&self.select)?;
+        super::check::pick(self.pick)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
         let (victims, _) = choose_victims(&self.select, self.pick, ctx.seed)?;
         Ok(Prepared { victims })

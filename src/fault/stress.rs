@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
+use super::check::{self, Checked, Host};
 use crate::process::{self, Delivery, ProcRef};
 use crate::units::{Percent, format_bytes};
 
@@ -23,7 +24,9 @@ const PERIOD: Duration = Duration::from_millis(100);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CpuStress {
-    pub(crate) workers: u32,
+    /// `None`: one per CPU of the agent, decided on the agent.
+    #[serde(default)]
+    pub(crate) workers: Option<u32>,
     /// Busy fraction of each worker's time, `0.0..=1.0`.
     pub(crate) load: f64,
 }
@@ -47,18 +50,40 @@ pub(crate) struct Prepared {
 
 impl CpuStress {
     pub(crate) fn describe(&self) -> String {
+        let workers = match self.workers {
+            Some(n) => n.to_string(),
+            None => "one per CPU of the target".to_owned(),
+        };
         format!(
-            "run {} CPU burner process(es) at {} load each; kill them on revert",
-            self.workers,
+            "run {workers} CPU burner process(es) at {} load each; kill them on revert",
             Percent(self.load)
         )
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        if let Some(workers) = self.workers {
+            check::workers(workers)?;
+        }
+        check::share("load", self.load)
+    }
+
+    /// The agent's own limits: the worker count it would start against its CPUs.
+    pub(crate) fn check_host(&self, host: &Host) -> Checked {
+        host.workers("workers", self.workers_on(host))
+    }
+
+    /// The number of workers on `host`: as asked, or one per CPU of the agent (not of the
+    /// coordinator, which may be a different machine).
+    pub(crate) fn workers_on(&self, host: &Host) -> u32 {
+        self.workers.unwrap_or(host.cpus)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Prepared {
         let args = vec!["--cpu-load".to_owned(), self.load.to_string()];
         Prepared {
             fault_id: ctx.fault_id.to_owned(),
-            worker_args: vec![args; self.workers as usize],
+            worker_args: vec![args; self.workers_on(&Host::this()) as usize],
             hold_each: None,
         }
     }
@@ -83,6 +108,19 @@ impl MemoryStress {
             ),
             Err(e) => e,
         }
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::workers(self.workers)?;
+        if self.size == 0 {
+            return Err(check::FieldError::new("size", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_host(&self, host: &Host) -> Checked {
+        host.workers("workers", self.workers)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
