@@ -83,14 +83,19 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
+/// `None` when what stands before the `=` is not a bare key (a string holding `=`, say).
 fn key_before(text: &str, offset: usize) -> Option<&str> {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let before = &text[line_start..offset];
+    let before = text.get(..offset.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let before = &before[line_start..];
     let key = before[..before.rfind('=')?].trim_end();
+    // Walk back by characters, not bytes: the line may hold non-ASCII text before the key.
     let start = key
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .last()
+        .map_or(key.len(), |(i, _)| i);
     Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
@@ -902,6 +907,44 @@ within = "5s"
             e.contains("line 8"),
             "the error points at the `[[fault]]` table: {e}"
         );
+    }
+
+    #[test]
+    fn a_non_ascii_character_before_an_equals_sign_does_not_panic() {
+        let e = err(&format!("{MINIMAL}x = [\"é=\", 1x]\n"));
+        assert!(e.starts_with("x.toml: line 14, column 12: "), "{e}");
+        let e = err(&format!("{MINIMAL}\"café\" = 1x\n"));
+        assert!(e.starts_with("x.toml: line 14, column 10: "), "{e}");
+        let e = err(&MINIMAL.replace("window = \"1s\"", "window = \"1é\""));
+        assert!(e.contains("`window`: invalid duration `1é`"), "{e}");
+    }
+
+    #[test]
+    fn an_at_or_duration_beyond_a_day_is_refused_so_plan_cannot_overflow() {
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-kill\"\nat = \"18446744073709551615s\"",
+        ));
+        assert!(
+            e.contains("line 11, column 1: fault `k`: `at` must be at most 1day"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nduration = \"18446744073709551615s\"",
+        ));
+        assert!(
+            e.contains("fault `k`: `duration` must be at most 1day"),
+            "{e}"
+        );
+        let longest = MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nat = \"1day\"\nduration = \"1day\"",
+        );
+        let e = parse(Path::new("x.toml"), &longest).unwrap();
+        assert_eq!(e.method_length(), Duration::from_secs(2 * 86_400));
+        let plan = crate::plan::render(&e, false);
+        assert!(plan.contains("2days"), "{plan}");
     }
 
     #[test]
