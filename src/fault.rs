@@ -20,9 +20,6 @@ mod stress;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use bandwidth::Bandwidth;
@@ -429,7 +426,7 @@ fn choose_victims(
     found.sort_by_key(|p| p.pid);
     if let Some(pick) = pick {
         let take = pick.how_many(found.len());
-        found.shuffle(&mut StdRng::seed_from_u64(seed));
+        crate::model::seeded_shuffle(&mut found, seed);
         found.truncate(take);
         found.sort_by_key(|p| p.pid);
     }
