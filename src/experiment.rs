@@ -1,7 +1,8 @@
 //! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
 //! syntaxes and every cross-field rule. Nothing here touches the host.
 
-mod network;
+#[cfg(test)]
+mod network_kinds;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -11,20 +12,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::fault::check;
-use crate::fault::{
-    CpuStress, DiskFill, FaultSpec, FillAmount, LatencyProxy, MemoryStress, ProcessKill,
-    ProcessPause, Via,
-};
+use crate::fault::{FaultSpec, FaultTable, Invalid, LatencyProxy, Via};
 use crate::model::{
     AbortCondition, AbortRule, BudgetSpec, Check, Experiment, FaultStep, Fixture, GoldenSignal,
     LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup, Threshold,
 };
-use crate::process::Selector;
-use crate::units::{SuccessBound, format_ms};
+use crate::units::{Dur, SuccessBound, format_ms};
 
 /// An experiment file that could not be loaded, with where in the file the problem is.
 #[derive(Debug)]
@@ -68,7 +67,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
         position: span.map(|s| line_col(text, s.start)),
         message,
     };
-    let raw: raw::Experiment = toml::from_str(text).map_err(|e| {
+    let toml_error = |e: toml::de::Error| {
         let mut message = e.message().trim().to_owned();
         // A bad value's span points at the value; name the key it belongs to as well.
         if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
@@ -77,9 +76,31 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
             }
         }
         fail(e.span(), message)
-    })?;
+    };
+    // Parsed once, keeping every span. The `[[fault]]` tables are taken out before the rest is
+    // deserialised: which keys a fault takes depends on its kind, so each is read by its kind.
+    let root = DeTable::parse(text).map_err(toml_error)?;
+    let span = root.span();
+    let mut root = root.into_inner();
+    let faults = match root.remove("fault") {
+        None => Vec::new(),
+        Some(value) => {
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Array(faults) => faults.into_iter().collect(),
+                _ => {
+                    return Err(fail(
+                        Some(span),
+                        "`fault` must be an array of tables: write each as `[[fault]]`".to_owned(),
+                    ));
+                }
+            }
+        }
+    };
+    let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
+        .map_err(toml_error)?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    Validator { fail: &fail, text }.experiment(raw, path, sha256)
+    Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
@@ -99,30 +120,6 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
-/// Where `key = ...` is written inside the table at `table`, if it is on a line of its own (or
-/// inline, as `key = ` after `{` or `,`); `None` when the table does not spell it out.
-fn key_span(text: &str, table: Range<usize>, key: &str) -> Option<Range<usize>> {
-    // The span of an array-of-tables entry may cover only its header; its keys run to the next
-    // header.
-    let end = text[table.end.min(text.len())..]
-        .find("\n[")
-        .map_or(text.len(), |i| table.end + i);
-    let body = text.get(table.start..end)?;
-    let mut from = 0;
-    while let Some(found) = body[from..].find(key) {
-        let start = from + found;
-        let end = start + key.len();
-        from = end;
-        let before = body[..start].trim_end_matches([' ', '\t']);
-        let starts_key = before.is_empty() || before.ends_with(['\n', '{', ',']);
-        let is_key = body[end..].trim_start_matches([' ', '\t']).starts_with('=');
-        if starts_key && is_key {
-            return Some(table.start + start..table.start + end);
-        }
-    }
-    None
-}
-
 /// Converts a byte offset into a 1-based (line, column).
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -133,7 +130,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 struct Validator<'a> {
     fail: &'a dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
-    /// The experiment's text, to point a spec's bound at the key it is about.
+    /// The experiment's text, to name the key of a bad value.
     text: &'a str,
 }
 
@@ -144,7 +141,13 @@ impl Validator<'_> {
         Err((self.fail)(Some(span), message.into()))
     }
 
-    fn experiment(&self, raw: raw::Experiment, path: &Path, sha256: String) -> VResult<Experiment> {
+    fn experiment(
+        &self,
+        raw: raw::Experiment,
+        fault_tables: Vec<Spanned<DeValue<'_>>>,
+        path: &Path,
+        sha256: String,
+    ) -> VResult<Experiment> {
         if raw.title.trim().is_empty() {
             return Err((self.fail)(None, "`title` must not be empty".to_owned()));
         }
@@ -159,7 +162,7 @@ impl Validator<'_> {
         }
         let steady_state = self.steady_state(raw.steady_state)?;
         let mut faults = Vec::new();
-        for fault in raw.fault {
+        for fault in fault_tables {
             let step = self.fault(fault, &targets)?;
             if faults.iter().any(|f: &FaultStep| f.name == step.name) {
                 return Err((self.fail)(
@@ -500,13 +503,31 @@ impl Validator<'_> {
 
     fn fault(
         &self,
-        raw: Spanned<raw::Fault>,
+        value: Spanned<DeValue<'_>>,
         targets: &BTreeMap<String, TargetGroup>,
     ) -> VResult<FaultStep> {
-        let span = raw.span();
-        let f = raw.into_inner();
-        let name = f.name.clone();
-        let on = match &f.on {
+        let invalid = |name: Option<&str>, e: Invalid| {
+            let mut message = e.message;
+            // A bad value's span points at the value; name the key it belongs to as well.
+            if let Some(key) = key_before(self.text, e.span.start) {
+                if !message.contains(&format!("`{key}`")) {
+                    message = format!("`{key}`: {message}");
+                }
+            }
+            if let Some(name) = name {
+                message = format!("fault `{name}`: {message}");
+            }
+            (self.fail)(Some(e.span), message)
+        };
+        let mut table = FaultTable::new(value).map_err(|e| invalid(None, e))?;
+        let name: String = table.require("name").map_err(|e| invalid(None, e))?;
+        let fail = |e: Invalid| invalid(Some(&name), e);
+        // The keys every fault takes; the rest belongs to the kind.
+        let kind: Spanned<String> = table.require("kind").map_err(fail)?;
+        let on: Option<Spanned<String>> = table.take("on").map_err(fail)?;
+        let at: Option<Dur> = table.take("at").map_err(fail)?;
+        let duration: Option<Dur> = table.take("duration").map_err(fail)?;
+        let on = match on {
             None => LOCAL_GROUP.to_owned(),
             Some(on) => {
                 let group = on.get_ref();
@@ -525,94 +546,27 @@ impl Validator<'_> {
                 group.clone()
             }
         };
-        let allowed: &[&str] = match f.kind.as_str() {
-            "process-kill" => &["select", "count", "percent", "signal"],
-            "process-pause" => &["select", "count", "percent", "duration"],
-            "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
-            "cpu-stress" => &["workers", "load", "duration"],
-            "memory-stress" => &["workers", "size", "duration"],
-            "network-loss" => &["percent", "match", "duration"],
-            "partition" => &["peers", "ports", "duration"],
-            "bandwidth" => &["device", "rate", "match", "duration"],
-            "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
-            "latency" if f.backend.as_deref().is_none_or(|b| b == "proxy") => &[
-                "backend",
-                "listen",
-                "upstream",
-                "proxy",
-                "delay",
-                "jitter",
-                "direction",
-                "rate",
-                "corrupt",
-                "timeout",
-                "slow_close",
-                "reset_after",
-                "duration",
-            ],
-            "latency" => {
-                let backend = f.backend.as_deref().unwrap_or_default();
-                return self.at(
-                    span,
-                    format!("fault `{name}`: unknown `backend` `{backend}`; use `proxy` (the default) or `netem`"),
-                );
-            }
-            other => {
-                return self.at(span, format!(
-                    "fault `{name}`: unknown kind `{other}`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"
-                ));
-            }
-        };
-        if let Some(key) = f.given_keys().into_iter().find(|k| !allowed.contains(k)) {
-            let why = if key == "duration" {
-                " (a kill is instant)"
-            } else {
-                ""
-            };
+        let spec = FaultSpec::from_table(&kind, &mut table).map_err(fail)?;
+        let duration = duration.map(|d| d.0);
+        if spec.is_instant() && duration.is_some() {
             return self.at(
-                span,
+                table.key_span("duration"),
                 format!(
-                    "fault `{name}`: `{key}` does not apply to kind `{}`{why}",
-                    f.kind
+                    "fault `{name}`: `duration` does not apply to kind `{}` (a kill is instant)",
+                    spec.kind()
                 ),
             );
         }
-        let needs_duration = f.kind != "process-kill";
-        let duration = f.duration.map(|d| d.0);
-        if needs_duration && duration.is_none_or(|d| d.is_zero()) {
-            return self.at(span, format!("fault `{name}`: kind `{}` persists, so it needs a `duration` (e.g. `duration = \"10s\"`)", f.kind));
+        if !spec.is_instant() && duration.is_none_or(|d| d.is_zero()) {
+            return self.at(table.span(), format!("fault `{name}`: kind `{}` persists, so it needs a `duration` (e.g. `duration = \"10s\"`)", spec.kind()));
         }
-        let spec = match f.kind.as_str() {
-            "process-kill" => {
-                let signal = f.signal.clone().unwrap_or_else(|| "SIGKILL".to_owned());
-                FaultSpec::ProcessKill(ProcessKill {
-                    select: self.select(span.clone(), &name, f.select)?,
-                    pick: self.pick(span.clone(), f.count, f.percent.map(|p| p.0))?,
-                    signal,
-                })
-            }
-            "process-pause" => FaultSpec::ProcessPause(ProcessPause {
-                select: self.select(span.clone(), &name, f.select)?,
-                pick: self.pick(span.clone(), f.count, f.percent.map(|p| p.0))?,
-            }),
-            "cpu-stress" | "memory-stress" => self.stress(span.clone(), &name, &f)?,
-            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span.clone(), &name, &f)?),
-            "partition" => FaultSpec::Partition(self.partition(span.clone(), &name, &f)?),
-            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span.clone(), &name, &f)?),
-            "latency" if f.backend.as_deref() == Some("netem") => {
-                FaultSpec::NetemLatency(self.netem_latency(span.clone(), &name, &f)?)
-            }
-            "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span.clone(), &name, &f)?),
-            _ => FaultSpec::DiskFill(self.disk_fill(span.clone(), &name, &f)?),
-        };
-        let at = f.at.map_or(Duration::ZERO, |d| d.0);
+        let at = at.map_or(Duration::ZERO, |d| d.0);
         let checked = spec
             .check()
             .and_then(|()| check::hold("at", at))
             .and_then(|()| duration.map_or(Ok(()), |d| check::hold("duration", d)));
         if let Err(e) = checked {
-            let place = key_span(self.text, span.clone(), e.field).unwrap_or(span);
-            return self.at(place, format!("fault `{name}`: {e}"));
+            return Err(fail(table.at_key(&e)));
         }
         Ok(FaultStep {
             name,
@@ -621,167 +575,6 @@ impl Validator<'_> {
             duration,
             spec,
         })
-    }
-
-    fn select(
-        &self,
-        span: Range<usize>,
-        name: &str,
-        raw: Option<raw::Select>,
-    ) -> VResult<Selector> {
-        let Some(s) = raw else {
-            return self.at(span, format!("fault `{name}`: needs `select` with one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
-        };
-        let mut chosen = Vec::new();
-        if let Some(pid) = s.pid {
-            chosen.push(Selector::Pid(pid));
-        }
-        if let Some(path) = s.pidfile {
-            chosen.push(Selector::Pidfile(path));
-        }
-        if let Some(n) = s.name {
-            chosen.push(Selector::Name(n));
-        }
-        if let Some(re) = s.cmdline {
-            chosen.push(Selector::Cmdline(re));
-        }
-        if let Some(port) = s.port {
-            chosen.push(Selector::Port(port));
-        }
-        if chosen.len() != 1 {
-            return self.at(span, format!("fault `{name}`: `select` takes exactly one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
-        }
-        Ok(chosen.remove(0))
-    }
-
-    fn disk_fill(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<DiskFill> {
-        let Some(path) = f.path.clone() else {
-            return self.at(
-                span,
-                format!(
-                    "fault `{name}`: disk-fill needs `path`, a directory on the filesystem to fill"
-                ),
-            );
-        };
-        let amount = match (f.fill_to, f.size, f.leave_free) {
-            (Some(p), None, None) => FillAmount::FillTo(p.0),
-            (None, Some(s), None) => FillAmount::Size(s.0),
-            (None, None, Some(l)) => FillAmount::LeaveFree(l.0),
-            _ => return self.at(span, format!("fault `{name}`: disk-fill takes exactly one of `fill_to`, `size` or `leave_free`")),
-        };
-        let guard = f.guard.map_or(0.98, |g| g.0);
-        Ok(DiskFill {
-            path,
-            amount,
-            guard,
-        })
-    }
-
-    fn latency_proxy(
-        &self,
-        span: Range<usize>,
-        name: &str,
-        f: &raw::Fault,
-    ) -> VResult<LatencyProxy> {
-        let via = self.proxy_via(span.clone(), name, f)?;
-        let direction = match &f.direction {
-            Some(d) => crate::proxy::Direction::parse(d)
-                .or_else(|e| self.at(span.clone(), format!("fault `{name}`: {e}")))?,
-            None => crate::proxy::Direction::default(),
-        };
-        let reset_after = match &f.reset_after {
-            None => None,
-            Some(text) => Some(match (text.parse::<crate::units::ByteSize>(), text.parse::<crate::units::Dur>()) {
-                (Ok(b), _) if b.0 > 0 => crate::proxy::ResetAfter::Bytes(b.0),
-                (_, Ok(d)) => crate::proxy::ResetAfter::Time(d.0),
-                _ => return self.at(span, format!("fault `{name}`: `reset_after` takes a size (`64KiB`) or a duration (`2s`), got `{text}`")),
-            }),
-        };
-        let toxics = crate::proxy::ToxicSpec {
-            direction,
-            delay: f.delay.map_or(Duration::ZERO, |d| d.0),
-            jitter: f.jitter.map_or(Duration::ZERO, |d| d.0),
-            rate: f.rate.map(|r| (r.0 / 8).max(1)),
-            corrupt: f.corrupt.map_or(0.0, |p| p.0),
-            timeout: f.timeout.map(|d| d.0),
-            slow_close: f.slow_close.map(|d| d.0),
-            reset_after,
-        };
-        let does_something = !toxics.delay.is_zero()
-            || !toxics.jitter.is_zero()
-            || toxics.rate.is_some()
-            || toxics.corrupt > 0.0
-            || toxics.timeout.is_some()
-            || toxics.slow_close.is_some()
-            || toxics.reset_after.is_some();
-        if !does_something {
-            return self.at(span, format!(
-                "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout`, `slow_close` or `reset_after`"
-            ));
-        }
-        Ok(LatencyProxy { via, toxics })
-    }
-
-    /// `proxy = "NAME"` (a persistent proxy of the agent), or `listen` and `upstream` (a proxy
-    /// opened for this run).
-    fn proxy_via(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<Via> {
-        if let Some(proxy) = &f.proxy {
-            if f.listen.is_some() || f.upstream.is_some() {
-                return self.at(span, format!(
-                    "fault `{name}`: give `proxy` (a persistent proxy of the agent) or `listen` and `upstream` (a proxy for this run), not both"
-                ));
-            }
-            crate::proxy::check_persistent_name(proxy)
-                .or_else(|e| self.at(span, format!("fault `{name}`: {e}")))?;
-            return Ok(Via::Named(proxy.clone()));
-        }
-        let (Some(listen), Some(upstream)) = (&f.listen, &f.upstream) else {
-            return self.at(span, format!(
-                "fault `{name}`: a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\"), or `proxy` naming a persistent proxy of the agent"
-            ));
-        };
-        let listen: std::net::SocketAddr = listen.parse().or_else(|_| {
-            self.at(span.clone(), format!("fault `{name}`: `listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
-        })?;
-        if upstream
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return self.at(
-                span,
-                format!("fault `{name}`: `upstream` must be `host:port` (got `{upstream}`)"),
-            );
-        }
-        if upstream
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|u| u == listen)
-        {
-            return self.at(span, format!("fault `{name}`: `listen` and `upstream` are the same address: the proxy would forward to itself"));
-        }
-        Ok(Via::Run {
-            listen,
-            upstream: upstream.clone(),
-        })
-    }
-
-    fn stress(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<FaultSpec> {
-        if f.kind == "cpu-stress" {
-            // Without `workers`, the agent starts one per CPU of its own host.
-            return Ok(FaultSpec::CpuStress(CpuStress {
-                workers: f.workers,
-                load: f.load.map_or(1.0, |p| p.0),
-            }));
-        }
-        let Some(size) = f.size else {
-            return self.at(
-                span,
-                format!("fault `{name}`: memory-stress needs `size`, e.g. `size = \"1GiB\"`"),
-            );
-        };
-        Ok(FaultSpec::MemoryStress(MemoryStress {
-            workers: f.workers.unwrap_or(1),
-            size: size.0,
-        }))
     }
 
     fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {
@@ -900,13 +693,50 @@ within = "5s"
             "select = { name = \"x\" }\nfill_to = \"90%\"",
         ));
         assert!(
-            e.contains("`fill_to` does not apply to kind `process-kill`"),
+            e.ends_with(
+                "line 12, column 1: fault `k`: `fill_to` does not apply to kind `process-kill`"
+            ),
+            "the error points at the key: {e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-kill\"\nduration = \"5s\"",
+        ));
+        assert!(
+            e.ends_with("line 11, column 1: fault `k`: `duration` does not apply to kind `process-kill` (a kill is instant)"),
             "{e}"
         );
+        let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kil\""));
         assert!(
-            e.contains("line 8"),
-            "the error points at the `[[fault]]` table: {e}"
+            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"),
+            "{e}"
         );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"latency\"\nbackend = \"tc\"\nduration = \"1s\"",
+        ));
+        assert!(
+            e.contains("line 11, column 11: fault `k`: unknown `backend` `tc`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nduration = \"1 fortnight\"",
+        ));
+        assert!(
+            e.contains("line 11, column 12: fault `k`: `duration`: invalid duration `1 fortnight`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "select = { name = \"nothing-here\" }",
+            "select = { name = \"x\", pidd = 3 }",
+        ));
+        assert!(
+            e.contains("line 11, column 24: fault `k`: unknown field `pidd`"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[[fault]]\nkind = \"process-kill\"\n"));
+        assert!(e.contains("missing field `name`"), "{e}");
     }
 
     #[test]

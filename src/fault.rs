@@ -16,23 +16,28 @@ mod partition;
 mod process_kill;
 mod process_pause;
 mod stress;
+pub(crate) mod table;
+mod victims;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
 pub(crate) use disk_fill::{DiskFill, FillAmount};
 pub(crate) use latency::{LatencyProxy, Via};
-pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
-pub(crate) use netem::{Distribution, NetemLatency};
+pub(crate) use net::Cidr;
+pub(crate) use netem::NetemLatency;
 pub(crate) use network_loss::NetworkLoss;
 pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
 pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
+pub(crate) use table::{FaultTable, Invalid};
 
 use crate::model::Pick;
 use crate::process::{self, ProcInfo, ProcRef, Selector};
@@ -66,7 +71,58 @@ pub(crate) struct Context<'a> {
     pub(crate) control_port: Option<u16>,
 }
 
+/// The kinds users write, for the error that names an unknown one.
+const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress";
+
 impl FaultSpec {
+    /// Builds the spec of kind `kind` from the rest of its `[[fault]]` table (the keys every
+    /// fault takes already taken out). The one place a kind's name is matched: a kind is one
+    /// module (its table, `validate`, `check`, plan text, inject and undo) and one arm here.
+    pub(crate) fn from_table(
+        kind: &Spanned<String>,
+        table: &mut FaultTable<'_>,
+    ) -> Result<FaultSpec, Invalid> {
+        let name = kind.get_ref().as_str();
+        let spec = match name {
+            "process-kill" => {
+                build(table, name, process_kill::Table::validate).map(FaultSpec::ProcessKill)
+            }
+            "process-pause" => {
+                build(table, name, process_pause::Table::validate).map(FaultSpec::ProcessPause)
+            }
+            "disk-fill" => build(table, name, disk_fill::Table::validate).map(FaultSpec::DiskFill),
+            "cpu-stress" => {
+                build(table, name, stress::CpuTable::validate).map(FaultSpec::CpuStress)
+            }
+            "memory-stress" => {
+                build(table, name, stress::MemoryTable::validate).map(FaultSpec::MemoryStress)
+            }
+            "network-loss" => {
+                build(table, name, network_loss::Table::validate).map(FaultSpec::NetworkLoss)
+            }
+            "partition" => build(table, name, partition::Table::validate).map(FaultSpec::Partition),
+            "bandwidth" => build(table, name, bandwidth::Table::validate).map(FaultSpec::Bandwidth),
+            "latency" => match table.take::<Spanned<String>>("backend")? {
+                Some(b) if b.get_ref() == "netem" => {
+                    build(table, name, netem::Table::validate).map(FaultSpec::NetemLatency)
+                }
+                Some(b) if b.get_ref() != "proxy" => Err(Invalid {
+                    span: b.span(),
+                    message: format!(
+                        "unknown `backend` `{}`; use `proxy` (the default) or `netem`",
+                        b.get_ref()
+                    ),
+                }),
+                _ => build(table, name, latency::Table::validate).map(FaultSpec::LatencyProxy),
+            },
+            other => Err(Invalid {
+                span: kind.span(),
+                message: format!("unknown kind `{other}`; expected one of {KINDS}"),
+            }),
+        }?;
+        Ok(spec)
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             FaultSpec::ProcessKill(_) => "process-kill",
@@ -207,6 +263,16 @@ impl FaultSpec {
             _ => None,
         }
     }
+}
+
+/// Reads a kind's table and validates it, pointing any refusal at the key it names.
+fn build<T: DeserializeOwned, S>(
+    table: &mut FaultTable<'_>,
+    kind: &str,
+    validate: fn(T) -> Result<S, FieldError>,
+) -> Result<S, Invalid> {
+    let raw: T = table.read(kind)?;
+    validate(raw).map_err(|e| table.at_key(&e))
 }
 
 /// Something faults act through for the whole run rather than only while they are active: a

@@ -5,7 +5,37 @@
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::net::{BitRate, Cmd, TcMatch, ensure_default_root, tc_handle, u32_filters};
+use super::net::{
+    BitRate, Cmd, MatchTable, TcMatch, device, ensure_default_root, tc_handle, tc_match,
+    u32_filters,
+};
+
+/// The keys of a `bandwidth` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    device: Option<String>,
+    rate: Option<BitRate>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<Bandwidth, super::FieldError> {
+        let device = device("bandwidth", self.device)?;
+        let Some(rate) = self.rate else {
+            return Err(super::FieldError::raw(
+                "rate",
+                "bandwidth needs `rate`, e.g. `rate = \"1mbit\"`".to_owned(),
+            ));
+        };
+        Ok(Bandwidth {
+            device,
+            rate,
+            matching: tc_match(self.matching)?,
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +139,7 @@ impl Bandwidth {
     /// Bounds that hold on any host; run by `validate` and by the agent on every request.
     pub(crate) fn check(&self) -> super::check::Checked {
         super::check::device_name(&self.device)?;
-        tc_match(&self.matching)
+        check_tc_match(&self.matching)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
@@ -132,7 +162,7 @@ fn burst_bytes(rate: BitRate) -> u64 {
 }
 
 /// The match of a tc fault: the ports and address versions it names must be able to match.
-pub(crate) fn tc_match(m: &TcMatch) -> super::check::Checked {
+pub(crate) fn check_tc_match(m: &TcMatch) -> super::check::Checked {
     super::check::same_family(m.dst, m.src)?;
     super::check::port("port", m.port)
 }

@@ -186,6 +186,54 @@ impl fmt::Display for NetMatch {
     }
 }
 
+/// `match = { dst, src, port, direction }` of the network faults, as written; which keys apply
+/// is decided by the kind that reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MatchTable {
+    pub(crate) dst: Option<Cidr>,
+    pub(crate) src: Option<Cidr>,
+    pub(crate) port: Option<u16>,
+    pub(crate) direction: Option<Direction>,
+}
+
+/// `device = "eth0"`, which the tc kinds need.
+pub(crate) fn device(kind: &str, device: Option<String>) -> Result<String, super::FieldError> {
+    device.ok_or_else(|| {
+        super::FieldError::raw(
+            "device",
+            format!(
+                "kind `{kind}` needs `device`, the network interface, e.g. `device = \"eth0\"`"
+            ),
+        )
+    })
+}
+
+/// The match of a tc fault: tc shapes what leaves a device, so only egress makes sense.
+pub(crate) fn tc_match(m: Option<MatchTable>) -> Result<TcMatch, super::FieldError> {
+    let Some(m) = m else {
+        return Ok(TcMatch::default());
+    };
+    if m.direction.is_some_and(|d| d != Direction::Egress) {
+        return Err(super::FieldError::raw(
+            "match",
+            "tc acts on what leaves `device`, so `direction` can only be \"egress\" here"
+                .to_owned(),
+        ));
+    }
+    if m.dst.is_none() && m.src.is_none() && m.port.is_none() {
+        return Err(super::FieldError::raw(
+            "match",
+            "`match` needs at least one of `dst`, `src` or `port`; leave it out to act on the whole device".to_owned(),
+        ));
+    }
+    Ok(TcMatch {
+        dst: m.dst,
+        src: m.src,
+        port: m.port,
+    })
+}
+
 /// The packets a tc fault shapes. tc acts on what leaves a device, so there is no direction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,53 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::bandwidth::RootQdisc;
-use super::net::{Cmd, TcMatch, ensure_default_root, one_line, tc_handle, u32_filters};
-use crate::units::{Percent, format_ms};
+use super::net::{
+    Cmd, MatchTable, TcMatch, device, ensure_default_root, one_line, tc_handle, tc_match,
+    u32_filters,
+};
+use crate::units::{Dur, Percent, format_ms};
+
+/// The keys of a `latency` table with `backend = "netem"`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    device: Option<String>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+    delay: Option<Dur>,
+    jitter: Option<Dur>,
+    correlation: Option<Percent>,
+    distribution: Option<Distribution>,
+    loss: Option<Percent>,
+    duplicate: Option<Percent>,
+    corrupt: Option<Percent>,
+    reorder: Option<Percent>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<NetemLatency, super::FieldError> {
+        let device = device("latency", self.device)?;
+        let Some(delay) = self.delay else {
+            return Err(super::FieldError::raw(
+                "delay",
+                "latency with backend = \"netem\" needs `delay`, e.g. `delay = \"100ms\"`"
+                    .to_owned(),
+            ));
+        };
+        Ok(NetemLatency {
+            device,
+            matching: tc_match(self.matching)?,
+            delay: delay.0,
+            jitter: self.jitter.map(|j| j.0),
+            correlation: self.correlation.map(|p| p.0),
+            distribution: self.distribution,
+            loss: self.loss.map(|p| p.0),
+            duplicate: self.duplicate.map(|p| p.0),
+            corrupt: self.corrupt.map(|p| p.0),
+            reorder: self.reorder.map(|p| p.0),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +206,7 @@ impl NetemLatency {
     pub(crate) fn check(&self) -> super::check::Checked {
         use super::check::{FieldError, hold, share, share_or_zero};
         super::check::device_name(&self.device)?;
-        super::bandwidth::tc_match(&self.matching)?;
+        super::bandwidth::check_tc_match(&self.matching)?;
         hold("delay", self.delay)?;
         if let Some(jitter) = self.jitter {
             hold("jitter", jitter)?;

@@ -5,8 +5,39 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::check::{self, Checked, FieldError};
-use super::net::{Chain, Direction, NetMatch, NftTable, family, nft_ruleset, nft_table};
+use super::net::{
+    Chain, Direction, MatchTable, NetMatch, NftTable, family, nft_ruleset, nft_table,
+};
 use crate::units::Percent;
+
+/// The keys of a `network-loss` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    percent: Option<Percent>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<NetworkLoss, FieldError> {
+        let Some(percent) = self.percent else {
+            return Err(FieldError::raw("percent", "network-loss needs `percent`, the share of matched packets to drop, e.g. `percent = \"30%\"`".to_owned()));
+        };
+        let Some(m) = self.matching else {
+            return Err(FieldError::raw("match", "network-loss needs `match` with at least one of `dst`, `src`, `port` or `direction`, e.g. `match = { port = 5432 }`".to_owned()));
+        };
+        Ok(NetworkLoss {
+            percent: percent.0,
+            matching: NetMatch {
+                dst: m.dst,
+                src: m.src,
+                port: m.port,
+                direction: m.direction.unwrap_or_default(),
+            },
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

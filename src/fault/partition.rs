@@ -6,6 +6,34 @@ use serde::{Deserialize, Serialize};
 use super::Context;
 use super::net::{Chain, Cidr, NftTable, family, nft_ruleset, nft_set, nft_table};
 
+/// The keys of a `partition` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    peers: Option<Vec<Cidr>>,
+    ports: Option<Vec<u16>>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<Partition, super::FieldError> {
+        let Some(peers) = self.peers else {
+            return Err(super::FieldError::raw("peers", "partition needs `peers`, the addresses or networks to cut off, e.g. `peers = [\"10.0.0.5\", \"10.0.1.0/24\"]`".to_owned()));
+        };
+        // On the wire no ports means every port; written out, an empty list is a mistake.
+        if self.ports.as_ref().is_some_and(Vec::is_empty) {
+            return Err(super::FieldError::raw(
+                "ports",
+                "`ports = []` would match nothing; leave `ports` out to cut off every port"
+                    .to_owned(),
+            ));
+        }
+        Ok(Partition {
+            peers,
+            ports: self.ports.unwrap_or_default(),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Partition {

@@ -6,9 +6,30 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::check::{self, Checked, FieldError};
-use super::{Context, choose_victims};
+use super::{Context, choose_victims, victims};
 use crate::model::Pick;
 use crate::process::{Delivery, ProcRef, Selector, parse_signal};
+use crate::units::Percent;
+
+/// The keys of a `process-kill` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    select: Option<victims::SelectTable>,
+    count: Option<u32>,
+    percent: Option<Percent>,
+    signal: Option<String>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<ProcessKill, FieldError> {
+        Ok(ProcessKill {
+            select: victims::selector(self.select)?,
+            pick: victims::pick(self.count, self.percent)?,
+            signal: self.signal.unwrap_or_else(|| "SIGKILL".to_owned()),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,14 +12,59 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::check::{self, Checked, Host};
+use super::check::{self, Checked, FieldError, Host};
 use crate::process::{self, Delivery, ProcRef};
-use crate::units::{Percent, format_bytes};
+use crate::units::{ByteSize, Percent, format_bytes};
 
 /// The hidden subcommand the workers run as.
 pub(crate) const WORKER_COMMAND: &str = "stress-worker";
 /// How often a worker checks on its parent, and the CPU duty-cycle period.
 const PERIOD: Duration = Duration::from_millis(100);
+
+/// The keys of a `cpu-stress` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CpuTable {
+    workers: Option<u32>,
+    load: Option<Percent>,
+}
+
+impl CpuTable {
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "every kind's validate has this shape, for the one dispatch in fault.rs"
+    )]
+    pub(crate) fn validate(self) -> Result<CpuStress, FieldError> {
+        // Without `workers`, the agent starts one per CPU of its own host.
+        Ok(CpuStress {
+            workers: self.workers,
+            load: self.load.map_or(1.0, |p| p.0),
+        })
+    }
+}
+
+/// The keys of a `memory-stress` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MemoryTable {
+    workers: Option<u32>,
+    size: Option<ByteSize>,
+}
+
+impl MemoryTable {
+    pub(crate) fn validate(self) -> Result<MemoryStress, FieldError> {
+        let Some(size) = self.size else {
+            return Err(FieldError::raw(
+                "size",
+                "memory-stress needs `size`, e.g. `size = \"1GiB\"`".to_owned(),
+            ));
+        };
+        Ok(MemoryStress {
+            workers: self.workers.unwrap_or(1),
+            size: size.0,
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
