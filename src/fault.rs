@@ -335,7 +335,7 @@ pub(crate) enum Prepared {
     /// `network-loss` and `partition`: an nft table of the fault's own.
     Nft(net::NftTable),
     /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
-    Qdisc(bandwidth::RootQdisc),
+    Qdisc(net::RootQdisc),
     Latency(latency::Prepared),
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::net::{
-    BitRate, Cmd, MatchTable, TcMatch, device, ensure_default_root, tc_handle, tc_match,
+    BitRate, Cmd, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
     u32_filters,
 };
 
@@ -44,51 +44,6 @@ pub(crate) struct Bandwidth {
     pub(crate) rate: BitRate,
     #[serde(rename = "match", default)]
     pub(crate) matching: TcMatch,
-}
-
-/// A root qdisc (and what hangs below it) decided but not yet added: what `bandwidth` and
-/// `latency` with `backend = "netem"` prepare.
-#[derive(Debug)]
-pub(crate) struct RootQdisc {
-    pub(crate) device: String,
-    pub(crate) handle: u16,
-    /// The kind of the root qdisc: what revert checks before deleting it.
-    pub(crate) kind: &'static str,
-    pub(crate) commands: Vec<Cmd>,
-}
-
-impl RootQdisc {
-    pub(crate) fn inject(&self) -> Result<String, String> {
-        for cmd in &self.commands {
-            cmd.run(None)?;
-        }
-        Ok(format!(
-            "added {} qdisc {:x}: at the root of {} ({} tc command(s))",
-            self.kind,
-            self.handle,
-            self.device,
-            self.commands.len()
-        ))
-    }
-
-    pub(crate) fn verify(&self) -> Result<String, String> {
-        let ours = format!("{:x}:", self.handle);
-        match super::net::tc_root(&self.device) {
-            Ok(Some(q)) if q.kind == self.kind && q.handle == ours => Ok(format!(
-                "{} {ours} is the root qdisc of {}",
-                self.kind, self.device
-            )),
-            Ok(Some(q)) => Err(format!(
-                "the root qdisc of {} is `{} {}` right after adding {} {ours}",
-                self.device, q.kind, q.handle, self.kind
-            )),
-            Ok(None) => Err(format!(
-                "{} has no root qdisc right after adding {} {ours}",
-                self.device, self.kind
-            )),
-            Err(e) => Err(format!("failed to read the qdiscs of {}: {e}", self.device)),
-        }
-    }
 }
 
 impl Bandwidth {

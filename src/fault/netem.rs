@@ -7,9 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::bandwidth::RootQdisc;
 use super::net::{
-    Cmd, MatchTable, TcMatch, device, ensure_default_root, one_line, tc_handle, tc_match,
+    Cmd, Failure, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
     u32_filters,
 };
 use crate::units::{Dur, Percent, format_ms};
@@ -280,12 +279,12 @@ fn check_kernel(needs_htb: bool, netem_args: &str) -> Result<(), String> {
     else {
         return Ok(());
     };
-    if !e.contains("Specified qdisc kind is unknown") {
+    if e.failure() != Failure::UnknownQdisc {
         return Err(format!(
-            "the netem check in a scratch network namespace failed, so nothing was changed: {}",
-            one_line(&e)
+            "the netem check in a scratch network namespace failed, so nothing was changed: {e}"
         ));
     }
+    let e = e.to_string();
     // tc names the failing batch line as `-:N`.
     let failed = lines
         .iter()
