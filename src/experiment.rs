@@ -778,6 +778,21 @@ within = "5s"
     }
 
     #[test]
+    fn cpu_stress_without_workers_leaves_the_count_to_the_agent() {
+        let text = MINIMAL.replace(
+            "kind = \"process-kill\"\nselect = { name = \"nothing-here\" }",
+            "kind = \"cpu-stress\"\nduration = \"1s\"",
+        );
+        let e = parse(Path::new("x.toml"), &text).unwrap();
+        let wire = serde_json::to_value(&e.faults[0].spec).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"kind": "cpu-stress", "workers": null, "load": 1.0}),
+            "the coordinator's CPU count is not put on the wire"
+        );
+    }
+
+    #[test]
     fn pid_one_is_refused_at_validation() {
         let e = err(&MINIMAL.replace("name = \"nothing-here\"", "pid = 1"));
         assert!(e.contains("refusing to target pid 1"), "{e}");

@@ -188,6 +188,26 @@ mod tests {
     }
 
     #[test]
+    fn shares_nft_cannot_draw_are_refused_with_the_step() {
+        let port = NetMatch {
+            port: Some(80),
+            ..NetMatch::default()
+        };
+        for ok in [1.0, 0.5, 0.005, 0.0001] {
+            assert_eq!(loss(ok, port.clone()).check(), Ok(()), "{ok}");
+        }
+        let e = loss(0.000_01, port.clone())
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("`percent` must be a whole number of steps of 0.01% (nft draws from 10000 values); got 0.001"),
+            "{e}"
+        );
+        assert!(loss(0.000_15, port).check().is_err(), "1.5 steps");
+    }
+
+    #[test]
     fn loss_on_a_port_in_both_directions() {
         let f = loss(
             0.3,

@@ -127,3 +127,33 @@ impl Prepared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kill(signal: &str) -> ProcessKill {
+        ProcessKill {
+            select: Selector::Name("x".to_owned()),
+            pick: None,
+            signal: signal.to_owned(),
+        }
+    }
+
+    #[test]
+    fn stop_signals_are_refused_and_point_to_process_pause() {
+        for stop in ["SIGSTOP", "stop", "SIGTSTP", "SIGTTIN", "TTOU", "19"] {
+            let e = kill(stop).check().unwrap_err();
+            assert_eq!(e.field, "signal");
+            assert!(
+                e.message.contains("use kind `process-pause`"),
+                "{stop}: {e}"
+            );
+        }
+        for fine in ["SIGKILL", "SIGTERM", "9", "SIGCONT"] {
+            assert_eq!(kill(fine).check(), Ok(()), "{fine}");
+        }
+        let e = kill("SIGNOPE").check().unwrap_err();
+        assert!(e.message.starts_with("unknown signal `SIGNOPE`"), "{e}");
+    }
+}
