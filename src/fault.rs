@@ -196,12 +196,6 @@ impl FaultSpec {
     /// The exact changes the fault makes (an nft ruleset, tc commands), for `plan`; `None` for
     /// kinds whose one-sentence description says it all. Pure: `fault_id` names what the fault owns.
     pub(crate) fn changes(&self, fault_id: &str) -> Option<String> {
-        let commands = |cmds: Vec<net::Cmd>| {
-            cmds.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
         match self {
             FaultSpec::ProcessKill(_)
             | FaultSpec::ProcessPause(_)
@@ -209,16 +203,10 @@ impl FaultSpec {
             | FaultSpec::CpuStress(_)
             | FaultSpec::MemoryStress(_)
             | FaultSpec::LatencyProxy(_) => None,
-            FaultSpec::NetworkLoss(f) => Some(format!(
-                "nft -f - <<EOF\n{}EOF\n",
-                f.ruleset(&net::nft_table(fault_id), None)
-            )),
-            FaultSpec::Partition(f) => Some(format!(
-                "nft -f - <<EOF\n{}EOF\n",
-                f.ruleset(&net::nft_table(fault_id), None)
-            )),
-            FaultSpec::Bandwidth(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
-            FaultSpec::NetemLatency(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
+            FaultSpec::NetworkLoss(f) => Some(f.changes(fault_id)),
+            FaultSpec::Partition(f) => Some(f.changes(fault_id)),
+            FaultSpec::Bandwidth(f) => Some(f.changes(fault_id)),
+            FaultSpec::NetemLatency(f) => Some(f.changes(fault_id)),
         }
     }
 
@@ -228,12 +216,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
-            FaultSpec::CpuStress(_) => {
-                "starts new processes; acts on nothing that exists now".to_owned()
-            }
+            FaultSpec::CpuStress(f) => f.preview(),
             FaultSpec::MemoryStress(f) => f.preview(),
             FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
-            FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
+            FaultSpec::Bandwidth(f) => f.preview(),
             FaultSpec::NetemLatency(f) => f.preview(),
             FaultSpec::LatencyProxy(f) => f.preview(),
         }

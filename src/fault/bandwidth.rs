@@ -97,6 +97,16 @@ impl Bandwidth {
         check_tc_match(&self.matching)
     }
 
+    /// The exact tc commands, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        super::net::lines(&self.commands(tc_handle(fault_id)).1)
+    }
+
+    /// Whether the fault could take the root of its device now. Reads the host.
+    pub(crate) fn preview(&self) -> String {
+        super::net::preview_device(&self.device)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);

@@ -7,7 +7,7 @@ mod nft;
 mod tc;
 mod values;
 
-pub(crate) use cmd::{Cmd, Failure};
+pub(crate) use cmd::{Cmd, Failure, lines};
 pub(crate) use nft::{
     Chain, NftTable, family, nft_delete_table, nft_ruleset, nft_set, nft_table, preview_nft,
 };

@@ -232,6 +232,11 @@ impl NetemLatency {
         Ok(())
     }
 
+    /// The exact tc commands, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        super::net::lines(&self.commands(tc_handle(fault_id)).1)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
         self.check_kernel()?;
         ensure_default_root(&self.device)?;

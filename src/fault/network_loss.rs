@@ -147,6 +147,14 @@ impl NetworkLoss {
         check::port("port", m.port)
     }
 
+    /// The exact ruleset, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        format!(
+            "nft -f - <<EOF\n{}EOF\n",
+            self.ruleset(&nft_table(fault_id), None)
+        )
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);

@@ -113,6 +113,13 @@ impl CpuStress {
         check::share("load", self.load)
     }
 
+    pub(crate) fn preview(&self) -> String {
+        let workers = self
+            .workers
+            .map_or_else(|| "one per CPU".to_owned(), |n| n.to_string());
+        format!("starts new processes ({workers}); acts on nothing that exists now")
+    }
+
     /// The agent's own limits: the worker count it would start against its CPUs.
     pub(crate) fn check_host(&self, host: &Host) -> Checked {
         host.workers("workers", self.workers_on(host))

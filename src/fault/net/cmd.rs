@@ -64,6 +64,14 @@ impl Cmd {
     }
 }
 
+/// Commands one per line, as `plan` prints them.
+pub(crate) fn lines(cmds: &[Cmd]) -> String {
+    cmds.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Why a tool run failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CmdError {
