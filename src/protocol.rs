@@ -279,8 +279,8 @@ name = "f"
                 json!({"kind": "network-loss", "percent": 0.0, "match": {"port": 80, "direction": "both"}}),
             ),
             (
-                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"10%\"\nmatch = { direction = \"both\" }\n",
-                json!({"kind": "network-loss", "percent": 0.1, "match": {"direction": "both"}}),
+                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"10%\"\nmatch = {}\n",
+                json!({"kind": "network-loss", "percent": 0.1, "match": {}}),
             ),
             (
                 "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"10%\"\nmatch = { port = 0 }\n",

@@ -33,7 +33,7 @@ impl Table {
                 dst: m.dst,
                 src: m.src,
                 port: m.port,
-                direction: m.direction.unwrap_or_default(),
+                direction: m.direction,
             },
         })
     }
@@ -60,7 +60,7 @@ impl NetworkLoss {
     /// The exact ruleset `nft -f -` is fed. Traffic over loopback passes both the output and the
     /// input hook, so with `direction = "both"` it gets two chances to be dropped.
     pub(crate) fn ruleset(&self, table: &str, control_port: Option<u16>) -> String {
-        let chains = match self.matching.direction {
+        let chains = match self.matching.direction() {
             Direction::Egress => vec![Chain {
                 hook: "output",
                 rules: self.rules(false),
@@ -136,11 +136,10 @@ impl NetworkLoss {
             ));
         }
         let m = &self.matching;
-        if m.dst.is_none() && m.src.is_none() && m.port.is_none() && m.direction == Direction::Both
-        {
+        if m.dst.is_none() && m.src.is_none() && m.port.is_none() && m.direction.is_none() {
             return Err(FieldError::new(
                 "match",
-                "needs at least one of `dst`, `src`, `port` or `direction` (\"egress\" or \"ingress\"); an empty match would drop every packet of the host",
+                "needs at least one of `dst`, `src`, `port` or `direction`; an empty match is a mistake (to drop every packet, say `direction = \"both\"`)",
             ));
         }
         check::same_family(m.dst, m.src)?;
@@ -248,7 +247,7 @@ mod tests {
             0.005,
             NetMatch {
                 dst: Some("10.0.0.0/24".parse().unwrap()),
-                direction: Direction::Egress,
+                direction: Some(Direction::Egress),
                 ..NetMatch::default()
             },
         );

@@ -166,7 +166,7 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
         (
             "empty match",
             request(
-                r#"{"kind":"network-loss","percent":0.5,"match":{"direction":"both"}}"#,
+                r#"{"kind":"network-loss","percent":0.5,"match":{}}"#,
                 1000,
                 5000,
             ),

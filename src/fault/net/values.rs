@@ -153,7 +153,15 @@ pub(crate) struct NetMatch {
     pub(crate) dst: Option<Cidr>,
     pub(crate) src: Option<Cidr>,
     pub(crate) port: Option<u16>,
-    pub(crate) direction: Direction,
+    /// `None` means both, as given: kept apart so a match with no key at all can be refused.
+    #[serde(default)]
+    pub(crate) direction: Option<Direction>,
+}
+
+impl NetMatch {
+    pub(crate) fn direction(&self) -> Direction {
+        self.direction.unwrap_or_default()
+    }
 }
 
 impl fmt::Display for NetMatch {
@@ -173,7 +181,7 @@ impl fmt::Display for NetMatch {
         } else {
             format!(" {}", parts.join(" "))
         };
-        match self.direction {
+        match self.direction() {
             Direction::Egress => write!(f, "outgoing packets{described}"),
             Direction::Ingress => write!(f, "incoming packets{described}"),
             Direction::Both if self.dst.is_some() || self.src.is_some() => {
