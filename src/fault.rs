@@ -1,6 +1,8 @@
-//! Owns the fault contract: every fault kind has the same life — validate (in `experiment.rs`) →
-//! describe (for `plan`) → prepare (decide exactly what will change, change nothing) → inject →
-//! verify it took effect → revert (idempotent, from the journaled [`Undo`] alone).
+//! Owns the fault contract: every fault kind has the same life — read its TOML table and validate
+//! it into a spec → check the spec's bounds (`validate` and every agent, same words) → describe
+//! (for `plan`) → prepare (decide exactly what will change, change nothing) → inject → verify it
+//! took effect → revert (idempotent, from the journaled [`Undo`] alone). Each kind's module owns
+//! all of it; [`FaultSpec`] is a closed enum dispatching to them, with no default arm.
 //!
 //! Architecture invariant: only `fault/` changes the host, and only after the agent has journaled
 //! the [`Undo`] that reverses the change.
