@@ -213,6 +213,40 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
 }
 
 #[test]
+fn an_agent_refuses_a_run_resource_with_a_zero_port_or_a_huge_lease() {
+    let dir = support::tempdir();
+    let agent = Agent::start(dir.path());
+    let open = |listen: &str, lease_ms: u64| {
+        format!(
+            r#"{{"run_id":"r1","resource":{{"resource":"proxy","name":"listen-x","listen":"{listen}","upstream":"127.0.0.1:9"}},"lease_ms":{lease_ms}}}"#
+        )
+    };
+    for (what, body, says) in [
+        (
+            "port 0",
+            open("127.0.0.1:0", 5000),
+            "`listen` must not be 0",
+        ),
+        (
+            "huge lease",
+            open("127.0.0.1:9", u64::MAX),
+            "`lease_ms` must be at most 3600000 ms",
+        ),
+    ] {
+        let (status, answer) = agent.send(
+            "PUT",
+            "/v1/resources/res-1",
+            Some(&body),
+            Duration::from_secs(1),
+        );
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert!(error_of(&answer).starts_with(says), "{what}: {answer}");
+    }
+    let (status, health) = agent.send("GET", "/v1/health", None, Duration::from_secs(1));
+    assert_eq!(status, 200, "{health}");
+}
+
+#[test]
 fn an_agent_answers_with_the_words_validate_prints_for_the_same_fault() {
     let dir = support::tempdir();
     let agent = Agent::start(dir.path());
