@@ -1,7 +1,8 @@
 //! Owns turning an experiment file into a validated [`Experiment`]: TOML syntax, unknown keys, value
 //! syntaxes and every cross-field rule. Nothing here touches the host.
 
-mod network;
+#[cfg(test)]
+mod network_kinds;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -11,19 +12,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-use crate::fault::{
-    CpuStress, DiskFill, FaultSpec, FillAmount, LatencyProxy, MemoryStress, ProcessKill,
-    ProcessPause, Via,
-};
+use crate::fault::check;
+use crate::fault::{FaultSpec, FaultTable, Invalid, LatencyProxy, Via};
 use crate::model::{
     AbortCondition, AbortRule, BudgetSpec, Check, Experiment, FaultStep, Fixture, GoldenSignal,
     LOCAL_GROUP, Pick, ProbeSpec, ReadyCheck, ReadyKind, Slo, SteadyState, TargetGroup, Threshold,
 };
-use crate::process::{Selector, parse_signal, protection_reason};
-use crate::units::{SuccessBound, format_ms};
+use crate::units::{Dur, SuccessBound, format_ms};
 
 /// An experiment file that could not be loaded, with where in the file the problem is.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
         position: span.map(|s| line_col(text, s.start)),
         message,
     };
-    let raw: raw::Experiment = toml::from_str(text).map_err(|e| {
+    let toml_error = |e: toml::de::Error| {
         let mut message = e.message().trim().to_owned();
         // A bad value's span points at the value; name the key it belongs to as well.
         if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
@@ -76,20 +76,47 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
             }
         }
         fail(e.span(), message)
-    })?;
+    };
+    // Parsed once, keeping every span. The `[[fault]]` tables are taken out before the rest is
+    // deserialised: which keys a fault takes depends on its kind, so each is read by its kind.
+    let root = DeTable::parse(text).map_err(toml_error)?;
+    let span = root.span();
+    let mut root = root.into_inner();
+    let faults = match root.remove("fault") {
+        None => Vec::new(),
+        Some(value) => {
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Array(faults) => faults.into_iter().collect(),
+                _ => {
+                    return Err(fail(
+                        Some(span),
+                        "`fault` must be an array of tables: write each as `[[fault]]`".to_owned(),
+                    ));
+                }
+            }
+        }
+    };
+    let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
+        .map_err(toml_error)?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    Validator { fail: &fail }.experiment(raw, path, sha256)
+    Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
+/// `None` when what stands before the `=` is not a bare key (a string holding `=`, say).
 fn key_before(text: &str, offset: usize) -> Option<&str> {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let before = &text[line_start..offset];
+    let before = text.get(..offset.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let before = &before[line_start..];
     let key = before[..before.rfind('=')?].trim_end();
+    // Walk back by characters, not bytes: the line may hold non-ASCII text before the key.
     let start = key
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .last()
+        .map_or(key.len(), |(i, _)| i);
     Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
@@ -103,6 +130,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 struct Validator<'a> {
     fail: &'a dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+    /// The experiment's text, to name the key of a bad value.
+    text: &'a str,
 }
 
 type VResult<T> = std::result::Result<T, ExperimentError>;
@@ -112,7 +141,13 @@ impl Validator<'_> {
         Err((self.fail)(Some(span), message.into()))
     }
 
-    fn experiment(&self, raw: raw::Experiment, path: &Path, sha256: String) -> VResult<Experiment> {
+    fn experiment(
+        &self,
+        raw: raw::Experiment,
+        fault_tables: Vec<Spanned<DeValue<'_>>>,
+        path: &Path,
+        sha256: String,
+    ) -> VResult<Experiment> {
         if raw.title.trim().is_empty() {
             return Err((self.fail)(None, "`title` must not be empty".to_owned()));
         }
@@ -127,7 +162,7 @@ impl Validator<'_> {
         }
         let steady_state = self.steady_state(raw.steady_state)?;
         let mut faults = Vec::new();
-        for fault in raw.fault {
+        for fault in fault_tables {
             let step = self.fault(fault, &targets)?;
             if faults.iter().any(|f: &FaultStep| f.name == step.name) {
                 return Err((self.fail)(
@@ -468,13 +503,31 @@ impl Validator<'_> {
 
     fn fault(
         &self,
-        raw: Spanned<raw::Fault>,
+        value: Spanned<DeValue<'_>>,
         targets: &BTreeMap<String, TargetGroup>,
     ) -> VResult<FaultStep> {
-        let span = raw.span();
-        let f = raw.into_inner();
-        let name = f.name.clone();
-        let on = match &f.on {
+        let invalid = |name: Option<&str>, e: Invalid| {
+            let mut message = e.message;
+            // A bad value's span points at the value; name the key it belongs to as well.
+            if let Some(key) = key_before(self.text, e.span.start) {
+                if !message.contains(&format!("`{key}`")) {
+                    message = format!("`{key}`: {message}");
+                }
+            }
+            if let Some(name) = name {
+                message = format!("fault `{name}`: {message}");
+            }
+            (self.fail)(Some(e.span), message)
+        };
+        let mut table = FaultTable::new(value).map_err(|e| invalid(None, e))?;
+        let name: String = table.require("name").map_err(|e| invalid(None, e))?;
+        let fail = |e: Invalid| invalid(Some(&name), e);
+        // The keys every fault takes; the rest belongs to the kind.
+        let kind: Spanned<String> = table.require("kind").map_err(fail)?;
+        let on: Option<Spanned<String>> = table.take("on").map_err(fail)?;
+        let at: Option<Dur> = table.take("at").map_err(fail)?;
+        let duration: Option<Dur> = table.take("duration").map_err(fail)?;
+        let on = match on {
             None => LOCAL_GROUP.to_owned(),
             Some(on) => {
                 let group = on.get_ref();
@@ -493,300 +546,35 @@ impl Validator<'_> {
                 group.clone()
             }
         };
-        let allowed: &[&str] = match f.kind.as_str() {
-            "process-kill" => &["select", "count", "percent", "signal"],
-            "process-pause" => &["select", "count", "percent", "duration"],
-            "disk-fill" => &["path", "fill_to", "size", "leave_free", "guard", "duration"],
-            "cpu-stress" => &["workers", "load", "duration"],
-            "memory-stress" => &["workers", "size", "duration"],
-            "network-loss" => &["percent", "match", "duration"],
-            "partition" => &["peers", "ports", "duration"],
-            "bandwidth" => &["device", "rate", "match", "duration"],
-            "latency" if f.backend.as_deref() == Some("netem") => network::NETEM_KEYS,
-            "latency" if f.backend.as_deref().is_none_or(|b| b == "proxy") => &[
-                "backend",
-                "listen",
-                "upstream",
-                "proxy",
-                "delay",
-                "jitter",
-                "direction",
-                "rate",
-                "corrupt",
-                "timeout",
-                "slow_close",
-                "reset_after",
-                "duration",
-            ],
-            "latency" => {
-                let backend = f.backend.as_deref().unwrap_or_default();
-                return self.at(
-                    span,
-                    format!("fault `{name}`: unknown `backend` `{backend}`; use `proxy` (the default) or `netem`"),
-                );
-            }
-            other => {
-                return self.at(span, format!(
-                    "fault `{name}`: unknown kind `{other}`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"
-                ));
-            }
-        };
-        if let Some(key) = f.given_keys().into_iter().find(|k| !allowed.contains(k)) {
-            let why = if key == "duration" {
-                " (a kill is instant)"
-            } else {
-                ""
-            };
+        let spec = FaultSpec::from_table(&kind, &mut table).map_err(fail)?;
+        let duration = duration.map(|d| d.0);
+        if spec.is_instant() && duration.is_some() {
             return self.at(
-                span,
+                table.key_span("duration"),
                 format!(
-                    "fault `{name}`: `{key}` does not apply to kind `{}`{why}",
-                    f.kind
+                    "fault `{name}`: `duration` does not apply to kind `{}` (a kill is instant)",
+                    spec.kind()
                 ),
             );
         }
-        let needs_duration = f.kind != "process-kill";
-        let duration = f.duration.map(|d| d.0);
-        if needs_duration && duration.is_none_or(|d| d.is_zero()) {
-            return self.at(span, format!("fault `{name}`: kind `{}` persists, so it needs a `duration` (e.g. `duration = \"10s\"`)", f.kind));
+        if !spec.is_instant() && duration.is_none_or(|d| d.is_zero()) {
+            return self.at(table.span(), format!("fault `{name}`: kind `{}` persists, so it needs a `duration` (e.g. `duration = \"10s\"`)", spec.kind()));
         }
-        let spec = match f.kind.as_str() {
-            "process-kill" => {
-                let signal = f.signal.clone().unwrap_or_else(|| "SIGKILL".to_owned());
-                if let Err(e) = parse_signal(&signal) {
-                    return self.at(span, format!("fault `{name}`: {e}"));
-                }
-                FaultSpec::ProcessKill(ProcessKill {
-                    select: self.select(span.clone(), &name, f.select)?,
-                    pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
-                    signal,
-                })
-            }
-            "process-pause" => FaultSpec::ProcessPause(ProcessPause {
-                select: self.select(span.clone(), &name, f.select)?,
-                pick: self.pick(span, f.count, f.percent.map(|p| p.0))?,
-            }),
-            "cpu-stress" | "memory-stress" => self.stress(span, &name, &f)?,
-            "network-loss" => FaultSpec::NetworkLoss(self.network_loss(span, &name, &f)?),
-            "partition" => FaultSpec::Partition(self.partition(span, &name, &f)?),
-            "bandwidth" => FaultSpec::Bandwidth(self.bandwidth(span, &name, &f)?),
-            "latency" if f.backend.as_deref() == Some("netem") => {
-                FaultSpec::NetemLatency(self.netem_latency(span, &name, &f)?)
-            }
-            "latency" => FaultSpec::LatencyProxy(self.latency_proxy(span, &name, &f)?),
-            _ => FaultSpec::DiskFill(self.disk_fill(span, &name, &f)?),
-        };
+        let at = at.map_or(Duration::ZERO, |d| d.0);
+        let checked = spec
+            .check()
+            .and_then(|()| check::hold("at", at))
+            .and_then(|()| duration.map_or(Ok(()), |d| check::hold("duration", d)));
+        if let Err(e) = checked {
+            return Err(fail(table.at_key(&e)));
+        }
         Ok(FaultStep {
             name,
             on,
-            at: f.at.map_or(Duration::ZERO, |d| d.0),
+            at,
             duration,
             spec,
         })
-    }
-
-    fn select(
-        &self,
-        span: Range<usize>,
-        name: &str,
-        raw: Option<raw::Select>,
-    ) -> VResult<Selector> {
-        let Some(s) = raw else {
-            return self.at(span, format!("fault `{name}`: needs `select` with one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
-        };
-        let mut chosen = Vec::new();
-        if let Some(pid) = s.pid {
-            chosen.push(Selector::Pid(pid));
-        }
-        if let Some(path) = s.pidfile {
-            chosen.push(Selector::Pidfile(path));
-        }
-        if let Some(n) = s.name {
-            chosen.push(Selector::Name(n));
-        }
-        if let Some(re) = s.cmdline {
-            if let Err(e) = Regex::new(&re) {
-                return self.at(
-                    span,
-                    format!("fault `{name}`: invalid `cmdline` regex: {e}"),
-                );
-            }
-            chosen.push(Selector::Cmdline(re));
-        }
-        if let Some(port) = s.port {
-            chosen.push(Selector::Port(port));
-        }
-        if chosen.len() != 1 {
-            return self.at(span, format!("fault `{name}`: `select` takes exactly one of `pid`, `pidfile`, `name`, `cmdline` or `port`"));
-        }
-        let selector = chosen.remove(0);
-        if let Selector::Pid(pid) = selector {
-            if pid <= 2 || pid as u32 == std::process::id() {
-                return self.at(
-                    span,
-                    format!(
-                        "fault `{name}`: refusing to target pid {pid}: it is {}",
-                        protection_reason(pid)
-                    ),
-                );
-            }
-        }
-        Ok(selector)
-    }
-
-    fn disk_fill(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<DiskFill> {
-        let Some(path) = f.path.clone() else {
-            return self.at(
-                span,
-                format!(
-                    "fault `{name}`: disk-fill needs `path`, a directory on the filesystem to fill"
-                ),
-            );
-        };
-        let amount = match (f.fill_to, f.size, f.leave_free) {
-            (Some(p), None, None) => FillAmount::FillTo(p.0),
-            (None, Some(s), None) => FillAmount::Size(s.0),
-            (None, None, Some(l)) => FillAmount::LeaveFree(l.0),
-            _ => return self.at(span, format!("fault `{name}`: disk-fill takes exactly one of `fill_to`, `size` or `leave_free`")),
-        };
-        let guard = f.guard.map_or(0.98, |g| g.0);
-        if let FillAmount::FillTo(p) = amount {
-            if p > guard {
-                return self.at(
-                    span,
-                    format!(
-                        "fault `{name}`: `fill_to` of {} is above the guard of {}",
-                        crate::units::Percent(p),
-                        crate::units::Percent(guard)
-                    ),
-                );
-            }
-        }
-        Ok(DiskFill {
-            path,
-            amount,
-            guard,
-        })
-    }
-
-    fn latency_proxy(
-        &self,
-        span: Range<usize>,
-        name: &str,
-        f: &raw::Fault,
-    ) -> VResult<LatencyProxy> {
-        let via = self.proxy_via(span.clone(), name, f)?;
-        let direction = match &f.direction {
-            Some(d) => crate::proxy::Direction::parse(d)
-                .or_else(|e| self.at(span.clone(), format!("fault `{name}`: {e}")))?,
-            None => crate::proxy::Direction::default(),
-        };
-        let reset_after = match &f.reset_after {
-            None => None,
-            Some(text) => Some(match (text.parse::<crate::units::ByteSize>(), text.parse::<crate::units::Dur>()) {
-                (Ok(b), _) if b.0 > 0 => crate::proxy::ResetAfter::Bytes(b.0),
-                (_, Ok(d)) => crate::proxy::ResetAfter::Time(d.0),
-                _ => return self.at(span, format!("fault `{name}`: `reset_after` takes a size (`64KiB`) or a duration (`2s`), got `{text}`")),
-            }),
-        };
-        let toxics = crate::proxy::ToxicSpec {
-            direction,
-            delay: f.delay.map_or(Duration::ZERO, |d| d.0),
-            jitter: f.jitter.map_or(Duration::ZERO, |d| d.0),
-            rate: f.rate.map(|r| (r.0 / 8).max(1)),
-            corrupt: f.corrupt.map_or(0.0, |p| p.0),
-            timeout: f.timeout.map(|d| d.0),
-            slow_close: f.slow_close.map(|d| d.0),
-            reset_after,
-        };
-        let does_something = !toxics.delay.is_zero()
-            || !toxics.jitter.is_zero()
-            || toxics.rate.is_some()
-            || toxics.corrupt > 0.0
-            || toxics.timeout.is_some()
-            || toxics.slow_close.is_some()
-            || toxics.reset_after.is_some();
-        if !does_something {
-            return self.at(span, format!(
-                "fault `{name}`: give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout`, `slow_close` or `reset_after`"
-            ));
-        }
-        Ok(LatencyProxy { via, toxics })
-    }
-
-    /// `proxy = "NAME"` (a persistent proxy of the agent), or `listen` and `upstream` (a proxy
-    /// opened for this run).
-    fn proxy_via(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<Via> {
-        if let Some(proxy) = &f.proxy {
-            if f.listen.is_some() || f.upstream.is_some() {
-                return self.at(span, format!(
-                    "fault `{name}`: give `proxy` (a persistent proxy of the agent) or `listen` and `upstream` (a proxy for this run), not both"
-                ));
-            }
-            crate::proxy::check_persistent_name(proxy)
-                .or_else(|e| self.at(span, format!("fault `{name}`: {e}")))?;
-            return Ok(Via::Named(proxy.clone()));
-        }
-        let (Some(listen), Some(upstream)) = (&f.listen, &f.upstream) else {
-            return self.at(span, format!(
-                "fault `{name}`: a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\"), or `proxy` naming a persistent proxy of the agent"
-            ));
-        };
-        let listen: std::net::SocketAddr = listen.parse().or_else(|_| {
-            self.at(span.clone(), format!("fault `{name}`: `listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
-        })?;
-        if upstream
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return self.at(
-                span,
-                format!("fault `{name}`: `upstream` must be `host:port` (got `{upstream}`)"),
-            );
-        }
-        if upstream
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|u| u == listen)
-        {
-            return self.at(span, format!("fault `{name}`: `listen` and `upstream` are the same address: the proxy would forward to itself"));
-        }
-        Ok(Via::Run {
-            listen,
-            upstream: upstream.clone(),
-        })
-    }
-
-    fn stress(&self, span: Range<usize>, name: &str, f: &raw::Fault) -> VResult<FaultSpec> {
-        if f.workers == Some(0) {
-            return self.at(
-                span,
-                format!("fault `{name}`: `workers = 0` starts nothing"),
-            );
-        }
-        if f.kind == "cpu-stress" {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            let load = f.load.map_or(1.0, |p| p.0);
-            if load <= 0.0 {
-                return self.at(span, format!("fault `{name}`: `load` must be above 0%"));
-            }
-            return Ok(FaultSpec::CpuStress(CpuStress {
-                workers: f.workers.unwrap_or(cpus),
-                load,
-            }));
-        }
-        let Some(size) = f.size else {
-            return self.at(
-                span,
-                format!("fault `{name}`: memory-stress needs `size`, e.g. `size = \"1GiB\"`"),
-            );
-        };
-        if size.0 == 0 {
-            return self.at(span, format!("fault `{name}`: `size` must be above zero"));
-        }
-        Ok(FaultSpec::MemoryStress(MemoryStress {
-            workers: f.workers.unwrap_or(1),
-            size: size.0,
-        }))
     }
 
     fn abort(&self, raw: Spanned<raw::Abort>, probes: &[ProbeSpec]) -> VResult<AbortRule> {
@@ -905,12 +693,102 @@ within = "5s"
             "select = { name = \"x\" }\nfill_to = \"90%\"",
         ));
         assert!(
-            e.contains("`fill_to` does not apply to kind `process-kill`"),
+            e.ends_with(
+                "line 12, column 1: fault `k`: `fill_to` does not apply to kind `process-kill`"
+            ),
+            "the error points at the key: {e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-kill\"\nduration = \"5s\"",
+        ));
+        assert!(
+            e.ends_with("line 11, column 1: fault `k`: `duration` does not apply to kind `process-kill` (a kill is instant)"),
             "{e}"
         );
+        let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kil\""));
         assert!(
-            e.contains("line 8"),
-            "the error points at the `[[fault]]` table: {e}"
+            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"latency\"\nbackend = \"tc\"\nduration = \"1s\"",
+        ));
+        assert!(
+            e.contains("line 11, column 11: fault `k`: unknown `backend` `tc`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nduration = \"1 fortnight\"",
+        ));
+        assert!(
+            e.contains("line 11, column 12: fault `k`: `duration`: invalid duration `1 fortnight`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "select = { name = \"nothing-here\" }",
+            "select = { name = \"x\", pidd = 3 }",
+        ));
+        assert!(
+            e.contains("line 11, column 24: fault `k`: unknown field `pidd`"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[[fault]]\nkind = \"process-kill\"\n"));
+        assert!(e.contains("missing field `name`"), "{e}");
+    }
+
+    #[test]
+    fn a_non_ascii_character_before_an_equals_sign_does_not_panic() {
+        let e = err(&format!("{MINIMAL}x = [\"é=\", 1x]\n"));
+        assert!(e.starts_with("x.toml: line 14, column 12: "), "{e}");
+        let e = err(&format!("{MINIMAL}\"café\" = 1x\n"));
+        assert!(e.starts_with("x.toml: line 14, column 10: "), "{e}");
+        let e = err(&MINIMAL.replace("window = \"1s\"", "window = \"1é\""));
+        assert!(e.contains("`window`: invalid duration `1é`"), "{e}");
+    }
+
+    #[test]
+    fn an_at_or_duration_beyond_a_day_is_refused_so_plan_cannot_overflow() {
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-kill\"\nat = \"18446744073709551615s\"",
+        ));
+        assert!(
+            e.contains("line 11, column 1: fault `k`: `at` must be at most 1day"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nduration = \"18446744073709551615s\"",
+        ));
+        assert!(
+            e.contains("fault `k`: `duration` must be at most 1day"),
+            "{e}"
+        );
+        let longest = MINIMAL.replace(
+            "kind = \"process-kill\"",
+            "kind = \"process-pause\"\nat = \"1day\"\nduration = \"1day\"",
+        );
+        let e = parse(Path::new("x.toml"), &longest).unwrap();
+        assert_eq!(e.method_length(), Duration::from_secs(2 * 86_400));
+        let plan = crate::plan::render(&e, false);
+        assert!(plan.contains("2days"), "{plan}");
+    }
+
+    #[test]
+    fn cpu_stress_without_workers_leaves_the_count_to_the_agent() {
+        let text = MINIMAL.replace(
+            "kind = \"process-kill\"\nselect = { name = \"nothing-here\" }",
+            "kind = \"cpu-stress\"\nduration = \"1s\"",
+        );
+        let e = parse(Path::new("x.toml"), &text).unwrap();
+        let wire = serde_json::to_value(&e.faults[0].spec).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"kind": "cpu-stress", "workers": null, "load": 1.0}),
+            "the coordinator's CPU count is not put on the wire"
         );
     }
 

@@ -1,11 +1,14 @@
-//! Owns the fault contract: every fault kind has the same life — validate (in `experiment.rs`) →
-//! describe (for `plan`) → prepare (decide exactly what will change, change nothing) → inject →
-//! verify it took effect → revert (idempotent, from the journaled [`Undo`] alone).
+//! Owns the fault contract: every fault kind has the same life — read its TOML table and validate
+//! it into a spec → check the spec's bounds (`validate` and every agent, same words) → describe
+//! (for `plan`) → prepare (decide exactly what will change, change nothing) → inject → verify it
+//! took effect → revert (idempotent, from the journaled [`Undo`] alone). Each kind's module owns
+//! all of it; [`FaultSpec`] is a closed enum dispatching to them, with no default arm.
 //!
 //! Architecture invariant: only `fault/` changes the host, and only after the agent has journaled
 //! the [`Undo`] that reverses the change.
 
 mod bandwidth;
+pub(crate) mod check;
 mod disk_fill;
 mod latency;
 mod net;
@@ -15,25 +18,28 @@ mod partition;
 mod process_kill;
 mod process_pause;
 mod stress;
+pub(crate) mod table;
+mod victims;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
+pub(crate) use check::{FieldError, Host};
 pub(crate) use disk_fill::{DiskFill, FillAmount};
 pub(crate) use latency::{LatencyProxy, Via};
-pub(crate) use net::{BitRate, Cidr, Direction, NetMatch, TcMatch};
-pub(crate) use netem::{Distribution, NetemLatency};
+pub(crate) use net::Cidr;
+pub(crate) use netem::NetemLatency;
 pub(crate) use network_loss::NetworkLoss;
 pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
 pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
+pub(crate) use table::{FaultTable, Invalid};
 
 use crate::model::Pick;
 use crate::process::{self, ProcInfo, ProcRef, Selector};
@@ -67,7 +73,58 @@ pub(crate) struct Context<'a> {
     pub(crate) control_port: Option<u16>,
 }
 
+/// The kinds users write, for the error that names an unknown one.
+const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress";
+
 impl FaultSpec {
+    /// Builds the spec of kind `kind` from the rest of its `[[fault]]` table (the keys every
+    /// fault takes already taken out). The one place a kind's name is matched: a kind is one
+    /// module (its table, `validate`, `check`, plan text, inject and undo) and one arm here.
+    pub(crate) fn from_table(
+        kind: &Spanned<String>,
+        table: &mut FaultTable<'_>,
+    ) -> Result<FaultSpec, Invalid> {
+        let name = kind.get_ref().as_str();
+        let spec = match name {
+            "process-kill" => {
+                build(table, name, process_kill::Table::validate).map(FaultSpec::ProcessKill)
+            }
+            "process-pause" => {
+                build(table, name, process_pause::Table::validate).map(FaultSpec::ProcessPause)
+            }
+            "disk-fill" => build(table, name, disk_fill::Table::validate).map(FaultSpec::DiskFill),
+            "cpu-stress" => {
+                build(table, name, stress::CpuTable::validate).map(FaultSpec::CpuStress)
+            }
+            "memory-stress" => {
+                build(table, name, stress::MemoryTable::validate).map(FaultSpec::MemoryStress)
+            }
+            "network-loss" => {
+                build(table, name, network_loss::Table::validate).map(FaultSpec::NetworkLoss)
+            }
+            "partition" => build(table, name, partition::Table::validate).map(FaultSpec::Partition),
+            "bandwidth" => build(table, name, bandwidth::Table::validate).map(FaultSpec::Bandwidth),
+            "latency" => match table.take::<Spanned<String>>("backend")? {
+                Some(b) if b.get_ref() == "netem" => {
+                    build(table, name, netem::Table::validate).map(FaultSpec::NetemLatency)
+                }
+                Some(b) if b.get_ref() != "proxy" => Err(Invalid {
+                    span: b.span(),
+                    message: format!(
+                        "unknown `backend` `{}`; use `proxy` (the default) or `netem`",
+                        b.get_ref()
+                    ),
+                }),
+                _ => build(table, name, latency::Table::validate).map(FaultSpec::LatencyProxy),
+            },
+            other => Err(Invalid {
+                span: kind.span(),
+                message: format!("unknown kind `{other}`; expected one of {KINDS}"),
+            }),
+        }?;
+        Ok(spec)
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             FaultSpec::ProcessKill(_) => "process-kill",
@@ -80,6 +137,40 @@ impl FaultSpec {
             FaultSpec::Bandwidth(_) => "bandwidth",
             // Two backends, one kind for users and reports.
             FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
+        }
+    }
+
+    /// Checks the bounds that hold on any host. `validate` runs it on every spec it builds and
+    /// an agent on every request, so both refuse the same spec with the same words.
+    pub(crate) fn check(&self) -> Result<(), FieldError> {
+        match self {
+            FaultSpec::ProcessKill(f) => f.check(),
+            FaultSpec::ProcessPause(f) => f.check(),
+            FaultSpec::DiskFill(f) => f.check(),
+            FaultSpec::CpuStress(f) => f.check(),
+            FaultSpec::MemoryStress(f) => f.check(),
+            FaultSpec::NetworkLoss(f) => f.check(),
+            FaultSpec::Partition(f) => f.check(),
+            FaultSpec::Bandwidth(f) => f.check(),
+            FaultSpec::NetemLatency(f) => f.check(),
+            FaultSpec::LatencyProxy(f) => f.check(),
+        }
+    }
+
+    /// Checks what depends on the agent's host (devices, CPUs). Only an agent runs it; call it
+    /// after [`FaultSpec::check`].
+    pub(crate) fn check_host(&self, host: &Host) -> Result<(), FieldError> {
+        match self {
+            FaultSpec::CpuStress(f) => f.check_host(host),
+            FaultSpec::MemoryStress(f) => f.check_host(host),
+            FaultSpec::Bandwidth(f) => host.device(&f.device),
+            FaultSpec::NetemLatency(f) => host.device(&f.device),
+            FaultSpec::ProcessKill(_)
+            | FaultSpec::ProcessPause(_)
+            | FaultSpec::DiskFill(_)
+            | FaultSpec::NetworkLoss(_)
+            | FaultSpec::Partition(_)
+            | FaultSpec::LatencyProxy(_) => Ok(()),
         }
     }
 
@@ -107,12 +198,6 @@ impl FaultSpec {
     /// The exact changes the fault makes (an nft ruleset, tc commands), for `plan`; `None` for
     /// kinds whose one-sentence description says it all. Pure: `fault_id` names what the fault owns.
     pub(crate) fn changes(&self, fault_id: &str) -> Option<String> {
-        let commands = |cmds: Vec<net::Cmd>| {
-            cmds.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
         match self {
             FaultSpec::ProcessKill(_)
             | FaultSpec::ProcessPause(_)
@@ -120,16 +205,10 @@ impl FaultSpec {
             | FaultSpec::CpuStress(_)
             | FaultSpec::MemoryStress(_)
             | FaultSpec::LatencyProxy(_) => None,
-            FaultSpec::NetworkLoss(f) => Some(format!(
-                "nft -f - <<EOF\n{}EOF\n",
-                f.ruleset(&net::nft_table(fault_id), None)
-            )),
-            FaultSpec::Partition(f) => Some(format!(
-                "nft -f - <<EOF\n{}EOF\n",
-                f.ruleset(&net::nft_table(fault_id), None)
-            )),
-            FaultSpec::Bandwidth(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
-            FaultSpec::NetemLatency(f) => Some(commands(f.commands(net::tc_handle(fault_id)).1)),
+            FaultSpec::NetworkLoss(f) => Some(f.changes(fault_id)),
+            FaultSpec::Partition(f) => Some(f.changes(fault_id)),
+            FaultSpec::Bandwidth(f) => Some(f.changes(fault_id)),
+            FaultSpec::NetemLatency(f) => Some(f.changes(fault_id)),
         }
     }
 
@@ -139,12 +218,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => preview_selection(&f.select),
             FaultSpec::ProcessPause(f) => preview_selection(&f.select),
             FaultSpec::DiskFill(f) => f.preview(),
-            FaultSpec::CpuStress(_) => {
-                "starts new processes; acts on nothing that exists now".to_owned()
-            }
+            FaultSpec::CpuStress(f) => f.preview(),
             FaultSpec::MemoryStress(f) => f.preview(),
             FaultSpec::NetworkLoss(_) | FaultSpec::Partition(_) => net::preview_nft(),
-            FaultSpec::Bandwidth(f) => net::preview_device(&f.device),
+            FaultSpec::Bandwidth(f) => f.preview(),
             FaultSpec::NetemLatency(f) => f.preview(),
             FaultSpec::LatencyProxy(f) => f.preview(),
         }
@@ -174,6 +251,16 @@ impl FaultSpec {
             _ => None,
         }
     }
+}
+
+/// Reads a kind's table and validates it, pointing any refusal at the key it names.
+fn build<T: DeserializeOwned, S>(
+    table: &mut FaultTable<'_>,
+    kind: &str,
+    validate: fn(T) -> Result<S, FieldError>,
+) -> Result<S, Invalid> {
+    let raw: T = table.read(kind)?;
+    validate(raw).map_err(|e| table.at_key(&e))
 }
 
 /// Something faults act through for the whole run rather than only while they are active: a
@@ -236,7 +323,7 @@ pub(crate) enum Prepared {
     /// `network-loss` and `partition`: an nft table of the fault's own.
     Nft(net::NftTable),
     /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
-    Qdisc(bandwidth::RootQdisc),
+    Qdisc(net::RootQdisc),
     Latency(latency::Prepared),
 }
 
@@ -393,7 +480,7 @@ fn choose_victims(
     found.sort_by_key(|p| p.pid);
     if let Some(pick) = pick {
         let take = pick.how_many(found.len());
-        found.shuffle(&mut StdRng::seed_from_u64(seed));
+        crate::model::seeded_shuffle(&mut found, seed);
         found.truncate(take);
         found.sort_by_key(|p| p.pid);
     }

@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use crate::agent::{Credentials, RemoteAgent};
@@ -254,7 +251,7 @@ fn choose(
     if wanted < matching.len() {
         // Seeded per group (seed mixed with the group's name), so adding a group to an experiment
         // does not change which agents another group picks for the same seed.
-        chosen.shuffle(&mut StdRng::seed_from_u64(seed ^ fnv1a(name)));
+        crate::model::seeded_shuffle(&mut chosen, seed ^ fnv1a(name));
         chosen.truncate(wanted);
         chosen.sort_by(|a, b| a.name.cmp(&b.name));
     }
@@ -343,6 +340,11 @@ mod tests {
             names(&chosen),
             names(&super::choose("web", &half, &inv, 7).unwrap()),
             "same seed, same agents"
+        );
+        assert_eq!(
+            names(&chosen),
+            ["w0", "w1", "w3"],
+            "seed 7 chooses these agents in every build (ChaCha8)"
         );
         let seeds_differ = (0..20)
             .any(|s| names(&super::choose("web", &half, &inv, s).unwrap()) != names(&chosen));

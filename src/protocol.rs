@@ -4,9 +4,12 @@
 //! Architecture invariant: the coordinator only talks to agents in these types, so it cannot tell
 //! whether an agent is embedded or remote.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::fault::check::{self, FieldError, Host, MAX_LEASE};
 use crate::fault::{FaultSpec, RunResource};
 
 /// Apply a fault. The id (chosen by the coordinator) makes the request idempotent.
@@ -139,6 +142,63 @@ pub(crate) struct ErrorBody {
     pub(crate) error: String,
 }
 
+/// Checks an apply request as it arrives at an agent: the same bounds `validate` applies to the
+/// spec (same words), the wire's own durations, then what depends on this host. The one entry
+/// point an agent calls before acting on a request: a request is parsed and validated on arrival
+/// like an experiment file, never trusted because it deserialised.
+pub(crate) fn check_apply(req: &ApplyRequest) -> Result<(), FieldError> {
+    check_apply_on(req, &Host::this())
+}
+
+pub(crate) fn check_apply_on(req: &ApplyRequest, host: &Host) -> Result<(), FieldError> {
+    req.spec.check()?;
+    if let Some(ms) = req.duration_ms {
+        check::hold("duration_ms", Duration::from_millis(ms))?;
+    }
+    lease(req.lease_ms)?;
+    req.spec.check_host(host)
+}
+
+/// Checks an open request as it arrives at an agent, like [`check_apply`].
+pub(crate) fn check_open(req: &OpenRequest) -> Result<(), FieldError> {
+    match &req.resource {
+        RunResource::Proxy {
+            listen, upstream, ..
+        } => {
+            check::port("listen", Some(listen.port()))?;
+            let upstream_port = upstream
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty())
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            match upstream_port {
+                None => Err(FieldError::new(
+                    "upstream",
+                    format!("must be `host:port` (got `{upstream}`)"),
+                )),
+                Some(p) => check::port("upstream", Some(p)),
+            }?;
+        }
+    }
+    lease(req.lease_ms)
+}
+
+/// A lease: above zero (or it lapses at once), at most [`MAX_LEASE`].
+fn lease(ms: u64) -> Result<(), FieldError> {
+    if ms == 0 {
+        return Err(FieldError::new(
+            "lease_ms",
+            "must be above 0: a lease of zero lapses before the fault is injected",
+        ));
+    }
+    if Duration::from_millis(ms) > MAX_LEASE {
+        return Err(FieldError::new(
+            "lease_ms",
+            format!("must be at most {} ms (got {ms})", MAX_LEASE.as_millis()),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a coordinator-chosen fault id: it names a journal file, so it must be a plain token.
 pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -158,7 +218,178 @@ pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_fault_id;
+    use std::path::Path;
+
+    use super::*;
+
+    const HEAD: &str = r#"
+title = "t"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "p"
+tcp = "127.0.0.1:1"
+[recovery]
+within = "5s"
+[[fault]]
+name = "f"
+"#;
+
+    /// A host with room for any worker count the static bounds allow, and no network devices.
+    fn roomy_host() -> Host {
+        Host {
+            cpus: 4096,
+            net_class: Path::new("/nonexistent-net-class"),
+        }
+    }
+
+    fn apply(spec: &serde_json::Value) -> ApplyRequest {
+        serde_json::from_value(serde_json::json!({
+            "run_id": "r", "spec": spec, "duration_ms": 1000, "lease_ms": 5000, "seed": 1,
+        }))
+        .unwrap()
+    }
+
+    /// The same bad fault, as a user writes it and as a request carries it.
+    fn bad_faults() -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        vec![
+            (
+                "kind = \"cpu-stress\"\nduration = \"1s\"\nworkers = 0\n",
+                json!({"kind": "cpu-stress", "workers": 0, "load": 1.0}),
+            ),
+            (
+                "kind = \"cpu-stress\"\nduration = \"1s\"\nworkers = 4294967295\n",
+                json!({"kind": "cpu-stress", "workers": 4_294_967_295_u32, "load": 1.0}),
+            ),
+            (
+                "kind = \"memory-stress\"\nduration = \"1s\"\nworkers = 0\nsize = \"1MiB\"\n",
+                json!({"kind": "memory-stress", "workers": 0, "size": 1_048_576}),
+            ),
+            (
+                "kind = \"memory-stress\"\nduration = \"1s\"\nsize = \"0\"\n",
+                json!({"kind": "memory-stress", "workers": 1, "size": 0}),
+            ),
+            (
+                "kind = \"disk-fill\"\nduration = \"1s\"\npath = \"/tmp\"\nfill_to = \"95%\"\nguard = \"90%\"\n",
+                json!({"kind": "disk-fill", "path": "/tmp", "amount": {"fill_to": 0.95}, "guard": 0.9}),
+            ),
+            (
+                "kind = \"disk-fill\"\nduration = \"1s\"\npath = \"/tmp\"\nsize = \"1MiB\"\nguard = \"0%\"\n",
+                json!({"kind": "disk-fill", "path": "/tmp", "amount": {"size": 1_048_576}, "guard": 0.0}),
+            ),
+            (
+                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"0.001%\"\nmatch = { port = 80 }\n",
+                json!({"kind": "network-loss", "percent": 0.001 / 100.0, "match": {"port": 80, "direction": "both"}}),
+            ),
+            (
+                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"0%\"\nmatch = { port = 80 }\n",
+                json!({"kind": "network-loss", "percent": 0.0, "match": {"port": 80, "direction": "both"}}),
+            ),
+            (
+                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"10%\"\nmatch = {}\n",
+                json!({"kind": "network-loss", "percent": 0.1, "match": {}}),
+            ),
+            (
+                "kind = \"network-loss\"\nduration = \"1s\"\npercent = \"10%\"\nmatch = { port = 0 }\n",
+                json!({"kind": "network-loss", "percent": 0.1, "match": {"port": 0, "direction": "both"}}),
+            ),
+            (
+                "kind = \"partition\"\nduration = \"1s\"\npeers = []\n",
+                json!({"kind": "partition", "peers": []}),
+            ),
+            (
+                "kind = \"partition\"\nduration = \"1s\"\npeers = [\"10.0.0.1\"]\nports = [0]\n",
+                json!({"kind": "partition", "peers": ["10.0.0.1"], "ports": [0]}),
+            ),
+            (
+                "kind = \"process-kill\"\nselect = { name = \"x\" }\nsignal = \"SIGSTOP\"\n",
+                json!({"kind": "process-kill", "select": {"name": "x"}, "pick": null, "signal": "SIGSTOP"}),
+            ),
+            (
+                "kind = \"process-kill\"\nselect = { name = \"x\" }\nsignal = \"TTOU\"\n",
+                json!({"kind": "process-kill", "select": {"name": "x"}, "pick": null, "signal": "TTOU"}),
+            ),
+            (
+                "kind = \"process-pause\"\nduration = \"1s\"\nselect = { pid = 1 }\n",
+                json!({"kind": "process-pause", "select": {"pid": 1}, "pick": null}),
+            ),
+            (
+                "kind = \"process-pause\"\nduration = \"1s\"\nselect = { cmdline = \"\" }\n",
+                json!({"kind": "process-pause", "select": {"cmdline": ""}, "pick": null}),
+            ),
+            (
+                "kind = \"latency\"\nduration = \"1s\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\ndelay = \"10ms\"\n",
+                json!({"kind": "latency-proxy", "via": {"run": {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:5432"}},
+                       "toxics": {"direction": "both", "delay": {"secs": 0, "nanos": 10_000_000}, "jitter": {"secs": 0, "nanos": 0},
+                                  "rate": null, "corrupt": 0.0, "timeout": null, "slow_close": null, "reset_after": null}}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn validate_and_an_agent_refuse_a_bad_fault_with_the_same_words() {
+        for (toml, wire) in bad_faults() {
+            let validated = crate::experiment::parse(Path::new("x.toml"), &format!("{HEAD}{toml}"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            let req = apply(&wire);
+            let agent = check_apply_on(&req, &roomy_host()).unwrap_err().to_string();
+            assert!(
+                validated.ends_with(&format!(": fault `f`: {agent}")),
+                "validate and the agent disagree on {toml:?} / {wire}:\nvalidate: {validated}\nagent:    {agent}"
+            );
+            assert!(
+                agent.starts_with('`') || agent.starts_with("refusing"),
+                "the agent's answer names the field: {agent}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_out_of_bounds_are_refused_naming_the_field() {
+        let ok = serde_json::json!({"kind": "cpu-stress", "workers": 2, "load": 0.5});
+        assert_eq!(check_apply_on(&apply(&ok), &roomy_host()), Ok(()));
+        let mut req = apply(&ok);
+        req.duration_ms = Some(u64::MAX);
+        let e = check_apply_on(&req, &roomy_host()).unwrap_err().to_string();
+        assert!(e.starts_with("`duration_ms` must be at most 1day"), "{e}");
+        let mut req = apply(&ok);
+        req.lease_ms = u64::MAX;
+        let e = check_apply_on(&req, &roomy_host()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("`lease_ms` must be at most 3600000 ms"),
+            "{e}"
+        );
+        req.lease_ms = 0;
+        let e = check_apply_on(&req, &roomy_host()).unwrap_err().to_string();
+        assert!(e.starts_with("`lease_ms` must be above 0"), "{e}");
+        let small = Host {
+            cpus: 2,
+            net_class: Path::new("/sys/class/net"),
+        };
+        let e = check_apply_on(&apply(&ok), &small);
+        assert_eq!(e, Ok(()), "2 workers on 2 CPUs");
+        let many = serde_json::json!({"kind": "cpu-stress", "workers": 9, "load": 0.5});
+        let e = check_apply_on(&apply(&many), &small)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "`workers` must be at most 8 on this agent (4 per CPU, 2 CPU(s)); got 9"
+        );
+        let unset = serde_json::json!({"kind": "cpu-stress", "load": 0.5});
+        assert_eq!(check_apply_on(&apply(&unset), &small), Ok(()));
+        let bw = serde_json::json!({"kind": "bandwidth", "device": "nosuchdev0", "rate": "1mbit"});
+        let e = check_apply_on(&apply(&bw), &small).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "`device` `nosuchdev0` is not a network device of this agent (no /sys/class/net/nosuchdev0)"
+        );
+        let lo = serde_json::json!({"kind": "bandwidth", "device": "lo", "rate": "1mbit"});
+        assert_eq!(check_apply_on(&apply(&lo), &small), Ok(()));
+    }
 
     #[test]
     fn fault_ids_cannot_escape_the_journal_directory() {

@@ -361,6 +361,7 @@ impl AgentCore {
     }
 
     fn apply_inner(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
+        crate::protocol::check_apply(req).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::Refused("the agent is shutting down".to_owned()));
@@ -571,6 +572,7 @@ impl AgentCore {
     /// Opens a run resource: journal first, then open. Blocking; call from a blocking thread of
     /// the runtime (proxies are spawned onto it).
     pub(crate) fn open_blocking(&self, id: &str, req: &OpenRequest) -> Result<Applied, AgentError> {
+        crate::protocol::check_open(req).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(

@@ -4,14 +4,12 @@
 //! point at the exact line and column of any mistake. Cross-field rules live in `experiment.rs`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::fault::{BitRate, Cidr, Direction, Distribution};
 use crate::model::GoldenSignal;
-use crate::units::{ByteSize, Dur, LatencyBound, Percent, SuccessBound};
+use crate::units::{Dur, LatencyBound, Percent, SuccessBound};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,8 +21,8 @@ pub(crate) struct Experiment {
     #[serde(default)]
     pub(crate) targets: BTreeMap<String, Spanned<Target>>,
     pub(crate) steady_state: SteadyState,
-    #[serde(default)]
-    pub(crate) fault: Vec<Spanned<Fault>>,
+    // `[[fault]]` tables are taken out before this is deserialised and read per kind by
+    // `fault::FaultTable`.
     #[serde(default)]
     pub(crate) abort: Vec<Spanned<Abort>>,
     pub(crate) recovery: Recovery,
@@ -121,124 +119,6 @@ pub(crate) struct Slo {
     pub(crate) p50: Option<LatencyBound>,
     pub(crate) p95: Option<LatencyBound>,
     pub(crate) p99: Option<LatencyBound>,
-}
-
-/// One table for every fault kind: which keys apply is checked per kind in `experiment.rs`, where
-/// the error can say "`fill_to` does not apply to `process-kill`" rather than a generic serde message.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Fault {
-    pub(crate) name: String,
-    pub(crate) kind: String,
-    pub(crate) on: Option<Spanned<String>>,
-    pub(crate) at: Option<Dur>,
-    pub(crate) duration: Option<Dur>,
-    // process-kill, process-pause
-    pub(crate) select: Option<Select>,
-    pub(crate) count: Option<u32>,
-    pub(crate) percent: Option<Percent>,
-    pub(crate) signal: Option<String>,
-    // disk-fill
-    pub(crate) path: Option<PathBuf>,
-    pub(crate) fill_to: Option<Percent>,
-    pub(crate) size: Option<ByteSize>,
-    pub(crate) leave_free: Option<ByteSize>,
-    pub(crate) guard: Option<Percent>,
-    // cpu-stress, memory-stress (memory-stress also takes `size`)
-    pub(crate) workers: Option<u32>,
-    pub(crate) load: Option<Percent>,
-    // network-loss, partition, bandwidth, and latency with backend = "netem"
-    pub(crate) backend: Option<String>,
-    #[serde(rename = "match")]
-    pub(crate) matching: Option<NetMatch>,
-    pub(crate) peers: Option<Vec<Cidr>>,
-    pub(crate) ports: Option<Vec<u16>>,
-    pub(crate) device: Option<String>,
-    pub(crate) rate: Option<BitRate>,
-    pub(crate) delay: Option<Dur>,
-    pub(crate) jitter: Option<Dur>,
-    pub(crate) correlation: Option<Percent>,
-    pub(crate) distribution: Option<Distribution>,
-    pub(crate) loss: Option<Percent>,
-    pub(crate) duplicate: Option<Percent>,
-    pub(crate) corrupt: Option<Percent>,
-    pub(crate) reorder: Option<Percent>,
-    // latency with backend = "proxy" (the default); also `delay`, `jitter`, `rate`, `corrupt` above
-    pub(crate) listen: Option<String>,
-    pub(crate) upstream: Option<String>,
-    /// A persistent proxy of the agent, instead of `listen` and `upstream`.
-    pub(crate) proxy: Option<String>,
-    pub(crate) direction: Option<String>,
-    pub(crate) timeout: Option<Dur>,
-    pub(crate) slow_close: Option<Dur>,
-    /// A size (`64KiB`) or a duration (`2s`).
-    pub(crate) reset_after: Option<String>,
-}
-
-impl Fault {
-    /// The keys that were given beyond the ones every fault takes, for per-kind checks.
-    pub(crate) fn given_keys(&self) -> Vec<&'static str> {
-        let present = [
-            ("select", self.select.is_some()),
-            ("count", self.count.is_some()),
-            ("percent", self.percent.is_some()),
-            ("signal", self.signal.is_some()),
-            ("path", self.path.is_some()),
-            ("fill_to", self.fill_to.is_some()),
-            ("size", self.size.is_some()),
-            ("leave_free", self.leave_free.is_some()),
-            ("guard", self.guard.is_some()),
-            ("workers", self.workers.is_some()),
-            ("load", self.load.is_some()),
-            ("backend", self.backend.is_some()),
-            ("match", self.matching.is_some()),
-            ("peers", self.peers.is_some()),
-            ("ports", self.ports.is_some()),
-            ("device", self.device.is_some()),
-            ("rate", self.rate.is_some()),
-            ("delay", self.delay.is_some()),
-            ("jitter", self.jitter.is_some()),
-            ("correlation", self.correlation.is_some()),
-            ("distribution", self.distribution.is_some()),
-            ("loss", self.loss.is_some()),
-            ("duplicate", self.duplicate.is_some()),
-            ("corrupt", self.corrupt.is_some()),
-            ("reorder", self.reorder.is_some()),
-            ("listen", self.listen.is_some()),
-            ("upstream", self.upstream.is_some()),
-            ("proxy", self.proxy.is_some()),
-            ("direction", self.direction.is_some()),
-            ("timeout", self.timeout.is_some()),
-            ("slow_close", self.slow_close.is_some()),
-            ("reset_after", self.reset_after.is_some()),
-            ("duration", self.duration.is_some()),
-        ];
-        present
-            .into_iter()
-            .filter(|(_, given)| *given)
-            .map(|(key, _)| key)
-            .collect()
-    }
-}
-
-/// `match = { dst, src, port, direction }` of the network faults; which keys apply is checked per kind.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NetMatch {
-    pub(crate) dst: Option<Cidr>,
-    pub(crate) src: Option<Cidr>,
-    pub(crate) port: Option<u16>,
-    pub(crate) direction: Option<Direction>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Select {
-    pub(crate) pid: Option<i32>,
-    pub(crate) pidfile: Option<PathBuf>,
-    pub(crate) name: Option<String>,
-    pub(crate) cmdline: Option<String>,
-    pub(crate) port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,37 @@
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::net::{BitRate, Cmd, TcMatch, ensure_default_root, tc_handle, u32_filters};
+use super::net::{
+    BitRate, Cmd, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
+    u32_filters,
+};
+
+/// The keys of a `bandwidth` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    device: Option<String>,
+    rate: Option<BitRate>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<Bandwidth, super::FieldError> {
+        let device = device("bandwidth", self.device)?;
+        let Some(rate) = self.rate else {
+            return Err(super::FieldError::raw(
+                "rate",
+                "bandwidth needs `rate`, e.g. `rate = \"1mbit\"`".to_owned(),
+            ));
+        };
+        Ok(Bandwidth {
+            device,
+            rate,
+            matching: tc_match(self.matching)?,
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,51 +44,6 @@ pub(crate) struct Bandwidth {
     pub(crate) rate: BitRate,
     #[serde(rename = "match", default)]
     pub(crate) matching: TcMatch,
-}
-
-/// A root qdisc (and what hangs below it) decided but not yet added: what `bandwidth` and
-/// `latency` with `backend = "netem"` prepare.
-#[derive(Debug)]
-pub(crate) struct RootQdisc {
-    pub(crate) device: String,
-    pub(crate) handle: u16,
-    /// The kind of the root qdisc: what revert checks before deleting it.
-    pub(crate) kind: &'static str,
-    pub(crate) commands: Vec<Cmd>,
-}
-
-impl RootQdisc {
-    pub(crate) fn inject(&self) -> Result<String, String> {
-        for cmd in &self.commands {
-            cmd.run(None)?;
-        }
-        Ok(format!(
-            "added {} qdisc {:x}: at the root of {} ({} tc command(s))",
-            self.kind,
-            self.handle,
-            self.device,
-            self.commands.len()
-        ))
-    }
-
-    pub(crate) fn verify(&self) -> Result<String, String> {
-        let ours = format!("{:x}:", self.handle);
-        match super::net::tc_root(&self.device) {
-            Ok(Some(q)) if q.kind == self.kind && q.handle == ours => Ok(format!(
-                "{} {ours} is the root qdisc of {}",
-                self.kind, self.device
-            )),
-            Ok(Some(q)) => Err(format!(
-                "the root qdisc of {} is `{} {}` right after adding {} {ours}",
-                self.device, q.kind, q.handle, self.kind
-            )),
-            Ok(None) => Err(format!(
-                "{} has no root qdisc right after adding {} {ours}",
-                self.device, self.kind
-            )),
-            Err(e) => Err(format!("failed to read the qdiscs of {}: {e}", self.device)),
-        }
-    }
 }
 
 impl Bandwidth {
@@ -106,6 +91,22 @@ impl Bandwidth {
         ("htb", cmds)
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        super::check::device_name(&self.device)?;
+        check_tc_match(&self.matching)
+    }
+
+    /// The exact tc commands, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        super::net::lines(&self.commands(tc_handle(fault_id)).1)
+    }
+
+    /// Whether the fault could take the root of its device now. Reads the host.
+    pub(crate) fn preview(&self) -> String {
+        super::net::preview_device(&self.device)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
@@ -123,6 +124,12 @@ impl Bandwidth {
 /// GSO-merged) packets could not pass at low rates.
 fn burst_bytes(rate: BitRate) -> u64 {
     (rate.0 / 8 / 100).max(16 * 1024)
+}
+
+/// The match of a tc fault: the ports and address versions it names must be able to match.
+pub(crate) fn check_tc_match(m: &TcMatch) -> super::check::Checked {
+    super::check::same_family(m.dst, m.src)?;
+    super::check::port("port", m.port)
 }
 
 #[cfg(test)]

@@ -10,7 +10,49 @@ use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use crate::units::{Percent, format_bytes};
+use super::check::FieldError;
+use crate::units::{ByteSize, Percent, format_bytes};
+
+/// The keys of a `disk-fill` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    path: Option<PathBuf>,
+    fill_to: Option<Percent>,
+    size: Option<ByteSize>,
+    leave_free: Option<ByteSize>,
+    guard: Option<Percent>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<DiskFill, FieldError> {
+        let Some(path) = self.path else {
+            return Err(FieldError::raw(
+                "path",
+                "disk-fill needs `path`, a directory on the filesystem to fill".to_owned(),
+            ));
+        };
+        let amount = match (self.fill_to, self.size, self.leave_free) {
+            (Some(p), None, None) => FillAmount::FillTo(p.0),
+            (None, Some(s), None) => FillAmount::Size(s.0),
+            (None, None, Some(l)) => FillAmount::LeaveFree(l.0),
+            _ => {
+                return Err(FieldError::raw(
+                    "fill_to",
+                    "disk-fill takes exactly one of `fill_to`, `size` or `leave_free`".to_owned(),
+                ));
+            }
+        };
+        Ok(DiskFill {
+            path,
+            amount,
+            guard: self.guard.map_or(DEFAULT_GUARD, |g| g.0),
+        })
+    }
+}
+
+/// The usage a fill never pushes a filesystem above unless `guard` says otherwise.
+const DEFAULT_GUARD: f64 = 0.98;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +176,35 @@ impl DiskFill {
             ));
         }
         Ok(bytes)
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, share};
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "must name a directory"));
+        }
+        share("guard", self.guard)?;
+        match self.amount {
+            FillAmount::FillTo(p) => {
+                share("fill_to", p)?;
+                if p > self.guard {
+                    return Err(FieldError::new(
+                        "fill_to",
+                        format!(
+                            "of {} is above the guard of {}",
+                            Percent(p),
+                            Percent(self.guard)
+                        ),
+                    ));
+                }
+            }
+            FillAmount::Size(0) => {
+                return Err(FieldError::new("size", "must be above zero"));
+            }
+            FillAmount::Size(_) | FillAmount::LeaveFree(_) => {}
+        }
+        Ok(())
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {

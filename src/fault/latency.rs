@@ -8,13 +8,114 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::Context;
+use super::check::FieldError;
+use super::net::BitRate;
 use crate::proxy::{self, ResetAfter, ToxicSpec, Toxics};
-use crate::units::{Percent, format_bytes, format_ms};
+use crate::units::{ByteSize, Dur, Percent, format_bytes, format_ms};
+
+/// The keys of a `latency` table with the proxy backend (the default), as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    listen: Option<String>,
+    upstream: Option<String>,
+    /// A persistent proxy of the agent, instead of `listen` and `upstream`.
+    proxy: Option<String>,
+    delay: Option<Dur>,
+    jitter: Option<Dur>,
+    direction: Option<String>,
+    rate: Option<BitRate>,
+    corrupt: Option<Percent>,
+    timeout: Option<Dur>,
+    slow_close: Option<Dur>,
+    /// A size (`64KiB`) or a duration (`2s`).
+    reset_after: Option<String>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<LatencyProxy, FieldError> {
+        let via = self.via()?;
+        let direction = match &self.direction {
+            Some(d) => proxy::Direction::parse(d).map_err(|e| FieldError::raw("direction", e))?,
+            None => proxy::Direction::default(),
+        };
+        let reset_after = match &self.reset_after {
+            None => None,
+            Some(text) => Some(match (text.parse::<ByteSize>(), text.parse::<Dur>()) {
+                (Ok(b), _) if b.0 > 0 => ResetAfter::Bytes(b.0),
+                (_, Ok(d)) => ResetAfter::Time(d.0),
+                _ => {
+                    return Err(FieldError::raw(
+                        "reset_after",
+                        format!(
+                            "`reset_after` takes a size (`64KiB`) or a duration (`2s`), got `{text}`"
+                        ),
+                    ));
+                }
+            }),
+        };
+        let toxics = ToxicSpec {
+            direction,
+            delay: self.delay.map_or(Duration::ZERO, |d| d.0),
+            jitter: self.jitter.map_or(Duration::ZERO, |d| d.0),
+            rate: self.rate.map(|r| (r.0 / 8).max(1)),
+            corrupt: self.corrupt.map_or(0.0, |p| p.0),
+            timeout: self.timeout.map(|d| d.0),
+            slow_close: self.slow_close.map(|d| d.0),
+            reset_after,
+        };
+        let does_something = !toxics.delay.is_zero()
+            || !toxics.jitter.is_zero()
+            || toxics.rate.is_some()
+            || toxics.corrupt > 0.0
+            || toxics.timeout.is_some()
+            || toxics.slow_close.is_some()
+            || toxics.reset_after.is_some();
+        if !does_something {
+            return Err(FieldError::raw("delay",
+                "give `delay` (e.g. \"100ms\") or another toxic: `jitter`, `rate`, `corrupt`, `timeout`, `slow_close` or `reset_after`".to_owned()
+            ));
+        }
+        Ok(LatencyProxy { via, toxics })
+    }
+
+    /// `proxy = "NAME"` (a persistent proxy of the agent), or `listen` and `upstream` (a proxy
+    /// opened for this run).
+    fn via(&self) -> Result<Via, FieldError> {
+        if let Some(proxy) = &self.proxy {
+            if self.listen.is_some() || self.upstream.is_some() {
+                return Err(FieldError::raw("proxy",
+                    "give `proxy` (a persistent proxy of the agent) or `listen` and `upstream` (a proxy for this run), not both".to_owned()
+                ));
+            }
+            return Ok(Via::Named(proxy.clone()));
+        }
+        let (Some(listen), Some(upstream)) = (&self.listen, &self.upstream) else {
+            return Err(FieldError::raw("listen",
+                "a proxy latency fault needs `listen` (where clients connect, e.g. \"127.0.0.1:15432\") and `upstream` (where the proxy forwards, e.g. \"127.0.0.1:5432\"), or `proxy` naming a persistent proxy of the agent".to_owned()
+            ));
+        };
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            FieldError::raw("listen", format!("`listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
+        })?;
+        if upstream.parse::<SocketAddr>().is_ok_and(|u| u == listen) {
+            return Err(FieldError::raw(
+                "upstream",
+                "`listen` and `upstream` are the same address: the proxy would forward to itself"
+                    .to_owned(),
+            ));
+        }
+        Ok(Via::Run {
+            listen,
+            upstream: upstream.clone(),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +182,45 @@ impl LatencyProxy {
             }),
             Via::Named(_) => None,
         }
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, hold, port, share_or_zero};
+        match &self.via {
+            Via::Run { listen, upstream } => {
+                port("listen", Some(listen.port()))?;
+                let upstream_port = upstream
+                    .rsplit_once(':')
+                    .filter(|(host, _)| !host.is_empty())
+                    .and_then(|(_, p)| p.parse::<u16>().ok());
+                match upstream_port {
+                    None => {
+                        return Err(FieldError::new(
+                            "upstream",
+                            format!("must be `host:port` (got `{upstream}`)"),
+                        ));
+                    }
+                    Some(p) => port("upstream", Some(p))?,
+                }
+            }
+            Via::Named(name) => {
+                proxy::check_persistent_name(name).map_err(|e| FieldError::raw("proxy", e))?;
+            }
+        }
+        let t = &self.toxics;
+        hold("delay", t.delay)?;
+        hold("jitter", t.jitter)?;
+        share_or_zero("corrupt", t.corrupt)?;
+        if t.rate == Some(0) {
+            return Err(FieldError::new("rate", "must be above zero"));
+        }
+        for (field, d) in [("timeout", t.timeout), ("slow_close", t.slow_close)] {
+            if let Some(d) = d {
+                hold(field, d)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {

@@ -7,9 +7,53 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::bandwidth::RootQdisc;
-use super::net::{Cmd, TcMatch, ensure_default_root, one_line, tc_handle, u32_filters};
-use crate::units::{Percent, format_ms};
+use super::net::{
+    Cmd, Failure, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
+    u32_filters,
+};
+use crate::units::{Dur, Percent, format_ms};
+
+/// The keys of a `latency` table with `backend = "netem"`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    device: Option<String>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+    delay: Option<Dur>,
+    jitter: Option<Dur>,
+    correlation: Option<Percent>,
+    distribution: Option<Distribution>,
+    loss: Option<Percent>,
+    duplicate: Option<Percent>,
+    corrupt: Option<Percent>,
+    reorder: Option<Percent>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<NetemLatency, super::FieldError> {
+        let device = device("latency", self.device)?;
+        let Some(delay) = self.delay else {
+            return Err(super::FieldError::raw(
+                "delay",
+                "latency with backend = \"netem\" needs `delay`, e.g. `delay = \"100ms\"`"
+                    .to_owned(),
+            ));
+        };
+        Ok(NetemLatency {
+            device,
+            matching: tc_match(self.matching)?,
+            delay: delay.0,
+            jitter: self.jitter.map(|j| j.0),
+            correlation: self.correlation.map(|p| p.0),
+            distribution: self.distribution,
+            loss: self.loss.map(|p| p.0),
+            duplicate: self.duplicate.map(|p| p.0),
+            corrupt: self.corrupt.map(|p| p.0),
+            reorder: self.reorder.map(|p| p.0),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,18 +191,54 @@ impl NetemLatency {
     /// Whether the fault could be injected now: the kernel check (in a scratch namespace, so
     /// nothing on the host changes) and the device's root qdisc.
     pub(crate) fn preview(&self) -> String {
-        match self.check() {
+        match self.check_kernel() {
             Ok(()) => super::net::preview_device(&self.device),
             Err(e) => e,
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check_kernel(&self) -> Result<(), String> {
         check_kernel(!self.matching.is_empty(), &self.netem_args().join(" "))
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        use super::check::{FieldError, hold, share, share_or_zero};
+        super::check::device_name(&self.device)?;
+        super::bandwidth::check_tc_match(&self.matching)?;
+        hold("delay", self.delay)?;
+        if let Some(jitter) = self.jitter {
+            hold("jitter", jitter)?;
+        } else if self.correlation.is_some() || self.distribution.is_some() {
+            return Err(FieldError::raw(
+                "jitter",
+                "`correlation` and `distribution` shape the jitter, so they need `jitter`"
+                    .to_owned(),
+            ));
+        }
+        if let Some(c) = self.correlation {
+            share_or_zero("correlation", c)?;
+        }
+        for (field, value) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("corrupt", self.corrupt),
+            ("reorder", self.reorder),
+        ] {
+            if let Some(v) = value {
+                share(field, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The exact tc commands, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        super::net::lines(&self.commands(tc_handle(fault_id)).1)
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
-        self.check()?;
+        self.check_kernel()?;
         ensure_default_root(&self.device)?;
         let handle = tc_handle(ctx.fault_id);
         let (kind, commands) = self.commands(handle);
@@ -204,12 +284,12 @@ fn check_kernel(needs_htb: bool, netem_args: &str) -> Result<(), String> {
     else {
         return Ok(());
     };
-    if !e.contains("Specified qdisc kind is unknown") {
+    if e.failure() != Failure::UnknownQdisc {
         return Err(format!(
-            "the netem check in a scratch network namespace failed, so nothing was changed: {}",
-            one_line(&e)
+            "the netem check in a scratch network namespace failed, so nothing was changed: {e}"
         ));
     }
+    let e = e.to_string();
     // tc names the failing batch line as `-:N`.
     let failed = lines
         .iter()

@@ -4,8 +4,40 @@
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use super::net::{Chain, Direction, NetMatch, NftTable, family, nft_ruleset, nft_table};
+use super::check::{self, Checked, FieldError};
+use super::net::{
+    Chain, Direction, MatchTable, NetMatch, NftTable, family, nft_ruleset, nft_table,
+};
 use crate::units::Percent;
+
+/// The keys of a `network-loss` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    percent: Option<Percent>,
+    #[serde(rename = "match")]
+    matching: Option<MatchTable>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<NetworkLoss, FieldError> {
+        let Some(percent) = self.percent else {
+            return Err(FieldError::raw("percent", "network-loss needs `percent`, the share of matched packets to drop, e.g. `percent = \"30%\"`".to_owned()));
+        };
+        let Some(m) = self.matching else {
+            return Err(FieldError::raw("match", "network-loss needs `match` with at least one of `dst`, `src`, `port` or `direction`, e.g. `match = { port = 5432 }`".to_owned()));
+        };
+        Ok(NetworkLoss {
+            percent: percent.0,
+            matching: NetMatch {
+                dst: m.dst,
+                src: m.src,
+                port: m.port,
+                direction: m.direction,
+            },
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +60,7 @@ impl NetworkLoss {
     /// The exact ruleset `nft -f -` is fed. Traffic over loopback passes both the output and the
     /// input hook, so with `direction = "both"` it gets two chances to be dropped.
     pub(crate) fn ruleset(&self, table: &str, control_port: Option<u16>) -> String {
-        let chains = match self.matching.direction {
+        let chains = match self.matching.direction() {
             Direction::Egress => vec![Chain {
                 hook: "output",
                 rules: self.rules(false),
@@ -88,11 +120,53 @@ impl NetworkLoss {
         }
     }
 
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::share("percent", self.percent)?;
+        // nft draws from 10 000 values, so shares are whole hundredths of a percent; anything
+        // else would install a rule that drops a different share (or nothing) and still verify.
+        let steps = self.percent * STEPS;
+        if (steps - steps.round()).abs() > 1e-6 {
+            return Err(FieldError::new(
+                "percent",
+                format!(
+                    "must be a whole number of steps of 0.01% (nft draws from {STEPS} values); got {}",
+                    exact_percent(self.percent)
+                ),
+            ));
+        }
+        let m = &self.matching;
+        if m.dst.is_none() && m.src.is_none() && m.port.is_none() && m.direction.is_none() {
+            return Err(FieldError::new(
+                "match",
+                "needs at least one of `dst`, `src`, `port` or `direction`; an empty match is a mistake (to drop every packet, say `direction = \"both\"`)",
+            ));
+        }
+        check::same_family(m.dst, m.src)?;
+        check::port("port", m.port)
+    }
+
+    /// The exact ruleset, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        format!(
+            "nft -f - <<EOF\n{}EOF\n",
+            self.ruleset(&nft_table(fault_id), None)
+        )
+    }
+
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);
         NftTable { table, ruleset }
     }
+}
+
+/// How many values nft's random number is drawn from: the finest share it can express is one.
+const STEPS: f64 = 10_000.0;
+
+/// A fraction as a percentage with every digit it has, so a share finer than the step shows.
+fn exact_percent(fraction: f64) -> String {
+    format!("{}%", fraction * 100.0)
 }
 
 /// The nft expression that matches a random share of packets; empty when every packet is dropped.
@@ -118,6 +192,26 @@ mod tests {
 
     fn loss(percent: f64, matching: NetMatch) -> NetworkLoss {
         NetworkLoss { percent, matching }
+    }
+
+    #[test]
+    fn shares_nft_cannot_draw_are_refused_with_the_step() {
+        let port = NetMatch {
+            port: Some(80),
+            ..NetMatch::default()
+        };
+        for ok in [1.0, 0.5, 0.005, 0.0001] {
+            assert_eq!(loss(ok, port.clone()).check(), Ok(()), "{ok}");
+        }
+        let e = loss(0.000_01, port.clone())
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("`percent` must be a whole number of steps of 0.01% (nft draws from 10000 values); got 0.001"),
+            "{e}"
+        );
+        assert!(loss(0.000_15, port).check().is_err(), "1.5 steps");
     }
 
     #[test]
@@ -153,7 +247,7 @@ mod tests {
             0.005,
             NetMatch {
                 dst: Some("10.0.0.0/24".parse().unwrap()),
-                direction: Direction::Egress,
+                direction: Some(Direction::Egress),
                 ..NetMatch::default()
             },
         );

@@ -6,6 +6,34 @@ use serde::{Deserialize, Serialize};
 use super::Context;
 use super::net::{Chain, Cidr, NftTable, family, nft_ruleset, nft_set, nft_table};
 
+/// The keys of a `partition` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    peers: Option<Vec<Cidr>>,
+    ports: Option<Vec<u16>>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<Partition, super::FieldError> {
+        let Some(peers) = self.peers else {
+            return Err(super::FieldError::raw("peers", "partition needs `peers`, the addresses or networks to cut off, e.g. `peers = [\"10.0.0.5\", \"10.0.1.0/24\"]`".to_owned()));
+        };
+        // On the wire no ports means every port; written out, an empty list is a mistake.
+        if self.ports.as_ref().is_some_and(Vec::is_empty) {
+            return Err(super::FieldError::raw(
+                "ports",
+                "`ports = []` would match nothing; leave `ports` out to cut off every port"
+                    .to_owned(),
+            ));
+        }
+        Ok(Partition {
+            peers,
+            ports: self.ports.unwrap_or_default(),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Partition {
@@ -75,6 +103,28 @@ impl Partition {
             }
         }
         rules
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        if self.peers.is_empty() {
+            return Err(super::check::FieldError::new(
+                "peers",
+                "must not be empty: name the addresses or networks to cut off, e.g. `peers = [\"10.0.0.5\", \"10.0.1.0/24\"]`",
+            ));
+        }
+        for port in &self.ports {
+            super::check::port("ports", Some(*port))?;
+        }
+        Ok(())
+    }
+
+    /// The exact ruleset, for `plan`. Pure.
+    pub(crate) fn changes(&self, fault_id: &str) -> String {
+        format!(
+            "nft -f - <<EOF\n{}EOF\n",
+            self.ruleset(&nft_table(fault_id), None)
+        )
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {

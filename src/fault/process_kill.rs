@@ -5,9 +5,31 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, choose_victims};
+use super::check::{self, Checked, FieldError};
+use super::{Context, choose_victims, victims};
 use crate::model::Pick;
 use crate::process::{Delivery, ProcRef, Selector, parse_signal};
+use crate::units::Percent;
+
+/// The keys of a `process-kill` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    select: Option<victims::SelectTable>,
+    count: Option<u32>,
+    percent: Option<Percent>,
+    signal: Option<String>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<ProcessKill, FieldError> {
+        Ok(ProcessKill {
+            select: victims::selector(self.select)?,
+            pick: victims::pick(self.count, self.percent)?,
+            signal: self.signal.unwrap_or_else(|| "SIGKILL".to_owned()),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +56,28 @@ impl ProcessKill {
             None => String::new(),
         };
         format!("send {} to {pick}{}", self.signal, self.select)
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::selector(&self.select)?;
+        check::pick(self.pick)?;
+        let signal =
+            parse_signal(&self.signal).map_err(|e| FieldError::raw("signal", e.clone()))?;
+        // A stop signal leaves the process stopped with nothing journaled to continue it: a kill
+        // is instant and has no undo.
+        if matches!(
+            signal,
+            Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        ) {
+            return Err(FieldError::new(
+                "signal",
+                format!(
+                    "{signal} stops processes and a kill has nothing to undo, so they would stay stopped; use kind `process-pause`, which continues them on revert"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
@@ -81,5 +125,35 @@ impl Prepared {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kill(signal: &str) -> ProcessKill {
+        ProcessKill {
+            select: Selector::Name("x".to_owned()),
+            pick: None,
+            signal: signal.to_owned(),
+        }
+    }
+
+    #[test]
+    fn stop_signals_are_refused_and_point_to_process_pause() {
+        for stop in ["SIGSTOP", "stop", "SIGTSTP", "SIGTTIN", "TTOU", "19"] {
+            let e = kill(stop).check().unwrap_err();
+            assert_eq!(e.field, "signal");
+            assert!(
+                e.message.contains("use kind `process-pause`"),
+                "{stop}: {e}"
+            );
+        }
+        for fine in ["SIGKILL", "SIGTERM", "9", "SIGCONT"] {
+            assert_eq!(kill(fine).check(), Ok(()), "{fine}");
+        }
+        let e = kill("SIGNOPE").check().unwrap_err();
+        assert!(e.message.starts_with("unknown signal `SIGNOPE`"), "{e}");
     }
 }

@@ -6,9 +6,29 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, choose_victims};
+use super::check::FieldError;
+use super::{Context, choose_victims, victims};
 use crate::model::Pick;
 use crate::process::{Delivery, ProcRef, Selector};
+use crate::units::Percent;
+
+/// The keys of a `process-pause` table, as written (`duration` is common to every fault).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    select: Option<victims::SelectTable>,
+    count: Option<u32>,
+    percent: Option<Percent>,
+}
+
+impl Table {
+    pub(crate) fn validate(self) -> Result<ProcessPause, FieldError> {
+        Ok(ProcessPause {
+            select: victims::selector(self.select)?,
+            pick: victims::pick(self.count, self.percent)?,
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +48,12 @@ impl ProcessPause {
             "stop (SIGSTOP) {}; continue them (SIGCONT) on revert",
             self.select
         )
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> super::check::Checked {
+        super::check::selector(&self.select)?;
+        super::check::pick(self.pick)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {

@@ -12,18 +12,66 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
+use super::check::{self, Checked, FieldError, Host};
 use crate::process::{self, Delivery, ProcRef};
-use crate::units::{Percent, format_bytes};
+use crate::units::{ByteSize, Percent, format_bytes};
 
 /// The hidden subcommand the workers run as.
 pub(crate) const WORKER_COMMAND: &str = "stress-worker";
 /// How often a worker checks on its parent, and the CPU duty-cycle period.
 const PERIOD: Duration = Duration::from_millis(100);
 
+/// The keys of a `cpu-stress` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CpuTable {
+    workers: Option<u32>,
+    load: Option<Percent>,
+}
+
+impl CpuTable {
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "every kind's validate has this shape, for the one dispatch in fault.rs"
+    )]
+    pub(crate) fn validate(self) -> Result<CpuStress, FieldError> {
+        // Without `workers`, the agent starts one per CPU of its own host.
+        Ok(CpuStress {
+            workers: self.workers,
+            load: self.load.map_or(1.0, |p| p.0),
+        })
+    }
+}
+
+/// The keys of a `memory-stress` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MemoryTable {
+    workers: Option<u32>,
+    size: Option<ByteSize>,
+}
+
+impl MemoryTable {
+    pub(crate) fn validate(self) -> Result<MemoryStress, FieldError> {
+        let Some(size) = self.size else {
+            return Err(FieldError::raw(
+                "size",
+                "memory-stress needs `size`, e.g. `size = \"1GiB\"`".to_owned(),
+            ));
+        };
+        Ok(MemoryStress {
+            workers: self.workers.unwrap_or(1),
+            size: size.0,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CpuStress {
-    pub(crate) workers: u32,
+    /// `None`: one per CPU of the agent, decided on the agent.
+    #[serde(default)]
+    pub(crate) workers: Option<u32>,
     /// Busy fraction of each worker's time, `0.0..=1.0`.
     pub(crate) load: f64,
 }
@@ -47,18 +95,47 @@ pub(crate) struct Prepared {
 
 impl CpuStress {
     pub(crate) fn describe(&self) -> String {
+        let workers = match self.workers {
+            Some(n) => n.to_string(),
+            None => "one per CPU of the target".to_owned(),
+        };
         format!(
-            "run {} CPU burner process(es) at {} load each; kill them on revert",
-            self.workers,
+            "run {workers} CPU burner process(es) at {} load each; kill them on revert",
             Percent(self.load)
         )
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        if let Some(workers) = self.workers {
+            check::workers(workers)?;
+        }
+        check::share("load", self.load)
+    }
+
+    pub(crate) fn preview(&self) -> String {
+        let workers = self
+            .workers
+            .map_or_else(|| "one per CPU".to_owned(), |n| n.to_string());
+        format!("starts new processes ({workers}); acts on nothing that exists now")
+    }
+
+    /// The agent's own limits: the worker count it would start against its CPUs.
+    pub(crate) fn check_host(&self, host: &Host) -> Checked {
+        host.workers("workers", self.workers_on(host))
+    }
+
+    /// The number of workers on `host`: as asked, or one per CPU of the agent (not of the
+    /// coordinator, which may be a different machine).
+    pub(crate) fn workers_on(&self, host: &Host) -> u32 {
+        self.workers.unwrap_or(host.cpus)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Prepared {
         let args = vec!["--cpu-load".to_owned(), self.load.to_string()];
         Prepared {
             fault_id: ctx.fault_id.to_owned(),
-            worker_args: vec![args; self.workers as usize],
+            worker_args: vec![args; self.workers_on(&Host::this()) as usize],
             hold_each: None,
         }
     }
@@ -83,6 +160,19 @@ impl MemoryStress {
             ),
             Err(e) => e,
         }
+    }
+
+    /// Bounds that hold on any host; run by `validate` and by the agent on every request.
+    pub(crate) fn check(&self) -> Checked {
+        check::workers(self.workers)?;
+        if self.size == 0 {
+            return Err(check::FieldError::new("size", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_host(&self, host: &Host) -> Checked {
+        host.workers("workers", self.workers)
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {

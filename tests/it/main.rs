@@ -7,6 +7,7 @@ mod agent_core;
 mod agents;
 mod disk_fill;
 mod examples;
+mod hardening;
 mod latency;
 mod measured;
 mod netfaults;

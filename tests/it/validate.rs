@@ -94,3 +94,27 @@ fn a_missing_inventory_is_refused_with_its_path() {
         "{stderr}"
     );
 }
+
+#[test]
+fn plan_refuses_an_at_beyond_a_day_instead_of_panicking() {
+    let dir = tempdir();
+    let file = dir.path().join("late.toml");
+    let text = std::fs::read_to_string("experiments/quickstart.toml")
+        .unwrap()
+        .replace("at = \"0s\"", "at = \"18446744073709551615s\"");
+    assert!(text.contains("18446744073709551615s"));
+    std::fs::write(&file, text).unwrap();
+    for command in ["plan", "validate"] {
+        let out = faultline(
+            &[command, file.to_str().unwrap()],
+            &dir.path().join("state"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("fault `kill the server`: `at` must be at most 1day"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+    }
+}
