@@ -1312,7 +1312,7 @@ mod tests {
                     run_id: "r".to_owned(),
                     resource: RunResource::Proxy {
                         name: name.to_owned(),
-                        listen: "127.0.0.1:0".parse().unwrap(),
+                        listen: "127.0.0.1:9".parse().unwrap(),
                         upstream: "127.0.0.1:2".to_owned(),
                     },
                     lease_ms: 60_000,
