@@ -231,6 +231,7 @@ mod tests {
                 ok,
                 latency: Duration::from_millis(ms),
                 error: None,
+                cause: None,
                 value,
             })
             .collect();
