@@ -4,6 +4,8 @@
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
 //! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
 
+mod verdict;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -21,11 +23,11 @@ use crate::model::Experiment;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
 use crate::protocol::{Applied, ApplyRequest, OpenRequest, Reverted};
-use crate::report::{
-    FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis,
-};
+use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, millis};
 use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
 use crate::units::format_ms;
+
+use self::verdict::{Event, Judge};
 
 /// How often the run loop re-evaluates the timeline, abort rules and recovery.
 const TICK: Duration = Duration::from_millis(20);
@@ -95,20 +97,16 @@ struct Runner<'a> {
     method_start: Option<Instant>,
     first_injected: Option<Instant>,
     baselines: Vec<Stats>,
-    /// Set when the run must wind down early: an abort rule, a failed injection, a signal.
-    stopping: bool,
-    interrupted: Option<&'static str>,
-    inject_failed: bool,
-    aborted: Option<(String, Instant)>,
-    time_to_abort: Option<Duration>,
+    /// Decides the verdict from what happened; also says when the run must wind down early.
+    judge: Judge,
+    /// When the breach that fired the abort rule began.
+    abort_breach: Option<Instant>,
     recovered_at: Option<Instant>,
     after_start: Option<Instant>,
-    outcome: Option<(Verdict, String)>,
     last_renew: Instant,
     last_status: Instant,
     /// The run resources (proxies) open on agents, with their ids; renewed like active faults.
     resources: Vec<(Agent, String)>,
-    closing_failures: Vec<String>,
     /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
     budget: Option<Budget>,
 }
@@ -177,18 +175,13 @@ pub(crate) async fn run(
         method_start: None,
         first_injected: None,
         baselines: Vec::new(),
-        stopping: false,
-        interrupted: None,
-        inject_failed: false,
-        aborted: None,
-        time_to_abort: None,
+        judge: Judge::new(),
+        abort_breach: None,
         recovered_at: None,
         after_start: None,
-        outcome: None,
         last_renew: now,
         last_status: now,
         resources: Vec::new(),
-        closing_failures: Vec::new(),
         budget: None,
     };
     progress.log(&format!(
@@ -204,19 +197,17 @@ pub(crate) async fn run(
                 let summary = numbers.summary();
                 runner.budget = Some(numbers);
                 if !enough {
-                    runner.outcome = Some((
-                        Verdict::NotRun,
-                        format!("error budget too low: {summary}; no fault was injected"),
-                    ));
+                    runner.judge.on(Event::BudgetTooLow(format!(
+                        "error budget too low: {summary}; no fault was injected"
+                    )));
                     return runner.report();
                 }
                 progress.log(&format!("error budget: {summary}"));
             }
             Err(e) => {
-                runner.outcome = Some((
-                    Verdict::Error,
-                    format!("could not check the error budget: {e}; nothing was injected"),
-                ));
+                runner.judge.on(Event::SetupFailed(format!(
+                    "could not check the error budget: {e}; nothing was injected"
+                )));
                 return runner.report();
             }
         }
@@ -227,7 +218,9 @@ pub(crate) async fn run(
         Ok(running) => running,
         Err((started, e)) => {
             fixture::stop_all(started, &log).await;
-            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            runner
+                .judge
+                .on(Event::SetupFailed(format!("{e}; nothing was injected")));
             return runner.report();
         }
     };
@@ -235,7 +228,9 @@ pub(crate) async fn run(
     if let Err(e) = runner.open_resources().await {
         runner.close_resources().await;
         fixture::stop_all(fixtures, &log).await;
-        runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+        runner
+            .judge
+            .on(Event::SetupFailed(format!("{e}; nothing was injected")));
         return runner.report();
     }
 
@@ -246,7 +241,9 @@ pub(crate) async fn run(
         Err(e) => {
             runner.close_resources().await;
             fixture::stop_all(fixtures, &log).await;
-            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            runner
+                .judge
+                .on(Event::SetupFailed(format!("{e}; nothing was injected")));
             return runner.report();
         }
     };
@@ -356,23 +353,17 @@ impl Runner<'_> {
                 ),
             };
             self.progress.log(&line);
-            self.closing_failures.push(line);
+            self.judge.on(Event::ResourceNotClosed(line));
         }
     }
 
     fn interrupt(&mut self, name: &'static str) {
-        if self.interrupted.is_none() {
+        if !self.judge.interrupted() {
             self.progress.log(&format!(
                 "{name} received: reverting every fault and stopping"
             ));
         }
-        self.interrupted = Some(name);
-        self.stopping = true;
-    }
-
-    fn finish(&mut self, verdict: Verdict, reason: String) {
-        self.outcome = Some((verdict, reason));
-        self.stage = Stage::Done;
+        self.judge.on(Event::Interrupted(name));
     }
 
     fn advance(&mut self, now: Instant) {
@@ -385,11 +376,8 @@ impl Runner<'_> {
         match &mut self.stage {
             Stage::Before { until } => {
                 let until = *until;
-                if let Some(sig) = self.interrupted {
-                    self.finish(
-                        Verdict::Error,
-                        format!("interrupted by {sig} before any fault was injected"),
-                    );
+                if self.judge.interrupted() {
+                    self.stage = Stage::Done;
                 } else if now >= until {
                     self.end_before(until);
                 }
@@ -402,14 +390,17 @@ impl Runner<'_> {
                     &self.baselines,
                     now,
                 );
-                if let Some(sig) = self.interrupted {
-                    self.finish(Verdict::Error, format!("interrupted by {sig} while waiting for recovery; every fault had been reverted"));
+                if self.judge.interrupted() {
+                    self.stage = Stage::Done;
                     return;
                 }
                 match state {
                     RecoveryState::Pending => {}
                     RecoveryState::Recovered(at) => self.end_recovered(at),
-                    RecoveryState::Failed(why) => self.end_not_recovered(why),
+                    RecoveryState::Failed(why) => {
+                        self.judge.on(Event::NotRecovered(why));
+                        self.stage = Stage::Done;
+                    }
                 }
             }
             Stage::Done => {}
@@ -428,23 +419,16 @@ impl Runner<'_> {
             .filter_map(|(p, stats)| check_slo(&p.name, &p.slo, stats, Some(stats)).err())
             .collect();
         if !failures.is_empty() {
-            self.finish(
-                Verdict::NotRun,
-                format!(
-                    "the steady state was not met before the method ({}); no fault was injected",
-                    failures.join("; ")
-                ),
-            );
+            self.judge.on(Event::SteadyStateNotMet(failures));
+            self.stage = Stage::Done;
             return;
         }
         if self.opts.dry_run {
-            self.finish(
-                Verdict::NotRun,
-                "dry run: the steady state held before the method; no fault was injected"
-                    .to_owned(),
-            );
+            self.judge.on(Event::DryRunHeld);
+            self.stage = Stage::Done;
             return;
         }
+        self.judge.on(Event::MethodStarted);
         self.progress
             .log("before: steady state met; starting the method");
         self.method_start = Some(until);
@@ -453,7 +437,7 @@ impl Runner<'_> {
 
     fn advance_method(&mut self, now: Instant) {
         let start = self.method_start.expect("method started");
-        if !self.stopping {
+        if !self.judge.must_stop() {
             for i in 0..self.faults.len() {
                 if self.faults[i].slot == Slot::Pending
                     && now >= start + self.exp.faults[self.faults[i].step].at
@@ -463,9 +447,10 @@ impl Runner<'_> {
             }
             self.check_aborts(now);
         }
+        let stopping = self.judge.must_stop();
         for i in 0..self.faults.len() {
             match self.faults[i].slot {
-                Slot::Pending if self.stopping => {
+                Slot::Pending if stopping => {
                     self.faults[i].slot = Slot::Done;
                     "not started: the run stopped first"
                         .clone_into(&mut self.faults[i].record.detail);
@@ -474,7 +459,7 @@ impl Runner<'_> {
                     let due = self.exp.faults[self.faults[i].step]
                         .duration
                         .is_some_and(|d| now >= since + d);
-                    if due || self.stopping {
+                    if due || stopping {
                         self.revert(i);
                     }
                 }
@@ -487,40 +472,23 @@ impl Runner<'_> {
     }
 
     fn end_method(&mut self, now: Instant) {
-        if let Some((rule, breach)) = &self.aborted {
+        if let Some(breach) = self.abort_breach {
             let reverted = self
                 .faults
                 .iter()
                 .filter_map(|f| f.ended)
                 .max()
                 .unwrap_or(now);
-            self.time_to_abort = Some(reverted.saturating_duration_since(*breach));
-            self.progress
-                .log(&format!("aborted by `{rule}`: every fault reverted"));
+            self.judge.on(Event::AbortReverted {
+                after: reverted.saturating_duration_since(breach),
+            });
+            self.progress.log(&format!(
+                "aborted by `{}`: every fault reverted",
+                self.judge.aborted_by().unwrap_or_default()
+            ));
         }
-        if let Some(sig) = self.interrupted {
-            self.finish(
-                Verdict::Error,
-                format!("interrupted by {sig}; every injected fault was reverted"),
-            );
-            return;
-        }
-        if self.inject_failed {
-            let failed: Vec<String> = self
-                .faults
-                .iter()
-                .filter(|f| f.record.status == FaultState::InjectFailed)
-                .map(|f| {
-                    format!(
-                        "fault `{}` could not be injected: {}",
-                        f.record.name, f.record.detail
-                    )
-                })
-                .collect();
-            self.finish(
-                Verdict::Error,
-                format!("{}; every injected fault was reverted", failed.join("; ")),
-            );
+        if self.judge.decided_without_recovery() {
+            self.stage = Stage::Done;
             return;
         }
         let from = self
@@ -530,6 +498,7 @@ impl Runner<'_> {
             .max()
             .unwrap_or(now);
         self.after_start = Some(from);
+        self.judge.on(Event::RecoveryStarted);
         self.progress.log(&format!(
             "after: waiting up to {} for the steady state to return",
             format_ms(self.exp.recovery_within)
@@ -545,40 +514,14 @@ impl Runner<'_> {
 
     fn end_recovered(&mut self, at: Instant) {
         self.recovered_at = Some(at);
-        let ttr = at.saturating_duration_since(self.after_start.expect("after started"));
-        let recovered = format!(
-            "every probe met its SLO again {} after the last fault ended (allowed {})",
-            format_ms(ttr),
-            format_ms(self.exp.recovery_within)
-        );
-        if let Some(verdict) = self.abort_verdict(&recovered) {
-            self.finish(Verdict::Aborted, verdict);
-            return;
-        }
-        let during = self.during_breaches();
-        if !during.is_empty() {
-            self.finish(
-                Verdict::Failed,
-                format!("during the faults {}; {recovered}", during.join("; ")),
-            );
-            return;
-        }
-        self.finish(Verdict::Passed, recovered);
-    }
-
-    fn end_not_recovered(&mut self, why: String) {
-        match self.abort_verdict(&format!("then {why}")) {
-            Some(reason) => self.finish(Verdict::Aborted, reason),
-            None => self.finish(Verdict::Failed, why),
-        }
-    }
-
-    fn abort_verdict(&self, tail: &str) -> Option<String> {
-        let (rule, _) = self.aborted.as_ref()?;
-        let after = self.time_to_abort.map_or_else(String::new, |d| {
-            format!(", faults reverted {} after the breach began", format_ms(d))
+        let after = at.saturating_duration_since(self.after_start.expect("after started"));
+        let during_breaches = self.during_breaches();
+        self.judge.on(Event::Recovered {
+            after,
+            allowed: self.exp.recovery_within,
+            during_breaches,
         });
-        Some(format!("abort rule `{rule}` fired{after}; {tail}"))
+        self.stage = Stage::Done;
     }
 
     fn during_breaches(&self) -> Vec<String> {
@@ -611,7 +554,7 @@ impl Runner<'_> {
             .faults
             .iter()
             .any(|f| matches!(f.slot, Slot::Active { .. } | Slot::Injecting));
-        if !any_active || self.aborted.is_some() {
+        if !any_active || self.judge.aborted_by().is_some() {
             return;
         }
         for rule in &self.exp.aborts {
@@ -620,8 +563,10 @@ impl Runner<'_> {
                     "abort rule `{}` fired: reverting every fault now",
                     rule.name
                 ));
-                self.aborted = Some((rule.name.clone(), breach));
-                self.stopping = true;
+                self.abort_breach = Some(breach);
+                self.judge.on(Event::AbortFired {
+                    rule: rule.name.clone(),
+                });
                 return;
             }
         }
@@ -747,8 +692,10 @@ impl Runner<'_> {
                         fault.record.detail = e.to_string();
                         self.progress
                             .log(&format!("FAILED to inject `{name}`: {e}"));
-                        self.inject_failed = true;
-                        self.stopping = true;
+                        self.judge.on(Event::InjectFailed {
+                            fault: fault.record.name.clone(),
+                            error: fault.record.detail.clone(),
+                        });
                     }
                 }
             }
@@ -775,6 +722,11 @@ impl Runner<'_> {
                             format!("{}; REVERT FAILED: {e}", fault.record.detail);
                         self.progress
                             .log(&format!("FAILED to revert `{name}`: {e}"));
+                        self.judge.on(Event::RevertFailed {
+                            fault: fault.record.name.clone(),
+                            agent: fault.record.agent.clone(),
+                            detail: fault.record.detail.clone(),
+                        });
                     }
                 }
             }
@@ -852,28 +804,7 @@ impl Runner<'_> {
 
     fn report(&self) -> Report {
         let end = Instant::now();
-        let (mut verdict, mut reason) = self
-            .outcome
-            .clone()
-            .unwrap_or((Verdict::Error, "the run ended without a verdict".to_owned()));
-        let unreverted: Vec<String> = self
-            .faults
-            .iter()
-            .filter(|f| f.record.status == FaultState::RevertFailed)
-            .map(|f| {
-                format!(
-                    "fault `{}` on {} could NOT be reverted ({})",
-                    f.record.name, f.record.agent, f.record.detail
-                )
-            })
-            .collect();
-        if !unreverted.is_empty() {
-            reason = format!(
-                "{}; check the host by hand, then `faultline revert`. Before that: {reason}",
-                unreverted.join("; ")
-            );
-            verdict = Verdict::Error;
-        }
+        let (verdict, reason) = self.judge.decide();
         let method = self.method_start.unwrap_or(end);
         let before = self.phase_stats(Phase::Before, self.before_start, method);
         let (during, after) = match (self.method_start, self.after_start) {
@@ -899,7 +830,7 @@ impl Runner<'_> {
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-        let mut report = Report {
+        Report {
             run_id: self.run_id.clone(),
             title: self.exp.title.clone(),
             file: self.exp.file.display().to_string(),
@@ -919,15 +850,11 @@ impl Runner<'_> {
                 .zip(self.after_start)
                 .map(|(c, a)| c.saturating_duration_since(a)),
             recovery_within: self.exp.recovery_within,
-            aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
-            time_to_abort: self.time_to_abort,
+            aborted_by: self.judge.aborted_by().map(str::to_owned),
+            time_to_abort: self.judge.time_to_abort(),
             recovered_from_journal: self.opts.recovered.clone(),
             budget: self.budget.clone(),
             samples,
-        };
-        for line in &self.closing_failures {
-            report.note_leftover(line);
         }
-        report
     }
 }
