@@ -103,9 +103,17 @@ pub(crate) struct RenewRequest {
 /// What renewing found: ids the agent no longer holds (reverted, or never applied) are listed, so
 /// the coordinator learns that a fault ended without it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "`renewed` is the wire name agents already send"
+)]
 pub(crate) struct Renewed {
     pub(crate) renewed: Vec<String>,
     pub(crate) unknown: Vec<String>,
+    /// Faults among the asked ids that the agent ended on its own (lease lapsed, halt, its
+    /// duration), with when and why. Absent from older agents, hence the default.
+    #[serde(default)]
+    pub(crate) ended: Vec<Reverted>,
 }
 
 /// An agent's answer to `GET /v1/health`.

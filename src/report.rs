@@ -100,6 +100,9 @@ pub(crate) enum FaultState {
     /// An instant fault (a kill) that was carried out.
     Completed,
     Reverted,
+    /// Stopped acting before its planned end without the run asking (the agent restarted, its
+    /// lease lapsed, a halt, the watchdog): `reverted_at` is when, `detail` says why.
+    EndedEarly,
     InjectFailed,
     RevertFailed,
 }

@@ -22,7 +22,7 @@ use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
-use crate::protocol::{Applied, ApplyRequest, OpenRequest, Reverted};
+use crate::protocol::{Applied, ApplyRequest, OpenRequest, Renewed, RevertCause, Reverted};
 use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, millis};
 use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
 use crate::units::format_ms;
@@ -64,11 +64,22 @@ struct FaultRun {
     record: FaultRecord,
     /// When the fault stopped acting: revert done, or injection done for instant faults.
     ended: Option<Instant>,
+    /// When the apply was sent: the agent's clock for the fault's duration starts no earlier.
+    sent: Option<Instant>,
+    /// Set once the run learnt that the fault stopped acting before its planned end without
+    /// being asked; its record then keeps that end, whatever a later revert answers.
+    early: bool,
 }
 
 enum Op {
     Applied(usize, Result<Applied, AgentError>),
     Reverted(usize, Result<Reverted, AgentError>),
+    /// A renewal answer from one agent, and when it came.
+    Renewed {
+        agent: String,
+        renewed: Renewed,
+        at: Timestamp,
+    },
 }
 
 enum Stage {
@@ -104,6 +115,9 @@ struct Runner<'a> {
     recovered_at: Option<Instant>,
     after_start: Option<Instant>,
     last_renew: Instant,
+    /// When the loop last ran: a gap longer than the lease means the run was stopped or stalled
+    /// and every lease it held may have lapsed.
+    last_advance: Instant,
     last_status: Instant,
     /// The run resources (proxies) open on agents, with their ids; renewed like active faults.
     resources: Vec<(Agent, String)>,
@@ -154,6 +168,8 @@ pub(crate) async fn run(
                     detail: String::new(),
                 },
                 ended: None,
+                sent: None,
+                early: false,
             });
         }
     }
@@ -180,6 +196,7 @@ pub(crate) async fn run(
         recovered_at: None,
         after_start: None,
         last_renew: now,
+        last_advance: now,
         last_status: now,
         resources: Vec::new(),
         budget: None,
@@ -283,6 +300,15 @@ pub(crate) async fn run(
     runner.report()
 }
 
+/// Why an agent's own revert means the fault ended before its time; `None` when the run asked or
+/// the fault's duration simply ended on the agent's clock.
+fn early_cause(cause: RevertCause) -> Option<&'static str> {
+    match cause {
+        RevertCause::Requested | RevertCause::DurationEnded => None,
+        other => other.on_its_own(),
+    }
+}
+
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match s {
         Some(s) => s.recv().await,
@@ -368,6 +394,11 @@ impl Runner<'_> {
 
     fn advance(&mut self, now: Instant) {
         self.show_status(now);
+        let gap = now.saturating_duration_since(self.last_advance);
+        if gap > self.opts.lease && matches!(self.stage, Stage::Method) {
+            self.lapsed_while_stopped(gap);
+        }
+        self.last_advance = now;
         // Leases are renewed in every stage: run resources are held from before to after.
         if now.duration_since(self.last_renew) >= self.opts.lease / 3 {
             self.renew_leases();
@@ -572,10 +603,110 @@ impl Runner<'_> {
         }
     }
 
+    /// The loop did not run for `gap`, longer than the lease: the run was stopped (SIGSTOP,
+    /// Ctrl-Z) or starved. No renewal went out, so every fault whose lease would have lapsed before
+    /// its planned end was reverted by its agent (or the embedded run's watchdog) without the run.
+    fn lapsed_while_stopped(&mut self, gap: Duration) {
+        let lease = self.opts.lease;
+        let lapsed = self.last_advance + lease;
+        // Wall-clock time of the lapse, for the report: now, less how long ago it was.
+        let lapsed_at = Timestamp::now()
+            .checked_sub(gap.saturating_sub(lease))
+            .unwrap_or_else(|_| Timestamp::now());
+        self.progress.log(&format!(
+            "the run did not run for {} (lease {}): it was stopped or stalled, so its leases lapsed",
+            format_ms(gap),
+            format_ms(lease)
+        ));
+        for i in 0..self.faults.len() {
+            let f = &self.faults[i];
+            let Slot::Active { since } = f.slot else {
+                continue;
+            };
+            let planned_end = self.exp.faults[f.step].duration.map(|d| since + d);
+            if f.early || planned_end.is_some_and(|end| end <= lapsed) {
+                continue;
+            }
+            let why = format!(
+                "the run was stopped or stalled for {}, longer than its {} lease, so the lease lapsed \
+                 and the fault was reverted without the run by about {lapsed_at:.0}",
+                format_ms(gap),
+                format_ms(lease)
+            );
+            self.note_early(i, lapsed_at, why);
+        }
+    }
+
+    /// Records that fault `i` stopped acting at `at` before its planned end, without the run asking.
+    fn note_early(&mut self, i: usize, at: Timestamp, why: String) {
+        let fault = &mut self.faults[i];
+        if fault.early {
+            return;
+        }
+        fault.early = true;
+        fault.record.status = FaultState::EndedEarly;
+        fault.record.reverted_at = Some(at);
+        fault.record.detail = format!("{}; ENDED EARLY: {why}", fault.record.detail);
+        self.progress.log(&format!(
+            "fault `{}` on {} ENDED EARLY: {why}; reverting every fault and stopping",
+            fault.record.name, fault.record.agent
+        ));
+        self.judge.on(Event::EndedEarly {
+            fault: fault.record.name.clone(),
+            agent: fault.record.agent.clone(),
+            why,
+        });
+    }
+
+    /// What a renewal says about faults the run still holds: those the agent ended on its own
+    /// before their planned end, and those it does not know at all (it restarted and reverted its
+    /// journal, or lost its state).
+    fn on_renewed(&mut self, agent: &str, renewed: Renewed, at: Timestamp) {
+        let now = Instant::now();
+        let find = |faults: &[FaultRun], id: &str| {
+            faults.iter().position(|f| {
+                f.id == id && f.agent.name() == agent && matches!(f.slot, Slot::Active { .. })
+            })
+        };
+        for ended in renewed.ended {
+            let Some(why) = early_cause(ended.cause) else {
+                continue;
+            };
+            if let Some(i) = find(&self.faults, &ended.id) {
+                let why = format!(
+                    "{agent} reverted it on its own at {:.0} because {why} ({})",
+                    ended.at, ended.detail
+                );
+                self.note_early(i, ended.at, why);
+            }
+        }
+        for id in renewed.unknown {
+            let Some(i) = find(&self.faults, &id) else {
+                continue;
+            };
+            // The agent's clock for the duration starts no earlier than the apply was sent: from
+            // then on, an unknown id may simply be a fault whose duration ended there first.
+            let f = &self.faults[i];
+            let duration = self.exp.faults[f.step].duration;
+            let may_have_ended = match (f.sent, duration) {
+                (Some(sent), Some(d)) => now >= sent + d,
+                _ => false,
+            };
+            if may_have_ended {
+                continue;
+            }
+            let why = format!(
+                "{agent} no longer held it at {at:.0} (the agent restarted and reverted its journal, or lost its state)"
+            );
+            self.note_early(i, at, why);
+        }
+    }
+
     fn inject(&mut self, i: usize) {
         let fault = &mut self.faults[i];
         let step = &self.exp.faults[fault.step];
         fault.slot = Slot::Injecting;
+        fault.sent = Some(Instant::now());
         let req = ApplyRequest {
             run_id: self.run_id.clone(),
             spec: step.spec.clone(),
@@ -642,16 +773,16 @@ impl Runner<'_> {
         }
         let timeout = self.opts.lease;
         for (_, (agent, ids)) in per_agent {
+            let ops = self.ops.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, agent.renew(ids)).await {
-                    Ok(Ok(renewed)) if !renewed.unknown.is_empty() => {
-                        tracing::warn!(
-                            "{} no longer holds {}: it ended them on its own",
-                            agent.name(),
-                            renewed.unknown.join(", ")
-                        );
+                    Ok(Ok(renewed)) => {
+                        let _ = ops.send(Op::Renewed {
+                            agent: agent.name().to_owned(),
+                            renewed,
+                            at: Timestamp::now(),
+                        });
                     }
-                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!("failed to renew leases on {}: {e}", agent.name()),
                     Err(_) => tracing::warn!(
                         "failed to renew leases on {}: no answer within {}",
@@ -699,12 +830,31 @@ impl Runner<'_> {
                     }
                 }
             }
+            Op::Renewed { agent, renewed, at } => self.on_renewed(&agent, renewed, at),
             Op::Reverted(i, result) => {
+                if let Ok(reverted) = &result {
+                    if let Some(why) = early_cause(reverted.cause) {
+                        let why = format!(
+                            "{} reverted it on its own at {:.0} because {why}",
+                            self.faults[i].record.agent, reverted.at
+                        );
+                        self.note_early(i, reverted.at, why);
+                    }
+                }
                 let fault = &mut self.faults[i];
                 let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 fault.slot = Slot::Done;
                 fault.ended = Some(now);
                 match result {
+                    Ok(reverted) if fault.early => {
+                        // The record keeps the early end; this revert only confirms nothing is left.
+                        fault.record.detail = format!(
+                            "{}; then reverted: {}",
+                            fault.record.detail, reverted.detail
+                        );
+                        self.progress
+                            .log(&format!("reverted `{name}`: {}", reverted.detail));
+                    }
                     Ok(reverted) => {
                         fault.record.reverted_at = Some(reverted.at);
                         fault.record.status = FaultState::Reverted;

@@ -598,6 +598,7 @@ impl AgentCore {
         let mut answer = Renewed {
             renewed: Vec::new(),
             unknown: Vec::new(),
+            ended: Vec::new(),
         };
         for id in ids {
             match slots.get_mut(id) {

@@ -42,13 +42,6 @@ pub(crate) enum Event {
     },
     /// A fault stopped acting before its planned end without the run asking: the agent
     /// restarted, its lease lapsed, a halt, or the watchdog. `why` says which, and when.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the run loop reports early ends in the next change"
-        )
-    )]
     EndedEarly {
         fault: String,
         agent: String,

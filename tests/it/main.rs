@@ -5,6 +5,7 @@ mod support;
 
 mod agents;
 mod disk_fill;
+mod early_end;
 mod examples;
 mod latency;
 mod measured;

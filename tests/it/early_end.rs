@@ -1,0 +1,218 @@
+//! Faults that end before their planned end without the run asking — an agent restarted
+//! mid-fault, a run stopped (SIGSTOP) past its lease — are reported as ended early, with when and
+//! why, and the run's verdict is `error`, never `passed`.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, BIN, Proc, wait_until};
+
+/// The state letter of a process (`S`, `T`, ...), or `None` when it is gone or a zombie.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+    (state != 'Z' && state != 'X').then_some(state)
+}
+
+/// Starts `argv` in its own process group with its output in `log`; killed with it on drop.
+fn spawn_logged(argv: &[&str], state: &Path, log: &Path) -> Proc {
+    let out = File::create(log).expect("create log");
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("FAULTLINE_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    Proc { child }
+}
+
+/// A CA, agent certificate and token for 127.0.0.1 in `dir/certs`.
+fn certs(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    let run = support::faultline(
+        &[
+            "certs",
+            "--out",
+            out.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+        &dir.join("unused-state"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+fn start_agent(certs: &Path, listen: &str, state: &Path, log: &Path) -> Proc {
+    let cert = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (token, pem, key) = (cert("token"), cert("agent.pem"), cert("agent-key.pem"));
+    let agent = spawn_logged(
+        &[
+            BIN,
+            "agent",
+            "--listen",
+            listen,
+            "--token-file",
+            &token,
+            "--tls-cert",
+            &pem,
+            "--tls-key",
+            &key,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        state,
+        log,
+    );
+    let addr = listen.parse().unwrap();
+    wait_until("the agent listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+    agent
+}
+
+/// Waits for the run to exit and returns its exit code and JSON report.
+fn finish(run: &mut Proc, report: &Path, log: &Path) -> (i32, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    (
+        status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn pause_experiment(targets: &str, on: &str, victim: u32, duration: &str) -> String {
+    format!(
+        r#"title = "early end"
+{targets}
+[steady_state]
+window = "300ms"
+[[steady_state.probe]]
+name = "always"
+command = ["true"]
+every = "100ms"
+[[fault]]
+name = "pause"
+kind = "process-pause"
+{on}
+select = {{ pid = {victim} }}
+duration = "{duration}"
+[recovery]
+within = "5s"
+"#
+    )
+}
+
+#[test]
+fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agent() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path());
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let agent_state = dir.path().join("agent-state");
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"a1\"\naddress = \"https://{listen}\"\ntags = {{ role = \"web\" }}\n",
+            certs.join("ca.pem").display(),
+            certs.join("token").display()
+        ),
+    )
+    .unwrap();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(
+        &exp,
+        pause_experiment(
+            "[targets.web]\ntags = { role = \"web\" }",
+            "on = \"web\"",
+            victim.pid(),
+            "30s",
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--agents",
+            inventory.to_str().unwrap(),
+            "--lease",
+            "2s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("run-state"),
+        &run_log,
+    );
+    wait_until("the victim stopping", Duration::from_secs(20), || {
+        state_of(victim.pid()) == Some('T')
+    });
+
+    // The agent dies and comes back: its start reverts the journal, so the pause ends ~25 s early.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let _agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    assert_ne!(
+        state_of(victim.pid()),
+        Some('T'),
+        "the restarted agent did not revert its journal"
+    );
+
+    let (code, report) = finish(&mut run, &report, &run_log);
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["verdict"], "error");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("fault `pause` on a1 ended early: a1 no longer held it at "),
+        "{reason}"
+    );
+    let fault = &report["faults"][0];
+    assert_eq!(fault["status"], "ended_early", "{fault:#}");
+    assert!(fault["reverted_at"].is_string(), "{fault:#}");
+    assert!(
+        fault["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ENDED EARLY: a1 no longer held it"),
+        "{fault:#}"
+    );
+    // The run stopped at once instead of waiting out the 30 s it planned.
+    let injected: jiff::Timestamp = fault["injected_at"].as_str().unwrap().parse().unwrap();
+    let ended: jiff::Timestamp = report["ended_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        ended.duration_since(injected) < jiff::SignedDuration::from_secs(20),
+        "{report:#}"
+    );
+}
