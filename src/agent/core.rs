@@ -363,6 +363,9 @@ impl AgentCore {
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
+            deadline: (!req.spec.is_instant())
+                .then(|| Timestamp::now().checked_add(duration).ok())
+                .flatten(),
         };
         self.journal
             .record(&entry)
@@ -469,6 +472,7 @@ impl AgentCore {
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
+            deadline: None,
         };
         let opened = self.journal.record(&entry).and_then(|()| {
             req.resource.open().map_err(|e| {

@@ -216,3 +216,73 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
         "{report:#}"
     );
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+#[test]
+fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_ends_in_error() {
+    let dir = support::tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(&exp, pause_experiment("", "", victim.pid(), "3s")).unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    let lease = Duration::from_secs(1);
+    // The watchdog is on, as users run it.
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--lease",
+            "1s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("state"),
+        &run_log,
+    );
+    wait_until("the victim stopping", Duration::from_secs(20), || {
+        state_of(victim.pid()) == Some('T')
+    });
+
+    signal(run.child.id(), "-STOP");
+    let stopped_at = Instant::now();
+    let resumed = {
+        let deadline = stopped_at + Duration::from_secs(6);
+        let mut resumed = None;
+        while Instant::now() < deadline {
+            if resumed.is_none() && state_of(victim.pid()).is_some_and(|s| s != 'T') {
+                resumed = Some(stopped_at.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        resumed
+    };
+    signal(run.child.id(), "-CONT");
+    eprintln!("run SIGSTOP -> victim running again: {resumed:?} (lease {lease:?})");
+    assert!(
+        resumed.is_some_and(|d| d <= lease + Duration::from_millis(1500)),
+        "the victim stayed stopped while the run was stopped: {resumed:?}; {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+
+    let (code, report) = finish(&mut run, &report, &run_log);
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["verdict"], "error");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .starts_with("fault `pause` on local ended early: the run was stopped or stalled for "),
+        "{reason}"
+    );
+    assert_eq!(report["faults"][0]["status"], "ended_early");
+    assert_ne!(state_of(victim.pid()), Some('T'));
+}
