@@ -129,6 +129,9 @@ pub(crate) struct SampleRecord {
     pub(crate) latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    /// The short cause the reason counts (`status 503`), when the sample failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cause: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) value: Option<f64>,
 }

@@ -976,6 +976,7 @@ impl Runner<'_> {
                 ok: s.ok,
                 latency_ms: millis(s.latency),
                 error: s.error.clone(),
+                cause: s.cause.clone(),
                 value: s.value,
             })
             .collect();
