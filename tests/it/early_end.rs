@@ -217,6 +217,15 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
     );
 }
 
+/// Waits until the run has injected and verified its pause: stopping the run in the middle of the
+/// agent's verification would make the injection, not the fault, what fails.
+fn wait_for_injection(run_log: &Path, victim: u32) {
+    wait_until("the pause being injected", Duration::from_secs(20), || {
+        std::fs::read_to_string(run_log).is_ok_and(|log| log.contains("injected `pause`"))
+    });
+    assert_eq!(state_of(victim), Some('T'), "the victim is not stopped");
+}
+
 /// Sends `signal` (`-STOP`, `-CONT`) to `pid` with kill(1).
 fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -249,10 +258,7 @@ fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_end
         &dir.path().join("state"),
         &run_log,
     );
-    wait_until("the victim stopping", Duration::from_secs(20), || {
-        state_of(victim.pid()) == Some('T')
-    });
-
+    wait_for_injection(&run_log, victim.pid());
     signal(run.child.id(), "-STOP");
     let stopped_at = Instant::now();
     let resumed = {
@@ -285,4 +291,61 @@ fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_end
     );
     assert_eq!(report["faults"][0]["status"], "ended_early");
     assert_ne!(state_of(victim.pid()), Some('T'));
+}
+
+#[test]
+fn a_stopped_run_with_a_long_lease_has_its_pause_reverted_at_the_journaled_deadline() {
+    let dir = support::tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(&exp, pause_experiment("", "", victim.pid(), "2s")).unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    // A lease far longer than the fault: only the deadline in the journal can end it in time.
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--lease",
+            "60s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("state"),
+        &run_log,
+    );
+    wait_for_injection(&run_log, victim.pid());
+    signal(run.child.id(), "-STOP");
+    let resumed = until_running(victim.pid(), Duration::from_secs(8));
+    signal(run.child.id(), "-CONT");
+    eprintln!("2 s pause, its run stopped -> victim running again {resumed:?} after the SIGSTOP");
+    assert!(
+        resumed.is_some(),
+        "the victim stayed stopped past its deadline while the run was stopped; {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(&run_log)
+            .unwrap_or_default()
+            .contains("past its deadline"),
+        "the watchdog did not say why it reverted: {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+    let (code, report) = finish(&mut run, &report, &run_log);
+    // The pause held for its whole duration, so nothing ended early.
+    assert_eq!(report["faults"][0]["status"], "reverted", "{report:#}");
+    assert_eq!(code, 0, "{report:#}");
+}
+
+/// Polls until `pid` is no longer stopped; returns how long that took, or `None` after `within`.
+fn until_running(pid: u32, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if state_of(pid).is_some_and(|s| s != 'T') {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
