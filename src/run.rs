@@ -300,6 +300,62 @@ pub(crate) async fn run(
     runner.report()
 }
 
+/// A fault the run holds on the agent whose renewal answer is being read.
+struct Held<'a> {
+    id: &'a str,
+    /// When the apply was sent.
+    sent: Option<Instant>,
+    duration: Option<Duration>,
+}
+
+/// Which held faults (`held[i]` is `None` when fault `i` is not held on this agent) a renewal
+/// answer says ended early, with when and why: those the agent ended on its own for a reason other
+/// than their duration, and those it does not know at all (it restarted and reverted its journal,
+/// or lost its state) while their duration cannot have ended yet. `at` is when the answer came.
+fn early_from_renewal(
+    held: &[Option<Held<'_>>],
+    agent: &str,
+    renewed: &Renewed,
+    at: Timestamp,
+    now: Instant,
+) -> Vec<(usize, Timestamp, String)> {
+    let find = |id: &str| {
+        held.iter()
+            .position(|h| h.as_ref().is_some_and(|h| h.id == id))
+    };
+    let mut early: Vec<(usize, Timestamp, String)> = Vec::new();
+    for ended in &renewed.ended {
+        let (Some(why), Some(i)) = (early_cause(ended.cause), find(&ended.id)) else {
+            continue;
+        };
+        let why = format!(
+            "{agent} reverted it on its own at {:.0} because {why} ({})",
+            ended.at, ended.detail
+        );
+        early.push((i, ended.at, why));
+    }
+    for id in &renewed.unknown {
+        let Some(i) = find(id) else { continue };
+        if early.iter().any(|(j, ..)| *j == i) {
+            continue;
+        }
+        // The agent's clock for the duration starts no earlier than the apply was sent: from
+        // then on, an unknown id may simply be a fault whose duration ended there first.
+        let may_have_ended = held[i]
+            .as_ref()
+            .and_then(|h| h.sent.zip(h.duration))
+            .is_some_and(|(sent, d)| now >= sent + d);
+        if may_have_ended {
+            continue;
+        }
+        let why = format!(
+            "{agent} no longer held it at {at:.0} (the agent restarted and reverted its journal, or lost its state)"
+        );
+        early.push((i, at, why));
+    }
+    early
+}
+
 /// Why an agent's own revert means the fault ended before its time; `None` when the run asked or
 /// the fault's duration simply ended on the agent's clock.
 fn early_cause(cause: RevertCause) -> Option<&'static str> {
@@ -661,43 +717,20 @@ impl Runner<'_> {
     /// What a renewal says about faults the run still holds: those the agent ended on its own
     /// before their planned end, and those it does not know at all (it restarted and reverted its
     /// journal, or lost its state).
-    fn on_renewed(&mut self, agent: &str, renewed: Renewed, at: Timestamp) {
-        let now = Instant::now();
-        let find = |faults: &[FaultRun], id: &str| {
-            faults.iter().position(|f| {
-                f.id == id && f.agent.name() == agent && matches!(f.slot, Slot::Active { .. })
+    fn on_renewed(&mut self, agent: &str, renewed: &Renewed, at: Timestamp) {
+        let held: Vec<Option<Held<'_>>> = self
+            .faults
+            .iter()
+            .map(|f| {
+                (f.agent.name() == agent && matches!(f.slot, Slot::Active { .. })).then(|| Held {
+                    id: &f.id,
+                    sent: f.sent,
+                    duration: self.exp.faults[f.step].duration,
+                })
             })
-        };
-        for ended in renewed.ended {
-            let Some(why) = early_cause(ended.cause) else {
-                continue;
-            };
-            if let Some(i) = find(&self.faults, &ended.id) {
-                let why = format!(
-                    "{agent} reverted it on its own at {:.0} because {why} ({})",
-                    ended.at, ended.detail
-                );
-                self.note_early(i, ended.at, why);
-            }
-        }
-        for id in renewed.unknown {
-            let Some(i) = find(&self.faults, &id) else {
-                continue;
-            };
-            // The agent's clock for the duration starts no earlier than the apply was sent: from
-            // then on, an unknown id may simply be a fault whose duration ended there first.
-            let f = &self.faults[i];
-            let duration = self.exp.faults[f.step].duration;
-            let may_have_ended = match (f.sent, duration) {
-                (Some(sent), Some(d)) => now >= sent + d,
-                _ => false,
-            };
-            if may_have_ended {
-                continue;
-            }
-            let why = format!(
-                "{agent} no longer held it at {at:.0} (the agent restarted and reverted its journal, or lost its state)"
-            );
+            .collect();
+        let early = early_from_renewal(&held, agent, renewed, at, Instant::now());
+        for (i, at, why) in early {
             self.note_early(i, at, why);
         }
     }
@@ -830,7 +863,7 @@ impl Runner<'_> {
                     }
                 }
             }
-            Op::Renewed { agent, renewed, at } => self.on_renewed(&agent, renewed, at),
+            Op::Renewed { agent, renewed, at } => self.on_renewed(&agent, &renewed, at),
             Op::Reverted(i, result) => {
                 if let Ok(reverted) = &result {
                     if let Some(why) = early_cause(reverted.cause) {
@@ -1007,5 +1040,116 @@ impl Runner<'_> {
             budget: self.budget.clone(),
             samples,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use jiff::Timestamp;
+
+    use super::{Held, early_from_renewal};
+    use crate::protocol::{Renewed, RevertCause, Reverted};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn ended(id: &str, cause: RevertCause) -> Reverted {
+        Reverted {
+            id: id.to_owned(),
+            detail: "continued pid 42 (sleep)".to_owned(),
+            at: at("2026-12-02T04:00:01Z"),
+            cause,
+        }
+    }
+
+    #[test]
+    fn a_renewal_reports_faults_the_agent_ended_or_forgot_before_their_time() {
+        let sent = Instant::now();
+        let ten_s = Some(Duration::from_secs(10));
+        let held = [
+            Some(Held {
+                id: "r-0",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            Some(Held {
+                id: "r-1",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            Some(Held {
+                id: "r-2",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            // Held elsewhere (another agent) or no longer held: never reported from this answer.
+            None,
+        ];
+        let renewed = Renewed {
+            renewed: vec!["r-2".to_owned()],
+            // An agent may list what it ended in both: it is reported once, with the cause.
+            unknown: vec!["r-0".to_owned(), "r-1".to_owned(), "r-3".to_owned()],
+            ended: vec![
+                ended("r-0", RevertCause::Halted),
+                ended("r-3", RevertCause::Halted),
+            ],
+        };
+        let now = sent + Duration::from_secs(2);
+        let early = early_from_renewal(&held, "a1", &renewed, at("2026-12-02T04:00:02Z"), now);
+        assert_eq!(
+            early,
+            vec![
+                (
+                    0,
+                    at("2026-12-02T04:00:01Z"),
+                    "a1 reverted it on its own at 2026-12-02T04:00:01Z because `faultline halt` (continued pid 42 (sleep))".to_owned()
+                ),
+                (
+                    1,
+                    at("2026-12-02T04:00:02Z"),
+                    "a1 no longer held it at 2026-12-02T04:00:02Z (the agent restarted and reverted its journal, or lost its state)".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fault_whose_duration_may_have_ended_on_the_agent_is_not_early() {
+        let sent = Instant::now();
+        let held = [Some(Held {
+            id: "r-0",
+            sent: Some(sent),
+            duration: Some(Duration::from_secs(3)),
+        })];
+        let by_duration = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+            ended: vec![ended("r-0", RevertCause::DurationEnded)],
+        };
+        let now = sent + Duration::from_secs(1);
+        assert!(early_from_renewal(&held, "a1", &by_duration, Timestamp::now(), now).is_empty());
+        // Unknown once its duration could have run out on the agent's clock: its revert will say.
+        let unknown = Renewed {
+            renewed: Vec::new(),
+            unknown: vec!["r-0".to_owned()],
+            ended: Vec::new(),
+        };
+        let late = sent + Duration::from_secs(3);
+        assert!(early_from_renewal(&held, "a1", &unknown, Timestamp::now(), late).is_empty());
+        assert_eq!(
+            early_from_renewal(&held, "a1", &unknown, Timestamp::now(), now).len(),
+            1
+        );
+        // A lapsed lease is early whatever the time.
+        let lapsed = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+            ended: vec![ended("r-0", RevertCause::LeaseExpired)],
+        };
+        let early = early_from_renewal(&held, "a1", &lapsed, Timestamp::now(), late);
+        assert!(early[0].2.contains("because its lease lapsed"), "{early:?}");
     }
 }
