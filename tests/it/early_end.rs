@@ -176,9 +176,7 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
         &dir.path().join("run-state"),
         &run_log,
     );
-    wait_until("the victim stopping", Duration::from_secs(20), || {
-        state_of(victim.pid()) == Some('T')
-    });
+    wait_for_injection(&run_log, victim.pid());
 
     // The agent dies and comes back: its start reverts the journal, so the pause ends ~25 s early.
     agent.child.kill().unwrap();
