@@ -74,6 +74,9 @@ enum Command {
         parent: u32,
         #[arg(long)]
         state_dir: PathBuf,
+        /// The run's lease: its faults are reverted when its heartbeat is older than this.
+        #[arg(long)]
+        lease_ms: u64,
     },
     /// The parent of one `[[setup]]` fixture: runs it and takes its process group down as soon as
     /// the run that started it is gone.
@@ -287,9 +290,15 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             worker_main(&work, parent);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Watchdog { parent, state_dir } => {
-            Ok(crate::agent::watchdog::main(parent, &state_dir))
-        }
+        Command::Watchdog {
+            parent,
+            state_dir,
+            lease_ms,
+        } => Ok(crate::agent::watchdog::main(
+            parent,
+            &state_dir,
+            Duration::from_millis(lease_ms),
+        )),
         Command::FixtureGuard { parent, argv } => Ok(crate::fixture::guard_main(parent, &argv)),
         Command::Certs { out, hosts } => {
             let written = crate::certs::generate(&out, &hosts).map_err(anyhow::Error::msg)?;
@@ -506,7 +515,8 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         core.spawn_reaper();
-        crate::agent::watchdog::spawn(core.state_dir()).map_err(anyhow::Error::msg)?;
+        // Beats for as long as the run lives; the watchdog reverts the run's faults when it stops.
+        let _heartbeat = crate::agent::watchdog::spawn(core.state_dir(), args.lease).map_err(anyhow::Error::msg)?;
         let mut targets: Targets = selection
             .groups
             .iter()

@@ -23,9 +23,51 @@ pub(crate) struct Sample {
     pub(crate) ok: bool,
     pub(crate) latency: Duration,
     pub(crate) error: Option<String>,
+    /// The short, stable cause of a failed sample (`status 503`, `connection refused`), the same
+    /// for every sample that failed the same way, so the verdict can count them.
+    pub(crate) cause: Option<String>,
     /// The number the check read, for probes that read one (a Prometheus query, a command's
     /// output with `value = true`); kept for failed samples too, since the value is often why.
     pub(crate) value: Option<f64>,
+}
+
+/// Why one check failed: a short cause shared by every sample that failed the same way, so a
+/// reason can say "status 503 in 17/20", and the full message kept in the report's samples.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Failure {
+    pub(crate) cause: String,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(cause: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure {
+            cause: cause.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure whose message is already short and stable enough to count.
+    pub(crate) fn plain(message: impl Into<String>) -> Failure {
+        let message = message.into();
+        Failure {
+            cause: message.clone(),
+            message,
+        }
+    }
+}
+
+/// The operating system's name for the first IO error in an error's chain ("connection refused",
+/// "timed out"): stable across samples, unlike the message around it.
+pub(crate) fn io_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind().to_string());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// A check ready to run repeatedly, built once per probe.
@@ -65,7 +107,7 @@ impl Prober {
     }
 
     /// The value read, if the check reads one, and whether the check passed.
-    async fn check(&self) -> (Option<f64>, Result<(), String>) {
+    async fn check(&self) -> (Option<f64>, Result<(), Failure>) {
         match self {
             Prober::Http(h) => (None, h.check().await),
             Prober::Tcp(addr) => (None, tcp::check(addr).await),
@@ -104,19 +146,24 @@ pub(crate) fn spawn_all(
                     Ok(checked) => checked,
                     Err(_) => (
                         None,
-                        Err(format!(
-                            "timed out after {}",
-                            humantime::format_duration(timeout)
+                        Err(Failure::new(
+                            "timed out",
+                            format!("timed out after {}", humantime::format_duration(timeout)),
                         )),
                     ),
                 };
                 let latency = at.elapsed();
+                let (error, cause) = match outcome {
+                    Ok(()) => (None, None),
+                    Err(f) => (Some(f.message), Some(f.cause)),
+                };
                 let sample = Sample {
                     probe: index,
                     at,
-                    ok: outcome.is_ok(),
+                    ok: error.is_none(),
                     latency,
-                    error: outcome.err(),
+                    error,
+                    cause,
                     value,
                 };
                 if tx.send(sample).is_err() {

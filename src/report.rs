@@ -100,6 +100,9 @@ pub(crate) enum FaultState {
     /// An instant fault (a kill) that was carried out.
     Completed,
     Reverted,
+    /// Stopped acting before its planned end without the run asking (the agent restarted, its
+    /// lease lapsed, a halt, the watchdog): `reverted_at` is when, `detail` says why.
+    EndedEarly,
     InjectFailed,
     RevertFailed,
 }
@@ -126,6 +129,9 @@ pub(crate) struct SampleRecord {
     pub(crate) latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    /// The short cause the reason counts (`status 503`), when the sample failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cause: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) value: Option<f64>,
 }

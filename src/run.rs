@@ -4,6 +4,8 @@
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
 //! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
 
+mod verdict;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,12 +22,12 @@ use crate::fixture;
 use crate::model::Experiment;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
-use crate::protocol::{Applied, ApplyRequest, OpenRequest, Reverted};
-use crate::report::{
-    FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, Verdict, millis,
-};
+use crate::protocol::{Applied, ApplyRequest, OpenRequest, Renewed, RevertCause, Reverted};
+use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, millis};
 use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
 use crate::units::format_ms;
+
+use self::verdict::{Event, Judge};
 
 /// How often the run loop re-evaluates the timeline, abort rules and recovery.
 const TICK: Duration = Duration::from_millis(20);
@@ -62,11 +64,22 @@ struct FaultRun {
     record: FaultRecord,
     /// When the fault stopped acting: revert done, or injection done for instant faults.
     ended: Option<Instant>,
+    /// When the apply was sent: the agent's clock for the fault's duration starts no earlier.
+    sent: Option<Instant>,
+    /// Set once the run learnt that the fault stopped acting before its planned end without
+    /// being asked; its record then keeps that end, whatever a later revert answers.
+    early: bool,
 }
 
 enum Op {
     Applied(usize, Result<Applied, AgentError>),
     Reverted(usize, Result<Reverted, AgentError>),
+    /// A renewal answer from one agent, and when it came.
+    Renewed {
+        agent: String,
+        renewed: Renewed,
+        at: Timestamp,
+    },
 }
 
 enum Stage {
@@ -95,20 +108,19 @@ struct Runner<'a> {
     method_start: Option<Instant>,
     first_injected: Option<Instant>,
     baselines: Vec<Stats>,
-    /// Set when the run must wind down early: an abort rule, a failed injection, a signal.
-    stopping: bool,
-    interrupted: Option<&'static str>,
-    inject_failed: bool,
-    aborted: Option<(String, Instant)>,
-    time_to_abort: Option<Duration>,
+    /// Decides the verdict from what happened; also says when the run must wind down early.
+    judge: Judge,
+    /// When the breach that fired the abort rule began.
+    abort_breach: Option<Instant>,
     recovered_at: Option<Instant>,
     after_start: Option<Instant>,
-    outcome: Option<(Verdict, String)>,
     last_renew: Instant,
+    /// When the loop last ran: a gap longer than the lease means the run was stopped or stalled
+    /// and every lease it held may have lapsed.
+    last_advance: Instant,
     last_status: Instant,
     /// The run resources (proxies) open on agents, with their ids; renewed like active faults.
     resources: Vec<(Agent, String)>,
-    closing_failures: Vec<String>,
     /// The error-budget numbers, when the experiment has a gate and Prometheus answered.
     budget: Option<Budget>,
 }
@@ -156,6 +168,8 @@ pub(crate) async fn run(
                     detail: String::new(),
                 },
                 ended: None,
+                sent: None,
+                early: false,
             });
         }
     }
@@ -177,18 +191,14 @@ pub(crate) async fn run(
         method_start: None,
         first_injected: None,
         baselines: Vec::new(),
-        stopping: false,
-        interrupted: None,
-        inject_failed: false,
-        aborted: None,
-        time_to_abort: None,
+        judge: Judge::new(),
+        abort_breach: None,
         recovered_at: None,
         after_start: None,
-        outcome: None,
         last_renew: now,
+        last_advance: now,
         last_status: now,
         resources: Vec::new(),
-        closing_failures: Vec::new(),
         budget: None,
     };
     progress.log(&format!(
@@ -204,19 +214,17 @@ pub(crate) async fn run(
                 let summary = numbers.summary();
                 runner.budget = Some(numbers);
                 if !enough {
-                    runner.outcome = Some((
-                        Verdict::NotRun,
-                        format!("error budget too low: {summary}; no fault was injected"),
-                    ));
+                    runner.judge.on(Event::BudgetTooLow(format!(
+                        "error budget too low: {summary}; no fault was injected"
+                    )));
                     return runner.report();
                 }
                 progress.log(&format!("error budget: {summary}"));
             }
             Err(e) => {
-                runner.outcome = Some((
-                    Verdict::Error,
-                    format!("could not check the error budget: {e}; nothing was injected"),
-                ));
+                runner.judge.on(Event::SetupFailed(format!(
+                    "could not check the error budget: {e}; nothing was injected"
+                )));
                 return runner.report();
             }
         }
@@ -227,7 +235,9 @@ pub(crate) async fn run(
         Ok(running) => running,
         Err((started, e)) => {
             fixture::stop_all(started, &log).await;
-            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            runner
+                .judge
+                .on(Event::SetupFailed(format!("{e}; nothing was injected")));
             return runner.report();
         }
     };
@@ -235,7 +245,9 @@ pub(crate) async fn run(
     if let Err(e) = runner.open_resources().await {
         runner.close_resources().await;
         fixture::stop_all(fixtures, &log).await;
-        runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+        runner
+            .judge
+            .on(Event::SetupFailed(format!("{e}; nothing was injected")));
         return runner.report();
     }
 
@@ -246,7 +258,9 @@ pub(crate) async fn run(
         Err(e) => {
             runner.close_resources().await;
             fixture::stop_all(fixtures, &log).await;
-            runner.outcome = Some((Verdict::Error, format!("{e}; nothing was injected")));
+            runner
+                .judge
+                .on(Event::SetupFailed(format!("{e}; nothing was injected")));
             return runner.report();
         }
     };
@@ -284,6 +298,71 @@ pub(crate) async fn run(
     runner.close_resources().await;
     fixture::stop_all(fixtures, &log).await;
     runner.report()
+}
+
+/// A fault the run holds on the agent whose renewal answer is being read.
+struct Held<'a> {
+    id: &'a str,
+    /// When the apply was sent.
+    sent: Option<Instant>,
+    duration: Option<Duration>,
+}
+
+/// Which held faults (`held[i]` is `None` when fault `i` is not held on this agent) a renewal
+/// answer says ended early, with when and why: those the agent ended on its own for a reason other
+/// than their duration, and those it does not know at all (it restarted and reverted its journal,
+/// or lost its state) while their duration cannot have ended yet. `at` is when the answer came.
+fn early_from_renewal(
+    held: &[Option<Held<'_>>],
+    agent: &str,
+    renewed: &Renewed,
+    at: Timestamp,
+    now: Instant,
+) -> Vec<(usize, Timestamp, String)> {
+    let find = |id: &str| {
+        held.iter()
+            .position(|h| h.as_ref().is_some_and(|h| h.id == id))
+    };
+    let mut early: Vec<(usize, Timestamp, String)> = Vec::new();
+    for ended in &renewed.ended {
+        let (Some(why), Some(i)) = (early_cause(ended.cause), find(&ended.id)) else {
+            continue;
+        };
+        let why = format!(
+            "{agent} reverted it on its own at {:.0} because {why} ({})",
+            ended.at, ended.detail
+        );
+        early.push((i, ended.at, why));
+    }
+    for id in &renewed.unknown {
+        let Some(i) = find(id) else { continue };
+        if early.iter().any(|(j, ..)| *j == i) {
+            continue;
+        }
+        // The agent's clock for the duration starts no earlier than the apply was sent: from
+        // then on, an unknown id may simply be a fault whose duration ended there first.
+        let may_have_ended = held[i]
+            .as_ref()
+            .and_then(|h| h.sent.zip(h.duration))
+            .is_some_and(|(sent, d)| now >= sent + d);
+        if may_have_ended {
+            continue;
+        }
+        let why = format!(
+            "{agent} no longer held it at {at:.0} (the agent restarted and reverted its journal, or lost its state)"
+        );
+        early.push((i, at, why));
+    }
+    early
+}
+
+/// Why an agent's own revert means the fault ended before its time; `None` when the run asked or
+/// the fault's duration simply ended on the agent's clock.
+fn early_cause(cause: RevertCause) -> Option<&'static str> {
+    match cause {
+        RevertCause::Requested | RevertCause::DurationEnded => None,
+        other => other.on_its_own(),
+    }
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -356,27 +435,26 @@ impl Runner<'_> {
                 ),
             };
             self.progress.log(&line);
-            self.closing_failures.push(line);
+            self.judge.on(Event::ResourceNotClosed(line));
         }
     }
 
     fn interrupt(&mut self, name: &'static str) {
-        if self.interrupted.is_none() {
+        if !self.judge.interrupted() {
             self.progress.log(&format!(
                 "{name} received: reverting every fault and stopping"
             ));
         }
-        self.interrupted = Some(name);
-        self.stopping = true;
-    }
-
-    fn finish(&mut self, verdict: Verdict, reason: String) {
-        self.outcome = Some((verdict, reason));
-        self.stage = Stage::Done;
+        self.judge.on(Event::Interrupted(name));
     }
 
     fn advance(&mut self, now: Instant) {
         self.show_status(now);
+        let gap = now.saturating_duration_since(self.last_advance);
+        if gap > self.opts.lease && matches!(self.stage, Stage::Method) {
+            self.lapsed_while_stopped(gap);
+        }
+        self.last_advance = now;
         // Leases are renewed in every stage: run resources are held from before to after.
         if now.duration_since(self.last_renew) >= self.opts.lease / 3 {
             self.renew_leases();
@@ -385,11 +463,8 @@ impl Runner<'_> {
         match &mut self.stage {
             Stage::Before { until } => {
                 let until = *until;
-                if let Some(sig) = self.interrupted {
-                    self.finish(
-                        Verdict::Error,
-                        format!("interrupted by {sig} before any fault was injected"),
-                    );
+                if self.judge.interrupted() {
+                    self.stage = Stage::Done;
                 } else if now >= until {
                     self.end_before(until);
                 }
@@ -402,14 +477,17 @@ impl Runner<'_> {
                     &self.baselines,
                     now,
                 );
-                if let Some(sig) = self.interrupted {
-                    self.finish(Verdict::Error, format!("interrupted by {sig} while waiting for recovery; every fault had been reverted"));
+                if self.judge.interrupted() {
+                    self.stage = Stage::Done;
                     return;
                 }
                 match state {
                     RecoveryState::Pending => {}
                     RecoveryState::Recovered(at) => self.end_recovered(at),
-                    RecoveryState::Failed(why) => self.end_not_recovered(why),
+                    RecoveryState::Failed(why) => {
+                        self.judge.on(Event::NotRecovered(why));
+                        self.stage = Stage::Done;
+                    }
                 }
             }
             Stage::Done => {}
@@ -428,23 +506,16 @@ impl Runner<'_> {
             .filter_map(|(p, stats)| check_slo(&p.name, &p.slo, stats, Some(stats)).err())
             .collect();
         if !failures.is_empty() {
-            self.finish(
-                Verdict::NotRun,
-                format!(
-                    "the steady state was not met before the method ({}); no fault was injected",
-                    failures.join("; ")
-                ),
-            );
+            self.judge.on(Event::SteadyStateNotMet(failures));
+            self.stage = Stage::Done;
             return;
         }
         if self.opts.dry_run {
-            self.finish(
-                Verdict::NotRun,
-                "dry run: the steady state held before the method; no fault was injected"
-                    .to_owned(),
-            );
+            self.judge.on(Event::DryRunHeld);
+            self.stage = Stage::Done;
             return;
         }
+        self.judge.on(Event::MethodStarted);
         self.progress
             .log("before: steady state met; starting the method");
         self.method_start = Some(until);
@@ -453,7 +524,7 @@ impl Runner<'_> {
 
     fn advance_method(&mut self, now: Instant) {
         let start = self.method_start.expect("method started");
-        if !self.stopping {
+        if !self.judge.must_stop() {
             for i in 0..self.faults.len() {
                 if self.faults[i].slot == Slot::Pending
                     && now >= start + self.exp.faults[self.faults[i].step].at
@@ -463,9 +534,10 @@ impl Runner<'_> {
             }
             self.check_aborts(now);
         }
+        let stopping = self.judge.must_stop();
         for i in 0..self.faults.len() {
             match self.faults[i].slot {
-                Slot::Pending if self.stopping => {
+                Slot::Pending if stopping => {
                     self.faults[i].slot = Slot::Done;
                     "not started: the run stopped first"
                         .clone_into(&mut self.faults[i].record.detail);
@@ -474,7 +546,7 @@ impl Runner<'_> {
                     let due = self.exp.faults[self.faults[i].step]
                         .duration
                         .is_some_and(|d| now >= since + d);
-                    if due || self.stopping {
+                    if due || stopping {
                         self.revert(i);
                     }
                 }
@@ -487,40 +559,23 @@ impl Runner<'_> {
     }
 
     fn end_method(&mut self, now: Instant) {
-        if let Some((rule, breach)) = &self.aborted {
+        if let Some(breach) = self.abort_breach {
             let reverted = self
                 .faults
                 .iter()
                 .filter_map(|f| f.ended)
                 .max()
                 .unwrap_or(now);
-            self.time_to_abort = Some(reverted.saturating_duration_since(*breach));
-            self.progress
-                .log(&format!("aborted by `{rule}`: every fault reverted"));
+            self.judge.on(Event::AbortReverted {
+                after: reverted.saturating_duration_since(breach),
+            });
+            self.progress.log(&format!(
+                "aborted by `{}`: every fault reverted",
+                self.judge.aborted_by().unwrap_or_default()
+            ));
         }
-        if let Some(sig) = self.interrupted {
-            self.finish(
-                Verdict::Error,
-                format!("interrupted by {sig}; every injected fault was reverted"),
-            );
-            return;
-        }
-        if self.inject_failed {
-            let failed: Vec<String> = self
-                .faults
-                .iter()
-                .filter(|f| f.record.status == FaultState::InjectFailed)
-                .map(|f| {
-                    format!(
-                        "fault `{}` could not be injected: {}",
-                        f.record.name, f.record.detail
-                    )
-                })
-                .collect();
-            self.finish(
-                Verdict::Error,
-                format!("{}; every injected fault was reverted", failed.join("; ")),
-            );
+        if self.judge.decided_without_recovery() {
+            self.stage = Stage::Done;
             return;
         }
         let from = self
@@ -530,6 +585,7 @@ impl Runner<'_> {
             .max()
             .unwrap_or(now);
         self.after_start = Some(from);
+        self.judge.on(Event::RecoveryStarted);
         self.progress.log(&format!(
             "after: waiting up to {} for the steady state to return",
             format_ms(self.exp.recovery_within)
@@ -545,40 +601,14 @@ impl Runner<'_> {
 
     fn end_recovered(&mut self, at: Instant) {
         self.recovered_at = Some(at);
-        let ttr = at.saturating_duration_since(self.after_start.expect("after started"));
-        let recovered = format!(
-            "every probe met its SLO again {} after the last fault ended (allowed {})",
-            format_ms(ttr),
-            format_ms(self.exp.recovery_within)
-        );
-        if let Some(verdict) = self.abort_verdict(&recovered) {
-            self.finish(Verdict::Aborted, verdict);
-            return;
-        }
-        let during = self.during_breaches();
-        if !during.is_empty() {
-            self.finish(
-                Verdict::Failed,
-                format!("during the faults {}; {recovered}", during.join("; ")),
-            );
-            return;
-        }
-        self.finish(Verdict::Passed, recovered);
-    }
-
-    fn end_not_recovered(&mut self, why: String) {
-        match self.abort_verdict(&format!("then {why}")) {
-            Some(reason) => self.finish(Verdict::Aborted, reason),
-            None => self.finish(Verdict::Failed, why),
-        }
-    }
-
-    fn abort_verdict(&self, tail: &str) -> Option<String> {
-        let (rule, _) = self.aborted.as_ref()?;
-        let after = self.time_to_abort.map_or_else(String::new, |d| {
-            format!(", faults reverted {} after the breach began", format_ms(d))
+        let after = at.saturating_duration_since(self.after_start.expect("after started"));
+        let during_breaches = self.during_breaches();
+        self.judge.on(Event::Recovered {
+            after,
+            allowed: self.exp.recovery_within,
+            during_breaches,
         });
-        Some(format!("abort rule `{rule}` fired{after}; {tail}"))
+        self.stage = Stage::Done;
     }
 
     fn during_breaches(&self) -> Vec<String> {
@@ -611,7 +641,7 @@ impl Runner<'_> {
             .faults
             .iter()
             .any(|f| matches!(f.slot, Slot::Active { .. } | Slot::Injecting));
-        if !any_active || self.aborted.is_some() {
+        if !any_active || self.judge.aborted_by().is_some() {
             return;
         }
         for rule in &self.exp.aborts {
@@ -620,10 +650,88 @@ impl Runner<'_> {
                     "abort rule `{}` fired: reverting every fault now",
                     rule.name
                 ));
-                self.aborted = Some((rule.name.clone(), breach));
-                self.stopping = true;
+                self.abort_breach = Some(breach);
+                self.judge.on(Event::AbortFired {
+                    rule: rule.name.clone(),
+                });
                 return;
             }
+        }
+    }
+
+    /// The loop did not run for `gap`, longer than the lease: the run was stopped (SIGSTOP,
+    /// Ctrl-Z) or starved. No renewal went out, so every fault whose lease would have lapsed before
+    /// its planned end was reverted by its agent (or the embedded run's watchdog) without the run.
+    fn lapsed_while_stopped(&mut self, gap: Duration) {
+        let lease = self.opts.lease;
+        let lapsed = self.last_advance + lease;
+        // Wall-clock time of the lapse, for the report: now, less how long ago it was.
+        let lapsed_at = Timestamp::now()
+            .checked_sub(gap.saturating_sub(lease))
+            .unwrap_or_else(|_| Timestamp::now());
+        self.progress.log(&format!(
+            "the run did not run for {} (lease {}): it was stopped or stalled, so its leases lapsed",
+            format_ms(gap),
+            format_ms(lease)
+        ));
+        for i in 0..self.faults.len() {
+            let f = &self.faults[i];
+            let Slot::Active { since } = f.slot else {
+                continue;
+            };
+            let planned_end = self.exp.faults[f.step].duration.map(|d| since + d);
+            if f.early || planned_end.is_some_and(|end| end <= lapsed) {
+                continue;
+            }
+            let why = format!(
+                "the run was stopped or stalled for {}, longer than its {} lease, so the lease lapsed \
+                 and the fault was reverted without the run by about {lapsed_at:.0}",
+                format_ms(gap),
+                format_ms(lease)
+            );
+            self.note_early(i, lapsed_at, why);
+        }
+    }
+
+    /// Records that fault `i` stopped acting at `at` before its planned end, without the run asking.
+    fn note_early(&mut self, i: usize, at: Timestamp, why: String) {
+        let fault = &mut self.faults[i];
+        if fault.early {
+            return;
+        }
+        fault.early = true;
+        fault.record.status = FaultState::EndedEarly;
+        fault.record.reverted_at = Some(at);
+        fault.record.detail = format!("{}; ENDED EARLY: {why}", fault.record.detail);
+        self.progress.log(&format!(
+            "fault `{}` on {} ENDED EARLY: {why}; reverting every fault and stopping",
+            fault.record.name, fault.record.agent
+        ));
+        self.judge.on(Event::EndedEarly {
+            fault: fault.record.name.clone(),
+            agent: fault.record.agent.clone(),
+            why,
+        });
+    }
+
+    /// What a renewal says about faults the run still holds: those the agent ended on its own
+    /// before their planned end, and those it does not know at all (it restarted and reverted its
+    /// journal, or lost its state).
+    fn on_renewed(&mut self, agent: &str, renewed: &Renewed, at: Timestamp) {
+        let held: Vec<Option<Held<'_>>> = self
+            .faults
+            .iter()
+            .map(|f| {
+                (f.agent.name() == agent && matches!(f.slot, Slot::Active { .. })).then(|| Held {
+                    id: &f.id,
+                    sent: f.sent,
+                    duration: self.exp.faults[f.step].duration,
+                })
+            })
+            .collect();
+        let early = early_from_renewal(&held, agent, renewed, at, Instant::now());
+        for (i, at, why) in early {
+            self.note_early(i, at, why);
         }
     }
 
@@ -631,6 +739,7 @@ impl Runner<'_> {
         let fault = &mut self.faults[i];
         let step = &self.exp.faults[fault.step];
         fault.slot = Slot::Injecting;
+        fault.sent = Some(Instant::now());
         let req = ApplyRequest {
             run_id: self.run_id.clone(),
             spec: step.spec.clone(),
@@ -697,16 +806,16 @@ impl Runner<'_> {
         }
         let timeout = self.opts.lease;
         for (_, (agent, ids)) in per_agent {
+            let ops = self.ops.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, agent.renew(ids)).await {
-                    Ok(Ok(renewed)) if !renewed.unknown.is_empty() => {
-                        tracing::warn!(
-                            "{} no longer holds {}: it ended them on its own",
-                            agent.name(),
-                            renewed.unknown.join(", ")
-                        );
+                    Ok(Ok(renewed)) => {
+                        let _ = ops.send(Op::Renewed {
+                            agent: agent.name().to_owned(),
+                            renewed,
+                            at: Timestamp::now(),
+                        });
                     }
-                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!("failed to renew leases on {}: {e}", agent.name()),
                     Err(_) => tracing::warn!(
                         "failed to renew leases on {}: no answer within {}",
@@ -747,17 +856,38 @@ impl Runner<'_> {
                         fault.record.detail = e.to_string();
                         self.progress
                             .log(&format!("FAILED to inject `{name}`: {e}"));
-                        self.inject_failed = true;
-                        self.stopping = true;
+                        self.judge.on(Event::InjectFailed {
+                            fault: fault.record.name.clone(),
+                            error: fault.record.detail.clone(),
+                        });
                     }
                 }
             }
+            Op::Renewed { agent, renewed, at } => self.on_renewed(&agent, &renewed, at),
             Op::Reverted(i, result) => {
+                if let Ok(reverted) = &result {
+                    if let Some(why) = early_cause(reverted.cause) {
+                        let why = format!(
+                            "{} reverted it on its own at {:.0} because {why}",
+                            self.faults[i].record.agent, reverted.at
+                        );
+                        self.note_early(i, reverted.at, why);
+                    }
+                }
                 let fault = &mut self.faults[i];
                 let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 fault.slot = Slot::Done;
                 fault.ended = Some(now);
                 match result {
+                    Ok(reverted) if fault.early => {
+                        // The record keeps the early end; this revert only confirms nothing is left.
+                        fault.record.detail = format!(
+                            "{}; then reverted: {}",
+                            fault.record.detail, reverted.detail
+                        );
+                        self.progress
+                            .log(&format!("reverted `{name}`: {}", reverted.detail));
+                    }
                     Ok(reverted) => {
                         fault.record.reverted_at = Some(reverted.at);
                         fault.record.status = FaultState::Reverted;
@@ -775,6 +905,11 @@ impl Runner<'_> {
                             format!("{}; REVERT FAILED: {e}", fault.record.detail);
                         self.progress
                             .log(&format!("FAILED to revert `{name}`: {e}"));
+                        self.judge.on(Event::RevertFailed {
+                            fault: fault.record.name.clone(),
+                            agent: fault.record.agent.clone(),
+                            detail: fault.record.detail.clone(),
+                        });
                     }
                 }
             }
@@ -852,28 +987,7 @@ impl Runner<'_> {
 
     fn report(&self) -> Report {
         let end = Instant::now();
-        let (mut verdict, mut reason) = self
-            .outcome
-            .clone()
-            .unwrap_or((Verdict::Error, "the run ended without a verdict".to_owned()));
-        let unreverted: Vec<String> = self
-            .faults
-            .iter()
-            .filter(|f| f.record.status == FaultState::RevertFailed)
-            .map(|f| {
-                format!(
-                    "fault `{}` on {} could NOT be reverted ({})",
-                    f.record.name, f.record.agent, f.record.detail
-                )
-            })
-            .collect();
-        if !unreverted.is_empty() {
-            reason = format!(
-                "{}; check the host by hand, then `faultline revert`. Before that: {reason}",
-                unreverted.join("; ")
-            );
-            verdict = Verdict::Error;
-        }
+        let (verdict, reason) = self.judge.decide();
         let method = self.method_start.unwrap_or(end);
         let before = self.phase_stats(Phase::Before, self.before_start, method);
         let (during, after) = match (self.method_start, self.after_start) {
@@ -895,11 +1009,12 @@ impl Runner<'_> {
                 ok: s.ok,
                 latency_ms: millis(s.latency),
                 error: s.error.clone(),
+                cause: s.cause.clone(),
                 value: s.value,
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-        let mut report = Report {
+        Report {
             run_id: self.run_id.clone(),
             title: self.exp.title.clone(),
             file: self.exp.file.display().to_string(),
@@ -919,15 +1034,122 @@ impl Runner<'_> {
                 .zip(self.after_start)
                 .map(|(c, a)| c.saturating_duration_since(a)),
             recovery_within: self.exp.recovery_within,
-            aborted_by: self.aborted.as_ref().map(|(rule, _)| rule.clone()),
-            time_to_abort: self.time_to_abort,
+            aborted_by: self.judge.aborted_by().map(str::to_owned),
+            time_to_abort: self.judge.time_to_abort(),
             recovered_from_journal: self.opts.recovered.clone(),
             budget: self.budget.clone(),
             samples,
-        };
-        for line in &self.closing_failures {
-            report.note_leftover(line);
         }
-        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use jiff::Timestamp;
+
+    use super::{Held, early_from_renewal};
+    use crate::protocol::{Renewed, RevertCause, Reverted};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn ended(id: &str, cause: RevertCause) -> Reverted {
+        Reverted {
+            id: id.to_owned(),
+            detail: "continued pid 42 (sleep)".to_owned(),
+            at: at("2026-12-02T04:00:01Z"),
+            cause,
+        }
+    }
+
+    #[test]
+    fn a_renewal_reports_faults_the_agent_ended_or_forgot_before_their_time() {
+        let sent = Instant::now();
+        let ten_s = Some(Duration::from_secs(10));
+        let held = [
+            Some(Held {
+                id: "r-0",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            Some(Held {
+                id: "r-1",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            Some(Held {
+                id: "r-2",
+                sent: Some(sent),
+                duration: ten_s,
+            }),
+            // Held elsewhere (another agent) or no longer held: never reported from this answer.
+            None,
+        ];
+        let renewed = Renewed {
+            renewed: vec!["r-2".to_owned()],
+            // An agent may list what it ended in both: it is reported once, with the cause.
+            unknown: vec!["r-0".to_owned(), "r-1".to_owned(), "r-3".to_owned()],
+            ended: vec![
+                ended("r-0", RevertCause::Halted),
+                ended("r-3", RevertCause::Halted),
+            ],
+        };
+        let now = sent + Duration::from_secs(2);
+        let early = early_from_renewal(&held, "a1", &renewed, at("2026-12-02T04:00:02Z"), now);
+        assert_eq!(
+            early,
+            vec![
+                (
+                    0,
+                    at("2026-12-02T04:00:01Z"),
+                    "a1 reverted it on its own at 2026-12-02T04:00:01Z because `faultline halt` (continued pid 42 (sleep))".to_owned()
+                ),
+                (
+                    1,
+                    at("2026-12-02T04:00:02Z"),
+                    "a1 no longer held it at 2026-12-02T04:00:02Z (the agent restarted and reverted its journal, or lost its state)".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fault_whose_duration_may_have_ended_on_the_agent_is_not_early() {
+        let sent = Instant::now();
+        let held = [Some(Held {
+            id: "r-0",
+            sent: Some(sent),
+            duration: Some(Duration::from_secs(3)),
+        })];
+        let by_duration = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+            ended: vec![ended("r-0", RevertCause::DurationEnded)],
+        };
+        let now = sent + Duration::from_secs(1);
+        assert!(early_from_renewal(&held, "a1", &by_duration, Timestamp::now(), now).is_empty());
+        // Unknown once its duration could have run out on the agent's clock: its revert will say.
+        let unknown = Renewed {
+            renewed: Vec::new(),
+            unknown: vec!["r-0".to_owned()],
+            ended: Vec::new(),
+        };
+        let late = sent + Duration::from_secs(3);
+        assert!(early_from_renewal(&held, "a1", &unknown, Timestamp::now(), late).is_empty());
+        assert_eq!(
+            early_from_renewal(&held, "a1", &unknown, Timestamp::now(), now).len(),
+            1
+        );
+        // A lapsed lease is early whatever the time.
+        let lapsed = Renewed {
+            renewed: Vec::new(),
+            unknown: Vec::new(),
+            ended: vec![ended("r-0", RevertCause::LeaseExpired)],
+        };
+        let early = early_from_renewal(&held, "a1", &lapsed, Timestamp::now(), late);
+        assert!(early[0].2.contains("because its lease lapsed"), "{early:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! Owns the arithmetic of the verdict: statistics over samples, SLO checks (absolute or relative to
 //! the baseline), recovery detection and abort-rule breaches. Pure: no IO, no clocks of its own.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -22,6 +23,9 @@ pub(crate) struct Stats {
     /// Over the samples that read a number (Prometheus probes, `value = true` commands), failed
     /// ones included: a saturation of 97% is the reason a check failed, not noise to drop.
     pub(crate) values: Option<ValueStats>,
+    /// The most common cause among failed samples and how many failed with it: what a reason
+    /// names when the success ratio is too low ("status 503" in 17 samples).
+    pub(crate) top_cause: Option<(String, usize)>,
 }
 
 /// Minimum, mean and maximum of the numbers a probe read in one phase.
@@ -41,11 +45,14 @@ impl Stats {
         let mut stats = Stats::default();
         let (mut count, mut sum, mut min, mut max) =
             (0_usize, 0.0_f64, f64::INFINITY, f64::NEG_INFINITY);
+        let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
         for s in samples {
             stats.samples += 1;
             if s.ok {
                 stats.successes += 1;
                 hist.saturating_record((s.latency.as_micros() as u64).max(1));
+            } else if let Some(cause) = s.cause.as_deref().or(s.error.as_deref()) {
+                *causes.entry(cause).or_default() += 1;
             }
             if let Some(v) = s.value.filter(|v| !v.is_nan()) {
                 count += 1;
@@ -54,6 +61,12 @@ impl Stats {
                 max = max.max(v);
             }
         }
+        // The most frequent cause; among equals the first in name order, so a reason is stable.
+        stats.top_cause = causes
+            .into_iter()
+            .rev()
+            .max_by_key(|&(_, n)| n)
+            .map(|(cause, n)| (cause.to_owned(), n));
         if count > 0 {
             stats.values = Some(ValueStats {
                 count,
@@ -74,6 +87,12 @@ impl Stats {
 
     pub(crate) fn success_ratio(&self) -> Option<f64> {
         (self.samples > 0).then(|| self.successes as f64 / self.samples as f64)
+    }
+
+    /// Why samples failed, as a clause: "connection refused in 4/4 samples"; `None` when none did.
+    pub(crate) fn failure_cause(&self) -> Option<String> {
+        let (cause, n) = self.top_cause.as_ref()?;
+        Some(format!("{cause} in {n}/{} samples", self.samples))
     }
 }
 
@@ -102,12 +121,13 @@ pub(crate) fn check_slo(
     // A tiny tolerance, so "99.9%" of 1000 samples is not lost to floating point.
     if ratio + 1e-9 < needed {
         return Err(format!(
-            "{name} success was {} ({}/{}), below {}{}",
+            "{name} success was {} ({}/{}), below {}{}{}",
             Percent(ratio),
             stats.successes,
             stats.samples,
             Percent(needed.max(0.0)),
-            relative_note(matches!(slo.success, SuccessBound::BaselineMinus(_)))
+            relative_note(matches!(slo.success, SuccessBound::BaselineMinus(_))),
+            because(stats)
         ));
     }
     let bounds = [
@@ -126,7 +146,8 @@ pub(crate) fn check_slo(
         };
         let Some(value) = value else {
             return Err(format!(
-                "{name} had no successful samples to measure {label}"
+                "{name} had no successful samples to measure {label}{}",
+                because(stats)
             ));
         };
         if value > limit {
@@ -139,6 +160,13 @@ pub(crate) fn check_slo(
         }
     }
     Ok(())
+}
+
+/// ": connection refused in 4/4 samples", or nothing when no sample failed.
+fn because(stats: &Stats) -> String {
+    stats
+        .failure_cause()
+        .map_or_else(String::new, |c| format!(": {c}"))
 }
 
 fn relative_note(relative: bool) -> &'static str {
@@ -322,6 +350,7 @@ mod tests {
             ok,
             latency: Duration::from_millis(ms),
             error: None,
+            cause: None,
             value: None,
         }
     }
@@ -379,6 +408,46 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "front page p99 was 812 ms, above 250 ms");
+    }
+
+    #[test]
+    fn a_low_success_ratio_names_the_most_common_cause_and_its_count() {
+        let t = Instant::now();
+        let failed = |cause: &str| Sample {
+            cause: Some(cause.to_owned()),
+            error: Some(format!("{cause}, in full")),
+            ..sample(t, false, 1)
+        };
+        let mut samples = vec![sample(t, true, 5), sample(t, true, 5), sample(t, true, 5)];
+        samples.extend((0..15).map(|_| failed("status 503")));
+        samples.extend((0..2).map(|_| failed("connection refused")));
+        let err =
+            check_slo("front page", &slo(0.99, None), &Stats::of(&samples), None).unwrap_err();
+        assert_eq!(
+            err,
+            "front page success was 15% (3/20), below 99%: status 503 in 15/20 samples"
+        );
+        // Every sample failed: the latency bound cannot be measured, and the reason says why.
+        let down: Vec<Sample> = (0..4)
+            .map(|_| failed("Prometheus unreachable (connection refused)"))
+            .collect();
+        let err = check_slo(
+            "rate",
+            &slo(0.0, Some(LatencyBound::Absolute(Duration::from_millis(1)))),
+            &Stats::of(&down),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "rate had no successful samples to measure p99: Prometheus unreachable (connection refused) in 4/4 samples"
+        );
+        // Equal counts: the first cause in name order, so the reason does not flicker.
+        let tie = vec![failed("timed out"), failed("status 500")];
+        assert_eq!(
+            Stats::of(&tie).failure_cause().unwrap(),
+            "status 500 in 1/2 samples"
+        );
     }
 
     #[test]

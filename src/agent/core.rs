@@ -480,6 +480,9 @@ impl AgentCore {
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
+            deadline: (!req.spec.is_instant())
+                .then(|| Timestamp::now().checked_add(duration).ok())
+                .flatten(),
         };
         self.journal
             .record(&entry)
@@ -604,6 +607,7 @@ impl AgentCore {
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
+            deadline: None,
         };
         self.journal
             .record(&entry)

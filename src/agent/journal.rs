@@ -21,6 +21,10 @@ pub(crate) struct Entry {
     /// so two runs sharing a state directory never revert each other's faults.
     pub(crate) owner: ProcRef,
     pub(crate) written_at: Timestamp,
+    /// When the fault's duration ends: an embedded run's watchdog reverts it past this even while
+    /// the run still exists (stopped, stalled). `None` for run resources; absent in older entries.
+    #[serde(default)]
+    pub(crate) deadline: Option<Timestamp>,
 }
 
 #[derive(Debug)]

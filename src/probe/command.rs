@@ -6,6 +6,8 @@ use std::process::Stdio;
 
 use regex::Regex;
 
+use super::Failure;
+
 pub(crate) struct CommandCheck {
     pub(crate) argv: Vec<String>,
     pub(crate) expect_exit: i32,
@@ -15,7 +17,7 @@ pub(crate) struct CommandCheck {
 
 impl CommandCheck {
     /// The number printed (when `value` is set) and whether the command passed.
-    pub(crate) async fn check(&self) -> (Option<f64>, Result<(), String>) {
+    pub(crate) async fn check(&self) -> (Option<f64>, Result<(), Failure>) {
         let output = match tokio::process::Command::new(&self.argv[0])
             .args(&self.argv[1..])
             .stdin(Stdio::null())
@@ -27,7 +29,11 @@ impl CommandCheck {
             .await
         {
             Ok(output) => output,
-            Err(e) => return (None, Err(format!("failed to run `{}`: {e}", self.argv[0]))),
+            Err(e) => {
+                let cause = format!("failed to run `{}` ({})", self.argv[0], e.kind());
+                let message = format!("failed to run `{}`: {e}", self.argv[0]);
+                return (None, Err(Failure::new(cause, message)));
+            }
         };
         let text = String::from_utf8_lossy(&output.stdout);
         let value = if self.value {
@@ -38,21 +44,27 @@ impl CommandCheck {
         (value, self.judge(output.status.code(), &text, value))
     }
 
-    fn judge(&self, code: Option<i32>, text: &str, value: Option<f64>) -> Result<(), String> {
+    fn judge(&self, code: Option<i32>, text: &str, value: Option<f64>) -> Result<(), Failure> {
         match code {
             Some(code) if code == self.expect_exit => {}
-            Some(code) => return Err(format!("exited with {code}, expected {}", self.expect_exit)),
-            None => return Err("killed by a signal".to_owned()),
+            Some(code) => {
+                return Err(Failure::new(
+                    format!("exit code {code}"),
+                    format!("exited with {code}, expected {}", self.expect_exit),
+                ));
+            }
+            None => return Err(Failure::plain("killed by a signal")),
         }
         if self.value && value.is_none() {
             let shown: String = text.trim().chars().take(40).collect();
-            return Err(format!(
-                "output `{shown}` is not a number (the probe has `value = true`)"
+            return Err(Failure::new(
+                "output is not a number",
+                format!("output `{shown}` is not a number (the probe has `value = true`)"),
             ));
         }
         if let Some(re) = &self.stdout {
             if !re.is_match(text) {
-                return Err(format!("output did not match /{re}/"));
+                return Err(Failure::plain(format!("output did not match /{re}/")));
             }
         }
         Ok(())

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::{Failure, io_cause};
+
 pub(crate) struct HttpCheck {
     client: reqwest::Client,
     url: String,
@@ -22,7 +24,7 @@ impl HttpCheck {
         })
     }
 
-    pub(crate) async fn check(&self) -> Result<(), String> {
+    pub(crate) async fn check(&self) -> Result<(), Failure> {
         let response = self
             .client
             .get(&self.url)
@@ -40,20 +42,25 @@ impl HttpCheck {
         if allowed {
             Ok(())
         } else {
-            Err(format!("HTTP {code}"))
+            Err(Failure::new(
+                format!("status {code}"),
+                format!("HTTP {code}"),
+            ))
         }
     }
 }
 
-/// The innermost cause of a request error, which is the part a person can act on.
-fn describe(e: &reqwest::Error) -> String {
+/// The innermost cause of a request error, which is the part a person can act on, and its short
+/// form for counting.
+fn describe(e: &reqwest::Error) -> Failure {
     let mut source: &dyn std::error::Error = e;
     while let Some(next) = source.source() {
         source = next;
     }
     if e.is_timeout() {
-        "timed out".to_owned()
+        Failure::plain("timed out")
     } else {
-        source.to_string()
+        let message = source.to_string();
+        Failure::new(io_cause(e).unwrap_or_else(|| message.clone()), message)
     }
 }

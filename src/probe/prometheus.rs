@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Failure;
 use crate::model::Threshold;
 use crate::units::format_number;
 
@@ -22,32 +23,23 @@ pub(crate) enum QueryError {
     Unreachable {
         url: String,
         cause: String,
+        /// The operating system's short name for it ("connection refused"), when it is an IO error.
+        kind: Option<String>,
     },
     /// Prometheus answered with an error: the query is bad, or the server refused it.
-    Rejected {
-        query: String,
-        message: String,
-    },
+    Rejected { query: String, message: String },
     /// The query matched nothing: no number to judge, which is never a pass.
-    Empty {
-        query: String,
-    },
+    Empty { query: String },
     /// The query matched several series; the probe needs one number.
-    Ambiguous {
-        query: String,
-        series: Vec<String>,
-    },
+    Ambiguous { query: String, series: Vec<String> },
     /// The answer was not the JSON the API documents.
-    Malformed {
-        url: String,
-        cause: String,
-    },
+    Malformed { url: String, cause: String },
 }
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QueryError::Unreachable { url, cause } => {
+            QueryError::Unreachable { url, cause, .. } => {
                 write!(f, "Prometheus at {url} is unreachable: {cause}")
             }
             QueryError::Rejected { query, message } => {
@@ -71,6 +63,27 @@ impl fmt::Display for QueryError {
                 f,
                 "Prometheus at {url} sent an answer that is not a query result: {cause}"
             ),
+        }
+    }
+}
+
+impl QueryError {
+    /// A short cause, the same for every sample that failed this way, so a reason can count them:
+    /// "Prometheus unreachable (connection refused)".
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            QueryError::Unreachable { kind, cause, .. } => {
+                format!(
+                    "Prometheus unreachable ({})",
+                    kind.as_deref().unwrap_or(cause)
+                )
+            }
+            QueryError::Rejected { .. } => "Prometheus rejected the query".to_owned(),
+            QueryError::Empty { .. } => "the query returned no series".to_owned(),
+            QueryError::Ambiguous { series, .. } => {
+                format!("the query returned {} series", series.len())
+            }
+            QueryError::Malformed { .. } => "Prometheus sent no query result".to_owned(),
         }
     }
 }
@@ -125,18 +138,12 @@ impl Prometheus {
             .query(&[("query", query)])
             .send()
             .await
-            .map_err(|e| QueryError::Unreachable {
-                url: self.base.clone(),
-                cause: innermost(&e),
-            })?;
+            .map_err(|e| unreachable(&self.base, &e))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| QueryError::Unreachable {
-                url: self.base.clone(),
-                cause: innermost(&e),
-            })?;
+            .map_err(|e| unreachable(&self.base, &e))?;
         // Errors come back as 400/422/503 with the same envelope; read it before judging the status.
         let envelope: Envelope =
             serde_json::from_slice(&body).map_err(|e| QueryError::Malformed {
@@ -237,6 +244,18 @@ fn labels(metric: &serde_json::Map<String, serde_json::Value>) -> String {
     format!("{{{}}}", pairs.join(", "))
 }
 
+fn unreachable(url: &str, e: &reqwest::Error) -> QueryError {
+    QueryError::Unreachable {
+        url: url.to_owned(),
+        cause: innermost(e),
+        kind: if e.is_timeout() {
+            Some("timed out".to_owned())
+        } else {
+            super::io_cause(e)
+        },
+    }
+}
+
 fn innermost(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".to_owned();
@@ -270,10 +289,15 @@ impl PrometheusCheck {
     }
 
     /// The value (when there is one) and whether it met the threshold.
-    pub(crate) async fn check(&self) -> (Option<f64>, Result<(), String>) {
+    pub(crate) async fn check(&self) -> (Option<f64>, Result<(), Failure>) {
         match self.server.query(&self.query).await {
-            Err(e) => (None, Err(e.to_string())),
-            Ok(value) => (Some(value), self.threshold.judge(value)),
+            Err(e) => (None, Err(Failure::new(e.cause(), e.to_string()))),
+            Ok(value) => (
+                Some(value),
+                self.threshold.judge(value).map_err(|message| {
+                    Failure::new(format!("value not {}", self.threshold), message)
+                }),
+            ),
         }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn render(report: &Report) -> String {
         let failure = match f.status {
             FaultState::InjectFailed => Some(format!("failed to inject: {}", f.detail)),
             FaultState::RevertFailed => Some(format!("failed to revert: {}", f.detail)),
+            FaultState::EndedEarly => Some(format!("ended early: {}", f.detail)),
             FaultState::Skipped if !before_failed && !budget_refused => {
                 Some("not started: the run stopped first".to_owned())
             }

@@ -88,9 +88,15 @@ pub(crate) fn render(report: &Report) -> String {
                 FaultState::Completed => "(instant)".to_owned(),
                 _ => time(f.reverted_at),
             },
-            status: format!("{:?}", f.status)
-                .to_lowercase()
-                .replace("failed", " failed"),
+            status: match f.status {
+                FaultState::Skipped => "skipped",
+                FaultState::Completed => "completed",
+                FaultState::Reverted => "reverted",
+                FaultState::EndedEarly => "ended early",
+                FaultState::InjectFailed => "inject failed",
+                FaultState::RevertFailed => "revert failed",
+            }
+            .to_owned(),
             detail: wrap(&f.detail, 60),
         })
         .collect();
@@ -231,6 +237,7 @@ mod tests {
                 ok,
                 latency: Duration::from_millis(ms),
                 error: None,
+                cause: None,
                 value,
             })
             .collect();

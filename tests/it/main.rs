@@ -6,6 +6,7 @@ mod support;
 mod agent_core;
 mod agents;
 mod disk_fill;
+mod early_end;
 mod examples;
 mod hardening;
 mod latency;

@@ -400,3 +400,108 @@ fn a_fixture_that_cannot_start_is_an_error_naming_it() {
         "setup `demo` failed to start `no-such-program-xyz`: not found in PATH; nothing was injected"
     );
 }
+
+/// An experiment whose one probe is `check` (a TOML inline value after the probe kind's key),
+/// whose fault would kill `victim`.
+fn one_probe(check: &str, victim: u32) -> String {
+    format!(
+        r#"
+title = "probe cause"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "front page"
+{check}
+every = "200ms"
+timeout = "500ms"
+[[fault]]
+name = "kill"
+kind = "process-kill"
+select = {{ pid = {victim} }}
+[recovery]
+within = "2s"
+"#
+    )
+}
+
+#[test]
+fn a_prometheus_probe_against_a_closed_port_is_not_run_and_the_reason_names_the_error() {
+    let dir = tempdir();
+    let closed = free_port();
+    let mut victim = Proc::spawn(&["sleep", "300"]);
+    let check = format!(
+        "prometheus = {{ url = \"http://127.0.0.1:{closed}\", query = \"up\", below = 1 }}"
+    );
+    let run = run_experiment(dir.path(), &one_probe(&check, victim.pid()), &[]);
+    assert_eq!(run.code, 4, "{}", run.explain());
+    let reason = run.report.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let samples = every_sample_failed_with(&reason, "Prometheus unreachable (connection refused)");
+    assert!(
+        reason.contains(&format!("front page success was 0% (0/{samples})")),
+        "{reason}"
+    );
+    assert!(victim.alive(), "nothing may be injected");
+}
+
+/// Checks that `reason` says `cause` in N/N samples (every sample judged), and returns N.
+fn every_sample_failed_with(reason: &str, cause: &str) -> String {
+    let marker = format!(": {cause} in ");
+    let at = reason
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no `{marker}` in: {reason}"));
+    let counts = reason[at + marker.len()..]
+        .split_once(" samples")
+        .unwrap_or_else(|| panic!("no count in: {reason}"))
+        .0;
+    let (failed, of) = counts.split_once('/').unwrap();
+    assert_eq!(failed, of, "{reason}");
+    of.to_owned()
+}
+
+/// A server on `port` that answers every GET with 503.
+fn always_503(port: u16) -> Proc {
+    let script = format!(
+        r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+    );
+    let server = Proc::spawn(&["python3", "-c", &script]);
+    crate::support::wait_for_port(port, Duration::from_secs(10));
+    server
+}
+
+#[test]
+fn an_http_probe_answered_503_is_not_run_and_the_reason_says_status_503() {
+    let dir = tempdir();
+    let port = free_port();
+    let _server = always_503(port);
+    let mut victim = Proc::spawn(&["sleep", "300"]);
+    let check = format!("http = {{ url = \"http://127.0.0.1:{port}/\" }}");
+    let run = run_experiment(dir.path(), &one_probe(&check, victim.pid()), &[]);
+    assert_eq!(run.code, 4, "{}", run.explain());
+    let report = run.report.as_ref().unwrap();
+    let reason = report["reason"].as_str().unwrap();
+    let samples = every_sample_failed_with(reason, "status 503");
+    assert!(
+        reason.contains(&format!(
+            "front page success was 0% (0/{samples}), below 100%: status 503 in"
+        )),
+        "{reason}"
+    );
+    assert_eq!(report["samples"][0]["cause"], "status 503", "{report:#}");
+    assert_eq!(report["samples"][0]["error"], "HTTP 503");
+    // The terminal summary ends with the same reason.
+    assert!(run.stdout.contains("status 503 in"), "{}", run.explain());
+    assert!(victim.alive(), "nothing may be injected");
+}

@@ -1,0 +1,349 @@
+//! Faults that end before their planned end without the run asking — an agent restarted
+//! mid-fault, a run stopped (SIGSTOP) past its lease — are reported as ended early, with when and
+//! why, and the run's verdict is `error`, never `passed`.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, BIN, Proc, wait_until};
+
+/// The state letter of a process (`S`, `T`, ...), or `None` when it is gone or a zombie.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+    (state != 'Z' && state != 'X').then_some(state)
+}
+
+/// Starts `argv` in its own process group with its output in `log`; killed with it on drop.
+fn spawn_logged(argv: &[&str], state: &Path, log: &Path) -> Proc {
+    let out = File::create(log).expect("create log");
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("FAULTLINE_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    Proc { child }
+}
+
+/// A CA, agent certificate and token for 127.0.0.1 in `dir/certs`.
+fn certs(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    let run = support::faultline(
+        &[
+            "certs",
+            "--out",
+            out.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ],
+        &dir.join("unused-state"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+fn start_agent(certs: &Path, listen: &str, state: &Path, log: &Path) -> Proc {
+    let cert = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (token, pem, key) = (cert("token"), cert("agent.pem"), cert("agent-key.pem"));
+    let agent = spawn_logged(
+        &[
+            BIN,
+            "agent",
+            "--listen",
+            listen,
+            "--token-file",
+            &token,
+            "--tls-cert",
+            &pem,
+            "--tls-key",
+            &key,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        state,
+        log,
+    );
+    let addr = listen.parse().unwrap();
+    wait_until("the agent listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+    agent
+}
+
+/// Waits for the run to exit and returns its exit code and JSON report.
+fn finish(run: &mut Proc, report: &Path, log: &Path) -> (i32, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    (
+        status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn pause_experiment(targets: &str, on: &str, victim: u32, duration: &str) -> String {
+    format!(
+        r#"title = "early end"
+{targets}
+[steady_state]
+window = "300ms"
+[[steady_state.probe]]
+name = "always"
+command = ["true"]
+every = "100ms"
+[[fault]]
+name = "pause"
+kind = "process-pause"
+{on}
+select = {{ pid = {victim} }}
+duration = "{duration}"
+[recovery]
+within = "5s"
+"#
+    )
+}
+
+#[test]
+fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agent() {
+    let dir = support::tempdir();
+    let certs = certs(dir.path());
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let agent_state = dir.path().join("agent-state");
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"a1\"\naddress = \"https://{listen}\"\ntags = {{ role = \"web\" }}\n",
+            certs.join("ca.pem").display(),
+            certs.join("token").display()
+        ),
+    )
+    .unwrap();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(
+        &exp,
+        pause_experiment(
+            "[targets.web]\ntags = { role = \"web\" }",
+            "on = \"web\"",
+            victim.pid(),
+            "30s",
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--agents",
+            inventory.to_str().unwrap(),
+            "--lease",
+            "2s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("run-state"),
+        &run_log,
+    );
+    wait_for_injection(&run_log, victim.pid());
+
+    // The agent dies and comes back: its start reverts the journal, so the pause ends ~25 s early.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let _agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    assert_ne!(
+        state_of(victim.pid()),
+        Some('T'),
+        "the restarted agent did not revert its journal"
+    );
+
+    let (code, report) = finish(&mut run, &report, &run_log);
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["verdict"], "error");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("fault `pause` on a1 ended early: a1 no longer held it at "),
+        "{reason}"
+    );
+    let fault = &report["faults"][0];
+    assert_eq!(fault["status"], "ended_early", "{fault:#}");
+    assert!(fault["reverted_at"].is_string(), "{fault:#}");
+    assert!(
+        fault["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ENDED EARLY: a1 no longer held it"),
+        "{fault:#}"
+    );
+    // The run stopped at once instead of waiting out the 30 s it planned.
+    let injected: jiff::Timestamp = fault["injected_at"].as_str().unwrap().parse().unwrap();
+    let ended: jiff::Timestamp = report["ended_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        ended.duration_since(injected) < jiff::SignedDuration::from_secs(20),
+        "{report:#}"
+    );
+}
+
+/// Waits until the run has injected and verified its pause: stopping the run in the middle of the
+/// agent's verification would make the injection, not the fault, what fails.
+fn wait_for_injection(run_log: &Path, victim: u32) {
+    wait_until("the pause being injected", Duration::from_secs(20), || {
+        std::fs::read_to_string(run_log).is_ok_and(|log| log.contains("injected `pause`"))
+    });
+    assert_eq!(state_of(victim), Some('T'), "the victim is not stopped");
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+#[test]
+fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_ends_in_error() {
+    let dir = support::tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(&exp, pause_experiment("", "", victim.pid(), "3s")).unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    let lease = Duration::from_secs(1);
+    // The watchdog is on, as users run it.
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--lease",
+            "1s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("state"),
+        &run_log,
+    );
+    wait_for_injection(&run_log, victim.pid());
+    signal(run.child.id(), "-STOP");
+    let stopped_at = Instant::now();
+    let resumed = {
+        let deadline = stopped_at + Duration::from_secs(6);
+        let mut resumed = None;
+        while Instant::now() < deadline {
+            if resumed.is_none() && state_of(victim.pid()).is_some_and(|s| s != 'T') {
+                resumed = Some(stopped_at.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        resumed
+    };
+    signal(run.child.id(), "-CONT");
+    eprintln!("run SIGSTOP -> victim running again: {resumed:?} (lease {lease:?})");
+    assert!(
+        resumed.is_some_and(|d| d <= lease + Duration::from_millis(1500)),
+        "the victim stayed stopped while the run was stopped: {resumed:?}; {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+
+    let (code, report) = finish(&mut run, &report, &run_log);
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["verdict"], "error");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .starts_with("fault `pause` on local ended early: the run was stopped or stalled for "),
+        "{reason}"
+    );
+    assert_eq!(report["faults"][0]["status"], "ended_early");
+    assert_ne!(state_of(victim.pid()), Some('T'));
+}
+
+#[test]
+fn a_stopped_run_with_a_long_lease_has_its_pause_reverted_at_the_journaled_deadline() {
+    let dir = support::tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(&exp, pause_experiment("", "", victim.pid(), "2s")).unwrap();
+    let report = dir.path().join("report.json");
+    let run_log = dir.path().join("run.log");
+    // A lease far longer than the fault: only the deadline in the journal can end it in time.
+    let mut run = spawn_logged(
+        &[
+            BIN,
+            "run",
+            exp.to_str().unwrap(),
+            "--lease",
+            "60s",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &dir.path().join("state"),
+        &run_log,
+    );
+    wait_for_injection(&run_log, victim.pid());
+    signal(run.child.id(), "-STOP");
+    let resumed = until_running(victim.pid(), Duration::from_secs(8));
+    signal(run.child.id(), "-CONT");
+    eprintln!("2 s pause, its run stopped -> victim running again {resumed:?} after the SIGSTOP");
+    assert!(
+        resumed.is_some(),
+        "the victim stayed stopped past its deadline while the run was stopped; {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(&run_log)
+            .unwrap_or_default()
+            .contains("past its deadline"),
+        "the watchdog did not say why it reverted: {}",
+        std::fs::read_to_string(&run_log).unwrap_or_default()
+    );
+    let (code, report) = finish(&mut run, &report, &run_log);
+    // The pause held for its whole duration, so nothing ended early.
+    assert_eq!(report["faults"][0]["status"], "reverted", "{report:#}");
+    assert_eq!(code, 0, "{report:#}");
+}
+
+/// Polls until `pid` is no longer stopped; returns how long that took, or `None` after `within`.
+fn until_running(pid: u32, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if state_of(pid).is_some_and(|s| s != 'T') {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
