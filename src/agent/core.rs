@@ -1288,6 +1288,7 @@ mod tests {
                 },
                 owner: dead,
                 written_at: Timestamp::now(),
+                deadline: None,
             })
             .unwrap();
         let before = Timestamp::now();
