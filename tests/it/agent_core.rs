@@ -257,7 +257,7 @@ fn an_embedded_run_never_selects_its_own_watchdog() {
     let state = state.canonicalize().unwrap();
     // Only this run's watchdog has this state directory on its command line.
     let pattern = format!(
-        "watchdog --parent [0-9]+ --state-dir {}$",
+        "watchdog --parent [0-9]+ .*--state-dir {}( |$)",
         regex_escape(&path_arg(&state))
     );
     let toml = format!(

@@ -193,7 +193,8 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
     assert_eq!(report["verdict"], "error");
     let reason = report["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("fault `pause` on a1 ended early: a1 no longer held it at "),
+        reason.starts_with("fault `pause` on a1 ended early: a1 reverted it on its own at ")
+            && reason.contains("because the agent recovered it from its journal"),
         "{reason}"
     );
     let fault = &report["faults"][0];
@@ -203,7 +204,7 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
         fault["detail"]
             .as_str()
             .unwrap()
-            .contains("ENDED EARLY: a1 no longer held it"),
+            .contains("ENDED EARLY: a1 reverted it on its own"),
         "{fault:#}"
     );
     // The run stopped at once instead of waiting out the 30 s it planned.
