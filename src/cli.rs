@@ -237,6 +237,14 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
     if d < Duration::from_millis(300) {
         return Err("the lease must be at least 300ms".to_owned());
     }
+    // Agents refuse longer leases: a lost coordinator must not hold faults for hours.
+    if d > crate::fault::check::MAX_LEASE {
+        return Err(format!(
+            "the lease must be at most {} (got {})",
+            Dur(crate::fault::check::MAX_LEASE),
+            Dur(d)
+        ));
+    }
     Ok(d)
 }
 

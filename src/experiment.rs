@@ -796,6 +796,24 @@ within = "5s"
     fn pid_one_is_refused_at_validation() {
         let e = err(&MINIMAL.replace("name = \"nothing-here\"", "pid = 1"));
         assert!(e.contains("refusing to target pid 1"), "{e}");
+        let e = err(&MINIMAL.replace("name = \"nothing-here\"", "pid = 0"));
+        assert!(
+            e.contains("`pid` must be a process id above 1 (got 0)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pid_two_is_left_to_the_agent_which_knows_its_pid_namespace() {
+        // On a host pid 2 is kthreadd (refused by the agent as a kernel thread); in a container's
+        // pid namespace it is often the application itself.
+        assert!(
+            parse(
+                Path::new("x.toml"),
+                &MINIMAL.replace("name = \"nothing-here\"", "pid = 2")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -176,10 +176,16 @@ pub(crate) fn pick(pick: Option<Pick>) -> Checked {
     }
 }
 
-/// A process selector that can match something and never names pid 0, 1 or 2.
+/// A process selector that can match something and never names init (pid 1) or a pid below it.
+/// pid 2 is left to the agent: on a host it is `kthreadd`, which the agent refuses as a kernel
+/// thread by its flag, but inside a container's pid namespace it is an ordinary process.
 pub(crate) fn selector(select: &Selector) -> Checked {
     match select {
-        Selector::Pid(pid) if *pid <= 2 => Err(FieldError::raw(
+        Selector::Pid(pid) if *pid <= 0 => Err(FieldError::new(
+            "pid",
+            format!("must be a process id above 1 (got {pid})"),
+        )),
+        Selector::Pid(pid) if *pid == 1 => Err(FieldError::raw(
             "select",
             format!(
                 "refusing to target pid {pid}: it is {}",

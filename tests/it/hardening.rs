@@ -98,6 +98,31 @@ impl Agent {
     }
 }
 
+/// A thread of `pid` that is not its main thread (the agent runs a tokio runtime, so it has some).
+fn agent_thread_other_than_main(pid: i32) -> i32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|tid| *tid != pid)
+        .expect("the agent has a thread besides its main one")
+}
+
+/// A kernel thread visible in /proc: its stat flags carry PF_KTHREAD.
+fn kernel_thread() -> i32 {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+                    .is_some_and(|flags| flags & PF_KTHREAD != 0)
+            })
+        })
+        .expect("no kernel thread is visible in /proc: run the tests on a host")
+}
+
 /// An apply request body around `spec`.
 fn request(spec: &str, duration_ms: u64, lease_ms: u64) -> String {
     format!(
@@ -121,7 +146,31 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
         r#"{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}}"#,
         victim.pid()
     );
+    let pause_pid =
+        |pid: i32| format!(r#"{{"kind":"process-pause","select":{{"pid":{pid}}},"pick":null}}"#);
+    let agent_pid = agent._proc.child.id() as i32;
+    let agent_thread = agent_thread_other_than_main(agent_pid);
+    let kthread = kernel_thread();
+    let (agent_thread_says, kthread_says) = (
+        format!("refusing to signal pid {agent_thread} (a thread of pid {agent_pid})"),
+        format!("refusing to signal pid {kthread} ("),
+    );
     let bad: Vec<(&str, String, &str)> = vec![
+        (
+            "pid 1",
+            request(&pause_pid(1), 1000, 60_000),
+            "refusing to target pid 1: it is init",
+        ),
+        (
+            "a kernel thread",
+            request(&pause_pid(kthread), 1000, 60_000),
+            &kthread_says,
+        ),
+        (
+            "the agent's own thread id",
+            request(&pause_pid(agent_thread), 1000, 60_000),
+            &agent_thread_says,
+        ),
         (
             "workers 0",
             request(
@@ -193,7 +242,7 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
             "{what}: expected a 4xx within 1 s, got {status}: {answer}"
         );
         let error = error_of(&answer);
-        assert!(error.starts_with(says), "{what}: {error}");
+        assert!(error.contains(says), "{what}: {error}");
         let (status, health) = agent.send("GET", "/v1/health", None, quick);
         assert_eq!(
             status, 200,
