@@ -13,7 +13,7 @@ use crate::support::{self, BIN, Proc};
 
 /// A `faultline agent` over TLS on a free port of 127.0.0.1, killed (with its group) on drop.
 struct Agent {
-    _proc: Proc,
+    process: Proc,
     listen: String,
     certs: PathBuf,
     token: String,
@@ -69,7 +69,7 @@ impl Agent {
             .trim()
             .to_owned();
         Agent {
-            _proc: proc,
+            process: proc,
             listen,
             certs,
             token,
@@ -148,7 +148,7 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
     );
     let pause_pid =
         |pid: i32| format!(r#"{{"kind":"process-pause","select":{{"pid":{pid}}},"pick":null}}"#);
-    let agent_pid = agent._proc.child.id() as i32;
+    let agent_pid = agent.process.child.id() as i32;
     let agent_thread = agent_thread_other_than_main(agent_pid);
     let kthread = kernel_thread();
     let (agent_thread_says, kthread_says) = (
