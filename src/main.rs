@@ -11,6 +11,7 @@ mod experiment;
 mod fault;
 mod fixture;
 mod fleet;
+mod fuzz;
 mod inventory;
 mod model;
 mod plan;

@@ -6,6 +6,7 @@ mod support;
 mod agents;
 mod disk_fill;
 mod examples;
+mod fuzz;
 mod latency;
 mod measured;
 mod netfaults;
