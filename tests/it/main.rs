@@ -9,6 +9,7 @@ mod examples;
 mod fuzz;
 mod latency;
 mod measured;
+mod netem_absent;
 mod netfaults;
 mod prometheus;
 mod stress;
