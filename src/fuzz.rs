@@ -310,6 +310,30 @@ fn run_target(target: &mut dyn Target, settings: &Settings) -> Result<Summary, S
 fn shrink(target: &mut dyn Target, input: &[u8], location: &str) -> Vec<u8> {
     let mut best = input.to_vec();
     let mut budget = SHRINK_BUDGET;
+    // Whole lines first: they keep what is left readable.
+    let mut line = 0;
+    while budget > 0 {
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(
+                best.iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .filter(|i| *i < best.len())
+            .collect();
+        let Some(&start) = starts.get(line) else {
+            break;
+        };
+        let end = starts.get(line + 1).copied().unwrap_or(best.len());
+        let mut candidate = best[..start].to_vec();
+        candidate.extend_from_slice(&best[end..]);
+        budget -= 1;
+        match guarded(target, &candidate) {
+            Err((l, _)) if l == location => best = candidate,
+            _ => line += 1,
+        }
+    }
     let mut chunk = best.len().div_ceil(2).max(1);
     while chunk >= 1 && budget > 0 {
         let mut at = 0;
