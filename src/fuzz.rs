@@ -12,7 +12,7 @@ mod mutate;
 mod targets;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,9 @@ pub(crate) use targets::TargetName;
 
 /// The corpus stops growing here; past it, new outcomes are only counted.
 const MAX_CORPUS: usize = 4096;
+/// Inputs kept per class of outcome (see [`class_of`]), so one message that quotes the input
+/// unescaped (a path with spaces in it) cannot fill the corpus with variations of one input.
+const PER_CLASS: usize = 32;
 /// Inputs saved per distinct panic: enough to see its variety, not thousands of the same bug.
 const SAVED_PER_PANIC: usize = 10;
 /// Executions spent shrinking each distinct panic's first input.
@@ -168,9 +171,22 @@ fn shape(outcome: &str) -> String {
             || l.split_once(" |")
                 .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
     };
-    let text: Vec<&str> = outcome.lines().filter(|l| !gutter(l)).collect();
+    // Paths are printed unquoted: one path is as good as another.
+    let text: Vec<String> = outcome
+        .lines()
+        .filter(|l| !gutter(l))
+        .map(|l| {
+            l.split(' ')
+                .map(|w| if w.contains('/') { "PATH" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut escaped = false;
     for c in text.join("\n").chars() {
         match quote {
+            Some(_) if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
             Some(q) if c == q => {
                 out.push(c);
                 quote = None;
@@ -192,6 +208,28 @@ fn shape(outcome: &str) -> String {
         }
     }
     out
+}
+
+/// The class of an outcome's shape: the first words of its last line (where the toml crate and
+/// serde say what went wrong; the lines before say where), each word that is not plain text (it
+/// may be the input, quoted unescaped) as `~`.
+fn class_of(shape: &str) -> String {
+    shape
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split(' ')
+        .take(6)
+        .map(|w| {
+            let plain = w.trim_end_matches([':', ',']);
+            if !plain.is_empty() && plain.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
+                w
+            } else {
+                "~"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn digest(input: &[u8]) -> String {
@@ -221,6 +259,7 @@ fn run_target(target: &mut dyn Target, settings: &Settings) -> Result<Summary, S
         corpus.push(Vec::new());
     }
     let mut seen = HashSet::new();
+    let mut classes: HashMap<String, usize> = HashMap::new();
     let mut panics: BTreeMap<String, Panic> = BTreeMap::new();
     let crash_dir = settings.crash_dir.join(settings.target.as_str());
     let mut executions = 0_u64;
@@ -232,7 +271,14 @@ fn run_target(target: &mut dyn Target, settings: &Settings) -> Result<Summary, S
         match result {
             Ok(outcome) => {
                 mutator.learn_from_message(&outcome);
-                Ok(seen.insert(shape(&outcome)))
+                let shape = shape(&outcome);
+                let class = class_of(&shape);
+                if !seen.insert(shape) {
+                    return Ok(false);
+                }
+                let members = classes.entry(class).or_insert(0);
+                *members += 1;
+                Ok(*members <= PER_CLASS)
             }
             Err((location, message)) => {
                 let p = panics.entry(location.clone()).or_insert_with(|| Panic {
@@ -455,6 +501,14 @@ mod tests {
         assert_eq!(
             shape("TOML parse error at line 1, column 5\n  |\n1 | abc = é\n  |     ^\ninvalid key"),
             shape("TOML parse error at line 9, column 1\n  |\n9 | x\n  | ^\ninvalid key"),
+        );
+        assert_eq!(
+            class_of(&shape("unknown field `a`b``, expected `run_id`")),
+            "unknown field ~ expected ~"
+        );
+        assert_eq!(
+            shape("failed to read the token file DIR/certs/tokej: No such file"),
+            shape("failed to read the token file DIR/ca: No such file")
         );
     }
 }

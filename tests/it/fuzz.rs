@@ -5,8 +5,8 @@ use std::process::Command;
 
 use crate::support::{BIN, tempdir};
 
-/// Executions per target: about 10 s for all of them in a debug build, on a busy machine.
-const ITERATIONS: &str = "10000";
+/// Executions per target: about 10 s for all of them in a debug build on two busy cores.
+const ITERATIONS: &str = "30000";
 const SEED: &str = "1";
 
 fn fuzz_without_panics(target: &str) {
