@@ -3,7 +3,7 @@
 
 mod core;
 mod envelope;
-mod journal;
+pub(crate) mod journal;
 mod remote;
 pub(crate) mod server;
 mod tls;

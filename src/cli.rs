@@ -124,6 +124,35 @@ enum Command {
     },
     /// Revert the faults of one run, or all faults, on every agent.
     Revert(RevertArgs),
+    /// Fuzz one of the program's input parsers with seeded mutations; exits 1 when any input
+    /// panicked (for developers: `scripts/fuzz.sh` runs every target).
+    #[command(name = "fuzz", hide = true)]
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args)]
+struct FuzzArgs {
+    /// What to fuzz (`--list` prints every target).
+    #[arg(required_unless_present = "list")]
+    target: Option<crate::fuzz::TargetName>,
+    /// Stop after this many seconds [default: 60, unless --iterations is given].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Stop after this many mutated inputs.
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Seed of every mutation; drawn and printed when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Extra seed inputs; inputs with outcomes not seen before are added to it.
+    #[arg(long, value_name = "DIR")]
+    corpus: Option<PathBuf>,
+    /// Where panicking inputs are saved (in a subdirectory named after the target).
+    #[arg(long, value_name = "DIR", default_value = "target/fuzz-crashes")]
+    crash_dir: PathBuf,
+    /// Print the targets, one per line.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -348,6 +377,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
         }
         Command::Budget { file } => budget(&file),
+        Command::Fuzz(args) => fuzz(args),
         Command::Bench(BenchCommand::Probes {
             probes,
             every,
@@ -366,6 +396,30 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn fuzz(args: FuzzArgs) -> anyhow::Result<ExitCode> {
+    let Some(target) = args.target.filter(|_| !args.list) else {
+        for t in crate::fuzz::TargetName::ALL {
+            println!("{}", t.as_str());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let settings = crate::fuzz::Settings {
+        target,
+        seconds: args.seconds,
+        iterations: args.iterations,
+        seed: args.seed.unwrap_or_else(rand::random),
+        corpus: args.corpus,
+        crash_dir: args.crash_dir,
+    };
+    let summary = crate::fuzz::run(&settings).map_err(anyhow::Error::msg)?;
+    print!("{}", summary.render());
+    Ok(if summary.panics.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn budget(file: &Path) -> anyhow::Result<ExitCode> {

@@ -117,6 +117,10 @@ async fn wait_ready(child: &mut Child, kind: &ReadyKind, within: Duration) -> Re
 }
 
 /// Stops fixtures in reverse order: SIGTERM to the group, then SIGKILL after a grace period.
+///
+/// A group is only signalled while its leader, the guard, is this process's child and not yet
+/// reaped (running, or a zombie): its pid, and so the group id, cannot have been reused by then.
+/// The guard is reaped only after the last signal.
 pub(crate) async fn stop_all(mut running: Vec<Running>, log: &dyn Fn(String)) {
     while let Some(mut f) = running.pop() {
         if f.pgid <= 1 {
@@ -125,17 +129,28 @@ pub(crate) async fn stop_all(mut running: Vec<Running>, log: &dyn Fn(String)) {
         let group = Pid::from_raw(f.pgid);
         let _ = killpg(group, Signal::SIGCONT);
         let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, f.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = f.child.start_kill();
+        let deadline = Instant::now() + STOP_GRACE;
+        while !has_exited(group) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The leader may be gone while others of its group (a server it restarted) live on.
         let _ = killpg(group, Signal::SIGKILL);
         let _ = f.child.wait().await;
         log(format!("setup: stopped `{}`", f.name));
     }
+}
+
+/// Whether the child `pid` has exited, without reaping it (`WNOWAIT`): it stays a zombie, holding
+/// its pid, until `Child::wait`. Does not block.
+fn has_exited(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    !matches!(
+        waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG
+        ),
+        Ok(WaitStatus::StillAlive)
+    )
 }
 
 /// Checks a program can be started, so a typo is reported as such and not as a fixture that

@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 pub(crate) use persistent::check_persistent_name;
 pub(crate) use timer::PreciseTimer;
+use toxics::InForce;
 pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
 use toxics::{Flow, Plan, Pump};
 
@@ -60,7 +61,7 @@ pub(crate) struct Registry {
 struct Proxy {
     listen: SocketAddr,
     upstream: String,
-    toxics: watch::Sender<Option<Arc<Toxics>>>,
+    toxics: watch::Sender<Option<Arc<InForce>>>,
     shutdown: watch::Sender<bool>,
     /// Disconnects when the accept loop has dropped its listener.
     closed: std::sync::mpsc::Receiver<()>,
@@ -185,15 +186,17 @@ impl Registry {
             .get(name)
             .ok_or_else(|| format!("no proxy `{name}` is running on this agent"))?;
         if let Some(current) = proxy.toxics.borrow().as_ref() {
-            if current.owner == toxics.owner {
+            if current.toxics.owner == toxics.owner {
                 return Ok(());
             }
             return Err(format!(
                 "proxy on {} already carries the toxics of fault {}",
-                proxy.listen, current.owner
+                proxy.listen, current.toxics.owner
             ));
         }
-        proxy.toxics.send_replace(Some(Arc::new(toxics)));
+        proxy
+            .toxics
+            .send_replace(Some(Arc::new(InForce::new(toxics))));
         Ok(())
     }
 
@@ -207,7 +210,7 @@ impl Registry {
             .toxics
             .borrow()
             .as_ref()
-            .is_some_and(|t| t.owner == owner);
+            .is_some_and(|t| t.toxics.owner == owner);
         if mine {
             proxy.toxics.send_replace(None);
             format!(
@@ -238,7 +241,7 @@ impl Registry {
             .toxics
             .borrow()
             .as_ref()
-            .is_none_or(|t| t.owner != owner)
+            .is_none_or(|t| t.toxics.owner != owner)
         {
             return Err(format!("the toxics are not in force on {}", proxy.listen));
         }
@@ -273,7 +276,7 @@ fn raise_descriptor_limit() {
 #[derive(Clone)]
 struct Relay {
     upstream: Arc<str>,
-    toxics: watch::Receiver<Option<Arc<Toxics>>>,
+    toxics: watch::Receiver<Option<Arc<InForce>>>,
     shutdown: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
 }
@@ -342,7 +345,8 @@ impl Relay {
         self.live.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let end = {
-            let counted = Mutex::new((0_usize, 0_u64));
+            // (the `InForce::id` of the toxics counting, bytes counted); 0 is no toxics' id.
+            let counted = Mutex::new((0_u64, 0_u64));
             let (client_read, client_write) = client.split();
             let (server_read, server_write) = server.split();
             let up = pipe(
@@ -393,8 +397,8 @@ impl Relay {
 }
 
 /// When a time-based toxic ends the connection: `timeout` closes it, `reset_after` resets it.
-fn timed_end(toxics: Option<&Arc<Toxics>>, started: Instant) -> Option<(Instant, End)> {
-    let t = toxics?;
+fn timed_end(toxics: Option<&Arc<InForce>>, started: Instant) -> Option<(Instant, End)> {
+    let t = &toxics?.toxics;
     let reached = t.since.max(started);
     let close = t
         .spec
@@ -417,8 +421,8 @@ async fn pipe(
     dst: impl AsyncWrite + Unpin,
     flow: Flow,
     index: u64,
-    toxics: &watch::Receiver<Option<Arc<Toxics>>>,
-    counted: &Mutex<(usize, u64)>,
+    toxics: &watch::Receiver<Option<Arc<InForce>>>,
+    counted: &Mutex<(u64, u64)>,
 ) -> End {
     // The queue itself is unbounded; the byte budget bounds it. The reader takes budget before it
     // reads, so a full queue stops reads and the sender meets TCP back-pressure.
@@ -443,8 +447,8 @@ async fn read_side(
     tx: mpsc::UnboundedSender<Item>,
     budget: &Semaphore,
     mut pump: Pump,
-    toxics: &watch::Receiver<Option<Arc<Toxics>>>,
-    counted: &Mutex<(usize, u64)>,
+    toxics: &watch::Receiver<Option<Arc<InForce>>>,
+    counted: &Mutex<(u64, u64)>,
 ) -> End {
     // Reads start small and double while they come back full, so a thousand idle or chatty
     // connections hold little memory and a bulk stream still reads CHUNK at a time. Each read
@@ -463,7 +467,7 @@ async fn read_side(
             Ok(0) => {
                 let slow = pump
                     .active(toxics.borrow().as_ref())
-                    .and_then(|t| t.spec.slow_close);
+                    .and_then(|t| t.toxics.spec.slow_close);
                 if let Some(d) = slow {
                     let _ = tx.send(Item::Fin {
                         at: Instant::now() + d,
@@ -483,10 +487,11 @@ async fn read_side(
         let mut reset = false;
         if let Some(ResetAfter::Bytes(limit)) = pump
             .active(current.as_ref())
-            .and_then(|t| t.spec.reset_after)
+            .and_then(|t| t.toxics.spec.reset_after)
         {
-            // Counted per connection across the affected directions, from when this fault began.
-            let key = current.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
+            // Counted per connection across the affected directions, from when this fault began:
+            // keyed by the toxics' id, as an address can be reused by a later fault's toxics.
+            let key = current.as_ref().map_or(0, |t| t.id);
             let mut count = counted.lock().expect("byte count lock");
             if count.0 != key {
                 *count = (key, 0);
@@ -745,6 +750,60 @@ mod tests {
         };
         assert_eq!(got.len(), 100);
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        close(name).await;
+    }
+
+    /// Reads whatever comes back until the connection ends; returns the bytes and whether it
+    /// ended with a reset.
+    async fn read_until_end(conn: &mut TcpStream, want: usize) -> (usize, bool) {
+        let mut got = 0;
+        let mut buf = [0_u8; 512];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+                // Closed, or nothing more within 2 s.
+                Ok(Ok(0)) | Err(_) => return (got, false),
+                Ok(Ok(n)) => {
+                    got += n;
+                    if got >= want {
+                        return (got, false);
+                    }
+                }
+                Ok(Err(e)) => return (got, e.kind() == std::io::ErrorKind::ConnectionReset),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_fault_on_the_same_connection_counts_its_bytes_from_zero() {
+        let (name, listen) = proxied_echo().await;
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let reset_after = |owner: &str| Toxics {
+            owner: owner.to_owned(),
+            ..toxics(ToxicSpec {
+                reset_after: Some(ResetAfter::Bytes(100)),
+                ..ToxicSpec::default()
+            })
+        };
+        // The first fault lets 60 of its 100 bytes through, then ends.
+        registry().set_toxics(&name, reset_after("first")).unwrap();
+        conn.write_all(&[1; 60]).await.unwrap();
+        assert_eq!(read_until_end(&mut conn, 60).await, (60, false));
+        registry().clear_toxics(&name, "first");
+        // A second fault with the same limit, on the same connection: its count starts at zero,
+        // whatever the first one counted (and wherever its toxics were allocated).
+        registry().set_toxics(&name, reset_after("second")).unwrap();
+        conn.write_all(&[2; 60]).await.unwrap();
+        assert_eq!(
+            read_until_end(&mut conn, 60).await,
+            (60, false),
+            "the second fault inherited the first one's byte count"
+        );
+        conn.write_all(&[3; 60]).await.unwrap();
+        assert_eq!(
+            read_until_end(&mut conn, 60).await,
+            (40, true),
+            "the second fault resets after its own 100 bytes"
+        );
         close(name).await;
     }
 

@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// `AsyncFd` wants `AsRawFd`; nix's `TimerFd` only offers `AsFd`.
+/// The timer as registered with tokio's reactor. `AsyncFd` wants `AsRawFd`; nix's `TimerFd` only
+/// offers `AsFd`. The field is private and never replaced, so the descriptor this returns is the
+/// same, and open, for as long as the `AsyncFd` that owns the `Fd` — what `register` requires.
 struct Fd(TimerFd);
 
 impl AsRawFd for Fd {
@@ -32,11 +35,19 @@ impl PreciseTimer {
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )?;
-        // `AsyncFd::new` is deprecated because a borrowed descriptor could be closed while tokio
-        // still polls it; `Fd` owns its descriptor, which lives exactly as long as the `AsyncFd`.
-        // The safe spelling would need `unsafe { register }`, which this crate forbids.
-        #[expect(deprecated, reason = "the descriptor is owned by the registered value")]
-        let fd = AsyncFd::new(Fd(fd))?;
+        // `AsyncFd::new` is deprecated as unsound (tokio#8587): it accepted any `AsRawFd`, whose
+        // descriptor could be closed while still registered. `register` is the supported way and
+        // is `unsafe` because the caller must vouch for the descriptor; this is the crate's one
+        // `unsafe` block.
+        #[expect(
+            unsafe_code,
+            reason = "AsyncFd::register is tokio's only supported way to poll a timerfd"
+        )]
+        // SAFETY: the descriptor belongs to the `TimerFd` created just above, which `Fd` owns and
+        // which moves into the `AsyncFd`: it stays open until the `AsyncFd` drops it, after
+        // deregistering. `Fd::as_raw_fd` returns that same descriptor on every call, and nothing
+        // swaps the `TimerFd` out: this module never calls `get_mut` or `into_inner`.
+        let fd = unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }?;
         Ok(PreciseTimer { fd })
     }
 

@@ -20,8 +20,12 @@
 //!
 //! "The fault reached it" = the later of the connection's start and the fault's injection.
 //! Random draws come from the fault's seed, mixed with the connection's number and direction.
+//! What a connection keeps per fault (its byte count, its random stream) is keyed by the
+//! [`InForce::id`] of the toxics, never by their address: a later fault's toxics may be allocated
+//! where an earlier fault's were freed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -110,6 +114,25 @@ pub(crate) struct Toxics {
     pub(crate) seed: u64,
 }
 
+/// Toxics put in force on a proxy, with an identity of their own: each time toxics are set they
+/// get a new id, so state kept per fault starts fresh for the next fault, even for the same owner.
+#[derive(Debug)]
+pub(crate) struct InForce {
+    /// Unique for the life of the process, never 0.
+    pub(crate) id: u64,
+    pub(crate) toxics: Toxics,
+}
+
+impl InForce {
+    pub(crate) fn new(toxics: Toxics) -> InForce {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        InForce {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            toxics,
+        }
+    }
+}
+
 /// What a pump does with one chunk.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Plan {
@@ -127,7 +150,8 @@ pub(crate) struct Pump {
     floor: Option<Instant>,
     /// When the bytes paced so far have all left, for `rate`.
     paced_until: Option<Instant>,
-    rng: Option<(usize, StdRng)>,
+    /// The random stream and the [`InForce::id`] it belongs to.
+    rng: Option<(u64, StdRng)>,
 }
 
 impl Pump {
@@ -142,13 +166,13 @@ impl Pump {
     }
 
     /// The toxics that apply to this pump, if any.
-    pub(crate) fn active<'t>(&self, toxics: Option<&'t Arc<Toxics>>) -> Option<&'t Arc<Toxics>> {
-        toxics.filter(|t| t.spec.direction.covers(self.flow))
+    pub(crate) fn active<'t>(&self, toxics: Option<&'t Arc<InForce>>) -> Option<&'t Arc<InForce>> {
+        toxics.filter(|t| t.toxics.spec.direction.covers(self.flow))
     }
 
     /// How many bytes to read at most: about 10 ms worth when a rate applies.
-    pub(crate) fn read_size(&self, toxics: Option<&Arc<Toxics>>, max: usize) -> usize {
-        match self.active(toxics).and_then(|t| t.spec.rate) {
+    pub(crate) fn read_size(&self, toxics: Option<&Arc<InForce>>, max: usize) -> usize {
+        match self.active(toxics).and_then(|t| t.toxics.spec.rate) {
             Some(rate) => ((rate / 100) as usize).clamp(1, max),
             None => max,
         }
@@ -159,21 +183,22 @@ impl Pump {
         &mut self,
         read_at: Instant,
         chunk: &mut [u8],
-        toxics: Option<&Arc<Toxics>>,
+        toxics: Option<&Arc<InForce>>,
     ) -> Plan {
         let Some(t) = self.active(toxics) else {
             self.paced_until = None;
             return self.keep_order(read_at);
         };
-        if t.spec.timeout.is_some() {
+        let spec = &t.toxics.spec;
+        if spec.timeout.is_some() {
             return Plan::Drop;
         }
         let rng = self.rng_for(t);
-        let mut release = read_at + draw_delay(t.spec.delay, t.spec.jitter, rng);
-        if t.spec.corrupt > 0.0 {
-            corrupt(chunk, t.spec.corrupt, rng);
+        let mut release = read_at + draw_delay(spec.delay, spec.jitter, rng);
+        if spec.corrupt > 0.0 {
+            corrupt(chunk, spec.corrupt, rng);
         }
-        if let Some(rate) = t.spec.rate {
+        if let Some(rate) = spec.rate {
             let start = self.paced_until.map_or(read_at, |p| p.max(read_at));
             let done = start + Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64);
             self.paced_until = Some(done);
@@ -189,13 +214,12 @@ impl Pump {
     }
 
     /// The random stream for this fault, connection and direction; a new fault starts a new one.
-    fn rng_for(&mut self, t: &Arc<Toxics>) -> &mut StdRng {
-        let key = Arc::as_ptr(t) as usize;
-        if self.rng.as_ref().is_none_or(|(k, _)| *k != key) {
+    fn rng_for(&mut self, t: &InForce) -> &mut StdRng {
+        if self.rng.as_ref().is_none_or(|(id, _)| *id != t.id) {
             let lane = self.connection.wrapping_mul(2) + u64::from(self.flow == Flow::ToClient);
             self.rng = Some((
-                key,
-                StdRng::seed_from_u64(t.seed ^ lane.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                t.id,
+                StdRng::seed_from_u64(t.toxics.seed ^ lane.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             ));
         }
         &mut self.rng.as_mut().expect("set above").1
@@ -225,13 +249,13 @@ fn corrupt(chunk: &mut [u8], p: f64, rng: &mut impl Rng) {
 mod tests {
     use super::*;
 
-    fn toxics(spec: ToxicSpec) -> Arc<Toxics> {
-        Arc::new(Toxics {
+    fn toxics(spec: ToxicSpec) -> Arc<InForce> {
+        Arc::new(InForce::new(Toxics {
             spec,
             owner: "f".to_owned(),
             since: Instant::now(),
             seed: 7,
-        })
+        }))
     }
 
     #[test]
@@ -366,6 +390,33 @@ mod tests {
         assert_eq!(
             Pump::new(Flow::ToServer, 0).plan(Instant::now(), &mut [1], Some(&t)),
             Plan::Drop
+        );
+    }
+
+    #[test]
+    fn a_later_fault_starts_its_own_random_stream() {
+        let spec = ToxicSpec {
+            corrupt: 0.5,
+            ..ToxicSpec::default()
+        };
+        let corrupted = |pump: &mut Pump, t: &Arc<InForce>| {
+            let mut chunk = vec![0_u8; 256];
+            pump.plan(Instant::now(), &mut chunk, Some(t));
+            chunk
+        };
+        let first = toxics(spec.clone());
+        let mut pump = Pump::new(Flow::ToClient, 1);
+        let from_first = corrupted(&mut pump, &first);
+        let first_id = first.id;
+        // Freed before the next toxics are made, which the allocator may then put at its address.
+        drop(first);
+        // Same seed and spec, new toxics: the stream starts over instead of running on.
+        let second = toxics(spec);
+        assert_ne!(first_id, second.id);
+        let from_second = corrupted(&mut pump, &second);
+        assert_eq!(
+            from_second, from_first,
+            "the second fault continued the first one's stream"
         );
     }
 }

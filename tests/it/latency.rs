@@ -402,4 +402,93 @@ fn bench_proxy_prints_every_figure() {
     ] {
         assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
     }
+    // The figures themselves: numbers, in the order a distribution has them, of a sane size. No
+    // timing thresholds: how fast this machine is does not decide the test.
+    let line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no line starting `{label}` in:\n{stdout}"))
+    };
+    for label in [
+        "direct  ",
+        "through faultline",
+        "through the sleep proxy",
+        "faultline (timerfd)             1ms",
+        "baseline (tokio sleep)",
+        "OS floor (thread::sleep)",
+        "no toxic (proxy hop cost)",
+        "faultline (timerfd)            10ms",
+    ] {
+        let [p50, p99, max, min] = last_numbers::<4>(line(label));
+        assert!(
+            min <= p50 && p50 <= p99 && p99 <= max,
+            "`{label}`: not min <= p50 <= p99 <= max: {}",
+            line(label)
+        );
+        // An hour in microseconds: anything above is a unit or overflow bug, not a slow machine.
+        assert!(max.abs() < 3.6e9 && min.abs() < 3.6e9, "{}", line(label));
+    }
+    for label in ["direct  ", "through faultline", "through the sleep proxy"] {
+        let [_, _, _, min] = last_numbers::<4>(line(label));
+        assert!(min > 0.0, "a round trip took no time: {}", line(label));
+    }
+    let rate_line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label) && l.contains("MB/s"))
+            .unwrap_or_else(|| panic!("no throughput line `{label}` in:\n{stdout}"))
+    };
+    let direct = throughput(rate_line("direct"));
+    for label in ["through the proxy, no toxic", "through the proxy, 10 ms"] {
+        let l = rate_line(label);
+        let rate = throughput(l);
+        let ratio: f64 = l
+            .split("ratio to direct ")
+            .nth(1)
+            .and_then(|r| r.trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in `{l}`"));
+        assert!(rate.is_finite() && rate > 0.0, "{l}");
+        assert!(ratio.is_finite() && ratio > 0.0, "{l}");
+        // Both are printed rounded: the rate to 1 MB/s, the ratio to 0.01.
+        assert!(
+            (ratio - rate / direct).abs() <= 0.006 + 0.5 / direct,
+            "`{l}`: the ratio is not the rate over the direct rate ({direct} MB/s)"
+        );
+    }
+    let rss = line("RSS:");
+    let kib: Vec<f64> = rss
+        .split(" KiB")
+        .filter_map(|part| part.rsplit(['+', ' ', '(']).next()?.parse().ok())
+        .collect();
+    assert!(kib.len() >= 3, "too few figures in `{rss}`");
+    assert!(kib.iter().all(|k| k.is_finite() && k.abs() < 1e9), "{rss}");
+}
+
+/// The last `N` whitespace-separated numbers of a line.
+fn last_numbers<const N: usize>(line: &str) -> [f64; N] {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(words.len() >= N, "fewer than {N} figures in `{line}`");
+    let mut out = [0.0_f64; N];
+    for (slot, word) in out.iter_mut().zip(&words[words.len() - N..]) {
+        *slot = word
+            .parse()
+            .unwrap_or_else(|_| panic!("`{word}` is not a number in `{line}`"));
+        assert!(slot.is_finite(), "`{word}` in `{line}`");
+    }
+    out
+}
+
+/// The MB/s figure of a throughput line.
+fn throughput(line: &str) -> f64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "MB/s")
+        .unwrap_or_else(|| panic!("no MB/s in `{line}`"));
+    let rate: f64 = words[at - 1]
+        .parse()
+        .unwrap_or_else(|_| panic!("`{}` is not a number in `{line}`", words[at - 1]));
+    assert!(rate.is_finite() && rate > 0.0, "{line}");
+    rate
 }

@@ -177,6 +177,49 @@ fn the_sampling_bench_prints_its_figures() {
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
+    // The figures: numbers that agree with each other, of a sane size (no timing thresholds).
+    let figures = |label: &str| -> Vec<f64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in:\n{stdout}"));
+        let numbers: Vec<f64> = line[label.len()..]
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|w| !w.is_empty() && *w != ".")
+            .map(|w| w.parse().unwrap_or_else(|_| panic!("`{w}` in `{line}`")))
+            .collect();
+        assert!(numbers.iter().all(|n| n.is_finite()), "{line}");
+        numbers
+    };
+    // samples: N in S s = R per second (P% of the Q/s asked), F failed
+    let s = figures("samples:");
+    let (count, secs, rate, percent, asked, failed) = (s[0], s[1], s[2], s[3], s[4], s[5]);
+    assert!(count > 0.0 && secs > 0.0, "{s:?}");
+    assert!(
+        (rate - count / secs).abs() <= 0.5 + 0.01 * rate,
+        "{s:?}: rate is not N/S"
+    );
+    assert!(
+        (asked - 150.0).abs() < 1e-9,
+        "3 probes every 20 ms ask for 150 per second, not {asked}"
+    );
+    // The rate is printed rounded to one per second, the percentage from the exact rate.
+    assert!(
+        (percent - 100.0 * rate / asked).abs() <= 100.0 * 0.5 / asked + 0.01,
+        "{s:?}"
+    );
+    assert!(failed <= count, "{s:?}");
+    // CPU, probing: C s = P% of one core; U µs per sample
+    let c = figures("CPU, probing:");
+    assert!(c.iter().all(|n| *n >= 0.0) && c[1] <= 100.0 * 64.0, "{c:?}");
+    let l = figures("CPU, listener:");
+    assert!(l[0] >= 0.0, "{l:?}");
+    // connect time: p50 A ms, p99 B ms, max C ms
+    let t = figures("connect time:");
+    let (p50, p99, max) = (t[1], t[3], t[4]);
+    assert!(p50 <= p99 && p99 <= max && max < 3.6e6, "{t:?}");
+    let rss = figures("peak RSS:");
+    assert!(rss[0] > 1.0 && rss[0] < 1e6, "peak RSS of {} MiB", rss[0]);
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! `cpu-stress` and `memory-stress`: real worker processes while held, none after — also when the
-//! run is SIGKILLed, since workers leave when their parent does.
+//! run is SIGKILLed, since workers leave when their parent does. Workers are recognised by their
+//! command line (binary, subcommand, agent pid and fault id), never by their parent pid, which
+//! changes to a reaper's the moment their run is gone.
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +27,19 @@ within = "2s"
     )
 }
 
-/// Pids and resident bytes of the stress workers started by runs whose state lives in `dir`.
-fn workers(run_pid: u32) -> Vec<(u32, u64)> {
+/// Which stress workers to look for. Workers are found by what they are — this binary running
+/// `stress-worker`, tagged with the fault id and the agent's pid on its command line — and not by
+/// their parent: a worker orphaned by its run is re-parented, and must still be found.
+#[derive(Clone, Copy)]
+enum Tag<'a> {
+    /// Started by the agent in this process (`--parent PID`), the run's embedded agent.
+    Agent(u32),
+    /// Started for a fault of this run (`--fault-id RUN_ID-...`).
+    Run(&'a str),
+}
+
+/// Pids and resident bytes of the live (not zombie) stress workers with this tag.
+fn workers(tag: Tag<'_>) -> Vec<(u32, u64)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -35,23 +48,30 @@ fn workers(run_pid: u32) -> Vec<(u32, u64)> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let argv: Vec<&str> = cmdline.split('\0').collect();
+        let value = |flag: &str| {
+            argv.iter()
+                .position(|a| *a == flag)
+                .and_then(|i| argv.get(i + 1).copied())
         };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let (state, ppid) = (fields[0], fields[1].parse::<u32>().unwrap_or(0));
-        let is_worker =
-            String::from_utf8_lossy(&cmdline).split('\0').nth(1) == Some("stress-worker");
-        if is_worker && ppid == run_pid && state != "Z" {
-            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-            let rss = statm
-                .split(' ')
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 4096;
-            found.push((pid, rss));
+        let tagged = match tag {
+            Tag::Agent(pid) => value("--parent") == Some(pid.to_string().as_str()),
+            Tag::Run(run_id) => {
+                value("--fault-id").is_some_and(|id| id.starts_with(&format!("{run_id}-")))
+            }
+        };
+        if argv.get(1) != Some(&"stress-worker") || !tagged || !alive(pid) {
+            continue;
         }
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+        let rss = statm
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 4096;
+        found.push((pid, rss));
     }
     found
 }
@@ -61,20 +81,61 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
 }
 
+/// Kills, on drop, every stress worker the run with this pid started, so a failing test leaves no
+/// load behind.
+struct KillWorkers(u32);
+
+impl Drop for KillWorkers {
+    fn drop(&mut self) {
+        for (pid, _) in workers(Tag::Agent(self.0)) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 /// Starts a run, watches its workers until it ends, returns (most workers seen, most bytes held).
-fn watch_run(file: &std::path::Path, state: &std::path::Path) -> (usize, u64, Option<i32>) {
-    let mut child = spawn_run(file, state, &[]);
+/// Fails if a worker is still running when the run has ended, or in the run's last moments (the
+/// fault was reverted before the recovery phase, so none may be left by then).
+fn watch_run(file: &std::path::Path, dir: &std::path::Path) -> (usize, u64, Option<i32>) {
+    let report = dir.join("report.json");
+    let mut child = spawn_run(
+        file,
+        &dir.join("state"),
+        &["--report-json", report.to_str().unwrap()],
+    );
+    let _cleanup = KillWorkers(child.id());
     let (mut most, mut held) = (0, 0);
+    let mut last_seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        let seen = workers(child.id());
-        most = most.max(seen.len());
-        held = held.max(seen.iter().map(|(_, rss)| rss).sum());
+        last_seen = workers(Tag::Agent(child.id()));
+        most = most.max(last_seen.len());
+        held = held.max(last_seen.iter().map(|(_, rss)| rss).sum());
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = child.id();
     let code = child.wait().unwrap().code();
-    assert!(workers(pid).is_empty());
+    // Orphaned workers notice within 100 ms that their agent is gone; look before they do.
+    let left = workers(Tag::Agent(pid));
+    assert!(
+        left.is_empty(),
+        "stress workers outlived the run that started them: {left:?}"
+    );
+    assert!(
+        last_seen.is_empty(),
+        "stress workers still ran at the end of the run, after their fault was reverted: {last_seen:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("a report was written"))
+            .unwrap();
+    let run_id = report["run_id"].as_str().expect("the report names its run");
+    let left = workers(Tag::Run(run_id));
+    assert!(
+        left.is_empty(),
+        "workers of run {run_id} are left: {left:?}"
+    );
     (most, held, code)
 }
 
@@ -93,7 +154,7 @@ fn cpu_stress_runs_its_workers_while_held_and_none_after() {
         ),
     )
     .unwrap();
-    let (most, _, code) = watch_run(&file, &dir.path().join("state"));
+    let (most, _, code) = watch_run(&file, dir.path());
     assert_eq!(code, Some(0));
     assert_eq!(most, 2, "expected two CPU workers while the fault was held");
 }
@@ -113,7 +174,7 @@ fn memory_stress_holds_its_size_while_held() {
         ),
     )
     .unwrap();
-    let (most, held, code) = watch_run(&file, &dir.path().join("state"));
+    let (most, held, code) = watch_run(&file, dir.path());
     assert_eq!(code, Some(0));
     assert_eq!(most, 2);
     assert!(held >= 60 << 20, "workers held only {held} bytes");
@@ -153,9 +214,10 @@ fn stress_workers_leave_when_the_run_is_killed() {
     )
     .unwrap();
     let mut child = spawn_run(&file, &dir.path().join("state"), &[]);
+    let _cleanup = KillWorkers(child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     let pids = loop {
-        let seen = workers(child.id());
+        let seen = workers(Tag::Agent(child.id()));
         if !seen.is_empty() {
             break seen;
         }
