@@ -1,7 +1,7 @@
 //! Owns an agent's fault state: apply (journal first), revert (idempotent), leases and durations
 //! enforced by the agent's own clock, and recovery of a journal left by a crash.
 //!
-//! The embedded agent and (later) the network daemon both wrap one `AgentCore`.
+//! The embedded agent and the network daemon both wrap one `AgentCore`.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
