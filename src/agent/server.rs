@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::envelope::Envelope;
-use super::tls::{self, Peer};
+use super::tls::{self, Peer, Ticket};
 use super::{AgentCore, AgentError};
 use crate::protocol::{
     ApplyRequest, ErrorBody, Health, OpenRequest, RenewRequest, RevertCause, RevertedAll,
@@ -249,7 +249,18 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let request = format!("{} {}", req.method(), req.uri().path());
     let authorized = bearer(req.headers())
         .is_some_and(|t| bool::from(Sha256::digest(t.as_bytes()).ct_eq(&state.token_digest)));
-    let response = if authorized {
+    // The right token takes the connection out of the unauthenticated pool, where a flood from
+    // its address could otherwise evict it before the answer is written.
+    let admitted = match req.extensions().get::<Arc<Ticket>>() {
+        Some(ticket) if authorized => ticket.authenticate(),
+        _ => Ok(()),
+    };
+    let response = if let Err(e) = admitted {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string());
+        r.extensions_mut()
+            .insert(AuditNote(format!("not served: {e}")));
+        r
+    } else if authorized {
         next.run(req).await
     } else {
         let mut r = error(

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_edge;
 mod agents;
 mod disk_fill;
 mod examples;

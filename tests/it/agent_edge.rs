@@ -1,0 +1,164 @@
+//! The agent daemon's network edge against an unauthenticated or careless peer: idle connections
+//! that try to starve token holders, 401 floods that try to fill the journal's disk through the
+//! audit log, error messages that try to carry file contents out, file modes of the state the
+//! agent writes, and the protocol version in the health answer.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, BIN, Proc};
+
+/// A real `faultline agent` on 127.0.0.1 with fresh certificates and a state directory that it
+/// creates itself; killed, and its directory removed, on drop.
+struct EdgeAgent {
+    agent: Proc,
+    listen: String,
+    certs: PathBuf,
+    state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl EdgeAgent {
+    fn start() -> EdgeAgent {
+        let dir = support::tempdir();
+        let certs = dir.path().join("certs");
+        let made = support::faultline(
+            &[
+                "certs",
+                "--out",
+                certs.to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+            ],
+            &dir.path().join("unused-state"),
+        );
+        assert!(
+            made.status.success(),
+            "faultline certs failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        let state = dir.path().join("agent-state");
+        let log = File::create(dir.path().join("agent.log")).expect("create the agent log");
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--listen",
+                &listen,
+                "--token-file",
+                certs.join("token").to_str().unwrap(),
+                "--tls-cert",
+                certs.join("agent.pem").to_str().unwrap(),
+                "--tls-key",
+                certs.join("agent-key.pem").to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start faultline agent");
+        let agent = EdgeAgent {
+            agent: Proc { child },
+            listen,
+            certs,
+            state,
+            dir,
+        };
+        let addr: SocketAddr = agent.listen.parse().unwrap();
+        support::wait_until("the agent listening", Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        agent
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.certs.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// One request with curl (a real, independent HTTPS client) that gives up after `max_time`
+    /// seconds; returns (status, body), status 0 when curl got no answer.
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        max_time: u64,
+    ) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", &max_time.to_string(), "--cacert"])
+            .arg(self.certs.join("ca.pem"))
+            .args(["-X", method, "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("https://{}{path}", self.listen))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.state.join("audit.jsonl")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) for the agent to finish its shutdown.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.agent.pid().to_string()])
+            .status();
+        support::wait_until("the agent exiting", Duration::from_secs(20), || {
+            !self.agent.alive()
+        });
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_holder() {
+    let mut agent = EdgeAgent::start();
+    // Plain TCP, no TLS, no token: each one would hold an accept slot until the handshake timeout.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            TcpStream::connect(&agent.listen)
+                .unwrap_or_else(|e| panic!("idle connection {i} to {} failed: {e}", agent.listen))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A correctness bound, not a speed figure: the handshake timeout (3 s) plus a margin. With
+    // every slot held for 10 s, the token holder waited behind the idle connections.
+    let started = Instant::now();
+    let (status, body) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 6);
+    assert_eq!(
+        status,
+        200,
+        "halt with 300 idle connections open failed after {:?}: {body}\n{}",
+        started.elapsed(),
+        agent.log()
+    );
+    let (status, body) = agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6);
+    assert_eq!((status, body.trim()), (200, "[]"), "{}", agent.log());
+    assert!(agent.audit().contains("POST /v1/halt"), "{}", agent.audit());
+    drop(idle);
+    agent.stop();
+}
