@@ -5,13 +5,13 @@
 //! Every handler is a thin translation onto [`AgentCore`], the same core the embedded agent uses,
 //! so journal, leases and recovery behave the same in both.
 
+mod audit;
+
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::audit::{Audit, MAX_MESSAGE_CHARS, excerpt};
 use super::envelope::Envelope;
 use super::tls::{self, Peer, Ticket};
 use super::{AgentCore, AgentError};
@@ -52,50 +53,6 @@ struct AppState {
     /// SHA-256 of the token: comparing digests in constant time leaks neither content nor length.
     token_digest: [u8; 32],
     audit: Arc<Audit>,
-}
-
-/// The append-only audit log: one JSON object per line.
-struct Audit {
-    file: Mutex<File>,
-}
-
-impl Audit {
-    fn open(path: &Path) -> Result<Audit, String> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("failed to open the audit log {}: {e}", path.display()))?;
-        Ok(Audit {
-            file: Mutex::new(file),
-        })
-    }
-
-    fn record(&self, client: &str, request: &str, status: u16, outcome: &str) {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            time: String,
-            client: &'a str,
-            request: &'a str,
-            status: u16,
-            outcome: &'a str,
-        }
-        let line = Line {
-            time: jiff::Timestamp::now().to_string(),
-            client,
-            request,
-            status,
-            outcome,
-        };
-        let Ok(mut text) = serde_json::to_string(&line) else {
-            return;
-        };
-        text.push('\n');
-        let mut file = self.file.lock().expect("audit log lock");
-        if let Err(e) = file.write_all(text.as_bytes()) {
-            tracing::error!("failed to write the audit log: {e}");
-        }
-    }
 }
 
 /// A short account of what a request did, put on the response for the audit middleware.
@@ -129,7 +86,14 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(settings.listen.port()).filter(|p| *p != 0),
     )
     .map_err(anyhow::Error::msg)?;
-    let audit = Arc::new(Audit::open(&audit_path).map_err(anyhow::Error::msg)?);
+    let audit = {
+        let path = audit_path.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || Audit::start(&path))
+                .await?
+                .map_err(anyhow::Error::msg)?,
+        )
+    };
     for line in &recovery.reverted {
         println!("reverted a fault left by an earlier run of this agent: {line}");
         audit.record("agent", "start", 0, &format!("recovered: {line}"));
@@ -189,6 +153,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    // The last lines (and the counts of suppressed refusals) reach the disk before the exit.
+    let closing = Arc::clone(&audit);
+    tokio::task::spawn_blocking(move || closing.close()).await?;
     if failed > 0 {
         anyhow::bail!(
             "{failed} fault(s) could not be reverted at shutdown; they stay in the journal for the next start"
@@ -240,12 +207,12 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Checks the bearer token before anything else runs, and writes every request to the audit log.
+/// Checks the bearer token before anything else runs, and writes every request to the audit log
+/// (refused ones up to a share per peer address, the rest counted).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let client = req
-        .extensions()
-        .get::<Peer>()
-        .map_or_else(|| "unknown".to_owned(), Peer::identity);
+    let peer = req.extensions().get::<Peer>();
+    let client = peer.map_or_else(|| "unknown".to_owned(), Peer::identity);
+    let peer_ip = peer.map(|p| p.addr.ip().to_canonical());
     let request = format!("{} {}", req.method(), req.uri().path());
     let authorized = bearer(req.headers())
         .is_some_and(|t| bool::from(Sha256::digest(t.as_bytes()).ct_eq(&state.token_digest)));
@@ -256,7 +223,7 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         _ => Ok(()),
     };
     let response = if let Err(e) = admitted {
-        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string());
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "internal", &e.to_string());
         r.extensions_mut()
             .insert(AuditNote(format!("not served: {e}")));
         r
@@ -266,7 +233,7 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong bearer token".to_owned(),
+            "missing or wrong bearer token",
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -279,9 +246,15 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<AuditNote>()
         .map_or("", |n| n.0.as_str());
-    state
-        .audit
-        .record(&client, &request, response.status().as_u16(), note);
+    let status = response.status().as_u16();
+    if authorized {
+        state.audit.record(&client, &request, status, note);
+    } else {
+        // A peer without the token cannot make the log grow faster than its share.
+        state
+            .audit
+            .record_refusal(peer_ip, &client, &request, status, note);
+    }
     response
 }
 
@@ -293,12 +266,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+/// An error answer. The message is cut to a short, sanitised excerpt: it may quote what a fault
+/// read on the host (a file, a tool's output), and none of that may leave the agent in full.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     (
         status,
         axum::Json(ErrorBody {
             kind: kind.to_owned(),
-            error: message,
+            error: excerpt(message, MAX_MESSAGE_CHARS),
         }),
     )
         .into_response()
@@ -330,7 +305,7 @@ fn agent_error(e: &AgentError) -> Response {
         | AgentError::Internal(m)
         | AgentError::Unreachable(m) => m.clone(),
     };
-    let mut r = error(status, kind, message);
+    let mut r = error(status, kind, &message);
     r.extensions_mut().insert(AuditNote(format!("failed: {e}")));
     r
 }
@@ -341,7 +316,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
         let mut r = error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("invalid request body: {e}"),
+            &format!("invalid request body: {e}"),
         );
         r.extensions_mut()
             .insert(AuditNote(format!("bad request: {e}")));
@@ -487,9 +462,12 @@ async fn halt(State(state): State<AppState>) -> Response {
 }
 
 async fn resume(State(state): State<AppState>) -> Response {
-    match state.core.resume() {
-        Ok(()) => health(State(state)).await,
-        Err(e) => agent_error(&AgentError::Internal(e)),
+    // Clearing the halt removes a file: disk work, off the async threads.
+    let core = Arc::clone(&state.core);
+    match blocking(move || core.resume()).await {
+        Ok(Ok(())) => health(State(state)).await,
+        Ok(Err(e)) => agent_error(&AgentError::Internal(e)),
+        Err(r) => *r,
     }
 }
 

@@ -162,3 +162,91 @@ fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_hol
     drop(idle);
     agent.stop();
 }
+
+#[test]
+fn a_flood_of_long_path_401s_keeps_the_audit_log_short() {
+    let mut agent = EdgeAgent::start();
+    // One curl, 400 requests over kept-alive connections, each with a 32 KiB path and no token.
+    let long = "A".repeat(32 * 1024);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n", "--cacert"])
+        .arg(agent.certs.join("ca.pem"))
+        .arg(format!("https://{}/v1/[1-400]/{long}", agent.listen))
+        .output()
+        .expect("run curl");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "401").count(),
+        400,
+        "every request must be refused: {codes}"
+    );
+    agent.stop();
+
+    let audit = agent.audit();
+    assert!(
+        audit.len() < 64 * 1024,
+        "400 refused requests grew the audit log to {} bytes",
+        audit.len()
+    );
+    for line in audit.lines() {
+        assert!(line.len() <= 1024, "an audit line of {} bytes", line.len());
+        let _: serde_json::Value = serde_json::from_str(line).expect("audit lines are JSON");
+    }
+    let refused = audit
+        .lines()
+        .filter(|l| l.contains(r#""status":401"#))
+        .count();
+    assert!(
+        (1..=40).contains(&refused),
+        "{refused} 401 lines for 400 refused requests:\n{audit}"
+    );
+    assert!(
+        audit.contains("more 401s from 127.0.0.1 suppressed"),
+        "no line accounts for the suppressed 401s:\n{audit}"
+    );
+}
+
+#[test]
+fn a_pidfile_full_of_secrets_reaches_neither_the_answer_nor_the_audit_log() {
+    let agent = EdgeAgent::start();
+    let secret: String = (0..4096)
+        .map(|i| char::from(b"SECRETsecret0123456789"[i % 22]))
+        .collect();
+    let pidfile = agent.dir.path().join("shadow");
+    // A control sequence in the file must not reach a terminal that prints the answer either.
+    std::fs::write(&pidfile, format!("\x1b[2J{secret}\n")).unwrap();
+    let body = format!(
+        r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pidfile":"{}"}},"pick":null}},"duration_ms":60000,"lease_ms":5000,"seed":1}}"#,
+        pidfile.display()
+    );
+    let (status, answer) = agent.curl(
+        "PUT",
+        "/v1/faults/leak-1",
+        Some(&agent.token()),
+        Some(&body),
+        10,
+    );
+    assert!((400..500).contains(&status), "{status}: {answer}");
+    let error: serde_json::Value = serde_json::from_str(&answer).expect("the answer is JSON");
+    let message = error["error"].as_str().expect("an error message");
+    assert!(
+        !message.contains(&secret),
+        "the answer leaks the file: {message}"
+    );
+    assert!(
+        message.chars().count() <= 400,
+        "an error message of {} characters",
+        message.chars().count()
+    );
+    assert!(
+        !message.chars().any(char::is_control),
+        "control characters in {message:?}"
+    );
+    let audit = agent.audit();
+    assert!(
+        audit.contains("leak-1"),
+        "the apply is not audited:\n{audit}"
+    );
+    assert!(!audit.contains(&secret), "the audit log leaks the file");
+    assert!(!audit.contains("\\u001b"), "control characters in {audit}");
+}
