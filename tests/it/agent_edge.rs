@@ -5,8 +5,9 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -249,4 +250,66 @@ fn a_pidfile_full_of_secrets_reaches_neither_the_answer_nor_the_audit_log() {
     );
     assert!(!audit.contains(&secret), "the audit log leaks the file");
     assert!(!audit.contains("\\u001b"), "control characters in {audit}");
+}
+
+/// The mode bits of every entry under `dir` (the directory itself included), by path.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = vec![(
+        dir.to_owned(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        out.push((path, mode));
+    }
+    out
+}
+
+#[test]
+fn every_file_the_agent_writes_in_its_state_directory_is_private() {
+    let agent = EdgeAgent::start();
+    let mut victim = Proc::spawn(&["sleep", "300"]);
+    let body = format!(
+        r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#,
+        victim.pid()
+    );
+    let (status, answer) = agent.curl(
+        "PUT",
+        "/v1/faults/modes-1",
+        Some(&agent.token()),
+        Some(&body),
+        10,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let during = modes(&agent.state);
+    assert!(
+        during.iter().any(|(p, _)| p.ends_with("modes-1.json")),
+        "no journal entry while the fault holds: {during:?}"
+    );
+    let (status, answer) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 10);
+    assert_eq!(status, 200, "{answer}");
+    assert!(victim.alive());
+    let after = modes(&agent.state);
+    assert!(
+        after.iter().any(|(p, _)| p.ends_with("HALTED")),
+        "no HALTED file after halt: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(p, _)| p.ends_with("audit.jsonl")),
+        "no audit log: {after:?}"
+    );
+    for (path, mode) in during.iter().chain(&after) {
+        let want = if path == &agent.state { 0o700 } else { 0o600 };
+        assert_eq!(
+            *mode,
+            want,
+            "{} has mode {mode:o}, not {want:o}",
+            path.display()
+        );
+    }
 }
