@@ -30,7 +30,8 @@ use super::envelope::Envelope;
 use super::tls::{self, Peer, Ticket};
 use super::{AgentCore, AgentError};
 use crate::protocol::{
-    ApplyRequest, ErrorBody, Health, OpenRequest, RenewRequest, RevertCause, RevertedAll,
+    ApplyRequest, ErrorBody, Health, OpenRequest, PROTOCOL_VERSION, RenewRequest, RevertCause,
+    RevertedAll,
 };
 
 /// Requests larger than this are refused (413) before they are parsed.
@@ -338,6 +339,7 @@ async fn health(State(state): State<AppState>) -> Response {
         halted: state.core.is_halted(),
         active: state.core.active().len(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: Some(PROTOCOL_VERSION.to_owned()),
     };
     reply(&body, String::new())
 }

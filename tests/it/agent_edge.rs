@@ -313,3 +313,12 @@ fn every_file_the_agent_writes_in_its_state_directory_is_private() {
         );
     }
 }
+
+#[test]
+fn the_health_answer_names_the_protocol_version() {
+    let agent = EdgeAgent::start();
+    let (status, answer) = agent.curl("GET", "/v1/health", Some(&agent.token()), None, 10);
+    assert_eq!(status, 200, "{answer}");
+    let health: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(health["protocol"], "1.0", "{answer}");
+}
