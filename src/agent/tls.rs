@@ -170,6 +170,7 @@ async fn connection(
             return;
         }
     };
+    ticket.handshaken();
     let client_cert = tls
         .get_ref()
         .1
@@ -225,6 +226,9 @@ struct Table {
 
 struct Waiting {
     address: IpAddr,
+    /// Finished its TLS handshake: evicted only when no idle connection of its address is left,
+    /// so a flood of connections that send nothing never evicts one that is being served.
+    handshaken: bool,
     /// Set as soon as the connection's task is spawned; evicting aborts the task.
     task: Option<AbortHandle>,
 }
@@ -259,10 +263,10 @@ impl Admission {
                 None
             };
             if let Some(victim) = victim {
-                let oldest = t
-                    .waiting
-                    .iter()
-                    .find(|(_, w)| w.address == victim)
+                let of_victim = || t.waiting.iter().filter(|(_, w)| w.address == victim);
+                let oldest = of_victim()
+                    .find(|(_, w)| !w.handshaken)
+                    .or_else(|| of_victim().next())
                     .map(|(id, _)| *id);
                 if let Some(task) = oldest.and_then(|id| t.forget(id)).and_then(|w| w.task) {
                     evicted.push(task);
@@ -274,6 +278,7 @@ impl Admission {
                 id,
                 Waiting {
                     address,
+                    handshaken: false,
                     task: None,
                 },
             );
@@ -358,6 +363,14 @@ impl Ticket {
         Ok(())
     }
 
+    /// Called when the connection's TLS handshake is done.
+    fn handshaken(&self) {
+        let mut t = self.admission.table.lock().expect("admission lock");
+        if let Some(w) = t.waiting.get_mut(&self.id) {
+            w.handshaken = true;
+        }
+    }
+
     fn is_authenticated(&self) -> bool {
         self.authenticated.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -401,6 +414,20 @@ mod tests {
         assert_eq!(holder.authenticate(), Ok(()));
         drop((flood, more, holder));
         assert_eq!(admission.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_flood_of_idle_connections_never_evicts_one_past_its_handshake() {
+        let admission = Arc::new(Admission::default());
+        let _early: Vec<Ticket> = (0..10)
+            .map(|p| Admission::admit(&admission, at("10.0.0.1", p)))
+            .collect();
+        let holder = Admission::admit(&admission, at("10.0.0.1", 100));
+        holder.handshaken();
+        let _flood: Vec<Ticket> = (0..1000)
+            .map(|p| Admission::admit(&admission, at("10.0.0.1", p)))
+            .collect();
+        assert_eq!(holder.authenticate(), Ok(()));
     }
 
     #[test]

@@ -165,6 +165,47 @@ fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_hol
 }
 
 #[test]
+fn a_token_holder_gets_in_while_its_address_keeps_opening_idle_connections() {
+    let mut agent = EdgeAgent::start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = std::sync::Arc::clone(&stop);
+    let listen = agent.listen.clone();
+    // About a thousand new idle connections a second, 300 held at a time, for the whole call.
+    let flood = std::thread::spawn(move || {
+        let mut open = std::collections::VecDeque::new();
+        let mut opened = 0_u32;
+        while !flooding.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(c) = TcpStream::connect(&listen) {
+                open.push_back(c);
+                opened += 1;
+            }
+            if open.len() > 300 {
+                open.pop_front();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        opened
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let opened = flood.join().unwrap();
+    assert!(opened > 300, "the flood opened only {opened} connections");
+    for (status, body) in answers {
+        assert_eq!(
+            (status, body.trim()),
+            (200, "[]"),
+            "a call during a flood of {opened} connections failed\n{}",
+            agent.log()
+        );
+    }
+    agent.stop();
+}
+
+#[test]
 fn a_flood_of_long_path_401s_keeps_the_audit_log_short() {
     let mut agent = EdgeAgent::start();
     // One curl, 400 requests over kept-alive connections, each with a 32 KiB path and no token.
