@@ -248,14 +248,16 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .get::<AuditNote>()
         .map_or("", |n| n.0.as_str());
     let status = response.status().as_u16();
-    if authorized {
-        state.audit.record(&client, &request, status, note);
+    let written = if authorized {
+        state.audit.record(&client, &request, status, note)
     } else {
         // A peer without the token cannot make the log grow faster than its share.
         state
             .audit
-            .record_refusal(peer_ip, &client, &request, status, note);
-    }
+            .record_refusal(peer_ip, &client, &request, status, note)
+    };
+    // The answer leaves after its audit line is written, unless the disk is slow.
+    written.wait().await;
     response
 }
 

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 /// The live file is rotated (`audit.jsonl` -> `audit.jsonl.1` -> ... ) before it grows past this.
 pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -37,6 +38,8 @@ pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Peer addresses whose refusals are counted one by one; beyond this, all other addresses share
 /// one count, so a spread-out flood cannot grow the table either.
 const MAX_TRACKED_PEERS: usize = 1024;
+/// How long a request waits for its audit line to be written before it is answered anyway.
+pub(crate) const WRITE_WAIT: Duration = Duration::from_millis(250);
 /// How often the writer thread writes the counts of windows that have ended.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -55,6 +58,25 @@ pub(crate) fn excerpt(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// A line on its way to the writer, with whom to tell once it is written (or failed).
+struct Queued {
+    line: Line,
+    written: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once a queued line is written, or was dropped.
+pub(crate) struct Written(Option<oneshot::Receiver<()>>);
+
+impl Written {
+    /// Waits (asynchronously, at most [`WRITE_WAIT`]) until the line is written, so that an
+    /// answer normally leaves after its audit line; a slow disk delays it by that much at most.
+    pub(crate) async fn wait(self) {
+        if let Some(rx) = self.0 {
+            let _ = tokio::time::timeout(WRITE_WAIT, rx).await;
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Line {
     time: String,
@@ -66,7 +88,7 @@ struct Line {
 
 /// The handle requests write through. Cheap to call from async code: it never touches the disk.
 pub(crate) struct Audit {
-    queue: Mutex<Option<SyncSender<Line>>>,
+    queue: Mutex<Option<SyncSender<Queued>>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -105,7 +127,13 @@ impl Audit {
 
     /// Queues one line. Every field is cut to a sanitised excerpt here, so nothing a peer sends
     /// reaches the file in full.
-    pub(crate) fn record(&self, client: &str, request: &str, status: u16, outcome: &str) {
+    pub(crate) fn record(
+        &self,
+        client: &str,
+        request: &str,
+        status: u16,
+        outcome: &str,
+    ) -> Written {
         let line = Line {
             time: jiff::Timestamp::now().to_string(),
             client: excerpt(client, MAX_MESSAGE_CHARS),
@@ -114,11 +142,23 @@ impl Audit {
             outcome: excerpt(outcome, MAX_MESSAGE_CHARS),
         };
         let queue = self.queue.lock().expect("audit queue lock");
-        match queue.as_ref().map(|q| q.try_send(line)) {
-            Some(Ok(())) => {}
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            line,
+            written: Some(tx),
+        };
+        let sent = match queue.as_ref() {
+            Some(q) => match q.try_send(queued) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if sent {
+            Written(Some(rx))
+        } else {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            Written(None)
         }
     }
 
@@ -131,7 +171,7 @@ impl Audit {
         request: &str,
         status: u16,
         outcome: &str,
-    ) {
+    ) -> Written {
         let admit = self
             .shared
             .refusals
@@ -139,7 +179,9 @@ impl Audit {
             .expect("audit refusals lock")
             .admit(peer, Instant::now());
         if admit {
-            self.record(client, request, status, outcome);
+            self.record(client, request, status, outcome)
+        } else {
+            Written(None)
         }
     }
 
@@ -231,10 +273,15 @@ impl Writer {
         })
     }
 
-    fn run(mut self, rx: &mpsc::Receiver<Line>, shared: &Shared) {
+    fn run(mut self, rx: &mpsc::Receiver<Queued>, shared: &Shared) {
         loop {
             match rx.recv_timeout(TICK) {
-                Ok(line) => self.write(&line, shared),
+                Ok(queued) => {
+                    self.write(&queued.line, shared);
+                    if let Some(written) = queued.written {
+                        let _ = written.send(());
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.account(shared, None);
@@ -379,6 +426,22 @@ mod tests {
             .map(|(_, n)| n)
             .sum();
         assert_eq!(shared, 500 - REFUSALS_PER_WINDOW);
+    }
+
+    #[tokio::test]
+    async fn a_line_is_in_the_file_once_its_wait_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(&path).unwrap();
+        for i in 0..50 {
+            audit
+                .record("client", &format!("GET /{i}"), 200, "")
+                .wait()
+                .await;
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(&format!("GET /{i}")), "{text}");
+        }
+        audit.close();
     }
 
     #[test]
