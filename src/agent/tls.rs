@@ -157,7 +157,23 @@ async fn connection(
     app: Router,
     ticket: Arc<Ticket>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // A client that has sent something (its ClientHello) is worth more than one that is silent:
+    // noting it protects a real client from a flood of silent connections from its address.
+    // `peek`, not `readable`: readiness can be reported before a byte has arrived.
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut [0_u8; 1])).await {
+        Ok(Ok(0)) => return,
+        Ok(Ok(_)) => ticket.reached(Stage::Talking),
+        Ok(Err(e)) => {
+            tracing::debug!("connection from {addr} failed before its handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("{addr} sent nothing within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    }
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!("TLS handshake with {addr} failed: {e}");
@@ -170,7 +186,7 @@ async fn connection(
             return;
         }
     };
-    ticket.handshaken();
+    ticket.reached(Stage::Handshaken);
     let client_cert = tls
         .get_ref()
         .1
@@ -224,11 +240,23 @@ struct Table {
     authenticated: usize,
 }
 
+/// How far an unauthenticated connection got. Eviction takes the lowest stage first, the oldest
+/// within it, so a flood of connections that send nothing never evicts one that is talking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Accepted; the client has sent nothing yet.
+    Silent,
+    /// The client has sent something: its TLS handshake is under way.
+    Talking,
+    /// The TLS handshake is done; no request with the token yet.
+    Handshaken,
+}
+
 struct Waiting {
     address: IpAddr,
-    /// Finished its TLS handshake: evicted only when no idle connection of its address is left,
-    /// so a flood of connections that send nothing never evicts one that is being served.
-    handshaken: bool,
+    stage: Stage,
+    /// When it was accepted, for the log.
+    since: std::time::Instant,
     /// Set as soon as the connection's task is spawned; evicting aborts the task.
     task: Option<AbortHandle>,
 }
@@ -263,13 +291,14 @@ impl Admission {
                 None
             };
             if let Some(victim) = victim {
-                let of_victim = || t.waiting.iter().filter(|(_, w)| w.address == victim);
-                let oldest = of_victim()
-                    .find(|(_, w)| !w.handshaken)
-                    .or_else(|| of_victim().next())
+                let oldest = t
+                    .waiting
+                    .iter()
+                    .filter(|(_, w)| w.address == victim)
+                    .min_by_key(|(id, w)| (w.stage, **id))
                     .map(|(id, _)| *id);
-                if let Some(task) = oldest.and_then(|id| t.forget(id)).and_then(|w| w.task) {
-                    evicted.push(task);
+                if let Some(w) = oldest.and_then(|id| t.forget(id)) {
+                    evicted.push(w);
                 }
             }
             let id = t.next_id;
@@ -278,7 +307,8 @@ impl Admission {
                 id,
                 Waiting {
                     address,
-                    handshaken: false,
+                    stage: Stage::Silent,
+                    since: std::time::Instant::now(),
                     task: None,
                 },
             );
@@ -286,9 +316,16 @@ impl Admission {
             id
         };
         // Aborting outside the lock: a task dropped right away would take the lock for its ticket.
-        for task in evicted {
-            tracing::debug!("evicting an unauthenticated connection from {address}");
-            task.abort();
+        for w in evicted {
+            tracing::debug!(
+                "evicting an unauthenticated connection from {} ({:?} for {:?})",
+                w.address,
+                w.stage,
+                w.since.elapsed()
+            );
+            if let Some(task) = w.task {
+                task.abort();
+            }
         }
         Ticket {
             admission: Arc::clone(this),
@@ -363,11 +400,11 @@ impl Ticket {
         Ok(())
     }
 
-    /// Called when the connection's TLS handshake is done.
-    fn handshaken(&self) {
+    /// Records how far the connection got, for eviction.
+    fn reached(&self, stage: Stage) {
         let mut t = self.admission.table.lock().expect("admission lock");
         if let Some(w) = t.waiting.get_mut(&self.id) {
-            w.handshaken = true;
+            w.stage = stage;
         }
     }
 
@@ -417,17 +454,40 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_idle_connections_never_evicts_one_past_its_handshake() {
+    fn a_flood_of_silent_connections_never_evicts_one_that_talks() {
         let admission = Arc::new(Admission::default());
         let _early: Vec<Ticket> = (0..10)
             .map(|p| Admission::admit(&admission, at("10.0.0.1", p)))
             .collect();
-        let holder = Admission::admit(&admission, at("10.0.0.1", 100));
-        holder.handshaken();
+        let talking = Admission::admit(&admission, at("10.0.0.1", 100));
+        talking.reached(Stage::Talking);
+        let handshaken = Admission::admit(&admission, at("10.0.0.1", 101));
+        handshaken.reached(Stage::Handshaken);
         let _flood: Vec<Ticket> = (0..1000)
             .map(|p| Admission::admit(&admission, at("10.0.0.1", p)))
             .collect();
-        assert_eq!(holder.authenticate(), Ok(()));
+        assert_eq!(talking.authenticate(), Ok(()));
+        assert_eq!(handshaken.authenticate(), Ok(()));
+    }
+
+    #[test]
+    fn talking_connections_go_before_handshaken_ones_and_the_oldest_first() {
+        let admission = Arc::new(Admission::default());
+        let all: Vec<Ticket> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS)
+            .map(|p| {
+                let t = Admission::admit(&admission, at("10.0.0.1", p as u16));
+                t.reached(if p < 2 {
+                    Stage::Handshaken
+                } else {
+                    Stage::Talking
+                });
+                t
+            })
+            .collect();
+        let _new = Admission::admit(&admission, at("10.0.0.1", 999));
+        assert_eq!(all[2].authenticate(), Err(AdmissionError::Evicted));
+        assert_eq!(all[0].authenticate(), Ok(()));
+        assert_eq!(all[3].authenticate(), Ok(()));
     }
 
     #[test]
