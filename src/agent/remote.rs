@@ -20,6 +20,8 @@ use crate::protocol::{
 /// this is generous; lease renewals are bounded separately by the run loop.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest error message from an agent that is passed on (agents cut theirs to 400).
+const MAX_ERROR_CHARS: usize = 600;
 
 /// What the client needs to trust and authenticate to agents, shared by a whole inventory.
 #[derive(Clone, Debug)]
@@ -119,7 +121,13 @@ impl RemoteAgent {
                 String::from_utf8_lossy(&bytes).trim().to_owned(),
             ),
         };
-        let message = format!("agent `{}`: {message}", self.name);
+        // What an agent (or whatever answers at its address) says ends up on a terminal and in
+        // reports: keep it short and printable.
+        let message = format!(
+            "agent `{}`: {}",
+            self.name,
+            printable(&message, MAX_ERROR_CHARS)
+        );
         Err(match (status, kind.as_str()) {
             (StatusCode::UNAUTHORIZED, _) => {
                 AgentError::Refused(format!("{message} (check the inventory's token_file)"))
@@ -191,12 +199,7 @@ fn compatible(theirs: Option<&str>, build: &str) -> Result<(), String> {
     }
     let ours = major(PROTOCOL_VERSION).expect("PROTOCOL_VERSION is MAJOR.MINOR");
     // What an agent sends is quoted back to people: keep it short and printable.
-    let quote = |text: &str| -> String {
-        text.chars()
-            .take(32)
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
-    };
+    let quote = |text: &str| printable(text, 32);
     let build = quote(build);
     let Some(theirs) = theirs else {
         return Err(format!(
@@ -217,6 +220,21 @@ fn compatible(theirs: Option<&str>, build: &str) -> Result<(), String> {
     }
 }
 
+/// At most `max_chars` characters of `text`, control characters replaced by spaces, `…` marking
+/// a cut.
+fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
 /// reqwest's top-level message ("error sending request") hides the cause; show the whole chain.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -231,7 +249,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::compatible;
+    use super::{compatible, printable};
     use crate::protocol::PROTOCOL_VERSION;
 
     #[test]
@@ -251,6 +269,13 @@ mod tests {
             compatible(Some("0.9"), "0.0.1"),
             Err("the agent (faultline 0.0.1) speaks protocol 0.9, this coordinator speaks 1.0: major versions 0 and 1 differ; upgrade the agent's side".to_owned())
         );
+    }
+
+    #[test]
+    fn what_an_agent_says_is_passed_on_short_and_printable() {
+        assert_eq!(printable("fine", 10), "fine");
+        assert_eq!(printable("a\r\nb\x1b[0m", 10), "a  b [0m");
+        assert_eq!(printable(&"x".repeat(5000), 600).chars().count(), 600);
     }
 
     #[test]
