@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use self::audit::{Audit, MAX_MESSAGE_CHARS, excerpt};
 use super::envelope::Envelope;
-use super::tls::{self, Peer, Ticket};
+use super::tls::{self, Admission, Peer, Ticket};
 use super::{AgentCore, AgentError};
 use crate::protocol::{
     ApplyRequest, ErrorBody, Health, OpenRequest, PROTOCOL_VERSION, RenewRequest, RevertCause,
@@ -54,6 +54,7 @@ struct AppState {
     /// SHA-256 of the token: comparing digests in constant time leaks neither content nor length.
     token_digest: [u8; 32],
     audit: Arc<Audit>,
+    admission: Arc<Admission>,
 }
 
 /// A short account of what a request did, put on the response for the audit middleware.
@@ -111,10 +112,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.listen))?;
+    let admission = Arc::new(Admission::default());
     let state = AppState {
         core: Arc::clone(&core),
         token_digest: Sha256::digest(token.as_bytes()).into(),
         audit: Arc::clone(&audit),
+        admission: Arc::clone(&admission),
     };
     println!(
         "faultline agent listening on https://{} (state {}, audit log {}{}{})",
@@ -132,7 +135,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             ""
         },
     );
-    tls::serve(listener, tls_config, router(state), shutdown).await;
+    tls::serve(listener, tls_config, router(state), admission, shutdown).await;
     println!("shutting down: reverting every active fault");
     let results = tokio::task::spawn_blocking(move || core.close_blocking()).await?;
     let mut failed = 0;
@@ -525,6 +528,38 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         "Faults reverted because the coordinator stopped renewing their lease.",
         c.lease_expiries.load(Ordering::Relaxed),
+    );
+    let (unauthenticated, authenticated) = state.admission.counts();
+    metric(
+        "faultline_agent_connections_unauthenticated",
+        "gauge",
+        "Open connections that have not yet sent a request with the token.",
+        unauthenticated as u64,
+    );
+    metric(
+        "faultline_agent_connections_authenticated",
+        "gauge",
+        "Open connections that have sent a request with the token.",
+        authenticated as u64,
+    );
+    metric(
+        "faultline_agent_connections_evicted_total",
+        "counter",
+        "Unauthenticated connections closed to make room for newer ones (a flood, if it grows).",
+        state.admission.evicted(),
+    );
+    let (dropped, suppressed) = state.audit.figures();
+    metric(
+        "faultline_agent_audit_lines_dropped_total",
+        "counter",
+        "Audit lines dropped because the writer fell behind or could not write.",
+        dropped,
+    );
+    metric(
+        "faultline_agent_audit_refusals_suppressed_total",
+        "counter",
+        "Refused (401) requests counted but not logged one by one.",
+        suppressed,
     );
     let mut r = ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
     r.extensions_mut().insert(AuditNote(String::new()));

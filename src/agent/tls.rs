@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,10 +123,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     config: rustls::ServerConfig,
     app: Router,
+    admission: Arc<Admission>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let admission = Arc::new(Admission::default());
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -228,6 +229,8 @@ async fn connection(
 #[derive(Default)]
 pub(crate) struct Admission {
     table: Mutex<Table>,
+    /// Unauthenticated connections closed to make room, since the start (for `/metrics`).
+    evicted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -316,6 +319,8 @@ impl Admission {
             id
         };
         // Aborting outside the lock: a task dropped right away would take the lock for its ticket.
+        this.evicted
+            .fetch_add(evicted.len() as u64, Ordering::Relaxed);
         for w in evicted {
             tracing::debug!(
                 "evicting an unauthenticated connection from {} ({:?} for {:?})",
@@ -330,7 +335,7 @@ impl Admission {
         Ticket {
             admission: Arc::clone(this),
             id,
-            authenticated: std::sync::atomic::AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
         }
     }
 
@@ -343,10 +348,14 @@ impl Admission {
     }
 
     /// How many connections are unauthenticated and authenticated right now.
-    #[cfg(test)]
-    fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         let t = self.table.lock().expect("admission lock");
         (t.waiting.len(), t.authenticated)
+    }
+
+    /// Unauthenticated connections closed to make room since the start.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 }
 
@@ -367,7 +376,7 @@ impl Table {
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
     id: u64,
-    authenticated: std::sync::atomic::AtomicBool,
+    authenticated: AtomicBool,
 }
 
 /// Why a request with the right token cannot be served on its connection.
@@ -383,7 +392,6 @@ impl Ticket {
     /// Called when a request on this connection showed the right token: the connection leaves
     /// the unauthenticated pool for good, so no flood can evict it any more.
     pub(crate) fn authenticate(&self) -> Result<(), AdmissionError> {
-        use std::sync::atomic::Ordering;
         if self.authenticated.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -409,7 +417,7 @@ impl Ticket {
     }
 
     fn is_authenticated(&self) -> bool {
-        self.authenticated.load(std::sync::atomic::Ordering::SeqCst)
+        self.authenticated.load(Ordering::SeqCst)
     }
 }
 

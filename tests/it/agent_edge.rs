@@ -133,6 +133,17 @@ impl EdgeAgent {
         });
     }
 
+    /// The value of one line of `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let (status, text) = self.curl("GET", "/metrics", Some(&self.token()), None, 10);
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
@@ -164,6 +175,12 @@ fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_hol
     let (status, body) = agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6);
     assert_eq!((status, body.trim()), (200, "[]"), "{}", agent.log());
     assert!(agent.audit().contains("POST /v1/halt"), "{}", agent.audit());
+    // 300 idle connections and the holder's: all but the last 16 were evicted.
+    let evicted = agent.metric("faultline_agent_connections_evicted_total");
+    assert!(
+        (285..=301).contains(&evicted),
+        "{evicted} connections evicted"
+    );
     drop(idle);
     agent.stop();
 }
@@ -232,6 +249,8 @@ fn a_flood_of_long_path_401s_keeps_the_audit_log_short() {
         400,
         "every request must be refused: {codes}"
     );
+    let suppressed = agent.metric("faultline_agent_audit_refusals_suppressed_total");
+    assert_eq!(suppressed, 380, "20 of 400 refusals are logged one by one");
     agent.stop();
 
     let audit = agent.audit();

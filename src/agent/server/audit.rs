@@ -95,7 +95,11 @@ pub(crate) struct Audit {
 
 /// What the request side and the writer thread both see.
 struct Shared {
+    /// Lines dropped since the writer last said so in the log.
     dropped: AtomicU64,
+    /// Since the start, for `/metrics`.
+    dropped_total: AtomicU64,
+    suppressed_total: AtomicU64,
     refusals: Mutex<Refusals>,
 }
 
@@ -110,6 +114,8 @@ impl Audit {
         let writer = Writer::open(path, cap)?;
         let shared = Arc::new(Shared {
             dropped: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
+            suppressed_total: AtomicU64::new(0),
             refusals: Mutex::new(Refusals::default()),
         });
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
@@ -157,7 +163,7 @@ impl Audit {
         if sent {
             Written(Some(rx))
         } else {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.dropped_one();
             Written(None)
         }
     }
@@ -181,8 +187,17 @@ impl Audit {
         if admit {
             self.record(client, request, status, outcome)
         } else {
+            self.shared.suppressed_total.fetch_add(1, Ordering::Relaxed);
             Written(None)
         }
+    }
+
+    /// Lines dropped and refusals not logged one by one, since the start.
+    pub(crate) fn figures(&self) -> (u64, u64) {
+        (
+            self.shared.dropped_total.load(Ordering::Relaxed),
+            self.shared.suppressed_total.load(Ordering::Relaxed),
+        )
     }
 
     /// Writes what is queued and the counts of suppressed refusals, and stops the writer thread.
@@ -192,6 +207,13 @@ impl Audit {
         if let Some(handle) = self.writer.lock().expect("audit writer lock").take() {
             let _ = handle.join();
         }
+    }
+}
+
+impl Shared {
+    fn dropped_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_total.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -341,7 +363,7 @@ impl Writer {
         match written {
             Ok(()) => self.size += len,
             Err(e) => {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.dropped_one();
                 tracing::error!("failed to write the audit log {}: {e}", self.path.display());
             }
         }
