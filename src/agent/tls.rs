@@ -26,12 +26,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Connections that have not yet sent a request with the right token ("unauthenticated"), from
-/// all peers together. One more evicts the oldest unauthenticated connection of the peer address
-/// that holds the most, so a flood costs the flooding address its own connections first.
+/// all peers together. One more evicts an unauthenticated connection of the peer address that
+/// holds the most, so a flood costs the flooding address its own connections first.
 pub(crate) const MAX_UNAUTHENTICATED: usize = 128;
 /// Unauthenticated connections from one peer address (an IPv4 address, or an IPv6 /64). One more
-/// evicts that address's oldest: a token holder's new connection always gets in, even from the
-/// address that floods, because an idle connection is never worth more than a fresh one.
+/// evicts one of that address's: the least advanced (see [`Stage`]), the oldest among those. So
+/// a token holder's new connection always gets in, even from the address that floods, and once
+/// its client has spoken, silent connections go before it.
 pub(crate) const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
 /// Connections that have shown the token. Beyond this, requests get 503 (coordinators keep a
 /// handful of connections per agent, so this is a leak, not a load).
@@ -41,6 +42,7 @@ pub(crate) const MAX_AUTHENTICATED: usize = 256;
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// An unauthenticated connection is closed this long after its handshake, whatever it sends.
 pub(crate) const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(10);
+/// A request's headers must arrive within this; an idle kept-alive connection is closed after it.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who sent a request, as far as the transport knows: put in every request's extensions.
