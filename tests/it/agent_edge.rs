@@ -25,7 +25,11 @@ struct EdgeAgent {
 
 impl EdgeAgent {
     fn start() -> EdgeAgent {
-        let dir = support::tempdir();
+        EdgeAgent::start_in(support::tempdir(), &[])
+    }
+
+    /// Starts an agent whose files live in `dir`, with `extra` arguments.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> EdgeAgent {
         let certs = dir.path().join("certs");
         let made = support::faultline(
             &[
@@ -59,6 +63,7 @@ impl EdgeAgent {
                 "--state-dir",
                 state.to_str().unwrap(),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -229,6 +234,78 @@ fn a_token_holder_gets_in_while_its_address_keeps_opening_idle_connections() {
             agent.log()
         );
     }
+    agent.stop();
+}
+
+#[test]
+fn a_stuck_audit_log_does_not_stop_the_agent_from_answering() {
+    let dir = support::tempdir();
+    // The audit log is a pipe nobody reads: once its 64 KiB buffer is full, every write blocks,
+    // as on a disk that hangs.
+    let fifo = dir.path().join("audit.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("audit_log = \"{}\"\n", fifo.display())).unwrap();
+    // Opening a pipe blocks until the other end is opened: the agent opens it for writing.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || File::open(fifo).expect("open the pipe for reading"))
+    };
+    let mut agent = EdgeAgent::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let _unread = reader.join().unwrap();
+
+    // 2000 requests of about 120 audit bytes each: far more than the pipe holds. curl's
+    // --max-time bounds each request, not all of them, so the whole call is bounded here.
+    let curl = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "--max-time",
+            "10",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {}", agent.token())])
+        .arg("--cacert")
+        .arg(agent.certs.join("ca.pem"))
+        .arg(format!("https://{}/v1/faults?n=[1-2000]", agent.listen))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run curl");
+    let mut curl = Proc { child: curl };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = !curl.alive();
+    let mut codes = String::new();
+    if finished {
+        use std::io::Read as _;
+        curl.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut codes)
+            .unwrap();
+    }
+    assert!(
+        finished,
+        "2000 requests were not answered within 60 s while the audit log was stuck:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        2000,
+        "requests went unanswered while the audit log was stuck:\n{}",
+        agent.log()
+    );
+    // Shutdown does not wait for the stuck writer for ever either.
     agent.stop();
 }
 

@@ -9,10 +9,9 @@ use std::io::{ErrorKind, Write as _};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -40,6 +39,8 @@ pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 const MAX_TRACKED_PEERS: usize = 1024;
 /// How long a request waits for its audit line to be written before it is answered anyway.
 pub(crate) const WRITE_WAIT: Duration = Duration::from_millis(250);
+/// How long shutdown waits for the writer to write what is queued.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How often the writer thread writes the counts of windows that have ended.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -65,14 +66,26 @@ struct Queued {
 }
 
 /// Resolves once a queued line is written, or was dropped.
-pub(crate) struct Written(Option<oneshot::Receiver<()>>);
+pub(crate) struct Written {
+    done: Option<oneshot::Receiver<()>>,
+    shared: Arc<Shared>,
+}
 
 impl Written {
     /// Waits (asynchronously, at most [`WRITE_WAIT`]) until the line is written, so that an
-    /// answer normally leaves after its audit line; a slow disk delays it by that much at most.
+    /// answer normally leaves after its audit line. Once a wait has run out, the writer counts as
+    /// stalled and nobody waits until it has caught up: a stuck disk costs one request 250 ms,
+    /// not every request.
     pub(crate) async fn wait(self) {
-        if let Some(rx) = self.0 {
-            let _ = tokio::time::timeout(WRITE_WAIT, rx).await;
+        let Some(done) = self.done else { return };
+        if self.shared.stalled.load(Ordering::SeqCst) {
+            return;
+        }
+        if tokio::time::timeout(WRITE_WAIT, done).await.is_err() {
+            self.shared.stalled.store(true, Ordering::SeqCst);
+            tracing::warn!(
+                "the audit log writer is more than {WRITE_WAIT:?} behind; answers no longer wait for it"
+            );
         }
     }
 }
@@ -90,7 +103,8 @@ struct Line {
 pub(crate) struct Audit {
     queue: Mutex<Option<SyncSender<Queued>>>,
     shared: Arc<Shared>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Says when the writer thread is done.
+    finished: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 /// What the request side and the writer thread both see.
@@ -101,6 +115,10 @@ struct Shared {
     dropped_total: AtomicU64,
     suppressed_total: AtomicU64,
     refusals: Mutex<Refusals>,
+    /// Lines queued and not yet written.
+    queued: AtomicUsize,
+    /// A request's wait ran out; cleared when the writer has written everything queued.
+    stalled: AtomicBool,
 }
 
 impl Audit {
@@ -117,17 +135,23 @@ impl Audit {
             dropped_total: AtomicU64::new(0),
             suppressed_total: AtomicU64::new(0),
             refusals: Mutex::new(Refusals::default()),
+            queued: AtomicUsize::new(0),
+            stalled: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let thread_shared = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
+        let (finished, on_finish) = mpsc::channel();
+        std::thread::Builder::new()
             .name("audit-log".to_owned())
-            .spawn(move || writer.run(&rx, &thread_shared))
+            .spawn(move || {
+                writer.run(&rx, &thread_shared);
+                let _ = finished.send(());
+            })
             .map_err(|e| format!("failed to start the audit log writer: {e}"))?;
         Ok(Audit {
             queue: Mutex::new(Some(tx)),
             shared,
-            writer: Mutex::new(Some(handle)),
+            finished: Mutex::new(Some(on_finish)),
         })
     }
 
@@ -153,6 +177,7 @@ impl Audit {
             line,
             written: Some(tx),
         };
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
         let sent = match queue.as_ref() {
             Some(q) => match q.try_send(queued) {
                 Ok(()) => true,
@@ -161,10 +186,14 @@ impl Audit {
             None => false,
         };
         if sent {
-            Written(Some(rx))
+            Written {
+                done: Some(rx),
+                shared: Arc::clone(&self.shared),
+            }
         } else {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             self.shared.dropped_one();
-            Written(None)
+            self.nothing_to_wait_for()
         }
     }
 
@@ -188,7 +217,7 @@ impl Audit {
             self.record(client, request, status, outcome)
         } else {
             self.shared.suppressed_total.fetch_add(1, Ordering::Relaxed);
-            Written(None)
+            self.nothing_to_wait_for()
         }
     }
 
@@ -204,8 +233,21 @@ impl Audit {
     /// Blocks on the disk: call it off the async threads. Later lines are dropped.
     pub(crate) fn close(&self) {
         drop(self.queue.lock().expect("audit queue lock").take());
-        if let Some(handle) = self.writer.lock().expect("audit writer lock").take() {
-            let _ = handle.join();
+        if let Some(finished) = self.finished.lock().expect("audit writer lock").take() {
+            // A writer stuck on a dead disk must not keep the agent from exiting.
+            if finished.recv_timeout(CLOSE_WAIT).is_err() {
+                eprintln!(
+                    "error: the audit log writer did not finish within {CLOSE_WAIT:?}; {} line(s) are lost",
+                    self.shared.queued.load(Ordering::SeqCst)
+                );
+            }
+        }
+    }
+
+    fn nothing_to_wait_for(&self) -> Written {
+        Written {
+            done: None,
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -302,6 +344,9 @@ impl Writer {
                     self.write(&queued.line, shared);
                     if let Some(written) = queued.written {
                         let _ = written.send(());
+                    }
+                    if shared.queued.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        shared.stalled.store(false, Ordering::SeqCst);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
