@@ -119,13 +119,23 @@ pub(crate) struct Renewed {
     pub(crate) ended: Vec<Reverted>,
 }
 
+/// The version of these wire types, `MAJOR.MINOR`. MINOR grows with additive changes (a new
+/// optional field) that both sides can ignore; MAJOR with anything else, and a coordinator refuses
+/// an agent whose MAJOR differs from its own.
+pub(crate) const PROTOCOL_VERSION: &str = "1.0";
+
 /// An agent's answer to `GET /v1/health`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Health {
     pub(crate) ok: bool,
     pub(crate) halted: bool,
     pub(crate) active: usize,
+    /// The agent's build (`CARGO_PKG_VERSION`), for people.
     pub(crate) version: String,
+    /// The agent's [`PROTOCOL_VERSION`], for the coordinator's compatibility check. Agents built
+    /// before it existed do not send it.
+    #[serde(default)]
+    pub(crate) protocol: Option<String>,
 }
 
 /// What `halt` (or a bulk revert) undid on one agent.

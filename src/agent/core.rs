@@ -242,7 +242,7 @@ impl AgentCore {
     pub(crate) fn halt_blocking(&self) -> Vec<Result<Reverted, AgentError>> {
         self.halted.store(true, Ordering::SeqCst);
         let marker = self.state_dir().join(HALTED_MARKER);
-        if let Err(e) = std::fs::write(
+        if let Err(e) = super::journal::write_private(
             &marker,
             b"halted by `faultline halt`; `faultline resume` clears this\n",
         ) {

@@ -1,8 +1,9 @@
 //! Owns the agent's crash-safe journal: one file per fault holding what undoes it, written and
 //! fsynced before the host is changed, removed only after the change is undone.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -27,14 +28,38 @@ pub(crate) struct Entry {
     pub(crate) deadline: Option<Timestamp>,
 }
 
+/// Creates (or truncates) `path` for writing with mode 0600, whatever the umask: every file in the
+/// state directory is readable by the agent's user alone.
+fn private(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file left by an older agent keeps the mode it was created with: tighten it.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// Writes `bytes` to `path` as a private (0600) file: for state files other than entries.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    private(path)?.write_all(bytes)
+}
+
 #[derive(Debug)]
 pub(crate) struct Journal {
     dir: PathBuf,
 }
 
 impl Journal {
+    /// Opens the journal in `dir`, creating it (mode 0700: entries name processes and paths) if
+    /// it does not exist. An existing directory keeps its mode: the operator chose it.
     pub(crate) fn open(dir: &Path) -> Result<Journal, String> {
-        fs::create_dir_all(dir)
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| format!("failed to create state directory {}: {e}", dir.display()))?;
         Ok(Journal {
             dir: dir.to_owned(),
@@ -61,12 +86,7 @@ impl Journal {
         let tmp = self.dir.join(format!(".{}.tmp", entry.id));
         let body = serde_json::to_vec_pretty(entry)
             .map_err(|e| format!("failed to encode journal entry: {e}"))?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(fail)?;
+        let mut file = private(&tmp).map_err(fail)?;
         file.write_all(&body).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         fs::rename(&tmp, self.path(&entry.id)).map_err(fail)?;

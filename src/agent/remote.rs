@@ -12,14 +12,16 @@ use serde::de::DeserializeOwned;
 
 use super::AgentError;
 use crate::protocol::{
-    Applied, ApplyRequest, ErrorBody, FaultStatus, Health, OpenRequest, RenewRequest, Renewed,
-    Reverted, RevertedAll,
+    Applied, ApplyRequest, ErrorBody, FaultStatus, Health, OpenRequest, PROTOCOL_VERSION,
+    RenewRequest, Renewed, Reverted, RevertedAll,
 };
 
 /// How long one request may take. An apply allocates files or waits for processes to stop, so
 /// this is generous; lease renewals are bounded separately by the run loop.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest error message from an agent that is passed on (agents cut theirs to 400).
+const MAX_ERROR_CHARS: usize = 600;
 
 /// What the client needs to trust and authenticate to agents, shared by a whole inventory.
 #[derive(Clone, Debug)]
@@ -119,7 +121,13 @@ impl RemoteAgent {
                 String::from_utf8_lossy(&bytes).trim().to_owned(),
             ),
         };
-        let message = format!("agent `{}`: {message}", self.name);
+        // What an agent (or whatever answers at its address) says ends up on a terminal and in
+        // reports: keep it short and printable.
+        let message = format!(
+            "agent `{}`: {}",
+            self.name,
+            printable(&message, MAX_ERROR_CHARS)
+        );
         Err(match (status, kind.as_str()) {
             (StatusCode::UNAUTHORIZED, _) => {
                 AgentError::Refused(format!("{message} (check the inventory's token_file)"))
@@ -158,8 +166,13 @@ impl RemoteAgent {
         .await
     }
 
+    /// The agent's health, refused (as [`AgentError::Refused`]) when the agent speaks another
+    /// major protocol version than this coordinator, or does not say which it speaks.
     pub(crate) async fn health(&self) -> Result<Health, AgentError> {
-        self.call(Method::GET, "/v1/health", None::<&()>).await
+        let health: Health = self.call(Method::GET, "/v1/health", None::<&()>).await?;
+        compatible(health.protocol.as_deref(), &health.version)
+            .map_err(|e| AgentError::Refused(format!("agent `{}`: {e}", self.name)))?;
+        Ok(health)
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<FaultStatus>, AgentError> {
@@ -175,6 +188,53 @@ impl RemoteAgent {
     }
 }
 
+/// Whether a coordinator speaking [`PROTOCOL_VERSION`] may drive an agent that reports protocol
+/// `theirs` (and build `build`): only when the major versions are equal. A newer minor version on
+/// either side only adds what the other side can ignore.
+fn compatible(theirs: Option<&str>, build: &str) -> Result<(), String> {
+    fn major(version: &str) -> Option<u32> {
+        let (major, minor) = version.split_once('.')?;
+        minor.parse::<u32>().ok()?;
+        major.parse().ok()
+    }
+    let ours = major(PROTOCOL_VERSION).expect("PROTOCOL_VERSION is MAJOR.MINOR");
+    // What an agent sends is quoted back to people: keep it short and printable.
+    let quote = |text: &str| printable(text, 32);
+    let build = quote(build);
+    let Some(theirs) = theirs else {
+        return Err(format!(
+            "the agent (faultline {build}) does not say which protocol it speaks, so it predates protocol {PROTOCOL_VERSION}, which this coordinator speaks; upgrade the agent"
+        ));
+    };
+    match major(theirs) {
+        Some(m) if m == ours => Ok(()),
+        Some(m) => Err(format!(
+            "the agent (faultline {build}) speaks protocol {}, this coordinator speaks {PROTOCOL_VERSION}: major versions {m} and {ours} differ; upgrade the {} side",
+            quote(theirs),
+            if m < ours { "agent's" } else { "coordinator's" },
+        )),
+        None => Err(format!(
+            "the agent (faultline {build}) sent protocol version `{}`, which is not MAJOR.MINOR (this coordinator speaks {PROTOCOL_VERSION})",
+            quote(theirs)
+        )),
+    }
+}
+
+/// At most `max_chars` characters of `text`, control characters replaced by spaces, `…` marking
+/// a cut.
+fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
 /// reqwest's top-level message ("error sending request") hides the cause; show the whole chain.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -185,4 +245,55 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     parts.dedup();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compatible, printable};
+    use crate::protocol::PROTOCOL_VERSION;
+
+    #[test]
+    fn an_agent_of_the_same_major_protocol_version_is_accepted() {
+        assert_eq!(compatible(Some(PROTOCOL_VERSION), "0.1.0"), Ok(()));
+        assert_eq!(compatible(Some("1.0"), "0.1.0"), Ok(()));
+        assert_eq!(compatible(Some("1.7"), "0.9.0"), Ok(()));
+    }
+
+    #[test]
+    fn an_agent_of_another_major_protocol_version_is_refused_naming_both() {
+        assert_eq!(
+            compatible(Some("2.3"), "0.4.0"),
+            Err("the agent (faultline 0.4.0) speaks protocol 2.3, this coordinator speaks 1.0: major versions 2 and 1 differ; upgrade the coordinator's side".to_owned())
+        );
+        assert_eq!(
+            compatible(Some("0.9"), "0.0.1"),
+            Err("the agent (faultline 0.0.1) speaks protocol 0.9, this coordinator speaks 1.0: major versions 0 and 1 differ; upgrade the agent's side".to_owned())
+        );
+    }
+
+    #[test]
+    fn what_an_agent_says_is_passed_on_short_and_printable() {
+        assert_eq!(printable("fine", 10), "fine");
+        assert_eq!(printable("a\r\nb\x1b[0m", 10), "a  b [0m");
+        assert_eq!(printable(&"x".repeat(5000), 600).chars().count(), 600);
+    }
+
+    #[test]
+    fn an_agent_without_a_protocol_version_is_refused_as_too_old() {
+        assert_eq!(
+            compatible(None, "0.1.0"),
+            Err("the agent (faultline 0.1.0) does not say which protocol it speaks, so it predates protocol 1.0, which this coordinator speaks; upgrade the agent".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_malformed_protocol_version_is_refused_and_quoted_short() {
+        let long = format!("1\n{}", "x".repeat(100));
+        let err = compatible(Some(&long), "0.1.0").unwrap_err();
+        assert!(err.contains("is not MAJOR.MINOR"), "{err}");
+        assert!(!err.contains(&"x".repeat(40)), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(compatible(Some("1"), "0.1.0").is_err());
+        assert!(compatible(Some("1.x"), "0.1.0").is_err());
+    }
 }

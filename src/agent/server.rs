@@ -5,13 +5,13 @@
 //! Every handler is a thin translation onto [`AgentCore`], the same core the embedded agent uses,
 //! so journal, leases and recovery behave the same in both.
 
+mod audit;
+
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,11 +25,13 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::audit::{Audit, MAX_MESSAGE_CHARS, excerpt};
 use super::envelope::Envelope;
-use super::tls::{self, Peer};
+use super::tls::{self, Admission, Peer, Ticket};
 use super::{AgentCore, AgentError};
 use crate::protocol::{
-    ApplyRequest, ErrorBody, Health, OpenRequest, RenewRequest, RevertCause, RevertedAll,
+    ApplyRequest, ErrorBody, Health, OpenRequest, PROTOCOL_VERSION, RenewRequest, RevertCause,
+    RevertedAll,
 };
 
 /// Requests larger than this are refused (413) before they are parsed.
@@ -52,50 +54,7 @@ struct AppState {
     /// SHA-256 of the token: comparing digests in constant time leaks neither content nor length.
     token_digest: [u8; 32],
     audit: Arc<Audit>,
-}
-
-/// The append-only audit log: one JSON object per line.
-struct Audit {
-    file: Mutex<File>,
-}
-
-impl Audit {
-    fn open(path: &Path) -> Result<Audit, String> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("failed to open the audit log {}: {e}", path.display()))?;
-        Ok(Audit {
-            file: Mutex::new(file),
-        })
-    }
-
-    fn record(&self, client: &str, request: &str, status: u16, outcome: &str) {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            time: String,
-            client: &'a str,
-            request: &'a str,
-            status: u16,
-            outcome: &'a str,
-        }
-        let line = Line {
-            time: jiff::Timestamp::now().to_string(),
-            client,
-            request,
-            status,
-            outcome,
-        };
-        let Ok(mut text) = serde_json::to_string(&line) else {
-            return;
-        };
-        text.push('\n');
-        let mut file = self.file.lock().expect("audit log lock");
-        if let Err(e) = file.write_all(text.as_bytes()) {
-            tracing::error!("failed to write the audit log: {e}");
-        }
-    }
+    admission: Arc<Admission>,
 }
 
 /// A short account of what a request did, put on the response for the audit middleware.
@@ -130,7 +89,14 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let audit = Arc::new(Audit::open(&audit_path).map_err(anyhow::Error::msg)?);
+    let audit = {
+        let path = audit_path.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || Audit::start(&path))
+                .await?
+                .map_err(anyhow::Error::msg)?,
+        )
+    };
     for line in &recovery.reverted {
         println!("reverted a fault left by an earlier run of this agent: {line}");
         audit.record("agent", "start", 0, &format!("recovered: {line}"));
@@ -147,10 +113,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.listen))?;
+    let admission = Arc::new(Admission::default());
     let state = AppState {
         core: Arc::clone(&core),
         token_digest: Sha256::digest(token.as_bytes()).into(),
         audit: Arc::clone(&audit),
+        admission: Arc::clone(&admission),
     };
     println!(
         "faultline agent listening on https://{} (state {}, audit log {}{}{})",
@@ -168,7 +136,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             ""
         },
     );
-    tls::serve(listener, tls_config, router(state), shutdown).await;
+    tls::serve(listener, tls_config, router(state), admission, shutdown).await;
     println!("shutting down: reverting every active fault");
     let results = tokio::task::spawn_blocking(move || core.close_blocking()).await?;
     let mut failed = 0;
@@ -190,6 +158,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    // The last lines (and the counts of suppressed refusals) reach the disk before the exit.
+    let closing = Arc::clone(&audit);
+    tokio::task::spawn_blocking(move || closing.close()).await?;
     if failed > 0 {
         anyhow::bail!(
             "{failed} fault(s) could not be reverted at shutdown; they stay in the journal for the next start"
@@ -241,22 +212,33 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Checks the bearer token before anything else runs, and writes every request to the audit log.
+/// Checks the bearer token before anything else runs, and writes every request to the audit log
+/// (refused ones up to a share per peer address, the rest counted).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let client = req
-        .extensions()
-        .get::<Peer>()
-        .map_or_else(|| "unknown".to_owned(), Peer::identity);
+    let peer = req.extensions().get::<Peer>();
+    let client = peer.map_or_else(|| "unknown".to_owned(), Peer::identity);
+    let peer_ip = peer.map(|p| p.addr.ip().to_canonical());
     let request = format!("{} {}", req.method(), req.uri().path());
     let authorized = bearer(req.headers())
         .is_some_and(|t| bool::from(Sha256::digest(t.as_bytes()).ct_eq(&state.token_digest)));
-    let response = if authorized {
+    // The right token takes the connection out of the unauthenticated pool, where a flood from
+    // its address could otherwise evict it before the answer is written.
+    let admitted = match req.extensions().get::<Arc<Ticket>>() {
+        Some(ticket) if authorized => ticket.authenticate(),
+        _ => Ok(()),
+    };
+    let response = if let Err(e) = admitted {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "internal", &e.to_string());
+        r.extensions_mut()
+            .insert(AuditNote(format!("not served: {e}")));
+        r
+    } else if authorized {
         next.run(req).await
     } else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong bearer token".to_owned(),
+            "missing or wrong bearer token",
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -269,9 +251,17 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<AuditNote>()
         .map_or("", |n| n.0.as_str());
-    state
-        .audit
-        .record(&client, &request, response.status().as_u16(), note);
+    let status = response.status().as_u16();
+    let written = if authorized {
+        state.audit.record(&client, &request, status, note)
+    } else {
+        // A peer without the token cannot make the log grow faster than its share.
+        state
+            .audit
+            .record_refusal(peer_ip, &client, &request, status, note)
+    };
+    // The answer leaves after its audit line is written, unless the disk is slow.
+    written.wait().await;
     response
 }
 
@@ -283,12 +273,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+/// An error answer. The message is cut to a short, sanitised excerpt: it may quote what a fault
+/// read on the host (a file, a tool's output), and none of that may leave the agent in full.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     (
         status,
         axum::Json(ErrorBody {
             kind: kind.to_owned(),
-            error: message,
+            error: excerpt(message, MAX_MESSAGE_CHARS),
         }),
     )
         .into_response()
@@ -320,7 +312,7 @@ fn agent_error(e: &AgentError) -> Response {
         | AgentError::Internal(m)
         | AgentError::Unreachable(m) => m.clone(),
     };
-    let mut r = error(status, kind, message);
+    let mut r = error(status, kind, &message);
     r.extensions_mut().insert(AuditNote(format!("failed: {e}")));
     r
 }
@@ -331,7 +323,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
         let mut r = error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("invalid request body: {e}"),
+            &format!("invalid request body: {e}"),
         );
         r.extensions_mut()
             .insert(AuditNote(format!("bad request: {e}")));
@@ -353,6 +345,7 @@ async fn health(State(state): State<AppState>) -> Response {
         halted: state.core.is_halted(),
         active: state.core.active().len(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: Some(PROTOCOL_VERSION.to_owned()),
     };
     reply(&body, String::new())
 }
@@ -477,9 +470,12 @@ async fn halt(State(state): State<AppState>) -> Response {
 }
 
 async fn resume(State(state): State<AppState>) -> Response {
-    match state.core.resume() {
-        Ok(()) => health(State(state)).await,
-        Err(e) => agent_error(&AgentError::Internal(e)),
+    // Clearing the halt removes a file: disk work, off the async threads.
+    let core = Arc::clone(&state.core);
+    match blocking(move || core.resume()).await {
+        Ok(Ok(())) => health(State(state)).await,
+        Ok(Err(e)) => agent_error(&AgentError::Internal(e)),
+        Err(r) => *r,
     }
 }
 
@@ -533,6 +529,38 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         "Faults reverted because the coordinator stopped renewing their lease.",
         c.lease_expiries.load(Ordering::Relaxed),
+    );
+    let (unauthenticated, authenticated) = state.admission.counts();
+    metric(
+        "faultline_agent_connections_unauthenticated",
+        "gauge",
+        "Open connections that have not yet sent a request with the token.",
+        unauthenticated as u64,
+    );
+    metric(
+        "faultline_agent_connections_authenticated",
+        "gauge",
+        "Open connections that have sent a request with the token.",
+        authenticated as u64,
+    );
+    metric(
+        "faultline_agent_connections_evicted_total",
+        "counter",
+        "Unauthenticated connections closed to make room for newer ones (a flood, if it grows).",
+        state.admission.evicted(),
+    );
+    let (dropped, suppressed) = state.audit.figures();
+    metric(
+        "faultline_agent_audit_lines_dropped_total",
+        "counter",
+        "Audit lines dropped because the writer fell behind or could not write.",
+        dropped,
+    );
+    metric(
+        "faultline_agent_audit_refusals_suppressed_total",
+        "counter",
+        "Refused (401) requests counted but not logged one by one.",
+        suppressed,
     );
     let mut r = ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
     r.extensions_mut().insert(AuditNote(String::new()));

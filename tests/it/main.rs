@@ -4,6 +4,7 @@
 mod support;
 
 mod agent_core;
+mod agent_edge;
 mod agents;
 mod disk_fill;
 mod early_end;

@@ -1,0 +1,471 @@
+//! The agent daemon's network edge against an unauthenticated or careless peer: idle connections
+//! that try to starve token holders, 401 floods that try to fill the journal's disk through the
+//! audit log, error messages that try to carry file contents out, file modes of the state the
+//! agent writes, and the protocol version in the health answer.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, BIN, Proc};
+
+/// A real `faultline agent` on 127.0.0.1 with fresh certificates and a state directory that it
+/// creates itself; killed, and its directory removed, on drop.
+struct EdgeAgent {
+    agent: Proc,
+    listen: String,
+    certs: PathBuf,
+    state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl EdgeAgent {
+    fn start() -> EdgeAgent {
+        EdgeAgent::start_in(support::tempdir(), &[])
+    }
+
+    /// Starts an agent whose files live in `dir`, with `extra` arguments.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> EdgeAgent {
+        let certs = dir.path().join("certs");
+        let made = support::faultline(
+            &[
+                "certs",
+                "--out",
+                certs.to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+            ],
+            &dir.path().join("unused-state"),
+        );
+        assert!(
+            made.status.success(),
+            "faultline certs failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        let state = dir.path().join("agent-state");
+        let log = File::create(dir.path().join("agent.log")).expect("create the agent log");
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--listen",
+                &listen,
+                "--token-file",
+                certs.join("token").to_str().unwrap(),
+                "--tls-cert",
+                certs.join("agent.pem").to_str().unwrap(),
+                "--tls-key",
+                certs.join("agent-key.pem").to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start faultline agent");
+        let agent = EdgeAgent {
+            agent: Proc { child },
+            listen,
+            certs,
+            state,
+            dir,
+        };
+        let addr: SocketAddr = agent.listen.parse().unwrap();
+        support::wait_until("the agent listening", Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        agent
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.certs.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// One request with curl (a real, independent HTTPS client) that gives up after `max_time`
+    /// seconds; returns (status, body), status 0 when curl got no answer.
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        max_time: u64,
+    ) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", &max_time.to_string(), "--cacert"])
+            .arg(self.certs.join("ca.pem"))
+            .args(["-X", method, "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("https://{}{path}", self.listen))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        match code.trim().parse() {
+            Ok(code) if code != 0 => (code, body.to_owned()),
+            // No answer: what curl says instead explains the failure.
+            _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.state.join("audit.jsonl")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) for the agent to finish its shutdown.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.agent.pid().to_string()])
+            .status();
+        support::wait_until("the agent exiting", Duration::from_secs(20), || {
+            !self.agent.alive()
+        });
+    }
+
+    /// The value of one line of `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let (status, text) = self.curl("GET", "/metrics", Some(&self.token()), None, 10);
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_holder() {
+    let mut agent = EdgeAgent::start();
+    // Plain TCP, no TLS, no token: each one would hold an accept slot until the handshake timeout.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            TcpStream::connect(&agent.listen)
+                .unwrap_or_else(|e| panic!("idle connection {i} to {} failed: {e}", agent.listen))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A correctness bound, not a speed figure: the handshake timeout (3 s) plus a margin. With
+    // every slot held for 10 s, the token holder waited behind the idle connections.
+    let started = Instant::now();
+    let (status, body) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 6);
+    assert_eq!(
+        status,
+        200,
+        "halt with 300 idle connections open failed after {:?}: {body}\n{}",
+        started.elapsed(),
+        agent.log()
+    );
+    let (status, body) = agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6);
+    assert_eq!((status, body.trim()), (200, "[]"), "{}", agent.log());
+    assert!(agent.audit().contains("POST /v1/halt"), "{}", agent.audit());
+    // Most of the 300 idle connections were evicted (the rest stay, or time out on a slow host).
+    let evicted = agent.metric("faultline_agent_connections_evicted_total");
+    assert!(
+        (100..=303).contains(&evicted),
+        "{evicted} connections evicted"
+    );
+    drop(idle);
+    agent.stop();
+}
+
+#[test]
+fn a_token_holder_gets_in_while_its_address_keeps_opening_idle_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut agent = EdgeAgent::start();
+    let (stop, open) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (flooding, counting) = (Arc::clone(&stop), Arc::clone(&open));
+    let listen = agent.listen.clone();
+    // About a thousand new idle connections a second, all held (up to 900, within the usual
+    // limit of 1024 open files), for the whole time the token holder calls.
+    let flood = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !flooding.load(Ordering::SeqCst) {
+            if held.len() < 900 {
+                if let Ok(c) = TcpStream::connect(&listen) {
+                    held.push(c);
+                    counting.store(held.len(), Ordering::SeqCst);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    support::wait_until("300 idle connections", Duration::from_secs(20), || {
+        open.load(Ordering::SeqCst) >= 300
+    });
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6));
+    }
+    let opened = open.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    for (status, body) in answers {
+        assert_eq!(
+            (status, body.trim()),
+            (200, "[]"),
+            "a call while {opened} idle connections were open failed\n{}",
+            agent.log()
+        );
+    }
+    agent.stop();
+}
+
+#[test]
+fn a_stuck_audit_log_does_not_stop_the_agent_from_answering() {
+    let dir = support::tempdir();
+    // The audit log is a pipe nobody reads: once its 64 KiB buffer is full, every write blocks,
+    // as on a disk that hangs.
+    let fifo = dir.path().join("audit.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("audit_log = \"{}\"\n", fifo.display())).unwrap();
+    // Opening a pipe blocks until the other end is opened: the agent opens it for writing.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || File::open(fifo).expect("open the pipe for reading"))
+    };
+    let mut agent = EdgeAgent::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let _unread = reader.join().unwrap();
+
+    // 2000 requests of about 120 audit bytes each: far more than the pipe holds. curl's
+    // --max-time bounds each request, not all of them, so the whole call is bounded here.
+    let curl = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "--max-time",
+            "10",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {}", agent.token())])
+        .arg("--cacert")
+        .arg(agent.certs.join("ca.pem"))
+        .arg(format!("https://{}/v1/faults?n=[1-2000]", agent.listen))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run curl");
+    let mut curl = Proc { child: curl };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = !curl.alive();
+    let mut codes = String::new();
+    if finished {
+        use std::io::Read as _;
+        curl.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut codes)
+            .unwrap();
+    }
+    assert!(
+        finished,
+        "2000 requests were not answered within 60 s while the audit log was stuck:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        2000,
+        "requests went unanswered while the audit log was stuck:\n{}",
+        agent.log()
+    );
+    // Shutdown does not wait for the stuck writer for ever either.
+    agent.stop();
+}
+
+#[test]
+fn a_flood_of_long_path_401s_keeps_the_audit_log_short() {
+    let mut agent = EdgeAgent::start();
+    // One curl, 400 requests over kept-alive connections, each with a 32 KiB path and no token.
+    let long = "A".repeat(32 * 1024);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n", "--cacert"])
+        .arg(agent.certs.join("ca.pem"))
+        .arg(format!("https://{}/v1/[1-400]/{long}", agent.listen))
+        .output()
+        .expect("run curl");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "401").count(),
+        400,
+        "every request must be refused: {codes}"
+    );
+    let suppressed = agent.metric("faultline_agent_audit_refusals_suppressed_total");
+    assert_eq!(suppressed, 380, "20 of 400 refusals are logged one by one");
+    agent.stop();
+
+    let audit = agent.audit();
+    assert!(
+        audit.len() < 64 * 1024,
+        "400 refused requests grew the audit log to {} bytes",
+        audit.len()
+    );
+    for line in audit.lines() {
+        assert!(line.len() <= 1024, "an audit line of {} bytes", line.len());
+        let _: serde_json::Value = serde_json::from_str(line).expect("audit lines are JSON");
+    }
+    let refused = audit
+        .lines()
+        .filter(|l| l.contains(r#""status":401"#))
+        .count();
+    assert!(
+        (1..=40).contains(&refused),
+        "{refused} 401 lines for 400 refused requests:\n{audit}"
+    );
+    assert!(
+        audit.contains("more 401s from 127.0.0.1 suppressed"),
+        "no line accounts for the suppressed 401s:\n{audit}"
+    );
+}
+
+#[test]
+fn a_pidfile_full_of_secrets_reaches_neither_the_answer_nor_the_audit_log() {
+    let agent = EdgeAgent::start();
+    let secret: String = (0..4096)
+        .map(|i| char::from(b"SECRETsecret0123456789"[i % 22]))
+        .collect();
+    let pidfile = agent.dir.path().join("shadow");
+    // A control sequence in the file must not reach a terminal that prints the answer either.
+    std::fs::write(&pidfile, format!("\x1b[2J{secret}\n")).unwrap();
+    let body = format!(
+        r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pidfile":"{}"}},"pick":null}},"duration_ms":60000,"lease_ms":5000,"seed":1}}"#,
+        pidfile.display()
+    );
+    let (status, answer) = agent.curl(
+        "PUT",
+        "/v1/faults/leak-1",
+        Some(&agent.token()),
+        Some(&body),
+        10,
+    );
+    assert!((400..500).contains(&status), "{status}: {answer}");
+    let error: serde_json::Value = serde_json::from_str(&answer).expect("the answer is JSON");
+    let message = error["error"].as_str().expect("an error message");
+    assert!(
+        !message.contains(&secret),
+        "the answer leaks the file: {message}"
+    );
+    assert!(
+        message.chars().count() <= 400,
+        "an error message of {} characters",
+        message.chars().count()
+    );
+    assert!(
+        !message.chars().any(char::is_control),
+        "control characters in {message:?}"
+    );
+    let audit = agent.audit();
+    assert!(
+        audit.contains("leak-1"),
+        "the apply is not audited:\n{audit}"
+    );
+    assert!(!audit.contains(&secret), "the audit log leaks the file");
+    assert!(!audit.contains("\\u001b"), "control characters in {audit}");
+}
+
+/// The mode bits of every entry under `dir` (the directory itself included), by path.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = vec![(
+        dir.to_owned(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        out.push((path, mode));
+    }
+    out
+}
+
+#[test]
+fn every_file_the_agent_writes_in_its_state_directory_is_private() {
+    let agent = EdgeAgent::start();
+    let mut victim = Proc::spawn(&["sleep", "300"]);
+    let body = format!(
+        r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#,
+        victim.pid()
+    );
+    let (status, answer) = agent.curl(
+        "PUT",
+        "/v1/faults/modes-1",
+        Some(&agent.token()),
+        Some(&body),
+        10,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let during = modes(&agent.state);
+    assert!(
+        during.iter().any(|(p, _)| p.ends_with("modes-1.json")),
+        "no journal entry while the fault holds: {during:?}"
+    );
+    let (status, answer) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 10);
+    assert_eq!(status, 200, "{answer}");
+    assert!(victim.alive());
+    let after = modes(&agent.state);
+    assert!(
+        after.iter().any(|(p, _)| p.ends_with("HALTED")),
+        "no HALTED file after halt: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(p, _)| p.ends_with("audit.jsonl")),
+        "no audit log: {after:?}"
+    );
+    for (path, mode) in during.iter().chain(&after) {
+        let want = if path == &agent.state { 0o700 } else { 0o600 };
+        assert_eq!(
+            *mode,
+            want,
+            "{} has mode {mode:o}, not {want:o}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_health_answer_names_the_protocol_version() {
+    let agent = EdgeAgent::start();
+    let (status, answer) = agent.curl("GET", "/v1/health", Some(&agent.token()), None, 10);
+    assert_eq!(status, 200, "{answer}");
+    let health: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(health["protocol"], "1.0", "{answer}");
+}
