@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agent;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
 /// Whether this process can do what privileged tests need (namespaces, mounts, nft, tc).
@@ -282,5 +284,49 @@ pub fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool)
             "{what} did not happen within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `ready` every 10 ms until it holds or `within` has passed; returns how long it took, or
+/// `None` when it never held (for tests that report or bound the time rather than panic).
+pub fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What a test may conclude about a process from the state letter in `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Stopped by a signal (`T`, or `t` under a tracer): a pause holds.
+    Stopped,
+    /// Running, sleeping or in uninterruptible wait (`R`, `S`, `D`, ...). These are one value
+    /// because a `sleep` continued a moment ago reads `R` before it is back in `S`, and no test
+    /// may depend on which it catches.
+    Awake,
+    /// Exited, a zombie (`Z`), dead (`X`), or never existed.
+    Gone,
+}
+
+/// The state of `pid`; see [`ProcState`] for what each value covers.
+pub fn state_of(pid: u32) -> ProcState {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return ProcState::Gone;
+    };
+    // The command name in parentheses may hold spaces or `)`, so read after the last `) `.
+    match stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+    {
+        Some('T' | 't') => ProcState::Stopped,
+        Some('Z' | 'X') | None => ProcState::Gone,
+        Some(_) => ProcState::Awake,
     }
 }
