@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::{BIN, Proc, wait_until};
 
 /// A CA, agent certificate, client certificate and token made by `faultline certs`.
+#[derive(Clone)]
 pub struct Certs {
     pub dir: PathBuf,
 }
@@ -140,7 +141,12 @@ impl TlsAgent {
 
     /// [`TlsAgent::start`] with a command prefix or extra arguments.
     pub fn start_with(dir: &Path, options: &AgentOptions<'_>) -> TlsAgent {
-        let certs = Certs::make(dir, &["127.0.0.1"]);
+        TlsAgent::start_with_certs(Certs::make(dir, &["127.0.0.1"]), dir, options)
+    }
+
+    /// [`TlsAgent::start_with`] with certificates made beforehand (whose files the options may
+    /// name, e.g. `--client-ca`).
+    pub fn start_with_certs(certs: Certs, dir: &Path, options: &AgentOptions<'_>) -> TlsAgent {
         let listen = format!("127.0.0.1:{}", super::free_port());
         TlsAgent::start_on(
             certs,
@@ -217,9 +223,11 @@ impl TlsAgent {
         self.wait_until_listening();
     }
 
-    /// SIGKILLs the agent and reaps it.
+    /// SIGKILLs the agent and reaps it; nothing to do when it has exited already.
     pub fn kill(&mut self) {
-        self.proc.child.kill().expect("kill the agent");
+        if self.proc.alive() {
+            self.proc.child.kill().expect("kill the agent");
+        }
         self.proc.child.wait().expect("reap the agent");
     }
 
@@ -248,6 +256,23 @@ impl TlsAgent {
         let token = self.certs.token();
         self.certs
             .curl(method, &self.url(path), Some(&token), body, max)
+    }
+
+    /// One request with `token` instead of the agent's own (`None`: no token at all), given 10 s.
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        self.certs.curl(
+            method,
+            &self.url(path),
+            token,
+            body,
+            Duration::from_secs(10),
+        )
     }
 
     /// The audit log in the state directory, empty when there is none yet.
