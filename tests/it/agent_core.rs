@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::agent::{AgentOptions, TlsAgent};
+use crate::support::agent::{AgentOptions, TlsAgent, proxy_config};
 use crate::support::{self, BIN, ProcState, state_of};
 
 /// Whether the daemon still answers `/v1/health` and is not stopped.
@@ -149,23 +149,14 @@ fn an_embedded_run_never_selects_its_own_watchdog() {
         "watchdog --parent [0-9]+ .*--state-dir {}( |$)",
         regex_escape(&path_arg(&state))
     );
-    let toml = format!(
-        r#"title = "watchdog"
-[steady_state]
-window = "300ms"
-[[steady_state.probe]]
-name = "always"
-command = ["true"]
-every = "100ms"
-[[fault]]
+    let fault = format!(
+        r#"[[fault]]
 name = "pause-the-watchdog"
 kind = "process-pause"
 select = {{ cmdline = '{pattern}' }}
-duration = "1s"
-[recovery]
-within = "5s"
-"#
+duration = "1s""#
     );
+    let toml = support::always_steady_experiment("watchdog", "", &fault);
     let file = dir.path().join("experiment.toml");
     std::fs::write(&file, toml).unwrap();
     let report = dir.path().join("report.json");
@@ -237,12 +228,7 @@ fn a_run_cannot_open_or_close_the_agents_persistent_proxy() {
     let dir = support::tempdir();
     let persistent = format!("127.0.0.1:{}", support::free_port());
     let upstream = format!("127.0.0.1:{}", support::free_port());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("[[proxy]]\nname = \"db\"\nlisten = \"{persistent}\"\nupstream = \"{upstream}\"\n"),
-    )
-    .unwrap();
+    let config = proxy_config(dir.path(), &persistent, &upstream);
     let agent = TlsAgent::start_with(
         dir.path(),
         &AgentOptions {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::agent::{AgentOptions, Certs, TlsAgent, spawn_logged};
+use crate::support::agent::{AgentOptions, Certs, TlsAgent, proxy_config, spawn_logged};
 use crate::support::{self, BIN, Proc, ProcState, poll_until as until, state_of};
 
 fn inventory(dir: &Path, certs: &Certs, agents: &[(&str, String, &str)]) -> PathBuf {
@@ -27,20 +27,7 @@ fn inventory(dir: &Path, certs: &Certs, agents: &[(&str, String, &str)]) -> Path
 
 /// An experiment that pauses (or kills) `select` on group `on` and probes nothing of interest.
 fn experiment(targets: &str, faults: &str) -> String {
-    format!(
-        r#"title = "agents"
-{targets}
-[steady_state]
-window = "300ms"
-[[steady_state.probe]]
-name = "always"
-command = ["true"]
-every = "100ms"
-{faults}
-[recovery]
-within = "5s"
-"#
-    )
+    support::always_steady_experiment("agents", targets, faults)
 }
 
 #[test]
@@ -987,12 +974,11 @@ fn a_remote_agent_hosts_the_run_proxy_for_the_whole_run_and_its_persistent_proxi
     let dir = support::tempdir();
     let echo = echo_server();
     let (persistent, scoped) = (support::free_port(), support::free_port());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("[[proxy]]\nname = \"db\"\nlisten = \"127.0.0.1:{persistent}\"\nupstream = \"127.0.0.1:{echo}\"\n"),
-    )
-    .unwrap();
+    let config = proxy_config(
+        dir.path(),
+        &format!("127.0.0.1:{persistent}"),
+        &format!("127.0.0.1:{echo}"),
+    );
     let agent = TlsAgent::start_with(
         dir.path(),
         &AgentOptions {

@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 use crate::support::agent::{TlsAgent, spawn_logged};
 use crate::support::{self, BIN, Proc, ProcState, poll_until, state_of, wait_until};
 
+/// Starts `faultline run EXP ARGS... --report-json DIR/report.json` in the background with its
+/// state in `DIR/STATE` and its output in `DIR/run.log`; killed on drop.
+fn start_run(dir: &Path, exp: &Path, args: &[&str], state: &str) -> Proc {
+    let report = dir.join("report.json");
+    let mut argv = vec![BIN, "run", exp.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    argv.extend(["--report-json", report.to_str().unwrap()]);
+    spawn_logged(&argv, Some(&dir.join(state)), &dir.join("run.log"))
+}
+
 /// Waits for the run to exit and returns its exit code and JSON report.
 fn finish(run: &mut Proc, report: &Path, log: &Path) -> (i32, serde_json::Value) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -36,25 +46,15 @@ fn finish(run: &mut Proc, report: &Path, log: &Path) -> (i32, serde_json::Value)
 }
 
 fn pause_experiment(targets: &str, on: &str, victim: u32, duration: &str) -> String {
-    format!(
-        r#"title = "early end"
-{targets}
-[steady_state]
-window = "300ms"
-[[steady_state.probe]]
-name = "always"
-command = ["true"]
-every = "100ms"
-[[fault]]
+    let fault = format!(
+        r#"[[fault]]
 name = "pause"
 kind = "process-pause"
 {on}
 select = {{ pid = {victim} }}
-duration = "{duration}"
-[recovery]
-within = "5s"
-"#
-    )
+duration = "{duration}""#
+    );
+    support::always_steady_experiment("early end", targets, &fault)
 }
 
 #[test]
@@ -86,20 +86,11 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
     .unwrap();
     let report = dir.path().join("report.json");
     let run_log = dir.path().join("run.log");
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--agents",
-            inventory.to_str().unwrap(),
-            "--lease",
-            "2s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        Some(&dir.path().join("run-state")),
-        &run_log,
+    let mut run = start_run(
+        dir.path(),
+        &exp,
+        &["--agents", inventory.to_str().unwrap(), "--lease", "2s"],
+        "run-state",
     );
     wait_for_injection(&run_log, victim.pid());
 
@@ -171,19 +162,7 @@ fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_end
     let run_log = dir.path().join("run.log");
     let lease = Duration::from_secs(1);
     // The watchdog is on, as users run it.
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--lease",
-            "1s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        Some(&dir.path().join("state")),
-        &run_log,
-    );
+    let mut run = start_run(dir.path(), &exp, &["--lease", "1s"], "state");
     wait_for_injection(&run_log, victim.pid());
     signal(run.child.id(), "-STOP");
     let stopped_at = Instant::now();
@@ -221,19 +200,7 @@ fn a_stopped_run_with_a_long_lease_has_its_pause_reverted_at_the_journaled_deadl
     let report = dir.path().join("report.json");
     let run_log = dir.path().join("run.log");
     // A lease far longer than the fault: only the deadline in the journal can end it in time.
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--lease",
-            "60s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        Some(&dir.path().join("state")),
-        &run_log,
-    );
+    let mut run = start_run(dir.path(), &exp, &["--lease", "60s"], "state");
     wait_for_injection(&run_log, victim.pid());
     signal(run.child.id(), "-STOP");
     let resumed = until_running(victim.pid(), Duration::from_secs(8));

@@ -330,3 +330,23 @@ pub fn state_of(pid: u32) -> ProcState {
         Some(_) => ProcState::Awake,
     }
 }
+
+/// An experiment titled `title` whose steady state always holds (`true` every 100 ms over a
+/// 300 ms window) and whose recovery window is 5 s, with `targets` and `faults` (TOML) in
+/// between: for tests about what faults and agents do, not about probes.
+pub fn always_steady_experiment(title: &str, targets: &str, faults: &str) -> String {
+    format!(
+        r#"title = "{title}"
+{targets}
+[steady_state]
+window = "300ms"
+[[steady_state.probe]]
+name = "always"
+command = ["true"]
+every = "100ms"
+{faults}
+[recovery]
+within = "5s"
+"#
+    )
+}

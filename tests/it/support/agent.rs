@@ -110,6 +110,18 @@ pub fn wait_for_listener(what: &str, addr: &str, within: Duration) {
     });
 }
 
+/// Writes `dir/agent.toml`, an agent configuration with one persistent proxy named `db` from
+/// `listen` to `upstream`, and returns its path (for `--config`).
+pub fn proxy_config(dir: &Path, listen: &str, upstream: &str) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[[proxy]]\nname = \"db\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"),
+    )
+    .expect("write the agent configuration");
+    config
+}
+
 /// How to start a [`TlsAgent`] beyond the defaults (no prefix, no extra arguments).
 #[derive(Default)]
 pub struct AgentOptions<'a> {
