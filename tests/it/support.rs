@@ -350,3 +350,38 @@ within = "5s"
 "#
     )
 }
+
+/// The tests above rely on `state_of` telling a pause from a running or sleeping process, and a
+/// process that is busy on a CPU (`R`) from a stopped one, whichever letter they catch.
+#[test]
+fn state_of_reads_stopped_awake_whether_running_or_sleeping_and_gone() {
+    let signal = |pid: u32, signal: &str| {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    };
+    let sleeping = Proc::spawn(&["sleep", "300"]);
+    wait_until("sleep asleep", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", sleeping.pid()))
+            .is_ok_and(|s| s.contains(") S "))
+    });
+    assert_eq!(state_of(sleeping.pid()), ProcState::Awake);
+    // A shell spinning on a CPU reads `R` nearly always: still awake, not a pause.
+    let mut busy = Proc::spawn(&["sh", "-c", "while :; do :; done"]);
+    wait_until("the busy shell running", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", busy.pid()))
+            .is_ok_and(|s| s.contains(") R "))
+    });
+    assert_eq!(state_of(busy.pid()), ProcState::Awake);
+    signal(busy.pid(), "-STOP");
+    wait_until("the busy shell stopped", Duration::from_secs(5), || {
+        state_of(busy.pid()) == ProcState::Stopped
+    });
+    signal(busy.pid(), "-CONT");
+    assert_ne!(state_of(busy.pid()), ProcState::Stopped);
+    signal(busy.pid(), "-KILL");
+    busy.child.wait().expect("reap the busy shell");
+    assert_eq!(state_of(busy.pid()), ProcState::Gone);
+}
