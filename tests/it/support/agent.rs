@@ -7,9 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{BIN, Proc, wait_until};
+use super::{BIN, Proc};
 
 /// A CA, agent certificate, client certificate and token made by `faultline certs`.
 #[derive(Clone)]
@@ -100,14 +100,6 @@ pub fn spawn_logged(argv: &[&str], state: Option<&Path>, log: &Path) -> Proc {
     Proc {
         child: command.spawn().expect("spawn"),
     }
-}
-
-/// Waits until something accepts TCP connections on `addr`; panics naming `what` after `within`.
-pub fn wait_for_listener(what: &str, addr: &str, within: Duration) {
-    let addr: SocketAddr = addr.parse().expect("a socket address");
-    wait_until(&format!("{what} listening on {addr}"), within, || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    });
 }
 
 /// Writes `dir/agent.toml`, an agent configuration with one persistent proxy named `db` from
@@ -216,10 +208,10 @@ impl TlsAgent {
     fn wait_until_listening(&self) {
         let addr: SocketAddr = self.listen.parse().expect("a socket address");
         let within = Duration::from_secs(15);
-        let deadline = std::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the agent did not listen on {addr} within {within:?}; its log:\n{}",
                 self.log_text()
             );
