@@ -4,23 +4,30 @@
 //! agent writes, and the protocol version in the health answer.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, BIN, Proc};
+use crate::support::agent::{AgentOptions, TlsAgent};
+use crate::support::{self, Proc};
 
 /// A real `faultline agent` on 127.0.0.1 with fresh certificates and a state directory that it
 /// creates itself; killed, and its directory removed, on drop.
 struct EdgeAgent {
-    agent: Proc,
-    listen: String,
-    certs: PathBuf,
-    state: PathBuf,
+    // Declared before `dir` so the agent is killed before its directory goes.
+    agent: TlsAgent,
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for EdgeAgent {
+    type Target = TlsAgent;
+
+    fn deref(&self) -> &TlsAgent {
+        &self.agent
+    }
 }
 
 impl EdgeAgent {
@@ -30,102 +37,14 @@ impl EdgeAgent {
 
     /// Starts an agent whose files live in `dir`, with `extra` arguments.
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> EdgeAgent {
-        let certs = dir.path().join("certs");
-        let made = support::faultline(
-            &[
-                "certs",
-                "--out",
-                certs.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-            ],
-            &dir.path().join("unused-state"),
+        let agent = TlsAgent::start_with(
+            dir.path(),
+            &AgentOptions {
+                extra,
+                ..AgentOptions::default()
+            },
         );
-        assert!(
-            made.status.success(),
-            "faultline certs failed: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let listen = format!("127.0.0.1:{}", support::free_port());
-        let state = dir.path().join("agent-state");
-        let log = File::create(dir.path().join("agent.log")).expect("create the agent log");
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--listen",
-                &listen,
-                "--token-file",
-                certs.join("token").to_str().unwrap(),
-                "--tls-cert",
-                certs.join("agent.pem").to_str().unwrap(),
-                "--tls-key",
-                certs.join("agent-key.pem").to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start faultline agent");
-        let agent = EdgeAgent {
-            agent: Proc { child },
-            listen,
-            certs,
-            state,
-            dir,
-        };
-        let addr: SocketAddr = agent.listen.parse().unwrap();
-        support::wait_until("the agent listening", Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        agent
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.certs.join("token"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    /// One request with curl (a real, independent HTTPS client) that gives up after `max_time`
-    /// seconds; returns (status, body), status 0 when curl got no answer.
-    fn curl(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-        max_time: u64,
-    ) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", &max_time.to_string(), "--cacert"])
-            .arg(self.certs.join("ca.pem"))
-            .args(["-X", method, "-w", "\n%{http_code}"]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let out = cmd
-            .arg(format!("https://{}{path}", self.listen))
-            .output()
-            .expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        match code.trim().parse() {
-            Ok(code) if code != 0 => (code, body.to_owned()),
-            // No answer: what curl says instead explains the failure.
-            _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
-        }
-    }
-
-    fn audit(&self) -> String {
-        std::fs::read_to_string(self.state.join("audit.jsonl")).unwrap_or_default()
+        EdgeAgent { agent, dir }
     }
 
     /// SIGTERM, then waits (bounded) for the agent to finish its shutdown.
@@ -134,23 +53,19 @@ impl EdgeAgent {
             .args(["-TERM", &self.agent.pid().to_string()])
             .status();
         support::wait_until("the agent exiting", Duration::from_secs(20), || {
-            !self.agent.alive()
+            !self.agent.proc.alive()
         });
     }
 
     /// The value of one line of `/metrics`.
     fn metric(&self, name: &str) -> u64 {
-        let (status, text) = self.curl("GET", "/metrics", Some(&self.token()), None, 10);
+        let (status, text) = self.request("GET", "/metrics", None);
         assert_eq!(status, 200, "{text}");
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
             .parse()
             .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 }
 
@@ -169,16 +84,16 @@ fn three_hundred_idle_connections_from_one_address_do_not_lock_out_the_token_hol
     // A correctness bound, not a speed figure: the handshake timeout (3 s) plus a margin. With
     // every slot held for 10 s, the token holder waited behind the idle connections.
     let started = Instant::now();
-    let (status, body) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 6);
+    let (status, body) = agent.request_within("POST", "/v1/halt", None, Duration::from_secs(6));
     assert_eq!(
         status,
         200,
         "halt with 300 idle connections open failed after {:?}: {body}\n{}",
         started.elapsed(),
-        agent.log()
+        agent.log_text()
     );
-    let (status, body) = agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6);
-    assert_eq!((status, body.trim()), (200, "[]"), "{}", agent.log());
+    let (status, body) = agent.request_within("GET", "/v1/faults", None, Duration::from_secs(6));
+    assert_eq!((status, body.trim()), (200, "[]"), "{}", agent.log_text());
     assert!(agent.audit().contains("POST /v1/halt"), "{}", agent.audit());
     // Most of the 300 idle connections were evicted (the rest stay, or time out on a slow host).
     let evicted = agent.metric("faultline_agent_connections_evicted_total");
@@ -221,7 +136,7 @@ fn a_token_holder_gets_in_while_its_address_keeps_opening_idle_connections() {
     });
     let mut answers = Vec::new();
     for _ in 0..3 {
-        answers.push(agent.curl("GET", "/v1/faults", Some(&agent.token()), None, 6));
+        answers.push(agent.request_within("GET", "/v1/faults", None, Duration::from_secs(6)));
     }
     let opened = open.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
@@ -231,7 +146,7 @@ fn a_token_holder_gets_in_while_its_address_keeps_opening_idle_connections() {
             (status, body.trim()),
             (200, "[]"),
             "a call while {opened} idle connections were open failed\n{}",
-            agent.log()
+            agent.log_text()
         );
     }
     agent.stop();
@@ -270,9 +185,12 @@ fn a_stuck_audit_log_does_not_stop_the_agent_from_answering() {
             "--max-time",
             "10",
         ])
-        .args(["-H", &format!("Authorization: Bearer {}", agent.token())])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", agent.certs.token()),
+        ])
         .arg("--cacert")
-        .arg(agent.certs.join("ca.pem"))
+        .arg(agent.certs.ca())
         .arg(format!("https://{}/v1/faults?n=[1-2000]", agent.listen))
         .stdout(Stdio::piped())
         .process_group(0)
@@ -297,13 +215,13 @@ fn a_stuck_audit_log_does_not_stop_the_agent_from_answering() {
     assert!(
         finished,
         "2000 requests were not answered within 60 s while the audit log was stuck:\n{}",
-        agent.log()
+        agent.log_text()
     );
     assert_eq!(
         codes.lines().filter(|c| *c == "200").count(),
         2000,
         "requests went unanswered while the audit log was stuck:\n{}",
-        agent.log()
+        agent.log_text()
     );
     // Shutdown does not wait for the stuck writer for ever either.
     agent.stop();
@@ -316,7 +234,7 @@ fn a_flood_of_long_path_401s_keeps_the_audit_log_short() {
     let long = "A".repeat(32 * 1024);
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n", "--cacert"])
-        .arg(agent.certs.join("ca.pem"))
+        .arg(agent.certs.ca())
         .arg(format!("https://{}/v1/[1-400]/{long}", agent.listen))
         .output()
         .expect("run curl");
@@ -367,13 +285,7 @@ fn a_pidfile_full_of_secrets_reaches_neither_the_answer_nor_the_audit_log() {
         r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pidfile":"{}"}},"pick":null}},"duration_ms":60000,"lease_ms":5000,"seed":1}}"#,
         pidfile.display()
     );
-    let (status, answer) = agent.curl(
-        "PUT",
-        "/v1/faults/leak-1",
-        Some(&agent.token()),
-        Some(&body),
-        10,
-    );
+    let (status, answer) = agent.request("PUT", "/v1/faults/leak-1", Some(&body));
     assert!((400..500).contains(&status), "{status}: {answer}");
     let error: serde_json::Value = serde_json::from_str(&answer).expect("the answer is JSON");
     let message = error["error"].as_str().expect("an error message");
@@ -425,20 +337,14 @@ fn every_file_the_agent_writes_in_its_state_directory_is_private() {
         r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#,
         victim.pid()
     );
-    let (status, answer) = agent.curl(
-        "PUT",
-        "/v1/faults/modes-1",
-        Some(&agent.token()),
-        Some(&body),
-        10,
-    );
+    let (status, answer) = agent.request("PUT", "/v1/faults/modes-1", Some(&body));
     assert_eq!(status, 200, "{answer}");
     let during = modes(&agent.state);
     assert!(
         during.iter().any(|(p, _)| p.ends_with("modes-1.json")),
         "no journal entry while the fault holds: {during:?}"
     );
-    let (status, answer) = agent.curl("POST", "/v1/halt", Some(&agent.token()), None, 10);
+    let (status, answer) = agent.request("POST", "/v1/halt", None);
     assert_eq!(status, 200, "{answer}");
     assert!(victim.alive());
     let after = modes(&agent.state);
@@ -464,7 +370,7 @@ fn every_file_the_agent_writes_in_its_state_directory_is_private() {
 #[test]
 fn the_health_answer_names_the_protocol_version() {
     let agent = EdgeAgent::start();
-    let (status, answer) = agent.curl("GET", "/v1/health", Some(&agent.token()), None, 10);
+    let (status, answer) = agent.request("GET", "/v1/health", None);
     assert_eq!(status, 200, "{answer}");
     let health: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(health["protocol"], "1.0", "{answer}");

@@ -3,114 +3,19 @@
 //! recovery after an agent SIGKILL, the halt switch, and seeded target groups across three hosts
 //! that each live in their own network and pid namespace.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, BIN, Proc};
+use crate::support::agent::{AgentOptions, Certs, TlsAgent, proxy_config, spawn_logged};
+use crate::support::{self, BIN, Proc, ProcState, poll_until as until, state_of};
 
-/// Writes a CA, agent certificate, client certificate and token for `hosts` into `dir/certs`.
-fn certs(dir: &Path, hosts: &[&str]) -> PathBuf {
-    let out = dir.join("certs");
-    let mut args = vec!["certs", "--out", out.to_str().unwrap()];
-    for h in hosts {
-        args.extend(["--host", h]);
-    }
-    let run = support::faultline(&args, &dir.join("unused-state"));
-    assert!(
-        run.status.success(),
-        "faultline certs failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
-/// Starts `prefix... faultline agent ...` in its own process group, output to `log`.
-fn start_agent(
-    prefix: &[&str],
-    certs: &Path,
-    listen: &str,
-    state: &Path,
-    log: &Path,
-    extra: &[&str],
-) -> Proc {
-    let mut argv: Vec<String> = prefix.iter().map(ToString::to_string).collect();
-    argv.push(BIN.to_owned());
-    for a in [
-        "agent",
-        "--listen",
-        listen,
-        "--token-file",
-        certs.join("token").to_str().unwrap(),
-        "--tls-cert",
-        certs.join("agent.pem").to_str().unwrap(),
-        "--tls-key",
-        certs.join("agent-key.pem").to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]
-    .iter()
-    .chain(extra)
-    {
-        argv.push((*a).to_owned());
-    }
-    spawn_logged(&argv, log)
-}
-
-fn spawn_logged(argv: &[String], log: &Path) -> Proc {
-    let out = File::create(log).expect("create log");
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .process_group(0)
-        .spawn()
-        .expect("spawn");
-    Proc { child }
-}
-
-fn wait_for(addr: &str, within: Duration) {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let deadline = Instant::now() + within;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listened on {addr} within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The state letter of a process (`S`, `T`, ...), or `None` when it is gone or a zombie.
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(") ")?.1.chars().next()?;
-    (state != 'Z' && state != 'X').then_some(state)
-}
-
-/// Polls `f` every 10 ms until it is true or `within` has passed; returns how long it took.
-fn until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn inventory(dir: &Path, certs: &Path, agents: &[(&str, String, &str)]) -> PathBuf {
+fn inventory(dir: &Path, certs: &Certs, agents: &[(&str, String, &str)]) -> PathBuf {
     let mut text = format!(
         "ca = \"{}\"\ntoken_file = \"{}\"\n",
-        certs.join("ca.pem").display(),
-        certs.join("token").display()
+        certs.ca().display(),
+        certs.file("token").display()
     );
     for (name, address, role) in agents {
         text.push_str(&format!("\n[[agent]]\nname = \"{name}\"\naddress = \"{address}\"\ntags = {{ role = \"{role}\" }}\n"));
@@ -120,119 +25,44 @@ fn inventory(dir: &Path, certs: &Path, agents: &[(&str, String, &str)]) -> PathB
     path
 }
 
-/// Sends one request with curl (a real, independent HTTPS client); returns (status, body).
-fn curl(
-    certs: &Path,
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        certs.join("ca.pem").to_str().unwrap(),
-        "-X",
-        method,
-    ]);
-    cmd.args(["-w", "\n%{http_code}"]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = cmd.arg(url).output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// An experiment that pauses (or kills) `select` on group `on` and probes nothing of interest.
 fn experiment(targets: &str, faults: &str) -> String {
-    format!(
-        r#"title = "agents"
-{targets}
-[steady_state]
-window = "300ms"
-[[steady_state.probe]]
-name = "always"
-command = ["true"]
-every = "100ms"
-{faults}
-[recovery]
-within = "5s"
-"#
-    )
-}
-
-fn token(certs: &Path) -> String {
-    std::fs::read_to_string(certs.join("token"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    support::always_steady_experiment("agents", targets, faults)
 }
 
 #[test]
 fn requests_without_the_right_token_get_401_apply_nothing_and_are_audited() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let port = support::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let state = dir.path().join("agent-state");
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &state,
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
+    let agent = TlsAgent::start(dir.path());
     let mut victim = Proc::spawn(&["sleep", "300"]);
-    let url = format!("https://{listen}/v1/faults/t-1");
+    let url = "/v1/faults/t-1";
     let body = format!(
         r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":5000,"seed":1}}"#,
         victim.pid()
     );
 
-    let (status, answer) = curl(&certs, "PUT", &url, None, Some(&body));
+    let (status, answer) = agent.request_as(None, "PUT", url, Some(&body));
     assert_eq!(status, 401, "{answer}");
-    let (status, answer) = curl(
-        &certs,
-        "PUT",
-        &url,
-        Some("not-the-token-at-all"),
-        Some(&body),
-    );
+    let (status, answer) = agent.request_as(Some("not-the-token-at-all"), "PUT", url, Some(&body));
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("missing or wrong bearer token"), "{answer}");
 
     // A body with an unknown field is refused with a message naming it, and changes nothing.
     let sloppy = body.replace(r#""seed":1"#, r#""seed":1,"sede":2"#);
-    let (status, answer) = curl(&certs, "PUT", &url, Some(&token(&certs)), Some(&sloppy));
+    let (status, answer) = agent.request("PUT", url, Some(&sloppy));
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("unknown field `sede`"), "{answer}");
 
     assert_eq!(
         state_of(victim.pid()),
-        Some('S'),
+        ProcState::Awake,
         "the victim must not have been stopped"
     );
     assert!(victim.alive());
-    let (status, active) = curl(
-        &certs,
-        "GET",
-        &format!("https://{listen}/v1/faults"),
-        Some(&token(&certs)),
-        None,
-    );
+    let (status, active) = agent.request("GET", "/v1/faults", None);
     assert_eq!((status, active.trim()), (200, "[]"));
 
-    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(agent.state.join("audit.jsonl")).unwrap();
     let refused: Vec<serde_json::Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
@@ -252,22 +82,8 @@ fn requests_without_the_right_token_get_401_apply_nothing_and_are_audited() {
 #[test]
 fn killing_the_coordinator_mid_pause_lets_the_victim_run_again_within_the_lease() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &dir.path().join("agent-state"),
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
-        dir.path(),
-        &certs,
-        &[("a1", format!("https://{listen}"), "web")],
-    );
+    let agent = TlsAgent::start(dir.path());
+    let inv = inventory(dir.path(), &agent.certs, &[("a1", agent.url(""), "web")]);
     let victim = Proc::spawn(&["sleep", "300"]);
     let exp = dir.path().join("pause.toml");
     let fault = format!(
@@ -296,7 +112,7 @@ fn killing_the_coordinator_mid_pause_lets_the_victim_run_again_within_the_lease(
         .spawn()
         .unwrap();
     let stopped = until(Duration::from_secs(20), || {
-        state_of(victim.pid()) == Some('T')
+        state_of(victim.pid()) == ProcState::Stopped
     });
     assert!(stopped.is_some(), "the victim was never stopped");
 
@@ -304,7 +120,7 @@ fn killing_the_coordinator_mid_pause_lets_the_victim_run_again_within_the_lease(
     let killed_at = Instant::now();
     coordinator.wait().unwrap();
     let resumed = until(Duration::from_secs(10), || {
-        state_of(victim.pid()).is_some_and(|s| s != 'T')
+        state_of(victim.pid()) == ProcState::Awake
     });
     let after = resumed.map(|_| killed_at.elapsed());
     eprintln!("coordinator SIGKILL -> victim running again: {after:?} (lease {lease:?})");
@@ -321,17 +137,8 @@ fn an_agent_killed_mid_fill_removes_the_file_before_it_serves_again() {
     }
     let tmpfs = support::Tmpfs::mount("16m");
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let state = dir.path().join("agent-state");
-    let log = dir.path().join("agent.log");
-    let mut agent = start_agent(&[], &certs, &listen, &state, &log, &[]);
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
-        dir.path(),
-        &certs,
-        &[("a1", format!("https://{listen}"), "db")],
-    );
+    let mut agent = TlsAgent::start(dir.path());
+    let inv = inventory(dir.path(), &agent.certs, &[("a1", agent.url(""), "db")]);
     let fault = format!(
         "[[fault]]\nname = \"fill\"\nkind = \"disk-fill\"\non = \"db\"\npath = \"{}\"\nsize = \"4MiB\"\nduration = \"60s\"",
         tmpfs.path().display()
@@ -350,8 +157,8 @@ fn an_agent_killed_mid_fill_removes_the_file_before_it_serves_again() {
             "--quiet",
             "--agents",
             inv.to_str().unwrap(),
-        ]
-        .map(str::to_owned),
+        ],
+        None,
         &dir.path().join("coordinator.log"),
     );
     let fill_file = || {
@@ -371,17 +178,15 @@ fn an_agent_killed_mid_fill_removes_the_file_before_it_serves_again() {
     );
     let file = fill_file().unwrap();
 
-    agent.child.kill().unwrap();
-    agent.child.wait().unwrap();
+    agent.kill();
     assert!(
         file.exists(),
         "the fill file must outlive the SIGKILLed agent until it restarts"
     );
 
     let restarted = Instant::now();
-    let _agent = start_agent(&[], &certs, &listen, &state, &log, &[]);
-    // The first moment the agent accepts connections, the fill must already be gone.
-    wait_for(&listen, Duration::from_secs(10));
+    // `restart` returns the first moment the agent accepts connections: the fill must be gone.
+    agent.restart();
     assert!(
         !file.exists(),
         "the agent served requests before reverting its journal"
@@ -396,8 +201,8 @@ fn an_agent_killed_mid_fill_removes_the_file_before_it_serves_again() {
         restarted.elapsed()
     );
     assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
+        agent
+            .log_text()
             .contains("reverted a fault left by an earlier run")
     );
 }
@@ -405,36 +210,20 @@ fn an_agent_killed_mid_fill_removes_the_file_before_it_serves_again() {
 #[test]
 fn halt_reverts_every_fault_and_runs_are_refused_until_resume() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let (l1, l2) = (
-        format!("127.0.0.1:{}", support::free_port()),
-        format!("127.0.0.1:{}", support::free_port()),
-    );
-    let _a1 = start_agent(
-        &[],
-        &certs,
-        &l1,
-        &dir.path().join("s1"),
-        &dir.path().join("a1.log"),
-        &[],
-    );
-    let _a2 = start_agent(
-        &[],
-        &certs,
-        &l2,
-        &dir.path().join("s2"),
-        &dir.path().join("a2.log"),
-        &[],
-    );
-    wait_for(&l1, Duration::from_secs(10));
-    wait_for(&l2, Duration::from_secs(10));
+    let certs = Certs::make(dir.path(), &["127.0.0.1"]);
+    let [a1, a2] = [1, 2].map(|i| {
+        TlsAgent::start_on(
+            certs.clone(),
+            &format!("127.0.0.1:{}", support::free_port()),
+            &dir.path().join(format!("s{i}")),
+            &dir.path().join(format!("a{i}.log")),
+            &AgentOptions::default(),
+        )
+    });
     let inv = inventory(
         dir.path(),
         &certs,
-        &[
-            ("a1", format!("https://{l1}"), "one"),
-            ("a2", format!("https://{l2}"), "two"),
-        ],
+        &[("a1", a1.url(""), "one"), ("a2", a2.url(""), "two")],
     );
     let (v1, v2) = (
         Proc::spawn(&["sleep", "300"]),
@@ -458,11 +247,12 @@ fn halt_reverts_every_fault_and_runs_are_refused_until_resume() {
             "--quiet",
             "--agents",
             inv.to_str().unwrap(),
-        ]
-        .map(str::to_owned),
+        ],
+        None,
         &dir.path().join("coordinator.log"),
     );
-    let both_stopped = || state_of(v1.pid()) == Some('T') && state_of(v2.pid()) == Some('T');
+    let both_stopped =
+        || state_of(v1.pid()) == ProcState::Stopped && state_of(v2.pid()) == ProcState::Stopped;
     assert!(
         until(Duration::from_secs(20), both_stopped).is_some(),
         "the victims were never stopped"
@@ -481,8 +271,8 @@ fn halt_reverts_every_fault_and_runs_are_refused_until_resume() {
         String::from_utf8_lossy(&halt.stderr)
     );
     eprintln!("faultline halt on 2 agents took {took:?}");
-    assert_eq!(state_of(v1.pid()), Some('S'), "{out}");
-    assert_eq!(state_of(v2.pid()), Some('S'), "{out}");
+    assert_eq!(state_of(v1.pid()), ProcState::Awake, "{out}");
+    assert_eq!(state_of(v2.pid()), ProcState::Awake, "{out}");
     assert!(
         out.contains("a1: halted; reverted 1 fault(s)")
             && out.contains("a2: halted; reverted 1 fault(s)"),
@@ -501,7 +291,7 @@ fn halt_reverts_every_fault_and_runs_are_refused_until_resume() {
         "{}",
         refused.explain()
     );
-    assert_eq!(state_of(v1.pid()), Some('S'));
+    assert_eq!(state_of(v1.pid()), ProcState::Awake);
 
     let resume = support::faultline(
         &["resume", "--agents", inv.to_str().unwrap()],
@@ -600,7 +390,7 @@ fn pids_with_cmdline(cmdline: &str) -> Vec<u32> {
             continue;
         };
         let text = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if text.trim_end() == cmdline && state_of(pid).is_some() {
+        if text.trim_end() == cmdline && state_of(pid) != ProcState::Gone {
             pids.push(pid);
         }
     }
@@ -628,42 +418,39 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
         })
         .collect();
     let addrs: Vec<&str> = hosts.iter().map(|h| h.addr.as_str()).collect();
-    let certs = certs(dir.path(), &addrs);
+    let certs = Certs::make(dir.path(), &addrs);
     let mut agents = Vec::new();
     let mut victim_cmdlines = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         // Each host runs its victim under a restart loop (a supervisor), and the agent as the init
-        // of its own pid namespace: it sees only its host's processes.
-        let victim = format!("sleep {}", 1_000_000 + tag * 10 + i as u32);
-        let agent_cmd = format!(
-            "(while :; do {victim}; done) & exec {BIN} agent --listen {}:7443 --token-file {} --tls-cert {} --tls-key {} --state-dir {}",
-            host.addr,
-            certs.join("token").display(),
-            certs.join("agent.pem").display(),
-            certs.join("agent-key.pem").display(),
-            dir.path().join(format!("state-{i}")).display()
-        );
-        let argv = [
-            "ip",
-            "netns",
-            "exec",
-            &host.ns,
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "sh",
-            "-c",
-            &agent_cmd,
-        ];
-        agents.push(spawn_logged(
-            &argv.map(str::to_owned),
+        // of its own pid namespace: it sees only its host's processes. The script is constant;
+        // the victim's seconds and the agent's argv are passed to it as data.
+        let seconds = (1_000_000 + tag * 10 + i as u32).to_string();
+        agents.push(TlsAgent::start_on(
+            certs.clone(),
+            &format!("{}:7443", host.addr),
+            &dir.path().join(format!("state-{i}")),
             &dir.path().join(format!("agent-{i}.log")),
+            &AgentOptions {
+                prefix: &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &host.ns,
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "sh",
+                    "-c",
+                    "seconds=$1; shift; (while :; do sleep \"$seconds\"; done) & exec \"$@\"",
+                    "sh",
+                    &seconds,
+                ],
+                ..AgentOptions::default()
+            },
         ));
-        victim_cmdlines.push(victim);
-    }
-    for host in &hosts {
-        wait_for(&format!("{}:7443", host.addr), Duration::from_secs(10));
+        victim_cmdlines.push(format!("sleep {seconds}"));
     }
     let entries: Vec<(String, String)> = hosts
         .iter()
@@ -714,7 +501,7 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
         named.sort();
         assert_eq!(report["seed"], 42);
         let killed: Vec<String> = (0..3)
-            .filter(|&i| state_of(before[i][0]).is_none())
+            .filter(|&i| state_of(before[i][0]) == ProcState::Gone)
             .map(|i| format!("host-{i}"))
             .collect();
         assert_eq!(
@@ -765,33 +552,24 @@ fn a_count_of_two_kills_the_victims_of_exactly_two_of_three_hosts_and_the_seed_r
 /// Its inventory names it `name`.
 fn agent_on_its_own_host(dir: &Path, name: &str, link: &str, subnet: u8) -> OwnHost {
     let host = NetHost::create(&format!("flagents-{link}"), link, subnet);
-    let certs = certs(dir, &[&host.addr]);
-    let listen = format!("{}:7443", host.addr);
-    let agent = start_agent(
-        &["ip", "netns", "exec", &host.ns],
-        &certs,
-        &listen,
+    let agent = TlsAgent::start_on(
+        Certs::make(dir, &[&host.addr]),
+        &format!("{}:7443", host.addr),
         &dir.join("agent-state"),
         &dir.join("agent.log"),
-        &[],
+        &AgentOptions {
+            prefix: &["ip", "netns", "exec", &host.ns],
+            ..AgentOptions::default()
+        },
     );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(dir, &certs, &[(name, format!("https://{listen}"), "web")]);
-    OwnHost {
-        host,
-        _agent: agent,
-        inv,
-        listen,
-        certs,
-    }
+    let inv = inventory(dir, &agent.certs, &[(name, agent.url(""), "web")]);
+    OwnHost { host, agent, inv }
 }
 
 struct OwnHost {
     host: NetHost,
-    _agent: Proc,
+    agent: TlsAgent,
     inv: PathBuf,
-    listen: String,
-    certs: PathBuf,
 }
 
 #[test]
@@ -805,7 +583,9 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
     let tag = std::process::id() % 100_000;
     // Subnets 240..=249 are this test's; the three-host test uses 0..240.
     let OwnHost {
-        host, _agent, inv, ..
+        host,
+        agent: _agent,
+        inv,
     } = agent_on_its_own_host(
         dir.path(),
         "cut",
@@ -833,13 +613,13 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
             inv.to_str().unwrap(),
             "--lease",
             "2s",
-        ]
-        .map(str::to_owned),
+        ],
+        None,
         &dir.path().join("coordinator.log"),
     );
     assert!(
         until(Duration::from_secs(20), || state_of(victim.pid())
-            == Some('T'))
+            == ProcState::Stopped)
         .is_some(),
         "never stopped"
     );
@@ -851,7 +631,7 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
     assert!(st.success());
     let cut_at = Instant::now();
     let resumed = until(Duration::from_secs(10), || {
-        state_of(victim.pid()).is_some_and(|s| s != 'T')
+        state_of(victim.pid()) == ProcState::Awake
     })
     .map(|_| cut_at.elapsed());
     eprintln!("link cut -> victim running again: {resumed:?} (lease 2s)");
@@ -864,37 +644,26 @@ fn cutting_the_link_to_the_agent_mid_pause_lets_the_victim_run_again_within_the_
 #[test]
 fn the_safety_envelope_refuses_long_faults_and_protected_processes() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
         "max_duration = \"10s\"\nprotected_processes = [\"^sleep$\"]\n",
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let state = dir.path().join("agent-state");
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &state,
-        &dir.path().join("agent.log"),
-        &["--config", config.to_str().unwrap()],
+    let agent = TlsAgent::start_with(
+        dir.path(),
+        &AgentOptions {
+            extra: &["--config", config.to_str().unwrap()],
+            ..AgentOptions::default()
+        },
     );
-    wait_for(&listen, Duration::from_secs(10));
     let victim = Proc::spawn(&["sleep", "300"]);
     let put = |id: &str, duration_ms: u64| {
         let body = format!(
             r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":{duration_ms},"lease_ms":5000,"seed":1}}"#,
             victim.pid()
         );
-        curl(
-            &certs,
-            "PUT",
-            &format!("https://{listen}/v1/faults/{id}"),
-            Some(&token(&certs)),
-            Some(&body),
-        )
+        agent.request("PUT", &format!("/v1/faults/{id}"), Some(&body))
     };
     let (status, answer) = put("long", 60_000);
     assert_eq!(status, 403, "{answer}");
@@ -908,14 +677,8 @@ fn the_safety_envelope_refuses_long_faults_and_protected_processes() {
         answer.contains("is protected on this agent (matches /^sleep$/)"),
         "{answer}"
     );
-    assert_eq!(state_of(victim.pid()), Some('S'));
-    let (_, metrics) = curl(
-        &certs,
-        "GET",
-        &format!("https://{listen}/metrics"),
-        Some(&token(&certs)),
-        None,
-    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+    let (_, metrics) = agent.request("GET", "/metrics", None);
     assert!(
         metrics.contains("faultline_agent_faults_refused_total 2"),
         "{metrics}"
@@ -929,24 +692,17 @@ fn the_safety_envelope_refuses_long_faults_and_protected_processes() {
 #[test]
 fn with_a_client_ca_only_coordinators_holding_a_client_certificate_get_in() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let state = dir.path().join("agent-state");
-    let ca = certs.join("ca.pem");
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &state,
-        &dir.path().join("agent.log"),
-        &["--client-ca", ca.to_str().unwrap()],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
+    let certs = Certs::make(dir.path(), &["127.0.0.1"]);
+    let ca = certs.ca();
+    let agent = TlsAgent::start_with_certs(
+        certs,
         dir.path(),
-        &certs,
-        &[("m1", format!("https://{listen}"), "web")],
+        &AgentOptions {
+            extra: &["--client-ca", ca.to_str().unwrap()],
+            ..AgentOptions::default()
+        },
     );
+    let inv = inventory(dir.path(), &agent.certs, &[("m1", agent.url(""), "web")]);
 
     let without = support::faultline(
         &["resume", "--agents", inv.to_str().unwrap()],
@@ -964,8 +720,8 @@ fn with_a_client_ca_only_coordinators_holding_a_client_certificate_get_in() {
         '\n',
         &format!(
             "\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
-            certs.join("client.pem").display(),
-            certs.join("client-key.pem").display()
+            agent.certs.file("client.pem").display(),
+            agent.certs.file("client-key.pem").display()
         ),
         1,
     );
@@ -981,14 +737,14 @@ fn with_a_client_ca_only_coordinators_holding_a_client_certificate_get_in() {
         String::from_utf8_lossy(&with.stderr)
     );
     assert!(out.contains("m1: resumed"), "{out}");
-    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(agent.state.join("audit.jsonl")).unwrap();
     assert!(audit.contains("(client certificate "), "{audit}");
 }
 
 #[test]
 fn a_target_group_matching_no_agent_refuses_to_run() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
+    let certs = Certs::make(dir.path(), &["127.0.0.1"]);
     // Nothing listens there: the run must stop at selection, before contacting any agent.
     let inv = inventory(
         dir.path(),
@@ -1013,48 +769,36 @@ fn a_target_group_matching_no_agent_refuses_to_run() {
 #[test]
 fn sigterm_makes_the_agent_revert_every_fault_before_it_exits() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let state = dir.path().join("agent-state");
-    let mut agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &state,
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
+    let mut agent = TlsAgent::start(dir.path());
     let victim = Proc::spawn(&["sleep", "300"]);
     let body = format!(
         r#"{{"run_id":"r1","spec":{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#,
         victim.pid()
     );
-    let url = format!("https://{listen}/v1/faults/held");
-    let (status, answer) = curl(&certs, "PUT", &url, Some(&token(&certs)), Some(&body));
+    let (status, answer) = agent.request("PUT", "/v1/faults/held", Some(&body));
     assert_eq!(status, 200, "{answer}");
     // Applying the same id again applies once.
-    let (status, answer) = curl(&certs, "PUT", &url, Some(&token(&certs)), Some(&body));
+    let (status, answer) = agent.request("PUT", "/v1/faults/held", Some(&body));
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("already applied"), "{answer}");
-    assert_eq!(state_of(victim.pid()), Some('T'));
+    assert_eq!(state_of(victim.pid()), ProcState::Stopped);
 
     let st = Command::new("kill")
         .args(["-TERM", &agent.pid().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    let exit = agent.child.wait().unwrap();
+    let exit = agent.proc.child.wait().unwrap();
     assert!(
         exit.success(),
         "the agent exits cleanly after reverting: {exit:?}"
     );
     assert_eq!(
         state_of(victim.pid()),
-        Some('S'),
+        ProcState::Awake,
         "the victim runs again once the agent is gone"
     );
-    let journal: Vec<_> = std::fs::read_dir(&state)
+    let journal: Vec<_> = std::fs::read_dir(&agent.state)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
@@ -1068,22 +812,8 @@ fn sigterm_makes_the_agent_revert_every_fault_before_it_exits() {
 #[test]
 fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &dir.path().join("agent-state"),
-        &dir.path().join("agent.log"),
-        &[],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    let inv = inventory(
-        dir.path(),
-        &certs,
-        &[("r", format!("https://{listen}"), "web")],
-    );
+    let agent = TlsAgent::start(dir.path());
+    let inv = inventory(dir.path(), &agent.certs, &[("r", agent.url(""), "web")]);
     let (v1, v2) = (
         Proc::spawn(&["sleep", "300"]),
         Proc::spawn(&["sleep", "300"]),
@@ -1092,13 +822,7 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
         let body = format!(
             r#"{{"run_id":"{run}","spec":{{"kind":"process-pause","select":{{"pid":{pid}}},"pick":null}},"duration_ms":60000,"lease_ms":60000,"seed":1}}"#
         );
-        let (status, answer) = curl(
-            &certs,
-            "PUT",
-            &format!("https://{listen}/v1/faults/{id}"),
-            Some(&token(&certs)),
-            Some(&body),
-        );
+        let (status, answer) = agent.request("PUT", &format!("/v1/faults/{id}"), Some(&body));
         assert_eq!(status, 200, "{answer}");
     }
     // An oversized body is refused before it is read (with `Expect: 100-continue`, so curl does not
@@ -1110,13 +834,13 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
             "--max-time",
             "10",
             "--cacert",
-            certs.join("ca.pem").to_str().unwrap(),
+            agent.certs.ca().to_str().unwrap(),
             "-X",
             "PUT",
         ])
         .args([
             "-H",
-            &format!("Authorization: Bearer {}", token(&certs)),
+            &format!("Authorization: Bearer {}", agent.certs.token()),
             "-H",
             "Expect: 100-continue",
         ])
@@ -1128,7 +852,7 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
             "-w",
             "\n%{http_code}",
         ])
-        .arg(format!("https://{listen}/v1/faults/f3"))
+        .arg(agent.url("/v1/faults/f3"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1157,7 +881,7 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
     );
     assert_eq!(
         (state_of(v1.pid()), state_of(v2.pid())),
-        (Some('S'), Some('T')),
+        (ProcState::Awake, ProcState::Stopped),
         "{out}"
     );
 
@@ -1171,7 +895,7 @@ fn revert_by_run_id_undoes_only_that_runs_faults_and_all_undoes_the_rest() {
         out.contains("reverted f2 (process-pause, run run-two)"),
         "{out}"
     );
-    assert_eq!(state_of(v2.pid()), Some('S'));
+    assert_eq!(state_of(v2.pid()), ProcState::Awake);
     let again = support::faultline(
         &["revert", "--agents", inv.to_str().unwrap(), "--all"],
         &dir.path().join("x"),
@@ -1189,13 +913,7 @@ fn a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_ge
     let dir = support::tempdir();
     let tag = std::process::id() % 100_000;
     // Subnets 250..=254 are this test's.
-    let OwnHost {
-        host,
-        _agent,
-        inv,
-        listen,
-        certs,
-    } = agent_on_its_own_host(
+    let OwnHost { host, agent, inv } = agent_on_its_own_host(
         dir.path(),
         "isolated",
         &format!("agn{tag}"),
@@ -1216,13 +934,7 @@ fn a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_ge
     let fault = &run.report.as_ref().unwrap()["faults"][0];
     assert_eq!(fault["status"], "reverted", "{fault}");
     assert_eq!(fault["agent"], "isolated");
-    let (_, metrics) = curl(
-        &certs,
-        "GET",
-        &format!("https://{listen}/metrics"),
-        Some(&token(&certs)),
-        None,
-    );
+    let (_, metrics) = agent.request("GET", "/metrics", None);
     assert!(
         metrics.contains("faultline_agent_lease_expiries_total 0"),
         "the lease must never have lapsed: {metrics}"
@@ -1260,31 +972,22 @@ fn echo_server() -> u16 {
 #[test]
 fn a_remote_agent_hosts_the_run_proxy_for_the_whole_run_and_its_persistent_proxies_for_good() {
     let dir = support::tempdir();
-    let certs = certs(dir.path(), &["127.0.0.1"]);
     let echo = echo_server();
     let (persistent, scoped) = (support::free_port(), support::free_port());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("[[proxy]]\nname = \"db\"\nlisten = \"127.0.0.1:{persistent}\"\nupstream = \"127.0.0.1:{echo}\"\n"),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let _agent = start_agent(
-        &[],
-        &certs,
-        &listen,
-        &dir.path().join("agent-state"),
-        &dir.path().join("agent.log"),
-        &["--config", config.to_str().unwrap()],
-    );
-    wait_for(&listen, Duration::from_secs(10));
-    wait_for(&format!("127.0.0.1:{persistent}"), Duration::from_secs(5));
-    let inv = inventory(
+    let config = proxy_config(
         dir.path(),
-        &certs,
-        &[("db-1", format!("https://{listen}"), "db")],
+        &format!("127.0.0.1:{persistent}"),
+        &format!("127.0.0.1:{echo}"),
     );
+    let agent = TlsAgent::start_with(
+        dir.path(),
+        &AgentOptions {
+            extra: &["--config", config.to_str().unwrap()],
+            ..AgentOptions::default()
+        },
+    );
+    support::wait_for_port(persistent, Duration::from_secs(5));
+    let inv = inventory(dir.path(), &agent.certs, &[("db-1", agent.url(""), "db")]);
     // The probe goes through the run proxy, which only the agent opens: it passes before the
     // faults only if the agent opened the proxy before the steady state.
     let exp = format!(

@@ -2,83 +2,21 @@
 //! mid-fault, a run stopped (SIGSTOP) past its lease — are reported as ended early, with when and
 //! why, and the run's verdict is `error`, never `passed`.
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{self, BIN, Proc, wait_until};
+use crate::support::agent::{TlsAgent, spawn_logged};
+use crate::support::{self, BIN, Proc, ProcState, poll_until, state_of, wait_until};
 
-/// The state letter of a process (`S`, `T`, ...), or `None` when it is gone or a zombie.
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(") ")?.1.chars().next()?;
-    (state != 'Z' && state != 'X').then_some(state)
-}
-
-/// Starts `argv` in its own process group with its output in `log`; killed with it on drop.
-fn spawn_logged(argv: &[&str], state: &Path, log: &Path) -> Proc {
-    let out = File::create(log).expect("create log");
-    let child = Command::new(argv[0])
-        .args(&argv[1..])
-        .env("FAULTLINE_STATE_DIR", state)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .process_group(0)
-        .spawn()
-        .expect("spawn");
-    Proc { child }
-}
-
-/// A CA, agent certificate and token for 127.0.0.1 in `dir/certs`.
-fn certs(dir: &Path) -> PathBuf {
-    let out = dir.join("certs");
-    let run = support::faultline(
-        &[
-            "certs",
-            "--out",
-            out.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-        ],
-        &dir.join("unused-state"),
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
-fn start_agent(certs: &Path, listen: &str, state: &Path, log: &Path) -> Proc {
-    let cert = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-    let (token, pem, key) = (cert("token"), cert("agent.pem"), cert("agent-key.pem"));
-    let agent = spawn_logged(
-        &[
-            BIN,
-            "agent",
-            "--listen",
-            listen,
-            "--token-file",
-            &token,
-            "--tls-cert",
-            &pem,
-            "--tls-key",
-            &key,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        state,
-        log,
-    );
-    let addr = listen.parse().unwrap();
-    wait_until("the agent listening", Duration::from_secs(10), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    });
-    agent
+/// Starts `faultline run EXP ARGS... --report-json DIR/report.json` in the background with its
+/// state in `DIR/STATE` and its output in `DIR/run.log`; killed on drop.
+fn start_run(dir: &Path, exp: &Path, args: &[&str], state: &str) -> Proc {
+    let report = dir.join("report.json");
+    let mut argv = vec![BIN, "run", exp.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    argv.extend(["--report-json", report.to_str().unwrap()]);
+    spawn_logged(&argv, Some(&dir.join(state)), &dir.join("run.log"))
 }
 
 /// Waits for the run to exit and returns its exit code and JSON report.
@@ -108,42 +46,29 @@ fn finish(run: &mut Proc, report: &Path, log: &Path) -> (i32, serde_json::Value)
 }
 
 fn pause_experiment(targets: &str, on: &str, victim: u32, duration: &str) -> String {
-    format!(
-        r#"title = "early end"
-{targets}
-[steady_state]
-window = "300ms"
-[[steady_state.probe]]
-name = "always"
-command = ["true"]
-every = "100ms"
-[[fault]]
+    let fault = format!(
+        r#"[[fault]]
 name = "pause"
 kind = "process-pause"
 {on}
 select = {{ pid = {victim} }}
-duration = "{duration}"
-[recovery]
-within = "5s"
-"#
-    )
+duration = "{duration}""#
+    );
+    support::always_steady_experiment("early end", targets, &fault)
 }
 
 #[test]
 fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agent() {
     let dir = support::tempdir();
-    let certs = certs(dir.path());
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let agent_state = dir.path().join("agent-state");
-    let agent_log = dir.path().join("agent.log");
-    let mut agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    let mut agent = TlsAgent::start(dir.path());
     let inventory = dir.path().join("inventory.toml");
     std::fs::write(
         &inventory,
         format!(
-            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"a1\"\naddress = \"https://{listen}\"\ntags = {{ role = \"web\" }}\n",
-            certs.join("ca.pem").display(),
-            certs.join("token").display()
+            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"a1\"\naddress = \"https://{}\"\ntags = {{ role = \"web\" }}\n",
+            agent.certs.ca().display(),
+            agent.certs.file("token").display(),
+            agent.listen,
         ),
     )
     .unwrap();
@@ -161,30 +86,19 @@ fn an_agent_restarted_mid_fault_makes_the_run_an_error_naming_the_fault_and_agen
     .unwrap();
     let report = dir.path().join("report.json");
     let run_log = dir.path().join("run.log");
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--agents",
-            inventory.to_str().unwrap(),
-            "--lease",
-            "2s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        &dir.path().join("run-state"),
-        &run_log,
+    let mut run = start_run(
+        dir.path(),
+        &exp,
+        &["--agents", inventory.to_str().unwrap(), "--lease", "2s"],
+        "run-state",
     );
     wait_for_injection(&run_log, victim.pid());
 
     // The agent dies and comes back: its start reverts the journal, so the pause ends ~25 s early.
-    agent.child.kill().unwrap();
-    agent.child.wait().unwrap();
-    let _agent = start_agent(&certs, &listen, &agent_state, &agent_log);
+    agent.restart();
     assert_ne!(
         state_of(victim.pid()),
-        Some('T'),
+        ProcState::Stopped,
         "the restarted agent did not revert its journal"
     );
 
@@ -222,7 +136,11 @@ fn wait_for_injection(run_log: &Path, victim: u32) {
     wait_until("the pause being injected", Duration::from_secs(20), || {
         std::fs::read_to_string(run_log).is_ok_and(|log| log.contains("injected `pause`"))
     });
-    assert_eq!(state_of(victim), Some('T'), "the victim is not stopped");
+    assert_eq!(
+        state_of(victim),
+        ProcState::Stopped,
+        "the victim is not stopped"
+    );
 }
 
 /// Sends `signal` (`-STOP`, `-CONT`) to `pid` with kill(1).
@@ -244,33 +162,14 @@ fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_end
     let run_log = dir.path().join("run.log");
     let lease = Duration::from_secs(1);
     // The watchdog is on, as users run it.
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--lease",
-            "1s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        &dir.path().join("state"),
-        &run_log,
-    );
+    let mut run = start_run(dir.path(), &exp, &["--lease", "1s"], "state");
     wait_for_injection(&run_log, victim.pid());
     signal(run.child.id(), "-STOP");
     let stopped_at = Instant::now();
-    let resumed = {
-        let deadline = stopped_at + Duration::from_secs(6);
-        let mut resumed = None;
-        while Instant::now() < deadline {
-            if resumed.is_none() && state_of(victim.pid()).is_some_and(|s| s != 'T') {
-                resumed = Some(stopped_at.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        resumed
-    };
+    let stopped_for = Duration::from_secs(6);
+    let resumed = until_running(victim.pid(), stopped_for).map(|_| stopped_at.elapsed());
+    // The run stays stopped for the whole 6 s either way, as a stalled run would.
+    std::thread::sleep(stopped_for.saturating_sub(stopped_at.elapsed()));
     signal(run.child.id(), "-CONT");
     eprintln!("run SIGSTOP -> victim running again: {resumed:?} (lease {lease:?})");
     assert!(
@@ -289,7 +188,7 @@ fn a_stopped_run_has_its_pause_reverted_by_the_watchdog_within_the_lease_and_end
         "{reason}"
     );
     assert_eq!(report["faults"][0]["status"], "ended_early");
-    assert_ne!(state_of(victim.pid()), Some('T'));
+    assert_ne!(state_of(victim.pid()), ProcState::Stopped);
 }
 
 #[test]
@@ -301,19 +200,7 @@ fn a_stopped_run_with_a_long_lease_has_its_pause_reverted_at_the_journaled_deadl
     let report = dir.path().join("report.json");
     let run_log = dir.path().join("run.log");
     // A lease far longer than the fault: only the deadline in the journal can end it in time.
-    let mut run = spawn_logged(
-        &[
-            BIN,
-            "run",
-            exp.to_str().unwrap(),
-            "--lease",
-            "60s",
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        &dir.path().join("state"),
-        &run_log,
-    );
+    let mut run = start_run(dir.path(), &exp, &["--lease", "60s"], "state");
     wait_for_injection(&run_log, victim.pid());
     signal(run.child.id(), "-STOP");
     let resumed = until_running(victim.pid(), Duration::from_secs(8));
@@ -337,14 +224,7 @@ fn a_stopped_run_with_a_long_lease_has_its_pause_reverted_at_the_journaled_deadl
     assert_eq!(code, 0, "{report:#}");
 }
 
-/// Polls until `pid` is no longer stopped; returns how long that took, or `None` after `within`.
+/// Polls until `pid` is awake again; returns how long that took, or `None` after `within`.
 fn until_running(pid: u32, within: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if state_of(pid).is_some_and(|s| s != 'T') {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    poll_until(within, || state_of(pid) == ProcState::Awake)
 }

@@ -2,101 +2,10 @@
 //! on its API refuses each with a 4xx naming the field (the words `faultline validate` uses), stays
 //! healthy, and the same fault id can then be applied normally.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{self, BIN, Proc};
-
-/// A `faultline agent` over TLS on a free port of 127.0.0.1, killed (with its group) on drop.
-struct Agent {
-    process: Proc,
-    listen: String,
-    certs: PathBuf,
-    token: String,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let certs = dir.join("certs");
-        let made = support::faultline(
-            &[
-                "certs",
-                "--out",
-                certs.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-            ],
-            &dir.join("unused-state"),
-        );
-        assert!(
-            made.status.success(),
-            "faultline certs failed: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let listen = format!("127.0.0.1:{}", support::free_port());
-        let log = File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["agent", "--listen", &listen, "--token-file"])
-            .arg(certs.join("token"))
-            .arg("--tls-cert")
-            .arg(certs.join("agent.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("agent-key.pem"))
-            .arg("--state-dir")
-            .arg(dir.join("agent-state"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn the agent");
-        let proc = Proc { child };
-        let addr: SocketAddr = listen.parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the agent never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let token = std::fs::read_to_string(certs.join("token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Agent {
-            process: proc,
-            listen,
-            certs,
-            token,
-        }
-    }
-
-    /// One request with curl, given at most `max` to answer; (status, body), status 0 when curl
-    /// gave up.
-    fn send(&self, method: &str, path: &str, body: Option<&str>, max: Duration) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", &format!("{}", max.as_secs_f64())])
-            .arg("--cacert")
-            .arg(self.certs.join("ca.pem"))
-            .args(["-X", method, "-w", "\n%{http_code}"])
-            .args(["-H", &format!("Authorization: Bearer {}", self.token)]);
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let out = cmd
-            .arg(format!("https://{}{path}", self.listen))
-            .output()
-            .expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
-    }
-}
+use crate::support::agent::TlsAgent;
+use crate::support::{self, Proc};
 
 /// A thread of `pid` that is not its main thread (the agent runs a tokio runtime, so it has some).
 fn agent_thread_other_than_main(pid: i32) -> i32 {
@@ -140,7 +49,7 @@ fn error_of(body: &str) -> String {
 #[test]
 fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_the_id_afterwards() {
     let dir = support::tempdir();
-    let agent = Agent::start(dir.path());
+    let agent = TlsAgent::start(dir.path());
     let victim = Proc::spawn(&["sleep", "300"]);
     let pause = format!(
         r#"{{"kind":"process-pause","select":{{"pid":{}}},"pick":null}}"#,
@@ -148,7 +57,7 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
     );
     let pause_pid =
         |pid: i32| format!(r#"{{"kind":"process-pause","select":{{"pid":{pid}}},"pick":null}}"#);
-    let agent_pid = agent.process.child.id() as i32;
+    let agent_pid = agent.pid() as i32;
     let agent_thread = agent_thread_other_than_main(agent_pid);
     let kthread = kernel_thread();
     let (agent_thread_says, kthread_says) = (
@@ -236,14 +145,14 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
     for (i, (what, body, says)) in bad.iter().enumerate() {
         let id = format!("bad-{i}");
         let path = format!("/v1/faults/{id}");
-        let (status, answer) = agent.send("PUT", &path, Some(body), quick);
+        let (status, answer) = agent.request_within("PUT", &path, Some(body), quick);
         assert!(
             (400..500).contains(&status),
             "{what}: expected a 4xx within 1 s, got {status}: {answer}"
         );
         let error = error_of(&answer);
         assert!(error.contains(says), "{what}: {error}");
-        let (status, health) = agent.send("GET", "/v1/health", None, quick);
+        let (status, health) = agent.request_within("GET", "/v1/health", None, quick);
         assert_eq!(
             status, 200,
             "{what}: the agent is not healthy after it: {health}"
@@ -251,12 +160,13 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
         assert!(health.contains("\"ok\":true"), "{what}: {health}");
         // The refused request claimed nothing: the same id applies (and reverts) normally.
         let good = request(&pause, 60_000, 60_000);
-        let (status, answer) = agent.send("PUT", &path, Some(&good), Duration::from_secs(10));
+        let (status, answer) =
+            agent.request_within("PUT", &path, Some(&good), Duration::from_secs(10));
         assert_eq!(
             status, 200,
             "{what}: the id {id} was not usable after: {answer}"
         );
-        let (status, answer) = agent.send("DELETE", &path, None, Duration::from_secs(10));
+        let (status, answer) = agent.request_within("DELETE", &path, None, Duration::from_secs(10));
         assert_eq!(status, 200, "{what}: revert of {id}: {answer}");
     }
 }
@@ -264,7 +174,7 @@ fn an_agent_refuses_out_of_bounds_requests_by_field_stays_healthy_and_applies_th
 #[test]
 fn an_agent_refuses_a_run_resource_with_a_zero_port_or_a_huge_lease() {
     let dir = support::tempdir();
-    let agent = Agent::start(dir.path());
+    let agent = TlsAgent::start(dir.path());
     let open = |listen: &str, lease_ms: u64| {
         format!(
             r#"{{"run_id":"r1","resource":{{"resource":"proxy","name":"listen-x","listen":"{listen}","upstream":"127.0.0.1:9"}},"lease_ms":{lease_ms}}}"#
@@ -282,7 +192,7 @@ fn an_agent_refuses_a_run_resource_with_a_zero_port_or_a_huge_lease() {
             "`lease_ms` must be at most 3600000 ms",
         ),
     ] {
-        let (status, answer) = agent.send(
+        let (status, answer) = agent.request_within(
             "PUT",
             "/v1/resources/res-1",
             Some(&body),
@@ -291,15 +201,15 @@ fn an_agent_refuses_a_run_resource_with_a_zero_port_or_a_huge_lease() {
         assert_eq!(status, 400, "{what}: {answer}");
         assert!(error_of(&answer).starts_with(says), "{what}: {answer}");
     }
-    let (status, health) = agent.send("GET", "/v1/health", None, Duration::from_secs(1));
+    let (status, health) = agent.request_within("GET", "/v1/health", None, Duration::from_secs(1));
     assert_eq!(status, 200, "{health}");
 }
 
 #[test]
 fn an_agent_answers_with_the_words_validate_prints_for_the_same_fault() {
     let dir = support::tempdir();
-    let agent = Agent::start(dir.path());
-    let (status, answer) = agent.send(
+    let agent = TlsAgent::start(dir.path());
+    let (status, answer) = agent.request_within(
         "PUT",
         "/v1/faults/same-words",
         Some(&request(

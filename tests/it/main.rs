@@ -1,5 +1,6 @@
 //! The one integration-test binary: every test drives the real `faultline` binary against real
-//! processes, sockets and filesystems. Helpers live in `support.rs`; one module per area.
+//! processes, sockets and filesystems. Helpers live in `support.rs` (TLS agents in
+//! `support/agent.rs`); one module per area.
 
 mod support;
 

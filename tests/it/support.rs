@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agent;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
 /// Whether this process can do what privileged tests need (namespaces, mounts, nft, tc).
@@ -283,4 +285,103 @@ pub fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `ready` every 10 ms until it holds or `within` has passed; returns how long it took, or
+/// `None` when it never held (for tests that report or bound the time rather than panic).
+pub fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What a test may conclude about a process from the state letter in `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Stopped by a signal (`T`, or `t` under a tracer): a pause holds.
+    Stopped,
+    /// Running, sleeping or in uninterruptible wait (`R`, `S`, `D`, ...). These are one value
+    /// because a `sleep` continued a moment ago reads `R` before it is back in `S`, and no test
+    /// may depend on which it catches.
+    Awake,
+    /// Exited, a zombie (`Z`), dead (`X`), or never existed.
+    Gone,
+}
+
+/// The state of `pid`; see [`ProcState`] for what each value covers.
+pub fn state_of(pid: u32) -> ProcState {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return ProcState::Gone;
+    };
+    // The command name in parentheses may hold spaces or `)`, so read after the last `) `.
+    match stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+    {
+        Some('T' | 't') => ProcState::Stopped,
+        Some('Z' | 'X') | None => ProcState::Gone,
+        Some(_) => ProcState::Awake,
+    }
+}
+
+/// An experiment titled `title` whose steady state always holds (`true` every 100 ms over a
+/// 300 ms window) and whose recovery window is 5 s, with `targets` and `faults` (TOML) in
+/// between: for tests about what faults and agents do, not about probes.
+pub fn always_steady_experiment(title: &str, targets: &str, faults: &str) -> String {
+    format!(
+        r#"title = "{title}"
+{targets}
+[steady_state]
+window = "300ms"
+[[steady_state.probe]]
+name = "always"
+command = ["true"]
+every = "100ms"
+{faults}
+[recovery]
+within = "5s"
+"#
+    )
+}
+
+/// The tests above rely on `state_of` telling a pause from a running or sleeping process, and a
+/// process that is busy on a CPU (`R`) from a stopped one, whichever letter they catch.
+#[test]
+fn state_of_reads_stopped_awake_whether_running_or_sleeping_and_gone() {
+    let signal = |pid: u32, signal: &str| {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    };
+    let sleeping = Proc::spawn(&["sleep", "300"]);
+    wait_until("sleep asleep", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", sleeping.pid()))
+            .is_ok_and(|s| s.contains(") S "))
+    });
+    assert_eq!(state_of(sleeping.pid()), ProcState::Awake);
+    // A shell spinning on a CPU reads `R` nearly always: still awake, not a pause.
+    let mut busy = Proc::spawn(&["sh", "-c", "while :; do :; done"]);
+    wait_until("the busy shell running", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", busy.pid()))
+            .is_ok_and(|s| s.contains(") R "))
+    });
+    assert_eq!(state_of(busy.pid()), ProcState::Awake);
+    signal(busy.pid(), "-STOP");
+    wait_until("the busy shell stopped", Duration::from_secs(5), || {
+        state_of(busy.pid()) == ProcState::Stopped
+    });
+    signal(busy.pid(), "-CONT");
+    assert_ne!(state_of(busy.pid()), ProcState::Stopped);
+    signal(busy.pid(), "-KILL");
+    busy.child.wait().expect("reap the busy shell");
+    assert_eq!(state_of(busy.pid()), ProcState::Gone);
 }

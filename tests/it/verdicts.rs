@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Proc, free_port, http_server, run_experiment, spawn_run, tempdir, wait_until,
+    Proc, ProcState, free_port, http_server, run_experiment, spawn_run, state_of, tempdir,
+    wait_until,
 };
 
 /// An experiment probing `port` over HTTP and killing whatever listens there.
@@ -299,13 +300,8 @@ fn pids_of(argv: &[&str]) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
         })
-        .filter(|pid| state_of(*pid).is_some_and(|s| s != 'Z'))
+        .filter(|pid| state_of(*pid) != ProcState::Gone)
         .collect()
-}
-
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
 }
 
 #[test]
