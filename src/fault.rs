@@ -17,6 +17,7 @@ mod network_loss;
 mod partition;
 mod process_kill;
 mod process_pause;
+pub(crate) mod serial;
 mod stress;
 pub(crate) mod table;
 mod victims;
@@ -30,7 +31,7 @@ use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
-pub(crate) use disk_fill::{DiskFill, FillAmount};
+pub(crate) use disk_fill::{DiskFill, FillAmount, forbid_fills_in};
 pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::Cidr;
 pub(crate) use netem::NetemLatency;
@@ -233,10 +234,10 @@ impl FaultSpec {
             FaultSpec::ProcessKill(f) => f.prepare(ctx).map(Prepared::Kill),
             FaultSpec::ProcessPause(f) => f.prepare(ctx).map(Prepared::Pause),
             FaultSpec::DiskFill(f) => f.prepare(ctx).map(Prepared::Fill),
-            FaultSpec::CpuStress(f) => Ok(Prepared::Stress(f.prepare(ctx))),
+            FaultSpec::CpuStress(f) => f.prepare(ctx).map(Prepared::Stress),
             FaultSpec::MemoryStress(f) => f.prepare(ctx).map(Prepared::Stress),
-            FaultSpec::NetworkLoss(f) => Ok(Prepared::Nft(f.prepare(ctx))),
-            FaultSpec::Partition(f) => Ok(Prepared::Nft(f.prepare(ctx))),
+            FaultSpec::NetworkLoss(f) => f.prepare(ctx).map(Prepared::Nft),
+            FaultSpec::Partition(f) => f.prepare(ctx).map(Prepared::Nft),
             FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::NetemLatency(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
@@ -458,20 +459,55 @@ impl Undo {
     }
 }
 
-/// Resolves a selector and applies `count`/`percent` with a seeded shuffle.
+/// What [`choose_victims`] picked, and what it left out.
+struct Chosen {
+    victims: Vec<ProcRef>,
+    /// Processes already stopped (state `T`/`t`) that a pattern matched, left out.
+    stopped: Vec<ProcInfo>,
+}
+
+/// Whether a process is stopped (by a signal, or traced).
+fn is_stopped(p: &ProcInfo) -> bool {
+    matches!(p.state, 'T' | 't')
+}
+
+/// Resolves a selector and applies `count`/`percent` with a seeded shuffle. With `awake_only`
+/// (a pause), a process already stopped is refused when the selector names it explicitly and
+/// left out of a pattern's matches: continuing it on revert would resume a process the fault did
+/// not stop (stopped by hand, or held by another fault).
 fn choose_victims(
     select: &Selector,
     pick: Option<Pick>,
     seed: u64,
-) -> Result<(Vec<ProcRef>, usize), String> {
+    awake_only: bool,
+) -> Result<Chosen, String> {
     let matches = process::select(select)?;
     let excluded = matches.excluded.len();
-    let mut found: Vec<ProcInfo> = matches.procs;
+    let (stopped, mut found): (Vec<ProcInfo>, Vec<ProcInfo>) = matches
+        .procs
+        .into_iter()
+        .partition(|p| awake_only && is_stopped(p));
+    if let (true, Some(p)) = (select.is_explicit(), stopped.first()) {
+        return Err(format!(
+            "refusing to pause pid {} ({}): it is already stopped (state {}), so continuing it on revert would resume a process this fault did not stop",
+            p.pid, p.comm, p.state
+        ));
+    }
     if found.is_empty() {
-        let note = if excluded > 0 {
-            format!(" ({excluded} protected process(es) left out)")
-        } else {
+        let mut notes = Vec::new();
+        if excluded > 0 {
+            notes.push(format!("{excluded} protected process(es) left out"));
+        }
+        if !stopped.is_empty() {
+            notes.push(format!(
+                "{} already-stopped process(es) left out",
+                stopped.len()
+            ));
+        }
+        let note = if notes.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
         };
         return Err(format!(
             "no process matched {select}{note}: nothing to inject"
@@ -484,7 +520,10 @@ fn choose_victims(
         found.truncate(take);
         found.sort_by_key(|p| p.pid);
     }
-    Ok((found.iter().map(ProcInfo::to_ref).collect(), excluded))
+    Ok(Chosen {
+        victims: found.iter().map(ProcInfo::to_ref).collect(),
+        stopped,
+    })
 }
 
 fn preview_selection(select: &Selector) -> String {

@@ -30,6 +30,16 @@ pub(crate) enum Selector {
     Port(u16),
 }
 
+impl Selector {
+    /// Whether the selector names one process (`pid`, `pidfile`, `port`) rather than a pattern.
+    pub(crate) fn is_explicit(&self) -> bool {
+        matches!(
+            self,
+            Selector::Pid(_) | Selector::Pidfile(_) | Selector::Port(_)
+        )
+    }
+}
+
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -99,6 +109,8 @@ pub(crate) struct ProcInfo {
     pub(crate) comm: String,
     pub(crate) cmdline: String,
     pub(crate) start_time: u64,
+    /// The state letter (`R`, `S`, `T` for stopped, ...) when it was read.
+    pub(crate) state: char,
     /// From the kernel's `PF_KTHREAD` flag, not from "pid 2 or a child of it": inside a pid
     /// namespace (a container, an agent's test host) pid 2 is an ordinary process.
     kernel_thread: bool,
@@ -137,6 +149,7 @@ pub(crate) fn read(pid: i32) -> Option<ProcInfo> {
         comm: stat.comm,
         cmdline,
         start_time: stat.starttime,
+        state: stat.state,
         kernel_thread: stat.flags & PF_KTHREAD != 0,
     })
 }
@@ -173,7 +186,40 @@ pub(crate) fn protected() -> HashMap<i32, &'static str> {
     for watchdog in own_watchdogs(me) {
         pids.insert(watchdog, "faultline's own watchdog");
     }
+    for other in faultline_processes() {
+        pids.entry(other)
+            .or_insert("a faultline agent, run, watchdog or fixture guard");
+    }
     pids
+}
+
+/// The modes of this binary whose processes no fault may signal: freezing or killing another
+/// agent, run, watchdog or fixture guard would defeat its dead-man switch (its faults would
+/// outlive their lease). Stress workers are not among them: they are a fault's own load.
+const GUARDED_MODES: [&str; 4] = ["agent", "run", WATCHDOG_COMMAND, "fixture-guard"];
+
+/// Every process on the host that runs this same binary (by `/proc/PID/exe`) in one of the
+/// [`GUARDED_MODES`] (its first argument that is not a flag).
+fn faultline_processes() -> Vec<i32> {
+    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter(|p| p.exe().is_ok_and(|exe| exe == my_exe))
+        .filter(|p| {
+            p.cmdline().is_ok_and(|argv| {
+                argv.iter()
+                    .skip(1)
+                    .find(|a| !a.starts_with('-'))
+                    .is_some_and(|mode| GUARDED_MODES.contains(&mode.as_str()))
+            })
+        })
+        .map(|p| p.pid())
+        .collect()
 }
 
 /// This process's children that run this same binary's `watchdog` subcommand: the dead-man

@@ -214,6 +214,7 @@ pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
+        && !id.starts_with('-')
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -221,7 +222,7 @@ pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid fault id `{id}`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.`"
+            "invalid fault id `{id}`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.` or `-`"
         ))
     }
 }
@@ -406,6 +407,13 @@ name = "f"
         assert!(validate_fault_id("20261126T141500Z-ab12-0").is_ok());
         assert!(validate_fault_id("../etc/passwd").is_err());
         assert!(validate_fault_id(".hidden").is_err());
+        // A worker would read `--help` as a flag of its own.
+        assert_eq!(
+            validate_fault_id("--help"),
+            Err("invalid fault id `--help`: use 1 to 128 of [A-Za-z0-9._-], not starting with `.` or `-`".to_owned())
+        );
+        assert!(validate_fault_id("-x").is_err());
+        assert!(validate_fault_id("x-").is_ok());
         assert!(validate_fault_id("").is_err());
         assert!(validate_fault_id("a b").is_err());
     }

@@ -150,6 +150,7 @@ impl AgentCore {
         control_port: Option<u16>,
     ) -> Result<(Arc<AgentCore>, Recovery), String> {
         let journal = Journal::open(state_dir)?;
+        crate::fault::forbid_fills_in(state_dir);
         let owner = process::read(std::process::id() as i32)
             .map(|p| p.to_ref())
             .ok_or("failed to read this process from /proc")?;
@@ -1206,7 +1207,7 @@ mod tests {
             core.revert_blocking(&id, RevertCause::Requested).unwrap();
         }
         for i in 0..BOUND + 10 {
-            core.apply_blocking(&format!("kick-{i}"), &kill_with(victim.pid(), "SIGCONT"))
+            core.apply_blocking(&format!("kick-{i}"), &kill_with(victim.pid(), "SIGWINCH"))
                 .unwrap();
         }
         let state = core.state();
@@ -1224,7 +1225,7 @@ mod tests {
         assert_eq!((first.at, &first.detail), (again.at, &again.detail));
         assert_eq!(first.detail, "instant fault: nothing to revert");
         let err = core
-            .apply_blocking(&recent, &kill_with(victim.pid(), "SIGCONT"))
+            .apply_blocking(&recent, &kill_with(victim.pid(), "SIGWINCH"))
             .unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::net::{
-    BitRate, Cmd, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
-    u32_filters,
+    BitRate, Cmd, MatchTable, RootQdisc, TcMatch, device, tc_handle, tc_match, u32_filters,
 };
 
 /// The keys of a `bandwidth` table, as written.
@@ -108,15 +107,14 @@ impl Bandwidth {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
-        ensure_default_root(&self.device)?;
-        let handle = tc_handle(ctx.fault_id);
-        let (kind, commands) = self.commands(handle);
-        Ok(RootQdisc {
-            device: self.device.clone(),
-            handle,
-            kind,
-            commands,
-        })
+        super::net::refuse_control_port(self.matching.port, ctx.control_port)?;
+        super::net::prepare_root(
+            &self.device,
+            self.matching.is_empty(),
+            ctx.control_port,
+            ctx.fault_id,
+            |handle| self.commands(handle),
+        )
     }
 }
 

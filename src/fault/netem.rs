@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::net::{
-    Cmd, Failure, MatchTable, RootQdisc, TcMatch, device, ensure_default_root, tc_handle, tc_match,
-    u32_filters,
+    Cmd, Failure, MatchTable, RootQdisc, TcMatch, device, tc_handle, tc_match, u32_filters,
 };
 use crate::units::{Dur, Percent, format_ms};
 
@@ -238,16 +237,15 @@ impl NetemLatency {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<RootQdisc, String> {
+        super::net::refuse_control_port(self.matching.port, ctx.control_port)?;
         self.check_kernel()?;
-        ensure_default_root(&self.device)?;
-        let handle = tc_handle(ctx.fault_id);
-        let (kind, commands) = self.commands(handle);
-        Ok(RootQdisc {
-            device: self.device.clone(),
-            handle,
-            kind,
-            commands,
-        })
+        super::net::prepare_root(
+            &self.device,
+            self.matching.is_empty(),
+            ctx.control_port,
+            ctx.fault_id,
+            |handle| self.commands(handle),
+        )
     }
 }
 

@@ -154,10 +154,11 @@ impl NetworkLoss {
         )
     }
 
-    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<NftTable, String> {
+        super::net::refuse_control_port(self.matching.port, ctx.control_port)?;
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);
-        NftTable { table, ruleset }
+        Ok(NftTable { table, ruleset })
     }
 }
 

@@ -127,10 +127,16 @@ impl Partition {
         )
     }
 
-    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> NftTable {
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<NftTable, String> {
+        // Ports that are all the control port leave nothing to cut: the agent exempts that port.
+        if let [first, rest @ ..] = self.ports.as_slice() {
+            if rest.iter().all(|p| p == first) {
+                super::net::refuse_control_port(Some(*first), ctx.control_port)?;
+            }
+        }
         let table = nft_table(ctx.fault_id);
         let ruleset = self.ruleset(&table, ctx.control_port);
-        NftTable { table, ruleset }
+        Ok(NftTable { table, ruleset })
     }
 }
 

@@ -66,6 +66,12 @@ impl ProcessKill {
             parse_signal(&self.signal).map_err(|e| FieldError::raw("signal", e.clone()))?;
         // A stop signal leaves the process stopped with nothing journaled to continue it: a kill
         // is instant and has no undo.
+        if signal == Signal::SIGCONT {
+            return Err(FieldError::new(
+                "signal",
+                "SIGCONT continues processes that a `process-pause` fault holds stopped, behind its back; a kill must not undo another fault",
+            ));
+        }
         if matches!(
             signal,
             Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
@@ -82,7 +88,7 @@ impl ProcessKill {
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
         let signal = parse_signal(&self.signal)?;
-        let (victims, _) = choose_victims(&self.select, self.pick, ctx.seed)?;
+        let victims = choose_victims(&self.select, self.pick, ctx.seed, false)?.victims;
         Ok(Prepared { victims, signal })
     }
 }
@@ -150,10 +156,22 @@ mod tests {
                 "{stop}: {e}"
             );
         }
-        for fine in ["SIGKILL", "SIGTERM", "9", "SIGCONT"] {
+        for fine in ["SIGKILL", "SIGTERM", "9", "SIGHUP"] {
             assert_eq!(kill(fine).check(), Ok(()), "{fine}");
         }
         let e = kill("SIGNOPE").check().unwrap_err();
         assert!(e.message.starts_with("unknown signal `SIGNOPE`"), "{e}");
+    }
+
+    #[test]
+    fn sigcont_is_refused_because_it_resumes_another_faults_victims() {
+        for cont in ["SIGCONT", "cont", "18"] {
+            let e = kill(cont).check().unwrap_err();
+            assert_eq!(e.field, "signal");
+            assert!(
+                e.message.contains("must not undo another fault"),
+                "{cont}: {e}"
+            );
+        }
     }
 }

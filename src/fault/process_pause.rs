@@ -40,6 +40,8 @@ pub(crate) struct ProcessPause {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) victims: Vec<ProcRef>,
+    /// Matches left out because they were already stopped, for the inject's answer.
+    left_out: Vec<String>,
 }
 
 impl ProcessPause {
@@ -57,8 +59,15 @@ impl ProcessPause {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
-        let (victims, _) = choose_victims(&self.select, self.pick, ctx.seed)?;
-        Ok(Prepared { victims })
+        let chosen = choose_victims(&self.select, self.pick, ctx.seed, true)?;
+        Ok(Prepared {
+            victims: chosen.victims,
+            left_out: chosen
+                .stopped
+                .iter()
+                .map(|p| format!("pid {} ({})", p.pid, p.comm))
+                .collect(),
+        })
     }
 }
 
@@ -73,7 +82,15 @@ impl Prepared {
         if stopped.is_empty() {
             return Err("every selected process exited before it could be stopped".to_owned());
         }
-        Ok(format!("stopped {}", stopped.join(", ")))
+        let left_out = if self.left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; left out {}: already stopped, not by this fault",
+                self.left_out.join(", ")
+            )
+        };
+        Ok(format!("stopped {}{left_out}", stopped.join(", ")))
     }
 
     pub(crate) fn verify(&self) -> Result<String, String> {
@@ -117,5 +134,78 @@ pub(super) fn resume(procs: &[ProcRef]) -> Result<String, String> {
         Ok("no stopped process left to continue".to_owned())
     } else {
         Ok(format!("continued {}", resumed.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sleep` stopped with SIGSTOP before any fault; continued and reaped on drop.
+    struct Stopped(std::process::Child);
+
+    impl Stopped {
+        fn start() -> Stopped {
+            let child = std::process::Command::new("sleep")
+                .arg("301.25")
+                .spawn()
+                .unwrap();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while crate::process::read(pid.as_raw()).is_none_or(|p| p.state != 'T') {
+                assert!(Instant::now() < deadline, "sleep did not stop");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Stopped(child)
+        }
+    }
+
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn ctx() -> Context<'static> {
+        Context {
+            fault_id: "pause-t",
+            seed: 1,
+            control_port: None,
+        }
+    }
+
+    #[test]
+    fn a_victim_stopped_before_the_fault_is_refused_by_pid_and_left_out_of_patterns() {
+        let stopped = Stopped::start();
+        let pid = stopped.0.id() as i32;
+        let by_pid = ProcessPause {
+            select: Selector::Pid(pid),
+            pick: None,
+        };
+        let err = by_pid.prepare(&ctx()).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "refusing to pause pid {pid} (sleep): it is already stopped (state T), so continuing it on revert would resume a process this fault did not stop"
+            )
+        );
+        let by_pattern = ProcessPause {
+            select: Selector::Cmdline(r"^sleep 301\.25$".to_owned()),
+            pick: None,
+        };
+        let prepared = by_pattern.prepare(&ctx());
+        match prepared {
+            Ok(p) => {
+                assert!(
+                    p.victims.iter().all(|v| v.pid != pid),
+                    "the stopped process was chosen: {:?}",
+                    p.victims
+                );
+                assert!(p.left_out.contains(&format!("pid {pid} (sleep)")));
+            }
+            Err(e) => assert!(e.contains("already-stopped process(es) left out"), "{e}"),
+        }
     }
 }

@@ -91,7 +91,13 @@ pub(crate) struct Prepared {
     worker_args: Vec<Vec<String>>,
     /// Bytes each worker must hold before the fault counts as injected (memory only).
     hold_each: Option<u64>,
+    /// Held from prepare to the end of verify, so stress faults applied at once take turns and
+    /// each counts the workers (and memory) the others started against the host's limits.
+    _host_lock: crate::fault::serial::Held,
 }
+
+/// The key every stress fault's prepare → verify holds: the host's CPUs and memory are one budget.
+const HOST_KEY: &str = "stress:host";
 
 impl CpuStress {
     pub(crate) fn describe(&self) -> String {
@@ -131,13 +137,19 @@ impl CpuStress {
         self.workers.unwrap_or(host.cpus)
     }
 
-    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Prepared {
+    pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
+        let lock = crate::fault::serial::hold(HOST_KEY.to_owned());
+        let host = Host::this();
+        let workers = self.workers_on(&host);
+        let running = live_workers().len() as u32;
+        host_has_room(&host, running, workers)?;
         let args = vec!["--cpu-load".to_owned(), self.load.to_string()];
-        Prepared {
+        Ok(Prepared {
             fault_id: ctx.fault_id.to_owned(),
-            worker_args: vec![args; self.workers_on(&Host::this()) as usize],
+            worker_args: vec![args; workers as usize],
             hold_each: None,
-        }
+            _host_lock: lock,
+        })
     }
 }
 
@@ -176,14 +188,28 @@ impl MemoryStress {
     }
 
     pub(crate) fn prepare(&self, ctx: &Context<'_>) -> Result<Prepared, String> {
+        let lock = crate::fault::serial::hold(HOST_KEY.to_owned());
+        let running = live_workers();
+        host_has_room(&Host::this(), running.len() as u32, self.workers)?;
         let (total, available) = meminfo()?;
-        let reserve = (total / 10).max(256 << 20);
+        // Workers still touching their memory hold less than they will: MemAvailable does not
+        // know the rest yet, so it counts as taken.
+        let promised: u64 = running
+            .iter()
+            .filter_map(|w| {
+                let bytes = w.memory?;
+                Some(bytes.saturating_sub(resident_bytes(w.proc.pid).unwrap_or(0)))
+            })
+            .sum();
+        let available = available.saturating_sub(promised);
+        let reserve = memory_reserve(total);
         if self.size.saturating_add(reserve) > available {
             return Err(format!(
-                "refusing to hold {}: only {} of {} is available and at least {} must stay free",
+                "refusing to hold {}: only {} of {} is available (after {} still promised to running memory-stress workers) and at least {} must stay free",
                 format_bytes(self.size),
                 format_bytes(available),
                 format_bytes(total),
+                format_bytes(promised),
                 format_bytes(reserve)
             ));
         }
@@ -193,8 +219,28 @@ impl MemoryStress {
             fault_id: ctx.fault_id.to_owned(),
             worker_args: vec![args; self.workers as usize],
             hold_each: Some(each),
+            _host_lock: lock,
         })
     }
+}
+
+/// The memory a fault never takes from the host: a tenth of it, at least 256 MiB.
+pub(super) fn memory_reserve(total: u64) -> u64 {
+    (total / 10).max(256 << 20)
+}
+
+/// Refuses starting `more` workers when the stress workers already running on the host (of every
+/// fault, of every agent running this binary) would take the total past the per-host cap.
+fn host_has_room(host: &Host, running: u32, more: u32) -> Result<(), String> {
+    let most = host.cpus.saturating_mul(check::WORKERS_PER_CPU);
+    if running.saturating_add(more) > most {
+        return Err(format!(
+            "refusing to start {more} stress worker(s): {running} are already running on this host, and the cap is {most} ({} per CPU, {} CPU(s)) across all stress faults",
+            check::WORKERS_PER_CPU,
+            host.cpus
+        ));
+    }
+    Ok(())
 }
 
 impl Prepared {
@@ -205,7 +251,8 @@ impl Prepared {
         for args in &self.worker_args {
             let mut child = Command::new(&exe)
                 .arg(WORKER_COMMAND)
-                .args(["--fault-id", &self.fault_id])
+                // One argument, so an id can never be read as a flag of its own.
+                .arg(format!("--fault-id={}", self.fault_id))
                 .args(["--parent", &std::process::id().to_string()])
                 .args(args)
                 .stdin(Stdio::null())
@@ -252,13 +299,69 @@ impl Prepared {
     }
 }
 
-/// The running workers of one fault, found by the tag in their command line.
+/// A running stress worker of this binary, as its exact command line says.
+struct Worker {
+    proc: ProcRef,
+    fault_id: String,
+    /// Bytes it holds once it has touched them (memory workers).
+    memory: Option<u64>,
+}
+
+/// Every live stress worker on the host: a process whose executable is this binary, whose argv is
+/// exactly the form `inject` starts (`stress-worker --fault-id=ID --parent PID --cpu-load X` or
+/// `--memory N`), and whose parent is still the process its argv names. A process that only
+/// looks like one (`exec -a "stress-worker --fault-id=x" sleep`) is none of them.
+fn live_workers() -> Vec<Worker> {
+    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter(|p| p.exe().is_ok_and(|exe| exe == my_exe))
+        .filter_map(|p| {
+            let argv = p.cmdline().ok()?;
+            let info = process::read(p.pid())?;
+            let (fault_id, memory) = worker_form(&argv, info.ppid)?;
+            Some(Worker {
+                proc: info.to_ref(),
+                fault_id,
+                memory,
+            })
+        })
+        .collect()
+}
+
+/// The fault id and memory size of a worker's argv, if it is exactly the worker form and names
+/// `ppid` as its parent.
+fn worker_form(argv: &[String], ppid: i32) -> Option<(String, Option<u64>)> {
+    let [_, command, id, parent_flag, parent, work, amount] = argv else {
+        return None;
+    };
+    let fault_id = id.strip_prefix("--fault-id=")?;
+    let parent: i32 = parent.parse().ok()?;
+    if command != WORKER_COMMAND || parent_flag != "--parent" || parent != ppid {
+        return None;
+    }
+    let memory = match work.as_str() {
+        "--cpu-load" => {
+            amount.parse::<f64>().ok()?;
+            None
+        }
+        "--memory" => Some(amount.parse::<u64>().ok()?),
+        _ => return None,
+    };
+    Some((fault_id.to_owned(), memory))
+}
+
+/// The running workers of one fault.
 fn workers_of(fault_id: &str) -> Vec<ProcRef> {
-    let tag = format!(" {WORKER_COMMAND} --fault-id {fault_id} ");
-    process::all()
+    live_workers()
         .into_iter()
-        .filter(|p| p.cmdline.contains(&tag))
-        .map(|p| p.to_ref())
+        .filter(|w| w.fault_id == fault_id)
+        .map(|w| w.proc)
         .collect()
 }
 
@@ -284,7 +387,7 @@ fn resident_bytes(pid: i32) -> Option<u64> {
 }
 
 /// (MemTotal, MemAvailable) in bytes.
-fn meminfo() -> Result<(u64, u64), String> {
+pub(super) fn meminfo() -> Result<(u64, u64), String> {
     let text = std::fs::read_to_string("/proc/meminfo")
         .map_err(|e| format!("failed to read /proc/meminfo: {e}"))?;
     let field = |name: &str| {
@@ -336,5 +439,132 @@ pub(crate) fn worker_main(work: &Work, parent: u32) {
                 std::thread::sleep(PERIOD);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_impostor_with_a_worker_command_line_is_not_a_worker() {
+        let mut impostors: Vec<std::process::Child> = [
+            "innocent stress-worker --fault-id spoof2 x",
+            "stress-worker --fault-id=spoof2 --parent 1 --cpu-load 1",
+        ]
+        .iter()
+        .map(|name| {
+            Command::new("bash")
+                .args(["-c", &format!("exec -a \"{name}\" sleep 300")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+        let pids: Vec<i32> = impostors.iter().map(|c| c.id() as i32).collect();
+        // Wait until both have exec'd into sleep with their disguise.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pids
+            .iter()
+            .all(|&pid| process::read(pid).is_some_and(|p| p.cmdline.contains("spoof2")))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = workers_of("spoof2");
+        let said = kill_workers("spoof2");
+        let alive: Vec<bool> = impostors
+            .iter_mut()
+            .map(|c| c.try_wait().unwrap().is_none())
+            .collect();
+        for c in &mut impostors {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(found.is_empty(), "impostors counted as workers: {found:?}");
+        assert_eq!(said.unwrap(), "no stress worker left to stop");
+        assert_eq!(alive, [true, true], "an impostor was killed");
+    }
+
+    #[test]
+    fn only_the_exact_worker_form_with_its_real_parent_is_a_worker() {
+        let argv = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let good = argv(&[
+            "/x/faultline",
+            "stress-worker",
+            "--fault-id=a-1",
+            "--parent",
+            "7",
+            "--memory",
+            "4096",
+        ]);
+        assert_eq!(worker_form(&good, 7), Some(("a-1".to_owned(), Some(4096))));
+        assert_eq!(worker_form(&good, 8), None, "its parent is gone");
+        let cpu = argv(&[
+            "f",
+            "stress-worker",
+            "--fault-id=b",
+            "--parent",
+            "7",
+            "--cpu-load",
+            "0.5",
+        ]);
+        assert_eq!(worker_form(&cpu, 7), Some(("b".to_owned(), None)));
+        for bad in [
+            argv(&[
+                "f",
+                "stress-worker",
+                "--fault-id",
+                "b",
+                "--parent",
+                "7",
+                "--cpu-load",
+            ]),
+            argv(&[
+                "f",
+                "stress-worker",
+                "--fault-id=b",
+                "--parent",
+                "7",
+                "--cpu-load",
+                "0.5",
+                "x",
+            ]),
+            argv(&[
+                "f",
+                "other",
+                "--fault-id=b",
+                "--parent",
+                "7",
+                "--cpu-load",
+                "0.5",
+            ]),
+            argv(&[
+                "f",
+                "stress-worker",
+                "--fault-id=b",
+                "--parent",
+                "7",
+                "--memory",
+                "lots",
+            ]),
+        ] {
+            assert_eq!(worker_form(&bad, 7), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_worker_cap_counts_workers_of_every_fault() {
+        let host = Host {
+            cpus: 2,
+            net_class: std::path::Path::new("/sys/class/net"),
+        };
+        assert_eq!(host_has_room(&host, 0, 8), Ok(()));
+        let err = host_has_room(&host, 8, 8).unwrap_err();
+        assert!(
+            err.contains(
+                "8 are already running on this host, and the cap is 8 (4 per CPU, 2 CPU(s))"
+            ),
+            "{err}"
+        );
     }
 }

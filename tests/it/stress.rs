@@ -34,7 +34,7 @@ within = "2s"
 enum Tag<'a> {
     /// Started by the agent in this process (`--parent PID`), the run's embedded agent.
     Agent(u32),
-    /// Started for a fault of this run (`--fault-id RUN_ID-...`).
+    /// Started for a fault of this run (`--fault-id=RUN_ID-...`).
     Run(&'a str),
 }
 
@@ -57,9 +57,10 @@ fn workers(tag: Tag<'_>) -> Vec<(u32, u64)> {
         };
         let tagged = match tag {
             Tag::Agent(pid) => value("--parent") == Some(pid.to_string().as_str()),
-            Tag::Run(run_id) => {
-                value("--fault-id").is_some_and(|id| id.starts_with(&format!("{run_id}-")))
-            }
+            Tag::Run(run_id) => argv.iter().any(|a| {
+                a.strip_prefix("--fault-id=")
+                    .is_some_and(|id| id.starts_with(&format!("{run_id}-")))
+            }),
         };
         if argv.get(1) != Some(&"stress-worker") || !tagged || !alive(pid) {
             continue;

@@ -5,13 +5,32 @@ use std::fmt;
 
 use super::{Cidr, Cmd, Failure};
 
-/// The nft table a fault owns, named after the fault id so that revert deletes exactly it.
+/// The longest table name nft accepts (`NFT_TABLE_MAXNAMELEN` is 256 with the terminating NUL).
+const NFT_NAME_MAX: usize = 255;
+
+/// The nft table a fault owns, named after the fault id so that revert deletes exactly it. The
+/// name is injective: letters and digits stay, every other byte becomes `_` and two hex digits
+/// (`col-1` → `faultline_col_2d1`, `col.1` → `faultline_col_2e1`), so two ids never share a table.
+/// An id whose escaped form is too long for nft becomes `faultline__` and its SHA-256 instead (an
+/// escaped name never has `__` there, so the two forms cannot meet).
 pub(crate) fn nft_table(fault_id: &str) -> String {
-    let id: String = fault_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("faultline_{id}")
+    let mut name = String::from("faultline_");
+    for byte in fault_id.bytes() {
+        if byte.is_ascii_alphanumeric() {
+            name.push(char::from(byte));
+        } else {
+            name.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    if name.len() <= NFT_NAME_MAX {
+        return name;
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(fault_id.as_bytes());
+    let mut hashed = String::from("faultline__");
+    for byte in digest {
+        hashed.push_str(&format!("{byte:02x}"));
+    }
+    hashed
 }
 
 /// One base chain of a fault's table: the hook, then the rules in order.
@@ -140,7 +159,21 @@ mod tests {
     fn table_names_follow_the_fault_id() {
         assert_eq!(
             nft_table("20261126T141500Z-ab12-0"),
-            "faultline_20261126T141500Z_ab12_0"
+            "faultline_20261126T141500Z_2dab12_2d0"
         );
+    }
+
+    #[test]
+    fn ids_that_differ_only_in_punctuation_get_tables_of_their_own() {
+        let ids = [
+            "col-1", "col.1", "col_1", "col_2d1", "col1", "col-_1", "col_-1",
+        ];
+        let names: std::collections::HashSet<String> = ids.iter().map(|id| nft_table(id)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        let long = ".".repeat(128);
+        let other = format!("{}-", ".".repeat(127));
+        assert!(nft_table(&long).len() <= NFT_NAME_MAX);
+        assert_ne!(nft_table(&long), nft_table(&other));
+        assert!(nft_table(&"a".repeat(128)).starts_with("faultline_aaaa"));
     }
 }

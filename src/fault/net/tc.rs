@@ -198,6 +198,40 @@ pub(crate) struct RootQdisc {
     /// The kind of the root qdisc: what revert checks before deleting it.
     pub(crate) kind: &'static str,
     pub(crate) commands: Vec<Cmd>,
+    /// Held from prepare to the end of verify: two faults of this agent on one device take turns,
+    /// so the second sees the first's root qdisc and is refused before it adds anything. Without
+    /// it both could pass the check, and when their handles collide (a hash of the id) the undo of
+    /// the one whose `tc qdisc add` failed would delete the other's qdisc.
+    pub(crate) _device_lock: crate::fault::serial::Held,
+}
+
+/// Prepares a root qdisc on `device` for the fault `fault_id`: waits for other faults of this
+/// agent on the device, refuses a device whose root is not the kernel's default, and refuses a
+/// whole-device fault (no match) when the agent has a control port, which the qdisc would shape
+/// too: a 1kbit limit on the control port's device would cut off `halt` until the lease lapses.
+pub(crate) fn prepare_root(
+    device: &str,
+    whole_device: bool,
+    control_port: Option<u16>,
+    fault_id: &str,
+    commands: impl FnOnce(u16) -> (&'static str, Vec<Cmd>),
+) -> Result<RootQdisc, String> {
+    if let (true, Some(port)) = (whole_device, control_port) {
+        return Err(format!(
+            "refusing to shape all of {device}: this agent's control channel (TCP port {port}) may run over it and would be shaped too; add a `match` (`dst`, `src` or `port`) that leaves port {port} out"
+        ));
+    }
+    let lock = crate::fault::serial::hold(format!("tc-root:{device}"));
+    ensure_default_root(device)?;
+    let handle = tc_handle(fault_id);
+    let (kind, commands) = commands(handle);
+    Ok(RootQdisc {
+        device: device.to_owned(),
+        handle,
+        kind,
+        commands,
+        _device_lock: lock,
+    })
 }
 
 impl RootQdisc {
