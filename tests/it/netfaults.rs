@@ -557,7 +557,7 @@ fn plan_prints_the_exact_ruleset_and_tc_commands() {
     let expected = "
              exact changes (RUN stands for the run id; the table name and tc handle derive from it):
                nft -f - <<EOF
-               table inet faultline_RUN_0 {
+               table inet faultline_RUN-0 {
                \tchain input {
                \t\ttype filter hook input priority -10; policy accept;
                \t\tip saddr 10.0.5.0/24 meta l4proto { tcp, udp } th dport 5432 numgen random mod 100 < 30 drop

@@ -5,28 +5,22 @@ use std::fmt;
 
 use super::{Cidr, Cmd, Failure};
 
-/// The longest table name nft accepts (`NFT_TABLE_MAXNAMELEN` is 256 with the terminating NUL).
-const NFT_NAME_MAX: usize = 255;
-
 /// The nft table a fault owns, named after the fault id so that revert deletes exactly it. The
-/// name is injective: letters and digits stay, every other byte becomes `_` and two hex digits
-/// (`col-1` → `faultline_col_2d1`, `col.1` → `faultline_col_2e1`), so two ids never share a table.
-/// An id whose escaped form is too long for nft becomes `faultline__` and its SHA-256 instead (an
-/// escaped name never has `__` there, so the two forms cannot meet).
+/// id goes in as it is (`faultline_col-1`, `faultline_col.1`), so two ids never share a table:
+/// nft names may hold letters, digits, `_`, `-` and `.` after their first letter, which is all a
+/// fault id holds (`protocol::validate_fault_id`), and 128 of them fit nft's 255. Anything else
+/// (never sent by a valid request) gets a name from its SHA-256 instead of being mangled.
 pub(crate) fn nft_table(fault_id: &str) -> String {
-    let mut name = String::from("faultline_");
-    for byte in fault_id.bytes() {
-        if byte.is_ascii_alphanumeric() {
-            name.push(char::from(byte));
-        } else {
-            name.push_str(&format!("_{byte:02x}"));
-        }
-    }
-    if name.len() <= NFT_NAME_MAX {
-        return name;
+    let plain = !fault_id.is_empty()
+        && fault_id.len() <= 128
+        && fault_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        return format!("faultline_{fault_id}");
     }
     let digest = <sha2::Sha256 as sha2::Digest>::digest(fault_id.as_bytes());
-    let mut hashed = String::from("faultline__");
+    let mut hashed = String::from("faultline_invalid_");
     for byte in digest {
         hashed.push_str(&format!("{byte:02x}"));
     }
@@ -159,7 +153,7 @@ mod tests {
     fn table_names_follow_the_fault_id() {
         assert_eq!(
             nft_table("20261126T141500Z-ab12-0"),
-            "faultline_20261126T141500Z_2dab12_2d0"
+            "faultline_20261126T141500Z-ab12-0"
         );
     }
 
@@ -170,10 +164,9 @@ mod tests {
         ];
         let names: std::collections::HashSet<String> = ids.iter().map(|id| nft_table(id)).collect();
         assert_eq!(names.len(), ids.len(), "{names:?}");
-        let long = ".".repeat(128);
-        let other = format!("{}-", ".".repeat(127));
-        assert!(nft_table(&long).len() <= NFT_NAME_MAX);
-        assert_ne!(nft_table(&long), nft_table(&other));
-        assert!(nft_table(&"a".repeat(128)).starts_with("faultline_aaaa"));
+        // nft's limit is 255 characters (NFT_TABLE_MAXNAMELEN 256 with the NUL).
+        assert!(nft_table(&"a".repeat(128)).len() <= 255);
+        assert!(nft_table("a b").starts_with("faultline_invalid_"));
+        assert_ne!(nft_table("a b"), nft_table("a\tb"));
     }
 }
