@@ -42,7 +42,8 @@ fn concurrent_fills_of_one_filesystem_never_pass_the_guard_together() {
     if !privileged("concurrent_fills_of_one_filesystem_never_pass_the_guard_together") {
         return;
     }
-    let fs = Tmpfs::mount("100m");
+    // Fills large enough that allocating one takes a while, so the applies overlap.
+    let fs = Tmpfs::mount("1000m");
     let dir = support::tempdir();
     let agent = TlsAgent::start(dir.path());
     let ids: Vec<String> = (0..6).map(|i| format!("par-{i}")).collect();
@@ -50,13 +51,17 @@ fn concurrent_fills_of_one_filesystem_never_pass_the_guard_together() {
         agent: &agent,
         ids: ids.clone(),
     };
-    let body = held(&fill_spec(&fs.path(), r#"{"size":41943040}"#, 0.5));
+    let body = held(&fill_spec(&fs.path(), r#"{"size":419430400}"#, 0.5));
+    let start = std::sync::Barrier::new(ids.len());
     let answers: Vec<(u16, String)> = thread::scope(|s| {
         let handles: Vec<_> = ids
             .iter()
             .map(|id| {
-                let (agent, body) = (&agent, &body);
-                s.spawn(move || agent.request("PUT", &format!("/v1/faults/{id}"), Some(body)))
+                let (agent, body, start) = (&agent, &body, &start);
+                s.spawn(move || {
+                    start.wait();
+                    agent.request("PUT", &format!("/v1/faults/{id}"), Some(body))
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()

@@ -281,6 +281,26 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_device_fault_is_refused_when_the_agent_has_a_control_port() {
+        let never =
+            |_: u16| -> (&'static str, Vec<Cmd>) { unreachable!("no commands for a refusal") };
+        let err = prepare_root("lo", true, Some(7443), "bw-1", never).unwrap_err();
+        assert_eq!(
+            err,
+            "refusing to shape all of lo: this agent's control channel (TCP port 7443) may run over it and would be shaped too; add a `match` (`dst`, `src` or `port`) that leaves port 7443 out"
+        );
+        assert_eq!(
+            super::super::refuse_control_port(Some(7443), Some(7443)).unwrap_err(),
+            "refusing a fault on port 7443: it is this agent's control port, which network faults always leave alone, so the fault would do nothing"
+        );
+        assert_eq!(
+            super::super::refuse_control_port(Some(80), Some(7443)),
+            Ok(())
+        );
+        assert_eq!(super::super::refuse_control_port(Some(7443), None), Ok(()));
+    }
+
+    #[test]
     fn u32_filters_match_both_port_sides() {
         let m = TcMatch {
             dst: Some("10.0.0.0/24".parse().unwrap()),
