@@ -445,7 +445,11 @@ pub(super) fn remove(path: &Path) -> Result<String, String> {
             .read_to_end(&mut head)
             .map_err(|e| format!("failed to read fill file {}: {e}", path.display()))?;
     }
-    let ours = meta.is_file() && (meta.len() == 0 || head == want);
+    // A file of zeros is a fill an older faultline made (it wrote no marker, under the name
+    // `.faultline-fill-ID`) and journaled before an upgrade; new names cannot be guessed, so
+    // nobody else can have put zeros there.
+    let zeros = !head.is_empty() && head.iter().all(|b| *b == 0);
+    let ours = meta.is_file() && (meta.len() == 0 || head == want || zeros);
     if !ours {
         return Ok(format!(
             "{} is not a file this fault made (no fill marker): left alone",
@@ -544,6 +548,9 @@ mod tests {
         let said = remove(&link).unwrap();
         assert!(said.ends_with("left alone"), "{said}");
         assert!(link.symlink_metadata().is_ok(), "the symlink was deleted");
+        let legacy = dir.path().join(".faultline-fill-old1");
+        std::fs::write(&legacy, vec![0_u8; 8192]).unwrap();
+        assert!(remove(&legacy).unwrap().starts_with("deleted"));
 
         let spec = DiskFill {
             path: dir.path().to_owned(),

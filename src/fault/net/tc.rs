@@ -76,11 +76,18 @@ pub(crate) fn tc_root(device: &str) -> Result<Option<Qdisc>, RootError> {
 }
 
 /// Refuses a device whose root qdisc someone configured: replacing or later deleting it would
-/// throw away their setup (the kernel's default qdiscs have handle `0:`).
+/// throw away their setup (the kernel's default qdiscs have handle `0:`). A root in the range of
+/// faultline's handles is most likely another fault's, which this one must not share: two ids can
+/// hash to one handle, and a revert deletes the root that has its handle.
 pub(crate) fn ensure_default_root(device: &str) -> Result<(), String> {
     match tc_root(device) {
         Ok(None) => Ok(()),
         Ok(Some(q)) if q.handle == "0:" => Ok(()),
+        Ok(Some(q)) if is_ours_by_range(&q.handle) => Err(format!(
+            "refusing to change {device}: its root qdisc is `{} {}`, most likely another faultline fault's; \
+             revert that fault first or pick another device",
+            q.kind, q.handle
+        )),
         Ok(Some(q)) => Err(format!(
             "refusing to change {device}: its root qdisc is `{} {}`, which faultline did not create; \
              remove it first or pick another device",
@@ -89,6 +96,14 @@ pub(crate) fn ensure_default_root(device: &str) -> Result<(), String> {
         Err(RootError::NoDevice) => Err(format!("no network device `{device}` on this host")),
         Err(RootError::Other(e)) => Err(e),
     }
+}
+
+/// Whether a handle (`1abc:`) is in the range [`tc_handle`] gives faults.
+fn is_ours_by_range(handle: &str) -> bool {
+    handle
+        .strip_suffix(':')
+        .and_then(|major| u16::from_str_radix(major, 16).ok())
+        .is_some_and(|major| (0x1000..0x1000 + 0x6ffe).contains(&major))
 }
 
 /// Deletes the root qdisc of `device` if and only if it is the one the fault added (same handle
@@ -278,6 +293,8 @@ mod tests {
         assert!((0x1000..0x7ffe).contains(&h));
         assert_eq!(h, tc_handle("20261126T141500Z-ab12-0"));
         assert_ne!(h, tc_handle("20261126T141500Z-ab12-1"));
+        assert!(is_ours_by_range(&format!("{h:x}:")));
+        assert!(!is_ours_by_range("1:") && !is_ours_by_range("8001:") && !is_ours_by_range("0:"));
     }
 
     #[test]
