@@ -578,7 +578,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "faultline_agent_connections_evicted_total",
         "counter",
-        "Unauthenticated connections closed to make room for newer ones (a flood, if it grows).",
+        "Connections closed to make room for newer ones, or new ones closed for want of room (a flood, if it grows).",
         state.admission.evicted(),
     );
     let (dropped, suppressed) = state.audit.figures();
