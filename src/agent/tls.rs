@@ -28,16 +28,17 @@ use tower::ServiceExt;
 /// Connections that have not yet sent a request with the right token ("unauthenticated"), from
 /// all peers together. One more evicts an unauthenticated connection (see [`Admission::admit`]).
 pub(crate) const MAX_UNAUTHENTICATED: usize = 128;
-/// Unauthenticated connections from one peer address (an IPv4 address, or an IPv6 /64). One more
-/// evicts one of that address's that is past [`GRACE`]: the least advanced (see [`Stage`]), the
-/// oldest among those.
+/// Unauthenticated connections from one peer address (an IPv4 address, or an IPv6 /64) that is
+/// not known (see [`MAX_KNOWN`]). One more evicts one of that address's that is silent or past
+/// [`GRACE`]: the least advanced (see [`Stage`]), the oldest among those.
 pub(crate) const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
 /// Connections that have shown the token. One more closes the oldest of them that is between
 /// requests (coordinators keep a handful of connections per agent, so idle ones beyond this are a
 /// leak); only when every one is serving a request does a request get 503.
 pub(crate) const MAX_AUTHENTICATED: usize = 256;
-/// A stranger's unauthenticated connection younger than this is never evicted: long enough to
-/// finish a handshake and send a request, so a flood that reconnects at once cannot push a real
+/// An unauthenticated connection younger than this that has sent something (see
+/// [`Stage::Talking`]) is not evicted for a stranger's: long enough to finish a handshake and
+/// send a request, so a flood that reconnects at once cannot push a real
 /// client out mid-handshake. When every candidate is younger, the new connection is closed
 /// instead, so the flood competes with itself.
 pub(crate) const GRACE: Duration = Duration::from_secs(1);
@@ -317,11 +318,11 @@ impl Admission {
     /// Counts a new connection as unauthenticated, first making room if it would exceed a limit;
     /// `None` when there is no room to make (the caller closes the connection).
     ///
-    /// Over its address's limit, it evicts that address's least advanced, oldest connection that
-    /// is past [`GRACE`]. Over the global limit, a connection from a known address evicts a
-    /// stranger's connection (any stage, any age) from the stranger address that holds the most;
-    /// a stranger's evicts, from the stranger address that holds the most, a connection past
-    /// [`GRACE`]. Known addresses' connections are never evicted by a stranger's.
+    /// Over its address's limit (strangers only), it evicts that address's least advanced, oldest
+    /// connection that is silent or past [`GRACE`]. Over the global limit, a connection from a
+    /// known address evicts a stranger's connection (any stage, any age) from the stranger
+    /// address that holds the most; a stranger's evicts, from the stranger address that holds the
+    /// most, a connection that is silent or past [`GRACE`]. Known addresses' connections are never evicted by a stranger's.
     pub(crate) fn admit(this: &Arc<Admission>, addr: SocketAddr) -> Option<Ticket> {
         Self::admit_at(this, addr, Instant::now())
     }
@@ -332,7 +333,9 @@ impl Admission {
             let mut t = this.table.lock().expect("admission lock");
             let known = t.is_known(address, now);
             let here = t.per_address.get(&address).copied().unwrap_or(0);
-            let room = if here >= MAX_UNAUTHENTICATED_PER_ADDRESS {
+            // A known address is not held to the per-address share: a flood from the address a
+            // coordinator shares (its own host, a NAT) must not keep the coordinator out.
+            let room = if !known && here >= MAX_UNAUTHENTICATED_PER_ADDRESS {
                 t.victim(now, |w| w.address == address, true)
                     .map(|id| t.forget(id))
             } else if t.waiting.len() >= MAX_UNAUTHENTICATED {
@@ -446,7 +449,8 @@ impl Table {
 
     /// The connection to evict among those `eligible`: from the address that holds the most of
     /// them, the least advanced, then the oldest. With `grace`, connections younger than
-    /// [`GRACE`] are not candidates.
+    /// [`GRACE`] are not candidates unless they are still silent: a real client sends its
+    /// ClientHello at once, so only a flood stays silent, and silent ones go first anyway.
     fn victim(
         &self,
         now: Instant,
@@ -455,7 +459,10 @@ impl Table {
     ) -> Option<u64> {
         let candidates = || {
             self.waiting.iter().filter(|(_, w)| {
-                eligible(w) && (!grace || now.saturating_duration_since(w.since) >= GRACE)
+                eligible(w)
+                    && (!grace
+                        || w.stage == Stage::Silent
+                        || now.saturating_duration_since(w.since) >= GRACE)
             })
         };
         let mut held: HashMap<IpAddr, usize> = HashMap::new();
@@ -619,7 +626,11 @@ mod tests {
         let admission = Arc::new(Admission::default());
         let t0 = Instant::now();
         let flood: Vec<Ticket> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS)
-            .map(|p| admit(&admission, "10.0.0.1", p as u16, t0))
+            .map(|p| {
+                let t = admit(&admission, "10.0.0.1", p as u16, t0);
+                t.reached(Stage::Handshaken);
+                t
+            })
             .collect();
         // Within the grace period nothing of the address's is evicted: the new ones are refused.
         let refused = (0..300)
@@ -643,22 +654,22 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_silent_connections_never_evicts_one_that_talks_within_its_grace() {
+    fn a_flood_of_silent_connections_never_evicts_one_that_talks() {
         let admission = Arc::new(Admission::default());
         let t0 = Instant::now();
         let _early: Vec<Ticket> = (0..10)
             .map(|p| admit(&admission, "10.0.0.1", p, t0))
             .collect();
-        let later = t0 + GRACE * 2;
-        let talking = admit(&admission, "10.0.0.1", 100, t0 + GRACE * 3 / 2);
+        let talking = admit(&admission, "10.0.0.1", 100, t0);
         talking.reached(Stage::Talking);
-        let handshaken = admit(&admission, "10.0.0.1", 101, t0 + GRACE * 3 / 2);
+        let handshaken = admit(&admission, "10.0.0.1", 101, t0);
         handshaken.reached(Stage::Handshaken);
+        // Silent connections are not protected by the grace period: the flood replaces itself.
+        let later = t0 + GRACE * 2;
         let flood: Vec<Option<Ticket>> = (0..1000)
             .map(|p| Admission::admit_at(&admission, at("10.0.0.1", p), later))
             .collect();
-        // The ten old silent ones made room; then every candidate was young.
-        assert_eq!(flood.iter().filter(|t| t.is_none()).count(), 1000 - 14);
+        assert!(flood.iter().all(Option::is_some));
         assert_eq!(auth(&talking, later), Ok(()));
         assert_eq!(auth(&handshaken, later), Ok(()));
     }
@@ -763,6 +774,25 @@ mod tests {
             .collect();
         assert_eq!(auth(&client, later), Ok(()));
         drop((flood, more));
+    }
+
+    #[test]
+    fn a_known_address_is_not_held_to_the_per_address_share() {
+        let admission = Arc::new(Admission::default());
+        let t0 = Instant::now();
+        let first = admit(&admission, "127.0.0.1", 1, t0);
+        assert_eq!(auth(&first, t0), Ok(()));
+        // A flood from the coordinator's own address, every connection young and handshaken.
+        let flood: Vec<Ticket> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS * 2)
+            .map(|p| {
+                let t = admit(&admission, "127.0.0.1", 100 + p as u16, t0);
+                t.reached(Stage::Handshaken);
+                t
+            })
+            .collect();
+        let client = admit(&admission, "127.0.0.1", 2, t0);
+        assert_eq!(auth(&client, t0), Ok(()));
+        drop((first, flood));
     }
 
     #[test]
