@@ -223,14 +223,32 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .is_some_and(|t| bool::from(Sha256::digest(t.as_bytes()).ct_eq(&state.token_digest)));
     // The right token takes the connection out of the unauthenticated pool, where a flood from
     // its address could otherwise evict it before the answer is written.
+    // The guard marks the connection busy until the answer is made, so it is not closed to make
+    // room for another token holder's connection meanwhile.
     let admitted = match req.extensions().get::<Arc<Ticket>>() {
-        Some(ticket) if authorized => ticket.authenticate(),
-        _ => Ok(()),
+        Some(ticket) if authorized => ticket.authenticate().map(Some),
+        _ => Ok(None),
     };
-    let response = if let Err(e) = admitted {
+    let too_large = declared_length(req.headers()).filter(|n| *n > MAX_BODY as u64);
+    let response = if let Err(e) = &admitted {
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "internal", &e.to_string());
         r.extensions_mut()
             .insert(AuditNote(format!("not served: {e}")));
+        r
+    } else if let (true, Some(length)) = (authorized, too_large) {
+        // Refused by its declared length before the body is read, so hyper never sends
+        // `100 Continue` and a client that waits for it never sends the body: the answer is
+        // always this 413, never a broken pipe.
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            &format!(
+                "length limit exceeded: the body has {length} bytes, at most {MAX_BODY} are read"
+            ),
+        );
+        r.extensions_mut().insert(AuditNote(format!(
+            "refused: body of {length} bytes (at most {MAX_BODY})"
+        )));
         r
     } else if authorized {
         next.run(req).await
@@ -262,15 +280,29 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     };
     // The answer leaves after its audit line is written, unless the disk is slow.
     written.wait().await;
+    drop(admitted);
     response
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 7235), so `bearer` and `BEARER` are the same.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// The `Content-Length` a request declares, if any (an unparsable one is left to hyper).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
-        .get(header::AUTHORIZATION)?
+        .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An error answer. The message is cut to a short, sanitised excerpt: it may quote what a fault
@@ -546,7 +578,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "faultline_agent_connections_evicted_total",
         "counter",
-        "Unauthenticated connections closed to make room for newer ones (a flood, if it grows).",
+        "Connections closed to make room for newer ones, or new ones closed for want of room (a flood, if it grows).",
         state.admission.evicted(),
     );
     let (dropped, suppressed) = state.audit.figures();
@@ -565,4 +597,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut r = ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
     r.extensions_mut().insert(AuditNote(String::new()));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR  tok"] {
+            assert_eq!(bearer(&with_authorization(value)), Some("tok"), "{value}");
+        }
+        for value in ["Basic tok", "Bearertok", "tok", "Bearer"] {
+            assert_eq!(bearer(&with_authorization(value)), None, "{value}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

@@ -1,7 +1,8 @@
 //! The agent daemon's network edge against an unauthenticated or careless peer: idle connections
 //! that try to starve token holders, 401 floods that try to fill the journal's disk through the
 //! audit log, error messages that try to carry file contents out, file modes of the state the
-//! agent writes, and the protocol version in the health answer.
+//! agent writes, the protocol version in the health answer, handshake floods from many addresses,
+//! held-open authenticated connections, the bearer scheme's case and oversized bodies.
 
 use std::fs::File;
 use std::net::TcpStream;
@@ -374,4 +375,367 @@ fn the_health_answer_names_the_protocol_version() {
     assert_eq!(status, 200, "{answer}");
     let health: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(health["protocol"], "1.0", "{answer}");
+}
+
+/// A raw TLS client for the tests below, where curl cannot do what an attacker does: choose its
+/// source address among many, hold connections open, and finish a handshake without a request.
+mod raw {
+    use std::net::{IpAddr, SocketAddr};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::client::TlsStream;
+
+    pub(super) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    }
+
+    /// A connector that trusts only the test CA in `ca`.
+    pub(super) fn connector(ca: &Path) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("read the CA") {
+            roots
+                .add(cert.expect("a CA certificate"))
+                .expect("add the CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// Connects from `from` to `to` and finishes the TLS handshake, within 5 s.
+    pub(super) async fn connect(
+        connector: &TlsConnector,
+        from: IpAddr,
+        to: SocketAddr,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let attempt = async {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            let tcp = socket.connect(to).await?;
+            let name = ServerName::from(to.ip());
+            connector.connect(name, tcp).await
+        };
+        tokio::time::timeout(Duration::from_secs(5), attempt)
+            .await
+            .map_err(|_| std::io::Error::other("no handshake within 5 s"))?
+    }
+
+    /// One kept-alive `method path` request with `authorization` (a whole header value), and
+    /// its status; the connection stays usable for the next request.
+    pub(super) async fn request(
+        tls: &mut TlsStream<TcpStream>,
+        method: &str,
+        path: &str,
+        authorization: &str,
+    ) -> std::io::Result<u16> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: agent\r\nAuthorization: {authorization}\r\nContent-Length: 0\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0_u8; 4096];
+        let closed = || std::io::Error::other("the connection closed before the answer");
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(closed());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let headers = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let status: u16 = headers
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {headers:?}")))?;
+        let length: usize = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+        while buf.len() < end + length {
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(closed());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(status)
+    }
+}
+
+/// The `i`th of 400 loopback addresses from 127.0.1.2 on, none of them 127.0.0.1.
+fn flood_address(i: usize) -> std::net::IpAddr {
+    let n = 256 + 2 + i;
+    std::net::IpAddr::from([127, 0, (n / 256) as u8, (n % 256) as u8])
+}
+
+/// Attackers, one per address in `from`, that each finish a TLS handshake, send nothing, and
+/// reconnect as soon as the agent closes the connection; stopped (and their runtime shut down)
+/// on drop.
+struct HandshakeFlood {
+    rt: Option<tokio::runtime::Runtime>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HandshakeFlood {
+    fn start(agent: &EdgeAgent, from: &[std::net::IpAddr]) -> HandshakeFlood {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let rt = raw::runtime();
+        let connector = raw::connector(&agent.certs.ca());
+        let to: std::net::SocketAddr = agent.listen.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handshakes = Arc::new(AtomicU64::new(0));
+        for &address in from {
+            let (connector, stop, handshakes) = (
+                connector.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&handshakes),
+            );
+            rt.spawn(async move {
+                use tokio::io::AsyncReadExt;
+                while !stop.load(Ordering::SeqCst) {
+                    match raw::connect(&connector, address, to).await {
+                        Ok(mut tls) => {
+                            handshakes.fetch_add(1, Ordering::SeqCst);
+                            let mut byte = [0_u8; 1];
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(20), tls.read(&mut byte))
+                                    .await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            });
+        }
+        HandshakeFlood {
+            rt: Some(rt),
+            stop,
+            handshakes,
+        }
+    }
+
+    fn handshakes(&self) -> u64 {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HandshakeFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Ten calls with the token from 127.0.0.1 during `flood`, after it made `warm_up` handshakes;
+/// asserts that every one is answered.
+fn ten_calls_succeed_during(agent: &EdgeAgent, flood: &HandshakeFlood, warm_up: u64) {
+    support::wait_until("the flood's handshakes", Duration::from_secs(30), || {
+        flood.handshakes() >= warm_up
+    });
+    let answers: Vec<(u16, String)> = (0..10)
+        .map(|_| agent.request_within("GET", "/v1/health", None, Duration::from_secs(6)))
+        .collect();
+    let during = flood.handshakes();
+    let failed: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 10 calls by a recent token holder failed during a flood of {during} handshakes: {failed:?}",
+        failed.len()
+    );
+}
+
+#[test]
+fn a_handshake_flood_from_four_hundred_addresses_does_not_lock_out_a_recent_token_holder() {
+    let mut agent = EdgeAgent::start();
+    // The coordinator's address has shown the token before the flood starts.
+    let (status, body) = agent.request("GET", "/v1/health", None);
+    assert_eq!(status, 200, "{body}");
+    let from: Vec<std::net::IpAddr> = (0..400).map(flood_address).collect();
+    let flood = HandshakeFlood::start(&agent, &from);
+    ten_calls_succeed_during(&agent, &flood, 400);
+    drop(flood);
+    agent.stop();
+}
+
+#[test]
+fn a_handshake_flood_from_the_token_holders_own_address_does_not_lock_it_out() {
+    let mut agent = EdgeAgent::start();
+    let (status, body) = agent.request("GET", "/v1/health", None);
+    assert_eq!(status, 200, "{body}");
+    // Sixteen attackers on 127.0.0.1, the token holder's address: its whole per-address share.
+    let from = vec![std::net::IpAddr::from([127, 0, 0, 1]); 16];
+    let flood = HandshakeFlood::start(&agent, &from);
+    ten_calls_succeed_during(&agent, &flood, 32);
+    drop(flood);
+    agent.stop();
+}
+
+#[test]
+fn halt_is_served_while_every_authenticated_connection_is_held_open() {
+    let mut agent = EdgeAgent::start();
+    let rt = raw::runtime();
+    let connector = raw::connector(&agent.certs.ca());
+    let to: std::net::SocketAddr = agent.listen.parse().unwrap();
+    let bearer = format!("Bearer {}", agent.certs.token());
+    // 256 kept-alive connections that each showed the token once and then stay idle (the
+    // agent's limit of authenticated connections).
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..256 {
+            let mut tls = raw::connect(&connector, [127, 0, 0, 1].into(), to)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            let status = raw::request(&mut tls, "GET", "/v1/health", &bearer)
+                .await
+                .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+            assert_eq!(status, 200, "request on connection {i}");
+            held.push(tls);
+        }
+        held
+    });
+    let (status, body) = agent.request_within("POST", "/v1/halt", None, Duration::from_secs(6));
+    assert_eq!(
+        status, 200,
+        "halt with 256 idle authenticated connections open: {body}"
+    );
+    drop(held);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    agent.stop();
+}
+
+#[test]
+fn a_lower_case_bearer_scheme_is_accepted() {
+    let mut agent = EdgeAgent::start();
+    for scheme in ["bearer", "BEARER"] {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(agent.certs.ca())
+            .args([
+                "-H",
+                &format!("Authorization: {scheme} {}", agent.certs.token()),
+            ])
+            .arg(agent.url("/v1/health"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("\n200"), "{scheme}: {text}");
+    }
+    agent.stop();
+}
+
+#[test]
+fn refused_requests_from_many_addresses_are_logged_at_most_two_hundred_a_minute() {
+    let mut agent = EdgeAgent::start();
+    let rt = raw::runtime();
+    let connector = raw::connector(&agent.certs.ca());
+    let to: std::net::SocketAddr = agent.listen.parse().unwrap();
+    // 40 addresses, each within its own share of 20 logged refusals a minute: 800 in all.
+    let long = "A".repeat(300);
+    let statuses: Vec<u16> = rt.block_on(async {
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (connector, path) = (connector.clone(), format!("/v1/{long}"));
+                tokio::spawn(async move {
+                    let mut tls = raw::connect(&connector, flood_address(i), to)
+                        .await
+                        .expect("connect");
+                    let mut statuses = Vec::new();
+                    for _ in 0..20 {
+                        statuses.push(
+                            raw::request(&mut tls, "GET", &path, "Bearer wrong-token")
+                                .await
+                                .expect("a request with a wrong token"),
+                        );
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("a client task"));
+        }
+        all
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    assert_eq!(statuses.len(), 800);
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    agent.stop();
+    let audit = agent.audit();
+    let logged = audit
+        .lines()
+        .filter(|l| l.contains(r#""status":401"#))
+        .count();
+    assert_eq!(logged, 200, "401 lines for 800 refused requests");
+    assert!(
+        audit.contains("600 more 401s suppressed (at most 200 per 60 s"),
+        "no line accounts for the suppressed 401s:\n{audit}"
+    );
+}
+
+#[test]
+fn an_oversized_body_is_refused_by_its_length_before_the_agent_asks_for_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut agent = EdgeAgent::start();
+    let rt = raw::runtime();
+    let connector = raw::connector(&agent.certs.ca());
+    let to: std::net::SocketAddr = agent.listen.parse().unwrap();
+    let token = agent.certs.token();
+    // Headers only, as a client that waits for `100 Continue` sends them: the first answer must
+    // be the refusal, so the client never sends the body (and never races the refusal with it).
+    let head = rt.block_on(async {
+        let mut tls = raw::connect(&connector, [127, 0, 0, 1].into(), to)
+            .await
+            .expect("connect");
+        let request = format!(
+            "PUT /v1/faults/f1 HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.expect("send the headers");
+        let mut answer = vec![0_u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read the answer");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    agent.stop();
+    assert!(
+        agent.audit().contains("body of 100000 bytes"),
+        "{}",
+        agent.audit()
+    );
 }

@@ -34,6 +34,10 @@ pub(crate) const MAX_MESSAGE_CHARS: usize = 400;
 /// count is written when the window ends.
 pub(crate) const REFUSALS_PER_WINDOW: u64 = 20;
 pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Refused requests logged per window across all peer addresses together: without it, many
+/// addresses each using their share could still flush the rotated history out within minutes.
+/// Beyond it refusals are counted, and one line gives the count when the window ends.
+pub(crate) const REFUSALS_PER_WINDOW_ALL: u64 = 200;
 /// Peer addresses whose refusals are counted one by one; beyond this, all other addresses share
 /// one count, so a spread-out flood cannot grow the table either.
 const MAX_TRACKED_PEERS: usize = 1024;
@@ -263,6 +267,8 @@ impl Shared {
 #[derive(Default)]
 struct Refusals {
     peers: HashMap<Option<IpAddr>, Window>,
+    /// All addresses together; its `suppressed` counts only what the per-address shares let pass.
+    all: Option<Window>,
 }
 
 struct Window {
@@ -284,13 +290,32 @@ impl Refusals {
             logged: 0,
             suppressed: 0,
         });
-        if window.logged < REFUSALS_PER_WINDOW {
-            window.logged += 1;
-            true
-        } else {
+        if window.logged >= REFUSALS_PER_WINDOW {
             window.suppressed += 1;
-            false
+            return false;
         }
+        let all = self.all.get_or_insert(Window {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if all.logged >= REFUSALS_PER_WINDOW_ALL {
+            all.suppressed += 1;
+            return false;
+        }
+        all.logged += 1;
+        window.logged += 1;
+        true
+    }
+
+    /// Ends the window of all addresses if it is over (with `now = None`, whatever its age) and
+    /// returns how many refusals it suppressed, if any.
+    fn close_all(&mut self, now: Option<Instant>) -> Option<u64> {
+        let w = self.all.as_ref()?;
+        if now.is_some_and(|now| now.duration_since(w.start) < REFUSAL_WINDOW) {
+            return None;
+        }
+        self.all.take().map(|w| w.suppressed).filter(|n| *n > 0)
     }
 
     /// Forgets the windows that ended before `now` (all of them with `now = None`) and returns the
@@ -361,11 +386,19 @@ impl Writer {
 
     /// Writes the lines that account for what was not written line by line.
     fn account(&mut self, shared: &Shared, now: Option<Instant>) {
-        let ended = shared
-            .refusals
-            .lock()
-            .expect("audit refusals lock")
-            .close_windows(now);
+        let (ended, all) = {
+            let mut refusals = shared.refusals.lock().expect("audit refusals lock");
+            (refusals.close_windows(now), refusals.close_all(now))
+        };
+        if let Some(count) = all {
+            self.write(
+                &agent_line(format!(
+                    "{count} more 401s suppressed (at most {REFUSALS_PER_WINDOW_ALL} per {} s are logged from all addresses together)",
+                    REFUSAL_WINDOW.as_secs()
+                )),
+                shared,
+            );
+        }
         for (peer, count) in ended {
             let peer = peer.map_or_else(|| "other addresses".to_owned(), |p| p.to_string());
             self.write(
@@ -479,11 +512,39 @@ mod tests {
     }
 
     #[test]
+    fn refusals_from_many_addresses_are_logged_at_most_the_global_share_per_window() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        // 600 addresses x 22 refusals, the flood a reviewer used to flush the rotated history.
+        let mut logged = 0;
+        for i in 0..600_u32 {
+            for _ in 0..22 {
+                if r.admit(Some(IpAddr::from((0x0a00_0000 + i).to_be_bytes())), t0) {
+                    logged += 1;
+                }
+            }
+        }
+        assert_eq!(logged, REFUSALS_PER_WINDOW_ALL);
+        assert_eq!(r.close_all(Some(t0 + Duration::from_secs(1))), None);
+        let per_address: u64 = r
+            .close_windows(Some(t0 + REFUSAL_WINDOW))
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        let all = r.close_all(Some(t0 + REFUSAL_WINDOW)).unwrap();
+        // Every refusal is either logged or counted exactly once.
+        assert_eq!(logged + per_address + all, 600 * 22);
+        assert!(r.admit(Some("10.0.0.1".parse().unwrap()), t0 + REFUSAL_WINDOW));
+    }
+
+    #[test]
     fn refusals_from_too_many_addresses_share_one_count() {
         let mut r = Refusals::default();
         let now = Instant::now();
         for i in 0..(MAX_TRACKED_PEERS as u32 + 500) {
             r.admit(Some(IpAddr::from(i.to_be_bytes())), now);
+            // Only the per-address table is under test here, not the share of all addresses.
+            r.all = None;
         }
         assert_eq!(r.peers.len(), MAX_TRACKED_PEERS + 1);
         let shared: u64 = r
