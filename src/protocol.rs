@@ -161,6 +161,7 @@ pub(crate) fn check_apply(req: &ApplyRequest) -> Result<(), FieldError> {
 }
 
 pub(crate) fn check_apply_on(req: &ApplyRequest, host: &Host) -> Result<(), FieldError> {
+    run_id(&req.run_id)?;
     req.spec.check()?;
     if let Some(ms) = req.duration_ms {
         check::hold("duration_ms", Duration::from_millis(ms))?;
@@ -171,25 +172,37 @@ pub(crate) fn check_apply_on(req: &ApplyRequest, host: &Host) -> Result<(), Fiel
 
 /// Checks an open request as it arrives at an agent, like [`check_apply`].
 pub(crate) fn check_open(req: &OpenRequest) -> Result<(), FieldError> {
+    run_id(&req.run_id)?;
     match &req.resource {
         RunResource::Proxy {
             listen, upstream, ..
         } => {
-            check::port("listen", Some(listen.port()))?;
-            let upstream_port = upstream
-                .rsplit_once(':')
-                .filter(|(host, _)| !host.is_empty())
-                .and_then(|(_, p)| p.parse::<u16>().ok());
-            match upstream_port {
-                None => Err(FieldError::new(
-                    "upstream",
-                    format!("must be `host:port` (got `{upstream}`)"),
-                )),
-                Some(p) => check::port("upstream", Some(p)),
-            }?;
+            crate::proxy::check_addresses(*listen, upstream)?;
         }
     }
     lease(req.lease_ms)
+}
+
+/// A run id: it groups faults for `faultline revert --run` and the journal, so an empty or odd one
+/// would make a fault that no run can name. The same rules as a fault id.
+fn run_id(id: &str) -> Result<(), FieldError> {
+    if plain_token(id) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "run_id",
+        format!("must be 1 to 128 of [A-Za-z0-9._-], not starting with `.` (got `{id}`)"),
+    ))
+}
+
+/// 1 to 128 of `[A-Za-z0-9._-]`, not starting with `.`: safe as a file name and in a log line.
+fn plain_token(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A lease: above zero (or it lapses at once), at most [`MAX_LEASE`].
@@ -211,13 +224,7 @@ fn lease(ms: u64) -> Result<(), FieldError> {
 
 /// Checks a coordinator-chosen fault id: it names a journal file, so it must be a plain token.
 pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if plain_token(id) {
         Ok(())
     } else {
         Err(format!(
