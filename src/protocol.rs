@@ -408,6 +408,73 @@ name = "f"
         assert_eq!(check_apply_on(&apply(&lo), &small), Ok(()));
     }
 
+    fn open_req(listen: &str, upstream: &str, run_id: &str) -> OpenRequest {
+        OpenRequest {
+            run_id: run_id.to_owned(),
+            resource: RunResource::Proxy {
+                name: format!("listen-{listen}"),
+                listen: listen.parse().unwrap(),
+                upstream: upstream.to_owned(),
+            },
+            lease_ms: 5000,
+        }
+    }
+
+    #[test]
+    fn a_proxy_whose_upstream_is_itself_is_refused_under_any_local_name() {
+        for (listen, upstream) in [
+            ("127.0.0.1:40012", "127.0.0.1:40012"),
+            ("0.0.0.0:40012", "127.0.0.1:40012"),
+            ("0.0.0.0:40012", "10.1.2.3:40012"),
+            ("127.0.0.1:40012", "localhost:40012"),
+            ("127.0.0.1:40012", "LOCALHOST:40012"),
+            ("127.0.0.1:40012", "0.0.0.0:40012"),
+            ("127.0.0.1:40012", "127.0.0.2:40012"),
+            ("[::]:40012", "[::1]:40012"),
+            ("[::]:40012", "127.0.0.1:40012"),
+            ("[::1]:40012", "localhost:40012"),
+        ] {
+            let err = check_open(&open_req(listen, upstream, "r")).unwrap_err();
+            assert_eq!(err.field, "upstream", "{listen} -> {upstream}: {err}");
+            assert!(
+                err.message.contains("the proxy would forward to itself"),
+                "{listen} -> {upstream}: {err}"
+            );
+        }
+        for (listen, upstream) in [
+            ("127.0.0.1:40012", "127.0.0.1:40013"),
+            ("10.0.0.1:40012", "10.0.0.2:40012"),
+            ("10.0.0.1:40012", "127.0.0.1:40012"),
+            ("127.0.0.1:40012", "db.example:40012"),
+        ] {
+            assert_eq!(
+                check_open(&open_req(listen, upstream, "r")),
+                Ok(()),
+                "{listen} -> {upstream}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_run_id_is_refused_on_apply_and_open() {
+        let spec = serde_json::json!({"kind": "cpu-stress", "workers": 1, "load": 1.0});
+        for bad in ["", ".hidden", "a/b", "a b"] {
+            let mut req = apply(&spec);
+            req.run_id = bad.to_owned();
+            let err = check_apply_on(&req, &roomy_host()).unwrap_err();
+            assert_eq!(err.field, "run_id", "{bad:?}: {err}");
+            let err = check_open(&open_req("127.0.0.1:1", "127.0.0.1:2", bad)).unwrap_err();
+            assert_eq!(err.field, "run_id", "{bad:?}: {err}");
+        }
+        assert_eq!(
+            check_open(&open_req("127.0.0.1:1", "127.0.0.1:2", ""))
+                .unwrap_err()
+                .to_string(),
+            "`run_id` must be 1 to 128 of [A-Za-z0-9._-], not starting with `.` (got ``)"
+        );
+        assert_eq!(check_apply_on(&apply(&spec), &roomy_host()), Ok(()));
+    }
+
     #[test]
     fn fault_ids_cannot_escape_the_journal_directory() {
         assert!(validate_fault_id("20261126T141500Z-ab12-0").is_ok());

@@ -244,6 +244,16 @@ impl Registry {
             .map(|p| p.listen)
     }
 
+    /// How many connections the proxy `name` holds now, if it runs.
+    #[cfg(test)]
+    fn live_of(&self, name: &str) -> Option<usize> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| p.live.load(Ordering::Relaxed))
+    }
+
     /// Whether `owner`'s toxics are in force, and how many connections they reach.
     pub(crate) fn toxics_status(&self, name: &str, owner: &str) -> Result<String, String> {
         let proxies = self.proxies.lock().expect("proxy registry lock");
@@ -1071,6 +1081,103 @@ mod tests {
                 .clear_toxics(&name, "other")
                 .contains("no toxics of this fault")
         );
+        close(name).await;
+    }
+
+    /// Waits up to 5 s for the proxy `name` to hold `want` connections; returns what it holds.
+    async fn live_settles(name: &str, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let live = registry().live_of(name).expect("the proxy runs");
+            if live == want || Instant::now() > deadline {
+                return live;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One byte there and back through `conn`, or what went wrong.
+    async fn round_trip(conn: &mut TcpStream) -> Result<(), String> {
+        conn.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let mut buf = [0_u8; 1];
+        match tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+            Ok(Ok(1)) => Ok(()),
+            Ok(Ok(_)) => Err("closed".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_owned()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_after_time_beyond_any_instant_neither_panics_nor_leaks_the_count() {
+        let (name, listen) = proxied_echo().await;
+        // Past the checks, straight into the proxy: its arithmetic alone must hold.
+        let spec = ToxicSpec {
+            reset_after: Some(ResetAfter::Time(Duration::new(u64::MAX, 0))),
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut conn)
+            .await
+            .expect("the connection is relayed");
+        assert_eq!(live_settles(&name, 1).await, 1);
+        drop(conn);
+        assert_eq!(live_settles(&name, 0).await, 0, "the count leaked");
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_closes_connections_beyond_its_cap_and_takes_new_ones_as_others_end() {
+        let (name, listen) = proxied_echo().await;
+        let mut conns = Vec::new();
+        for i in 0..super::MAX_CONNECTIONS {
+            let mut conn = TcpStream::connect(listen).await.unwrap();
+            round_trip(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} under the cap: {e}"));
+            conns.push(conn);
+        }
+        let mut over = TcpStream::connect(listen).await.unwrap();
+        assert!(
+            round_trip(&mut over).await.is_err(),
+            "a connection beyond {} was relayed",
+            super::MAX_CONNECTIONS
+        );
+        assert_eq!(registry().live_of(&name), Some(super::MAX_CONNECTIONS));
+        conns.pop();
+        assert_eq!(
+            live_settles(&name, super::MAX_CONNECTIONS - 1).await,
+            super::MAX_CONNECTIONS - 1
+        );
+        let mut again = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut again)
+            .await
+            .expect("a connection after one ended is relayed");
+        drop((conns, again, over));
+        assert_eq!(live_settles(&name, 0).await, 0);
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_whose_upstream_is_itself_closes_the_looping_connection() {
+        let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        // The registry does not check addresses (the request checks do): this is the loop a name
+        // that resolves to the proxy's own address makes.
+        registry().open(&name, listen, &listen.to_string()).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let mut buf = [0_u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the looping connection stayed open: {read:?}"
+        );
+        drop(conn);
+        assert_eq!(live_settles(&name, 0).await, 0, "connections stayed open");
         close(name).await;
     }
 }

@@ -374,4 +374,41 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_fault_refuses_a_reset_after_time_beyond_the_longest_hold() {
+        let spec = |reset: Duration| {
+            FaultSpec::LatencyProxy(LatencyProxy {
+                via: Via::Run {
+                    listen: "127.0.0.1:40012".parse().unwrap(),
+                    upstream: "127.0.0.1:40013".to_owned(),
+                },
+                toxics: ToxicSpec {
+                    reset_after: Some(crate::proxy::ResetAfter::Time(reset)),
+                    ..ToxicSpec::default()
+                },
+            })
+        };
+        let err = spec(Duration::new(u64::MAX, 0)).check().unwrap_err();
+        assert_eq!(err.field, "reset_after", "{err}");
+        assert!(err.message.contains("must be at most"), "{err}");
+        assert_eq!(spec(Duration::from_secs(2)).check(), Ok(()));
+    }
+
+    #[test]
+    fn a_fault_refuses_a_proxy_that_forwards_to_itself() {
+        let spec = FaultSpec::LatencyProxy(LatencyProxy {
+            via: Via::Run {
+                listen: "0.0.0.0:40012".parse().unwrap(),
+                upstream: "localhost:40012".to_owned(),
+            },
+            toxics: ToxicSpec {
+                delay: Duration::from_millis(5),
+                ..ToxicSpec::default()
+            },
+        });
+        let err = spec.check().unwrap_err();
+        assert_eq!(err.field, "upstream", "{err}");
+        assert!(err.message.contains("forward to itself"), "{err}");
+    }
 }
