@@ -299,7 +299,7 @@ pub(crate) fn check_addresses(listen: SocketAddr, upstream: &str) -> crate::faul
         return Err(FieldError::new(
             "upstream",
             format!(
-                "`{upstream}` is the proxy's own listen address {listen}: the proxy would forward to itself"
+                "must not reach the proxy itself: `{upstream}` is its own listen address {listen}, so the proxy would forward to itself"
             ),
         ));
     }
