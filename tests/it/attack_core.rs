@@ -15,7 +15,7 @@ use crate::support::{self, free_port};
 /// An open request body for the run proxy `listen` -> `upstream`.
 fn open_body(run_id: &str, listen: &str, upstream: &str) -> String {
     format!(
-        r#"{{"run_id":"{run_id}","resource":{{"resource":"proxy","name":"listen-{listen}","listen":"{listen}","upstream":"{upstream}"}},"lease_ms":10000}}"#
+        r#"{{"run_id":"{run_id}","resource":{{"resource":"proxy","name":"listen-{listen}","listen":"{listen}","upstream":"{upstream}"}},"lease_ms":60000}}"#
     )
 }
 
@@ -130,7 +130,7 @@ fn a_connection_flood_on_a_proxy_leaves_the_agent_answering() {
     assert_eq!(status, 200, "{answer}");
     let addr = listen.parse().unwrap();
     let flood: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok())
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(20)).ok())
         .collect();
     assert!(
         flood.len() >= 150,
@@ -139,6 +139,11 @@ fn a_connection_flood_on_a_proxy_leaves_the_agent_answering() {
     );
     // Give the proxy time to take what it will.
     std::thread::sleep(Duration::from_secs(1));
+    let listed = agent.request("GET", "/v1/faults", None).1;
+    assert!(
+        listed.contains("\"flood\""),
+        "the proxy is no longer open: {listed}"
+    );
     // With one descriptor left the API may still squeeze an answer through, but not journal a
     // fault or write its audit log: the proxies must leave a reserve.
     let fds = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
