@@ -1035,7 +1035,29 @@ pub(super) mod hooks {
         }
     }
 
+    /// Fault id -> a stage at which it waits on a gate (and then carries on, no panic).
+    static WAITS: Mutex<Option<HashMap<String, Plan>>> = Mutex::new(None);
+
+    pub(crate) fn wait_at(id: &str, stage: Stage, gate: Receiver<()>) {
+        WAITS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(id.to_owned(), (stage, Some(gate)));
+    }
+
     pub(crate) fn at(id: &str, stage: Stage) {
+        let wait = {
+            let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+            let map = waits.get_or_insert_with(HashMap::new);
+            match map.get(id) {
+                Some((s, _)) if *s == stage => map.remove(id),
+                _ => None,
+            }
+        };
+        if let Some((_, Some(gate))) = wait {
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+        }
         let planned = {
             let mut plan = PLAN.lock().unwrap_or_else(PoisonError::into_inner);
             let map = plan.get_or_insert_with(HashMap::new);
@@ -1286,6 +1308,67 @@ mod tests {
             crate::proxy::registry()
                 .listen_of(&format!("listen-{listen}"))
                 .is_none()
+        );
+        assert!(core.active().is_empty());
+        assert!(core.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_resource_opened_while_the_agent_halts_is_closed_and_refused() {
+        let (_dir, core) = open_core();
+        let listen = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        );
+        let name = format!("listen-{listen}");
+        let req = OpenRequest {
+            run_id: "r".to_owned(),
+            resource: RunResource::Proxy {
+                name: name.clone(),
+                listen: listen.parse().unwrap(),
+                upstream: "127.0.0.1:2".to_owned(),
+            },
+            lease_ms: 60_000,
+        };
+        let (release, gate) = std::sync::mpsc::channel();
+        hooks::wait_at("halt-open-0", hooks::Stage::Open, gate);
+        let opening = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.open_blocking("halt-open-0", &req))
+        };
+        // The open has claimed its id and waits at the hook: halt now.
+        while !matches!(
+            core.state().live.get("halt-open-0"),
+            Some(Slot::Applying(_))
+        ) {
+            std::thread::yield_now();
+        }
+        let halting = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.halt_blocking())
+        };
+        while !core.is_halted() {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        let err = opening
+            .join()
+            .unwrap()
+            .expect_err("a resource opened during a halt was answered as open");
+        assert!(matches!(err, AgentError::Refused(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("halted or shut down while this resource was being opened"),
+            "{err}"
+        );
+        halting.join().unwrap();
+        assert!(
+            crate::proxy::registry().listen_of(&name).is_none(),
+            "the proxy stayed open"
         );
         assert!(core.active().is_empty());
         assert!(core.journal.entries().is_empty());
