@@ -357,6 +357,9 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
+            // Before anything opens: the proxies then keep a reserve of descriptors below this
+            // limit for the API, whatever their peers do.
+            crate::proxy::raise_descriptor_limit();
             let settings = server::Settings {
                 listen: args.listen,
                 token_file: args.token_file,

@@ -161,6 +161,7 @@ pub(crate) fn check_apply(req: &ApplyRequest) -> Result<(), FieldError> {
 }
 
 pub(crate) fn check_apply_on(req: &ApplyRequest, host: &Host) -> Result<(), FieldError> {
+    run_id(&req.run_id)?;
     req.spec.check()?;
     if let Some(ms) = req.duration_ms {
         check::hold("duration_ms", Duration::from_millis(ms))?;
@@ -171,25 +172,38 @@ pub(crate) fn check_apply_on(req: &ApplyRequest, host: &Host) -> Result<(), Fiel
 
 /// Checks an open request as it arrives at an agent, like [`check_apply`].
 pub(crate) fn check_open(req: &OpenRequest) -> Result<(), FieldError> {
+    run_id(&req.run_id)?;
     match &req.resource {
         RunResource::Proxy {
             listen, upstream, ..
         } => {
-            check::port("listen", Some(listen.port()))?;
-            let upstream_port = upstream
-                .rsplit_once(':')
-                .filter(|(host, _)| !host.is_empty())
-                .and_then(|(_, p)| p.parse::<u16>().ok());
-            match upstream_port {
-                None => Err(FieldError::new(
-                    "upstream",
-                    format!("must be `host:port` (got `{upstream}`)"),
-                )),
-                Some(p) => check::port("upstream", Some(p)),
-            }?;
+            crate::proxy::check_addresses(*listen, upstream)?;
         }
     }
     lease(req.lease_ms)
+}
+
+/// A run id: it groups faults for `faultline revert --run` and the journal, so an empty or odd one
+/// would make a fault that no run can name. The same rules as a fault id.
+fn run_id(id: &str) -> Result<(), FieldError> {
+    if plain_token(id) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "run_id",
+        format!("must be 1 to 128 of [A-Za-z0-9._-], not starting with `.` or `-` (got `{id}`)"),
+    ))
+}
+
+/// 1 to 128 of `[A-Za-z0-9._-]`, not starting with `.` or `-`: safe as a file name, a log line and a worker argument.
+fn plain_token(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && !id.starts_with('-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A lease: above zero (or it lapses at once), at most [`MAX_LEASE`].
@@ -211,14 +225,7 @@ fn lease(ms: u64) -> Result<(), FieldError> {
 
 /// Checks a coordinator-chosen fault id: it names a journal file, so it must be a plain token.
 pub(crate) fn validate_fault_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && !id.starts_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if plain_token(id) {
         Ok(())
     } else {
         Err(format!(
@@ -400,6 +407,73 @@ name = "f"
         );
         let lo = serde_json::json!({"kind": "bandwidth", "device": "lo", "rate": "1mbit"});
         assert_eq!(check_apply_on(&apply(&lo), &small), Ok(()));
+    }
+
+    fn open_req(listen: &str, upstream: &str, run_id: &str) -> OpenRequest {
+        OpenRequest {
+            run_id: run_id.to_owned(),
+            resource: RunResource::Proxy {
+                name: format!("listen-{listen}"),
+                listen: listen.parse().unwrap(),
+                upstream: upstream.to_owned(),
+            },
+            lease_ms: 5000,
+        }
+    }
+
+    #[test]
+    fn a_proxy_whose_upstream_is_itself_is_refused_under_any_local_name() {
+        for (listen, upstream) in [
+            ("127.0.0.1:40012", "127.0.0.1:40012"),
+            ("0.0.0.0:40012", "127.0.0.1:40012"),
+            ("0.0.0.0:40012", "10.1.2.3:40012"),
+            ("127.0.0.1:40012", "localhost:40012"),
+            ("127.0.0.1:40012", "LOCALHOST:40012"),
+            ("127.0.0.1:40012", "0.0.0.0:40012"),
+            ("127.0.0.1:40012", "127.0.0.2:40012"),
+            ("[::]:40012", "[::1]:40012"),
+            ("[::]:40012", "127.0.0.1:40012"),
+            ("[::1]:40012", "localhost:40012"),
+        ] {
+            let err = check_open(&open_req(listen, upstream, "r")).unwrap_err();
+            assert_eq!(err.field, "upstream", "{listen} -> {upstream}: {err}");
+            assert!(
+                err.message.contains("the proxy would forward to itself"),
+                "{listen} -> {upstream}: {err}"
+            );
+        }
+        for (listen, upstream) in [
+            ("127.0.0.1:40012", "127.0.0.1:40013"),
+            ("10.0.0.1:40012", "10.0.0.2:40012"),
+            ("10.0.0.1:40012", "127.0.0.1:40012"),
+            ("127.0.0.1:40012", "db.example:40012"),
+        ] {
+            assert_eq!(
+                check_open(&open_req(listen, upstream, "r")),
+                Ok(()),
+                "{listen} -> {upstream}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_run_id_is_refused_on_apply_and_open() {
+        let spec = serde_json::json!({"kind": "cpu-stress", "workers": 1, "load": 1.0});
+        for bad in ["", ".hidden", "a/b", "a b"] {
+            let mut req = apply(&spec);
+            req.run_id = bad.to_owned();
+            let err = check_apply_on(&req, &roomy_host()).unwrap_err();
+            assert_eq!(err.field, "run_id", "{bad:?}: {err}");
+            let err = check_open(&open_req("127.0.0.1:1", "127.0.0.1:2", bad)).unwrap_err();
+            assert_eq!(err.field, "run_id", "{bad:?}: {err}");
+        }
+        assert_eq!(
+            check_open(&open_req("127.0.0.1:1", "127.0.0.1:2", ""))
+                .unwrap_err()
+                .to_string(),
+            "`run_id` must be 1 to 128 of [A-Za-z0-9._-], not starting with `.` or `-` (got ``)"
+        );
+        assert_eq!(check_apply_on(&apply(&spec), &roomy_host()), Ok(()));
     }
 
     #[test]

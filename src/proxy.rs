@@ -43,6 +43,18 @@ const QUEUE_BYTES: usize = 4 << 20;
 /// What one queued chunk costs beyond its bytes (buffer header, queue slot), charged to the budget
 /// so that many tiny chunks are bounded too.
 const CHUNK_OVERHEAD: usize = 128;
+/// The most live connections one proxy holds; a connection beyond it is closed as soon as it is
+/// accepted. Without a cap, any peer that can reach the port (no token is needed) could take every
+/// descriptor of the agent, and with them its API and `halt`.
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
+/// Descriptors a proxied connection may hold: two sockets and a timer per direction.
+const FDS_PER_CONNECTION: u64 = 4;
+/// Descriptors kept free for everything but the proxies (the control API, the journal, the audit
+/// log): proxies stop accepting while their connections would eat into them.
+const FD_RESERVE: u64 = 256;
+
+/// Live proxied connections across every proxy of this process, to keep [`FD_RESERVE`] free.
+static ALL_LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Every proxy this process runs, by name. Process-wide because the sockets are: a proxy lives
 /// exactly as long as this process, so after a crash there is nothing left to close, and a revert
@@ -140,6 +152,7 @@ impl Registry {
             toxics: toxics_rx,
             shutdown: shutdown_rx,
             live: Arc::clone(&live),
+            own_ports: OwnPorts::default(),
         };
         runtime.spawn(relay.accept_loop(listener, closed_tx));
         proxies.insert(
@@ -231,6 +244,16 @@ impl Registry {
             .map(|p| p.listen)
     }
 
+    /// How many connections the proxy `name` holds now, if it runs.
+    #[cfg(test)]
+    fn live_of(&self, name: &str) -> Option<usize> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| p.live.load(Ordering::Relaxed))
+    }
+
     /// Whether `owner`'s toxics are in force, and how many connections they reach.
     pub(crate) fn toxics_status(&self, name: &str, owner: &str) -> Result<String, String> {
         let proxies = self.proxies.lock().expect("proxy registry lock");
@@ -253,10 +276,64 @@ impl Registry {
     }
 }
 
+/// The bounds of a run proxy's addresses, the same for a fault's `listen`/`upstream` and for an
+/// agent's open request: ports are not 0, `upstream` is `host:port`, and `upstream` is not the
+/// proxy itself. A proxy forwarding to itself opens connections until the agent runs out of
+/// descriptors, so the same port on the same address, on a wildcard listen address, or on any
+/// loopback name (`localhost`, `127.0.0.1`, `[::1]`) is refused.
+pub(crate) fn check_addresses(listen: SocketAddr, upstream: &str) -> crate::fault::check::Checked {
+    use crate::fault::check::{FieldError, port};
+    port("listen", Some(listen.port()))?;
+    let Some((host, upstream_port)) = upstream
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(host, p)| Some((host, p.parse::<u16>().ok()?)))
+    else {
+        return Err(FieldError::new(
+            "upstream",
+            format!("must be `host:port` (got `{upstream}`)"),
+        ));
+    };
+    port("upstream", Some(upstream_port))?;
+    if upstream_port == listen.port() && reaches(host, listen.ip()) {
+        return Err(FieldError::new(
+            "upstream",
+            format!(
+                "must not reach the proxy itself: `{upstream}` is its own listen address {listen}, so the proxy would forward to itself"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a connection to `host` (on the listen port) may land on a socket listening on `listen`.
+fn reaches(host: &str, listen: std::net::IpAddr) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        None
+    } else {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip.to_canonical()),
+            // Another name: only the proxy's own check at connect time can tell.
+            Err(_) => return false,
+        }
+    };
+    let listen = listen.to_canonical();
+    match ip {
+        // `localhost` is a loopback address.
+        None => local(listen),
+        Some(ip) => ip == listen || listen.is_unspecified() || (local(ip) && local(listen)),
+    }
+}
+
 /// Raises this process's soft limit on open descriptors to the hard limit, once: a proxied
 /// connection holds two sockets and up to two timers, so the usual soft limit of 1024 would cap a
 /// proxy at a few hundred connections. (Go's runtime does the same at start.)
-fn raise_descriptor_limit() {
+pub(crate) fn raise_descriptor_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -279,6 +356,7 @@ struct Relay {
     toxics: watch::Receiver<Option<Arc<InForce>>>,
     shutdown: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
+    own_ports: OwnPorts,
 }
 
 /// How one direction, or a whole connection, ended.
@@ -309,11 +387,38 @@ impl Relay {
         let mut shutdown = self.shutdown.clone();
         let mut next = 0_u64;
         loop {
+            if !descriptors_to_spare() {
+                // Leave the pending connections in the backlog until connections end, rather than
+                // take the descriptors the control API needs to answer (and to `halt`).
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                }
+            }
             tokio::select! {
                 _ = shutdown.changed() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((client, _)) => {
-                        tokio::spawn(self.clone().connection(client, next));
+                    Ok((client, peer)) => {
+                        let Some(live) = Live::enter(&self.live) else {
+                            tracing::debug!(
+                                "proxy refused a connection from {peer}: {MAX_CONNECTIONS} are open"
+                            );
+                            drop(client);
+                            continue;
+                        };
+                        if self.own_ports.lock().expect("own ports lock").contains(&peer.port())
+                            && client.local_addr().is_ok_and(|l| l.ip() == peer.ip())
+                        {
+                            // The proxy's own upstream connection came back to it: a loop, which
+                            // would otherwise open connections until descriptors run out.
+                            tracing::warn!(
+                                "proxy to {} reaches itself: closed the looping connection",
+                                self.upstream
+                            );
+                            drop(client);
+                            continue;
+                        }
+                        tokio::spawn(self.clone().connection(client, next, live));
                         next += 1;
                     }
                     Err(e) => {
@@ -328,10 +433,10 @@ impl Relay {
         drop(closed);
     }
 
-    async fn connection(mut self, mut client: TcpStream, index: u64) {
+    async fn connection(mut self, mut client: TcpStream, index: u64, _live: Live) {
         let _ = client.set_nodelay(true);
-        let connect = TcpStream::connect(&*self.upstream);
-        let mut server = tokio::select! {
+        let connect = connect_upstream(&self.upstream, &self.own_ports);
+        let (mut server, _own) = tokio::select! {
             s = connect => match s {
                 Ok(s) => s,
                 Err(e) => {
@@ -342,7 +447,6 @@ impl Relay {
             _ = self.shutdown.changed() => return,
         };
         let _ = server.set_nodelay(true);
-        self.live.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let end = {
             // (the `InForce::id` of the toxics counting, bytes counted); 0 is no toxics' id.
@@ -392,8 +496,87 @@ impl Relay {
             let _ = client.set_zero_linger();
             let _ = server.set_zero_linger();
         }
-        self.live.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Whether the proxies may take another connection without eating into [`FD_RESERVE`].
+fn descriptors_to_spare() -> bool {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let held = ALL_LIVE.load(Ordering::Relaxed) as u64 * FDS_PER_CONNECTION;
+    held + FDS_PER_CONNECTION <= limit.saturating_sub(FD_RESERVE)
+}
+
+/// One live connection of a proxy, counted in its `live` and in [`ALL_LIVE`] until dropped, so
+/// that every way a connection task ends (an error, a panic, a shutdown) gives its count back.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    /// Counts a new connection, or `None` when the proxy already holds [`MAX_CONNECTIONS`].
+    fn enter(live: &Arc<AtomicUsize>) -> Option<Live> {
+        live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()?;
+        ALL_LIVE.fetch_add(1, Ordering::Relaxed);
+        Some(Live(Arc::clone(live)))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        ALL_LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The local ports of a proxy's upstream connections, so that its accept loop recognises a
+/// connection that is its own (an upstream that is, under some name, the proxy itself).
+type OwnPorts = Arc<Mutex<std::collections::HashSet<u16>>>;
+
+/// Holds a port in [`OwnPorts`] while the upstream connection that uses it lives.
+struct OwnPort(OwnPorts, u16);
+
+impl Drop for OwnPort {
+    fn drop(&mut self) {
+        self.0.lock().expect("own ports lock").remove(&self.1);
+    }
+}
+
+/// Connects to `upstream`, trying each address it resolves to. The socket is bound before it
+/// connects so that its port is in `own` before the connection can reach any accept loop.
+async fn connect_upstream(upstream: &str, own: &OwnPorts) -> std::io::Result<(TcpStream, OwnPort)> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(upstream).await? {
+        let attempt = async {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            let any: SocketAddr = if addr.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            socket.bind(any)?;
+            let port = socket.local_addr()?.port();
+            own.lock().expect("own ports lock").insert(port);
+            let guard = OwnPort(Arc::clone(own), port);
+            let stream = socket.connect(addr).await?;
+            Ok::<_, std::io::Error>((stream, guard))
+        };
+        match attempt.await {
+            Ok(done) => return Ok(done),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            ErrorKind::NotFound,
+            format!("`{upstream}` resolves to no address"),
+        )
+    }))
 }
 
 /// When a time-based toxic ends the connection: `timeout` closes it, `reset_after` resets it.
@@ -404,9 +587,11 @@ fn timed_end(toxics: Option<&Arc<InForce>>, started: Instant) -> Option<(Instant
         .spec
         .timeout
         .filter(|d| !d.is_zero())
-        .map(|d| (reached + d, End::Close));
+        // A time beyond what an `Instant` can hold never comes: no end, rather than a panic.
+        .and_then(|d| reached.checked_add(d))
+        .map(|at| (at, End::Close));
     let reset = match t.spec.reset_after {
-        Some(ResetAfter::Time(d)) => Some((reached + d, End::Reset)),
+        Some(ResetAfter::Time(d)) => reached.checked_add(d).map(|at| (at, End::Reset)),
         _ => None,
     };
     [close, reset]
@@ -470,7 +655,7 @@ async fn read_side(
                     .and_then(|t| t.toxics.spec.slow_close);
                 if let Some(d) = slow {
                     let _ = tx.send(Item::Fin {
-                        at: Instant::now() + d,
+                        at: toxics::later(Instant::now(), d),
                     });
                 }
                 return End::Eof;
@@ -896,6 +1081,103 @@ mod tests {
                 .clear_toxics(&name, "other")
                 .contains("no toxics of this fault")
         );
+        close(name).await;
+    }
+
+    /// Waits up to 5 s for the proxy `name` to hold `want` connections; returns what it holds.
+    async fn live_settles(name: &str, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let live = registry().live_of(name).expect("the proxy runs");
+            if live == want || Instant::now() > deadline {
+                return live;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One byte there and back through `conn`, or what went wrong.
+    async fn round_trip(conn: &mut TcpStream) -> Result<(), String> {
+        conn.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let mut buf = [0_u8; 1];
+        match tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+            Ok(Ok(1)) => Ok(()),
+            Ok(Ok(_)) => Err("closed".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_owned()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_after_time_beyond_any_instant_neither_panics_nor_leaks_the_count() {
+        let (name, listen) = proxied_echo().await;
+        // Past the checks, straight into the proxy: its arithmetic alone must hold.
+        let spec = ToxicSpec {
+            reset_after: Some(ResetAfter::Time(Duration::new(u64::MAX, 0))),
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut conn)
+            .await
+            .expect("the connection is relayed");
+        assert_eq!(live_settles(&name, 1).await, 1);
+        drop(conn);
+        assert_eq!(live_settles(&name, 0).await, 0, "the count leaked");
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_closes_connections_beyond_its_cap_and_takes_new_ones_as_others_end() {
+        let (name, listen) = proxied_echo().await;
+        let mut conns = Vec::new();
+        for i in 0..super::MAX_CONNECTIONS {
+            let mut conn = TcpStream::connect(listen).await.unwrap();
+            round_trip(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} under the cap: {e}"));
+            conns.push(conn);
+        }
+        let mut over = TcpStream::connect(listen).await.unwrap();
+        assert!(
+            round_trip(&mut over).await.is_err(),
+            "a connection beyond {} was relayed",
+            super::MAX_CONNECTIONS
+        );
+        assert_eq!(registry().live_of(&name), Some(super::MAX_CONNECTIONS));
+        conns.pop();
+        assert_eq!(
+            live_settles(&name, super::MAX_CONNECTIONS - 1).await,
+            super::MAX_CONNECTIONS - 1
+        );
+        let mut again = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut again)
+            .await
+            .expect("a connection after one ended is relayed");
+        drop((conns, again, over));
+        assert_eq!(live_settles(&name, 0).await, 0);
+        close(name).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_whose_upstream_is_itself_closes_the_looping_connection() {
+        let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        // The registry does not check addresses (the request checks do): this is the loop a name
+        // that resolves to the proxy's own address makes.
+        registry().open(&name, listen, &listen.to_string()).unwrap();
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        let mut buf = [0_u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the looping connection stayed open: {read:?}"
+        );
+        drop(conn);
+        assert_eq!(live_settles(&name, 0).await, 0, "connections stayed open");
         close(name).await;
     }
 }

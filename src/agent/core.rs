@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use super::AgentError;
 use super::envelope::Envelope;
 use super::journal::{Entry, Journal};
-use crate::fault::{Context, RunResource, Undo};
+use crate::fault::{Context, FaultSpec, RunResource, Undo};
 use crate::process;
 use crate::protocol::{
     Applied, ApplyRequest, FaultStatus, OpenRequest, Renewed, RevertCause, Reverted,
@@ -35,9 +35,71 @@ const HISTORY: usize = 1024;
 /// A fault that is not finished.
 #[derive(Debug)]
 enum Slot {
-    /// Being prepared, injected and verified right now.
-    Applying,
+    /// Being prepared, injected and verified right now, for this request.
+    Applying(Requested),
     Active(Active),
+}
+
+/// What an id was claimed for: a repeat of the same request is answered with what is in force,
+/// anything else under the same id is a conflict, never "already applied".
+#[derive(Clone, Debug, PartialEq)]
+struct Requested {
+    run_id: String,
+    what: Asked,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Asked {
+    Fault(FaultSpec),
+    Resource(RunResource),
+}
+
+impl Requested {
+    fn noun(&self) -> &'static str {
+        match self.what {
+            Asked::Fault(_) => "fault",
+            Asked::Resource(_) => "resource",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.what {
+            Asked::Fault(spec) => spec.describe(),
+            Asked::Resource(resource) => resource.describe(),
+        }
+    }
+
+    /// The registry name of the proxy this request opens, if it opens one.
+    fn proxy_name(&self) -> Option<&str> {
+        match &self.what {
+            Asked::Resource(RunResource::Proxy { name, .. }) => Some(name),
+            Asked::Fault(_) => None,
+        }
+    }
+
+    /// Why `self` (in force or being applied under `id`) is not the request `asked`, or `None`
+    /// when they are the same.
+    fn differs(&self, id: &str, asked: &Requested) -> Option<String> {
+        let noun = self.noun();
+        if self.run_id != asked.run_id {
+            return Some(format!(
+                "{noun} {id} belongs to run_id `{}`, not `{}`",
+                self.run_id, asked.run_id
+            ));
+        }
+        if self.what != asked.what {
+            let field = match self.what {
+                Asked::Fault(_) => "spec",
+                Asked::Resource(_) => "resource",
+            };
+            return Some(format!(
+                "{noun} {id} is in force with a different {field}: {}; this request asks for {}",
+                self.describe(),
+                asked.describe()
+            ));
+        }
+        None
+    }
 }
 
 /// What the agent holds, split so that periodic work (reaper, health, metrics) is O(active).
@@ -92,6 +154,8 @@ impl History {
 #[derive(Debug)]
 struct Active {
     run_id: String,
+    /// The request that put it in force, to tell a repeat from a conflicting request.
+    requested: Requested,
     kind: &'static str,
     undo: Undo,
     targets: Vec<String>,
@@ -215,7 +279,7 @@ impl AgentCore {
             state
                 .live
                 .iter()
-                .filter(|(_, s)| matches!(s, Slot::Applying))
+                .filter(|(_, s)| matches!(s, Slot::Applying(_)))
                 .map(|(id, _)| id.clone())
                 .collect()
         };
@@ -389,7 +453,11 @@ impl AgentCore {
                 "the lease must be longer than zero".to_owned(),
             ));
         }
-        let claim = match self.claim(id, "fault", "already applied")? {
+        let requested = Requested {
+            run_id: req.run_id.clone(),
+            what: Asked::Fault(req.spec.clone()),
+        };
+        let claim = match self.claim(id, requested, "already applied")? {
             Claimed::Repeat(applied) => return Ok(applied),
             Claimed::New(claim) => claim,
         };
@@ -529,6 +597,10 @@ impl AgentCore {
         let lease = Duration::from_millis(req.lease_ms);
         let active = Active {
             run_id: req.run_id.clone(),
+            requested: Requested {
+                run_id: req.run_id.clone(),
+                what: Asked::Fault(req.spec.clone()),
+            },
             kind: req.spec.kind(),
             undo,
             targets: applied.targets.clone(),
@@ -541,10 +613,17 @@ impl AgentCore {
         Ok((applied, Some(active)))
     }
 
-    /// Claims `id` for an apply or an open. `Repeat` means it is already active: the request is a
-    /// repeat, answered with what is in force (idempotence). Otherwise the slot is marked as being
-    /// applied until the returned claim is filled or dropped.
-    fn claim(&self, id: &str, noun: &str, already: &str) -> Result<Claimed<'_>, AgentError> {
+    /// Claims `id` for an apply or an open. `Repeat` means the same request is already in
+    /// force: it is answered with what is in force (idempotence). A different request under the
+    /// same id, or a resource whose proxy name another id holds, is a conflict. Otherwise the slot
+    /// is marked as being applied until the returned claim is filled or dropped.
+    fn claim(
+        &self,
+        id: &str,
+        requested: Requested,
+        already: &str,
+    ) -> Result<Claimed<'_>, AgentError> {
+        let noun = requested.noun();
         let mut state = self.state();
         if state.finished.get(id).is_some() {
             return Err(AgentError::Conflict(format!(
@@ -552,18 +631,37 @@ impl AgentCore {
             )));
         }
         match state.live.get(id) {
-            Some(Slot::Active(a)) => Ok(Claimed::Repeat(Applied {
-                id: id.to_owned(),
-                targets: a.targets.clone(),
-                detail: already.to_owned(),
-                injected_at: a.injected_at,
-                instant: false,
-            })),
-            Some(Slot::Applying) => Err(AgentError::Conflict(format!(
+            Some(Slot::Active(a)) => match a.requested.differs(id, &requested) {
+                Some(why) => Err(AgentError::Conflict(why)),
+                None => Ok(Claimed::Repeat(Applied {
+                    id: id.to_owned(),
+                    targets: a.targets.clone(),
+                    detail: already.to_owned(),
+                    injected_at: a.injected_at,
+                    instant: false,
+                })),
+            },
+            Some(Slot::Applying(_)) => Err(AgentError::Conflict(format!(
                 "{noun} {id} is being applied right now"
             ))),
             None => {
-                state.live.insert(id.to_owned(), Slot::Applying);
+                if let Some(name) = requested.proxy_name() {
+                    let holder = state.live.iter().find(|(_, slot)| {
+                        let other = match slot {
+                            Slot::Applying(r) => r,
+                            Slot::Active(a) => &a.requested,
+                        };
+                        other.proxy_name() == Some(name)
+                    });
+                    if let Some((other, _)) = holder {
+                        // Two ids on one proxy would let one id's revert close the other's port
+                        // while the other is still listed as open.
+                        return Err(AgentError::Conflict(format!(
+                            "resource {other} already holds the proxy `{name}`"
+                        )));
+                    }
+                }
+                state.live.insert(id.to_owned(), Slot::Applying(requested));
                 Ok(Claimed::New(Claim {
                     core: self,
                     id: id.to_owned(),
@@ -578,6 +676,9 @@ impl AgentCore {
     pub(crate) fn open_blocking(&self, id: &str, req: &OpenRequest) -> Result<Applied, AgentError> {
         crate::protocol::check_open(req).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::Refused("the agent is shutting down".to_owned()));
+        }
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(
                 "the agent is halted; run `faultline resume` first".to_owned(),
@@ -596,7 +697,11 @@ impl AgentCore {
             RunNameError::Persistent(_) => AgentError::Conflict(e.to_string()),
             RunNameError::NotARunName { .. } => AgentError::BadRequest(e.to_string()),
         })?;
-        let claim = match self.claim(id, "resource", "already open")? {
+        let requested = Requested {
+            run_id: req.run_id.clone(),
+            what: Asked::Resource(req.resource.clone()),
+        };
+        let claim = match self.claim(id, requested.clone(), "already open")? {
             Claimed::Repeat(applied) => return Ok(applied),
             Claimed::New(claim) => claim,
         };
@@ -628,6 +733,7 @@ impl AgentCore {
                 let targets = vec![req.resource.describe()];
                 claim.fill(Active {
                     run_id: req.run_id.clone(),
+                    requested,
                     kind: req.resource.kind(),
                     undo,
                     targets: targets.clone(),
@@ -637,6 +743,17 @@ impl AgentCore {
                     lease_until: Instant::now() + lease,
                     reverting: false,
                 });
+                if self.refusing() {
+                    // A halt's (or shutdown's) revert-all ran while the proxy was opening: close it
+                    // here, as an apply does, so nothing outlives the halt.
+                    let undone = match self.revert_blocking(id, RevertCause::Halted) {
+                        Ok(r) => format!("closed it: {}", r.detail),
+                        Err(e) => format!("and closing it FAILED: {e}"),
+                    };
+                    return Err(AgentError::Refused(format!(
+                        "the agent was halted or shut down while this resource was being opened; {undone}"
+                    )));
+                }
                 Ok(Applied {
                     id: id.to_owned(),
                     targets,
@@ -672,7 +789,7 @@ impl AgentCore {
             }
             match state.live.get_mut(id) {
                 Some(
-                    Slot::Applying
+                    Slot::Applying(_)
                     | Slot::Active(Active {
                         reverting: true, ..
                     }),
@@ -762,7 +879,7 @@ impl AgentCore {
                     answer.renewed.push(id.clone());
                 }
                 // Still being applied: its lease starts when the apply ends.
-                Some(Slot::Applying) => answer.renewed.push(id.clone()),
+                Some(Slot::Applying(_)) => answer.renewed.push(id.clone()),
                 None => match state.finished.get(id) {
                     Some(reverted) => answer.ended.push(reverted.clone()),
                     None => answer.unknown.push(id.clone()),
@@ -785,7 +902,7 @@ impl AgentCore {
                     targets: a.targets.clone(),
                     injected_at: a.injected_at,
                 }),
-                Slot::Applying => None,
+                Slot::Applying(_) => None,
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -846,7 +963,7 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.filled {
             let mut state = self.core.state();
-            if matches!(state.live.get(&self.id), Some(Slot::Applying)) {
+            if matches!(state.live.get(&self.id), Some(Slot::Applying(_))) {
                 state.live.remove(&self.id);
             }
             drop(state);
@@ -919,7 +1036,29 @@ pub(super) mod hooks {
         }
     }
 
+    /// Fault id -> a stage at which it waits on a gate (and then carries on, no panic).
+    static WAITS: Mutex<Option<HashMap<String, Plan>>> = Mutex::new(None);
+
+    pub(crate) fn wait_at(id: &str, stage: Stage, gate: Receiver<()>) {
+        WAITS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(id.to_owned(), (stage, Some(gate)));
+    }
+
     pub(crate) fn at(id: &str, stage: Stage) {
+        let wait = {
+            let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+            let map = waits.get_or_insert_with(HashMap::new);
+            match map.get(id) {
+                Some((s, _)) if *s == stage => map.remove(id),
+                _ => None,
+            }
+        };
+        if let Some((_, Some(gate))) = wait {
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+        }
         let planned = {
             let mut plan = PLAN.lock().unwrap_or_else(PoisonError::into_inner);
             let map = plan.get_or_insert_with(HashMap::new);
@@ -945,13 +1084,26 @@ mod tests {
     use crate::fault::{FaultSpec, ProcessPause};
     use crate::process::Selector;
 
+    /// A request to open the run proxy on `listen`.
+    fn proxy_request(listen: &str) -> Requested {
+        Requested {
+            run_id: "r".to_owned(),
+            what: Asked::Resource(RunResource::Proxy {
+                name: format!("listen-{listen}"),
+                listen: listen.parse().unwrap(),
+                upstream: "127.0.0.1:2".to_owned(),
+            }),
+        }
+    }
+
     #[test]
     fn a_claimed_id_refuses_an_overlapping_apply() {
         let dir = tempfile::tempdir().unwrap();
         let (core, _) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
-        let first = core.claim("claim-0", "resource", "already open").unwrap();
+        let asked = || proxy_request("127.0.0.1:1");
+        let first = core.claim("claim-0", asked(), "already open").unwrap();
         assert!(matches!(first, Claimed::New(_)));
-        let Err(err) = core.claim("claim-0", "resource", "already open") else {
+        let Err(err) = core.claim("claim-0", asked(), "already open") else {
             panic!("a second claim of claim-0 was granted");
         };
         assert_eq!(
@@ -961,7 +1113,7 @@ mod tests {
         drop(first);
         assert!(
             matches!(
-                core.claim("claim-0", "resource", "already open"),
+                core.claim("claim-0", asked(), "already open"),
                 Ok(Claimed::New(_))
             ),
             "a dropped claim still holds its slot"
@@ -1134,6 +1286,109 @@ mod tests {
             "the journal kept the entry"
         );
         assert!(core.halt_blocking().is_empty());
+    }
+
+    #[test]
+    fn a_resource_is_not_opened_while_the_agent_shuts_down() {
+        let (_dir, core) = open_core();
+        assert!(core.close_blocking().is_empty());
+        let listen = "127.0.0.1:3";
+        let req = OpenRequest {
+            run_id: "r".to_owned(),
+            resource: RunResource::Proxy {
+                name: format!("listen-{listen}"),
+                listen: listen.parse().unwrap(),
+                upstream: "127.0.0.1:2".to_owned(),
+            },
+            lease_ms: 60_000,
+        };
+        let err = core.open_blocking("closing-open-0", &req).unwrap_err();
+        assert!(matches!(err, AgentError::Refused(_)), "{err:?}");
+        assert_eq!(err.to_string(), "refused: the agent is shutting down");
+        assert!(
+            crate::proxy::registry()
+                .listen_of(&format!("listen-{listen}"))
+                .is_none()
+        );
+        assert!(core.active().is_empty());
+        assert!(core.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_resource_opened_while_the_agent_halts_is_closed_and_refused() {
+        let (_dir, core) = open_core();
+        let listen = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        );
+        let name = format!("listen-{listen}");
+        let req = OpenRequest {
+            run_id: "r".to_owned(),
+            resource: RunResource::Proxy {
+                name: name.clone(),
+                listen: listen.parse().unwrap(),
+                upstream: "127.0.0.1:2".to_owned(),
+            },
+            lease_ms: 60_000,
+        };
+        let (release, gate) = std::sync::mpsc::channel();
+        hooks::wait_at("halt-open-0", hooks::Stage::Open, gate);
+        let opening = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.open_blocking("halt-open-0", &req))
+        };
+        // The open has claimed its id and waits at the hook: halt now.
+        while !matches!(
+            core.state().live.get("halt-open-0"),
+            Some(Slot::Applying(_))
+        ) {
+            std::thread::yield_now();
+        }
+        let halting = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.halt_blocking())
+        };
+        while !core.is_halted() {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        let err = opening
+            .join()
+            .unwrap()
+            .expect_err("a resource opened during a halt was answered as open");
+        assert!(matches!(err, AgentError::Refused(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("halted or shut down while this resource was being opened"),
+            "{err}"
+        );
+        halting.join().unwrap();
+        assert!(
+            crate::proxy::registry().listen_of(&name).is_none(),
+            "the proxy stayed open"
+        );
+        assert!(core.active().is_empty());
+        assert!(core.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_second_id_for_a_proxy_that_another_id_holds_is_a_conflict() {
+        let (_dir, core) = open_core();
+        let first = core
+            .claim("hold-0", proxy_request("127.0.0.1:4"), "already open")
+            .unwrap();
+        let Err(err) = core.claim("hold-1", proxy_request("127.0.0.1:4"), "already open") else {
+            panic!("a second id was granted the proxy that hold-0 holds");
+        };
+        assert_eq!(
+            err.to_string(),
+            "conflict: resource hold-0 already holds the proxy `listen-127.0.0.1:4`"
+        );
+        drop(first);
     }
 
     #[test]

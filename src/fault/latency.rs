@@ -186,24 +186,9 @@ impl LatencyProxy {
 
     /// Bounds that hold on any host; run by `validate` and by the agent on every request.
     pub(crate) fn check(&self) -> super::check::Checked {
-        use super::check::{FieldError, hold, port, share_or_zero};
+        use super::check::{FieldError, hold, share_or_zero};
         match &self.via {
-            Via::Run { listen, upstream } => {
-                port("listen", Some(listen.port()))?;
-                let upstream_port = upstream
-                    .rsplit_once(':')
-                    .filter(|(host, _)| !host.is_empty())
-                    .and_then(|(_, p)| p.parse::<u16>().ok());
-                match upstream_port {
-                    None => {
-                        return Err(FieldError::new(
-                            "upstream",
-                            format!("must be `host:port` (got `{upstream}`)"),
-                        ));
-                    }
-                    Some(p) => port("upstream", Some(p))?,
-                }
-            }
+            Via::Run { listen, upstream } => proxy::check_addresses(*listen, upstream)?,
             Via::Named(name) => {
                 proxy::check_persistent_name(name).map_err(|e| FieldError::raw("proxy", e))?;
             }
@@ -215,7 +200,15 @@ impl LatencyProxy {
         if t.rate == Some(0) {
             return Err(FieldError::new("rate", "must be above zero"));
         }
-        for (field, d) in [("timeout", t.timeout), ("slow_close", t.slow_close)] {
+        let reset_time = match t.reset_after {
+            Some(ResetAfter::Time(d)) => Some(d),
+            _ => None,
+        };
+        for (field, d) in [
+            ("timeout", t.timeout),
+            ("slow_close", t.slow_close),
+            ("reset_after", reset_time),
+        ] {
             if let Some(d) = d {
                 hold(field, d)?;
             }
@@ -380,5 +373,42 @@ mod tests {
             err.contains("this agent has no persistent proxy `nope`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_fault_refuses_a_reset_after_time_beyond_the_longest_hold() {
+        let spec = |reset: Duration| {
+            FaultSpec::LatencyProxy(LatencyProxy {
+                via: Via::Run {
+                    listen: "127.0.0.1:40012".parse().unwrap(),
+                    upstream: "127.0.0.1:40013".to_owned(),
+                },
+                toxics: ToxicSpec {
+                    reset_after: Some(crate::proxy::ResetAfter::Time(reset)),
+                    ..ToxicSpec::default()
+                },
+            })
+        };
+        let err = spec(Duration::new(u64::MAX, 0)).check().unwrap_err();
+        assert_eq!(err.field, "reset_after", "{err}");
+        assert!(err.message.contains("must be at most"), "{err}");
+        assert_eq!(spec(Duration::from_secs(2)).check(), Ok(()));
+    }
+
+    #[test]
+    fn a_fault_refuses_a_proxy_that_forwards_to_itself() {
+        let spec = FaultSpec::LatencyProxy(LatencyProxy {
+            via: Via::Run {
+                listen: "0.0.0.0:40012".parse().unwrap(),
+                upstream: "localhost:40012".to_owned(),
+            },
+            toxics: ToxicSpec {
+                delay: Duration::from_millis(5),
+                ..ToxicSpec::default()
+            },
+        });
+        let err = spec.check().unwrap_err();
+        assert_eq!(err.field, "upstream", "{err}");
+        assert!(err.message.contains("forward to itself"), "{err}");
     }
 }

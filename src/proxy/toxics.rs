@@ -194,13 +194,16 @@ impl Pump {
             return Plan::Drop;
         }
         let rng = self.rng_for(t);
-        let mut release = read_at + draw_delay(spec.delay, spec.jitter, rng);
+        let mut release = later(read_at, draw_delay(spec.delay, spec.jitter, rng));
         if spec.corrupt > 0.0 {
             corrupt(chunk, spec.corrupt, rng);
         }
         if let Some(rate) = spec.rate {
             let start = self.paced_until.map_or(read_at, |p| p.max(read_at));
-            let done = start + Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64);
+            let done = later(
+                start,
+                Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64),
+            );
             self.paced_until = Some(done);
             release = release.max(done);
         }
@@ -224,6 +227,14 @@ impl Pump {
         }
         &mut self.rng.as_mut().expect("set above").1
     }
+}
+
+/// `at + d`, or a century on when that is more than an `Instant` holds: checks bound every
+/// duration well below either, but arithmetic on a request's values must never panic.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
 }
 
 /// A delay drawn uniformly from `[delay − jitter, delay + jitter]`, clamped at zero.

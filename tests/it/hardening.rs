@@ -188,7 +188,7 @@ fn an_agent_refuses_a_run_resource_with_a_zero_port_or_a_huge_lease() {
         ),
         (
             "huge lease",
-            open("127.0.0.1:9", u64::MAX),
+            open("127.0.0.1:8", u64::MAX),
             "`lease_ms` must be at most 3600000 ms",
         ),
     ] {

@@ -7,6 +7,7 @@ mod support;
 mod agent_core;
 mod agent_edge;
 mod agents;
+mod attack_core;
 mod attack_kinds;
 mod disk_fill;
 mod early_end;
