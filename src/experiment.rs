@@ -627,6 +627,22 @@ fn convert_slo(s: &raw::Slo) -> Slo {
     }
 }
 
+/// For tests: an experiment that is valid up to its one `[[fault]]` table, whose `name = "f"` is
+/// given; a test appends the fault's other keys.
+#[cfg(test)]
+pub(crate) const ONE_FAULT_HEAD: &str = r#"
+title = "t"
+[steady_state]
+window = "1s"
+[[steady_state.probe]]
+name = "p"
+tcp = "127.0.0.1:1"
+[recovery]
+within = "5s"
+[[fault]]
+name = "f"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,15 +201,8 @@ const GUARDED_MODES: [&str; 4] = ["agent", "run", WATCHDOG_COMMAND, "fixture-gua
 /// Every process on the host that runs this same binary (by `/proc/PID/exe`) in one of the
 /// [`GUARDED_MODES`] (its first argument that is not a flag).
 fn faultline_processes() -> Vec<i32> {
-    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
-        return Vec::new();
-    };
-    let Ok(processes) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    processes
-        .filter_map(Result::ok)
-        .filter(|p| p.exe().is_ok_and(|exe| exe == my_exe))
+    this_binary_processes()
+        .into_iter()
         .filter(|p| {
             p.cmdline().is_ok_and(|argv| {
                 argv.iter()
@@ -219,6 +212,21 @@ fn faultline_processes() -> Vec<i32> {
             })
         })
         .map(|p| p.pid())
+        .collect()
+}
+
+/// Every process on the host whose executable (`/proc/PID/exe`) is this same binary: faultline's
+/// own agents, runs, guards and stress workers, whatever their command line says.
+pub(crate) fn this_binary_processes() -> Vec<procfs::process::Process> {
+    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter(|p| p.exe().is_ok_and(|exe| exe == my_exe))
         .collect()
 }
 

@@ -240,18 +240,7 @@ mod tests {
 
     use super::*;
 
-    const HEAD: &str = r#"
-title = "t"
-[steady_state]
-window = "1s"
-[[steady_state.probe]]
-name = "p"
-tcp = "127.0.0.1:1"
-[recovery]
-within = "5s"
-[[fault]]
-name = "f"
-"#;
+    use crate::experiment::ONE_FAULT_HEAD as HEAD;
 
     /// A host with room for any worker count the static bounds allow, and no network devices.
     fn roomy_host() -> Host {

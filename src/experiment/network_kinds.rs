@@ -5,24 +5,16 @@ use std::path::Path;
 
 use crate::fault::FaultSpec;
 
-const HEAD: &str = r#"
-title = "t"
-[steady_state]
-window = "1s"
-[[steady_state.probe]]
-name = "p"
-tcp = "127.0.0.1:1"
-[recovery]
-within = "5s"
-[[fault]]
-name = "f"
-duration = "5s"
-"#;
-
 fn parse(fault: &str) -> Result<FaultSpec, String> {
-    crate::experiment::parse(Path::new("x.toml"), &format!("{HEAD}{fault}"))
-        .map(|e| e.faults.into_iter().next().unwrap().spec)
-        .map_err(|e| e.to_string())
+    crate::experiment::parse(
+        Path::new("x.toml"),
+        &format!(
+            "{}duration = \"5s\"\n{fault}",
+            crate::experiment::ONE_FAULT_HEAD
+        ),
+    )
+    .map(|e| e.faults.into_iter().next().unwrap().spec)
+    .map_err(|e| e.to_string())
 }
 
 #[test]

@@ -312,15 +312,8 @@ struct Worker {
 /// `--memory N`), and whose parent is still the process its argv names. A process that only
 /// looks like one (`exec -a "stress-worker --fault-id=x" sleep`) is none of them.
 fn live_workers() -> Vec<Worker> {
-    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
-        return Vec::new();
-    };
-    let Ok(processes) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    processes
-        .filter_map(Result::ok)
-        .filter(|p| p.exe().is_ok_and(|exe| exe == my_exe))
+    process::this_binary_processes()
+        .into_iter()
         .filter_map(|p| {
             let argv = p.cmdline().ok()?;
             let info = process::read(p.pid())?;
