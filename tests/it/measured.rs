@@ -203,9 +203,10 @@ fn the_sampling_bench_prints_its_figures() {
         (asked - 150.0).abs() < 1e-9,
         "3 probes every 20 ms ask for 150 per second, not {asked}"
     );
-    // The rate is printed rounded to one per second, the percentage from the exact rate.
+    // The rate is printed rounded to one per second, the percentage from the exact rate, capped at
+    // 100% (probes fire at once when they start, so a short run can sample a little above the ask).
     assert!(
-        (percent - 100.0 * rate / asked).abs() <= 100.0 * 0.5 / asked + 0.01,
+        (percent - (100.0 * rate / asked).min(100.0)).abs() <= 100.0 * 0.5 / asked + 0.01,
         "{s:?}"
     );
     assert!(failed <= count, "{s:?}");
