@@ -164,18 +164,24 @@ impl NetMatch {
     }
 }
 
+/// "to DST from SRC on port P", each part only when given: how plans and reports name a match.
+fn described_match(dst: Option<Cidr>, src: Option<Cidr>, port: Option<u16>) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(dst) = dst {
+        parts.push(format!("to {dst}"));
+    }
+    if let Some(src) = src {
+        parts.push(format!("from {src}"));
+    }
+    if let Some(port) = port {
+        parts.push(format!("on port {port}"));
+    }
+    parts
+}
+
 impl fmt::Display for NetMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(dst) = self.dst {
-            parts.push(format!("to {dst}"));
-        }
-        if let Some(src) = self.src {
-            parts.push(format!("from {src}"));
-        }
-        if let Some(port) = self.port {
-            parts.push(format!("on port {port}"));
-        }
+        let parts = described_match(self.dst, self.src, self.port);
         let described = if parts.is_empty() {
             String::new()
         } else {
@@ -260,16 +266,7 @@ impl TcMatch {
 
 impl fmt::Display for TcMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(dst) = self.dst {
-            parts.push(format!("to {dst}"));
-        }
-        if let Some(src) = self.src {
-            parts.push(format!("from {src}"));
-        }
-        if let Some(port) = self.port {
-            parts.push(format!("on port {port}"));
-        }
+        let parts = described_match(self.dst, self.src, self.port);
         if parts.is_empty() {
             f.write_str("all packets")
         } else {
