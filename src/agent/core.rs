@@ -448,11 +448,6 @@ impl AgentCore {
                 )));
             }
         };
-        if req.lease_ms == 0 {
-            return Err(AgentError::BadRequest(
-                "the lease must be longer than zero".to_owned(),
-            ));
-        }
         let requested = Requested {
             run_id: req.run_id.clone(),
             what: Asked::Fault(req.spec.clone()),
@@ -567,9 +562,12 @@ impl AgentCore {
         let detail = match outcome {
             Ok(detail) => detail,
             Err(e) => {
-                *journaled = None;
                 // Undo whatever part of the fault did land; the journal entry stays if that fails.
-                let undo_note = match undo.revert() {
+                // `journaled` is cleared only once the undo has returned: if it panics, the panic
+                // handler still knows what to revert.
+                let reverted = undo.revert();
+                *journaled = None;
+                let undo_note = match reverted {
                     Ok(_) => self
                         .journal
                         .remove(id)
@@ -682,11 +680,6 @@ impl AgentCore {
         if self.halted.load(Ordering::SeqCst) {
             return Err(AgentError::Refused(
                 "the agent is halted; run `faultline resume` first".to_owned(),
-            ));
-        }
-        if req.lease_ms == 0 {
-            return Err(AgentError::BadRequest(
-                "the lease must be longer than zero".to_owned(),
             ));
         }
         self.envelope
@@ -822,9 +815,15 @@ impl AgentCore {
             }
         };
         drop(state);
-        let result = undo
-            .revert()
-            .and_then(|detail| self.journal.remove(id).map(|()| detail));
+        // A panicking undo is a failed revert like any other: the slot stays active and the reaper
+        // tries again, instead of the id staying "reverting" for ever.
+        let result = unpanic(|| {
+            #[cfg(test)]
+            hooks::at(id, hooks::Stage::Revert);
+            undo.revert()
+        })
+        .unwrap_or_else(|panic| Err(format!("reverting panicked: {panic}")))
+        .and_then(|detail| self.journal.remove(id).map(|()| detail));
         let mut state = self.state();
         let answer = match result {
             Ok(detail) => {
@@ -999,6 +998,7 @@ pub(super) mod hooks {
         Prepare,
         Verify,
         Open,
+        Revert,
     }
 
     /// The stage at which to panic, and a gate to wait on before panicking.
@@ -1222,6 +1222,30 @@ mod tests {
         );
         assert!(core.active().is_empty());
         assert!(core.close_blocking().is_empty());
+    }
+
+    #[test]
+    fn a_panicking_revert_fails_that_revert_and_the_next_one_undoes_the_fault() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        core.apply_blocking("panic-revert-0", &pause(victim.pid()))
+            .unwrap();
+        hooks::panic_at("panic-revert-0", hooks::Stage::Revert, None);
+        let err = core
+            .revert_blocking("panic-revert-0", RevertCause::Requested)
+            .unwrap_err();
+        assert!(matches!(err, AgentError::RevertFailed(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("reverting panicked: test hook: Revert of panic-revert-0 panics"),
+            "{err}"
+        );
+        // The fault is still held and not stuck "reverting": the next revert answers at once.
+        assert_eq!(core.active().len(), 1);
+        core.revert_blocking("panic-revert-0", RevertCause::Requested)
+            .unwrap();
+        assert!(!victim.stopped(), "the victim stayed stopped");
+        assert!(core.journal.entries().is_empty());
     }
 
     #[test]
