@@ -74,8 +74,9 @@ enum Command {
         parent: u32,
         #[arg(long)]
         state_dir: PathBuf,
-        /// The run's lease: its faults are reverted when its heartbeat is older than this.
-        #[arg(long)]
+        /// The run's lease: its faults are reverted when its heartbeat is older than this. The
+        /// same bounds as `--lease` (300 ms to an hour): a lease of 0 would revert at once.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
         lease_ms: u64,
     },
     /// The parent of one `[[setup]]` fixture: runs it and takes its process group down as soon as
@@ -618,4 +619,39 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, parse_lease};
+    use crate::fault::check::MAX_LEASE;
+
+    #[test]
+    fn leases_are_bounded_on_the_command_line_and_for_the_watchdog() {
+        assert_eq!(
+            parse_lease("2h").unwrap_err(),
+            "the lease must be at most 1h (got 2h)"
+        );
+        assert_eq!(
+            parse_lease("100ms").unwrap_err(),
+            "the lease must be at least 300ms"
+        );
+        let watchdog = |ms: &str| {
+            Cli::try_parse_from([
+                "faultline",
+                "watchdog",
+                "--parent",
+                "1",
+                "--state-dir",
+                "/x",
+                "--lease-ms",
+                ms,
+            ])
+        };
+        assert!(watchdog("0").is_err(), "a zero lease would revert at once");
+        assert!(watchdog(&(MAX_LEASE.as_millis() + 1).to_string()).is_err());
+        assert!(watchdog("5000").is_ok());
+    }
 }
