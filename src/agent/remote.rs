@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::AgentError;
+use super::server::excerpt;
 use crate::protocol::{
     Applied, ApplyRequest, ErrorBody, FaultStatus, Health, OpenRequest, PROTOCOL_VERSION,
     RenewRequest, Renewed, Reverted, RevertedAll,
@@ -126,7 +127,7 @@ impl RemoteAgent {
         let message = format!(
             "agent `{}`: {}",
             self.name,
-            printable(&message, MAX_ERROR_CHARS)
+            excerpt(&message, MAX_ERROR_CHARS)
         );
         Err(match (status, kind.as_str()) {
             (StatusCode::UNAUTHORIZED, _) => {
@@ -199,7 +200,7 @@ fn compatible(theirs: Option<&str>, build: &str) -> Result<(), String> {
     }
     let ours = major(PROTOCOL_VERSION).expect("PROTOCOL_VERSION is MAJOR.MINOR");
     // What an agent sends is quoted back to people: keep it short and printable.
-    let quote = |text: &str| printable(text, 32);
+    let quote = |text: &str| excerpt(text, 32);
     let build = quote(build);
     let Some(theirs) = theirs else {
         return Err(format!(
@@ -220,21 +221,6 @@ fn compatible(theirs: Option<&str>, build: &str) -> Result<(), String> {
     }
 }
 
-/// At most `max_chars` characters of `text`, control characters replaced by spaces, `…` marking
-/// a cut.
-fn printable(text: &str, max_chars: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max_chars)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(max_chars).is_some() {
-        out.pop();
-        out.push('…');
-    }
-    out
-}
-
 /// reqwest's top-level message ("error sending request") hides the cause; show the whole chain.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -249,7 +235,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{compatible, printable};
+    use super::{compatible, excerpt};
     use crate::protocol::PROTOCOL_VERSION;
 
     #[test]
@@ -272,10 +258,10 @@ mod tests {
     }
 
     #[test]
-    fn what_an_agent_says_is_passed_on_short_and_printable() {
-        assert_eq!(printable("fine", 10), "fine");
-        assert_eq!(printable("a\r\nb\x1b[0m", 10), "a  b [0m");
-        assert_eq!(printable(&"x".repeat(5000), 600).chars().count(), 600);
+    fn what_an_agent_says_is_passed_on_short_and_excerpt() {
+        assert_eq!(excerpt("fine", 10), "fine");
+        assert_eq!(excerpt("a\r\nb\x1b[0m", 10), "a  b [0m");
+        assert_eq!(excerpt(&"x".repeat(5000), 600).chars().count(), 600);
     }
 
     #[test]

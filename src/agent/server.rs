@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use self::audit::{Audit, MAX_MESSAGE_CHARS, excerpt};
+pub(super) use self::audit::excerpt;
+use self::audit::{Audit, MAX_MESSAGE_CHARS};
 use super::envelope::Envelope;
 use super::tls::{self, Admission, Peer, Ticket};
 use super::{AgentCore, AgentError};
