@@ -103,13 +103,6 @@ impl Table {
         let listen: SocketAddr = listen.parse().map_err(|_| {
             FieldError::raw("listen", format!("`listen` must be an IP address and port, e.g. \"127.0.0.1:15432\" (got `{listen}`)"))
         })?;
-        if upstream.parse::<SocketAddr>().is_ok_and(|u| u == listen) {
-            return Err(FieldError::raw(
-                "upstream",
-                "`listen` and `upstream` are the same address: the proxy would forward to itself"
-                    .to_owned(),
-            ));
-        }
         Ok(Via::Run {
             listen,
             upstream: upstream.clone(),
