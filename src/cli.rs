@@ -8,15 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::agent::{Agent, AgentCore, Envelope, default_state_dir, server};
+use crate::agent::{default_state_dir, server};
 use crate::experiment;
 use crate::fault::{Work, worker_main};
-use crate::inventory::{self, Selection};
-use crate::model::{Experiment, LOCAL_GROUP};
+use crate::model::Experiment;
 use crate::progress::Progress;
-use crate::protocol::RevertCause;
 use crate::report::{json, junit, terminal};
-use crate::run::{self, RunOptions, Targets};
+use crate::run::RunOptions;
+use crate::run::session::{self, Session};
 use crate::units::Dur;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
@@ -286,14 +285,17 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             let Some(exp) = load(&file) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
-            let selection =
-                match runtime()?.block_on(resolve(&exp, agents.as_deref(), seed.unwrap_or(0))) {
-                    Ok(selection) => selection,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return Ok(ExitCode::from(EXIT_INVALID));
-                    }
-                };
+            let selection = match runtime()?.block_on(session::resolve(
+                &exp,
+                agents.as_deref(),
+                seed.unwrap_or(0),
+            )) {
+                Ok(selection) => selection,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
             print!("{}", crate::plan::render(&exp, true));
             print!("{}", crate::plan::render_selection(&selection, seed));
             Ok(ExitCode::SUCCESS)
@@ -467,47 +469,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("failed to start the async runtime")
 }
 
-/// Asks every chosen agent whether it is reachable and accepting faults, all at once, so a run
-/// against a halted or unreachable agent stops before the baseline instead of in the middle.
-async fn preflight(selection: &Selection) -> Result<(), String> {
-    let mut agents: Vec<_> = selection
-        .groups
-        .values()
-        .flat_map(|g| g.chosen.iter().cloned())
-        .collect();
-    agents.sort_by(|a, b| a.name.cmp(&b.name));
-    agents.dedup_by(|a, b| a.name == b.name);
-    let checks: Vec<_> = agents
-        .into_iter()
-        .map(|a| tokio::spawn(async move { (a.name.clone(), a.health().await) }))
-        .collect();
-    let mut problems = Vec::new();
-    for check in checks {
-        match check.await {
-            Ok((_, Ok(h))) if !h.halted => {}
-            Ok((name, Ok(_))) => problems.push(format!(
-                "agent `{name}` is halted (run `faultline resume --agents ...` first)"
-            )),
-            Ok((_, Err(e))) => problems.push(e.to_string()),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-/// Loads the inventory (if any) and resolves every target group for this seed.
-async fn resolve(exp: &Experiment, agents: Option<&Path>, seed: u64) -> anyhow::Result<Selection> {
-    let inventory = match agents {
-        Some(path) => Some(inventory::load(path).await.map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    inventory::select(exp, inventory.as_ref(), seed).map_err(anyhow::Error::msg)
-}
-
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
@@ -548,7 +509,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // Drawn here, not in the run, because the choice of agents already depends on it.
     let seed = args.seed.unwrap_or_else(rand::random);
     let runtime = runtime()?;
-    let selection = match runtime.block_on(resolve(&exp, args.agents.as_deref(), seed)) {
+    let selection = match runtime.block_on(session::resolve(&exp, args.agents.as_deref(), seed)) {
         Ok(selection) => selection,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -561,53 +522,25 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         print!("{}", crate::plan::render_selection(&selection, Some(seed)));
     }
     if !args.dry_run {
-        if let Err(e) = runtime.block_on(preflight(&selection)) {
+        if let Err(e) = runtime.block_on(session::preflight(&selection)) {
             eprintln!("error: {e}; nothing was injected");
             return Ok(ExitCode::from(5));
         }
     }
     let report = runtime.block_on(async {
         let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-        let (core, recovery) = AgentCore::open_async(state_dir, Envelope::default(), None).await.map_err(anyhow::Error::msg)?;
         let progress = Progress::new(args.quiet);
-        for line in &recovery.reverted {
-            progress.log(&format!("reverted a fault left by an earlier crashed run: {line}"));
-        }
-        if !recovery.failed.is_empty() {
-            bail!(
-                "faults left by an earlier crashed run could not be reverted ({}); fix them before running again (journal: {})",
-                recovery.failed.join("; "),
-                core.state_dir().display()
-            );
-        }
-        core.spawn_reaper();
-        // Beats for as long as the run lives; the watchdog reverts the run's faults when it stops.
-        let _heartbeat = crate::agent::watchdog::spawn(core.state_dir(), args.lease).map_err(anyhow::Error::msg)?;
-        let mut targets: Targets = selection
-            .groups
-            .iter()
-            .map(|(name, choice)| (name.clone(), choice.chosen.iter().map(|a| Agent::Remote(a.clone())).collect()))
-            .collect();
-        targets.insert(LOCAL_GROUP.to_owned(), vec![Agent::Embedded(core.clone())]);
-        for (name, choice) in &selection.groups {
-            let names: Vec<&str> = choice.chosen.iter().map(|a| a.name.as_str()).collect();
-            progress.log(&format!("target group `{name}`: {} of {} matching agent(s): {}", names.len(), choice.matching.len(), names.join(", ")));
-        }
-        let opts = RunOptions { seed: Some(seed), dry_run: args.dry_run, lease: args.lease, recovered: recovery.reverted };
-        let mut report = run::run(&exp, &targets, opts, &progress).await;
-        // The run reverts every fault it injected; this is the backstop should one have slipped
-        // through (a revert that timed out). Anything found here is reported as a failed revert.
-        let leftovers = tokio::task::spawn_blocking(move || core.revert_all_blocking(RevertCause::Shutdown)).await?;
-        for left in leftovers {
-            let line = match left {
-                Ok(r) => format!("fault {} was still active at the end of the run and was reverted now: {}", r.id, r.detail),
-                Err(e) => format!("a fault was still active at the end of the run and could NOT be reverted: {e}"),
-            };
-            progress.log(&line);
-            report.note_leftover(&line);
-        }
+        let mut session = Session::open(state_dir, args.lease, &progress).await?;
+        let opts = RunOptions {
+            seed: Some(seed),
+            dry_run: args.dry_run,
+            lease: args.lease,
+            recovered: session.take_recovered(),
+            run_id: None,
+        };
+        let report = session.run(&exp, &selection, opts, &progress).await;
         progress.finish();
-        Ok(report)
+        anyhow::Ok(report)
     })?;
     print!("{}", terminal::render(&report));
     if let Some(path) = &args.report_json {

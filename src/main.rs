@@ -13,6 +13,8 @@ mod fault;
 mod fixture;
 mod fleet;
 mod fuzz;
+mod gameday;
+mod history;
 mod inventory;
 mod model;
 mod plan;
@@ -23,6 +25,7 @@ mod protocol;
 mod proxy;
 mod report;
 mod run;
+mod schedule;
 mod sli;
 mod units;
 

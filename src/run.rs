@@ -4,6 +4,7 @@
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
 //! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
 
+pub(crate) mod session;
 mod verdict;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,17 @@ pub(crate) struct RunOptions {
     pub(crate) lease: Duration,
     /// Faults the embedded agent reverted from an earlier crashed run, for the report.
     pub(crate) recovered: Vec<String>,
+    /// The run's id, when the caller recorded it before the run (the history); drawn otherwise.
+    pub(crate) run_id: Option<String>,
+}
+
+/// A new run id: the start time (UTC, to the second) and 16 random bits.
+pub(crate) fn new_run_id(started_at: Timestamp) -> String {
+    format!(
+        "{}-{:04x}",
+        started_at.strftime("%Y%m%dT%H%M%SZ"),
+        rand::random::<u16>()
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,11 +147,10 @@ pub(crate) async fn run(
 ) -> Report {
     let seed = opts.seed.unwrap_or_else(rand::random);
     let started_at = Timestamp::now();
-    let run_id = format!(
-        "{}-{:04x}",
-        started_at.strftime("%Y%m%dT%H%M%SZ"),
-        rand::random::<u16>()
-    );
+    let run_id = opts
+        .run_id
+        .clone()
+        .unwrap_or_else(|| new_run_id(started_at));
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     for (i, step) in exp.faults.iter().enumerate() {

@@ -1,0 +1,210 @@
+//! Owns the history of runs and fires: every run (the coordinator's and the CLI's) and every
+//! schedule slot the coordinator fired or skipped, in SQLite (embedded default, `history.db` in a
+//! state directory) or PostgreSQL (several coordinators), behind one interface with one test suite.
+//!
+//! SKELETON (lead): the types and signatures below are the contract the coordinator and the CLI
+//! code against; the history engineers fill in the bodies (`history/sqlite.rs`,
+//! `history/postgres.rs`) and may add fields and methods, never remove these.
+#![allow(dead_code, clippy::unused_async)] // SKELETON: the engineer filling this file removes this line
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// Where a history lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// A SQLite file.
+    File(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// The SQLite file of a state directory: `<dir>/history.db`.
+    pub(crate) fn in_state_dir(dir: &Path) -> Location {
+        Location::File(dir.join("history.db"))
+    }
+
+    /// A URL (`postgres://…`) or a file path.
+    pub(crate) fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_owned())
+        } else {
+            Location::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// What is known when a run starts; written before the run touches anything.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunStart {
+    pub(crate) run_id: String,
+    /// The schedule that fired it; None for a CLI run.
+    pub(crate) schedule: Option<String>,
+    /// The nominal fire time of the slot it belongs to; None for a CLI run.
+    pub(crate) fire_at: Option<Timestamp>,
+    pub(crate) title: String,
+    pub(crate) file: String,
+    pub(crate) sha256: String,
+    pub(crate) seed: u64,
+    pub(crate) started_at: Timestamp,
+    /// Who ran it: the coordinator's name, or None for a CLI run.
+    pub(crate) coordinator: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunEnd {
+    pub(crate) ended_at: Timestamp,
+    /// `passed`, `failed`, `aborted`, `not_run`, `error` (`report::Verdict::as_str`).
+    pub(crate) verdict: String,
+    pub(crate) exit_code: u8,
+    pub(crate) reason: String,
+    pub(crate) time_to_recover: Option<Duration>,
+    pub(crate) time_to_abort: Option<Duration>,
+    /// Every agent a fault of the run acted on.
+    pub(crate) agents: Vec<String>,
+    /// The full JSON report (`report::json::render`), when the run produced one.
+    pub(crate) report_json: Option<String>,
+}
+
+/// One stored run; `end` is None while it runs (or when its coordinator died before recovery).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunRow {
+    pub(crate) start: RunStart,
+    pub(crate) end: Option<RunEnd>,
+}
+
+/// What became of one schedule slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FireState {
+    /// Claimed to run (its runs carry the same schedule and `fire_at`).
+    Fired,
+    /// Not run, with the reason (blackout, window, halted agents, an alert, a conflict…).
+    Skipped(String),
+}
+
+/// One schedule slot as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FireRow {
+    pub(crate) schedule: String,
+    /// The nominal fire time; (schedule, at) is unique.
+    pub(crate) at: Timestamp,
+    pub(crate) state: FireState,
+    /// The coordinator that recorded it.
+    pub(crate) by: String,
+    pub(crate) recorded_at: Timestamp,
+    /// The seeded delay drawn for it.
+    pub(crate) jitter: Duration,
+}
+
+/// Which runs `runs` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    pub(crate) experiment: Option<String>,
+    pub(crate) schedule: Option<String>,
+    pub(crate) last: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HistoryError(pub(crate) String);
+
+/// An open history; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct History {
+    location: Location,
+}
+
+impl History {
+    /// Opens (creating and migrating when needed) the history at `location`.
+    pub(crate) async fn open(location: &Location) -> Result<History, HistoryError> {
+        Ok(History {
+            location: location.clone(),
+        })
+    }
+
+    pub(crate) fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Records a slot as fired, before its runs start. Returns false (and changes nothing) when
+    /// the slot was already recorded, by this or another coordinator: it must not run again.
+    pub(crate) async fn claim_fire(&self, fire: &FireRow) -> Result<bool, HistoryError> {
+        let _ = fire;
+        Err(self.not_yet())
+    }
+
+    /// The latest recorded slot (fired or skipped) of a schedule.
+    pub(crate) async fn last_fire(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<Timestamp>, HistoryError> {
+        let _ = schedule;
+        Err(self.not_yet())
+    }
+
+    /// Recorded slots, oldest first; all schedules when None.
+    pub(crate) async fn fires(&self, schedule: Option<&str>) -> Result<Vec<FireRow>, HistoryError> {
+        let _ = schedule;
+        Err(self.not_yet())
+    }
+
+    pub(crate) async fn start_run(&self, start: &RunStart) -> Result<(), HistoryError> {
+        let _ = start;
+        Err(self.not_yet())
+    }
+
+    pub(crate) async fn finish_run(&self, run_id: &str, end: &RunEnd) -> Result<(), HistoryError> {
+        let _ = (run_id, end);
+        Err(self.not_yet())
+    }
+
+    /// Runs that started and have no end, of one coordinator (or of all when None).
+    pub(crate) async fn unfinished(
+        &self,
+        coordinator: Option<&str>,
+    ) -> Result<Vec<RunRow>, HistoryError> {
+        let _ = coordinator;
+        Err(self.not_yet())
+    }
+
+    /// Runs, newest first.
+    pub(crate) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
+        let _ = filter;
+        Err(self.not_yet())
+    }
+
+    pub(crate) async fn run(&self, run_id: &str) -> Result<Option<RunRow>, HistoryError> {
+        let _ = run_id;
+        Err(self.not_yet())
+    }
+
+    /// Takes or renews the lease named `name` for `holder` for `lease`; true when `holder` holds
+    /// it afterwards. Coordinators sharing a database call it before every fire, so exactly one
+    /// fires. The database's clock decides expiry (PostgreSQL `now()`), so hosts' clocks may differ.
+    pub(crate) async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, HistoryError> {
+        let _ = (name, holder, lease);
+        Err(self.not_yet())
+    }
+
+    /// Gives the lease up (on a clean stop), so another coordinator takes over at once.
+    pub(crate) async fn release_lead(&self, name: &str, holder: &str) -> Result<(), HistoryError> {
+        let _ = (name, holder);
+        Err(self.not_yet())
+    }
+
+    fn not_yet(&self) -> HistoryError {
+        HistoryError(format!(
+            "history at {:?} is not implemented yet",
+            self.location
+        ))
+    }
+}
