@@ -18,6 +18,7 @@ mod gameday;
 mod history;
 mod inventory;
 mod model;
+mod outage;
 mod plan;
 mod probe;
 mod process;

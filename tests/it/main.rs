@@ -18,6 +18,7 @@ mod latency;
 mod measured;
 mod netem_absent;
 mod netfaults;
+mod outage;
 mod prometheus;
 mod stress;
 mod validate;
