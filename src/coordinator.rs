@@ -122,7 +122,7 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     };
     let history = History::open(&location)
         .await
-        .with_context(|| format!("failed to open the history at {location:?}"))?;
+        .with_context(|| format!("failed to open the history at {location}"))?;
     let progress = Progress::new(true);
     // Reverts what an earlier coordinator process left in the journal before anything else, and
     // keeps the watchdog beating for as long as this process lives.
@@ -141,13 +141,13 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         name,
         history,
         session,
-        http: reqwest::Client::new(),
+        http: crate::outage::client().map_err(anyhow::Error::msg)?,
         draining,
         cancel,
         progress,
     });
     log(&format!(
-        "coordinator `{}` started: {} schedule(s), {} blackout(s), history {location:?}",
+        "coordinator `{}` started: {} schedule(s), {} blackout(s), history {location}",
         ctx.name,
         ctx.gameday.calendar.schedules.len(),
         ctx.gameday.calendar.blackouts.len()
