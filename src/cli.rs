@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+mod gameday;
+
 use crate::agent::{default_state_dir, server};
 use crate::experiment;
 use crate::fault::{Work, worker_main};
@@ -133,6 +135,9 @@ enum Command {
     /// panicked (for developers: `scripts/fuzz.sh` runs every target).
     #[command(name = "fuzz", hide = true)]
     Fuzz(FuzzArgs),
+    /// Game-day schedules: `schedule next FILE` prints the coming fires and skipped slots.
+    #[command(subcommand)]
+    Schedule(gameday::ScheduleCommand),
 }
 
 #[derive(Args)]
@@ -390,6 +395,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Budget { file } => budget(&file),
         Command::Coordinator(args) => coordinator::run(&args),
         Command::Fuzz(args) => fuzz(args),
+        Command::Schedule(command) => Ok(gameday::schedule(&command)),
         Command::Bench(BenchCommand::Probes {
             probes,
             every,
@@ -478,6 +484,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
+        if let Some(valid) = gameday::validate(file) {
+            ok &= valid;
+            continue;
+        }
         match experiment::load(file) {
             Ok(exp) => println!(
                 "{}: ok ({} probe(s), {} fault(s))",

@@ -1,0 +1,1 @@
+//! Unit tests of the fire-time arithmetic with fixed instants.
