@@ -95,18 +95,9 @@ enum Stopping {
     Cancel,
 }
 
-/// The coordinator's name: `[coordinator].name` when the file gives one, else the host name.
-fn coordinator_name(_gameday: &GameDay) -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "coordinator".to_owned())
-}
-
 /// Runs the daemon until SIGTERM/SIGINT and every run it started has ended.
 pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
-    let name = coordinator_name(&gameday);
+    let name = gameday.coordinator.name.clone();
     let state_dir = gameday.coordinator.state_dir.clone();
     tokio::fs::create_dir_all(&state_dir)
         .await
@@ -136,7 +127,7 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     let postgres = matches!(location, Location::Postgres(_));
     let lease = gameday.coordinator.lease;
     let ctx = Arc::new(Ctx {
-        seed: 0,
+        seed: gameday.coordinator.seed,
         gameday,
         name,
         history,
@@ -147,11 +138,13 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         progress,
     });
     log(&format!(
-        "coordinator `{}` started: {} schedule(s), {} blackout(s), history {location}",
+        "coordinator `{}` started on {}: {} schedule(s), {} blackout(s), history {location}",
         ctx.name,
+        ctx.gameday.file.display(),
         ctx.gameday.calendar.schedules.len(),
         ctx.gameday.calendar.blackouts.len()
     ));
+    announce(&ctx.gameday, Timestamp::now());
 
     let mut cursors = Vec::new();
     for s in &ctx.gameday.calendar.schedules {
@@ -190,6 +183,28 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     }
     log("coordinator stopped");
     Ok(())
+}
+
+/// One line per schedule (its cron, zone and first real fire, past any skipped slots) and per
+/// blackout, so the log says at start what the coordinator understood.
+fn announce(gameday: &GameDay, now: Timestamp) {
+    let cal = &gameday.calendar;
+    for (i, s) in cal.schedules.iter().enumerate() {
+        let next = match cal.next_fire(i, now) {
+            Some(at) => format!(
+                "first fire {at:.0} ({})",
+                at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z")
+            ),
+            None => "never fires".to_owned(),
+        };
+        log(&format!(
+            "schedule `{}`: cron `{}` in {}; {next}",
+            s.name, s.cron_text, s.zone_name
+        ));
+    }
+    for b in &cal.blackouts {
+        log(&format!("blackout `{}` (in {})", b.name, b.zone_name));
+    }
 }
 
 /// Finishes the runs a coordinator left without an end: those of `owner` (None: of every

@@ -64,3 +64,95 @@ pub(crate) fn step(cal: &Calendar, schedule: usize, cursor: Timestamp, now: Time
         catch_up: cal.catch_up(schedule, Some(cursor), now),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+    use jiff::tz::TimeZone;
+
+    use super::{Missed, Step, step};
+    use crate::schedule::{
+        Calendar, Concurrency, Missed as Policy, MissedPolicy, OnConflict, Schedule, parse_cron,
+    };
+
+    fn calendar(policy: MissedPolicy) -> Calendar {
+        Calendar {
+            schedules: vec![Schedule {
+                name: "s".into(),
+                experiments: Vec::new(),
+                keep_going: false,
+                cron_text: "*/2 * * * * *".into(),
+                zone_name: "UTC".into(),
+                zone: TimeZone::UTC,
+                only_within: Vec::new(),
+                jitter: Duration::ZERO,
+                missed: Policy {
+                    policy,
+                    deadline: Duration::from_secs(60),
+                },
+                concurrency: Concurrency::Forbid,
+                on_conflict: OnConflict::Queue,
+                suspend: false,
+                cron: parse_cron("*/2 * * * * *").unwrap(),
+            }],
+            blackouts: Vec::new(),
+        }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn before_a_slot_it_waits_for_it_and_a_slot_just_passed_is_on_time() {
+        let cal = calendar(MissedPolicy::Skip);
+        let cursor = t("2027-03-01T10:00:00Z");
+        assert_eq!(
+            step(&cal, 0, cursor, t("2027-03-01T10:00:01.5Z")),
+            Step::Wait(t("2027-03-01T10:00:02Z"))
+        );
+        let Step::OnTime(slot) = step(&cal, 0, cursor, t("2027-03-01T10:00:02.001Z")) else {
+            panic!("not on time")
+        };
+        assert_eq!(slot.at, t("2027-03-01T10:00:02Z"));
+        // Once dealt with, the next slot is 2 s later: no drift, no second fire of the same slot.
+        assert_eq!(
+            step(&cal, 0, slot.at, t("2027-03-01T10:00:02.001Z")),
+            Step::Wait(t("2027-03-01T10:00:04Z"))
+        );
+    }
+
+    #[test]
+    fn ten_seconds_down_is_missed_slots_with_one_catch_up_under_run_once_and_none_under_skip() {
+        let cursor = t("2027-03-01T10:00:00Z");
+        let now = t("2027-03-01T10:00:10.5Z");
+        let missed = |policy| match step(&calendar(policy), 0, cursor, now) {
+            Step::Missed(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            missed(MissedPolicy::RunOnce),
+            Missed {
+                first: t("2027-03-01T10:00:02Z"),
+                count: 5,
+                more: false,
+                catch_up: Some(t("2027-03-01T10:00:10Z")),
+            }
+        );
+        assert_eq!(missed(MissedPolicy::Skip).catch_up, None);
+    }
+
+    #[test]
+    fn a_lone_slot_later_than_the_grace_counts_as_missed() {
+        // A stall of 3 s with a 2 s cron: two slots due, so not on time even though the latest
+        // is only 1 s late.
+        let cal = calendar(MissedPolicy::Skip);
+        let cursor = t("2027-03-01T10:00:00Z");
+        assert!(matches!(
+            step(&cal, 0, cursor, t("2027-03-01T10:00:05Z")),
+            Step::Missed(Missed { count: 2, .. })
+        ));
+    }
+}
