@@ -192,8 +192,9 @@ fn announce(gameday: &GameDay, now: Timestamp) {
     for (i, s) in cal.schedules.iter().enumerate() {
         let next = match cal.next_fire(i, now) {
             Some(at) => format!(
-                "first fire {at:.0} ({})",
-                at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z")
+                "first fire {at:.0} ({} {})",
+                at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S%:z"),
+                s.zone_name
             ),
             None => "never fires".to_owned(),
         };
@@ -431,7 +432,7 @@ impl Dispatcher {
         log(&format!(
             "next fire of `{}`: {at:.0} ({} {})",
             s.name,
-            local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            local.strftime("%Y-%m-%d %H:%M:%S%:z"),
             s.zone_name
         ));
     }

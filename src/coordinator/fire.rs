@@ -226,14 +226,9 @@ async fn prepare(ctx: &Ctx, path: &Path) -> Prepared {
 
 /// `Some(reason)` when the fire must be skipped for an outage (or because the outage check failed:
 /// no chaos when the coordinator cannot tell whether an incident is on).
-#[expect(
-    clippy::unused_async,
-    reason = "the Alertmanager query (h/outage) is not merged yet"
-)]
 async fn outage(ctx: &Ctx) -> Option<String> {
     let outage = ctx.gameday.coordinator.outage.as_ref()?;
-    let _ = (&ctx.http, outage);
-    Some("outage check failed: this build cannot read Alertmanager yet".to_owned())
+    crate::outage::gate(outage, &ctx.http).await
 }
 
 /// Claims the slot and runs the experiments in order, stopping at the first that does not pass

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::support::alertmanager::Alertmanager;
 use crate::support::{self, BIN, Proc, ProcState, state_of, wait_until};
 
 /// A coordinator process with its log (stderr) in a file. Dropped while running it gets two
@@ -550,4 +551,62 @@ fn a_first_sigterm_lets_the_run_finish_and_a_second_reverts_it_at_once() {
         "{second:#?}"
     );
     assert!(log.contains("received again: reverting"), "{log}");
+}
+
+#[test]
+fn a_matching_alert_in_alertmanager_skips_fires_naming_it_until_it_is_resolved() {
+    let alertmanager = Alertmanager::start();
+    let alert = [("alertname", "CheckoutDown"), ("severity", "critical")];
+    alertmanager.fire(&alert);
+    // Not matched: only critical alerts stop chaos.
+    alertmanager.fire(&[("alertname", "DiskAlmostFull"), ("severity", "warning")]);
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "100ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        &alertmanager.outage_toml(&[r#"severity="critical""#]),
+        &schedule("guarded", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("two skipped slots", Duration::from_secs(20), || {
+        fires(&db).len() >= 2
+    });
+    assert!(runs(&db).is_empty(), "{}", coordinator.log());
+    alertmanager.resolve(&alert);
+    let resolved = jiff::Timestamp::now().as_microsecond();
+    let ran = support::poll_until(Duration::from_secs(20), || finished(&db) >= 1);
+    assert!(
+        ran.is_some(),
+        "no run after the alert was resolved:\n{}",
+        coordinator.log()
+    );
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let fires = fires(&db);
+    assert_distinct_slots(&fires);
+    let skipped: Vec<&FireRow> = fires.iter().filter(|f| f.skipped.is_some()).collect();
+    assert!(skipped.len() >= 2, "{fires:#?}");
+    for f in &skipped {
+        let reason = f.skipped.as_deref().unwrap();
+        assert!(
+            reason.starts_with("outage in progress: alert `CheckoutDown` firing since "),
+            "{f:?}"
+        );
+        assert!(
+            f.at < resolved,
+            "skipped after the alert was resolved: {f:?}"
+        );
+    }
+    let runs = runs(&db);
+    assert!(
+        runs.iter()
+            .all(|r| r.fire_at.unwrap() > skipped.last().unwrap().at)
+    );
+    assert_eq!(runs[0].verdict.as_deref(), Some("passed"), "{log}");
+    assert!(log.contains("alert `CheckoutDown`"), "{log}");
+    assert!(!log.contains("DiskAlmostFull"), "{log}");
 }
