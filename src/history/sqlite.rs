@@ -425,6 +425,13 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
 /// Applies the migrations this database has not seen, each once and all in one immediate
 /// transaction, so two processes opening a new file at once do not both create the tables.
 fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
+    // Most opens find the schema current: a plain read then spares `history` a write lock.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if version == schema::sqlite_version() {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
