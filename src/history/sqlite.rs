@@ -35,7 +35,9 @@ impl Store {
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
             .await
-            .map_err(|e| HistoryError(format!("history {}: {e}", path.display())))??;
+            .map_err(|e| {
+                HistoryError(format!("history {}: failed to open: {e}", path.display()))
+            })??;
         Ok(Store {
             path: Arc::new(path),
             conn: Arc::new(Mutex::new(conn)),
@@ -49,8 +51,7 @@ impl Store {
         work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
     ) -> Result<T, HistoryError> {
         let conn = self.conn.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             // A panic in another statement poisons the lock but leaves the connection usable:
             // SQLite rolled back whatever that statement had open.
             let mut conn = conn
@@ -58,9 +59,12 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             work(&mut conn)
         })
-        .await
-        .map_err(|e| HistoryError(format!("{what}: {e}")))?
-        .map_err(|e| HistoryError(format!("history {}: {what}: {}", path.display(), e.0)))
+        .await;
+        let done = match done {
+            Ok(done) => done.map_err(|e| e.0),
+            Err(e) => Err(e.to_string()),
+        };
+        done.map_err(|e| HistoryError(format!("history {}: {what}: {e}", self.path.display())))
     }
 
     pub(super) async fn claim_fire(&self, fire: &FireRow) -> Result<bool, HistoryError> {

@@ -317,3 +317,25 @@ fn runs_writing_one_history_at_once_are_all_recorded_while_it_is_read() {
     assert_eq!(all.len(), 4, "{all:?}");
     assert!(all.iter().all(|r| r["verdict"] == "not_run"), "{all:?}");
 }
+
+#[test]
+fn a_history_that_cannot_be_written_only_warns_and_keeps_the_verdict() {
+    let dir = tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    // A directory where the database file should be: SQLite cannot open it.
+    let db = state(dir.path()).join("history.db");
+    std::fs::create_dir_all(&db).unwrap();
+    let (ran, _) = run(dir.path(), "a", &pause("web", victim.pid()), &[]);
+    assert_eq!(ran.code, 0, "{}", ran.explain());
+    assert_eq!(ran.verdict(), "passed");
+    let warning = ran
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning:\n{}", ran.explain()));
+    let expected = format!(
+        "warning: this run is not recorded (history {}: failed to create the file: Is a directory (os error 21)); its verdict and exit code are unaffected (--no-history skips the history)",
+        db.display()
+    );
+    assert_eq!(warning, expected);
+}
