@@ -9,8 +9,11 @@
 
 #![allow(dead_code)] // SKELETON: goes once `faultline run` records and `history`/`show` read
 
+mod postgres;
 mod schema;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -157,6 +160,7 @@ pub(crate) struct History {
 #[derive(Debug, Clone)]
 enum Store {
     Sqlite(sqlite::Store),
+    Postgres(postgres::PostgresStore),
 }
 
 /// Calls the same method on whichever store this history has.
@@ -164,6 +168,7 @@ macro_rules! dispatch {
     ($history:expr, $store:ident => $call:expr) => {
         match &$history.store {
             Store::Sqlite($store) => $call,
+            Store::Postgres($store) => $call,
         }
     };
 }
@@ -173,11 +178,7 @@ impl History {
     pub(crate) async fn open(location: &Location) -> Result<History, HistoryError> {
         let store = match location {
             Location::File(path) => Store::Sqlite(sqlite::Store::open(path).await?),
-            Location::Postgres(_) => {
-                return Err(HistoryError(format!(
-                    "history at {location}: PostgreSQL is not supported yet"
-                )));
-            }
+            Location::Postgres(url) => Store::Postgres(postgres::PostgresStore::open(url).await?),
         };
         Ok(History {
             location: location.clone(),
