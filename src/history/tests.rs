@@ -574,3 +574,52 @@ fn with_database_replaces_only_the_database() {
         "postgresql://u:p@h:1/t_2?sslmode=disable"
     );
 }
+
+#[tokio::test]
+async fn postgres_unreachable_server_is_named_without_its_password() {
+    // A port that was free a moment ago: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let err = History::open(&Location::Postgres(format!(
+        "postgres://faultline:hunter2@127.0.0.1:{port}/history"
+    )))
+    .await
+    .expect_err("nothing listens there");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "postgres history at postgres://faultline:***@127.0.0.1:{port}/history: failed to connect: "
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_from_a_newer_faultline_is_refused() {
+    let test = "history::tests::postgres_schema_from_a_newer_faultline_is_refused";
+    let Some(store) = Store::postgres(test).await else {
+        return;
+    };
+    drop(store.open().await);
+    let db = store.postgres.as_ref().expect("a postgres store");
+    admin_client(&db.url)
+        .await
+        .batch_execute("UPDATE schema_version SET version = 99")
+        .await
+        .expect("pretend a newer faultline migrated");
+    let err = History::open(&store.location)
+        .await
+        .expect_err("a schema newer than this faultline");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "postgres history at {}: schema version 99 is newer than this faultline knows (1); \
+             upgrade faultline",
+            db.url
+        )
+    );
+}
