@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod history;
+
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -124,6 +126,10 @@ enum Command {
     },
     /// Revert the faults of one run, or all faults, on every agent.
     Revert(RevertArgs),
+    /// List recorded runs, newest first (every `faultline run` and every coordinator run).
+    History(history::HistoryArgs),
+    /// Print a recorded run's report, as its run printed it at the end.
+    Show(history::ShowArgs),
     /// Fuzz one of the program's input parsers with seeded mutations; exits 1 when any input
     /// panicked (for developers: `scripts/fuzz.sh` runs every target).
     #[command(name = "fuzz", hide = true)]
@@ -259,6 +265,9 @@ struct RunArgs {
     /// No live progress display; plain lines only.
     #[arg(long)]
     quiet: bool,
+    /// Do not record this run in the state directory's history (`history.db`).
+    #[arg(long)]
+    no_history: bool,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -384,6 +393,8 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Budget { file } => budget(&file),
         Command::Fuzz(args) => fuzz(args),
+        Command::History(args) => Ok(runtime()?.block_on(history::history(&args))),
+        Command::Show(args) => Ok(runtime()?.block_on(history::show(&args))),
         Command::Bench(BenchCommand::Probes {
             probes,
             every,
@@ -527,8 +538,16 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(5));
         }
     }
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let run_id = crate::run::new_run_id(jiff::Timestamp::now());
+    // Recorded before the session recovers the journal: from here every exit path ends the row.
+    let recorder = runtime.block_on(history::Recorder::start(
+        (!args.no_history).then_some(state_dir.as_path()),
+        &exp,
+        &run_id,
+        seed,
+    ));
     let report = runtime.block_on(async {
-        let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
         let progress = Progress::new(args.quiet);
         let mut session = Session::open(state_dir, args.lease, &progress).await?;
         let opts = RunOptions {
@@ -536,13 +555,21 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             dry_run: args.dry_run,
             lease: args.lease,
             recovered: session.take_recovered(),
-            run_id: None,
+            run_id: Some(run_id),
         };
         let report = session.run(&exp, &selection, opts, &progress).await;
         progress.finish();
         anyhow::Ok(report)
-    })?;
+    });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            runtime.block_on(recorder.fail(&format!("{e:#}")));
+            return Err(e);
+        }
+    };
     print!("{}", terminal::render(&report));
+    runtime.block_on(recorder.finish(&report));
     if let Some(path) = &args.report_json {
         std::fs::write(path, json::render(&report))
             .with_context(|| format!("failed to write the JSON report to {}", path.display()))?;
