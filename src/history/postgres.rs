@@ -249,8 +249,8 @@ impl PostgresStore {
         let from = usize::try_from(version).unwrap_or(usize::MAX);
         if from > known {
             return Err(HistoryError(format!(
-                "postgres history at {}: schema version {version} is newer than this faultline \
-                 knows ({known}); upgrade faultline",
+                "postgres history at {}: the database has schema version {version}, newer than \
+                 the {known} this faultline knows; use a newer faultline or another database",
                 self.inner.shown
             )));
         }

@@ -617,8 +617,8 @@ async fn postgres_schema_from_a_newer_faultline_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "postgres history at {}: schema version 99 is newer than this faultline knows (1); \
-             upgrade faultline",
+            "postgres history at {}: the database has schema version 99, newer than the 1 this \
+             faultline knows; use a newer faultline or another database",
             db.url
         )
     );
