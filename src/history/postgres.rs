@@ -176,16 +176,17 @@ impl PostgresStore {
         F: FnOnce(Arc<Client>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        self.call_raw(what, f)
+        self.call_raw(what, CALL_TIMEOUT, f)
             .await?
             .map_err(|e| self.fail(what, &e))
     }
 
-    /// `call`, handing the database's error back to the caller to tell its kind; the outer error
-    /// is a failure to connect or no answer in time.
+    /// `call` bounded by `limit`, handing the database's error back to the caller to tell its
+    /// kind; the outer error is a failure to connect or no answer in time.
     async fn call_raw<T, F, Fut>(
         &self,
         what: &str,
+        limit: Duration,
         f: F,
     ) -> Result<Result<T, tokio_postgres::Error>, HistoryError>
     where
@@ -206,20 +207,20 @@ impl PostgresStore {
             }
             Ok(result)
         };
-        match tokio::time::timeout(CALL_TIMEOUT, work).await {
+        match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
-            Err(_) => Err(self.timed_out(what).await),
+            Err(_) => Err(self.timed_out(what, limit).await),
         }
     }
 
     /// Drops the connection of a call that got no answer (dropping the client closes its
     /// session; the next call reconnects) and says so.
-    async fn timed_out(&self, what: &str) -> HistoryError {
+    async fn timed_out(&self, what: &str, limit: Duration) -> HistoryError {
         self.inner.client.lock().await.take();
         HistoryError(format!(
-            "postgres history at {}: failed to {what}: no answer within {} s",
+            "postgres history at {}: failed to {what}: no answer within {} ms",
             self.inner.shown,
-            CALL_TIMEOUT.as_secs()
+            limit.as_millis()
         ))
     }
 
@@ -349,7 +350,7 @@ impl PostgresStore {
         let started_at = schema::micros(start.started_at);
         let seed = start.seed.to_string();
         let inserted = self
-            .call_raw("record the start of a run", |c| async move {
+            .call_raw("record the start of a run", CALL_TIMEOUT, |c| async move {
                 c.execute(
                     "INSERT INTO runs (run_id, schedule, fire_at_us, title, file, sha256, seed, \
                      started_at_us, coordinator) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -469,9 +470,13 @@ impl PostgresStore {
         holder: &str,
         lease: Duration,
     ) -> Result<bool, HistoryError> {
-        let lease = schema::duration_micros(lease);
+        let lease_us = schema::duration_micros(lease);
+        // An answer later than the lease is worthless (the lease may have passed to another
+        // meanwhile), so a hung database makes this a refusal after one lease, not 30 s (at
+        // least 1 s, so a busy host does not turn a short test lease into a failed call).
+        let limit = lease.clamp(Duration::from_secs(1), CALL_TIMEOUT);
         let row = self
-            .call("take the lead", |c| async move {
+            .call_raw("take the lead", limit, |c| async move {
                 c.query_opt(
                     "WITH clock AS (SELECT (extract(epoch FROM now()) * 1000000)::BIGINT AS now_us) \
                      INSERT INTO leases AS l (name, holder, expires_at_us) \
@@ -481,11 +486,12 @@ impl PostgresStore {
                      WHERE l.holder = EXCLUDED.holder \
                         OR l.expires_at_us <= (SELECT now_us FROM clock) \
                      RETURNING l.holder",
-                    &[&name, &holder, &lease],
+                    &[&name, &holder, &lease_us],
                 )
                 .await
             })
-            .await?;
+            .await?
+            .map_err(|e| self.fail("take the lead", &e))?;
         Ok(row.is_some())
     }
 

@@ -623,3 +623,74 @@ async fn postgres_schema_from_a_newer_faultline_is_refused() {
         )
     );
 }
+
+/// Continues a stopped process when dropped.
+struct Continue(nix::unistd::Pid);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects() {
+    let test =
+        "history::tests::postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects";
+    let Some(store) = Store::postgres(test).await else {
+        return;
+    };
+    let history = store.open().await;
+    assert!(
+        history
+            .try_lead("lead", "a", Duration::from_secs(1))
+            .await
+            .expect("take")
+    );
+
+    // Stop the server process serving this store's session, as a hung database would.
+    let db = store.postgres.as_ref().expect("a postgres store");
+    let admin = admin_client(&db.admin).await;
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'faultline'",
+            &[&db.name],
+        )
+        .await
+        .expect("find the store's session")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pids.len(), 1, "sessions of the store: {pids:?}");
+    let backend = nix::unistd::Pid::from_raw(pids[0]);
+    if let Err(e) = nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGSTOP) {
+        assert!(
+            std::env::var("FAULTLINE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "{test} must stop a postgres process: {e}"
+        );
+        eprintln!("SKIPPED {test}: cannot stop postgres process {backend}: {e}");
+        return;
+    }
+    // Continued however the test ends, or dropping the database would wait on it for ever.
+    let stopped = Continue(backend);
+
+    let err = history
+        .try_lead("lead", "a", Duration::from_secs(1))
+        .await
+        .expect_err("no answer from a stopped server");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "postgres history at {}: failed to take the lead: no answer within 1000 ms",
+            db.url
+        )
+    );
+    drop(stopped);
+    // The hung session was dropped; the next call opens a new one and renews.
+    assert!(
+        history
+            .try_lead("lead", "a", Duration::from_secs(1))
+            .await
+            .expect("renew")
+    );
+}
