@@ -11,20 +11,20 @@ use jiff::Timestamp;
 use super::{Filter, FireRow, FireState, History, Location, RunEnd, RunRow, RunStart};
 
 /// Where one test's store lives, and what removes it when the test ends, passed or not.
-struct Store {
+struct TestStore {
     location: Location,
     #[expect(dead_code, reason = "held so the temp dir lives as long as the store")]
     sqlite: Option<tempfile::TempDir>,
     postgres: Option<TestDatabase>,
 }
 
-impl Store {
-    fn sqlite() -> Store {
+impl TestStore {
+    fn sqlite() -> TestStore {
         let dir = tempfile::Builder::new()
             .prefix("faultline-history-")
             .tempdir()
             .expect("create a temp dir");
-        Store {
+        TestStore {
             location: Location::in_state_dir(dir.path()),
             sqlite: Some(dir),
             postgres: None,
@@ -32,7 +32,7 @@ impl Store {
     }
 
     /// A fresh database, or None (after saying so) when no server was given.
-    async fn postgres(test: &str) -> Option<Store> {
+    async fn postgres(test: &str) -> Option<TestStore> {
         let Ok(admin) = std::env::var("FAULTLINE_TEST_POSTGRES") else {
             assert!(
                 std::env::var("FAULTLINE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
@@ -45,7 +45,7 @@ impl Store {
             return None;
         };
         let db = TestDatabase::create(&admin).await;
-        Some(Store {
+        Some(TestStore {
             location: Location::Postgres(db.url.clone()),
             sqlite: None,
             postgres: Some(db),
@@ -135,7 +135,7 @@ macro_rules! both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let store = super::Store::sqlite();
+                    let store = super::TestStore::sqlite();
                     super::$case(&store).await;
                 }
             )*
@@ -145,7 +145,7 @@ macro_rules! both_stores {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let test = concat!("history::tests::postgres::", stringify!($case));
-                    let Some(store) = super::Store::postgres(test).await else { return };
+                    let Some(store) = super::TestStore::postgres(test).await else { return };
                     super::$case(&store).await;
                 }
             )*
@@ -213,7 +213,7 @@ fn ids(rows: &[RunRow]) -> Vec<&str> {
     rows.iter().map(|r| r.start.run_id.as_str()).collect()
 }
 
-async fn run_reads_back_as_started_then_as_finished(store: &Store) {
+async fn run_reads_back_as_started_then_as_finished(store: &TestStore) {
     let history = store.open().await;
     let started = start("r1", "web survives a kill", Some("tuesdays"), 10);
     history.start_run(&started).await.expect("start run");
@@ -240,7 +240,7 @@ async fn run_reads_back_as_started_then_as_finished(store: &Store) {
     );
 }
 
-async fn runs_are_listed_newest_first_and_filtered(store: &Store) {
+async fn runs_are_listed_newest_first_and_filtered(store: &TestStore) {
     let history = store.open().await;
     // Started out of order, so the order read back is the stores' and not the insertion's.
     for (id, title, schedule, second) in [
@@ -289,7 +289,7 @@ async fn runs_are_listed_newest_first_and_filtered(store: &Store) {
     assert_eq!(ids(&list(none).await), Vec::<&str>::new());
 }
 
-async fn fire_is_claimed_once_and_a_second_claim_changes_nothing(store: &Store) {
+async fn fire_is_claimed_once_and_a_second_claim_changes_nothing(store: &TestStore) {
     let history = store.open().await;
     let first = fire("nightly", 60, "coordinator-a", FireState::Fired);
     assert!(history.claim_fire(&first).await.expect("claim"));
@@ -319,7 +319,7 @@ async fn fire_is_claimed_once_and_a_second_claim_changes_nothing(store: &Store) 
     );
 }
 
-async fn last_fire_is_the_latest_slot_of_its_schedule(store: &Store) {
+async fn last_fire_is_the_latest_slot_of_its_schedule(store: &TestStore) {
     let history = store.open().await;
     assert_eq!(history.last_fire("nightly").await.expect("last"), None);
     for (schedule, second, state) in [
@@ -350,7 +350,7 @@ async fn last_fire_is_the_latest_slot_of_its_schedule(store: &Store) {
     assert_eq!(ats, [at(60, 0), at(120, 0), at(180, 0)]);
 }
 
-async fn unfinished_runs_are_those_without_an_end_by_coordinator(store: &Store) {
+async fn unfinished_runs_are_those_without_an_end_by_coordinator(store: &TestStore) {
     let history = store.open().await;
     let mut by_a = start("a1", "kill", Some("nightly"), 10);
     by_a.coordinator = Some("coordinator-a".to_owned());
@@ -387,7 +387,7 @@ async fn unfinished_runs_are_those_without_an_end_by_coordinator(store: &Store) 
     );
 }
 
-async fn finishing_an_unknown_run_and_starting_a_run_twice_fail(store: &Store) {
+async fn finishing_an_unknown_run_and_starting_a_run_twice_fail(store: &TestStore) {
     let history = store.open().await;
     let err = history
         .finish_run("ghost", &end(1))
@@ -408,7 +408,9 @@ async fn finishing_an_unknown_run_and_starting_a_run_twice_fail(store: &Store) {
     );
 }
 
-async fn lease_is_taken_renewed_refused_while_held_taken_after_expiry_and_released(store: &Store) {
+async fn lease_is_taken_renewed_refused_while_held_taken_after_expiry_and_released(
+    store: &TestStore,
+) {
     let history = store.open().await;
     let long = Duration::from_secs(60);
     let short = Duration::from_millis(300);
@@ -459,7 +461,7 @@ async fn lease_is_taken_renewed_refused_while_held_taken_after_expiry_and_releas
         .expect("release twice");
 }
 
-async fn concurrent_claims_from_two_handles_let_exactly_one_win(store: &Store) {
+async fn concurrent_claims_from_two_handles_let_exactly_one_win(store: &TestStore) {
     let one = store.open().await;
     let two = store.open().await;
     for second in 0..25 {
@@ -491,7 +493,7 @@ async fn concurrent_claims_from_two_handles_let_exactly_one_win(store: &Store) {
     assert_eq!(fires.len(), 25);
 }
 
-async fn concurrent_opens_of_a_fresh_store_all_succeed_and_share_it(store: &Store) {
+async fn concurrent_opens_of_a_fresh_store_all_succeed_and_share_it(store: &TestStore) {
     let opens: Vec<_> = (0..3)
         .map(|_| {
             let location = store.location.clone();
@@ -520,7 +522,7 @@ async fn concurrent_opens_of_a_fresh_store_all_succeed_and_share_it(store: &Stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_call_after_a_broken_connection_reconnects() {
     let test = "history::tests::postgres_call_after_a_broken_connection_reconnects";
-    let Some(store) = Store::postgres(test).await else {
+    let Some(store) = TestStore::postgres(test).await else {
         return;
     };
     let history = store.open().await;
@@ -601,7 +603,7 @@ async fn postgres_unreachable_server_is_named_without_its_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_schema_from_a_newer_faultline_is_refused() {
     let test = "history::tests::postgres_schema_from_a_newer_faultline_is_refused";
-    let Some(store) = Store::postgres(test).await else {
+    let Some(store) = TestStore::postgres(test).await else {
         return;
     };
     drop(store.open().await);
@@ -637,7 +639,7 @@ impl Drop for Continue {
 async fn postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects() {
     let test =
         "history::tests::postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects";
-    let Some(store) = Store::postgres(test).await else {
+    let Some(store) = TestStore::postgres(test).await else {
         return;
     };
     let history = store.open().await;
