@@ -204,6 +204,8 @@ pub(crate) struct Filter {
     pub(crate) last: Option<usize>,
 }
 
+/// What went wrong with a history. Every message names the database (its file, or its URL
+/// without the password: `Location`'s `Display`), because callers print it as it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct HistoryError(pub(crate) String);

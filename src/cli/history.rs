@@ -300,7 +300,7 @@ impl Recorder {
                 open: Some((history, run_id.to_owned())),
             },
             Err(e) => {
-                warn(&location, &e.to_string());
+                warn(&e.to_string());
                 Recorder { open: None }
             }
         }
@@ -319,15 +319,16 @@ impl Recorder {
     async fn end(self, end: &RunEnd) {
         if let Some((history, run_id)) = self.open {
             if let Err(e) = history.finish_run(&run_id, end).await {
-                warn(history.location(), &e.to_string());
+                warn(&e.to_string());
             }
         }
     }
 }
 
-fn warn(location: &Location, error: &str) {
+/// `error` names the database already (every `HistoryError` does).
+fn warn(error: &str) {
     eprintln!(
-        "warning: this run is not recorded in the history {location} ({error}); its verdict and exit code are unaffected (--no-history skips the history)"
+        "warning: this run is not recorded ({error}); its verdict and exit code are unaffected (--no-history skips the history)"
     );
 }
 

@@ -68,9 +68,11 @@ pub(super) fn timestamp(us: i64) -> Result<Timestamp, HistoryError> {
         .map_err(|e| HistoryError(format!("stored instant {us} µs is out of range: {e}")))
 }
 
-/// A duration in microseconds, saturating (no run lasts 292 000 years).
+/// A duration in whole microseconds, rounded exactly as the JSON report rounds it
+/// (`report::millis`), so `history` and `show` print the same time to recover; saturating (an
+/// `as` cast from f64 does) for a lease of centuries.
 pub(super) fn duration_micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    (d.as_secs_f64() * 1_000_000.0).round() as i64
 }
 
 pub(super) fn duration(us: i64) -> Result<Duration, HistoryError> {

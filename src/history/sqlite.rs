@@ -35,7 +35,9 @@ impl Store {
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
             .await
-            .map_err(|e| HistoryError(format!("history {}: {e}", path.display())))??;
+            .map_err(|e| {
+                HistoryError(format!("history {}: failed to open: {e}", path.display()))
+            })??;
         Ok(Store {
             path: Arc::new(path),
             conn: Arc::new(Mutex::new(conn)),
@@ -49,8 +51,7 @@ impl Store {
         work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
     ) -> Result<T, HistoryError> {
         let conn = self.conn.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             // A panic in another statement poisons the lock but leaves the connection usable:
             // SQLite rolled back whatever that statement had open.
             let mut conn = conn
@@ -58,9 +59,12 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             work(&mut conn)
         })
-        .await
-        .map_err(|e| HistoryError(format!("{what}: {e}")))?
-        .map_err(|e| HistoryError(format!("history {}: {what}: {}", path.display(), e.0)))
+        .await;
+        let done = match done {
+            Ok(done) => done.map_err(|e| e.0),
+            Err(e) => Err(e.to_string()),
+        };
+        done.map_err(|e| HistoryError(format!("history {}: {what}: {e}", self.path.display())))
     }
 
     pub(super) async fn claim_fire(&self, fire: &FireRow) -> Result<bool, HistoryError> {
@@ -425,6 +429,13 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
 /// Applies the migrations this database has not seen, each once and all in one immediate
 /// transaction, so two processes opening a new file at once do not both create the tables.
 fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
+    // Most opens find the schema current: a plain read then spares `history` a write lock.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if version == schema::sqlite_version() {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;

@@ -14,6 +14,7 @@ mod early_end;
 mod examples;
 mod fuzz;
 mod hardening;
+mod history;
 mod latency;
 mod measured;
 mod netem_absent;
