@@ -65,7 +65,9 @@ start() {
   elif [ "$(id -un)" != postgres ]; then
     die "run as root or as the postgres user (uid $(id -u) can do neither)"
   fi
-  dir="$(mktemp -d "${TMPDIR:-/tmp}/faultline-pg.XXXXXX")"
+  # /tmp rather than $TMPDIR: the postgres user must reach the directory, and a private TMPDIR
+  # (such as /root/tmp) would hide it.
+  dir="$(mktemp -d /tmp/faultline-pg.XXXXXX)"
   # Anything that fails from here on must not leave a directory or a server behind.
   trap 'as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$dir"' ERR
   if [ "$(id -u)" = 0 ]; then

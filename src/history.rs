@@ -11,8 +11,11 @@
 // line is dead too and goes at that merge, where an `expect` would fail the build.
 #![allow(dead_code)] // SKELETON: only the coordinator's methods are unused on this branch
 
+mod postgres;
 mod schema;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -219,6 +222,7 @@ pub(crate) struct History {
 #[derive(Debug, Clone)]
 enum Store {
     Sqlite(sqlite::Store),
+    Postgres(postgres::PostgresStore),
 }
 
 /// Calls the same method on whichever store this history has.
@@ -226,6 +230,7 @@ macro_rules! dispatch {
     ($history:expr, $store:ident => $call:expr) => {
         match &$history.store {
             Store::Sqlite($store) => $call,
+            Store::Postgres($store) => $call,
         }
     };
 }
@@ -235,11 +240,7 @@ impl History {
     pub(crate) async fn open(location: &Location) -> Result<History, HistoryError> {
         let store = match location {
             Location::File(path) => Store::Sqlite(sqlite::Store::open(path).await?),
-            Location::Postgres(_) => {
-                return Err(HistoryError(format!(
-                    "history at {location}: PostgreSQL is not supported yet"
-                )));
-            }
+            Location::Postgres(url) => Store::Postgres(postgres::PostgresStore::open(url).await?),
         };
         Ok(History {
             location: location.clone(),
