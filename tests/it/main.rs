@@ -9,6 +9,7 @@ mod agent_edge;
 mod agents;
 mod attack_core;
 mod attack_kinds;
+mod deploy;
 mod disk_fill;
 mod early_end;
 mod examples;
