@@ -18,6 +18,8 @@ declare -A needs=(
   [prometheus]=prometheus
   # The tests of the coordinator's outage check start their own Alertmanager the same way.
   [prometheus-alertmanager]=prometheus-alertmanager
+  # The test of the systemd units runs `systemd-analyze verify` on them (nothing is started).
+  [systemd-analyze]=systemd
 )
 
 # Debian package -> a file that shows it is installed, for what is not a program on PATH.

@@ -80,8 +80,10 @@ pub(crate) async fn firing(
     client: &reqwest::Client,
 ) -> Result<Vec<Alert>, OutageError> {
     let base = outage.alertmanager.trim_end_matches('/');
+    // Errors end up in logs and in the history: they name the URL without its credentials.
+    let shown = &redacted(base);
     check_alertmanager_url(base).map_err(|reason| OutageError::Url {
-        url: base.to_owned(),
+        url: shown.clone(),
         reason,
     })?;
     let mut request = client
@@ -101,13 +103,13 @@ pub(crate) async fn firing(
         // The canonical form of what was checked, so Alertmanager reads exactly that.
         request = request.query(&[("filter", matcher.to_string())]);
     }
-    let mut response = request.send().await.map_err(|e| failed(base, &e))?;
+    let mut response = request.send().await.map_err(|e| failed(shown, &e))?;
     let status = response.status();
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| failed(base, &e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(shown, &e))? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(OutageError::Malformed {
-                url: base.to_owned(),
+                url: shown.clone(),
                 cause: format!("the answer is larger than {} MiB", MAX_BODY >> 20),
             });
         }
@@ -118,7 +120,7 @@ pub(crate) async fn firing(
         let message = serde_json::from_slice::<String>(&body)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         return Err(OutageError::Status {
-            url: base.to_owned(),
+            url: shown.clone(),
             status: status.as_u16(),
             message: excerpt(message.trim(), 200),
         });
@@ -127,17 +129,17 @@ pub(crate) async fn firing(
     // fields; only the two fields read must be there.
     let listed: Vec<Listed> =
         serde_json::from_slice(&body).map_err(|e| OutageError::Malformed {
-            url: base.to_owned(),
+            url: shown.clone(),
             cause: e.to_string(),
         })?;
     let mut alerts: Vec<Alert> = listed
         .into_iter()
         .map(|a| Alert {
+            // Another program's text on its way into a log line: no control characters.
             name: a
                 .labels
                 .get("alertname")
-                .cloned()
-                .unwrap_or_else(|| "(no alertname)".to_owned()),
+                .map_or_else(|| "(no alertname)".to_owned(), |name| excerpt(name, 200)),
             labels: a.labels,
             starts_at: a.starts_at,
         })
@@ -152,7 +154,13 @@ pub(crate) async fn firing(
 pub(crate) fn skip_reason(checked: &Result<Vec<Alert>, OutageError>) -> Option<String> {
     match checked {
         Ok(alerts) if alerts.is_empty() => None,
-        Ok(alerts) => {
+        Ok(alerts) => Some(if let [alert] = alerts.as_slice() {
+            format!(
+                "outage in progress: alert `{}` firing since {}",
+                alert.name,
+                alert.starts_at.strftime("%FT%TZ")
+            )
+        } else {
             let named: Vec<String> = alerts
                 .iter()
                 .take(NAMED_IN_REASON)
@@ -162,20 +170,12 @@ pub(crate) fn skip_reason(checked: &Result<Vec<Alert>, OutageError>) -> Option<S
                 0 => String::new(),
                 n => format!(" and {n} more"),
             };
-            Some(if let [alert] = alerts.as_slice() {
-                format!(
-                    "outage in progress: alert `{}` firing since {}",
-                    alert.name,
-                    alert.starts_at.strftime("%FT%TZ")
-                )
-            } else {
-                format!(
-                    "outage in progress: {} alerts firing: {}{more}",
-                    alerts.len(),
-                    named.join(", ")
-                )
-            })
-        }
+            format!(
+                "outage in progress: {} alerts firing: {}{more}",
+                alerts.len(),
+                named.join(", ")
+            )
+        }),
         Err(e) => Some(format!("outage check failed: {e}")),
     }
 }
@@ -359,14 +359,9 @@ fn failed(url: &str, e: &reqwest::Error) -> OutageError {
             timeout: TIMEOUT,
         };
     }
-    if e.is_builder() {
-        return OutageError::Url {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        };
-    }
     // The operating system's short name ("connection refused") when there is one, else the
-    // innermost cause, which says more than reqwest's "error sending request".
+    // innermost cause, which says more than reqwest's "error sending request" and, unlike it,
+    // does not repeat the URL with its credentials.
     let cause = crate::probe::io_cause(e).unwrap_or_else(|| {
         let mut source: &dyn std::error::Error = e;
         while let Some(next) = source.source() {
@@ -374,9 +369,28 @@ fn failed(url: &str, e: &reqwest::Error) -> OutageError {
         }
         source.to_string()
     });
+    if e.is_builder() {
+        return OutageError::Url {
+            url: url.to_owned(),
+            reason: cause,
+        };
+    }
     OutageError::Unreachable {
         url: url.to_owned(),
         cause,
+    }
+}
+
+/// `url` without the user name and password it may carry (`http://user:secret@am:9093` is shown
+/// as `http://am:9093`); as written when it does not parse (then it is refused before any request).
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.as_str().trim_end_matches('/').to_owned()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -649,25 +663,54 @@ mod tests {
         );
     }
 
-    /// Serves `answer` (a whole HTTP response) once to the first connection, on a free port.
-    async fn one_answer(answer: &'static str) -> String {
+    /// Serves `answer` (a whole HTTP response) once to the first connection, on a free port;
+    /// returns the base URL and the request's head as it arrives.
+    async fn one_answer(answer: &'static str) -> (String, tokio::sync::oneshot::Receiver<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = [0; 4096];
-            let _ = stream.read(&mut request).await;
+            let mut request = vec![0; 8192];
+            let n = stream.read(&mut request).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&request[..n]).into_owned());
             stream.write_all(answer.as_bytes()).await.unwrap();
             stream.shutdown().await.unwrap();
         });
-        base
+        (base, rx)
+    }
+
+    #[tokio::test]
+    async fn the_request_is_one_get_with_encoded_filters_and_basic_auth_from_the_url() {
+        let (base, request) =
+            one_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]").await;
+        let with_auth = base.replace("http://", "http://ops:hunter2@");
+        let gate = outage(
+            &format!("{with_auth}/prefix/"),
+            &[r#"severity="critical""#, r#"team=~"a&b|c d""#],
+        );
+        assert_eq!(firing(&gate, &client().unwrap()).await.unwrap(), vec![]);
+        let request = request.await.unwrap();
+        let first = request.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "GET /prefix/api/v2/alerts?active=true&silenced=false&inhibited=false\
+             &filter=severity%3D%22critical%22&filter=team%3D%7E%22a%26b%7Cc+d%22 HTTP/1.1"
+        );
+        // ops:hunter2 in base64
+        assert!(
+            request
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Basic b3BzOmh1bnRlcjI=")),
+            "{request}"
+        );
     }
 
     #[tokio::test]
     async fn answers_that_are_not_a_list_of_alerts_fail_the_check() {
         let client = client().unwrap();
-        let base = one_answer(
+        let (base, _) = one_answer(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16\r\nconnection: close\r\n\r\n{\"not\":\"alerts\"}",
         )
         .await;
@@ -785,6 +828,38 @@ mod tests {
         ] {
             assert_eq!(check_matcher(text).unwrap_err(), error, "for {text:?}");
         }
+    }
+
+    #[test]
+    fn urls_in_errors_carry_no_credentials() {
+        assert_eq!(redacted("http://am:9093"), "http://am:9093");
+        assert_eq!(redacted("http://user:secret@am:9093/"), "http://am:9093");
+        assert_eq!(
+            redacted("https://token@am.example.com/prefix"),
+            "https://am.example.com/prefix"
+        );
+        assert_eq!(redacted("not a url"), "not a url");
+    }
+
+    #[tokio::test]
+    async fn unreachable_alertmanager_behind_basic_auth_is_named_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let checked = firing(
+            &outage(&format!("http://ops:hunter2@127.0.0.1:{port}"), &CRITICAL),
+            &client().unwrap(),
+        )
+        .await;
+        let reason = skip_reason(&checked).unwrap();
+        assert_eq!(
+            reason,
+            format!(
+                "outage check failed: Alertmanager at http://127.0.0.1:{port} is unreachable: connection refused"
+            )
+        );
     }
 
     #[test]

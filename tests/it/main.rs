@@ -10,6 +10,7 @@ mod agents;
 mod attack_core;
 mod attack_kinds;
 mod coordinator;
+mod deploy;
 mod disk_fill;
 mod early_end;
 mod examples;
