@@ -308,9 +308,12 @@ impl Calendar {
             })
     }
 
-    #[expect(
-        dead_code,
-        reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+        )
     )]
     /// The slots of one schedule strictly after `after`, in order, skipped ones included (each
     /// with its reason), at most `limit` of them.
@@ -318,9 +321,12 @@ impl Calendar {
         self.slot_iter(schedule, after).take(limit).collect()
     }
 
-    #[expect(
-        dead_code,
-        reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+        )
     )]
     /// The first slot of `schedule` strictly after `after` that fires (is not skipped). `None`
     /// when the schedule is suspended, its cron never matches again, or none of the next
@@ -365,9 +371,12 @@ impl Calendar {
         out
     }
 
-    #[expect(
-        dead_code,
-        reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+        )
     )]
     /// After downtime: the fire to catch up on, if any. `last` is the latest fire recorded for the
     /// schedule (None: never fired), `now` the present. Returns the latest non-skipped slot in
