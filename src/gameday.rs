@@ -31,9 +31,9 @@ pub(crate) const MIN_LEASE: Duration = Duration::from_millis(300);
 
 /// A validated game-day file.
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by the coordinator (h/coord)")
 )]
 pub(crate) struct GameDay {
     pub(crate) file: PathBuf,
@@ -43,9 +43,9 @@ pub(crate) struct GameDay {
 
 /// `[coordinator]`.
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by the coordinator (h/coord)")
 )]
 pub(crate) struct Coordinator {
     /// History database (SQLite `history.db`), the embedded agent's journal, stored reports.
@@ -68,9 +68,9 @@ pub(crate) struct Coordinator {
 
 /// `outage = { alertmanager = "http://…", matchers = ['severity="critical"'] }`.
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by the coordinator (h/coord)")
 )]
 pub(crate) struct Outage {
     /// Base URL of Alertmanager (the API v2 lives under `/api/v2/`).
@@ -617,8 +617,13 @@ fn check_matcher(text: &str) -> Result<(), String> {
         .and_then(|v| v.strip_suffix('"'))
         .ok_or_else(|| bad("the value is in double quotes"))?;
     if op.ends_with('~') {
-        regex::Regex::new(&format!("^(?:{value})$"))
-            .map_err(|e| bad(&format!("the regex does not compile: {e}")))?;
+        regex::Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+            // The regex crate's message draws a caret under the pattern over several lines;
+            // its last line says what is wrong.
+            let e = e.to_string();
+            let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
+            bad(&format!("the regex does not compile ({why})"))
+        })?;
     }
     Ok(())
 }
