@@ -13,6 +13,7 @@ mod disk_fill;
 mod early_end;
 mod examples;
 mod fuzz;
+mod gameday;
 mod hardening;
 mod latency;
 mod measured;
