@@ -385,3 +385,17 @@ fn upcoming_merges_schedules_in_time_order_with_skipped_slots() {
         super::MAX_SKIPPED_LISTED
     );
 }
+
+#[test]
+fn day_of_month_and_day_of_week_match_when_either_does() {
+    // As Vixie cron: the 13th of any weekday, and every Friday.
+    let s = schedule("either", "0 12 13 * FRI", "UTC");
+    assert_eq!(
+        fires(&s, "2027-01-01T00:00:00Z", 3),
+        [
+            "2027-01-01T12:00:00Z",
+            "2027-01-08T12:00:00Z",
+            "2027-01-13T12:00:00Z"
+        ]
+    );
+}
