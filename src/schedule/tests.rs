@@ -399,3 +399,64 @@ fn day_of_month_and_day_of_week_match_when_either_does() {
         ]
     );
 }
+
+#[test]
+fn a_half_hour_gap_keeps_shifted_and_real_fires_in_order() {
+    // Australia/Lord_Howe springs forward 30 minutes (02:00 → 02:30) on 2027-10-03: 02:15 is
+    // shifted to 02:45, after the real 02:40.
+    let s = schedule("howe", "15,40 2 * * *", "Australia/Lord_Howe");
+    let zone = TimeZone::get("Australia/Lord_Howe").unwrap();
+    let local: Vec<String> = s
+        .fire_times(ts("2027-10-01T12:00:00Z"))
+        .take(4)
+        .map(|t| t.to_zoned(zone.clone()).strftime("%m-%d %H:%M").to_string())
+        .collect();
+    assert_eq!(
+        local,
+        ["10-02 02:15", "10-02 02:40", "10-03 02:40", "10-03 02:45"]
+    );
+}
+
+#[test]
+fn fire_times_strictly_increase_through_a_year_of_transitions() {
+    for zone in [
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "America/Santiago",
+    ] {
+        for cron in [
+            "*/30 * * * *",
+            "0 0-3 * * *",
+            "15,45 1-3 * * SUN",
+            "7 2 * * *",
+        ] {
+            let s = schedule("p", cron, zone);
+            let times: Vec<Timestamp> = s
+                .fire_times(ts("2027-01-01T00:00:00Z"))
+                .take_while(|t| *t < ts("2028-01-01T00:00:00Z"))
+                .collect();
+            assert!(times.len() > 50, "{zone} {cron}");
+            assert!(
+                times.windows(2).all(|w| w[0] < w[1]),
+                "{zone} {cron}: not strictly increasing"
+            );
+            // The same set as mapping every matching civil time on its own and sorting: the
+            // streaming order-keeping loses and duplicates nothing.
+            let zoned = TimeZone::get(zone).unwrap();
+            let start = super::Civil(jiff::civil::date(2026, 12, 30).at(0, 0, 0, 0));
+            let reference: std::collections::BTreeSet<Timestamp> = s
+                .cron
+                .iter_after(start)
+                .take_while(|c| c.0.year() < 2028 || c.0.day() < 3)
+                .map(|c| zoned.to_ambiguous_timestamp(c.0).compatible().unwrap())
+                .filter(|t| *t > ts("2027-01-01T00:00:00Z") && *t < ts("2028-01-01T00:00:00Z"))
+                .collect();
+            assert_eq!(
+                times,
+                reference.into_iter().collect::<Vec<_>>(),
+                "{zone} {cron}"
+            );
+        }
+    }
+}
