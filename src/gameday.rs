@@ -605,8 +605,13 @@ fn check_matcher(text: &str) -> Result<(), String> {
         .and_then(|v| v.strip_suffix('"'))
         .ok_or_else(|| bad("the value is in double quotes"))?;
     if op.ends_with('~') {
-        regex::Regex::new(&format!("^(?:{value})$"))
-            .map_err(|e| bad(&format!("the regex does not compile: {e}")))?;
+        regex::Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+            // The regex crate's message draws a caret under the pattern over several lines;
+            // its last line says what is wrong.
+            let e = e.to_string();
+            let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
+            bad(&format!("the regex does not compile ({why})"))
+        })?;
     }
     Ok(())
 }

@@ -159,14 +159,17 @@ pub(crate) struct Slot {
 /// (`0 0 30 2 *`) is refused.
 pub(crate) fn parse_cron(text: &str) -> Result<croner::Cron, String> {
     let help = "write 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly";
+    if let Some(why) = out_of_range(text) {
+        return Err(format!("invalid cron `{text}`: {why}; {help}"));
+    }
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(text)
         .map_err(|e| {
-            let why = e.to_string();
-            let why = why.trim_end_matches('.');
+            // croner's messages are capitalised sentences; ours are lowercase clauses.
+            let why = e.to_string().trim_end_matches('.').to_lowercase();
             format!("invalid cron `{text}`: {why}; {help}")
         })?;
     // Every month and weekday recurs within 28 years, so a pattern with no match in the 28 years
@@ -176,6 +179,38 @@ pub(crate) fn parse_cron(text: &str) -> Result<croner::Cron, String> {
         Ok(Civil(at)) if at.year() < 2028 => Ok(cron),
         _ => Err(format!("cron `{text}` never matches a date")),
     }
+}
+
+/// Which field of a 5- or 6-field cron holds a number outside its range, if any: croner only says
+/// "number out of bounds", and a user wants to know which field.
+fn out_of_range(text: &str) -> Option<String> {
+    const FIVE: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let names: Vec<(&str, u32, u32)> = match fields.len() {
+        5 => FIVE.to_vec(),
+        6 => std::iter::once(("second", 0, 59)).chain(FIVE).collect(),
+        _ => return None,
+    };
+    for (field, (name, low, high)) in fields.iter().zip(names) {
+        for item in field.split(',') {
+            // A step (`*/90`) is not a value of the field.
+            let values = item.split('/').next().unwrap_or("");
+            for number in values.split('-') {
+                if let Ok(n) = number.parse::<u32>() {
+                    if n < low || n > high {
+                        return Some(format!("{name} {n} is out of range {low}-{high}"));
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 impl Blackout {

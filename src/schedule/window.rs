@@ -70,6 +70,7 @@ impl FromStr for Window {
         }
         let tokens: Vec<&str> = compact.split_whitespace().collect();
         let spans = match tokens.as_slice() {
+            [times] if !times.contains(':') => return Err(bad("no time range `HH:MM-HH:MM`")),
             [times] => daily(&(0..7).collect::<Vec<_>>(), times).map_err(|w| bad(&w))?,
             [days, times] => {
                 daily(&days_list(days).map_err(|w| bad(&w))?, times).map_err(|w| bad(&w))?

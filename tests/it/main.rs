@@ -15,6 +15,7 @@ mod disk_fill;
 mod early_end;
 mod examples;
 mod fuzz;
+mod gameday;
 mod hardening;
 mod history;
 mod latency;
