@@ -238,16 +238,7 @@ async fn close_unfinished(
                 mine.join("; ")
             ));
         }
-        let end = RunEnd {
-            ended_at: Timestamp::now(),
-            verdict: "error".to_owned(),
-            exit_code: crate::report::Verdict::Error.exit_code(),
-            reason: reason.clone(),
-            time_to_recover: None,
-            time_to_abort: None,
-            agents: Vec::new(),
-            report_json: None,
-        };
+        let end = RunEnd::error(&reason);
         history.finish_run(&row.start.run_id, &end).await?;
         log(&format!(
             "run {} of `{}` ({}) closed as error: {reason}",

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::history::{FireState, RunEnd, RunStart};
 use crate::inventory::Selection;
 use crate::model::Experiment;
-use crate::report::{FaultState, Report, Verdict};
+use crate::report::Verdict;
 use crate::run::session::{self, StartError};
 use crate::run::{self, RunOptions};
 use crate::schedule::{self, Schedule};
@@ -335,7 +335,7 @@ async fn run_one(
         run: run_id.clone(),
     });
     let end = match p {
-        Prepared::Broken { message, .. } => error_end(message),
+        Prepared::Broken { message, .. } => RunEnd::error(&message),
         Prepared::Ready {
             exp,
             selection,
@@ -350,7 +350,7 @@ async fn run_one(
                 stop: Some(stop_on(&ctx.cancel)),
             };
             let report = ctx.session.run(&exp, &selection, opts, &ctx.progress).await;
-            run_end(&report)
+            RunEnd::of_report(&report)
         }
     };
     let verdict = match end.verdict.as_str() {
@@ -379,41 +379,6 @@ async fn run_one(
 /// A receiver that turns true when the coordinator cancels its runs.
 fn stop_on(cancel: &watch::Receiver<bool>) -> watch::Receiver<bool> {
     cancel.clone()
-}
-
-fn error_end(reason: String) -> RunEnd {
-    RunEnd {
-        ended_at: Timestamp::now(),
-        verdict: Verdict::Error.as_str().to_owned(),
-        exit_code: Verdict::Error.exit_code(),
-        reason,
-        time_to_recover: None,
-        time_to_abort: None,
-        agents: Vec::new(),
-        report_json: None,
-    }
-}
-
-/// How a run ended, from its report.
-fn run_end(report: &Report) -> RunEnd {
-    let mut agents: Vec<String> = report
-        .faults
-        .iter()
-        .filter(|f| f.status != FaultState::Skipped)
-        .map(|f| f.agent.clone())
-        .collect();
-    agents.sort();
-    agents.dedup();
-    RunEnd {
-        ended_at: report.ended_at,
-        verdict: report.verdict.as_str().to_owned(),
-        exit_code: report.exit_code(),
-        reason: report.reason.clone(),
-        time_to_recover: report.time_to_recover,
-        time_to_abort: report.time_to_abort,
-        agents,
-        report_json: Some(crate::report::json::render(report)),
-    }
 }
 
 /// Records a skipped slot; a slot already recorded (by another coordinator) is left as it is.
