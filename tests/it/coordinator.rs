@@ -265,6 +265,22 @@ fn a_two_second_cron_runs_its_experiment_three_times_and_records_each_run() {
         let at = run.fire_at.expect("a fire time");
         assert!(run.started >= at, "started before its slot: {run:?}");
     }
+    // What an operator sees: `faultline history --json`, newest first, with the same runs.
+    let out = Command::new(BIN)
+        .args(["history", "--json", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run faultline history");
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), runs.len(), "{listed:#?}");
+    for (shown, run) in listed.iter().zip(runs.iter().rev()) {
+        assert_eq!(shown["run_id"], run.id.as_str());
+        assert_eq!(shown["schedule"], "every 2s");
+        assert_eq!(shown["coordinator"], "test-coordinator");
+        assert_eq!(shown["verdict"], "passed");
+        assert!(shown["time_to_recover_ms"].as_f64().is_some(), "{shown:#}");
+    }
     let fires = fires(&db);
     assert_distinct_slots(&fires);
     assert!(log.contains("fired `every 2s` at "), "{log}");
