@@ -626,3 +626,123 @@ fn a_matching_alert_in_alertmanager_skips_fires_naming_it_until_it_is_resolved()
     assert!(log.contains("alert `CheckoutDown`"), "{log}");
     assert!(!log.contains("DiskAlmostFull"), "{log}");
 }
+
+#[test]
+fn two_coordinators_on_one_postgres_run_every_fire_once_and_the_survivor_takes_over_within_a_lease()
+{
+    let Some(db) = support::postgres::database("coordinator::two_coordinators_on_one_postgres")
+    else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "100ms");
+    let start = |name: &str| {
+        let text = format!(
+            r#"[coordinator]
+state_dir = "state-{name}"
+timezone = "UTC"
+name = "{name}"
+lease = "2s"
+database = "{}"
+
+{}"#,
+            db.url(),
+            schedule("shared", &exp, "")
+        );
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        Coordinator::start(&file)
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    // Both opened (and migrated) the database before it is read here.
+    let up = support::poll_until(Duration::from_secs(20), || {
+        a.log().contains("coordinator `a` started") && b.log().contains("coordinator `b` started")
+    });
+    assert!(up.is_some(), "not started:\n{}\n{}", a.log(), b.log());
+    let finished_by = |who: &str| -> usize {
+        db.query(&format!(
+            "SELECT run_id FROM runs WHERE coordinator = '{who}' AND ended_at_us IS NOT NULL"
+        ))
+        .len()
+    };
+    let ran = support::poll_until(Duration::from_secs(30), || {
+        finished_by("a") + finished_by("b") >= 3
+    });
+    assert!(ran.is_some(), "no runs:\n{}\n{}", a.log(), b.log());
+    let (holder, survivor) = if finished_by("a") > 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let survivor_name = if finished_by("a") > 0 { "b" } else { "a" };
+    assert_eq!(
+        finished_by(survivor_name),
+        0,
+        "both fired:\n{}\n{}",
+        holder.log(),
+        survivor.log()
+    );
+    // Killed mid-run, so the survivor must also close that run.
+    let holder_name = if survivor_name == "a" { "b" } else { "a" };
+    let unfinished = format!(
+        "SELECT run_id FROM runs WHERE coordinator = '{holder_name}' AND ended_at_us IS NULL"
+    );
+    let mid_run = support::poll_until(Duration::from_secs(10), || {
+        !db.query(&unfinished).is_empty()
+    });
+    assert!(mid_run.is_some(), "{}", holder.log());
+    let cut = db.query(&unfinished)[0][0].clone().unwrap();
+    holder.signal("-KILL");
+    holder.wait(Duration::from_secs(5));
+    let killed_at = jiff::Timestamp::now().as_microsecond();
+    let took_over =
+        support::poll_until(Duration::from_secs(20), || finished_by(survivor_name) >= 1);
+    assert!(took_over.is_some(), "no takeover:\n{}", survivor.log());
+    survivor.signal("-TERM");
+    survivor.wait(Duration::from_secs(15));
+    let log = survivor.log();
+    // Within one lease (2 s) of the holder's last renewal the survivor leads; its first fire is
+    // the next 2 s slot after that, or a catch-up of the one missed.
+    let first: i64 = db.query(&format!(
+        "SELECT min(fire_at_us) FROM runs WHERE coordinator = '{survivor_name}'"
+    ))[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        first - killed_at <= 2_000_000 + 2_000_000 + 1_000_000,
+        "first fire of the survivor {} µs after the kill:\n{log}",
+        first - killed_at
+    );
+    assert!(log.contains("took the lead"), "{log}");
+    // Every fire ran exactly once: one run per slot, and no run left without an end.
+    let per_slot = db.query("SELECT fire_at_us, count(*) FROM runs GROUP BY fire_at_us");
+    assert!(per_slot.len() >= 4, "{per_slot:?}");
+    for row in &per_slot {
+        assert_eq!(
+            row[1].as_deref(),
+            Some("1"),
+            "a slot ran twice: {per_slot:?}\n{log}"
+        );
+    }
+    let closed = db.query(&format!(
+        "SELECT verdict, reason FROM runs WHERE run_id = '{cut}'"
+    ));
+    assert_eq!(closed[0][0].as_deref(), Some("error"), "{closed:?}\n{log}");
+    assert_eq!(
+        closed[0][1].as_deref(),
+        Some(
+            format!(
+                "the coordinator stopped during the run (coordinator `{holder_name}` lost the lead; closed by `{survivor_name}`)"
+            )
+            .as_str()
+        ),
+        "{log}"
+    );
+    let open = db.query("SELECT run_id, coordinator FROM runs WHERE ended_at_us IS NULL");
+    assert!(open.is_empty(), "{open:?}\n{log}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
