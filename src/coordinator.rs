@@ -381,6 +381,10 @@ impl Dispatcher {
         self.next.resize(count, None);
         self.idle.resize(count, false);
         for i in 0..count {
+            // Most schedules are not due: their next slot is known, so no cron arithmetic.
+            if self.idle[i] || self.next[i].is_some_and(|at| at > now) {
+                continue;
+            }
             loop {
                 match timing::step(&self.ctx.gameday.calendar, i, self.cursors[i], now) {
                     Step::Wait(at) => {
@@ -552,6 +556,7 @@ impl Dispatcher {
                     if let Some(last) = last {
                         if last > self.cursors[i] {
                             self.cursors[i] = last;
+                            self.next[i] = None;
                         }
                     }
                 }
