@@ -178,6 +178,10 @@ async fn checks(
         },
         _ = draining.wait_for(|d| *d) => return Err(Stop::Drained),
     }
+    // Granted in the same instant as SIGTERM: nothing is claimed yet, so the slot stays free.
+    if *draining.borrow() {
+        return Err(Stop::Drained);
+    }
     Ok(prepared)
 }
 

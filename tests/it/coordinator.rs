@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::support::agent::TlsAgent;
 use crate::support::alertmanager::Alertmanager;
 use crate::support::{self, BIN, Proc, ProcState, state_of, wait_until};
 
@@ -744,5 +745,81 @@ database = "{}"
     );
     let open = db.query("SELECT run_id, coordinator FROM runs WHERE ended_at_us IS NULL");
     assert!(open.is_empty(), "{open:?}\n{log}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_halted_agent_skips_fires_and_an_unreachable_one_makes_the_run_an_error_with_nothing_injected()
+{
+    let dir = support::tempdir();
+    let mut agent = TlsAgent::start(&dir.path().join("agent"));
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"w1\"\naddress = \"{}\"\ntags = {{ role = \"web\" }}\n",
+            agent.certs.ca().display(),
+            agent.certs.file("token").display(),
+            agent.url("")
+        ),
+    )
+    .unwrap();
+    let victim = sleeper();
+    let exp = dir.path().join("remote.toml");
+    std::fs::write(
+        &exp,
+        support::always_steady_experiment(
+            "remote pause",
+            "[targets.web]\ntags = { role = \"web\" }",
+            &format!(
+                "[[fault]]\nname = \"pause\"\nkind = \"process-pause\"\non = \"web\"\nselect = {{ pid = {} }}\nduration = \"300ms\"",
+                victim.pid()
+            ),
+        ),
+    )
+    .unwrap();
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        r#"agents = "inventory.toml""#,
+        &schedule("remote", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let halt = Command::new(BIN)
+        .args(["halt", "--agents"])
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    assert!(halt.status.success(), "{halt:?}");
+
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("two skipped slots", Duration::from_secs(20), || {
+        fires(&db).len() >= 2
+    });
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    assert!(runs(&db).is_empty(), "{log}");
+    for f in fires(&db) {
+        let reason = f.skipped.unwrap_or_default();
+        assert!(
+            reason.starts_with("agents halted: agent `w1` is halted"),
+            "{reason}\n{log}"
+        );
+    }
+    drop(coordinator);
+
+    agent.kill();
+    let mut coordinator = Coordinator::start(&file);
+    let ran = support::poll_until(Duration::from_secs(20), || finished(&db) >= 1);
+    assert!(ran.is_some(), "{}", coordinator.log());
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let run = &runs(&db)[0];
+    assert_eq!(run.verdict.as_deref(), Some("error"), "{run:?}\n{log}");
+    let reason = run.reason.as_deref().unwrap();
+    assert!(reason.ends_with("; nothing was injected"), "{reason}");
+    assert!(reason.contains(&agent.listen), "{reason}");
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
