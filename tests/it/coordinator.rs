@@ -22,6 +22,10 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(gameday: &Path) -> Coordinator {
+        Coordinator::start_with(gameday, &[])
+    }
+
+    fn start_with(gameday: &Path, env: &[(&str, &str)]) -> Coordinator {
         let log = gameday.with_extension("log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -34,6 +38,7 @@ impl Coordinator {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
+            .envs(env.iter().copied())
             .spawn()
             .expect("start faultline coordinator");
         Coordinator { child, log }
@@ -822,4 +827,54 @@ fn a_halted_agent_skips_fires_and_an_unreachable_one_makes_the_run_an_error_with
     assert!(reason.ends_with("; nothing was injected"), "{reason}");
     assert!(reason.contains(&agent.listen), "{reason}");
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_coordinator_killed_without_its_watchdog_reverts_the_journal_at_restart_and_says_so() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "30s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("pauses", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    // No watchdog: only the journal remembers the pause once the coordinator is gone.
+    let mut first = Coordinator::start_with(&file, &[("FAULTLINE_NO_WATCHDOG", "1")]);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        state_of(victim.pid()),
+        ProcState::Stopped,
+        "{}",
+        first.log()
+    );
+    let killed = runs(&db)[0].id.clone();
+
+    let mut second = Coordinator::start(&file);
+    wait_until("the killed run closed", Duration::from_secs(20), || {
+        runs(&db)
+            .iter()
+            .any(|r| r.id == killed && r.ended.is_some())
+    });
+    assert_eq!(state_of(victim.pid()), ProcState::Awake, "{}", second.log());
+    second.signal("-TERM");
+    second.signal("-TERM");
+    second.wait(Duration::from_secs(15));
+    let log = second.log();
+    let closed = runs(&db).into_iter().find(|r| r.id == killed).unwrap();
+    assert_eq!(closed.verdict.as_deref(), Some("error"));
+    let reason = closed.reason.unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "the coordinator stopped during the run; reverted from the journal at restart: {killed}-0 (process-pause, run {killed}): "
+        )),
+        "{reason}\n{log}"
+    );
 }
