@@ -254,6 +254,8 @@ async fn close_unfinished(
 /// history error counts as not leading: two coordinators that cannot both be sure must not fire.
 async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Event>) {
     let mut leading = false;
+    let mut last_failure: Option<String> = None;
+    let mut announced = false;
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -261,21 +263,30 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
         if *ctx.draining.borrow() {
             return;
         }
-        let now = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
-            Ok(held) => held,
-            Err(e) => {
-                if leading {
-                    log(&format!("lost the lead: the history failed: {e}"));
-                }
-                false
-            }
+        let (now, failed) = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
+            Ok(held) => (held, None),
+            Err(e) => (false, Some(e.to_string())),
         };
+        // Said once per change, not every lease/3.
+        if failed != last_failure {
+            match &failed {
+                Some(e) => log(&format!(
+                    "cannot ask the history who leads: {e}; not firing until it answers"
+                )),
+                None => log("the history answers again"),
+            }
+            last_failure = failed;
+        }
+        if !announced && last_failure.is_none() && !now {
+            log("following: another coordinator leads; this one fires once its lease lapses");
+        }
+        announced = true;
         if now == leading {
             continue;
         }
         leading = now;
         if !now {
-            log("lost the lead: another coordinator fires now");
+            log("lost the lead: not firing until it is back");
             if events.send(Event::Lead(None)).is_err() {
                 return;
             }
