@@ -60,7 +60,6 @@ pub(crate) struct Ctx {
     pub(crate) draining: watch::Receiver<bool>,
     /// True after the second SIGTERM: running runs revert at once.
     pub(crate) cancel: watch::Receiver<bool>,
-    pub(crate) progress: Progress,
 }
 
 /// What fire tasks and the leader task tell the dispatcher.
@@ -135,7 +134,6 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         http: crate::outage::client().map_err(anyhow::Error::msg)?,
         draining,
         cancel,
-        progress,
     });
     log(&format!(
         "coordinator `{}` started on {}: {} schedule(s), {} blackout(s), history {location}",

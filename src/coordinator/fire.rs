@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{FireState, RunEnd, RunStart};
 use crate::inventory::Selection;
 use crate::model::Experiment;
+use crate::progress::Progress;
 use crate::report::Verdict;
 use crate::run::session::{self, StartError};
 use crate::run::{self, RunOptions};
@@ -98,9 +99,9 @@ pub(crate) async fn fire(ctx: Arc<Ctx>, job: Job, events: mpsc::UnboundedSender<
     }
 }
 
-/// Everything before the claim, in the order an SRE expects: wait the jitter (so the checks see
-/// the moment the faults would start), an outage, the experiments and their agents, halted
-/// agents, and the hosts other runs act on.
+/// Everything before the claim, in the order an SRE expects: wait the jitter, load the
+/// experiments and choose their agents, wait for (or skip on) the hosts other runs act on, and
+/// only then the checks that must hold at the moment faults start: no outage, no halted agent.
 async fn checks(
     ctx: &Ctx,
     job: &Job,
@@ -124,37 +125,9 @@ async fn checks(
     if *draining.borrow() {
         return Err(Stop::Drained);
     }
-    if let Some(why) = outage(ctx).await {
-        return Err(Stop::Skip(why));
-    }
     let mut prepared = Vec::new();
     for path in &s.experiments {
         prepared.push(prepare(ctx, path).await);
-    }
-    for p in &mut prepared {
-        let Prepared::Ready {
-            exp,
-            seed,
-            selection,
-        } = p
-        else {
-            continue;
-        };
-        match session::preflight(selection).await {
-            Ok(()) => {}
-            Err(StartError::Halted(why)) => {
-                return Err(Stop::Skip(format!("agents halted: {why}")));
-            }
-            Err(e) => {
-                *p = Prepared::Broken {
-                    title: exp.title.clone(),
-                    file: exp.file.display().to_string(),
-                    sha256: exp.sha256.clone(),
-                    seed: *seed,
-                    message: format!("{e}; nothing was injected"),
-                };
-            }
-        }
     }
     let hosts: BTreeSet<String> = prepared
         .iter()
@@ -181,6 +154,35 @@ async fn checks(
     // Granted in the same instant as SIGTERM: nothing is claimed yet, so the slot stays free.
     if *draining.borrow() {
         return Err(Stop::Drained);
+    }
+    // After any wait for hosts, so an incident or a halt that began meanwhile still stops it.
+    if let Some(why) = outage(ctx).await {
+        return Err(Stop::Skip(why));
+    }
+    for p in &mut prepared {
+        let Prepared::Ready {
+            exp,
+            seed,
+            selection,
+        } = p
+        else {
+            continue;
+        };
+        match session::preflight(selection).await {
+            Ok(()) => {}
+            Err(StartError::Halted(why)) => {
+                return Err(Stop::Skip(format!("agents halted: {why}")));
+            }
+            Err(e) => {
+                *p = Prepared::Broken {
+                    title: exp.title.clone(),
+                    file: exp.file.display().to_string(),
+                    sha256: exp.sha256.clone(),
+                    seed: *seed,
+                    message: format!("{e}; nothing was injected"),
+                };
+            }
+        }
     }
     Ok(prepared)
 }
@@ -351,9 +353,11 @@ async fn run_one(
                 lease: ctx.gameday.coordinator.lease,
                 recovered: Vec::new(),
                 run_id: Some(run_id.clone()),
-                stop: Some(stop_on(&ctx.cancel)),
+                stop: Some(ctx.cancel.clone()),
             };
-            let report = ctx.session.run(&exp, &selection, opts, &ctx.progress).await;
+            // Plain lines timed from the run's start, as `faultline run --quiet` prints them.
+            let progress = Progress::new(true);
+            let report = ctx.session.run(&exp, &selection, opts, &progress).await;
             RunEnd::of_report(&report)
         }
     };
@@ -378,11 +382,6 @@ async fn run_one(
         ));
     }
     Some(verdict)
-}
-
-/// A receiver that turns true when the coordinator cancels its runs.
-fn stop_on(cancel: &watch::Receiver<bool>) -> watch::Receiver<bool> {
-    cancel.clone()
 }
 
 /// Records a skipped slot; a slot already recorded (by another coordinator) is left as it is.
