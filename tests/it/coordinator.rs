@@ -878,3 +878,74 @@ fn a_coordinator_killed_without_its_watchdog_reverts_the_journal_at_restart_and_
         "{reason}\n{log}"
     );
 }
+
+#[test]
+fn a_fire_stops_at_the_first_experiment_that_does_not_pass_unless_continue_is_set() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    // Its steady state never holds, so it does not pass (nothing is injected).
+    let failing = dir.path().join("fails.toml");
+    std::fs::write(
+        &failing,
+        support::always_steady_experiment(
+            "fails",
+            "",
+            &format!(
+                "[[fault]]\nname = \"pause\"\nkind = \"process-pause\"\nselect = {{ pid = {} }}\nduration = \"100ms\"",
+                victim.pid()
+            ),
+        )
+        .replace(r#"command = ["true"]"#, r#"command = ["false"]"#),
+    )
+    .unwrap();
+    let passing = pause_experiment(dir.path(), "passes", victim.pid(), "100ms");
+    let both = |name: &str, keep_going: bool| {
+        format!(
+            "[[schedule]]\nname = \"{name}\"\nexperiments = [\"{}\", \"{}\"]\ncontinue = {keep_going}\ncron = \"*/2 * * * * *\"\n",
+            failing.display(),
+            passing.display()
+        )
+    };
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &format!("{}\n{}", both("stops", false), both("goes on", true)),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    let of = |runs: &[RunRow], s: &str| -> Vec<RunRow> {
+        runs.iter()
+            .filter(|r| r.schedule.as_deref() == Some(s) && r.ended.is_some())
+            .cloned()
+            .collect()
+    };
+    let ran = support::poll_until(Duration::from_secs(30), || {
+        let runs = runs(&db);
+        of(&runs, "stops").len() >= 2 && of(&runs, "goes on").len() >= 4
+    });
+    assert!(ran.is_some(), "{}", coordinator.log());
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let runs = runs(&db);
+    let of_fire = |s: &str, at: i64| -> usize {
+        runs.iter()
+            .filter(|r| r.schedule.as_deref() == Some(s) && r.fire_at == Some(at))
+            .count()
+    };
+    for r in of(&runs, "stops") {
+        assert_eq!(of_fire("stops", r.fire_at.unwrap()), 1, "{runs:#?}\n{log}");
+        assert_ne!(r.verdict.as_deref(), Some("passed"), "{r:?}");
+    }
+    let goes_on = of(&runs, "goes on");
+    let fire = goes_on[0].fire_at.unwrap();
+    let per_fire: Vec<&RunRow> = goes_on.iter().filter(|r| r.fire_at == Some(fire)).collect();
+    assert_eq!(per_fire.len(), 2, "{goes_on:#?}\n{log}");
+    assert_ne!(per_fire[0].verdict.as_deref(), Some("passed"));
+    assert_eq!(
+        per_fire[1].verdict.as_deref(),
+        Some("passed"),
+        "{per_fire:#?}"
+    );
+}
