@@ -20,6 +20,8 @@ use crate::run::RunOptions;
 use crate::run::session::{self, Session};
 use crate::units::Dur;
 
+mod coordinator;
+
 /// Exit code for usage errors and invalid experiments: nothing ran.
 const EXIT_INVALID: u8 = 2;
 /// Exit code of `budget` when too little error budget is left (the same as a `not_run` verdict).
@@ -126,6 +128,9 @@ enum Command {
     },
     /// Revert the faults of one run, or all faults, on every agent.
     Revert(RevertArgs),
+    /// Run a game day: fire its schedules, run their experiments and record every run, until
+    /// SIGTERM (exit 0; a second SIGTERM reverts running runs at once; 2 invalid file).
+    Coordinator(coordinator::CoordinatorArgs),
     /// Fuzz one of the program's input parsers with seeded mutations; exits 1 when any input
     /// panicked (for developers: `scripts/fuzz.sh` runs every target).
     #[command(name = "fuzz", hide = true)]
@@ -388,6 +393,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
         }
         Command::Budget { file } => budget(&file),
+        Command::Coordinator(args) => coordinator::run(&args),
         Command::Fuzz(args) => fuzz(args),
         Command::Schedule(command) => Ok(gameday::schedule(&command)),
         Command::Bench(BenchCommand::Probes {
@@ -547,6 +553,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             lease: args.lease,
             recovered: session.take_recovered(),
             run_id: None,
+            stop: None,
         };
         let report = session.run(&exp, &selection, opts, &progress).await;
         progress.finish();

@@ -31,10 +31,6 @@ pub(crate) const MIN_LEASE: Duration = Duration::from_millis(300);
 
 /// A validated game-day file.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the coordinator (h/coord)")
-)]
 pub(crate) struct GameDay {
     pub(crate) file: PathBuf,
     pub(crate) coordinator: Coordinator,
@@ -43,10 +39,6 @@ pub(crate) struct GameDay {
 
 /// `[coordinator]`.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the coordinator (h/coord)")
-)]
 pub(crate) struct Coordinator {
     /// History database (SQLite `history.db`), the embedded agent's journal, stored reports.
     pub(crate) state_dir: PathBuf,
@@ -68,10 +60,6 @@ pub(crate) struct Coordinator {
 
 /// `outage = { alertmanager = "http://…", matchers = ['severity="critical"'] }`.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the coordinator (h/coord)")
-)]
 pub(crate) struct Outage {
     /// Base URL of Alertmanager (the API v2 lives under `/api/v2/`).
     pub(crate) alertmanager: String,

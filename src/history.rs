@@ -2,10 +2,15 @@
 //! schedule slot the coordinator fired or skipped, in SQLite (embedded default, `history.db` in a
 //! state directory) or PostgreSQL (several coordinators), behind one interface with one test suite.
 //!
-//! SKELETON (lead): the types and signatures below are the contract the coordinator and the CLI
-//! code against; the history engineers fill in the bodies (`history/sqlite.rs`,
-//! `history/postgres.rs`) and may add fields and methods, never remove these.
-#![allow(dead_code, clippy::unused_async)] // SKELETON: the engineer filling this file removes this line
+//!
+//! `History` is a dispatch over one `Store` per database (`history/sqlite.rs`,
+//! `history/postgres.rs`); `history/schema.rs` holds what both agree on (the schema version and
+//! how values are stored).
+
+#![allow(dead_code)] // SKELETON: goes once `faultline run` records and `history`/`show` read
+
+mod schema;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +24,34 @@ pub(crate) enum Location {
     File(PathBuf),
     /// A `postgres://` or `postgresql://` URL.
     Postgres(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            // The URL may carry a password: show only where it points.
+            Location::Postgres(url) => write!(f, "{}", redact_url(url)),
+        }
+    }
+}
+
+/// A `postgres://user:secret@host/db` URL without its password.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = match user.split_once(':') {
+                Some((name, _)) => format!("{name}:***"),
+                None => user.to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl Location {
@@ -116,13 +149,39 @@ pub(crate) struct HistoryError(pub(crate) String);
 #[derive(Debug, Clone)]
 pub(crate) struct History {
     location: Location,
+    store: Store,
+}
+
+/// The store behind a history: one arm per database. Every store has the same methods as
+/// `History` (same names and signatures), so `dispatch!` is the only place that lists them.
+#[derive(Debug, Clone)]
+enum Store {
+    Sqlite(sqlite::Store),
+}
+
+/// Calls the same method on whichever store this history has.
+macro_rules! dispatch {
+    ($history:expr, $store:ident => $call:expr) => {
+        match &$history.store {
+            Store::Sqlite($store) => $call,
+        }
+    };
 }
 
 impl History {
     /// Opens (creating and migrating when needed) the history at `location`.
     pub(crate) async fn open(location: &Location) -> Result<History, HistoryError> {
+        let store = match location {
+            Location::File(path) => Store::Sqlite(sqlite::Store::open(path).await?),
+            Location::Postgres(_) => {
+                return Err(HistoryError(format!(
+                    "history at {location}: PostgreSQL is not supported yet"
+                )));
+            }
+        };
         Ok(History {
             location: location.clone(),
+            store,
         })
     }
 
@@ -133,8 +192,7 @@ impl History {
     /// Records a slot as fired, before its runs start. Returns false (and changes nothing) when
     /// the slot was already recorded, by this or another coordinator: it must not run again.
     pub(crate) async fn claim_fire(&self, fire: &FireRow) -> Result<bool, HistoryError> {
-        let _ = fire;
-        Err(self.not_yet())
+        dispatch!(self, s => s.claim_fire(fire).await)
     }
 
     /// The latest recorded slot (fired or skipped) of a schedule.
@@ -142,44 +200,39 @@ impl History {
         &self,
         schedule: &str,
     ) -> Result<Option<Timestamp>, HistoryError> {
-        let _ = schedule;
-        Err(self.not_yet())
+        dispatch!(self, s => s.last_fire(schedule).await)
     }
 
     /// Recorded slots, oldest first; all schedules when None.
     pub(crate) async fn fires(&self, schedule: Option<&str>) -> Result<Vec<FireRow>, HistoryError> {
-        let _ = schedule;
-        Err(self.not_yet())
+        dispatch!(self, s => s.fires(schedule).await)
     }
 
+    /// Records a run before it touches anything. A run id already stored is an error.
     pub(crate) async fn start_run(&self, start: &RunStart) -> Result<(), HistoryError> {
-        let _ = start;
-        Err(self.not_yet())
+        dispatch!(self, s => s.start_run(start).await)
     }
 
+    /// Records how a started run ended. A run id never started is an error.
     pub(crate) async fn finish_run(&self, run_id: &str, end: &RunEnd) -> Result<(), HistoryError> {
-        let _ = (run_id, end);
-        Err(self.not_yet())
+        dispatch!(self, s => s.finish_run(run_id, end).await)
     }
 
-    /// Runs that started and have no end, of one coordinator (or of all when None).
+    /// Runs that started and have no end, of one coordinator (or of all when None), oldest first.
     pub(crate) async fn unfinished(
         &self,
         coordinator: Option<&str>,
     ) -> Result<Vec<RunRow>, HistoryError> {
-        let _ = coordinator;
-        Err(self.not_yet())
+        dispatch!(self, s => s.unfinished(coordinator).await)
     }
 
     /// Runs, newest first.
     pub(crate) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
-        let _ = filter;
-        Err(self.not_yet())
+        dispatch!(self, s => s.runs(filter).await)
     }
 
     pub(crate) async fn run(&self, run_id: &str) -> Result<Option<RunRow>, HistoryError> {
-        let _ = run_id;
-        Err(self.not_yet())
+        dispatch!(self, s => s.run(run_id).await)
     }
 
     /// Takes or renews the lease named `name` for `holder` for `lease`; true when `holder` holds
@@ -191,20 +244,11 @@ impl History {
         holder: &str,
         lease: Duration,
     ) -> Result<bool, HistoryError> {
-        let _ = (name, holder, lease);
-        Err(self.not_yet())
+        dispatch!(self, s => s.try_lead(name, holder, lease).await)
     }
 
     /// Gives the lease up (on a clean stop), so another coordinator takes over at once.
     pub(crate) async fn release_lead(&self, name: &str, holder: &str) -> Result<(), HistoryError> {
-        let _ = (name, holder);
-        Err(self.not_yet())
-    }
-
-    fn not_yet(&self) -> HistoryError {
-        HistoryError(format!(
-            "history at {:?} is not implemented yet",
-            self.location
-        ))
+        dispatch!(self, s => s.release_lead(name, holder).await)
     }
 }

@@ -45,10 +45,6 @@ pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One `[[schedule]]` of a game-day file, validated.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the coordinator (h/coord)")
-)]
 pub(crate) struct Schedule {
     pub(crate) name: String,
     /// Experiment files, resolved against the game-day file's directory; run in order.
@@ -104,10 +100,6 @@ pub(crate) enum OnConflict {
 
 /// One `[[blackout]]`: no schedule fires inside it.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the coordinator (h/coord)")
-)]
 pub(crate) struct Blackout {
     pub(crate) name: String,
     pub(crate) zone_name: String,
@@ -343,26 +335,12 @@ impl Calendar {
             })
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
-        )
-    )]
     /// The slots of one schedule strictly after `after`, in order, skipped ones included (each
     /// with its reason), at most `limit` of them.
     pub(crate) fn slots(&self, schedule: usize, after: Timestamp, limit: usize) -> Vec<Slot> {
         self.slot_iter(schedule, after).take(limit).collect()
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
-        )
-    )]
     /// The first slot of `schedule` strictly after `after` that fires (is not skipped). `None`
     /// when the schedule is suspended, its cron never matches again, or none of the next
     /// `MAX_SCAN` slots fires.
@@ -406,13 +384,6 @@ impl Calendar {
         out
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the coordinator (`faultline coordinator`, branch h/coord)"
-        )
-    )]
     /// After downtime: the fire to catch up on, if any. `last` is the latest fire recorded for the
     /// schedule (None: never fired), `now` the present. Returns the latest non-skipped slot in
     /// `(last, now)` when the policy is `RunOnce` and `now - slot <= deadline`; never more than one.

@@ -1,0 +1,553 @@
+//! `faultline coordinator`: real coordinator processes firing 2 s crons against the embedded agent
+//! and sleeper processes the tests start, their history read straight from the SQLite file they
+//! write.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::support::{self, BIN, Proc, ProcState, state_of, wait_until};
+
+/// A coordinator process with its log (stderr) in a file. Dropped while running it gets two
+/// SIGTERMs (revert at once) and, if that is not enough, SIGKILL; its watchdog then reverts.
+struct Coordinator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Coordinator {
+    fn start(gameday: &Path) -> Coordinator {
+        let log = gameday.with_extension("log");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the coordinator log");
+        let child = Command::new(BIN)
+            .arg("coordinator")
+            .arg(gameday)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start faultline coordinator");
+        Coordinator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the process to exit; panics with its log when it does not within `within`.
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the coordinator") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the coordinator did not exit within {within:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        self.signal("-TERM");
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run as the history stores it (instants in µs since the epoch).
+#[derive(Debug, Clone)]
+struct RunRow {
+    id: String,
+    schedule: Option<String>,
+    fire_at: Option<i64>,
+    started: i64,
+    ended: Option<i64>,
+    verdict: Option<String>,
+    reason: Option<String>,
+    recover_us: Option<i64>,
+}
+
+/// One recorded slot.
+#[derive(Debug, Clone)]
+struct FireRow {
+    schedule: String,
+    at: i64,
+    skipped: Option<String>,
+}
+
+fn open(db: &Path) -> Option<Connection> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.busy_timeout(Duration::from_secs(5)).ok()?;
+    Some(conn)
+}
+
+/// Every run, oldest first; none while the database does not exist yet.
+fn runs(db: &Path) -> Vec<RunRow> {
+    let Some(conn) = open(db) else {
+        return Vec::new();
+    };
+    let Ok(mut q) = conn.prepare(
+        "SELECT run_id, schedule, fire_at_us, started_at_us, ended_at_us, verdict, reason,
+                time_to_recover_us FROM runs ORDER BY started_at_us",
+    ) else {
+        return Vec::new();
+    };
+    q.query_map([], |r| {
+        Ok(RunRow {
+            id: r.get(0)?,
+            schedule: r.get(1)?,
+            fire_at: r.get(2)?,
+            started: r.get(3)?,
+            ended: r.get(4)?,
+            verdict: r.get(5)?,
+            reason: r.get(6)?,
+            recover_us: r.get(7)?,
+        })
+    })
+    .expect("read runs")
+    .collect::<Result<_, _>>()
+    .expect("read runs")
+}
+
+/// Every recorded slot, oldest first.
+fn fires(db: &Path) -> Vec<FireRow> {
+    let Some(conn) = open(db) else {
+        return Vec::new();
+    };
+    let Ok(mut q) = conn.prepare("SELECT schedule, at_us, skipped FROM fires ORDER BY at_us")
+    else {
+        return Vec::new();
+    };
+    q.query_map([], |r| {
+        Ok(FireRow {
+            schedule: r.get(0)?,
+            at: r.get(1)?,
+            skipped: r.get(2)?,
+        })
+    })
+    .expect("read fires")
+    .collect::<Result<_, _>>()
+    .expect("read fires")
+}
+
+fn finished(db: &Path) -> usize {
+    runs(db).iter().filter(|r| r.ended.is_some()).count()
+}
+
+/// An experiment that pauses `victim` for `pause` on this host (the local group).
+fn pause_experiment(dir: &Path, name: &str, victim: u32, pause: &str) -> PathBuf {
+    let fault = format!(
+        r#"[[fault]]
+name = "pause"
+kind = "process-pause"
+select = {{ pid = {victim} }}
+duration = "{pause}""#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, support::always_steady_experiment(name, "", &fault)).unwrap();
+    path
+}
+
+/// Writes a game day into `dir` whose state (history.db, journal) is `dir/state`, and returns
+/// its path.
+fn gameday(dir: &Path, file: &str, extra: &str, schedules: &str) -> PathBuf {
+    let text = format!(
+        r#"[coordinator]
+state_dir = "state"
+timezone = "UTC"
+name = "test-coordinator"
+lease = "2s"
+{extra}
+
+{schedules}
+"#
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn schedule(name: &str, experiment: &Path, extra: &str) -> String {
+    format!(
+        r#"[[schedule]]
+name = "{name}"
+experiments = ["{}"]
+cron = "*/2 * * * * *"
+{extra}
+"#,
+        experiment.display()
+    )
+}
+
+fn sleeper() -> Proc {
+    Proc::spawn(&["sleep", "600"])
+}
+
+/// Fire times (µs) are whole multiples of the 2 s cron and none appears twice.
+fn assert_distinct_slots(fires: &[FireRow]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for f in fires {
+        assert_eq!(f.at % 2_000_000, 0, "a fire off the 2 s grid: {f:?}");
+        assert!(
+            seen.insert((f.schedule.clone(), f.at)),
+            "fire time recorded twice: {f:?}"
+        );
+    }
+}
+
+#[test]
+fn a_two_second_cron_runs_its_experiment_three_times_and_records_each_run() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "300ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("every 2s", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("three finished runs", Duration::from_secs(30), || {
+        finished(&db) >= 3
+    });
+    coordinator.signal("-TERM");
+    let status = coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let runs = runs(&db);
+    // A fourth fire may have started just before SIGTERM; it was let finish.
+    assert!((3..=4).contains(&runs.len()), "{runs:#?}\n{log}");
+    for run in &runs {
+        assert_eq!(run.verdict.as_deref(), Some("passed"), "{run:?}\n{log}");
+        assert_eq!(run.schedule.as_deref(), Some("every 2s"));
+        let recover = run.recover_us.expect("a time to recover");
+        assert!(recover < 5_000_000, "{run:?}");
+        let at = run.fire_at.expect("a fire time");
+        assert!(run.started >= at, "started before its slot: {run:?}");
+    }
+    let fires = fires(&db);
+    assert_distinct_slots(&fires);
+    assert!(log.contains("fired `every 2s` at "), "{log}");
+    assert!(log.contains("next fire of `every 2s`: "), "{log}");
+    assert!(log.contains("ended: passed, time to recover "), "{log}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_coordinator_killed_mid_pause_is_reverted_by_its_watchdog_and_the_run_closed_after_restart() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "30s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule(
+            "pauses",
+            &exp,
+            r#"missed = { policy = "run-once", deadline = "1m" }"#,
+        ),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut first = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(5));
+    // The watchdog notices its coordinator is gone and continues the victim, long before 30 s.
+    wait_until("the victim continued", Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    let killed = runs(&db);
+    assert_eq!(killed.len(), 1, "{killed:#?}\n{}", first.log());
+    assert!(killed[0].ended.is_none());
+    drop(first);
+
+    let short = pause_experiment(dir.path(), "long pause", victim.pid(), "300ms");
+    assert_eq!(short, exp, "the same file, now with a short pause");
+    let mut second = Coordinator::start(&file);
+    wait_until(
+        "the killed run closed and a new run finished",
+        Duration::from_secs(30),
+        || finished(&db) >= 2,
+    );
+    second.signal("-TERM");
+    second.wait(Duration::from_secs(40));
+    let log = second.log();
+    let runs = runs(&db);
+    let closed = runs.iter().find(|r| r.id == killed[0].id).unwrap();
+    assert_eq!(closed.verdict.as_deref(), Some("error"), "{closed:?}");
+    assert!(
+        closed
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the coordinator stopped during the run"),
+        "{closed:?}"
+    );
+    let after: Vec<&RunRow> = runs.iter().filter(|r| r.id != killed[0].id).collect();
+    assert!(!after.is_empty(), "{runs:#?}\n{log}");
+    assert!(
+        after.iter().all(|r| r.verdict.as_deref() == Some("passed")),
+        "{runs:#?}\n{log}"
+    );
+    assert_distinct_slots(&fires(&db));
+    let mut slots: Vec<i64> = runs.iter().filter_map(|r| r.fire_at).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), runs.len(), "a fire time ran twice: {runs:#?}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+/// Runs a coordinator until its first run ended, stops it for 10 s, restarts it until one more
+/// slot after the restart has run, and returns the runs whose slots fell in the downtime.
+fn runs_missed_in_ten_seconds_down(policy: &str) -> (Vec<RunRow>, String) {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "short pause", victim.pid(), "100ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule(
+            "catch",
+            &exp,
+            &if policy == "skip" {
+                r#"missed = { policy = "skip" }"#.to_owned()
+            } else {
+                format!(r#"missed = {{ policy = "{policy}", deadline = "1m" }}"#)
+            },
+        ),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut first = Coordinator::start(&file);
+    let ran = support::poll_until(Duration::from_secs(20), || finished(&db) >= 1);
+    assert!(ran.is_some(), "no first run:\n{}", first.log());
+    first.signal("-TERM");
+    first.wait(Duration::from_secs(15));
+    let down_from = jiff::Timestamp::now().as_microsecond();
+    std::thread::sleep(Duration::from_secs(10));
+    let before = runs(&db).len();
+    // Start just after a slot, so the coordinator is up before the next one: the slot it catches
+    // up on is then the one before `up_at`, and every later slot is a regular fire.
+    wait_until("a moment just after a slot", Duration::from_secs(3), || {
+        (jiff::Timestamp::now().as_microsecond() % 2_000_000) / 1000 >= 100
+            && (jiff::Timestamp::now().as_microsecond() % 2_000_000) / 1000 < 300
+    });
+    let mut second = Coordinator::start(&file);
+    let up_at = jiff::Timestamp::now().as_microsecond();
+    wait_until(
+        "a regular run after the restart",
+        Duration::from_secs(20),
+        || {
+            runs(&db)
+                .iter()
+                .any(|r| r.ended.is_some() && r.fire_at.is_some_and(|at| at > up_at))
+        },
+    );
+    second.signal("-TERM");
+    second.wait(Duration::from_secs(15));
+    let log = format!("{}\n{}", first.log(), second.log());
+    let runs = runs(&db);
+    assert!(runs.len() > before);
+    assert_distinct_slots(&fires(&db));
+    let missed = runs
+        .into_iter()
+        .filter(|r| r.fire_at.is_some_and(|at| at > down_from && at <= up_at))
+        .collect();
+    (missed, log)
+}
+
+#[test]
+fn after_ten_seconds_down_run_once_catches_up_exactly_one_slot_and_skip_none() {
+    let once = std::thread::spawn(|| runs_missed_in_ten_seconds_down("run-once"));
+    let skip = std::thread::spawn(|| runs_missed_in_ten_seconds_down("skip"));
+    let (once, once_log) = once.join().unwrap();
+    let (skip, skip_log) = skip.join().unwrap();
+    assert_eq!(once.len(), 1, "{once:#?}\n{once_log}");
+    assert_eq!(once[0].verdict.as_deref(), Some("passed"), "{once_log}");
+    assert!(once_log.contains("(catch-up)"), "{once_log}");
+    assert!(skip.is_empty(), "{skip:#?}\n{skip_log}");
+    assert!(skip_log.contains("none is run"), "{skip_log}");
+}
+
+#[test]
+fn two_schedules_whose_faults_reach_this_host_never_overlap() {
+    let dir = support::tempdir();
+    let (a, b) = (sleeper(), sleeper());
+    let exp_a = pause_experiment(dir.path(), "pause a", a.pid(), "700ms");
+    let exp_b = pause_experiment(dir.path(), "pause b", b.pid(), "700ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &format!(
+            "{}\n{}",
+            schedule("a", &exp_a, ""),
+            schedule("b", &exp_b, "")
+        ),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("two finished runs of each", Duration::from_secs(40), || {
+        let runs = runs(&db);
+        ["a", "b"].iter().all(|s| {
+            runs.iter()
+                .filter(|r| r.schedule.as_deref() == Some(s) && r.ended.is_some())
+                .count()
+                >= 2
+        })
+    });
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(20));
+    let log = coordinator.log();
+    let runs = runs(&db);
+    for x in &runs {
+        for y in &runs {
+            if x.id >= y.id {
+                continue;
+            }
+            let (xe, ye) = (x.ended.unwrap(), y.ended.unwrap());
+            assert!(
+                xe <= y.started || ye <= x.started,
+                "runs overlap:\n{x:?}\n{y:?}\n{log}"
+            );
+        }
+    }
+    assert!(log.contains("waits for a run on the same host(s)"), "{log}");
+}
+
+#[test]
+fn nothing_runs_while_a_blackout_is_in_force_and_each_slot_records_it() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "100ms");
+    let now = jiff::Timestamp::now();
+    let day = jiff::SignedDuration::from_hours(24);
+    let blackout = format!(
+        r#"[[blackout]]
+name = "test freeze"
+from = "{}"
+until = "{}"
+"#,
+        (now - day).strftime("%Y-%m-%dT%H:%M"),
+        (now + day).strftime("%Y-%m-%dT%H:%M")
+    );
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &format!("{}\n{blackout}", schedule("frozen", &exp, "")),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("three skipped slots", Duration::from_secs(20), || {
+        fires(&db).len() >= 3
+    });
+    coordinator.signal("-TERM");
+    assert_eq!(coordinator.wait(Duration::from_secs(10)).code(), Some(0));
+    let log = coordinator.log();
+    assert!(runs(&db).is_empty(), "{log}");
+    let fires = fires(&db);
+    assert_distinct_slots(&fires);
+    for f in &fires {
+        assert_eq!(
+            f.skipped.as_deref(),
+            Some("blackout `test freeze`"),
+            "{f:?}\n{log}"
+        );
+    }
+    assert!(log.contains("skipped `frozen` at "), "{log}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_first_sigterm_lets_the_run_finish_and_a_second_reverts_it_at_once() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "3s");
+    let file = gameday(dir.path(), "gameday.toml", "", &schedule("p", &exp, ""));
+    let db = dir.path().join("state/history.db");
+
+    // One SIGTERM: the pause holds to its end, the run passes, the coordinator exits 0.
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    coordinator.signal("-TERM");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        state_of(victim.pid()),
+        ProcState::Stopped,
+        "the first SIGTERM cut the run short:\n{}",
+        coordinator.log()
+    );
+    assert_eq!(coordinator.wait(Duration::from_secs(20)).code(), Some(0));
+    let first = runs(&db);
+    assert_eq!(first.len(), 1, "{first:#?}\n{}", coordinator.log());
+    assert_eq!(first[0].verdict.as_deref(), Some("passed"), "{first:#?}");
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+    drop(coordinator);
+
+    // Two: the pause is reverted at once and the run recorded as an error that says why.
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the victim paused again", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    coordinator.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    coordinator.signal("-TERM");
+    let continued = support::poll_until(Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    assert!(continued.is_some(), "{}", coordinator.log());
+    assert_eq!(coordinator.wait(Duration::from_secs(20)).code(), Some(0));
+    let log = coordinator.log();
+    let second: Vec<RunRow> = runs(&db).into_iter().skip(1).collect();
+    assert_eq!(second.len(), 1, "{second:#?}\n{log}");
+    assert_eq!(second[0].verdict.as_deref(), Some("error"), "{log}");
+    assert!(
+        second[0].reason.as_deref().unwrap().contains("SIGTERM"),
+        "{second:#?}"
+    );
+    assert!(log.contains("received again: reverting"), "{log}");
+}
