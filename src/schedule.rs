@@ -37,7 +37,7 @@ pub(crate) use window::Window;
 /// slot is skipped (a window the cron never meets) must not keep the coordinator busy forever.
 pub(crate) const MAX_SCAN: usize = 1_000_000;
 /// The most skipped slots `upcoming` lists before it stops, however few fires it found.
-pub(crate) const MAX_SKIPPED_LISTED: usize = 1000;
+pub(crate) const MAX_SKIPPED_LISTED: usize = 10_000;
 /// The longest jitter a schedule may ask for.
 pub(crate) const MAX_JITTER: Duration = Duration::from_secs(24 * 3600);
 /// The longest `missed.deadline`.
