@@ -14,6 +14,8 @@
 mod schema;
 mod sqlite;
 
+pub(crate) use sqlite::insert_finished as insert_finished_sqlite;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -281,6 +283,7 @@ impl History {
     }
 
     /// Runs that started and have no end, of one coordinator (or of all when None), oldest first.
+    /// Lists leave reports out: every `report_json` is None (`run` reads one).
     pub(crate) async fn unfinished(
         &self,
         coordinator: Option<&str>,
@@ -288,7 +291,8 @@ impl History {
         dispatch!(self, s => s.unfinished(coordinator).await)
     }
 
-    /// Runs, newest first.
+    /// Runs, newest first. Lists leave reports out: every `report_json` is None (`run` reads
+    /// one), so listing 100 000 runs does not read their reports.
     pub(crate) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
         dispatch!(self, s => s.runs(filter).await)
     }
