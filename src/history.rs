@@ -201,6 +201,9 @@ pub(crate) struct Filter {
     pub(crate) experiment: Option<String>,
     pub(crate) schedule: Option<String>,
     pub(crate) last: Option<usize>,
+    /// Leave every report out (`report_json` None), so listing 100 000 runs does not read them
+    /// (`faultline history`); a store may ignore it and read them anyway.
+    pub(crate) without_reports: bool,
 }
 
 /// What went wrong with a history. Every message names the database (its file, or its URL
@@ -283,7 +286,6 @@ impl History {
     }
 
     /// Runs that started and have no end, of one coordinator (or of all when None), oldest first.
-    /// Lists leave reports out: every `report_json` is None (`run` reads one).
     pub(crate) async fn unfinished(
         &self,
         coordinator: Option<&str>,
@@ -291,8 +293,7 @@ impl History {
         dispatch!(self, s => s.unfinished(coordinator).await)
     }
 
-    /// Runs, newest first. Lists leave reports out: every `report_json` is None (`run` reads
-    /// one), so listing 100 000 runs does not read their reports.
+    /// Runs, newest first.
     pub(crate) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
         dispatch!(self, s => s.runs(filter).await)
     }

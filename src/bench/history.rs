@@ -135,7 +135,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<String> {
                 "newest 20 (`history --last 20`)",
                 Filter {
                     last: Some(20),
-                    ..Filter::default()
+                    ..lean()
                 },
             ),
             (
@@ -143,17 +143,17 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<String> {
                 Filter {
                     experiment: Some(title.clone()),
                     last: Some(20),
-                    ..Filter::default()
+                    ..lean()
                 },
             ),
             (
                 "every run of one schedule",
                 Filter {
                     schedule: Some(schedule.clone()),
-                    ..Filter::default()
+                    ..lean()
                 },
             ),
-            ("every run (`history` with no filter)", Filter::default()),
+            ("every run (`history` with no filter)", lean()),
         ];
         let _ = writeln!(out, "queries in this process (History::runs):");
         for (label, filter) in &queries {
@@ -237,6 +237,14 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<String> {
     }
     drop(victim);
     Ok(out)
+}
+
+/// A filter as `faultline history` sends it: no reports.
+fn lean() -> Filter {
+    Filter {
+        without_reports: true,
+        ..Filter::default()
+    }
 }
 
 fn minimal_experiment(victim: u32) -> String {

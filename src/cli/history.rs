@@ -94,6 +94,7 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
                 experiment: args.experiment.clone(),
                 schedule: args.schedule.clone(),
                 last: args.last,
+                without_reports: true,
             };
             match history.runs(&filter).await {
                 Ok(rows) => rows,

@@ -29,8 +29,8 @@ const RUN_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, se
      coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
      agents, report_json";
 
-/// `RUN_COLUMNS` without the report, for lists: a report is kilobytes (its samples), and a list
-/// of 100 000 runs must not read them all.
+/// `RUN_COLUMNS` without the report: a report is kilobytes (its samples), and a list of 100 000
+/// runs need not read them all.
 const LIST_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, seed, started_at_us, \
      coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
      agents, NULL";
@@ -265,9 +265,14 @@ impl Store {
             } else {
                 format!("WHERE {}", conditions.join(" AND "))
             };
+            let columns = if filter.without_reports {
+                LIST_COLUMNS
+            } else {
+                RUN_COLUMNS
+            };
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {LIST_COLUMNS} FROM runs {filter_sql}
+                    "SELECT {columns} FROM runs {filter_sql}
                      ORDER BY started_at_us DESC, run_id DESC LIMIT ?{limit_at}"
                 ))
                 .map_err(sql)?;
@@ -708,8 +713,13 @@ mod tests {
         };
         assert_eq!(store.runs(&nightly).await.unwrap()[0].start, b);
         let listed = store.runs(&Filter::default()).await.unwrap();
-        let listed_a = listed[2].end.clone().unwrap();
-        assert_eq!(listed_a.report_json, None, "lists leave reports out");
+        assert_eq!(listed[2].end.as_ref(), Some(&end));
+        let lean = Filter {
+            without_reports: true,
+            ..Filter::default()
+        };
+        let listed_a = store.runs(&lean).await.unwrap()[2].end.clone().unwrap();
+        assert_eq!(listed_a.report_json, None, "the report was left out");
         assert_eq!(
             RunEnd {
                 report_json: end.report_json.clone(),
