@@ -94,9 +94,8 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
                 experiment: args.experiment.clone(),
                 schedule: args.schedule.clone(),
                 last: args.last,
-                without_reports: true,
             };
-            match history.runs(&filter).await {
+            match history.runs_without_reports(&filter).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     eprintln!("error: {e}");

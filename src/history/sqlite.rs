@@ -239,6 +239,21 @@ impl Store {
     }
 
     pub(super) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, RUN_COLUMNS).await
+    }
+
+    pub(super) async fn runs_without_reports(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, LIST_COLUMNS).await
+    }
+
+    async fn list(
+        &self,
+        filter: &Filter,
+        columns: &'static str,
+    ) -> Result<Vec<RunRow>, HistoryError> {
         let filter = filter.clone();
         self.with("failed to read runs", move |conn| {
             // Only the conditions asked for, so SQLite picks the index of the one filter
@@ -264,11 +279,6 @@ impl Store {
                 String::new()
             } else {
                 format!("WHERE {}", conditions.join(" AND "))
-            };
-            let columns = if filter.without_reports {
-                LIST_COLUMNS
-            } else {
-                RUN_COLUMNS
             };
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -714,11 +724,13 @@ mod tests {
         assert_eq!(store.runs(&nightly).await.unwrap()[0].start, b);
         let listed = store.runs(&Filter::default()).await.unwrap();
         assert_eq!(listed[2].end.as_ref(), Some(&end));
-        let lean = Filter {
-            without_reports: true,
-            ..Filter::default()
-        };
-        let listed_a = store.runs(&lean).await.unwrap()[2].end.clone().unwrap();
+        let listed_a = store
+            .runs_without_reports(&Filter::default())
+            .await
+            .unwrap()[2]
+            .end
+            .clone()
+            .unwrap();
         assert_eq!(listed_a.report_json, None, "the report was left out");
         assert_eq!(
             RunEnd {
