@@ -339,3 +339,40 @@ fn a_history_that_cannot_be_written_only_warns_and_keeps_the_verdict() {
     );
     assert_eq!(warning, expected);
 }
+
+#[test]
+fn a_run_that_fails_before_its_report_is_recorded_as_an_error() {
+    let dir = tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    // A journal entry nobody can read: the session refuses to start over it.
+    let state = state(dir.path());
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("left-0.json"), "not a journal entry").unwrap();
+    let (ran, _) = run(dir.path(), "a", &pause("web", victim.pid()), &[]);
+    assert_eq!(ran.code, 5, "{}", ran.explain());
+    let all = history_json(&state, &[]);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["verdict"], "error");
+    assert_eq!(all[0]["exit_code"], 5);
+    let reason = all[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("faults left by an earlier crashed run could not be reverted"),
+        "{reason}"
+    );
+    assert!(
+        ran.stderr.contains(reason),
+        "the recorded reason is the error the run printed: {}",
+        ran.explain()
+    );
+    // There is no report to show, and `show` says why.
+    let id = all[0]["run_id"].as_str().unwrap();
+    let out = faultline(&["show", id], &state);
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with(&format!(
+            "error: run {id} has no stored report: it ended with error before it made one ("
+        )),
+        "{}",
+        explain(&out)
+    );
+}
