@@ -571,9 +571,13 @@ mod tests {
     fn migrations_run_once_and_the_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/history.db");
-        drop(open_blocking(&path).unwrap());
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let first = open_blocking(&path).unwrap();
+        // SQLite gives the files beside the database the database's mode.
+        for file in ["history.db", "history.db-wal", "history.db-shm"] {
+            let meta = std::fs::metadata(path.with_file_name(file)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        drop(first);
         // A second open applies nothing again (the CREATE TABLEs would fail) and keeps the version.
         let conn = open_blocking(&path).unwrap();
         let version: i64 = conn
