@@ -146,6 +146,17 @@ fn runs_are_listed_newest_first_with_verdict_recovery_sha256_and_seed_and_filter
     assert_eq!(ids(&newest_web), ids(&all[1..2]));
     assert!(history_json(&state(dir.path()), &["--schedule", "nightly"]).is_empty());
 
+    // `--db` names the file itself.
+    let db = state(dir.path()).join("history.db");
+    let out = Command::new(BIN)
+        .args(["history", "--json", "--last", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let by_db: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&by_db), ids(&all[..1]));
+
     let table = faultline_ok(&["history", "--last", "2"], &state(dir.path()));
     let lines: Vec<&str> = table.lines().collect();
     assert!(
@@ -206,8 +217,15 @@ fn a_run_with_no_history_writes_none() {
     assert_eq!(ran.code, 0, "{}", ran.explain());
     let db = state(dir.path()).join("history.db");
     assert!(!db.exists(), "{} was written", db.display());
-    // Reading a history that does not exist creates nothing either.
+    // Reading a history that does not exist creates nothing either, and says so.
     assert!(history_json(&state(dir.path()), &[]).is_empty());
+    let out = faultline(&["history"], &state(dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no runs\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("no runs recorded: {} does not exist\n", db.display())
+    );
     assert!(!db.exists(), "`history` created {}", db.display());
 }
 
