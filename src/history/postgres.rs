@@ -66,7 +66,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// The advisory-lock key migrations run under (any constant; this is "faultlin" in ASCII), so
 /// coordinators starting at once against a fresh database do not both create the tables.
-const MIGRATION_LOCK: i64 = 0x6661_756c_746c_696e;
+pub(super) const MIGRATION_LOCK: i64 = 0x6661_756c_746c_696e;
 
 /// How long one call may take, connecting included, before its connection is dropped and the
 /// call fails; a hung server must not hang the coordinator's loop (it then stops firing, which is
@@ -230,6 +230,20 @@ impl PostgresStore {
     async fn migrate(&self) -> Result<(), HistoryError> {
         let mut client = self.connect().await?;
         let fail = |what: &str, e: &tokio_postgres::Error| self.fail(what, e);
+        let known = MIGRATIONS.len();
+        // Most opens find the schema current: a plain read then spares `history` and every
+        // coordinator restart the lock and the DDL. A missing table (or any other answer) takes
+        // the locked path, which decides.
+        let current = client
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, Option<i32>>(0))
+            .and_then(|v| usize::try_from(v).ok());
+        if current == Some(known) {
+            *self.inner.client.lock().await = Some(Arc::new(client));
+            return Ok(());
+        }
         let tx = client
             .transaction()
             .await
@@ -246,7 +260,6 @@ impl PostgresStore {
             .map_err(|e| fail("read the schema version", &e))?
             .and_then(|row| row.get::<_, Option<i32>>(0))
             .unwrap_or(0);
-        let known = MIGRATIONS.len();
         let from = usize::try_from(version).unwrap_or(usize::MAX);
         if from > known {
             return Err(HistoryError(format!(

@@ -696,3 +696,28 @@ async fn postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects
             .expect("renew")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_current_schema_is_opened_without_the_migration_lock() {
+    let test = "history::tests::postgres_current_schema_is_opened_without_the_migration_lock";
+    let Some(store) = TestStore::postgres(test).await else {
+        return;
+    };
+    drop(store.open().await);
+    // Another process holds the migration lock (as a coordinator migrating would): an open that
+    // finds the schema current must not wait for it.
+    let db = store.postgres.as_ref().expect("a postgres store");
+    let holder = admin_client(&db.url).await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&super::postgres::MIGRATION_LOCK],
+        )
+        .await
+        .expect("take the migration lock");
+    let opened = tokio::time::timeout(Duration::from_secs(10), History::open(&store.location))
+        .await
+        .expect("open waited on the migration lock although the schema is current");
+    let history = opened.expect("open");
+    assert_eq!(history.last_fire("nightly").await.expect("read"), None);
+}
