@@ -4,6 +4,7 @@
 //! and prints figures. A benchmark, not a test: nothing here asserts a speed.
 //! `faultline bench proxy` is in `bench/proxy.rs`.
 
+pub(crate) mod history;
 pub(crate) mod proxy;
 
 use std::fmt::Write;

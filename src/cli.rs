@@ -218,6 +218,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
+    /// The history's costs: `faultline history` on a database of N runs, and what a run
+    /// spends writing its own rows (fills a temporary SQLite database).
+    #[command(hide = true)]
+    History {
+        /// Synthetic runs in the database.
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+    },
     /// How many probe samples per second one run sustains, and the CPU they cost: TCP probes
     /// against a listener on loopback, driven by the same probe tasks as a run.
     Probes {
@@ -395,6 +403,13 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Fuzz(args) => fuzz(args),
         Command::History(args) => Ok(runtime()?.block_on(history::history(&args))),
         Command::Show(args) => Ok(runtime()?.block_on(history::show(&args))),
+        Command::Bench(BenchCommand::History { runs }) => {
+            print!(
+                "{}",
+                crate::bench::history::run(&crate::bench::history::Settings { runs })?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Probes {
             probes,
             every,

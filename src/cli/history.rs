@@ -95,7 +95,7 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
                 schedule: args.schedule.clone(),
                 last: args.last,
             };
-            match history.runs(&filter).await {
+            match history.runs_without_reports(&filter).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -259,7 +259,6 @@ fn runs_json(rows: &[RunRow]) -> String {
                 "time_to_recover_ms": e.and_then(|e| e.time_to_recover).map(report::millis),
                 "time_to_abort_ms": e.and_then(|e| e.time_to_abort).map(report::millis),
                 "agents": e.map(|e| &e.agents),
-                "has_report": e.is_some_and(|e| e.report_json.is_some()),
             })
         })
         .collect();
@@ -409,7 +408,7 @@ times in Europe/Berlin, newest first
                 "seed": 18_446_744_073_709_551_615_u64, "coordinator": null,
                 "started_at": "2027-03-28T01:30:00Z", "ended_at": null, "verdict": null,
                 "exit_code": null, "reason": null, "time_to_recover_ms": null,
-                "time_to_abort_ms": null, "agents": null, "has_report": false
+                "time_to_abort_ms": null, "agents": null
             },
             {
                 "run_id": "20270328T003000Z-00ff", "schedule": "nightly", "fire_at": "2027-03-28T00:30:00Z",
@@ -418,8 +417,7 @@ times in Europe/Berlin, newest first
                 "started_at": "2027-03-28T00:30:01.5Z", "ended_at": "2027-03-28T00:30:09Z",
                 "verdict": "failed", "exit_code": 1,
                 "reason": "probe `web` met its SLO before the faults but not after them: success 80% (needed at least 99%), status 503 in 17 samples",
-                "time_to_recover_ms": 674.62, "time_to_abort_ms": null, "agents": ["local"],
-                "has_report": true
+                "time_to_recover_ms": 674.62, "time_to_abort_ms": null, "agents": ["local"]
             }
         ]);
         assert_eq!(value, expected);

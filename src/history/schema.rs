@@ -34,9 +34,9 @@ pub(super) const SQLITE_MIGRATIONS: &[&str] = &[
         agents TEXT,
         report_json TEXT
     );
-    CREATE INDEX runs_by_start ON runs (started_at_us DESC);
-    CREATE INDEX runs_by_title ON runs (title, started_at_us DESC);
-    CREATE INDEX runs_by_schedule ON runs (schedule, started_at_us DESC);
+    CREATE INDEX runs_by_start ON runs (started_at_us DESC, run_id DESC);
+    CREATE INDEX runs_by_title ON runs (title, started_at_us DESC, run_id DESC);
+    CREATE INDEX runs_by_schedule ON runs (schedule, started_at_us DESC, run_id DESC);
     CREATE INDEX runs_unfinished ON runs (coordinator) WHERE ended_at_us IS NULL;
     CREATE TABLE fires (
         schedule TEXT NOT NULL,

@@ -29,6 +29,37 @@ const RUN_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, se
      coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
      agents, report_json";
 
+/// `RUN_COLUMNS` without the report: a report is kilobytes (its samples), and a list of 100 000
+/// runs need not read them all.
+const LIST_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, seed, started_at_us, \
+     coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
+     agents, NULL";
+
+const INSERT_RUN: &str =
+    "INSERT INTO runs (run_id, schedule, fire_at_us, title, file, sha256, seed,
+         started_at_us, coordinator)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Writes how a run ended; the number of rows changed (0: no such run).
+fn write_end(conn: &Connection, run_id: &str, end: &RunEnd) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE runs SET ended_at_us = ?2, verdict = ?3, exit_code = ?4, reason = ?5,
+             time_to_recover_us = ?6, time_to_abort_us = ?7, agents = ?8, report_json = ?9
+         WHERE run_id = ?1",
+        params![
+            run_id,
+            schema::micros(end.ended_at),
+            end.verdict,
+            end.exit_code,
+            end.reason,
+            end.time_to_recover.map(schema::duration_micros),
+            end.time_to_abort.map(schema::duration_micros),
+            schema::agents_text(&end.agents),
+            end.report_json,
+        ],
+    )
+}
+
 impl Store {
     pub(super) async fn open(path: &Path) -> Result<Store, HistoryError> {
         let path = path.to_owned();
@@ -153,9 +184,7 @@ impl Store {
         let start = start.clone();
         self.with("failed to record the start of a run", move |conn| {
             conn.execute(
-                "INSERT INTO runs (run_id, schedule, fire_at_us, title, file, sha256, seed,
-                     started_at_us, coordinator)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                INSERT_RUN,
                 params![
                     start.run_id,
                     start.schedule,
@@ -183,24 +212,7 @@ impl Store {
         let run_id = run_id.to_owned();
         let end = end.clone();
         self.with("failed to record the end of a run", move |conn| {
-            let updated = conn
-                .execute(
-                    "UPDATE runs SET ended_at_us = ?2, verdict = ?3, exit_code = ?4, reason = ?5,
-                         time_to_recover_us = ?6, time_to_abort_us = ?7, agents = ?8, report_json = ?9
-                     WHERE run_id = ?1",
-                    params![
-                        run_id,
-                        schema::micros(end.ended_at),
-                        end.verdict,
-                        end.exit_code,
-                        end.reason,
-                        end.time_to_recover.map(schema::duration_micros),
-                        end.time_to_abort.map(schema::duration_micros),
-                        schema::agents_text(&end.agents),
-                        end.report_json,
-                    ],
-                )
-                .map_err(sql)?;
+            let updated = write_end(conn, &run_id, &end).map_err(sql)?;
             if updated == 0 {
                 return Err(HistoryError(format!("run {run_id} was never started")));
             }
@@ -217,7 +229,7 @@ impl Store {
         self.with("failed to read unfinished runs", move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE ended_at_us IS NULL
+                    "SELECT {LIST_COLUMNS} FROM runs WHERE ended_at_us IS NULL
                      AND (?1 IS NULL OR coordinator = ?1) ORDER BY started_at_us, run_id"
                 ))
                 .map_err(sql)?;
@@ -227,23 +239,54 @@ impl Store {
     }
 
     pub(super) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, RUN_COLUMNS).await
+    }
+
+    pub(super) async fn runs_without_reports(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, LIST_COLUMNS).await
+    }
+
+    async fn list(
+        &self,
+        filter: &Filter,
+        columns: &'static str,
+    ) -> Result<Vec<RunRow>, HistoryError> {
         let filter = filter.clone();
         self.with("failed to read runs", move |conn| {
+            // Only the conditions asked for, so SQLite picks the index of the one filter
+            // (`x IS NULL OR title = x` would defeat it and scan every run). The values stay
+            // bound parameters; only fixed text is joined.
+            let mut conditions = Vec::new();
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
+            if let Some(title) = &filter.experiment {
+                values.push(title);
+                conditions.push(format!("title = ?{}", values.len()));
+            }
+            if let Some(schedule) = &filter.schedule {
+                values.push(schedule);
+                conditions.push(format!("schedule = ?{}", values.len()));
+            }
             // -1 is SQLite's "no limit".
             let limit = filter
                 .last
                 .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+            values.push(&limit);
+            let limit_at = values.len();
+            let filter_sql = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            };
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs
-                     WHERE (?1 IS NULL OR title = ?1) AND (?2 IS NULL OR schedule = ?2)
-                     ORDER BY started_at_us DESC, run_id DESC LIMIT ?3"
+                    "SELECT {columns} FROM runs {filter_sql}
+                     ORDER BY started_at_us DESC, run_id DESC LIMIT ?{limit_at}"
                 ))
                 .map_err(sql)?;
-            collect_runs(
-                stmt.query(params![filter.experiment, filter.schedule, limit])
-                    .map_err(sql)?,
-            )
+            collect_runs(stmt.query(values.as_slice()).map_err(sql)?)
         })
         .await
     }
@@ -284,6 +327,35 @@ impl Store {
         })
         .await
     }
+}
+
+/// Writes finished runs in one transaction, through the same statements as `start_run` and
+/// `finish_run`: for `faultline bench history`, which fills a database with 100 000 of them.
+pub(crate) fn insert_finished(path: &Path, runs: &[RunRow]) -> Result<(), HistoryError> {
+    let mut conn = open_blocking(path)?;
+    let tx = conn.transaction().map_err(sql)?;
+    for run in runs {
+        let (s, Some(e)) = (&run.start, &run.end) else {
+            continue;
+        };
+        tx.execute(
+            INSERT_RUN,
+            params![
+                s.run_id,
+                s.schedule,
+                s.fire_at.map(schema::micros),
+                s.title,
+                s.file,
+                s.sha256,
+                s.seed.to_string(),
+                schema::micros(s.started_at),
+                s.coordinator,
+            ],
+        )
+        .map_err(sql)?;
+        write_end(&tx, &s.run_id, e).map_err(sql)?;
+    }
+    tx.commit().map_err(sql)
 }
 
 /// The lease logic with the clock passed in. On SQLite every writer is on this host, so this
@@ -650,6 +722,23 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(store.runs(&nightly).await.unwrap()[0].start, b);
+        let listed = store.runs(&Filter::default()).await.unwrap();
+        assert_eq!(listed[2].end.as_ref(), Some(&end));
+        let listed_a = store
+            .runs_without_reports(&Filter::default())
+            .await
+            .unwrap()[2]
+            .end
+            .clone()
+            .unwrap();
+        assert_eq!(listed_a.report_json, None, "the report was left out");
+        assert_eq!(
+            RunEnd {
+                report_json: end.report_json.clone(),
+                ..listed_a
+            },
+            end
+        );
         let row = store.run("r-a").await.unwrap().unwrap();
         assert_eq!((row.start, row.end), (a, Some(end)));
         assert_eq!(store.run("r-x").await.unwrap(), None);
