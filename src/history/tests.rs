@@ -156,6 +156,7 @@ macro_rules! both_stores {
 both_stores!(
     run_reads_back_as_started_then_as_finished,
     runs_are_listed_newest_first_and_filtered,
+    lists_without_reports_leave_out_only_the_reports,
     fire_is_claimed_once_and_a_second_claim_changes_nothing,
     last_fire_is_the_latest_slot_of_its_schedule,
     unfinished_runs_are_those_without_an_end_by_coordinator,
@@ -287,6 +288,43 @@ async fn runs_are_listed_newest_first_and_filtered(store: &TestStore) {
         ..Filter::default()
     };
     assert_eq!(ids(&list(none).await), Vec::<&str>::new());
+}
+
+async fn lists_without_reports_leave_out_only_the_reports(store: &TestStore) {
+    let history = store.open().await;
+    for (id, title, second) in [("a", "kill", 10), ("b", "pause", 20), ("c", "kill", 30)] {
+        history
+            .start_run(&start(id, title, Some("nightly"), second))
+            .await
+            .expect("start run");
+        history
+            .finish_run(id, &end(second + 1))
+            .await
+            .expect("finish run");
+    }
+    for filter in [
+        Filter::default(),
+        Filter {
+            experiment: Some("kill".to_owned()),
+            last: Some(1),
+            ..Filter::default()
+        },
+    ] {
+        let mut whole = history.runs(&filter).await.expect("runs");
+        assert!(
+            whole
+                .iter()
+                .all(|r| r.end.as_ref().is_some_and(|e| e.report_json.is_some()))
+        );
+        for row in &mut whole {
+            row.end.as_mut().expect("finished").report_json = None;
+        }
+        let listed = history
+            .runs_without_reports(&filter)
+            .await
+            .expect("runs without reports");
+        assert_eq!(listed, whole, "{filter:?}");
+    }
 }
 
 async fn fire_is_claimed_once_and_a_second_claim_changes_nothing(store: &TestStore) {
