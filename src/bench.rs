@@ -5,6 +5,7 @@
 //! `faultline bench proxy` is in `bench/proxy.rs`, `faultline bench history` in `bench/history.rs`.
 
 pub(crate) mod history;
+pub(crate) mod history_store;
 pub(crate) mod proxy;
 
 use std::fmt::Write;

@@ -236,6 +236,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         runs: usize,
     },
+    /// What a coordinator's fire costs in each history store: open, try_lead, and claim_fire +
+    /// start_run + finish_run, on a temporary SQLite file and (with --postgres) a temporary
+    /// database on a PostgreSQL server.
+    #[command(hide = true)]
+    HistoryStore {
+        /// A PostgreSQL server whose user may create (and drop) a database for the bench.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Fires timed per store.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        fires: u32,
+    },
     /// How many probe samples per second one run sustains, and the CPU they cost: TCP probes
     /// against a listener on loopback, driven by the same probe tasks as a run.
     Probes {
@@ -420,6 +432,14 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
                 "{}",
                 crate::bench::history::run(&crate::bench::history::Settings { runs })?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::HistoryStore { postgres, fires }) => {
+            let settings = crate::bench::history_store::Settings {
+                postgres,
+                fires: fires as usize,
+            };
+            print!("{}", crate::bench::history_store::run(&settings)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Probes {

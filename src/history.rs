@@ -297,25 +297,13 @@ impl History {
     }
 
     /// `runs` with every `report_json` left out, for lists (`faultline history`): a report is
-    /// kilobytes, and listing 100 000 runs must not read them all. Stores that cannot leave them
-    /// out in the query read them and drop them here.
+    /// kilobytes, and listing 100 000 runs must not read them all. Every store leaves them out
+    /// in its query.
     pub(crate) async fn runs_without_reports(
         &self,
         filter: &Filter,
     ) -> Result<Vec<RunRow>, HistoryError> {
-        // `allow`, not `expect`: the pattern is irrefutable only until the PostgreSQL arm joins.
-        #[allow(irrefutable_let_patterns)]
-        if let Store::Sqlite(store) = &self.store {
-            return store.runs_without_reports(filter).await;
-        }
-        #[allow(unreachable_code)]
-        let mut rows = self.runs(filter).await?;
-        for row in &mut rows {
-            if let Some(end) = &mut row.end {
-                end.report_json = None;
-            }
-        }
-        Ok(rows)
+        dispatch!(self, s => s.runs_without_reports(filter).await)
     }
 
     pub(crate) async fn run(&self, run_id: &str) -> Result<Option<RunRow>, HistoryError> {

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use tokio::sync::Mutex;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::{Severity, SqlState};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::{Filter, FireRow, FireState, HistoryError, RunEnd, RunRow, RunStart, schema};
@@ -66,7 +67,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// The advisory-lock key migrations run under (any constant; this is "faultlin" in ASCII), so
 /// coordinators starting at once against a fresh database do not both create the tables.
-const MIGRATION_LOCK: i64 = 0x6661_756c_746c_696e;
+pub(super) const MIGRATION_LOCK: i64 = 0x6661_756c_746c_696e;
 
 /// How long one call may take, connecting included, before its connection is dropped and the
 /// call fails; a hung server must not hang the coordinator's loop (it then stops firing, which is
@@ -77,6 +78,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RUN_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, seed, started_at_us, \
     coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
     agents, report_json";
+
+/// `RUN_COLUMNS` without the report (kilobytes a run), for lists.
+const LIST_COLUMNS: &str = "run_id, schedule, fire_at_us, title, file, sha256, seed, started_at_us, \
+    coordinator, ended_at_us, verdict, exit_code, reason, time_to_recover_us, time_to_abort_us, \
+    agents, NULL::TEXT";
 
 /// A handle on a PostgreSQL history; clones share one connection.
 #[derive(Debug, Clone)]
@@ -230,6 +236,20 @@ impl PostgresStore {
     async fn migrate(&self) -> Result<(), HistoryError> {
         let mut client = self.connect().await?;
         let fail = |what: &str, e: &tokio_postgres::Error| self.fail(what, e);
+        let known = MIGRATIONS.len();
+        // Most opens find the schema current: a plain read then spares `history` and every
+        // coordinator restart the lock and the DDL. A missing table (or any other answer) takes
+        // the locked path, which decides.
+        let current = client
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, Option<i32>>(0))
+            .and_then(|v| usize::try_from(v).ok());
+        if current == Some(known) {
+            *self.inner.client.lock().await = Some(Arc::new(client));
+            return Ok(());
+        }
         let tx = client
             .transaction()
             .await
@@ -246,7 +266,6 @@ impl PostgresStore {
             .map_err(|e| fail("read the schema version", &e))?
             .and_then(|row| row.get::<_, Option<i32>>(0))
             .unwrap_or(0);
-        let known = MIGRATIONS.len();
         let from = usize::try_from(version).unwrap_or(usize::MAX);
         if from > known {
             return Err(HistoryError(format!(
@@ -420,7 +439,7 @@ impl PostgresStore {
         coordinator: Option<&str>,
     ) -> Result<Vec<RunRow>, HistoryError> {
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE ended_at_us IS NULL \
+            "SELECT {LIST_COLUMNS} FROM runs WHERE ended_at_us IS NULL \
              AND ($1::TEXT IS NULL OR coordinator = $1) ORDER BY started_at_us, run_id"
         );
         let rows = self
@@ -432,18 +451,44 @@ impl PostgresStore {
     }
 
     pub(crate) async fn runs(&self, filter: &Filter) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, RUN_COLUMNS).await
+    }
+
+    pub(crate) async fn runs_without_reports(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<RunRow>, HistoryError> {
+        self.list(filter, LIST_COLUMNS).await
+    }
+
+    async fn list(&self, filter: &Filter, columns: &str) -> Result<Vec<RunRow>, HistoryError> {
+        // Only the conditions asked for, so the planner sees one plain condition and takes its
+        // index; the values stay bound parameters, only fixed text is joined.
+        let mut conditions = Vec::new();
+        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(title) = &filter.experiment {
+            values.push(title);
+            conditions.push(format!("title = ${}", values.len()));
+        }
+        if let Some(schedule) = &filter.schedule {
+            values.push(schedule);
+            conditions.push(format!("schedule = ${}", values.len()));
+        }
         // LIMIT NULL is no limit.
         let limit = filter.last.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        values.push(&limit);
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs \
-             WHERE ($1::TEXT IS NULL OR title = $1) AND ($2::TEXT IS NULL OR schedule = $2) \
-             ORDER BY started_at_us DESC, run_id DESC LIMIT $3"
+            "SELECT {columns} FROM runs {filter_sql} \
+             ORDER BY started_at_us DESC, run_id DESC LIMIT ${}",
+            values.len()
         );
         let rows = self
-            .call("read runs", |c| async move {
-                c.query(&sql, &[&filter.experiment, &filter.schedule, &limit])
-                    .await
-            })
+            .call("read runs", |c| async move { c.query(&sql, &values).await })
             .await?;
         rows.iter().map(run_row).collect()
     }

@@ -156,6 +156,7 @@ macro_rules! both_stores {
 both_stores!(
     run_reads_back_as_started_then_as_finished,
     runs_are_listed_newest_first_and_filtered,
+    lists_without_reports_leave_out_only_the_reports,
     fire_is_claimed_once_and_a_second_claim_changes_nothing,
     last_fire_is_the_latest_slot_of_its_schedule,
     unfinished_runs_are_those_without_an_end_by_coordinator,
@@ -287,6 +288,43 @@ async fn runs_are_listed_newest_first_and_filtered(store: &TestStore) {
         ..Filter::default()
     };
     assert_eq!(ids(&list(none).await), Vec::<&str>::new());
+}
+
+async fn lists_without_reports_leave_out_only_the_reports(store: &TestStore) {
+    let history = store.open().await;
+    for (id, title, second) in [("a", "kill", 10), ("b", "pause", 20), ("c", "kill", 30)] {
+        history
+            .start_run(&start(id, title, Some("nightly"), second))
+            .await
+            .expect("start run");
+        history
+            .finish_run(id, &end(second + 1))
+            .await
+            .expect("finish run");
+    }
+    for filter in [
+        Filter::default(),
+        Filter {
+            experiment: Some("kill".to_owned()),
+            last: Some(1),
+            ..Filter::default()
+        },
+    ] {
+        let mut whole = history.runs(&filter).await.expect("runs");
+        assert!(
+            whole
+                .iter()
+                .all(|r| r.end.as_ref().is_some_and(|e| e.report_json.is_some()))
+        );
+        for row in &mut whole {
+            row.end.as_mut().expect("finished").report_json = None;
+        }
+        let listed = history
+            .runs_without_reports(&filter)
+            .await
+            .expect("runs without reports");
+        assert_eq!(listed, whole, "{filter:?}");
+    }
 }
 
 async fn fire_is_claimed_once_and_a_second_claim_changes_nothing(store: &TestStore) {
@@ -695,4 +733,29 @@ async fn postgres_hung_database_refuses_the_lead_after_one_lease_then_reconnects
             .await
             .expect("renew")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_current_schema_is_opened_without_the_migration_lock() {
+    let test = "history::tests::postgres_current_schema_is_opened_without_the_migration_lock";
+    let Some(store) = TestStore::postgres(test).await else {
+        return;
+    };
+    drop(store.open().await);
+    // Another process holds the migration lock (as a coordinator migrating would): an open that
+    // finds the schema current must not wait for it.
+    let db = store.postgres.as_ref().expect("a postgres store");
+    let holder = admin_client(&db.url).await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&super::postgres::MIGRATION_LOCK],
+        )
+        .await
+        .expect("take the migration lock");
+    let opened = tokio::time::timeout(Duration::from_secs(10), History::open(&store.location))
+        .await
+        .expect("open waited on the migration lock although the schema is current");
+    let history = opened.expect("open");
+    assert_eq!(history.last_fire("nightly").await.expect("read"), None);
 }
