@@ -589,6 +589,16 @@ mod tests {
             .map(|a| a.name)
             .collect();
         assert_eq!(names, ["DiskFull"]);
+
+        // No matcher: every active alert counts.
+        let mut any: Vec<String> = firing(&outage(&am.base, &[]), &client)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        any.sort();
+        assert_eq!(any, ["DiskFull", "HighLatency"]);
     }
 
     #[tokio::test]
