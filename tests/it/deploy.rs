@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, tempdir};
+use crate::support::{BIN, faultline, tempdir};
 
 /// Every YAML document of `file`, as JSON (python3 with PyYAML reads it; scripts/setup.sh installs
 /// it as python3-yaml).
@@ -184,6 +184,66 @@ fn coordinator_on_postgres_is_three_replicas_without_a_volume_claim() {
     let gameday = volumes.iter().find(|v| v["name"] == "gameday").unwrap();
     assert_eq!(gameday["secret"]["secretName"], "faultline-gameday");
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+}
+
+/// Writes `gameday` into `dir` with the container's paths turned into repository files (the
+/// experiment the manifests leave to the user becomes a fleet experiment of `experiments/`),
+/// and runs `faultline validate` on it.
+fn validate_container_gameday(dir: &Path, gameday: &str) {
+    let root = std::env::current_dir().unwrap();
+    let text = gameday
+        .replace(
+            "/etc/faultline/experiments/your-game-day.toml",
+            root.join("experiments/fleet-web-kill.toml")
+                .to_str()
+                .unwrap(),
+        )
+        .replace(
+            "/etc/faultline/credentials/inventory.toml",
+            root.join("agents/kubernetes/inventory.toml")
+                .to_str()
+                .unwrap(),
+        );
+    assert!(
+        !text.contains("/etc/faultline/"),
+        "a container path left:\n{text}"
+    );
+    let file = dir.join("gameday.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = faultline(&["validate", file.to_str().unwrap()], &dir.join("state"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_game_days_of_both_coordinator_manifests_validate() {
+    let docs = documents(Path::new("agents/kubernetes/coordinator-deployment.yaml"));
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let one = tempdir();
+    validate_container_gameday(
+        one.path(),
+        config_map["data"]["gameday.toml"].as_str().unwrap(),
+    );
+
+    // coordinator-ha.yaml shows its game day in a comment (it goes into a Secret): the lines
+    // between `cat > gameday.toml <<'TOML'` and `TOML`.
+    let ha = std::fs::read_to_string("agents/kubernetes/coordinator-ha.yaml").unwrap();
+    let gameday: Vec<&str> = ha
+        .lines()
+        .map(|l| l.strip_prefix('#').unwrap_or(l))
+        .map(|l| l.strip_prefix("   ").unwrap_or(l))
+        .skip_while(|l| !l.starts_with("cat > gameday.toml <<'TOML'"))
+        .skip(1)
+        .take_while(|l| *l != "TOML")
+        .collect();
+    let gameday = gameday.join("\n");
+    assert!(gameday.contains("database = \"postgres://"), "{gameday}");
+    let three = tempdir();
+    validate_container_gameday(three.path(), &gameday);
 }
 
 #[test]
