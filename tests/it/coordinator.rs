@@ -949,3 +949,80 @@ fn a_fire_stops_at_the_first_experiment_that_does_not_pass_unless_continue_is_se
         "{per_fire:#?}"
     );
 }
+
+#[test]
+fn a_stalled_coordinator_catches_up_one_slot_instead_of_a_burst() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "short pause", victim.pid(), "100ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule(
+            "steady",
+            &exp,
+            r#"missed = { policy = "run-once", deadline = "1m" }"#,
+        ),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    let ran = support::poll_until(Duration::from_secs(20), || finished(&db) >= 1);
+    assert!(ran.is_some(), "{}", coordinator.log());
+    // Between runs (a run takes well under the 2 s period), stop it for 5 s: two or three slots
+    // pass while it cannot see them.
+    coordinator.signal("-STOP");
+    let stopped_at = jiff::Timestamp::now().as_microsecond();
+    std::thread::sleep(Duration::from_secs(5));
+    let continued_at = jiff::Timestamp::now().as_microsecond();
+    coordinator.signal("-CONT");
+    let more = support::poll_until(Duration::from_secs(20), || {
+        runs(&db)
+            .iter()
+            .any(|r| r.ended.is_some() && r.fire_at.is_some_and(|at| at > continued_at))
+    });
+    assert!(more.is_some(), "{}", coordinator.log());
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let runs = runs(&db);
+    let in_stall: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| {
+            r.fire_at
+                .is_some_and(|at| at > stopped_at && at <= continued_at)
+        })
+        .collect();
+    assert_eq!(in_stall.len(), 1, "{runs:#?}\n{log}");
+    assert!(
+        log.contains("while the coordinator was down or stalled"),
+        "{log}"
+    );
+    assert_distinct_slots(&fires(&db));
+}
+
+#[test]
+fn a_bad_game_day_file_exits_2_naming_line_column_and_key() {
+    let dir = support::tempdir();
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        "[[schedule]]\nname = \"x\"\nexperiments = [\"missing.toml\"]\ncron = \"61 * * * *\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("coordinator")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: invalid game day {}: line ",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing is created");
+}
