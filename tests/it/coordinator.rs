@@ -1026,3 +1026,60 @@ fn a_bad_game_day_file_exits_2_naming_line_column_and_key() {
     );
     assert!(!dir.path().join("state").exists(), "nothing is created");
 }
+
+#[test]
+fn on_conflict_skip_records_the_run_and_schedule_that_hold_the_host() {
+    let dir = support::tempdir();
+    let (a, b) = (sleeper(), sleeper());
+    // `a` holds this host from each even second for about 2 s; `b` fires on odd seconds.
+    let exp_a = pause_experiment(dir.path(), "long a", a.pid(), "1500ms");
+    let exp_b = pause_experiment(dir.path(), "short b", b.pid(), "100ms");
+    let b_schedule = schedule("b", &exp_b, r#"on_conflict = "skip""#)
+        .replace(r#"cron = "*/2 * * * * *""#, r#"cron = "1-59/2 * * * * *""#);
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &format!("{}\n{b_schedule}", schedule("a", &exp_a, "")),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    let conflicts = |fires: &[FireRow]| -> Vec<FireRow> {
+        fires
+            .iter()
+            .filter(|f| f.schedule == "b" && f.skipped.is_some())
+            .cloned()
+            .collect()
+    };
+    let seen = support::poll_until(Duration::from_secs(20), || {
+        conflicts(&fires(&db)).len() >= 2
+    });
+    assert!(seen.is_some(), "{}", coordinator.log());
+    coordinator.signal("-TERM");
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let runs = runs(&db);
+    for f in conflicts(&fires(&db)) {
+        let reason = f.skipped.unwrap();
+        let holder = runs
+            .iter()
+            .find(|r| reason.contains(&format!("(run {})", r.id)))
+            .unwrap_or_else(|| panic!("no run named in {reason}\n{log}"));
+        assert_eq!(holder.schedule.as_deref(), Some("a"));
+        assert!(
+            reason.starts_with("conflict: schedule `a` (fire at ")
+                && reason.ends_with(") is acting on host(s) local"),
+            "{reason}"
+        );
+    }
+    // `b` runs only when it finds the host free (e.g. when `a` skipped a slot of its own).
+    for x in runs.iter().filter(|r| r.schedule.as_deref() == Some("b")) {
+        for y in runs.iter().filter(|r| r.schedule.as_deref() == Some("a")) {
+            assert!(
+                x.ended.unwrap() <= y.started || y.ended.unwrap() <= x.started,
+                "runs overlap:\n{x:?}\n{y:?}\n{log}"
+            );
+        }
+    }
+}
