@@ -16,11 +16,35 @@ declare -A needs=(
   # The tests of the prometheus probe and the error-budget gate start their own Prometheus
   # (on a free loopback port, with a temporary data directory); the package's service is not used.
   [prometheus]=prometheus
+  # The tests of the coordinator's outage check start their own Alertmanager the same way.
+  [prometheus-alertmanager]=prometheus-alertmanager
+  # The test of the systemd units runs `systemd-analyze verify` on them (nothing is started).
+  [systemd-analyze]=systemd
 )
+
+# Debian package -> a file that shows it is installed, for what is not a program on PATH.
+declare -A files=(
+  # The history tests start their own PostgreSQL server (initdb + pg_ctl in a temporary
+  # directory, scripts/postgres.sh); Debian keeps those programs off PATH.
+  [postgresql]='/usr/lib/postgresql/*/bin/initdb'
+  # Schedules and blackouts name IANA zones; jiff reads them from the system's tz database.
+  [tzdata]=/usr/share/zoneinfo/Europe/Berlin
+  # The test of the Kubernetes manifests parses them.
+  [python3-yaml]='/usr/lib/python3/dist-packages/yaml/__init__.py'
+)
+
+# Packages whose own service the install would start and enable. Tests start their own servers;
+# a database or alert router left running on the machine is not wanted.
+services=(prometheus-alertmanager postgresql)
 
 missing=()
 for bin in "${!needs[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1 || missing+=("${needs[$bin]}")
+done
+for package in "${!files[@]}"; do
+  # Unquoted on purpose: the pattern is a glob (the PostgreSQL major version varies).
+  # shellcheck disable=SC2086
+  compgen -G ${files[$package]} >/dev/null || missing+=("$package")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,7 +56,32 @@ if [ ${#missing[@]} -gt 0 ]; then
     command -v sudo >/dev/null 2>&1 || { echo "setup: need root to install ${missing[*]}" >&2; exit 1; }
     sudo=sudo
   fi
+
+  # Keep the packages' services from starting during the install: invoke-rc.d and
+  # deb-systemd-invoke ask /usr/sbin/policy-rc.d, and 101 means "not allowed". Containers often
+  # have one already; it is left alone. One written here is removed when the script exits.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Written by faultline scripts/setup.sh for one install; removed after it.\nexit 101\n' \
+      | $sudo tee "$policy" >/dev/null
+    $sudo chmod 0755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
+
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+  # The install still enables the services for the next boot (and a policy-rc.d that was there
+  # may have allowed a start). Stop and disable those of packages installed now, never a service
+  # that was on the machine before.
+  if [ -d /run/systemd/system ]; then
+    for package in "${missing[@]}"; do
+      for service in "${services[@]}"; do
+        if [ "$package" = "$service" ]; then
+          $sudo systemctl disable --now --quiet "$service.service" 2>/dev/null || true
+        fi
+      done
+    done
+  fi
 fi
 echo "setup: everything faultline needs is installed" >&2

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod history;
+
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+
+mod gameday;
 
 use crate::agent::{default_state_dir, server};
 use crate::experiment;
@@ -17,6 +21,8 @@ use crate::report::{json, junit, terminal};
 use crate::run::RunOptions;
 use crate::run::session::{self, Session};
 use crate::units::Dur;
+
+mod coordinator;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
 const EXIT_INVALID: u8 = 2;
@@ -124,10 +130,20 @@ enum Command {
     },
     /// Revert the faults of one run, or all faults, on every agent.
     Revert(RevertArgs),
+    /// Run a game day: fire its schedules, run their experiments and record every run, until
+    /// SIGTERM (exit 0; a second SIGTERM reverts running runs at once; 2 invalid file).
+    Coordinator(coordinator::CoordinatorArgs),
+    /// List recorded runs, newest first (every `faultline run` and every coordinator run).
+    History(history::HistoryArgs),
+    /// Print a recorded run's report, as its run printed it at the end.
+    Show(history::ShowArgs),
     /// Fuzz one of the program's input parsers with seeded mutations; exits 1 when any input
     /// panicked (for developers: `scripts/fuzz.sh` runs every target).
     #[command(name = "fuzz", hide = true)]
     Fuzz(FuzzArgs),
+    /// Game-day schedules: `schedule next FILE` prints the coming fires and skipped slots.
+    #[command(subcommand)]
+    Schedule(gameday::ScheduleCommand),
 }
 
 #[derive(Args)]
@@ -212,6 +228,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
+    /// The history's costs: `faultline history` on a database of N runs, and what a run
+    /// spends writing its own rows (fills a temporary SQLite database).
+    #[command(hide = true)]
+    History {
+        /// Synthetic runs in the database.
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+    },
+    /// What a coordinator's fire costs in each history store: open, try_lead, and claim_fire +
+    /// start_run + finish_run, on a temporary SQLite file and (with --postgres) a temporary
+    /// database on a PostgreSQL server.
+    #[command(hide = true)]
+    HistoryStore {
+        /// A PostgreSQL server whose user may create (and drop) a database for the bench.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Fires timed per store.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        fires: u32,
+    },
     /// How many probe samples per second one run sustains, and the CPU they cost: TCP probes
     /// against a listener on loopback, driven by the same probe tasks as a run.
     Probes {
@@ -259,6 +295,9 @@ struct RunArgs {
     /// No live progress display; plain lines only.
     #[arg(long)]
     quiet: bool,
+    /// Do not record this run in the state directory's history (`history.db`).
+    #[arg(long)]
+    no_history: bool,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -383,7 +422,26 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
         }
         Command::Budget { file } => budget(&file),
+        Command::Coordinator(args) => coordinator::run(&args),
         Command::Fuzz(args) => fuzz(args),
+        Command::Schedule(command) => Ok(gameday::schedule(&command)),
+        Command::History(args) => Ok(runtime()?.block_on(history::history(&args))),
+        Command::Show(args) => Ok(runtime()?.block_on(history::show(&args))),
+        Command::Bench(BenchCommand::History { runs }) => {
+            print!(
+                "{}",
+                crate::bench::history::run(&crate::bench::history::Settings { runs })?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::HistoryStore { postgres, fires }) => {
+            let settings = crate::bench::history_store::Settings {
+                postgres,
+                fires: fires as usize,
+            };
+            print!("{}", crate::bench::history_store::run(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Probes {
             probes,
             every,
@@ -472,6 +530,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
+        if let Some(valid) = gameday::validate(file) {
+            ok &= valid;
+            continue;
+        }
         match experiment::load(file) {
             Ok(exp) => println!(
                 "{}: ok ({} probe(s), {} fault(s))",
@@ -527,8 +589,16 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(5));
         }
     }
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let run_id = crate::run::new_run_id(jiff::Timestamp::now());
+    // Recorded before the session recovers the journal: from here every exit path ends the row.
+    let recorder = runtime.block_on(history::Recorder::start(
+        (!args.no_history).then_some(state_dir.as_path()),
+        &exp,
+        &run_id,
+        seed,
+    ));
     let report = runtime.block_on(async {
-        let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
         let progress = Progress::new(args.quiet);
         let mut session = Session::open(state_dir, args.lease, &progress).await?;
         let opts = RunOptions {
@@ -536,13 +606,22 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             dry_run: args.dry_run,
             lease: args.lease,
             recovered: session.take_recovered(),
-            run_id: None,
+            run_id: Some(run_id),
+            stop: None,
         };
         let report = session.run(&exp, &selection, opts, &progress).await;
         progress.finish();
         anyhow::Ok(report)
-    })?;
+    });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            runtime.block_on(recorder.fail(&format!("{e:#}")));
+            return Err(e);
+        }
+    };
     print!("{}", terminal::render(&report));
+    runtime.block_on(recorder.finish(&report));
     if let Some(path) = &args.report_json {
         std::fs::write(path, json::render(&report))
             .with_context(|| format!("failed to write the JSON report to {}", path.display()))?;

@@ -31,7 +31,7 @@ pub(crate) struct Running {
 /// Starts the fixtures in order. On error, the ones already started are returned for stopping.
 pub(crate) async fn start(
     fixtures: &[Fixture],
-    log: &dyn Fn(String),
+    log: &(dyn Fn(String) + Sync),
 ) -> Result<Vec<Running>, (Vec<Running>, String)> {
     let mut running = Vec::new();
     for f in fixtures {
@@ -121,7 +121,7 @@ async fn wait_ready(child: &mut Child, kind: &ReadyKind, within: Duration) -> Re
 /// A group is only signalled while its leader, the guard, is this process's child and not yet
 /// reaped (running, or a zombie): its pid, and so the group id, cannot have been reused by then.
 /// The guard is reaped only after the last signal.
-pub(crate) async fn stop_all(mut running: Vec<Running>, log: &dyn Fn(String)) {
+pub(crate) async fn stop_all(mut running: Vec<Running>, log: &(dyn Fn(String) + Sync)) {
     while let Some(mut f) = running.pop() {
         if f.pgid <= 1 {
             continue;

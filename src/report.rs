@@ -8,14 +8,14 @@ pub(crate) mod terminal;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
 use crate::model::GoldenSignal;
 use crate::sli::Stats;
 
 /// The outcome a pipeline gates on. Exit codes are part of the contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Verdict {
     Passed,
@@ -47,7 +47,7 @@ impl Verdict {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Phase {
     Before,
@@ -92,7 +92,7 @@ pub(crate) struct ProbePhase {
     pub(crate) slo_met: Option<bool>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum FaultState {
     /// Never started: the run stopped first.
@@ -119,7 +119,8 @@ pub(crate) struct FaultRecord {
     pub(crate) detail: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SampleRecord {
     pub(crate) probe: String,
     /// Milliseconds since the run started.
@@ -216,6 +217,89 @@ mod tests {
             budget: None,
             samples: Vec::new(),
         }
+    }
+
+    /// The revert-failed report with probes in every phase, a budget, samples and durations
+    /// finer than the JSON keeps, read back from its JSON.
+    #[test]
+    fn a_report_read_back_from_json_renders_exactly_like_the_live_one() {
+        use crate::sli::{Stats, ValueStats};
+        let mut report = revert_failed_report();
+        report.time_to_recover = Some(Duration::from_nanos(1_234_999_600));
+        report.aborted_by = Some("errors above 50%".to_owned());
+        // 12.3446 ms prints as 12.34 ms, but the JSON keeps 12.345 ms, which prints as 12.35 ms:
+        // the live rendering must round like the JSON does.
+        report.time_to_abort = Some(Duration::from_nanos(12_344_600));
+        report.recovery_within = Duration::from_millis(2500);
+        let stats = Stats {
+            samples: 7,
+            successes: 6,
+            p50: Some(Duration::from_micros(51_010)),
+            p95: Some(Duration::from_micros(52_300)),
+            p99: Some(Duration::from_micros(1_052_300)),
+            max: Some(Duration::from_micros(1_052_301)),
+            values: Some(ValueStats {
+                count: 7,
+                min: 0.001_25,
+                mean: 0.333_333_333_333_333_3,
+                max: 0.97,
+            }),
+            top_cause: None,
+        };
+        let phase = |probe: &str, signal, slo_met| super::ProbePhase {
+            probe: probe.to_owned(),
+            signal,
+            stats: stats.clone(),
+            slo_met,
+        };
+        report.before = vec![
+            phase("web", Some(crate::model::GoldenSignal::Latency), Some(true)),
+            phase(
+                "queue",
+                Some(crate::model::GoldenSignal::Saturation),
+                Some(true),
+            ),
+        ];
+        report.during = vec![phase("web", None, None)];
+        report.after = vec![phase("web", None, Some(false))];
+        report.budget = Some(
+            crate::budget::Budget::compute("http://prom:9090", 0.999, 0.25, 99_950.0, 100_000.0)
+                .unwrap(),
+        );
+        report.recovered_from_journal = vec!["fault x-0 (process-pause)".to_owned()];
+        report.samples = vec![super::SampleRecord {
+            probe: "web".to_owned(),
+            t_ms: 12.5,
+            phase: super::Phase::During,
+            ok: false,
+            latency_ms: 3.25,
+            error: Some("connection refused".to_owned()),
+            cause: Some("refused".to_owned()),
+            value: None,
+        }];
+        let text = super::json::render(&report);
+        let back = super::json::parse(&text).unwrap();
+        assert_eq!(super::json::render(&back), text);
+        assert_eq!(
+            super::terminal::render(&back),
+            super::terminal::render(&report)
+        );
+        let shown = super::terminal::render(&back);
+        assert!(
+            shown.contains("time to recover: 1.23 s (allowed 2.5 s)\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("faults reverted 12.35 ms after"), "{shown}");
+    }
+
+    #[test]
+    fn a_report_of_another_schema_version_is_refused() {
+        let text = super::json::render(&revert_failed_report())
+            .replace("\"schema_version\": 1", "\"schema_version\": 2");
+        assert_eq!(
+            super::json::parse(&text).unwrap_err().to_string(),
+            "the report has schema_version 2; this faultline reads 1"
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub(crate) struct RunOptions {
     pub(crate) recovered: Vec<String>,
     /// The run's id, when the caller recorded it before the run (the history); drawn otherwise.
     pub(crate) run_id: Option<String>,
+    /// Set by a caller that owns the signals (the coordinator): the run then ignores SIGINT and
+    /// SIGTERM and stops, reverting every fault, once this turns true (or its sender is gone).
+    pub(crate) stop: Option<watch::Receiver<bool>>,
 }
 
 /// A new run id: the start time (UTC, to the second) and 16 random bits.
@@ -285,8 +288,14 @@ pub(crate) async fn run(
         crate::units::Dur(exp.steady_state.window)
     ));
 
-    let mut sigint = signal(SignalKind::interrupt()).ok();
-    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut stop = runner.opts.stop.clone();
+    let own_signals = stop.is_none();
+    let mut sigint = own_signals
+        .then(|| signal(SignalKind::interrupt()).ok())
+        .flatten();
+    let mut sigterm = own_signals
+        .then(|| signal(SignalKind::terminate()).ok())
+        .flatten();
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -295,6 +304,7 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             Some(()) = recv_signal(&mut sigint) => runner.interrupt("SIGINT"),
             Some(()) = recv_signal(&mut sigterm) => runner.interrupt("SIGTERM"),
+            Some(()) = stop_requested(&mut stop) => runner.interrupt("SIGTERM"),
         }
         runner.advance(Instant::now());
         if matches!(runner.stage, Stage::Done) {
@@ -374,6 +384,16 @@ fn early_cause(cause: RevertCause) -> Option<&'static str> {
         RevertCause::Requested | RevertCause::DurationEnded => None,
         other => other.on_its_own(),
     }
+}
+
+/// Resolves once when the caller asks the run to stop, then never again.
+async fn stop_requested(s: &mut Option<watch::Receiver<bool>>) -> Option<()> {
+    let Some(rx) = s else {
+        return std::future::pending().await;
+    };
+    let _ = rx.wait_for(|stop| *stop).await;
+    *s = None;
+    Some(())
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

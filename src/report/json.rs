@@ -1,7 +1,7 @@
 //! Owns the JSON report (schema_version 1): the machine-readable journal of a run.
 
-use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{FaultRecord, ProbePhase, Report, SampleRecord, millis};
@@ -118,4 +118,223 @@ fn fault(f: &FaultRecord) -> Value {
         detail: &f.detail,
     })
     .unwrap_or(Value::Null)
+}
+
+/// Why a stored JSON report could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ParseError {
+    #[error("the report is not a schema_version {SCHEMA_VERSION} JSON report: {0}")]
+    Shape(#[from] serde_json::Error),
+    #[error("the report has schema_version {0}; this faultline reads {SCHEMA_VERSION}")]
+    Version(u32),
+    #[error("the report's {field} is not an instant: {value:?}")]
+    Instant { field: &'static str, value: String },
+}
+
+/// Reads back a report `render` wrote, so a stored report is shown by the same renderers as a
+/// live one (`faultline show`). What the JSON rounds is rounded the same way by the terminal
+/// rendering (durations to the microsecond, `recovery_within` to the millisecond), so both print
+/// the same text. A probe's most common failure cause is not in the JSON and comes back empty;
+/// a read value that was infinite (JSON has no infinity) comes back as NaN.
+pub(crate) fn parse(text: &str) -> Result<Report, ParseError> {
+    let doc: In = serde_json::from_str(text)?;
+    if doc.schema_version != SCHEMA_VERSION {
+        return Err(ParseError::Version(doc.schema_version));
+    }
+    let instant = |field: &'static str, value: &str| {
+        value
+            .parse::<jiff::Timestamp>()
+            .map_err(|_| ParseError::Instant {
+                field,
+                value: value.to_owned(),
+            })
+    };
+    let phases = |list: Vec<InPhase>| list.into_iter().map(InPhase::into_phase).collect();
+    let mut faults = Vec::with_capacity(doc.faults.len());
+    for f in doc.faults {
+        faults.push(FaultRecord {
+            injected_at: f
+                .injected_at
+                .as_deref()
+                .map(|t| instant("injected_at", t))
+                .transpose()?,
+            reverted_at: f
+                .reverted_at
+                .as_deref()
+                .map(|t| instant("reverted_at", t))
+                .transpose()?,
+            name: f.name,
+            kind: f.kind,
+            agent: f.agent,
+            targets: f.target,
+            status: f.status,
+            detail: f.detail,
+        });
+    }
+    Ok(Report {
+        run_id: doc.run_id,
+        title: doc.experiment.title,
+        file: doc.experiment.file,
+        sha256: doc.experiment.sha256,
+        seed: doc.seed,
+        started_at: instant("started_at", &doc.started_at)?,
+        ended_at: instant("ended_at", &doc.ended_at)?,
+        dry_run: doc.dry_run,
+        verdict: doc.verdict,
+        reason: doc.reason,
+        before: phases(doc.phases.before),
+        during: phases(doc.phases.during),
+        after: phases(doc.phases.after),
+        faults,
+        time_to_recover: doc.time_to_recover_ms.map(from_millis),
+        recovery_within: std::time::Duration::from_millis(doc.recovery_within_ms),
+        aborted_by: doc.aborted_by,
+        time_to_abort: doc.time_to_abort_ms.map(from_millis),
+        recovered_from_journal: doc.recovered_from_journal,
+        budget: doc.budget.map(|b| Budget {
+            prometheus: b.prometheus,
+            good: b.good,
+            total: b.total,
+            good_ratio: b.good_ratio,
+            target: b.target,
+            allowed_error: b.allowed_error,
+            consumed: b.consumed,
+            remaining: b.remaining,
+            min_remaining: b.min_remaining,
+        }),
+        samples: doc.samples,
+    })
+}
+
+/// The duration `millis` wrote: whole microseconds.
+fn from_millis(ms: f64) -> std::time::Duration {
+    std::time::Duration::from_micros((ms * 1000.0).round().max(0.0) as u64)
+}
+
+// The shape `render` writes, field for field; unknown fields are errors, so a report this
+// faultline cannot fully show is refused instead of shown without what it does not know.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct In {
+    schema_version: u32,
+    run_id: String,
+    experiment: InExperiment,
+    seed: u64,
+    started_at: String,
+    ended_at: String,
+    dry_run: bool,
+    verdict: super::Verdict,
+    #[expect(
+        dead_code,
+        reason = "derived from the verdict and the phases, like `render` does"
+    )]
+    exit_code: u8,
+    reason: String,
+    phases: InPhases,
+    faults: Vec<InFault>,
+    time_to_recover_ms: Option<f64>,
+    recovery_within_ms: u64,
+    aborted_by: Option<String>,
+    time_to_abort_ms: Option<f64>,
+    recovered_from_journal: Vec<String>,
+    budget: Option<InBudget>,
+    samples: Vec<SampleRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InExperiment {
+    title: String,
+    file: String,
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InPhases {
+    before: Vec<InPhase>,
+    during: Vec<InPhase>,
+    after: Vec<InPhase>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InPhase {
+    probe: String,
+    signal: Option<crate::model::GoldenSignal>,
+    samples: usize,
+    successes: usize,
+    #[expect(dead_code, reason = "derived from samples and successes")]
+    success_ratio: Option<f64>,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    slo_met: Option<bool>,
+    values: Option<InValues>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InValues {
+    count: usize,
+    min: Option<f64>,
+    mean: Option<f64>,
+    max: Option<f64>,
+}
+
+impl InPhase {
+    fn into_phase(self) -> ProbePhase {
+        let number = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        ProbePhase {
+            probe: self.probe,
+            signal: self.signal,
+            stats: crate::sli::Stats {
+                samples: self.samples,
+                successes: self.successes,
+                p50: self.p50_ms.map(from_millis),
+                p95: self.p95_ms.map(from_millis),
+                p99: self.p99_ms.map(from_millis),
+                max: self.max_ms.map(from_millis),
+                values: self.values.map(|v| crate::sli::ValueStats {
+                    count: v.count,
+                    min: number(v.min),
+                    mean: number(v.mean),
+                    max: number(v.max),
+                }),
+                top_cause: None,
+            },
+            slo_met: self.slo_met,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InFault {
+    name: String,
+    kind: String,
+    agent: String,
+    target: Vec<String>,
+    injected_at: Option<String>,
+    reverted_at: Option<String>,
+    status: super::FaultState,
+    detail: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InBudget {
+    prometheus: String,
+    good: f64,
+    total: f64,
+    good_ratio: f64,
+    target: f64,
+    allowed_error: f64,
+    consumed: f64,
+    remaining: f64,
+    min_remaining: f64,
+    #[expect(dead_code, reason = "derived from remaining and min_remaining")]
+    enough: bool,
 }

@@ -1,6 +1,8 @@
 //! Owns the terminal summary: per-phase probe results, faults with their times, and the verdict
 //! with its reason in one sentence.
 
+use std::time::Duration;
+
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
@@ -107,14 +109,16 @@ pub(crate) fn render(report: &Report) -> String {
     if let Some(ttr) = report.time_to_recover {
         out.push_str(&format!(
             "time to recover: {} (allowed {})\n",
-            format_ms(ttr),
-            format_ms(report.recovery_within)
+            format_ms(as_stored(ttr)),
+            format_ms(Duration::from_millis(
+                report.recovery_within.as_millis() as u64
+            ))
         ));
     }
     if let (Some(rule), Some(tta)) = (&report.aborted_by, report.time_to_abort) {
         out.push_str(&format!(
             "aborted by: {rule} (faults reverted {} after the breach began)\n",
-            format_ms(tta)
+            format_ms(as_stored(tta))
         ));
     }
     for line in &report.recovered_from_journal {
@@ -127,6 +131,12 @@ pub(crate) fn render(report: &Report) -> String {
         report.reason
     ));
     out
+}
+
+/// A duration as the JSON report keeps it (whole microseconds; `recovery_within` whole
+/// milliseconds), so a stored report (`faultline show`) prints exactly what the run printed.
+fn as_stored(d: Duration) -> Duration {
+    Duration::from_micros((d.as_secs_f64() * 1_000_000.0).round() as u64)
 }
 
 fn probe_row(phase: &'static str, p: &ProbePhase) -> ProbeRow {

@@ -34,6 +34,38 @@ fn every_example_experiment_validates() {
 }
 
 #[test]
+fn every_example_game_day_validates() {
+    let dir = tempdir();
+    let mut files: Vec<_> = std::fs::read_dir("gamedays")
+        .expect("gamedays/ exists")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "gamedays/ holds no .toml file");
+    for file in files {
+        let out = faultline(
+            &["validate", file.to_str().unwrap()],
+            &dir.path().join("state"),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(": ok (") && stdout.contains("schedule(s)"),
+            "{} was not read as a game day: {stdout}",
+            file.display()
+        );
+    }
+}
+
+#[test]
 fn self_contained_examples_pass_when_run() {
     let mut ran = 0;
     for file in experiment_files() {

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod agent;
+pub mod alertmanager;
+pub mod postgres;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 

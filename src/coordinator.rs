@@ -1,0 +1,621 @@
+//! Owns the `faultline coordinator` daemon: one dispatcher task that owns the schedules' cursors,
+//! the fires in flight and the hosts they hold, and is the only `select!` over a sleep until the
+//! next slot, signals and the events its fire tasks send; each fire (checks, claim, runs) is a task
+//! of its own (`fire.rs`). What is due when is `timing.rs`; which runs may overlap is
+//! `conflict.rs`; both are pure.
+//!
+//! Architecture invariant: a fire is recorded in the history (`claim_fire`) before any of its runs
+//! starts, and a run (`start_run`) before it touches anything, so a restart never repeats one.
+
+mod conflict;
+mod fire;
+mod timing;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::gameday::GameDay;
+use crate::history::{FireRow, FireState, History, Location, RunEnd};
+use crate::progress::Progress;
+use crate::run::session::Session;
+use crate::schedule::{Concurrency, OnConflict};
+
+use self::conflict::{Answer, Claim, FireId, Table};
+use self::timing::Step;
+
+/// The reason recorded for a run its coordinator did not see to the end.
+pub(crate) const STOPPED_DURING_RUN: &str = "the coordinator stopped during the run";
+
+/// The lease name coordinators sharing a PostgreSQL history compete for: its holder fires.
+const LEAD: &str = "coordinator";
+
+/// The longest the dispatcher sleeps at once, so a step of the wall clock (NTP, a suspended VM)
+/// is noticed within this time rather than after a long sleep on the monotonic clock.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// A line on stderr with the UTC time: the coordinator's log, one event per line.
+pub(crate) fn log(line: &str) {
+    eprintln!("{:.3} {line}", Timestamp::now());
+}
+
+/// What every fire task shares with the dispatcher.
+pub(crate) struct Ctx {
+    pub(crate) gameday: GameDay,
+    /// This coordinator's name in the history and the logs.
+    pub(crate) name: String,
+    pub(crate) history: History,
+    pub(crate) session: Session,
+    pub(crate) http: reqwest::Client,
+    /// The seed of every fire's jitter, so a restarted coordinator draws the same delays.
+    pub(crate) seed: u64,
+    /// True after the first SIGTERM: fires that have not claimed their slot give up, and no
+    /// further experiment of a fire starts.
+    pub(crate) draining: watch::Receiver<bool>,
+    /// True after the second SIGTERM: running runs revert at once.
+    pub(crate) cancel: watch::Receiver<bool>,
+}
+
+/// What fire tasks and the leader task tell the dispatcher.
+pub(crate) enum Event {
+    /// A fire wants these hosts; the answer comes when they are granted, or at once for a skip.
+    Hosts {
+        fire: FireId,
+        hosts: BTreeSet<String>,
+        reply: oneshot::Sender<Answer>,
+    },
+    /// A fire started this run (for conflict messages).
+    Running { fire: FireId, run: String },
+    /// A fire ended (sent by its guard, whatever happened).
+    Done { fire: FireId },
+    /// Leadership (PostgreSQL histories only): gained with every schedule's last recorded slot,
+    /// or lost.
+    Lead(Option<Vec<Option<Timestamp>>>),
+}
+
+/// A fire the dispatcher started and has not seen end.
+struct InFlight {
+    schedule: usize,
+    at: Timestamp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    No,
+    /// First SIGTERM/SIGINT: no new fires; running runs finish.
+    Drain,
+    /// Second: running runs revert now.
+    Cancel,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and every run it started has ended.
+pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
+    let name = gameday.coordinator.name.clone();
+    let state_dir = gameday.coordinator.state_dir.clone();
+    tokio::fs::create_dir_all(&state_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to create the state directory {}",
+                state_dir.display()
+            )
+        })?;
+    let location = match &gameday.coordinator.database {
+        Some(url) => Location::parse(url),
+        None => Location::in_state_dir(&state_dir),
+    };
+    let history = History::open(&location)
+        .await
+        .with_context(|| format!("failed to open the history at {location}"))?;
+    let progress = Progress::new(true);
+    // Reverts what an earlier coordinator process left in the journal before anything else, and
+    // keeps the watchdog beating for as long as this process lives.
+    let mut session = Session::open(state_dir, gameday.coordinator.lease, &progress).await?;
+    let recovered = session.take_recovered();
+    close_unfinished(&history, &name, Some(&name), &recovered).await?;
+
+    let (draining_tx, draining) = watch::channel(false);
+    let (cancel_tx, cancel) = watch::channel(false);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let postgres = matches!(location, Location::Postgres(_));
+    let lease = gameday.coordinator.lease;
+    let ctx = Arc::new(Ctx {
+        seed: gameday.coordinator.seed,
+        gameday,
+        name,
+        history,
+        session,
+        http: crate::outage::client().map_err(anyhow::Error::msg)?,
+        draining,
+        cancel,
+    });
+    log(&format!(
+        "coordinator `{}` started on {}: {} schedule(s), {} blackout(s), history {location}",
+        ctx.name,
+        ctx.gameday.file.display(),
+        ctx.gameday.calendar.schedules.len(),
+        ctx.gameday.calendar.blackouts.len()
+    ));
+    announce(&ctx.gameday, Timestamp::now());
+
+    let mut cursors = Vec::new();
+    for s in &ctx.gameday.calendar.schedules {
+        cursors.push(ctx.history.last_fire(&s.name).await?);
+    }
+    let leader = if postgres {
+        tokio::spawn(lead(ctx.clone(), lease, events_tx.clone()));
+        false
+    } else {
+        true
+    };
+    let mut dispatcher = Dispatcher {
+        cursors: cursors
+            .into_iter()
+            .map(|c| c.unwrap_or_else(Timestamp::now))
+            .collect(),
+        next: Vec::new(),
+        idle: Vec::new(),
+        draining_tx,
+        cancel_tx,
+        ctx: ctx.clone(),
+        in_flight: BTreeMap::new(),
+        waiting: BTreeMap::new(),
+        table: Table::default(),
+        next_id: 0,
+        leader,
+        stopping: Stopping::No,
+        events_tx,
+        tasks: JoinSet::new(),
+    };
+    dispatcher.run(events).await;
+    if postgres {
+        if let Err(e) = ctx.history.release_lead(LEAD, &ctx.name).await {
+            log(&format!("could not give up the lead: {e}"));
+        }
+    }
+    log("coordinator stopped");
+    Ok(())
+}
+
+/// One line per schedule (its cron, zone and first real fire, past any skipped slots) and per
+/// blackout, so the log says at start what the coordinator understood.
+fn announce(gameday: &GameDay, now: Timestamp) {
+    let cal = &gameday.calendar;
+    for (i, s) in cal.schedules.iter().enumerate() {
+        let next = match cal.next_fire(i, now) {
+            Some(at) => format!(
+                "first fire {at:.0} ({} {})",
+                at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S%:z"),
+                s.zone_name
+            ),
+            None => "never fires".to_owned(),
+        };
+        log(&format!(
+            "schedule `{}`: cron `{}` in {}; {next}",
+            s.name, s.cron_text, s.zone_name
+        ));
+    }
+    for b in &cal.blackouts {
+        log(&format!("blackout `{}` (in {})", b.name, b.zone_name));
+    }
+}
+
+/// Finishes the runs a coordinator left without an end: those of `owner` (None: of every
+/// coordinator but `me`) as `error`, with what the journal recovery reverted, when it names them.
+async fn close_unfinished(
+    history: &History,
+    me: &str,
+    owner: Option<&str>,
+    recovered: &[String],
+) -> anyhow::Result<()> {
+    for row in history.unfinished(owner).await? {
+        let by = row.start.coordinator.clone().unwrap_or_default();
+        if owner.is_none() && by == me {
+            continue;
+        }
+        let mine: Vec<&str> = recovered
+            .iter()
+            .filter(|l| l.contains(&row.start.run_id))
+            .map(String::as_str)
+            .collect();
+        let mut reason = STOPPED_DURING_RUN.to_owned();
+        if owner.is_none() {
+            reason.push_str(&format!(
+                " (coordinator `{by}` lost the lead; closed by `{me}`)"
+            ));
+        }
+        if !mine.is_empty() {
+            reason.push_str(&format!(
+                "; reverted from the journal at restart: {}",
+                mine.join("; ")
+            ));
+        }
+        let end = RunEnd::error(&reason);
+        history.finish_run(&row.start.run_id, &end).await?;
+        log(&format!(
+            "run {} of `{}` ({}) closed as error: {reason}",
+            row.start.run_id,
+            row.start.title,
+            row.start.schedule.as_deref().unwrap_or("no schedule")
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps (or tries to take) the lead every lease/3 and tells the dispatcher when it changes. A
+/// history error counts as not leading: two coordinators that cannot both be sure must not fire.
+async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Event>) {
+    let mut leading = false;
+    let mut last_failure: Option<String> = None;
+    let mut announced = false;
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if *ctx.draining.borrow() {
+            return;
+        }
+        let (now, failed) = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
+            Ok(held) => (held, None),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        // Said once per change, not every lease/3.
+        if failed != last_failure {
+            match &failed {
+                Some(e) => log(&format!(
+                    "cannot ask the history who leads: {e}; not firing until it answers"
+                )),
+                None => log("the history answers again"),
+            }
+            last_failure = failed;
+        }
+        if !announced && last_failure.is_none() && !now {
+            log("following: another coordinator leads; this one fires once its lease lapses");
+        }
+        announced = true;
+        if now == leading {
+            continue;
+        }
+        leading = now;
+        if !now {
+            log("lost the lead: not firing until it is back");
+            if events.send(Event::Lead(None)).is_err() {
+                return;
+            }
+            continue;
+        }
+        match gained(&ctx).await {
+            Ok(cursors) => {
+                log("took the lead: this coordinator fires now");
+                if events.send(Event::Lead(Some(cursors))).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                log(&format!(
+                    "took the lead but could not read the history: {e:#}"
+                ));
+                leading = false;
+            }
+        }
+    }
+}
+
+/// What a new leader does before firing: closes the runs of coordinators that stopped leading
+/// without finishing them, and reads where every schedule stands.
+async fn gained(ctx: &Ctx) -> anyhow::Result<Vec<Option<Timestamp>>> {
+    close_unfinished(&ctx.history, &ctx.name, None, &[]).await?;
+    let mut cursors = Vec::new();
+    for s in &ctx.gameday.calendar.schedules {
+        cursors.push(ctx.history.last_fire(&s.name).await?);
+    }
+    Ok(cursors)
+}
+
+struct Dispatcher {
+    ctx: Arc<Ctx>,
+    /// Per schedule: every slot up to here is dealt with (fired, skipped, missed or not ours).
+    cursors: Vec<Timestamp>,
+    /// Per schedule: when its next slot is due (None: no slot left).
+    next: Vec<Option<Timestamp>>,
+    /// Per schedule: said in the log that it has no slot left.
+    idle: Vec<bool>,
+    draining_tx: watch::Sender<bool>,
+    cancel_tx: watch::Sender<bool>,
+    in_flight: BTreeMap<FireId, InFlight>,
+    /// Fires queued for hosts, with where to send the grant.
+    waiting: BTreeMap<FireId, oneshot::Sender<Answer>>,
+    table: Table,
+    next_id: FireId,
+    leader: bool,
+    stopping: Stopping,
+    events_tx: mpsc::UnboundedSender<Event>,
+    tasks: JoinSet<()>,
+}
+
+impl Dispatcher {
+    async fn run(&mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sigint = signal(SignalKind::interrupt()).ok();
+        self.advance(Timestamp::now());
+        loop {
+            let sleep = self.sleep_for(Timestamp::now());
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                Some(()) = recv_signal(&mut sigterm) => self.on_signal("SIGTERM"),
+                Some(()) = recv_signal(&mut sigint) => self.on_signal("SIGINT"),
+                Some(event) = events.recv() => self.on_event(event),
+                Some(done) = self.tasks.join_next() => {
+                    if let Err(e) = done {
+                        log(&format!("a fire task failed: {e}"));
+                    }
+                }
+            }
+            if self.stopping != Stopping::No {
+                if self.in_flight.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            self.advance(Timestamp::now());
+        }
+        // Skips still being recorded.
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// How long to sleep until the earliest next slot (capped, so wall-clock steps are seen).
+    fn sleep_for(&self, now: Timestamp) -> Duration {
+        if self.stopping != Stopping::No {
+            return MAX_SLEEP;
+        }
+        self.next
+            .iter()
+            .flatten()
+            .min()
+            .map_or(MAX_SLEEP, |at| {
+                Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+            })
+            .min(MAX_SLEEP)
+    }
+
+    /// Deals with every slot due at `now` and works out when each schedule is due next.
+    fn advance(&mut self, now: Timestamp) {
+        let count = self.ctx.gameday.calendar.schedules.len();
+        self.next.resize(count, None);
+        self.idle.resize(count, false);
+        for i in 0..count {
+            // Most schedules are not due: their next slot is known, so no cron arithmetic.
+            if self.idle[i] || self.next[i].is_some_and(|at| at > now) {
+                continue;
+            }
+            loop {
+                match timing::step(&self.ctx.gameday.calendar, i, self.cursors[i], now) {
+                    Step::Wait(at) => {
+                        if self.next[i] != Some(at) {
+                            self.next[i] = Some(at);
+                            self.log_next(i, at);
+                        }
+                        break;
+                    }
+                    Step::Idle => {
+                        self.next[i] = None;
+                        if !self.idle[i] {
+                            self.idle[i] = true;
+                            log(&format!(
+                                "schedule `{}` has no slot left",
+                                self.ctx.gameday.calendar.schedules[i].name
+                            ));
+                        }
+                        break;
+                    }
+                    Step::OnTime(slot) => {
+                        self.cursors[i] = slot.at;
+                        match slot.skipped {
+                            Some(why) => self.skip(i, slot.at, why.to_string()),
+                            None => self.fire(i, slot.at, false),
+                        }
+                    }
+                    Step::Missed(missed) => {
+                        self.cursors[i] = now;
+                        self.missed(i, &missed, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn log_next(&self, i: usize, at: Timestamp) {
+        let s = &self.ctx.gameday.calendar.schedules[i];
+        let local = at.to_zoned(s.zone.clone());
+        log(&format!(
+            "next fire of `{}`: {at:.0} ({} {})",
+            s.name,
+            local.strftime("%Y-%m-%d %H:%M:%S%:z"),
+            s.zone_name
+        ));
+    }
+
+    fn missed(&mut self, i: usize, missed: &timing::Missed, now: Timestamp) {
+        let s = &self.ctx.gameday.calendar.schedules[i];
+        let count = format!(
+            "{}{}",
+            missed.count,
+            if missed.more { " or more" } else { "" }
+        );
+        let policy = match missed.catch_up {
+            Some(at) => format!("catching up on the one at {at:.0} (missed = run-once)"),
+            None => "none is run (missed = skip, or the latest is past the deadline)".to_owned(),
+        };
+        log(&format!(
+            "`{}` missed {count} slot(s) from {:.0} to {now:.0} while the coordinator was down or stalled; {policy}",
+            s.name, missed.first
+        ));
+        if !self.leader {
+            return;
+        }
+        // One row says the gap was seen (never one per slot: a long downtime must not be a burst
+        // of writes either); the caught-up slot is recorded as a fire like any other.
+        if missed.catch_up != Some(missed.first) {
+            let why = format!(
+                "missed while the coordinator was down or stalled ({count} slot(s) up to {now:.0})"
+            );
+            self.record_skip(i, missed.first, why);
+        }
+        if let Some(at) = missed.catch_up {
+            self.fire(i, at, true);
+        }
+    }
+
+    fn skip(&mut self, i: usize, at: Timestamp, why: String) {
+        if !self.leader {
+            return;
+        }
+        log(&format!(
+            "skipped `{}` at {at:.0}: {why}",
+            self.ctx.gameday.calendar.schedules[i].name
+        ));
+        self.record_skip(i, at, why);
+    }
+
+    fn record_skip(&mut self, i: usize, at: Timestamp, why: String) {
+        let ctx = self.ctx.clone();
+        let schedule = ctx.gameday.calendar.schedules[i].name.clone();
+        self.tasks.spawn(async move {
+            fire::record_skip(&ctx, &schedule, at, Duration::ZERO, why).await;
+        });
+    }
+
+    fn fire(&mut self, i: usize, at: Timestamp, catch_up: bool) {
+        if !self.leader {
+            return;
+        }
+        let s = &self.ctx.gameday.calendar.schedules[i];
+        if s.concurrency == Concurrency::Forbid {
+            if let Some(prev) = self.in_flight.values().find(|f| f.schedule == i) {
+                let why = format!(
+                    "the previous run of this schedule is still going (fire at {:.0})",
+                    prev.at
+                );
+                self.skip(i, at, why);
+                return;
+            }
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.in_flight.insert(id, InFlight { schedule: i, at });
+        let job = fire::Job {
+            id,
+            schedule: i,
+            at,
+            catch_up,
+        };
+        self.tasks
+            .spawn(fire::fire(self.ctx.clone(), job, self.events_tx.clone()));
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Hosts { fire, hosts, reply } => {
+                let Some(f) = self.in_flight.get(&fire) else {
+                    return;
+                };
+                let s = &self.ctx.gameday.calendar.schedules[f.schedule];
+                let claim = Claim {
+                    fire,
+                    schedule: s.name.clone(),
+                    at: f.at,
+                    hosts,
+                };
+                let policy = s.on_conflict;
+                match self.table.request(claim, policy) {
+                    Answer::Queued => {
+                        log(&format!(
+                            "`{}` fire at {:.0} waits for a run on the same host(s) to end (on_conflict = queue)",
+                            s.name, f.at
+                        ));
+                        self.waiting.insert(fire, reply);
+                    }
+                    answer => {
+                        debug_assert!(policy == OnConflict::Skip || answer == Answer::Granted);
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+            Event::Running { fire, run } => self.table.running(fire, &run),
+            Event::Done { fire } => {
+                self.in_flight.remove(&fire);
+                self.waiting.remove(&fire);
+                for granted in self.table.release(fire) {
+                    if let Some(reply) = self.waiting.remove(&granted) {
+                        let _ = reply.send(Answer::Granted);
+                    }
+                }
+            }
+            Event::Lead(Some(recorded)) => {
+                self.leader = true;
+                // Another coordinator may have fired while this one followed: start from what
+                // the history says, so a slot it recorded is never fired again here.
+                for (i, last) in recorded.into_iter().enumerate() {
+                    if let Some(last) = last {
+                        if last > self.cursors[i] {
+                            self.cursors[i] = last;
+                            self.next[i] = None;
+                        }
+                    }
+                }
+            }
+            Event::Lead(None) => self.leader = false,
+        }
+    }
+
+    fn on_signal(&mut self, name: &str) {
+        match self.stopping {
+            Stopping::No => {
+                self.stopping = Stopping::Drain;
+                let _ = self.draining_tx.send(true);
+                log(&format!(
+                    "{name} received: no new fires; {} fire(s) in flight finish first (send it again to revert at once)",
+                    self.in_flight.len()
+                ));
+            }
+            Stopping::Drain | Stopping::Cancel => {
+                self.stopping = Stopping::Cancel;
+                let _ = self.cancel_tx.send(true);
+                log(&format!(
+                    "{name} received again: reverting every running run now"
+                ));
+            }
+        }
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The row that records a fire or a skip.
+pub(crate) fn fire_row(
+    ctx: &Ctx,
+    schedule: &str,
+    at: Timestamp,
+    state: FireState,
+    jitter: Duration,
+) -> FireRow {
+    FireRow {
+        schedule: schedule.to_owned(),
+        at,
+        state,
+        by: ctx.name.clone(),
+        recorded_at: Timestamp::now(),
+        jitter,
+    }
+}
