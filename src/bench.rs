@@ -2,7 +2,7 @@
 //! what they cost in CPU. It drives the real probe tasks (the same `probe::spawn_all` a run uses)
 //! with TCP probes against a listener on loopback, collects samples the way the run loop does,
 //! and prints figures. A benchmark, not a test: nothing here asserts a speed.
-//! `faultline bench proxy` is in `bench/proxy.rs`.
+//! `faultline bench proxy` is in `bench/proxy.rs`, `faultline bench history` in `bench/history.rs`.
 
 pub(crate) mod history;
 pub(crate) mod history_store;

@@ -571,9 +571,13 @@ mod tests {
     fn migrations_run_once_and_the_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/history.db");
-        drop(open_blocking(&path).unwrap());
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let first = open_blocking(&path).unwrap();
+        // SQLite gives the files beside the database the database's mode.
+        for file in ["history.db", "history.db-wal", "history.db-shm"] {
+            let meta = std::fs::metadata(path.with_file_name(file)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        drop(first);
         // A second open applies nothing again (the CREATE TABLEs would fail) and keeps the version.
         let conn = open_blocking(&path).unwrap();
         let version: i64 = conn
@@ -654,6 +658,49 @@ mod tests {
         assert!(!try_lead_at(&conn, "fire", "a", lease, later(19)).unwrap());
         // Another name is another lease.
         assert!(try_lead_at(&conn, "other", "a", lease, later(19)).unwrap());
+    }
+
+    /// Two connections stand for two processes (a coordinator and a CLI run, or two
+    /// coordinators on one host): one lead between them, and writes that wait for each other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_connections_share_one_lead_and_write_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let (a, b) = (
+            Store::open(&path).await.unwrap(),
+            Store::open(&path).await.unwrap(),
+        );
+        let hour = Duration::from_secs(3600);
+        assert!(a.try_lead("fire", "a", hour).await.unwrap());
+        assert!(!b.try_lead("fire", "b", hour).await.unwrap());
+        let write = |store: Store, who: &'static str| {
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let id = format!("{who}-{i:03}");
+                    store
+                        .start_run(&start(&id, who, "2027-01-01T00:00:00Z"))
+                        .await?;
+                    let fire = FireRow {
+                        schedule: "s".to_owned(),
+                        at: at("2027-01-01T00:00:00Z")
+                            .checked_add(jiff::SignedDuration::from_secs(i))
+                            .unwrap(),
+                        state: FireState::Fired,
+                        by: who.to_owned(),
+                        recorded_at: at("2027-01-01T00:00:00Z"),
+                        jitter: Duration::ZERO,
+                    };
+                    store.claim_fire(&fire).await?;
+                }
+                Ok::<_, crate::history::HistoryError>(())
+            })
+        };
+        let (wa, wb) = (write(a.clone(), "a"), write(b.clone(), "b"));
+        wa.await.unwrap().unwrap();
+        wb.await.unwrap().unwrap();
+        assert_eq!(a.runs(&Filter::default()).await.unwrap().len(), 200);
+        // Each slot went to exactly one of them.
+        assert_eq!(b.fires(Some("s")).await.unwrap().len(), 100);
     }
 
     #[tokio::test]

@@ -146,6 +146,17 @@ fn runs_are_listed_newest_first_with_verdict_recovery_sha256_and_seed_and_filter
     assert_eq!(ids(&newest_web), ids(&all[1..2]));
     assert!(history_json(&state(dir.path()), &["--schedule", "nightly"]).is_empty());
 
+    // `--db` names the file itself.
+    let db = state(dir.path()).join("history.db");
+    let out = Command::new(BIN)
+        .args(["history", "--json", "--last", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let by_db: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&by_db), ids(&all[..1]));
+
     let table = faultline_ok(&["history", "--last", "2"], &state(dir.path()));
     let lines: Vec<&str> = table.lines().collect();
     assert!(
@@ -206,8 +217,15 @@ fn a_run_with_no_history_writes_none() {
     assert_eq!(ran.code, 0, "{}", ran.explain());
     let db = state(dir.path()).join("history.db");
     assert!(!db.exists(), "{} was written", db.display());
-    // Reading a history that does not exist creates nothing either.
+    // Reading a history that does not exist creates nothing either, and says so.
     assert!(history_json(&state(dir.path()), &[]).is_empty());
+    let out = faultline(&["history"], &state(dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no runs\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("no runs recorded: {} does not exist\n", db.display())
+    );
     assert!(!db.exists(), "`history` created {}", db.display());
 }
 
@@ -338,4 +356,41 @@ fn a_history_that_cannot_be_written_only_warns_and_keeps_the_verdict() {
         db.display()
     );
     assert_eq!(warning, expected);
+}
+
+#[test]
+fn a_run_that_fails_before_its_report_is_recorded_as_an_error() {
+    let dir = tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    // A journal entry nobody can read: the session refuses to start over it.
+    let state = state(dir.path());
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("left-0.json"), "not a journal entry").unwrap();
+    let (ran, _) = run(dir.path(), "a", &pause("web", victim.pid()), &[]);
+    assert_eq!(ran.code, 5, "{}", ran.explain());
+    let all = history_json(&state, &[]);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["verdict"], "error");
+    assert_eq!(all[0]["exit_code"], 5);
+    let reason = all[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("faults left by an earlier crashed run could not be reverted"),
+        "{reason}"
+    );
+    assert!(
+        ran.stderr.contains(reason),
+        "the recorded reason is the error the run printed: {}",
+        ran.explain()
+    );
+    // There is no report to show, and `show` says why.
+    let id = all[0]["run_id"].as_str().unwrap();
+    let out = faultline(&["show", id], &state);
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with(&format!(
+            "error: run {id} has no stored report: it ended with error before it made one ("
+        )),
+        "{}",
+        explain(&out)
+    );
 }
