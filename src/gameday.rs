@@ -312,21 +312,19 @@ impl Validator<'_> {
 
     fn outage(&self, raw: raw::Outage) -> VResult<Outage> {
         let url = raw.alertmanager.get_ref();
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => {
-                return Err(self.at(
-                    raw.alertmanager.span(),
-                    "alertmanager",
-                    format!(
-                        "invalid URL `{url}`: write the base URL, e.g. `http://alertmanager:9093`"
-                    ),
-                ));
-            }
-        }
+        crate::outage::check_alertmanager_url(url).map_err(|why| {
+            self.at(
+                raw.alertmanager.span(),
+                "alertmanager",
+                format!(
+                    "invalid URL `{url}`: {why}; write the base URL, e.g. `http://alertmanager:9093`"
+                ),
+            )
+        })?;
         let mut matchers = Vec::new();
         for m in raw.matchers {
-            check_matcher(m.get_ref()).map_err(|e| self.at(m.span(), "matchers", e))?;
+            crate::outage::check_matcher(m.get_ref())
+                .map_err(|e| self.at(m.span(), "matchers", e))?;
             matchers.push(m.into_inner());
         }
         Ok(Outage {
@@ -577,43 +575,6 @@ impl Validator<'_> {
             when,
         })
     }
-}
-
-/// Checks one Alertmanager matcher: `name="value"`, `name!="value"`, `name=~"regex"`,
-/// `name!~"regex"` (the regex must compile).
-fn check_matcher(text: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        format!(
-            "invalid matcher `{text}`: {why}; write e.g. `severity=\"critical\"` or `alertname=~\"Disk.*\"`"
-        )
-    };
-    let t = text.trim();
-    let name_end = t
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .ok_or_else(|| bad("no operator"))?;
-    let (name, rest) = t.split_at(name_end);
-    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(bad("a label name starts with a letter or `_`"));
-    }
-    let rest = rest.trim_start();
-    let (op, value) = ["=~", "!~", "!=", "="]
-        .iter()
-        .find_map(|op| rest.strip_prefix(op).map(|v| (*op, v.trim())))
-        .ok_or_else(|| bad("the operator is one of =, !=, =~, !~"))?;
-    let value = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .ok_or_else(|| bad("the value is in double quotes"))?;
-    if op.ends_with('~') {
-        regex::Regex::new(&format!("^(?:{value})$")).map_err(|e| {
-            // The regex crate's message draws a caret under the pattern over several lines;
-            // its last line says what is wrong.
-            let e = e.to_string();
-            let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
-            bad(&format!("the regex does not compile ({why})"))
-        })?;
-    }
-    Ok(())
 }
 
 /// The host name, for the coordinator's default name.

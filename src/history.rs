@@ -9,7 +9,6 @@
 
 // `allow`, not `expect`: once the coordinator (h/coord) calls the fire and lease methods this
 // line is dead too and goes at that merge, where an `expect` would fail the build.
-#![allow(dead_code)] // SKELETON: only the coordinator's methods are unused on this branch
 
 mod postgres;
 mod schema;
@@ -215,7 +214,6 @@ pub(crate) struct HistoryError(pub(crate) String);
 /// An open history; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct History {
-    location: Location,
     store: Store,
 }
 
@@ -244,14 +242,7 @@ impl History {
             Location::File(path) => Store::Sqlite(sqlite::Store::open(path).await?),
             Location::Postgres(url) => Store::Postgres(postgres::PostgresStore::open(url).await?),
         };
-        Ok(History {
-            location: location.clone(),
-            store,
-        })
-    }
-
-    pub(crate) fn location(&self) -> &Location {
-        &self.location
+        Ok(History { store })
     }
 
     /// Records a slot as fired, before its runs start. Returns false (and changes nothing) when

@@ -185,10 +185,6 @@ pub(crate) async fn gate(outage: &Outage, client: &reqwest::Client) -> Option<St
 /// in double quotes (`\"`, `\\` and `\n` escape), so what a reader sees is what is matched.
 /// A regex must compile (Alertmanager anchors it at both ends). The error says what is wrong
 /// without the file position, which the game-day loader adds.
-// `allow`, not `expect`: `gameday::load` (another engineer's file) still checks matchers with a
-// copy of its own that accepts what Alertmanager refuses (`severity="crit"ical"`); once it calls
-// this, an `expect` would fail the build, so whoever switches it removes this line.
-#[allow(dead_code)] // OUTAGE-WIRING
 pub(crate) fn check_matcher(text: &str) -> Result<(), String> {
     parse_matcher(text).map(|_| ())
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::history::{Filter, History, Location, RunEnd, RunRow, RunStart};
+use crate::history::{Filter, FireRow, FireState, History, Location, RunEnd, RunRow, RunStart};
 use crate::model::Experiment;
 use crate::report::{self, Report};
 use crate::units::format_ms;
@@ -22,20 +22,31 @@ pub(super) struct Where {
     /// The state directory whose `history.db` to read [default: the one `faultline run` uses:
     /// $FAULTLINE_STATE_DIR, else /var/lib/faultline/embedded for root, else the XDG state
     /// directory].
-    #[arg(long, value_name = "DIR", conflicts_with = "db")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["db", "gameday"])]
     state_dir: Option<PathBuf>,
     /// A history database: a SQLite file or a `postgres://` URL (a coordinator's `database`).
-    #[arg(long, value_name = "URL_OR_PATH")]
+    #[arg(long, value_name = "URL_OR_PATH", conflicts_with = "gameday")]
     db: Option<String>,
+    /// The history of the coordinator that runs this game-day file: its `database`, else the
+    /// `history.db` of its `state_dir`.
+    #[arg(long, value_name = "FILE")]
+    gameday: Option<PathBuf>,
 }
 
 impl Where {
-    fn location(&self) -> Location {
-        match (&self.db, &self.state_dir) {
+    fn location(&self) -> Result<Location, String> {
+        if let Some(file) = &self.gameday {
+            let day = crate::gameday::load(file).map_err(|e| format!("invalid game day {e}"))?;
+            return Ok(match &day.coordinator.database {
+                Some(url) => Location::parse(url),
+                None => Location::in_state_dir(&day.coordinator.state_dir),
+            });
+        }
+        Ok(match (&self.db, &self.state_dir) {
             (Some(db), _) => Location::parse(db),
             (None, Some(dir)) => Location::in_state_dir(dir),
             (None, None) => Location::in_state_dir(&crate::agent::default_state_dir()),
-        }
+        })
     }
 }
 
@@ -53,6 +64,13 @@ pub(super) struct HistoryArgs {
     /// Print a JSON array with every stored field of each run (`show --json` prints a report).
     #[arg(long)]
     json: bool,
+    /// With --json: each run's full JSON report too, under `report` (for analysis elsewhere).
+    #[arg(long, requires = "json")]
+    reports: bool,
+    /// List a coordinator's schedule slots instead of runs: each fired or skipped slot with its
+    /// reason (blackout, window, an alert, halted agents, a conflict…), newest first.
+    #[arg(long, conflicts_with = "experiment")]
+    fires: bool,
     #[command(flatten)]
     at: Where,
 }
@@ -83,7 +101,16 @@ async fn open_existing(location: &Location) -> Result<Option<History>, String> {
 }
 
 pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
-    let location = args.at.location();
+    let location = match args.at.location() {
+        Ok(location) => location,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_INVALID);
+        }
+    };
+    if args.fires {
+        return fires(args, &location).await;
+    }
     let rows = match open_existing(&location).await {
         Ok(None) => {
             eprintln!("no runs recorded: {location} does not exist");
@@ -95,7 +122,12 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
                 schedule: args.schedule.clone(),
                 last: args.last,
             };
-            match history.runs_without_reports(&filter).await {
+            let rows = if args.reports {
+                history.runs(&filter).await
+            } else {
+                history.runs_without_reports(&filter).await
+            };
+            match rows {
                 Ok(rows) => rows,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -117,7 +149,13 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
 }
 
 pub(super) async fn show(args: &ShowArgs) -> ExitCode {
-    let location = args.at.location();
+    let location = match args.at.location() {
+        Ok(location) => location,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_INVALID);
+        }
+    };
     let row = match open_existing(&location).await {
         Ok(None) => None,
         Ok(Some(history)) => match history.run(&args.run_id).await {
@@ -173,6 +211,104 @@ pub(super) async fn show(args: &ShowArgs) -> ExitCode {
             ExitCode::from(super::EXIT_ERROR)
         }
     }
+}
+
+/// `history --fires`: a coordinator's slots, newest first.
+async fn fires(args: &HistoryArgs, location: &Location) -> ExitCode {
+    let rows = match open_existing(location).await {
+        Ok(None) => {
+            eprintln!("no fires recorded: {location} does not exist");
+            Vec::new()
+        }
+        Ok(Some(history)) => match history.fires(args.schedule.as_deref()).await {
+            Ok(mut rows) => {
+                rows.reverse();
+                rows.truncate(args.last.unwrap_or(usize::MAX));
+                rows
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(super::EXIT_ERROR);
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_ERROR);
+        }
+    };
+    if args.json {
+        print!("{}", fires_json(&rows));
+    } else {
+        print!("{}", fires_table(&rows, &TimeZone::system()));
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(Tabled)]
+struct FireLine {
+    #[tabled(rename = "slot")]
+    at: String,
+    schedule: String,
+    state: String,
+    reason: String,
+    jitter: String,
+    by: String,
+}
+
+fn fires_table(rows: &[FireRow], zone: &TimeZone) -> String {
+    if rows.is_empty() {
+        return "no fires\n".to_owned();
+    }
+    let lines: Vec<FireLine> = rows
+        .iter()
+        .map(|row| {
+            let (state, reason) = match &row.state {
+                FireState::Fired => ("fired", String::new()),
+                FireState::Skipped(why) => ("skipped", cut(why, REASON_WIDTH)),
+            };
+            FireLine {
+                at: row
+                    .at
+                    .to_zoned(zone.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+                schedule: row.schedule.clone(),
+                state: state.to_owned(),
+                reason,
+                jitter: format_ms(row.jitter),
+                by: row.by.clone(),
+            }
+        })
+        .collect();
+    let mut out = Table::new(lines).with(Style::rounded()).to_string();
+    let zone_name = zone.iana_name().unwrap_or("local time");
+    let _ = writeln!(out, "\nslot times in {zone_name}, newest first");
+    out
+}
+
+/// Every stored field of each slot; instants in RFC 3339 UTC, the jitter in milliseconds.
+fn fires_json(rows: &[FireRow]) -> String {
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let (state, reason) = match &row.state {
+                FireState::Fired => ("fired", None),
+                FireState::Skipped(why) => ("skipped", Some(why)),
+            };
+            json!({
+                "schedule": row.schedule,
+                "at": row.at.to_string(),
+                "state": state,
+                "reason": reason,
+                "jitter_ms": report::millis(row.jitter),
+                "by": row.by,
+                "recorded_at": row.recorded_at.to_string(),
+            })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 #[derive(Tabled)]
@@ -244,7 +380,7 @@ fn runs_json(rows: &[RunRow]) -> String {
         .iter()
         .map(|row| {
             let (s, e) = (&row.start, row.end.as_ref());
-            json!({
+            let mut object = json!({
                 "run_id": s.run_id,
                 "schedule": s.schedule,
                 "fire_at": s.fire_at.map(|t| t.to_string()),
@@ -259,7 +395,14 @@ fn runs_json(rows: &[RunRow]) -> String {
                 "time_to_recover_ms": e.and_then(|e| e.time_to_recover).map(report::millis),
                 "time_to_abort_ms": e.and_then(|e| e.time_to_abort).map(report::millis),
                 "agents": e.map(|e| &e.agents),
-            })
+            });
+            // Only `--reports` reads them; the report is JSON itself, so it is embedded as such.
+            if let Some(text) = e.and_then(|e| e.report_json.as_deref()) {
+                let report = serde_json::from_str(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+                object["report"] = report;
+            }
+            object
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();

@@ -479,11 +479,22 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| fail("failed to set the busy timeout", &e))?;
     // WAL lets `history` read while a run writes, and a run and the coordinator write one after
-    // the other instead of failing. Switching needs a moment alone with the file, which the busy
-    // timeout waits for; a database already in WAL answers at once.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| fail("failed to switch to WAL", &e))?;
+    // the other instead of failing. Switching needs a moment alone with the file; SQLite answers
+    // "database is locked" at once there instead of waiting for the busy timeout (several
+    // processes opening a new file together), so the switch is retried until that timeout. A
+    // database already in WAL answers at once.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other.map_err(|e| fail("failed to switch to WAL", &e))?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(fail(
             "failed to switch to WAL",
