@@ -323,8 +323,13 @@ impl Validator<'_> {
         })?;
         let mut matchers = Vec::new();
         for m in raw.matchers {
-            crate::outage::check_matcher(m.get_ref())
-                .map_err(|e| self.at(m.span(), "matchers", e))?;
+            crate::outage::check_matcher(m.get_ref()).map_err(|e| {
+                self.at(
+                    m.span(),
+                    "matchers",
+                    format!("invalid matcher `{}`: {e}", m.get_ref()),
+                )
+            })?;
             matchers.push(m.into_inner());
         }
         Ok(Outage {

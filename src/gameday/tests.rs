@@ -156,7 +156,25 @@ fn coordinator_values_are_checked_without_echoing_secrets() {
     );
     assert_eq!(
         coordinator("outage = { alertmanager = \"http://am:9093/\", matchers = ['severity=\"critical\"', 'job=~\"(\"'] }").unwrap_err(),
-        "g.toml: line 3, column 81: `matchers`: invalid matcher `job=~\"(\"`: the regex does not compile (unclosed group); write e.g. `severity=\"critical\"` or `alertname=~\"Disk.*\"`"
+        "g.toml: line 3, column 81: `matchers`: invalid matcher `job=~\"(\"`: the regex of `job` does not compile: unclosed group"
+    );
+    // The loader checks matchers exactly as the outage check sends them, so a matcher Alertmanager
+    // would refuse fails `validate` instead of skipping every fire.
+    assert!(
+        coordinator(
+            "outage = { alertmanager = \"http://am:9093\", matchers = ['severity=\"crit\"ical\"'] }"
+        )
+        .unwrap_err()
+        .starts_with(
+            "g.toml: line 3, column 57: `matchers`: invalid matcher `severity=\"crit\"ical\"`: "
+        )
+    );
+    assert!(
+        coordinator("outage = { alertmanager = \"http://am:9093/?x=1\" }")
+            .unwrap_err()
+            .contains(
+                "`alertmanager`: invalid URL `http://am:9093/?x=1`: the URL must not have a query"
+            )
     );
     let g = coordinator("database = \"postgres://u:p@db/x\"\nname = \"coord-1\"\nlease = \"2s\"\noutage = { alertmanager = \"http://am:9093/\", matchers = ['severity=\"critical\"'] }").unwrap();
     let c = g.coordinator;
