@@ -29,10 +29,15 @@ pub(crate) enum TargetName {
     RenewRequest,
     /// One file of the agent's journal, as recovery reads it.
     JournalEntry,
+    /// A game-day file: `gameday::parse` (experiments resolved against `gamedays/`), then the
+    /// next fires of what it accepted.
+    GameDay,
+    /// A stored JSON report, as `faultline show` reads it back from the history and renders it.
+    StoredReport,
 }
 
 impl TargetName {
-    pub(crate) const ALL: [TargetName; 7] = [
+    pub(crate) const ALL: [TargetName; 9] = [
         TargetName::Experiment,
         TargetName::Inventory,
         TargetName::AgentToml,
@@ -40,6 +45,8 @@ impl TargetName {
         TargetName::OpenRequest,
         TargetName::RenewRequest,
         TargetName::JournalEntry,
+        TargetName::GameDay,
+        TargetName::StoredReport,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -51,6 +58,8 @@ impl TargetName {
             TargetName::OpenRequest => "open-request",
             TargetName::RenewRequest => "renew-request",
             TargetName::JournalEntry => "journal-entry",
+            TargetName::GameDay => "game-day",
+            TargetName::StoredReport => "stored-report",
         }
     }
 }
@@ -73,18 +82,15 @@ pub(crate) fn open(name: TargetName) -> Result<Box<dyn Target>, String> {
         TargetName::OpenRequest => Box::new(OpenTarget),
         TargetName::RenewRequest => Box::new(RenewTarget::new()?),
         TargetName::JournalEntry => Box::new(JournalTarget::new()?),
+        TargetName::GameDay => Box::new(GameDayTarget),
+        TargetName::StoredReport => Box::new(StoredReportTarget),
     })
 }
 
 /// The repository's files: seeds are read from the source tree this binary was built from, else
 /// from the working directory.
 fn repo_files(dir: &str, ext: &str) -> Vec<Vec<u8>> {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let dir = if built.is_dir() {
-        built
-    } else {
-        PathBuf::from(dir)
-    };
+    let dir = repo_dir(dir);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -92,6 +98,16 @@ fn repo_files(dir: &str, ext: &str) -> Vec<Vec<u8>> {
     // Sorted, so the corpus (and with it every input) is the same for the same seed.
     paths.sort();
     paths.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// A directory of the source tree this binary was built from, else of the working directory.
+fn repo_dir(dir: &str) -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from(dir)
+    }
 }
 
 /// The seeds plus, for each, a copy with its commented-out settings (`# key = value`, `# [[x]]`)
@@ -209,6 +225,53 @@ impl Target for ExperimentTarget {
                 )
             }
             Err(e) => e.message,
+        }
+    }
+}
+
+struct GameDayTarget;
+
+impl Target for GameDayTarget {
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        with_uncommented(repo_files("gamedays", "toml"))
+    }
+
+    fn exec(&mut self, input: &[u8]) -> String {
+        let text = String::from_utf8_lossy(input);
+        // In `gamedays/`, so the examples' `../experiments/…` resolve to the repository's files.
+        let path = repo_dir("gamedays").join("fuzz.toml");
+        match crate::gameday::parse(&path, &text) {
+            Ok(day) => {
+                // The fire-time arithmetic on what was accepted: pure, from a fixed instant.
+                let from = jiff::Timestamp::from_second(1_800_000_000).expect("a valid instant");
+                let slots = day.calendar.upcoming(from, 20);
+                format!(
+                    "ok: {} schedule(s), {} blackout(s), {} slot(s)",
+                    day.calendar.schedules.len(),
+                    day.calendar.blackouts.len(),
+                    slots.len()
+                )
+            }
+            Err(e) => e.to_string().replace(&*path.to_string_lossy(), "FILE"),
+        }
+    }
+}
+
+struct StoredReportTarget;
+
+impl Target for StoredReportTarget {
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        vec![include_bytes!("seeds/report.json").to_vec()]
+    }
+
+    fn exec(&mut self, input: &[u8]) -> String {
+        match crate::report::json::parse(&String::from_utf8_lossy(input)) {
+            // `show` renders what it read exactly as a run ends.
+            Ok(report) => format!(
+                "ok: {} line(s)",
+                crate::report::terminal::render(&report).lines().count()
+            ),
+            Err(e) => e.to_string(),
         }
     }
 }

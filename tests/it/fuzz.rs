@@ -86,3 +86,13 @@ fn the_fuzz_targets_are_listed() {
         ]
     );
 }
+
+#[test]
+fn fuzzed_game_days_never_panic_the_loader_or_the_calendar() {
+    fuzz_without_panics("game-day");
+}
+
+#[test]
+fn fuzzed_stored_reports_never_panic_show() {
+    fuzz_without_panics("stored-report");
+}
