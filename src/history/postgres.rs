@@ -122,7 +122,10 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        config.application_name("faultline");
+        // Names faultline's sessions in pg_stat_activity, unless the URL names them already.
+        if config.get_application_name().is_none() {
+            config.application_name("faultline");
+        }
         let store = PostgresStore {
             inner: Arc::new(Inner {
                 config,

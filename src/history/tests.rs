@@ -532,7 +532,10 @@ async fn concurrent_claims_from_two_handles_let_exactly_one_win(store: &TestStor
 }
 
 async fn concurrent_opens_of_a_fresh_store_all_succeed_and_share_it(store: &TestStore) {
-    let opens: Vec<_> = (0..3)
+    // Eight at once, as processes starting together on a new state directory or database would
+    // (SQLite: `PRAGMA journal_mode = WAL` can answer SQLITE_BUSY without waiting on the busy
+    // timeout when two connections race to switch a new file).
+    let opens: Vec<_> = (0..8)
         .map(|_| {
             let location = store.location.clone();
             tokio::spawn(async move { History::open(&location).await })
