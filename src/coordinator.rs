@@ -442,6 +442,11 @@ impl Dispatcher {
     }
 
     fn missed(&mut self, i: usize, missed: &timing::Missed, now: Timestamp) {
+        // A follower's slots are the leader's business; it takes them up from the history when
+        // it leads.
+        if !self.leader {
+            return;
+        }
         let s = &self.ctx.gameday.calendar.schedules[i];
         let count = format!(
             "{}{}",
@@ -456,9 +461,6 @@ impl Dispatcher {
             "`{}` missed {count} slot(s) from {:.0} to {now:.0} while the coordinator was down or stalled; {policy}",
             s.name, missed.first
         ));
-        if !self.leader {
-            return;
-        }
         // One row says the gap was seen (never one per slot: a long downtime must not be a burst
         // of writes either); the caught-up slot is recorded as a fire like any other.
         if missed.catch_up != Some(missed.first) {

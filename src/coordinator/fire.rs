@@ -301,8 +301,6 @@ async fn run_one(
     p: Prepared,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Option<Verdict> {
-    let started_at = Timestamp::now();
-    let run_id = run::new_run_id(started_at);
     let (title, file, sha256, seed) = match &p {
         Prepared::Ready { exp, seed, .. } => (
             exp.title.clone(),
@@ -318,24 +316,36 @@ async fn run_one(
             ..
         } => (title.clone(), file.clone(), sha256.clone(), *seed),
     };
-    let start = RunStart {
-        run_id: run_id.clone(),
+    let mut start = RunStart {
+        run_id: String::new(),
         schedule: Some(s.name.clone()),
         fire_at: Some(job.at),
         title: title.clone(),
         file,
         sha256,
         seed,
-        started_at,
+        started_at: Timestamp::now(),
         coordinator: Some(ctx.name.clone()),
     };
-    if let Err(e) = ctx.history.start_run(&start).await {
-        // A run that is not recorded before it starts could not be closed after a crash.
-        log(&format!(
-            "`{title}` not run: the history could not record its start: {e}"
-        ));
-        return None;
+    // A run id has 16 random bits per second, so two runs starting in one second may draw the
+    // same one, which the history refuses: draw again rather than lose the run.
+    let mut attempt = 0;
+    loop {
+        start.started_at = Timestamp::now();
+        start.run_id = run::new_run_id(start.started_at);
+        match ctx.history.start_run(&start).await {
+            Ok(()) => break,
+            Err(e) if attempt >= 2 => {
+                // A run that is not recorded before it starts could not be closed after a crash.
+                log(&format!(
+                    "`{title}` not run: the history could not record its start: {e}"
+                ));
+                return None;
+            }
+            Err(_) => attempt += 1,
+        }
     }
+    let run_id = start.run_id.clone();
     let _ = events.send(Event::Running {
         fire: job.id,
         run: run_id.clone(),

@@ -82,7 +82,10 @@ impl Drop for Coordinator {
         if !self.running() {
             return;
         }
-        self.signal("-TERM");
+        // Not `signal`, which asserts: a panic here, while a failed test unwinds, would abort.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         std::thread::sleep(Duration::from_millis(100));
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -361,6 +364,19 @@ fn a_coordinator_killed_mid_pause_is_reverted_by_its_watchdog_and_the_run_closed
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
 
+/// When a coordinator judged slots missed (µs), from its log line "... from A to T while the
+/// coordinator was down or stalled": slots up to T were missed, later ones are regular fires.
+fn judged_at(log: &str) -> i64 {
+    log.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" to ")?;
+            let (at, _) = rest.split_once(" while the coordinator was down")?;
+            at.parse::<jiff::Timestamp>().ok()
+        })
+        .unwrap_or_else(|| panic!("no missed line in:\n{log}"))
+        .as_microsecond()
+}
+
 /// Runs a coordinator until its first run ended, stops it for 10 s, restarts it until one more
 /// slot after the restart has run, and returns the runs whose slots fell in the downtime.
 fn runs_missed_in_ten_seconds_down(policy: &str) -> (Vec<RunRow>, String) {
@@ -390,14 +406,14 @@ fn runs_missed_in_ten_seconds_down(policy: &str) -> (Vec<RunRow>, String) {
     let down_from = jiff::Timestamp::now().as_microsecond();
     std::thread::sleep(Duration::from_secs(10));
     let before = runs(&db).len();
-    // Start just after a slot, so the coordinator is up before the next one: the slot it catches
-    // up on is then the one before `up_at`, and every later slot is a regular fire.
-    wait_until("a moment just after a slot", Duration::from_secs(3), || {
-        (jiff::Timestamp::now().as_microsecond() % 2_000_000) / 1000 >= 100
-            && (jiff::Timestamp::now().as_microsecond() % 2_000_000) / 1000 < 300
-    });
     let mut second = Coordinator::start(&file);
-    let up_at = jiff::Timestamp::now().as_microsecond();
+    // The instant the restarted coordinator judged the gap, as its log says ("... to T while the
+    // coordinator was down"): slots up to it were missed, later ones are regular fires.
+    let seen = support::poll_until(Duration::from_secs(20), || {
+        second.log().contains("while the coordinator was down")
+    });
+    assert!(seen.is_some(), "{}", second.log());
+    let up_at = judged_at(&second.log());
     wait_until(
         "a regular run after the restart",
         Duration::from_secs(20),
@@ -990,7 +1006,7 @@ fn a_stalled_coordinator_catches_up_one_slot_instead_of_a_burst() {
         .iter()
         .filter(|r| {
             r.fire_at
-                .is_some_and(|at| at > stopped_at && at <= continued_at)
+                .is_some_and(|at| at > stopped_at && at <= judged_at(&log))
         })
         .collect();
     assert_eq!(in_stall.len(), 1, "{runs:#?}\n{log}");
