@@ -543,7 +543,14 @@ times in Europe/Berlin, newest first
 
     #[test]
     fn the_history_json_has_every_stored_field_but_the_report() {
-        let value: serde_json::Value = serde_json::from_str(&runs_json(&rows())).unwrap();
+        // As `runs_without_reports` reads them: `history --json` without `--reports`.
+        let mut rows = rows();
+        for row in &mut rows {
+            if let Some(end) = &mut row.end {
+                end.report_json = None;
+            }
+        }
+        let value: serde_json::Value = serde_json::from_str(&runs_json(&rows)).unwrap();
         let expected = serde_json::json!([
             {
                 "run_id": "20270328T013000Z-0001", "schedule": null, "fire_at": null,
@@ -564,6 +571,21 @@ times in Europe/Berlin, newest first
             }
         ]);
         assert_eq!(value, expected);
+    }
+
+    #[test]
+    fn history_json_with_reports_embeds_each_stored_report_as_json() {
+        let mut rows = rows();
+        rows[1].end.as_mut().unwrap().report_json = Some(r#"{"schema_version": 1}"#.to_owned());
+        let value: serde_json::Value = serde_json::from_str(&runs_json(&rows)).unwrap();
+        assert_eq!(
+            value[1]["report"],
+            serde_json::json!({ "schema_version": 1 })
+        );
+        assert!(
+            value[0].get("report").is_none(),
+            "a run without a report has no `report`"
+        );
     }
 
     #[test]

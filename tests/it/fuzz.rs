@@ -82,7 +82,9 @@ fn the_fuzz_targets_are_listed() {
             "apply-request",
             "open-request",
             "renew-request",
-            "journal-entry"
+            "journal-entry",
+            "game-day",
+            "stored-report",
         ]
     );
 }

@@ -256,8 +256,8 @@ fn prometheus_probe_says_when_the_server_is_down() {
     assert!(errs[0].to_lowercase().contains("refused"), "{errs:?}");
 }
 
-/// An experiment gated on the budget of `requests_total{code}` counters, pausing a `sleep`
-/// fixture for a moment so a run that goes ahead has a real fault to inject and revert.
+/// An experiment gated on the budget of `requests_total{code}` counters, pausing a sleeping
+/// fixture (listening on port `tag` once it is up) for a moment so a run that goes ahead has a real fault to inject and revert.
 fn gated(prometheus: &str, tag: u16) -> String {
     format!(
         r#"
@@ -270,17 +270,19 @@ total = 'sum(requests_total)'
 min_remaining = "10%"
 [[setup]]
 name = "sleeper"
-run = ["sleep", "3{tag}"]
+run = ["python3", "-c", "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(60)", "{tag}"]
+# Listening says the interpreter is up, so the first sample never races its start.
+ready = {{ tcp = "127.0.0.1:{tag}" }}
 [steady_state]
 window = "500ms"
 [[steady_state.probe]]
 name = "sleeper alive"
-command = ["pgrep", "-f", "^sleep 3{tag}$"]
+command = ["pgrep", "-f", "time.sleep\\(60\\) {tag}$"]
 every = "100ms"
 [[fault]]
 name = "pause the sleeper"
 kind = "process-pause"
-select = {{ cmdline = "^sleep 3{tag}$" }}
+select = {{ cmdline = "time.sleep\\(60\\) {tag}$" }}
 duration = "300ms"
 [recovery]
 within = "2s"
