@@ -537,6 +537,34 @@ until = "{}"
     }
     assert!(log.contains("skipped `frozen` at "), "{log}");
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
+
+    // What an operator reads: the slots with their reason, from the game day's own history, and
+    // the coming slots, skipped for the same blackout.
+    let listed = Command::new(BIN)
+        .args(["history", "--fires", "--json", "--gameday"])
+        .arg(&file)
+        .output()
+        .expect("run faultline history --fires");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&listed.stdout).expect("history --fires --json prints JSON");
+    let listed = listed.as_array().expect("a list of slots");
+    assert_eq!(listed.len(), fires.len());
+    for slot in listed {
+        assert_eq!(slot["schedule"], "frozen");
+        assert_eq!(slot["state"], "skipped");
+        assert_eq!(slot["reason"], "blackout `test freeze`");
+    }
+    let next = Command::new(BIN)
+        .args(["schedule", "next", "--count", "1"])
+        .arg(&file)
+        .output()
+        .expect("run faultline schedule next");
+    let next = String::from_utf8_lossy(&next.stdout);
+    let first = next.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("skip ") && first.ends_with("`frozen`: blackout `test freeze`"),
+        "{next}"
+    );
 }
 
 #[test]
