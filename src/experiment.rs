@@ -104,8 +104,9 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
-/// `None` when what stands before the `=` is not a bare key (a string holding `=`, say).
-fn key_before(text: &str, offset: usize) -> Option<&str> {
+/// `None` when what stands before the `=` is not a bare key (a string holding `=`, say). Game-day
+/// files use it too.
+pub(crate) fn key_before(text: &str, offset: usize) -> Option<&str> {
     let before = text.get(..offset.min(text.len()))?;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let before = &before[line_start..];
@@ -121,7 +122,7 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
 }
 
 /// Converts a byte offset into a 1-based (line, column).
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeTable;
 
+use crate::experiment::{key_before, line_col};
 use crate::fault::check::MAX_LEASE;
 use crate::schedule::{
     Blackout, BlackoutWhen, Calendar, Concurrency, MAX_DEADLINE, MAX_JITTER, Missed, MissedPolicy,
@@ -627,30 +628,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// The key whose value starts at `offset`: the name before the last `=` on that line, up to it
-/// (as `experiment.rs` does for experiments).
-fn key_before(text: &str, offset: usize) -> Option<&str> {
-    let before = text.get(..offset.min(text.len()))?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let before = &before[line_start..];
-    let key = before[..before.rfind('=')?].trim_end();
-    let start = key
-        .char_indices()
-        .rev()
-        .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .last()
-        .map_or(key.len(), |(i, _)| i);
-    Some(&key[start..]).filter(|k| !k.is_empty())
-}
-
-/// Converts a byte offset into a 1-based (line, column).
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 #[cfg(test)]

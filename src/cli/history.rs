@@ -11,7 +11,9 @@ use serde_json::json;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::history::{Filter, FireRow, FireState, History, Location, RunEnd, RunRow, RunStart};
+use crate::history::{
+    Filter, FireRow, FireState, History, HistoryError, Location, RunEnd, RunRow, RunStart,
+};
 use crate::model::Experiment;
 use crate::report::{self, Report};
 use crate::units::format_ms;
@@ -100,6 +102,23 @@ async fn open_existing(location: &Location) -> Result<Option<History>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Opens an existing history and asks it one thing. None: there is no database there. An error
+/// is printed here and becomes the exit code.
+async fn read<T>(
+    location: &Location,
+    query: impl AsyncFnOnce(History) -> Result<T, HistoryError>,
+) -> Result<Option<T>, ExitCode> {
+    let failed = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(super::EXIT_ERROR)
+    };
+    match open_existing(location).await {
+        Ok(Some(history)) => query(history).await.map(Some).map_err(|e| failed(&e)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
 pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
     let location = match args.at.location() {
         Ok(location) => location,
@@ -111,34 +130,26 @@ pub(super) async fn history(args: &HistoryArgs) -> ExitCode {
     if args.fires {
         return fires(args, &location).await;
     }
-    let rows = match open_existing(&location).await {
+    let filter = Filter {
+        experiment: args.experiment.clone(),
+        schedule: args.schedule.clone(),
+        last: args.last,
+    };
+    let rows = match read(&location, async |history| {
+        if args.reports {
+            history.runs(&filter).await
+        } else {
+            history.runs_without_reports(&filter).await
+        }
+    })
+    .await
+    {
+        Ok(Some(rows)) => rows,
         Ok(None) => {
             eprintln!("no runs recorded: {location} does not exist");
             Vec::new()
         }
-        Ok(Some(history)) => {
-            let filter = Filter {
-                experiment: args.experiment.clone(),
-                schedule: args.schedule.clone(),
-                last: args.last,
-            };
-            let rows = if args.reports {
-                history.runs(&filter).await
-            } else {
-                history.runs_without_reports(&filter).await
-            };
-            match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(super::EXIT_ERROR);
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(super::EXIT_ERROR);
-        }
+        Err(code) => return code,
     };
     if args.json {
         print!("{}", runs_json(&rows));
@@ -156,19 +167,9 @@ pub(super) async fn show(args: &ShowArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_INVALID);
         }
     };
-    let row = match open_existing(&location).await {
-        Ok(None) => None,
-        Ok(Some(history)) => match history.run(&args.run_id).await {
-            Ok(row) => row,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(super::EXIT_ERROR);
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(super::EXIT_ERROR);
-        }
+    let row = match read(&location, async |history| history.run(&args.run_id).await).await {
+        Ok(row) => row.flatten(),
+        Err(code) => return code,
     };
     let Some(row) = row else {
         eprintln!("error: no run {} in the history {location}", args.run_id);
@@ -215,26 +216,18 @@ pub(super) async fn show(args: &ShowArgs) -> ExitCode {
 
 /// `history --fires`: a coordinator's slots, newest first.
 async fn fires(args: &HistoryArgs, location: &Location) -> ExitCode {
-    let rows = match open_existing(location).await {
+    let schedule = args.schedule.as_deref();
+    let rows = match read(location, async |history| history.fires(schedule).await).await {
+        Ok(Some(mut rows)) => {
+            rows.reverse();
+            rows.truncate(args.last.unwrap_or(usize::MAX));
+            rows
+        }
         Ok(None) => {
             eprintln!("no fires recorded: {location} does not exist");
             Vec::new()
         }
-        Ok(Some(history)) => match history.fires(args.schedule.as_deref()).await {
-            Ok(mut rows) => {
-                rows.reverse();
-                rows.truncate(args.last.unwrap_or(usize::MAX));
-                rows
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(super::EXIT_ERROR);
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(super::EXIT_ERROR);
-        }
+        Err(code) => return code,
     };
     if args.json {
         print!("{}", fires_json(&rows));
