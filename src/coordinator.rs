@@ -148,12 +148,8 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     for s in &ctx.gameday.calendar.schedules {
         cursors.push(ctx.history.last_fire(&s.name).await?);
     }
-    let leader = if postgres {
-        tokio::spawn(lead(ctx.clone(), lease, events_tx.clone()));
-        false
-    } else {
-        true
-    };
+    let leading = postgres.then(|| tokio::spawn(lead(ctx.clone(), lease, events_tx.clone())));
+    let leader = !postgres;
     let mut dispatcher = Dispatcher {
         cursors: cursors
             .into_iter()
@@ -174,7 +170,10 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         tasks: JoinSet::new(),
     };
     dispatcher.run(events).await;
-    if postgres {
+    if let Some(leading) = leading {
+        // Stopped before the lead is given up, so no renewal already under way takes it back.
+        leading.abort();
+        let _ = leading.await;
         if let Err(e) = ctx.history.release_lead(LEAD, &ctx.name).await {
             log(&format!("could not give up the lead: {e}"));
         }
@@ -250,6 +249,9 @@ async fn close_unfinished(
 
 /// Keeps (or tries to take) the lead every lease/3 and tells the dispatcher when it changes. A
 /// history error counts as not leading: two coordinators that cannot both be sure must not fire.
+/// After SIGTERM it takes no lead it does not hold, but keeps one it holds until the dispatcher
+/// has seen every run end and stops it: another coordinator that led meanwhile would close those
+/// runs as abandoned and fire onto the hosts they still act on.
 async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Event>) {
     let mut leading = false;
     let mut last_failure: Option<String> = None;
@@ -258,7 +260,7 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if *ctx.draining.borrow() {
+        if *ctx.draining.borrow() && !leading {
             return;
         }
         let (now, failed) = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
@@ -288,6 +290,10 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
             if events.send(Event::Lead(None)).is_err() {
                 return;
             }
+            continue;
+        }
+        if *ctx.draining.borrow() {
+            // Taken in the instant SIGTERM came: held without firing until the stop releases it.
             continue;
         }
         match gained(&ctx).await {
@@ -561,14 +567,15 @@ impl Dispatcher {
             }
             Event::Lead(Some(recorded)) => {
                 self.leader = true;
-                // Another coordinator may have fired while this one followed: start from what
-                // the history says, so a slot it recorded is never fired again here.
+                // Start from what the history says, both ways: a slot another coordinator
+                // recorded is never fired again here, and the slots after it that this one only
+                // watched go by while following (nobody recorded them: the old leader was dying)
+                // are due or missed now, under the schedule's `missed` policy, not lost.
                 for (i, last) in recorded.into_iter().enumerate() {
                     if let Some(last) = last {
-                        if last > self.cursors[i] {
-                            self.cursors[i] = last;
-                            self.next[i] = None;
-                        }
+                        self.cursors[i] = last;
+                        self.next[i] = None;
+                        self.idle[i] = false;
                     }
                 }
             }

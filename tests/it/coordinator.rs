@@ -1099,3 +1099,159 @@ fn on_conflict_skip_records_the_run_and_schedule_that_hold_the_host() {
         }
     }
 }
+
+/// A coordinator named `name` on the PostgreSQL database `url` with `schedules`, its state in
+/// `dir/state-NAME` and lease 2 s.
+fn postgres_coordinator(dir: &Path, url: &str, name: &str, schedules: &str) -> Coordinator {
+    let text = format!(
+        r#"[coordinator]
+state_dir = "state-{name}"
+timezone = "UTC"
+name = "{name}"
+lease = "2s"
+database = "{url}"
+
+{schedules}"#
+    );
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).unwrap();
+    Coordinator::start(&file)
+}
+
+/// The unfinished runs of coordinator `who`: (run id, fire time in µs).
+fn unfinished_of(db: &support::postgres::Database, who: &str) -> Vec<(String, i64)> {
+    db.query(&format!(
+        "SELECT run_id, fire_at_us FROM runs WHERE coordinator = '{who}' AND ended_at_us IS NULL"
+    ))
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].clone().unwrap(),
+            r[1].as_deref().unwrap().parse().unwrap(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn a_follower_that_takes_the_lead_fires_the_slots_after_the_last_recorded_one() {
+    let Some(db) = support::postgres::database("coordinator::a_follower_that_takes_the_lead")
+    else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "1500ms");
+    let shared = schedule(
+        "shared",
+        &exp,
+        r#"missed = { policy = "run-once", deadline = "1m" }"#,
+    );
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    // A run of `a` that starts after `b` follows, killed 800 ms into its slot: `a`'s lease (2 s,
+    // renewed every 0.67 s) lapses after the next slot, so `b` takes the lead after that slot
+    // has passed and must still fire it: nobody recorded it.
+    let after = jiff::Timestamp::now().as_microsecond();
+    let mut last = None;
+    wait_until("a run of a", Duration::from_secs(20), || {
+        last = unfinished_of(&db, "a")
+            .into_iter()
+            .map(|(_, at)| at)
+            .find(|at| *at > after);
+        last.is_some()
+    });
+    let last = last.unwrap();
+    let kill_at = last + 800_000;
+    let now = jiff::Timestamp::now().as_microsecond();
+    assert!(now < kill_at, "too late to kill `a` in its slot");
+    std::thread::sleep(Duration::from_micros((kill_at - now).unsigned_abs()));
+    a.signal("-KILL");
+    a.wait(Duration::from_secs(5));
+    let next = last + 2_000_000;
+    let recorded = |at: i64| {
+        !db.query(&format!(
+            "SELECT at_us FROM fires WHERE schedule = 'shared' AND at_us = {at}"
+        ))
+        .is_empty()
+    };
+    let ran = support::poll_until(Duration::from_secs(20), || recorded(next + 4_000_000));
+    assert!(ran.is_some(), "b does not fire:\n{}", b.log());
+    let log = b.log();
+    drop(b);
+    let runs = db.query(&format!(
+        "SELECT run_id, coordinator FROM runs WHERE fire_at_us = {next}"
+    ));
+    assert_eq!(
+        runs.len(),
+        1,
+        "the slot after a's last ({next} µs) was lost in the takeover: {runs:?}\n{log}"
+    );
+    assert_eq!(runs[0][1].as_deref(), Some("b"));
+}
+
+#[test]
+fn a_leader_stopped_by_sigterm_keeps_the_lead_until_its_run_ends_so_none_overlaps_it() {
+    let Some(db) = support::postgres::database("coordinator::a_leader_stopped_by_sigterm") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "4s");
+    let shared = schedule("shared", &exp, "");
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let mut b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    let mut run = None;
+    wait_until("a run of a", Duration::from_secs(20), || {
+        run = unfinished_of(&db, "a").into_iter().next();
+        run.is_some()
+    });
+    let (run, _) = run.unwrap();
+    // The first SIGTERM lets the 4 s pause finish; meanwhile `a` is alive and acting on this
+    // host, so `b` must neither close its run nor fire onto the host.
+    a.signal("-TERM");
+    assert_eq!(
+        a.wait(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        a.log()
+    );
+    let ended_by_b = support::poll_until(Duration::from_secs(20), || {
+        !db.query("SELECT run_id FROM runs WHERE coordinator = 'b' AND ended_at_us IS NOT NULL")
+            .is_empty()
+    });
+    assert!(ended_by_b.is_some(), "b never fired:\n{}", b.log());
+    b.signal("-TERM");
+    b.wait(Duration::from_secs(15));
+    let log = b.log();
+    assert!(!log.contains("closed as error"), "{log}");
+    let a_run = db.query(&format!(
+        "SELECT verdict, ended_at_us FROM runs WHERE run_id = '{run}'"
+    ));
+    assert_eq!(a_run[0][0].as_deref(), Some("passed"), "{}", a.log());
+    let a_ended: i64 = a_run[0][1].as_deref().unwrap().parse().unwrap();
+    let b_first: i64 = db.query("SELECT min(started_at_us) FROM runs WHERE coordinator = 'b'")[0]
+        [0]
+    .as_deref()
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!(
+        b_first >= a_ended,
+        "b started a run {} µs before a's run ended:\n{log}",
+        a_ended - b_first
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
