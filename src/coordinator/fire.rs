@@ -386,12 +386,40 @@ async fn run_one(
         "run {run_id} of `{title}` (`{}` at {:.0}) ended: {}{recover}: {}",
         s.name, job.at, end.verdict, end.reason
     ));
-    if let Err(e) = ctx.history.finish_run(&run_id, &end).await {
-        log(&format!(
-            "run {run_id}: the history could not record its end: {e}"
-        ));
-    }
+    finish(ctx, &run_id, &end).await;
     Some(verdict)
+}
+
+/// The pauses between tries of a run's end: a SQLite file another writer holds past the busy
+/// timeout, or a PostgreSQL restart, must not leave a run that ended without its end (the next
+/// start would call it abandoned, and its report would be lost). About half a minute in all.
+const FINISH_RETRY_PAUSES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(9),
+    Duration::from_secs(20),
+];
+
+/// Records how a run ended, trying again after `FINISH_RETRY_PAUSES`.
+async fn finish(ctx: &Ctx, run_id: &str, end: &RunEnd) {
+    let mut pauses = FINISH_RETRY_PAUSES.iter();
+    loop {
+        let Err(e) = ctx.history.finish_run(run_id, end).await else {
+            return;
+        };
+        let Some(pause) = pauses.next() else {
+            log(&format!(
+                "run {run_id}: the history could not record its end: {e}; gave up after {} tries (the next start closes it as error)",
+                FINISH_RETRY_PAUSES.len() + 1
+            ));
+            return;
+        };
+        log(&format!(
+            "run {run_id}: the history could not record its end: {e}; trying again in {}",
+            crate::units::Dur(*pause)
+        ));
+        tokio::time::sleep(*pause).await;
+    }
 }
 
 /// Records a skipped slot; a slot already recorded (by another coordinator) is left as it is.

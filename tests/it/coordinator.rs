@@ -1255,3 +1255,40 @@ fn a_leader_stopped_by_sigterm_keeps_the_lead_until_its_run_ends_so_none_overlap
     );
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
+
+#[test]
+fn a_run_that_ends_while_the_history_is_locked_still_gets_its_end_recorded() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "1s");
+    let file = gameday(dir.path(), "gameday.toml", "", &schedule("p", &exp, ""));
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("a run started", Duration::from_secs(20), || {
+        runs(&db).iter().any(|r| r.ended.is_none())
+    });
+    // Another writer (a long `faultline run` write, a backup) holds the file past the history's
+    // 5 s busy timeout while the run ends: its end must be written once the file is free, not
+    // left for the next start to call the run abandoned.
+    let conn = Connection::open(&db).expect("open the history");
+    conn.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the history");
+    std::thread::sleep(Duration::from_secs(7));
+    conn.execute_batch("COMMIT").expect("unlock the history");
+    drop(conn);
+    let recorded = support::poll_until(Duration::from_secs(20), || {
+        let runs = runs(&db);
+        !runs.is_empty() && runs.iter().all(|r| r.ended.is_some())
+    });
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(40));
+    let log = coordinator.log();
+    assert!(recorded.is_some(), "{:#?}\n{log}", runs(&db));
+    let runs = runs(&db);
+    assert_eq!(
+        runs[0].verdict.as_deref(),
+        Some("passed"),
+        "{runs:#?}\n{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
