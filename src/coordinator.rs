@@ -77,6 +77,9 @@ pub(crate) enum Event {
     /// Leadership (PostgreSQL histories only): gained with every schedule's last recorded slot,
     /// or lost.
     Lead(Option<Vec<Option<Timestamp>>>),
+    /// The lead is held until this instant at the latest (this host's monotonic clock): the
+    /// lease's length after the renewal that the history granted was sent.
+    Renewed(tokio::time::Instant),
 }
 
 /// A fire the dispatcher started and has not seen end.
@@ -165,6 +168,7 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         table: Table::default(),
         next_id: 0,
         leader,
+        lead_until: None,
         stopping: Stopping::No,
         events_tx,
         tasks: JoinSet::new(),
@@ -263,6 +267,8 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
         if *ctx.draining.borrow() && !leading {
             return;
         }
+        // The history counts the lease from when it runs the statement, which is after this.
+        let sent = tokio::time::Instant::now();
         let (now, failed) = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
             Ok(held) => (held, None),
             Err(e) => (false, Some(e.to_string())),
@@ -281,6 +287,9 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
             log("following: another coordinator leads; this one fires once its lease lapses");
         }
         announced = true;
+        if now && events.send(Event::Renewed(sent + lease)).is_err() {
+            return;
+        }
         if now == leading {
             continue;
         }
@@ -339,7 +348,11 @@ struct Dispatcher {
     waiting: BTreeMap<FireId, oneshot::Sender<Answer>>,
     table: Table,
     next_id: FireId,
+    /// Whether the last word of the lead task (or a SQLite history, always) says this one leads.
     leader: bool,
+    /// When the lead lapses unless renewed (PostgreSQL only): past it, another coordinator may
+    /// lead, whatever the lead task has (not yet) said.
+    lead_until: Option<tokio::time::Instant>,
     stopping: Stopping,
     events_tx: mpsc::UnboundedSender<Event>,
     tasks: JoinSet<()>,
@@ -375,9 +388,24 @@ impl Dispatcher {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Whether this coordinator fires now: it leads and, on PostgreSQL, its lease has not lapsed
+    /// on this host's clock. A renewal that stalls (a slow database, a stopped process) must not
+    /// leave it firing while another coordinator may have taken the lead meanwhile.
+    fn leading(&self) -> bool {
+        self.leader
+            && self
+                .lead_until
+                .is_none_or(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Led, but the lease lapsed before a renewal answered: slots wait for that answer.
+    fn lapsed(&self) -> bool {
+        self.leader && !self.leading()
+    }
+
     /// How long to sleep until the earliest next slot (capped, so wall-clock steps are seen).
     fn sleep_for(&self, now: Timestamp) -> Duration {
-        if self.stopping != Stopping::No {
+        if self.stopping != Stopping::No || self.lapsed() {
             return MAX_SLEEP;
         }
         self.next
@@ -395,6 +423,12 @@ impl Dispatcher {
         let count = self.ctx.gameday.calendar.schedules.len();
         self.next.resize(count, None);
         self.idle.resize(count, false);
+        // Every slot stays due until the lead task hears whether the lead is still ours: a late
+        // renewal then fires them (or counts them missed), a lost lead leaves them to the history
+        // and the next gain.
+        if self.lapsed() {
+            return;
+        }
         for i in 0..count {
             // Most schedules are not due: their next slot is known, so no cron arithmetic.
             if self.idle[i] || self.next[i].is_some_and(|at| at > now) {
@@ -450,7 +484,7 @@ impl Dispatcher {
     fn missed(&mut self, i: usize, missed: &timing::Missed, now: Timestamp) {
         // A follower's slots are the leader's business; it takes them up from the history when
         // it leads.
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         let s = &self.ctx.gameday.calendar.schedules[i];
@@ -481,7 +515,7 @@ impl Dispatcher {
     }
 
     fn skip(&mut self, i: usize, at: Timestamp, why: String) {
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         log(&format!(
@@ -500,7 +534,7 @@ impl Dispatcher {
     }
 
     fn fire(&mut self, i: usize, at: Timestamp, catch_up: bool) {
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         let s = &self.ctx.gameday.calendar.schedules[i];
@@ -580,6 +614,7 @@ impl Dispatcher {
                 }
             }
             Event::Lead(None) => self.leader = false,
+            Event::Renewed(until) => self.lead_until = Some(until),
         }
     }
 

@@ -1292,3 +1292,61 @@ fn a_run_that_ends_while_the_history_is_locked_still_gets_its_end_recorded() {
     );
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
+
+#[test]
+fn a_leader_whose_lease_lapsed_while_it_was_stopped_fires_nothing_when_it_resumes() {
+    let Some(db) = support::postgres::database("coordinator::a_leader_whose_lease_lapsed") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "100ms");
+    let shared = schedule(
+        "shared",
+        &exp,
+        r#"missed = { policy = "run-once", deadline = "1m" }"#,
+    );
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let mut b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    wait_until("a run of a", Duration::from_secs(20), || {
+        !db.query("SELECT run_id FROM runs WHERE coordinator = 'a' AND ended_at_us IS NOT NULL")
+            .is_empty()
+            && unfinished_of(&db, "a").is_empty()
+    });
+    // Stopped past its 2 s lease (as a VM pause or a long stall would): `b` leads meanwhile, so
+    // when `a` wakes it must not act on the slots it slept through before it hears that.
+    a.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    let mark = a.log().len();
+    a.signal("-CONT");
+    wait_until("a hears it lost the lead", Duration::from_secs(10), || {
+        a.log()[mark..].contains("lost the lead")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    a.signal("-TERM");
+    a.wait(Duration::from_secs(15));
+    b.signal("-TERM");
+    b.wait(Duration::from_secs(15));
+    let after = a.log()[mark..].to_owned();
+    for acted in ["missed", "fired `", "already recorded", "skipped `"] {
+        assert!(
+            !after.contains(acted),
+            "`a` acted on a slot after its lease lapsed ({acted}):\n{after}"
+        );
+    }
+    let per_slot = db.query("SELECT fire_at_us, count(*) FROM runs GROUP BY fire_at_us");
+    for row in &per_slot {
+        assert_eq!(
+            row[1].as_deref(),
+            Some("1"),
+            "a slot ran twice: {per_slot:?}"
+        );
+    }
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
