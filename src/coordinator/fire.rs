@@ -184,6 +184,11 @@ async fn checks(
             }
         }
     }
+    // The outage and halt checks ask over the network and may take seconds: a SIGTERM that came
+    // meanwhile stops the fire before its claim, as one during the jitter or the queue does.
+    if *draining.borrow() {
+        return Err(Stop::Drained);
+    }
     Ok(prepared)
 }
 

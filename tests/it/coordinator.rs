@@ -1350,3 +1350,101 @@ fn a_leader_whose_lease_lapsed_while_it_was_stopped_fires_nothing_when_it_resume
     }
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
+
+/// An Alertmanager that lists no alert, but only after `delay` (a loaded or distant one): the
+/// window in which a fire has passed its first checks and not yet claimed its slot.
+struct SlowAlertmanager {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowAlertmanager {
+    fn start(delay: Duration) -> SlowAlertmanager {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (asked_in, stop_in) = (asked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_in.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                asked_in.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+                );
+            }
+        });
+        SlowAlertmanager {
+            url,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowAlertmanager {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_sigterm_during_a_fires_checks_starts_no_run() {
+    let alertmanager = SlowAlertmanager::start(Duration::from_millis(1500));
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "300ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        &format!(
+            r#"outage = {{ alertmanager = "{}", matchers = ['severity="critical"'] }}"#,
+            alertmanager.url
+        ),
+        &schedule("checked", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the outage check", Duration::from_secs(20), || {
+        alertmanager.asked() >= 1
+    });
+    coordinator.signal("-TERM");
+    assert_eq!(coordinator.wait(Duration::from_secs(15)).code(), Some(0));
+    let log = coordinator.log();
+    assert!(runs(&db).is_empty(), "a run started after SIGTERM:\n{log}");
+    assert!(
+        fires(&db).iter().all(|f| f.skipped.is_some()),
+        "a slot was claimed after SIGTERM:\n{log}"
+    );
+    assert!(
+        log.contains("not started: the coordinator is stopping"),
+        "{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
