@@ -605,8 +605,16 @@ impl Dispatcher {
                 // recorded is never fired again here, and the slots after it that this one only
                 // watched go by while following (nobody recorded them: the old leader was dying)
                 // are due or missed now, under the schedule's `missed` policy, not lost.
+                // Not before a slot this coordinator is still firing: one that lost the lead
+                // for a moment may have a fire in its jitter or queue, not claimed yet.
                 for (i, last) in recorded.into_iter().enumerate() {
-                    if let Some(last) = last {
+                    let own = self
+                        .in_flight
+                        .values()
+                        .filter(|f| f.schedule == i)
+                        .map(|f| f.at)
+                        .max();
+                    if let Some(last) = last.max(own) {
                         self.cursors[i] = last;
                         self.next[i] = None;
                         self.idle[i] = false;
