@@ -145,7 +145,12 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         ctx.gameday.calendar.schedules.len(),
         ctx.gameday.calendar.blackouts.len()
     ));
-    announce(&ctx.gameday, Timestamp::now());
+    // Finding a schedule's first fire may walk up to `MAX_SCAN` skipped slots (a per-second cron
+    // in a long blackout: seconds of CPU each), which is no work for an async thread.
+    let shown = ctx.clone();
+    tokio::task::spawn_blocking(move || announce(&shown.gameday, Timestamp::now()))
+        .await
+        .context("failed to describe the schedules")?;
 
     let mut cursors = Vec::new();
     for s in &ctx.gameday.calendar.schedules {
@@ -197,7 +202,8 @@ fn announce(gameday: &GameDay, now: Timestamp) {
                 at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S%:z"),
                 s.zone_name
             ),
-            None => "never fires".to_owned(),
+            None if s.suspend => "suspended".to_owned(),
+            None => format!("no fire among its next {} slots", crate::schedule::MAX_SCAN),
         };
         log(&format!(
             "schedule `{}`: cron `{}` in {}; {next}",
@@ -437,10 +443,15 @@ impl Dispatcher {
             loop {
                 match timing::step(&self.ctx.gameday.calendar, i, self.cursors[i], now) {
                     Step::Wait(at) => {
-                        if self.next[i] != Some(at) {
-                            self.next[i] = Some(at);
+                        // A slot that will be skipped is not the next fire; its skip is logged
+                        // when it comes (a per-second cron in a blackout would otherwise say
+                        // "next fire" every second, of a slot that does not fire).
+                        if self.next[i] != Some(at)
+                            && self.ctx.gameday.calendar.skip_reason(i, at).is_none()
+                        {
                             self.log_next(i, at);
                         }
+                        self.next[i] = Some(at);
                         break;
                     }
                     Step::Idle => {

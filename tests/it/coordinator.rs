@@ -536,6 +536,8 @@ until = "{}"
         );
     }
     assert!(log.contains("skipped `frozen` at "), "{log}");
+    // Nothing fires for a day: the log names no slot of it as the next fire.
+    assert!(!log.contains("next fire of `frozen`"), "{log}");
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
 
