@@ -405,17 +405,18 @@ const FINISH_RETRY_PAUSES: [Duration; 4] = [
     Duration::from_secs(20),
 ];
 
-/// Records how a run ended, trying again after `FINISH_RETRY_PAUSES`.
+/// Records how a run ended, trying again after `FINISH_RETRY_PAUSES`; a second SIGTERM ends the
+/// waiting (the process must exit at once; the next start closes the run).
 async fn finish(ctx: &Ctx, run_id: &str, end: &RunEnd) {
     let mut pauses = FINISH_RETRY_PAUSES.iter();
+    let mut cancel = ctx.cancel.clone();
     loop {
         let Err(e) = ctx.history.finish_run(run_id, end).await else {
             return;
         };
-        let Some(pause) = pauses.next() else {
+        let Some(pause) = pauses.next().filter(|_| !*cancel.borrow()) else {
             log(&format!(
-                "run {run_id}: the history could not record its end: {e}; gave up after {} tries (the next start closes it as error)",
-                FINISH_RETRY_PAUSES.len() + 1
+                "run {run_id}: the history could not record its end: {e}; gave up (the next start closes it as error)"
             ));
             return;
         };
@@ -423,7 +424,10 @@ async fn finish(ctx: &Ctx, run_id: &str, end: &RunEnd) {
             "run {run_id}: the history could not record its end: {e}; trying again in {}",
             crate::units::Dur(*pause)
         ));
-        tokio::time::sleep(*pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(*pause) => {}
+            _ = cancel.wait_for(|c| *c) => {}
+        }
     }
 }
 

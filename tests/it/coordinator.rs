@@ -1450,3 +1450,34 @@ fn a_sigterm_during_a_fires_checks_starts_no_run() {
     );
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
+
+#[test]
+fn a_second_sigterm_exits_at_once_even_while_the_history_refuses_the_runs_end() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "30s");
+    let file = gameday(dir.path(), "gameday.toml", "", &schedule("p", &exp, ""));
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    // Held until the test ends: every write of the coordinator fails after the busy timeout.
+    let conn = Connection::open(&db).expect("open the history");
+    conn.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the history");
+    coordinator.signal("-TERM");
+    coordinator.signal("-TERM");
+    wait_until("the victim continued", Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    // One try of the end (the 5 s busy timeout), then no waiting to try again.
+    let status = coordinator.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", coordinator.log());
+    conn.execute_batch("ROLLBACK").expect("unlock the history");
+    assert!(
+        coordinator.log().contains("gave up"),
+        "{}",
+        coordinator.log()
+    );
+}
