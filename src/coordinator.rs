@@ -121,7 +121,11 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     // keeps the watchdog beating for as long as this process lives.
     let mut session = Session::open(state_dir, gameday.coordinator.lease, &progress).await?;
     let recovered = session.take_recovered();
-    close_unfinished(&history, &name, Some(&name), &recovered).await?;
+    let closing = match location {
+        Location::File(_) => Closing::AtStart,
+        Location::Postgres(_) => Closing::Own,
+    };
+    close_unfinished(&history, &name, closing, &recovered).await?;
 
     let (draining_tx, draining) = watch::channel(false);
     let (cancel_tx, cancel) = watch::channel(false);
@@ -215,17 +219,34 @@ fn announce(gameday: &GameDay, now: Timestamp) {
     }
 }
 
-/// Finishes the runs a coordinator left without an end: those of `owner` (None: of every
-/// coordinator but `me`) as `error`, with what the journal recovery reverted, when it names them.
+/// Whose unfinished runs a coordinator closes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// At start on a SQLite history: every coordinator's. The state directory (journal and
+    /// history) is one coordinator's at a time, whatever it was called: a pod restarted on the
+    /// same volume comes back under a new host name.
+    AtStart,
+    /// At start on PostgreSQL: its own; the others' are the leader's business.
+    Own,
+    /// On taking the lead on PostgreSQL: those of every other coordinator.
+    Others,
+}
+
+/// Finishes the runs a coordinator left without an end (whose runs: `closing`) as `error`, with
+/// what the journal recovery reverted, when it names them. A CLI run (no coordinator) is never
+/// closed: it may be running in another process.
 async fn close_unfinished(
     history: &History,
     me: &str,
-    owner: Option<&str>,
+    closing: Closing,
     recovered: &[String],
 ) -> anyhow::Result<()> {
+    let owner = (closing == Closing::Own).then_some(me);
     for row in history.unfinished(owner).await? {
-        let by = row.start.coordinator.clone().unwrap_or_default();
-        if owner.is_none() && by == me {
+        let Some(by) = row.start.coordinator.clone() else {
+            continue;
+        };
+        if closing == Closing::Others && by == me {
             continue;
         }
         let mine: Vec<&str> = recovered
@@ -234,9 +255,13 @@ async fn close_unfinished(
             .map(String::as_str)
             .collect();
         let mut reason = STOPPED_DURING_RUN.to_owned();
-        if owner.is_none() {
+        if closing == Closing::Others {
             reason.push_str(&format!(
                 " (coordinator `{by}` lost the lead; closed by `{me}`)"
+            ));
+        } else if by != me {
+            reason.push_str(&format!(
+                " (coordinator `{by}`; closed by `{me}`, which took over its state directory)"
             ));
         }
         if !mine.is_empty() {
@@ -331,7 +356,7 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
 /// What a new leader does before firing: closes the runs of coordinators that stopped leading
 /// without finishing them, and reads where every schedule stands.
 async fn gained(ctx: &Ctx) -> anyhow::Result<Vec<Option<Timestamp>>> {
-    close_unfinished(&ctx.history, &ctx.name, None, &[]).await?;
+    close_unfinished(&ctx.history, &ctx.name, Closing::Others, &[]).await?;
     let mut cursors = Vec::new();
     for s in &ctx.gameday.calendar.schedules {
         cursors.push(ctx.history.last_fire(&s.name).await?);

@@ -1481,3 +1481,67 @@ fn a_second_sigterm_exits_at_once_even_while_the_history_refuses_the_runs_end() 
         coordinator.log()
     );
 }
+
+#[test]
+fn a_coordinator_restarted_under_another_name_closes_the_run_its_predecessor_left() {
+    // A Kubernetes Deployment on a volume: the game day names no coordinator, so each pod is
+    // named after its host name, which a restarted pod does not keep.
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "30s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("pauses", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut first = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(5));
+    wait_until("the victim continued", Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    let killed = runs(&db)[0].id.clone();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(r#"name = "test-coordinator""#, r#"name = "next-pod""#),
+    )
+    .unwrap();
+    // A CLI run in the same history is nobody's to close: it may well be running.
+    let cli = Connection::open(&db).unwrap();
+    cli.execute(
+        "INSERT INTO runs (run_id, title, file, sha256, seed, started_at_us) \
+         VALUES ('cli-run', 'by hand', 'x.toml', '', '1', 1)",
+        [],
+    )
+    .unwrap();
+    drop(cli);
+    let mut second = Coordinator::start(&file);
+    let closed = support::poll_until(Duration::from_secs(15), || {
+        runs(&db)
+            .iter()
+            .any(|r| r.id == killed && r.ended.is_some())
+    });
+    second.signal("-TERM");
+    second.signal("-TERM");
+    second.wait(Duration::from_secs(15));
+    let log = second.log();
+    assert!(closed.is_some(), "the killed run is still open:\n{log}");
+    let runs = runs(&db);
+    let run = runs.iter().find(|r| r.id == killed).unwrap();
+    assert_eq!(run.verdict.as_deref(), Some("error"), "{run:?}");
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the coordinator stopped during the run (coordinator `test-coordinator`"),
+        "{run:?}"
+    );
+    let cli = runs.iter().find(|r| r.id == "cli-run").unwrap();
+    assert!(cli.ended.is_none(), "{cli:?}\n{log}");
+}
