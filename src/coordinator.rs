@@ -584,6 +584,21 @@ impl Dispatcher {
                 return;
             }
         }
+        // At most one fire of a schedule waits for hosts: with `concurrency = "allow"` and runs
+        // longer than the period on a shared host, every slot would otherwise join the queue, a
+        // backlog that grows for as long as the coordinator runs and never catches up.
+        if let Some(prev) = self
+            .in_flight
+            .iter()
+            .find(|(id, f)| f.schedule == i && self.waiting.contains_key(id))
+            .map(|(_, f)| f.at)
+        {
+            let why = format!(
+                "the fire at {prev:.0} of this schedule still waits for its host(s) (on_conflict = queue)"
+            );
+            self.skip(i, at, why);
+            return;
+        }
         self.next_id += 1;
         let id = self.next_id;
         self.in_flight.insert(id, InFlight { schedule: i, at });

@@ -1545,3 +1545,42 @@ fn a_coordinator_restarted_under_another_name_closes_the_run_its_predecessor_lef
     let cli = runs.iter().find(|r| r.id == "cli-run").unwrap();
     assert!(cli.ended.is_none(), "{cli:?}\n{log}");
 }
+
+#[test]
+fn runs_longer_than_the_period_on_one_host_queue_at_most_one_fire_of_a_schedule() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "3s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("backlog", &exp, r#"concurrency = "allow""#),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    // Fires every 2 s, runs of about 3.5 s on this host: without a bound the queue grows by a
+    // fire every 7 s or so, for ever.
+    wait_until("three runs ended", Duration::from_secs(30), || {
+        finished(&db) >= 3
+    });
+    coordinator.signal("-TERM");
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let queued_at_stop = log
+        .matches("not started: the coordinator is stopping")
+        .count();
+    assert!(
+        queued_at_stop <= 1,
+        "{queued_at_stop} fires were queued:\n{log}"
+    );
+    assert!(
+        fires(&db).iter().any(|f| f
+            .skipped
+            .as_deref()
+            .is_some_and(|r| r.contains("still waits for its host(s)"))),
+        "{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
