@@ -1160,20 +1160,25 @@ fn a_follower_that_takes_the_lead_fires_the_slots_after_the_last_recorded_one() 
     // A run of `a` that starts after `b` follows, killed 800 ms into its slot: `a`'s lease (2 s,
     // renewed every 0.67 s) lapses after the next slot, so `b` takes the lead after that slot
     // has passed and must still fire it: nobody recorded it.
+    // (On a loaded machine a run may be seen too late in its slot: the next one will do.)
     let after = jiff::Timestamp::now().as_microsecond();
     let mut last = None;
-    wait_until("a run of a", Duration::from_secs(20), || {
-        last = unfinished_of(&db, "a")
-            .into_iter()
-            .map(|(_, at)| at)
-            .find(|at| *at > after);
-        last.is_some()
-    });
+    wait_until(
+        "a run of a seen early in its slot",
+        Duration::from_secs(20),
+        || {
+            let now = jiff::Timestamp::now().as_microsecond();
+            last = unfinished_of(&db, "a")
+                .into_iter()
+                .map(|(_, at)| at)
+                .find(|at| *at > after && now < at + 600_000);
+            last.is_some()
+        },
+    );
     let last = last.unwrap();
     let kill_at = last + 800_000;
     let now = jiff::Timestamp::now().as_microsecond();
-    assert!(now < kill_at, "too late to kill `a` in its slot");
-    std::thread::sleep(Duration::from_micros((kill_at - now).unsigned_abs()));
+    std::thread::sleep(Duration::from_micros((kill_at - now).max(0).unsigned_abs()));
     a.signal("-KILL");
     a.wait(Duration::from_secs(5));
     let next = last + 2_000_000;
