@@ -77,6 +77,9 @@ pub(crate) enum Event {
     /// Leadership (PostgreSQL histories only): gained with every schedule's last recorded slot,
     /// or lost.
     Lead(Option<Vec<Option<Timestamp>>>),
+    /// The lead is held until this instant at the latest (this host's monotonic clock): the
+    /// lease's length after the renewal that the history granted was sent.
+    Renewed(tokio::time::Instant),
 }
 
 /// A fire the dispatcher started and has not seen end.
@@ -118,7 +121,11 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     // keeps the watchdog beating for as long as this process lives.
     let mut session = Session::open(state_dir, gameday.coordinator.lease, &progress).await?;
     let recovered = session.take_recovered();
-    close_unfinished(&history, &name, Some(&name), &recovered).await?;
+    let closing = match location {
+        Location::File(_) => Closing::AtStart,
+        Location::Postgres(_) => Closing::Own,
+    };
+    close_unfinished(&history, &name, closing, &recovered).await?;
 
     let (draining_tx, draining) = watch::channel(false);
     let (cancel_tx, cancel) = watch::channel(false);
@@ -142,18 +149,19 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         ctx.gameday.calendar.schedules.len(),
         ctx.gameday.calendar.blackouts.len()
     ));
-    announce(&ctx.gameday, Timestamp::now());
+    // Finding a schedule's first fire may walk up to `MAX_SCAN` skipped slots (a per-second cron
+    // in a long blackout: seconds of CPU each), which is no work for an async thread.
+    let shown = ctx.clone();
+    tokio::task::spawn_blocking(move || announce(&shown.gameday, Timestamp::now()))
+        .await
+        .context("failed to describe the schedules")?;
 
     let mut cursors = Vec::new();
     for s in &ctx.gameday.calendar.schedules {
         cursors.push(ctx.history.last_fire(&s.name).await?);
     }
-    let leader = if postgres {
-        tokio::spawn(lead(ctx.clone(), lease, events_tx.clone()));
-        false
-    } else {
-        true
-    };
+    let leading = postgres.then(|| tokio::spawn(lead(ctx.clone(), lease, events_tx.clone())));
+    let leader = !postgres;
     let mut dispatcher = Dispatcher {
         cursors: cursors
             .into_iter()
@@ -169,12 +177,16 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         table: Table::default(),
         next_id: 0,
         leader,
+        lead_until: None,
         stopping: Stopping::No,
         events_tx,
         tasks: JoinSet::new(),
     };
     dispatcher.run(events).await;
-    if postgres {
+    if let Some(leading) = leading {
+        // Stopped before the lead is given up, so no renewal already under way takes it back.
+        leading.abort();
+        let _ = leading.await;
         if let Err(e) = ctx.history.release_lead(LEAD, &ctx.name).await {
             log(&format!("could not give up the lead: {e}"));
         }
@@ -194,7 +206,8 @@ fn announce(gameday: &GameDay, now: Timestamp) {
                 at.to_zoned(s.zone.clone()).strftime("%Y-%m-%d %H:%M:%S%:z"),
                 s.zone_name
             ),
-            None => "never fires".to_owned(),
+            None if s.suspend => "suspended".to_owned(),
+            None => format!("no fire among its next {} slots", crate::schedule::MAX_SCAN),
         };
         log(&format!(
             "schedule `{}`: cron `{}` in {}; {next}",
@@ -206,17 +219,34 @@ fn announce(gameday: &GameDay, now: Timestamp) {
     }
 }
 
-/// Finishes the runs a coordinator left without an end: those of `owner` (None: of every
-/// coordinator but `me`) as `error`, with what the journal recovery reverted, when it names them.
+/// Whose unfinished runs a coordinator closes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// At start on a SQLite history: every coordinator's. The state directory (journal and
+    /// history) is one coordinator's at a time, whatever it was called: a pod restarted on the
+    /// same volume comes back under a new host name.
+    AtStart,
+    /// At start on PostgreSQL: its own; the others' are the leader's business.
+    Own,
+    /// On taking the lead on PostgreSQL: those of every other coordinator.
+    Others,
+}
+
+/// Finishes the runs a coordinator left without an end (whose runs: `closing`) as `error`, with
+/// what the journal recovery reverted, when it names them. A CLI run (no coordinator) is never
+/// closed: it may be running in another process.
 async fn close_unfinished(
     history: &History,
     me: &str,
-    owner: Option<&str>,
+    closing: Closing,
     recovered: &[String],
 ) -> anyhow::Result<()> {
+    let owner = (closing == Closing::Own).then_some(me);
     for row in history.unfinished(owner).await? {
-        let by = row.start.coordinator.clone().unwrap_or_default();
-        if owner.is_none() && by == me {
+        let Some(by) = row.start.coordinator.clone() else {
+            continue;
+        };
+        if closing == Closing::Others && by == me {
             continue;
         }
         let mine: Vec<&str> = recovered
@@ -225,9 +255,13 @@ async fn close_unfinished(
             .map(String::as_str)
             .collect();
         let mut reason = STOPPED_DURING_RUN.to_owned();
-        if owner.is_none() {
+        if closing == Closing::Others {
             reason.push_str(&format!(
                 " (coordinator `{by}` lost the lead; closed by `{me}`)"
+            ));
+        } else if by != me {
+            reason.push_str(&format!(
+                " (coordinator `{by}`; closed by `{me}`, which took over its state directory)"
             ));
         }
         if !mine.is_empty() {
@@ -250,6 +284,9 @@ async fn close_unfinished(
 
 /// Keeps (or tries to take) the lead every lease/3 and tells the dispatcher when it changes. A
 /// history error counts as not leading: two coordinators that cannot both be sure must not fire.
+/// After SIGTERM it takes no lead it does not hold, but keeps one it holds until the dispatcher
+/// has seen every run end and stops it: another coordinator that led meanwhile would close those
+/// runs as abandoned and fire onto the hosts they still act on.
 async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Event>) {
     let mut leading = false;
     let mut last_failure: Option<String> = None;
@@ -258,9 +295,11 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if *ctx.draining.borrow() {
+        if *ctx.draining.borrow() && !leading {
             return;
         }
+        // The history counts the lease from when it runs the statement, which is after this.
+        let sent = tokio::time::Instant::now();
         let (now, failed) = match ctx.history.try_lead(LEAD, &ctx.name, lease).await {
             Ok(held) => (held, None),
             Err(e) => (false, Some(e.to_string())),
@@ -279,6 +318,9 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
             log("following: another coordinator leads; this one fires once its lease lapses");
         }
         announced = true;
+        if now && events.send(Event::Renewed(sent + lease)).is_err() {
+            return;
+        }
         if now == leading {
             continue;
         }
@@ -288,6 +330,10 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
             if events.send(Event::Lead(None)).is_err() {
                 return;
             }
+            continue;
+        }
+        if *ctx.draining.borrow() {
+            // Taken in the instant SIGTERM came: held without firing until the stop releases it.
             continue;
         }
         match gained(&ctx).await {
@@ -310,7 +356,7 @@ async fn lead(ctx: Arc<Ctx>, lease: Duration, events: mpsc::UnboundedSender<Even
 /// What a new leader does before firing: closes the runs of coordinators that stopped leading
 /// without finishing them, and reads where every schedule stands.
 async fn gained(ctx: &Ctx) -> anyhow::Result<Vec<Option<Timestamp>>> {
-    close_unfinished(&ctx.history, &ctx.name, None, &[]).await?;
+    close_unfinished(&ctx.history, &ctx.name, Closing::Others, &[]).await?;
     let mut cursors = Vec::new();
     for s in &ctx.gameday.calendar.schedules {
         cursors.push(ctx.history.last_fire(&s.name).await?);
@@ -333,7 +379,11 @@ struct Dispatcher {
     waiting: BTreeMap<FireId, oneshot::Sender<Answer>>,
     table: Table,
     next_id: FireId,
+    /// Whether the last word of the lead task (or a SQLite history, always) says this one leads.
     leader: bool,
+    /// When the lead lapses unless renewed (PostgreSQL only): past it, another coordinator may
+    /// lead, whatever the lead task has (not yet) said.
+    lead_until: Option<tokio::time::Instant>,
     stopping: Stopping,
     events_tx: mpsc::UnboundedSender<Event>,
     tasks: JoinSet<()>,
@@ -369,9 +419,24 @@ impl Dispatcher {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Whether this coordinator fires now: it leads and, on PostgreSQL, its lease has not lapsed
+    /// on this host's clock. A renewal that stalls (a slow database, a stopped process) must not
+    /// leave it firing while another coordinator may have taken the lead meanwhile.
+    fn leading(&self) -> bool {
+        self.leader
+            && self
+                .lead_until
+                .is_none_or(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Led, but the lease lapsed before a renewal answered: slots wait for that answer.
+    fn lapsed(&self) -> bool {
+        self.leader && !self.leading()
+    }
+
     /// How long to sleep until the earliest next slot (capped, so wall-clock steps are seen).
     fn sleep_for(&self, now: Timestamp) -> Duration {
-        if self.stopping != Stopping::No {
+        if self.stopping != Stopping::No || self.lapsed() {
             return MAX_SLEEP;
         }
         self.next
@@ -389,6 +454,12 @@ impl Dispatcher {
         let count = self.ctx.gameday.calendar.schedules.len();
         self.next.resize(count, None);
         self.idle.resize(count, false);
+        // Every slot stays due until the lead task hears whether the lead is still ours: a late
+        // renewal then fires them (or counts them missed), a lost lead leaves them to the history
+        // and the next gain.
+        if self.lapsed() {
+            return;
+        }
         for i in 0..count {
             // Most schedules are not due: their next slot is known, so no cron arithmetic.
             if self.idle[i] || self.next[i].is_some_and(|at| at > now) {
@@ -397,10 +468,15 @@ impl Dispatcher {
             loop {
                 match timing::step(&self.ctx.gameday.calendar, i, self.cursors[i], now) {
                     Step::Wait(at) => {
-                        if self.next[i] != Some(at) {
-                            self.next[i] = Some(at);
+                        // A slot that will be skipped is not the next fire; its skip is logged
+                        // when it comes (a per-second cron in a blackout would otherwise say
+                        // "next fire" every second, of a slot that does not fire).
+                        if self.next[i] != Some(at)
+                            && self.ctx.gameday.calendar.skip_reason(i, at).is_none()
+                        {
                             self.log_next(i, at);
                         }
+                        self.next[i] = Some(at);
                         break;
                     }
                     Step::Idle => {
@@ -444,7 +520,7 @@ impl Dispatcher {
     fn missed(&mut self, i: usize, missed: &timing::Missed, now: Timestamp) {
         // A follower's slots are the leader's business; it takes them up from the history when
         // it leads.
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         let s = &self.ctx.gameday.calendar.schedules[i];
@@ -475,7 +551,7 @@ impl Dispatcher {
     }
 
     fn skip(&mut self, i: usize, at: Timestamp, why: String) {
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         log(&format!(
@@ -494,7 +570,7 @@ impl Dispatcher {
     }
 
     fn fire(&mut self, i: usize, at: Timestamp, catch_up: bool) {
-        if !self.leader {
+        if !self.leading() {
             return;
         }
         let s = &self.ctx.gameday.calendar.schedules[i];
@@ -507,6 +583,21 @@ impl Dispatcher {
                 self.skip(i, at, why);
                 return;
             }
+        }
+        // At most one fire of a schedule waits for hosts: with `concurrency = "allow"` and runs
+        // longer than the period on a shared host, every slot would otherwise join the queue, a
+        // backlog that grows for as long as the coordinator runs and never catches up.
+        if let Some(prev) = self
+            .in_flight
+            .iter()
+            .find(|(id, f)| f.schedule == i && self.waiting.contains_key(id))
+            .map(|(_, f)| f.at)
+        {
+            let why = format!(
+                "the fire at {prev:.0} of this schedule still waits for its host(s) (on_conflict = queue)"
+            );
+            self.skip(i, at, why);
+            return;
         }
         self.next_id += 1;
         let id = self.next_id;
@@ -561,18 +652,28 @@ impl Dispatcher {
             }
             Event::Lead(Some(recorded)) => {
                 self.leader = true;
-                // Another coordinator may have fired while this one followed: start from what
-                // the history says, so a slot it recorded is never fired again here.
+                // Start from what the history says, both ways: a slot another coordinator
+                // recorded is never fired again here, and the slots after it that this one only
+                // watched go by while following (nobody recorded them: the old leader was dying)
+                // are due or missed now, under the schedule's `missed` policy, not lost.
+                // Not before a slot this coordinator is still firing: one that lost the lead
+                // for a moment may have a fire in its jitter or queue, not claimed yet.
                 for (i, last) in recorded.into_iter().enumerate() {
-                    if let Some(last) = last {
-                        if last > self.cursors[i] {
-                            self.cursors[i] = last;
-                            self.next[i] = None;
-                        }
+                    let own = self
+                        .in_flight
+                        .values()
+                        .filter(|f| f.schedule == i)
+                        .map(|f| f.at)
+                        .max();
+                    if let Some(last) = last.max(own) {
+                        self.cursors[i] = last;
+                        self.next[i] = None;
+                        self.idle[i] = false;
                     }
                 }
             }
             Event::Lead(None) => self.leader = false,
+            Event::Renewed(until) => self.lead_until = Some(until),
         }
     }
 

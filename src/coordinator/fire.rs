@@ -184,6 +184,11 @@ async fn checks(
             }
         }
     }
+    // The outage and halt checks ask over the network and may take seconds: a SIGTERM that came
+    // meanwhile stops the fire before its claim, as one during the jitter or the queue does.
+    if *draining.borrow() {
+        return Err(Stop::Drained);
+    }
     Ok(prepared)
 }
 
@@ -386,12 +391,44 @@ async fn run_one(
         "run {run_id} of `{title}` (`{}` at {:.0}) ended: {}{recover}: {}",
         s.name, job.at, end.verdict, end.reason
     ));
-    if let Err(e) = ctx.history.finish_run(&run_id, &end).await {
-        log(&format!(
-            "run {run_id}: the history could not record its end: {e}"
-        ));
-    }
+    finish(ctx, &run_id, &end).await;
     Some(verdict)
+}
+
+/// The pauses between tries of a run's end: a SQLite file another writer holds past the busy
+/// timeout, or a PostgreSQL restart, must not leave a run that ended without its end (the next
+/// start would call it abandoned, and its report would be lost). About half a minute in all.
+const FINISH_RETRY_PAUSES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(9),
+    Duration::from_secs(20),
+];
+
+/// Records how a run ended, trying again after `FINISH_RETRY_PAUSES`; a second SIGTERM ends the
+/// waiting (the process must exit at once; the next start closes the run).
+async fn finish(ctx: &Ctx, run_id: &str, end: &RunEnd) {
+    let mut pauses = FINISH_RETRY_PAUSES.iter();
+    let mut cancel = ctx.cancel.clone();
+    loop {
+        let Err(e) = ctx.history.finish_run(run_id, end).await else {
+            return;
+        };
+        let Some(pause) = pauses.next().filter(|_| !*cancel.borrow()) else {
+            log(&format!(
+                "run {run_id}: the history could not record its end: {e}; gave up (the next start closes it as error)"
+            ));
+            return;
+        };
+        log(&format!(
+            "run {run_id}: the history could not record its end: {e}; trying again in {}",
+            crate::units::Dur(*pause)
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(*pause) => {}
+            _ = cancel.wait_for(|c| *c) => {}
+        }
+    }
 }
 
 /// Records a skipped slot; a slot already recorded (by another coordinator) is left as it is.

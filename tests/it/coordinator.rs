@@ -536,6 +536,8 @@ until = "{}"
         );
     }
     assert!(log.contains("skipped `frozen` at "), "{log}");
+    // Nothing fires for a day: the log names no slot of it as the next fire.
+    assert!(!log.contains("next fire of `frozen`"), "{log}");
     assert_eq!(state_of(victim.pid()), ProcState::Awake);
 
     // What an operator reads: the slots with their reason, from the game day's own history, and
@@ -1126,4 +1128,492 @@ fn on_conflict_skip_records_the_run_and_schedule_that_hold_the_host() {
             );
         }
     }
+}
+
+/// A coordinator named `name` on the PostgreSQL database `url` with `schedules`, its state in
+/// `dir/state-NAME` and lease 2 s.
+fn postgres_coordinator(dir: &Path, url: &str, name: &str, schedules: &str) -> Coordinator {
+    let text = format!(
+        r#"[coordinator]
+state_dir = "state-{name}"
+timezone = "UTC"
+name = "{name}"
+lease = "2s"
+database = "{url}"
+
+{schedules}"#
+    );
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).unwrap();
+    Coordinator::start(&file)
+}
+
+/// The unfinished runs of coordinator `who`: (run id, fire time in µs).
+fn unfinished_of(db: &support::postgres::Database, who: &str) -> Vec<(String, i64)> {
+    db.query(&format!(
+        "SELECT run_id, fire_at_us FROM runs WHERE coordinator = '{who}' AND ended_at_us IS NULL"
+    ))
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].clone().unwrap(),
+            r[1].as_deref().unwrap().parse().unwrap(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn a_follower_that_takes_the_lead_fires_the_slots_after_the_last_recorded_one() {
+    let Some(db) = support::postgres::database("coordinator::a_follower_that_takes_the_lead")
+    else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "1500ms");
+    let shared = schedule(
+        "shared",
+        &exp,
+        r#"missed = { policy = "run-once", deadline = "1m" }"#,
+    );
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    // A run of `a` that starts after `b` follows, killed 800 ms into its slot: `a`'s lease (2 s,
+    // renewed every 0.67 s) lapses after the next slot, so `b` takes the lead after that slot
+    // has passed and must still fire it: nobody recorded it.
+    // (On a loaded machine a run may be seen too late in its slot: the next one will do.)
+    let after = jiff::Timestamp::now().as_microsecond();
+    let mut last = None;
+    wait_until(
+        "a run of a seen early in its slot",
+        Duration::from_secs(20),
+        || {
+            let now = jiff::Timestamp::now().as_microsecond();
+            last = unfinished_of(&db, "a")
+                .into_iter()
+                .map(|(_, at)| at)
+                .find(|at| *at > after && now < at + 600_000);
+            last.is_some()
+        },
+    );
+    let last = last.unwrap();
+    let kill_at = last + 800_000;
+    let now = jiff::Timestamp::now().as_microsecond();
+    std::thread::sleep(Duration::from_micros((kill_at - now).max(0).unsigned_abs()));
+    a.signal("-KILL");
+    a.wait(Duration::from_secs(5));
+    let next = last + 2_000_000;
+    let recorded = |at: i64| {
+        !db.query(&format!(
+            "SELECT at_us FROM fires WHERE schedule = 'shared' AND at_us = {at}"
+        ))
+        .is_empty()
+    };
+    let ran = support::poll_until(Duration::from_secs(20), || recorded(next + 4_000_000));
+    assert!(ran.is_some(), "b does not fire:\n{}", b.log());
+    let log = b.log();
+    drop(b);
+    let runs = db.query(&format!(
+        "SELECT run_id, coordinator FROM runs WHERE fire_at_us = {next}"
+    ));
+    assert_eq!(
+        runs.len(),
+        1,
+        "the slot after a's last ({next} µs) was lost in the takeover: {runs:?}\n{log}"
+    );
+    assert_eq!(runs[0][1].as_deref(), Some("b"));
+}
+
+#[test]
+fn a_leader_stopped_by_sigterm_keeps_the_lead_until_its_run_ends_so_none_overlaps_it() {
+    let Some(db) = support::postgres::database("coordinator::a_leader_stopped_by_sigterm") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "4s");
+    let shared = schedule("shared", &exp, "");
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let mut b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    let mut run = None;
+    wait_until("a run of a", Duration::from_secs(20), || {
+        run = unfinished_of(&db, "a").into_iter().next();
+        run.is_some()
+    });
+    let (run, _) = run.unwrap();
+    // The first SIGTERM lets the 4 s pause finish; meanwhile `a` is alive and acting on this
+    // host, so `b` must neither close its run nor fire onto the host.
+    a.signal("-TERM");
+    assert_eq!(
+        a.wait(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        a.log()
+    );
+    let ended_by_b = support::poll_until(Duration::from_secs(20), || {
+        !db.query("SELECT run_id FROM runs WHERE coordinator = 'b' AND ended_at_us IS NOT NULL")
+            .is_empty()
+    });
+    assert!(ended_by_b.is_some(), "b never fired:\n{}", b.log());
+    b.signal("-TERM");
+    b.wait(Duration::from_secs(15));
+    let log = b.log();
+    assert!(!log.contains("closed as error"), "{log}");
+    let a_run = db.query(&format!(
+        "SELECT verdict, ended_at_us FROM runs WHERE run_id = '{run}'"
+    ));
+    assert_eq!(a_run[0][0].as_deref(), Some("passed"), "{}", a.log());
+    let a_ended: i64 = a_run[0][1].as_deref().unwrap().parse().unwrap();
+    let b_first: i64 = db.query("SELECT min(started_at_us) FROM runs WHERE coordinator = 'b'")[0]
+        [0]
+    .as_deref()
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!(
+        b_first >= a_ended,
+        "b started a run {} µs before a's run ended:\n{log}",
+        a_ended - b_first
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_run_that_ends_while_the_history_is_locked_still_gets_its_end_recorded() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "1s");
+    let file = gameday(dir.path(), "gameday.toml", "", &schedule("p", &exp, ""));
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("a run started", Duration::from_secs(20), || {
+        runs(&db).iter().any(|r| r.ended.is_none())
+    });
+    // Another writer (a long `faultline run` write, a backup) holds the file past the history's
+    // 5 s busy timeout while the run ends: its end must be written once the file is free, not
+    // left for the next start to call the run abandoned.
+    let conn = Connection::open(&db).expect("open the history");
+    conn.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the history");
+    std::thread::sleep(Duration::from_secs(7));
+    conn.execute_batch("COMMIT").expect("unlock the history");
+    drop(conn);
+    let recorded = support::poll_until(Duration::from_secs(20), || {
+        let runs = runs(&db);
+        !runs.is_empty() && runs.iter().all(|r| r.ended.is_some())
+    });
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(40));
+    let log = coordinator.log();
+    assert!(recorded.is_some(), "{:#?}\n{log}", runs(&db));
+    let runs = runs(&db);
+    assert_eq!(
+        runs[0].verdict.as_deref(),
+        Some("passed"),
+        "{runs:#?}\n{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_leader_whose_lease_lapsed_while_it_was_stopped_fires_nothing_when_it_resumes() {
+    let Some(db) = support::postgres::database("coordinator::a_leader_whose_lease_lapsed") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "100ms");
+    let shared = schedule(
+        "shared",
+        &exp,
+        r#"missed = { policy = "run-once", deadline = "1m" }"#,
+    );
+    let mut a = postgres_coordinator(dir.path(), db.url(), "a", &shared);
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.log().contains("took the lead")
+    });
+    let mut b = postgres_coordinator(dir.path(), db.url(), "b", &shared);
+    wait_until("b follows", Duration::from_secs(20), || {
+        b.log().contains("following")
+    });
+    wait_until("a run of a", Duration::from_secs(20), || {
+        !db.query("SELECT run_id FROM runs WHERE coordinator = 'a' AND ended_at_us IS NOT NULL")
+            .is_empty()
+            && unfinished_of(&db, "a").is_empty()
+    });
+    // Stopped past its 2 s lease (as a VM pause or a long stall would): `b` leads meanwhile, so
+    // when `a` wakes it must not act on the slots it slept through before it hears that.
+    a.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    let mark = a.log().len();
+    a.signal("-CONT");
+    wait_until("a hears it lost the lead", Duration::from_secs(10), || {
+        a.log()[mark..].contains("lost the lead")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    a.signal("-TERM");
+    a.wait(Duration::from_secs(15));
+    b.signal("-TERM");
+    b.wait(Duration::from_secs(15));
+    let after = a.log()[mark..].to_owned();
+    for acted in ["missed", "fired `", "already recorded", "skipped `"] {
+        assert!(
+            !after.contains(acted),
+            "`a` acted on a slot after its lease lapsed ({acted}):\n{after}"
+        );
+    }
+    let per_slot = db.query("SELECT fire_at_us, count(*) FROM runs GROUP BY fire_at_us");
+    for row in &per_slot {
+        assert_eq!(
+            row[1].as_deref(),
+            Some("1"),
+            "a slot ran twice: {per_slot:?}"
+        );
+    }
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+/// An Alertmanager that lists no alert, but only after `delay` (a loaded or distant one): the
+/// window in which a fire has passed its first checks and not yet claimed its slot.
+struct SlowAlertmanager {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowAlertmanager {
+    fn start(delay: Duration) -> SlowAlertmanager {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (asked_in, stop_in) = (asked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_in.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                asked_in.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+                );
+            }
+        });
+        SlowAlertmanager {
+            url,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowAlertmanager {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_sigterm_during_a_fires_checks_starts_no_run() {
+    let alertmanager = SlowAlertmanager::start(Duration::from_millis(1500));
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "300ms");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        &format!(
+            r#"outage = {{ alertmanager = "{}", matchers = ['severity="critical"'] }}"#,
+            alertmanager.url
+        ),
+        &schedule("checked", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the outage check", Duration::from_secs(20), || {
+        alertmanager.asked() >= 1
+    });
+    coordinator.signal("-TERM");
+    assert_eq!(coordinator.wait(Duration::from_secs(15)).code(), Some(0));
+    let log = coordinator.log();
+    assert!(runs(&db).is_empty(), "a run started after SIGTERM:\n{log}");
+    assert!(
+        fires(&db).iter().all(|f| f.skipped.is_some()),
+        "a slot was claimed after SIGTERM:\n{log}"
+    );
+    assert!(
+        log.contains("not started: the coordinator is stopping"),
+        "{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_even_while_the_history_refuses_the_runs_end() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "pause", victim.pid(), "30s");
+    let file = gameday(dir.path(), "gameday.toml", "", &schedule("p", &exp, ""));
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    // Held until the test ends: every write of the coordinator fails after the busy timeout.
+    let conn = Connection::open(&db).expect("open the history");
+    conn.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the history");
+    coordinator.signal("-TERM");
+    coordinator.signal("-TERM");
+    wait_until("the victim continued", Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    // One try of the end (the 5 s busy timeout), then no waiting to try again.
+    let status = coordinator.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", coordinator.log());
+    conn.execute_batch("ROLLBACK").expect("unlock the history");
+    assert!(
+        coordinator.log().contains("gave up"),
+        "{}",
+        coordinator.log()
+    );
+}
+
+#[test]
+fn a_coordinator_restarted_under_another_name_closes_the_run_its_predecessor_left() {
+    // A Kubernetes Deployment on a volume: the game day names no coordinator, so each pod is
+    // named after its host name, which a restarted pod does not keep.
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "30s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("pauses", &exp, ""),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut first = Coordinator::start(&file);
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        state_of(victim.pid()) == ProcState::Stopped
+    });
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(5));
+    wait_until("the victim continued", Duration::from_secs(10), || {
+        state_of(victim.pid()) == ProcState::Awake
+    });
+    let killed = runs(&db)[0].id.clone();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(r#"name = "test-coordinator""#, r#"name = "next-pod""#),
+    )
+    .unwrap();
+    // A CLI run in the same history is nobody's to close: it may well be running.
+    let cli = Connection::open(&db).unwrap();
+    cli.execute(
+        "INSERT INTO runs (run_id, title, file, sha256, seed, started_at_us) \
+         VALUES ('cli-run', 'by hand', 'x.toml', '', '1', 1)",
+        [],
+    )
+    .unwrap();
+    drop(cli);
+    let mut second = Coordinator::start(&file);
+    let closed = support::poll_until(Duration::from_secs(15), || {
+        runs(&db)
+            .iter()
+            .any(|r| r.id == killed && r.ended.is_some())
+    });
+    second.signal("-TERM");
+    second.signal("-TERM");
+    second.wait(Duration::from_secs(15));
+    let log = second.log();
+    assert!(closed.is_some(), "the killed run is still open:\n{log}");
+    let runs = runs(&db);
+    let run = runs.iter().find(|r| r.id == killed).unwrap();
+    assert_eq!(run.verdict.as_deref(), Some("error"), "{run:?}");
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the coordinator stopped during the run (coordinator `test-coordinator`"),
+        "{run:?}"
+    );
+    let cli = runs.iter().find(|r| r.id == "cli-run").unwrap();
+    assert!(cli.ended.is_none(), "{cli:?}\n{log}");
+}
+
+#[test]
+fn runs_longer_than_the_period_on_one_host_queue_at_most_one_fire_of_a_schedule() {
+    let dir = support::tempdir();
+    let victim = sleeper();
+    let exp = pause_experiment(dir.path(), "long pause", victim.pid(), "3s");
+    let file = gameday(
+        dir.path(),
+        "gameday.toml",
+        "",
+        &schedule("backlog", &exp, r#"concurrency = "allow""#),
+    );
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&file);
+    // Fires every 2 s, runs of about 3.5 s on this host: without a bound the queue grows by a
+    // fire every 7 s or so, for ever.
+    wait_until("three runs ended", Duration::from_secs(30), || {
+        finished(&db) >= 3
+    });
+    coordinator.signal("-TERM");
+    coordinator.signal("-TERM");
+    coordinator.wait(Duration::from_secs(15));
+    let log = coordinator.log();
+    let queued_at_stop = log
+        .matches("not started: the coordinator is stopping")
+        .count();
+    assert!(
+        queued_at_stop <= 1,
+        "{queued_at_stop} fires were queued:\n{log}"
+    );
+    assert!(
+        fires(&db).iter().any(|f| f
+            .skipped
+            .as_deref()
+            .is_some_and(|r| r.contains("still waits for its host(s)"))),
+        "{log}"
+    );
+    assert_eq!(state_of(victim.pid()), ProcState::Awake);
 }
