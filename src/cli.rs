@@ -83,6 +83,10 @@ enum Command {
         /// same bounds as `--lease` (300 ms to an hour): a lease of 0 would revert at once.
         #[arg(long, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
         lease_ms: u64,
+        /// The run's row in the state directory's history, ended as `error` if the run dies
+        /// before ending it.
+        #[arg(long, value_name = "RUN_ID")]
+        history_run: Option<String>,
     },
     /// The parent of one `[[setup]]` fixture: runs it and takes its process group down as soon as
     /// the run that started it is gone.
@@ -373,10 +377,12 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             parent,
             state_dir,
             lease_ms,
+            history_run,
         } => Ok(crate::agent::watchdog::main(
             parent,
             &state_dir,
             Duration::from_millis(lease_ms),
+            history_run.as_deref(),
         )),
         Command::FixtureGuard { parent, argv } => Ok(crate::fixture::guard_main(parent, &argv)),
         Command::Certs { out, hosts } => {
@@ -600,7 +606,8 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     ));
     let report = runtime.block_on(async {
         let progress = Progress::new(args.quiet);
-        let mut session = Session::open(state_dir, args.lease, &progress).await?;
+        let recorded = (!args.no_history).then_some(run_id.as_str());
+        let mut session = Session::open_for(state_dir, args.lease, &progress, recorded).await?;
         let opts = RunOptions {
             seed: Some(seed),
             dry_run: args.dry_run,

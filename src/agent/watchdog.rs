@@ -45,7 +45,14 @@ fn heartbeat_path(state_dir: &Path, pid: u32) -> PathBuf {
 /// (call from within the runtime). `FAULTLINE_NO_WATCHDOG=1` turns both off, for tests of the
 /// journal recovery that the next run does instead, or when another supervisor already cleans up
 /// after faultline.
-pub(crate) fn spawn(state_dir: &Path, lease: Duration) -> Result<Option<Heartbeat>, String> {
+///
+/// `run`: the history row of a `faultline run` (in the state directory's `history.db`), which the
+/// watchdog ends as `error` if the run's process dies before it ended the row itself.
+pub(crate) fn spawn(
+    state_dir: &Path,
+    lease: Duration,
+    run: Option<&str>,
+) -> Result<Option<Heartbeat>, String> {
     if std::env::var("FAULTLINE_NO_WATCHDOG").as_deref() == Ok("1") {
         return Ok(None);
     }
@@ -54,12 +61,17 @@ pub(crate) fn spawn(state_dir: &Path, lease: Duration) -> Result<Option<Heartbea
         .map_err(|e| format!("failed to write the heartbeat {}: {e}", path.display()))?;
     let exe =
         std::env::current_exe().map_err(|e| format!("failed to find the faultline binary: {e}"))?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("watchdog")
         .args(["--parent", &std::process::id().to_string()])
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["--lease-ms", &lease.as_millis().to_string()])
+        .args(["--lease-ms", &lease.as_millis().to_string()]);
+    if let Some(run) = run {
+        command.args(["--history-run", run]);
+    }
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Its own process group: a Ctrl-C meant for the run (which reverts by itself) must not
@@ -107,7 +119,15 @@ impl Pulse {
 /// The body of the watchdog: while `parent` lives, reverts its faults whose heartbeat is older
 /// than `lease` or whose deadline has passed; once it is gone, reverts every journal entry whose
 /// writer is gone. Entries of other runs that still live are left alone.
-pub(crate) fn main(parent: u32, state_dir: &Path, lease: Duration) -> ExitCode {
+///
+/// With `history_run`, once the run is gone the watchdog also ends its history row, if the run
+/// did not: as `error`, saying the run's process stopped and what was reverted for it.
+pub(crate) fn main(
+    parent: u32,
+    state_dir: &Path,
+    lease: Duration,
+    history_run: Option<&str>,
+) -> ExitCode {
     let journal = match Journal::open(state_dir) {
         Ok(journal) => journal,
         Err(e) => {
@@ -188,6 +208,9 @@ pub(crate) fn main(parent: u32, state_dir: &Path, lease: Duration) -> ExitCode {
             for line in &recovery.failed {
                 eprintln!("faultline watchdog: could NOT revert {line}");
             }
+            if let Some(run_id) = history_run {
+                end_abandoned_run(state_dir, run_id, &recovery.reverted, &recovery.failed);
+            }
             if recovery.failed.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -198,5 +221,53 @@ pub(crate) fn main(parent: u32, state_dir: &Path, lease: Duration) -> ExitCode {
             eprintln!("faultline watchdog: {e}");
             ExitCode::from(5)
         }
+    }
+}
+
+/// Ends the history row of a run whose process is gone without ending it (SIGKILL, a crash, the
+/// OOM killer), so the history never keeps a run without an ending it can explain. A run that
+/// ended its row itself is left alone.
+fn end_abandoned_run(state_dir: &Path, run_id: &str, reverted: &[String], failed: &[String]) {
+    let location = crate::history::Location::in_state_dir(state_dir);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("faultline watchdog: failed to start a runtime for the history: {e}");
+            return;
+        }
+    };
+    let ended = runtime.block_on(async {
+        let history = crate::history::History::open(&location).await?;
+        match history.run(run_id).await? {
+            Some(row) if row.end.is_none() => {
+                let mut reason =
+                    "the run's process stopped during the run (killed or crashed)".to_owned();
+                if !reverted.is_empty() {
+                    reason.push_str(&format!(
+                        "; the watchdog reverted its faults: {}",
+                        reverted.join("; ")
+                    ));
+                }
+                if !failed.is_empty() {
+                    reason.push_str(&format!(
+                        "; the watchdog could NOT revert: {}",
+                        failed.join("; ")
+                    ));
+                }
+                history
+                    .finish_run(run_id, &crate::history::RunEnd::error(&reason))
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok::<bool, crate::history::HistoryError>(false),
+        }
+    });
+    match ended {
+        Ok(true) => eprintln!("faultline watchdog: recorded run {run_id} as error in {location}"),
+        Ok(false) => {}
+        Err(e) => eprintln!("faultline watchdog: could not end run {run_id} in the history: {e}"),
     }
 }

@@ -47,6 +47,17 @@ impl Session {
         lease: Duration,
         progress: &Progress,
     ) -> anyhow::Result<Session> {
+        Session::open_for(state_dir, lease, progress, None).await
+    }
+
+    /// As `open`, for one `faultline run` whose history row is `run`: the watchdog ends that row
+    /// as `error` if the process dies before it could.
+    pub(crate) async fn open_for(
+        state_dir: PathBuf,
+        lease: Duration,
+        progress: &Progress,
+        run: Option<&str>,
+    ) -> anyhow::Result<Session> {
         let (core, recovery) = AgentCore::open_async(state_dir, Envelope::default(), None)
             .await
             .map_err(anyhow::Error::msg)?;
@@ -64,8 +75,8 @@ impl Session {
         }
         core.spawn_reaper();
         // Beats for as long as the session lives; the watchdog reverts its faults when it stops.
-        let heartbeat =
-            crate::agent::watchdog::spawn(core.state_dir(), lease).map_err(anyhow::Error::msg)?;
+        let heartbeat = crate::agent::watchdog::spawn(core.state_dir(), lease, run)
+            .map_err(anyhow::Error::msg)?;
         Ok(Session {
             core,
             _heartbeat: heartbeat,

@@ -394,3 +394,54 @@ fn a_run_that_fails_before_its_report_is_recorded_as_an_error() {
         explain(&out)
     );
 }
+
+#[test]
+fn a_run_killed_mid_fault_is_ended_as_error_by_its_watchdog() {
+    // The run's own end never comes (SIGKILL): its watchdog reverts the pause and ends the row, so
+    // the history explains the run instead of showing it without an end for ever.
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let victim = Proc::spawn(&["sleep", "60"]);
+    let file = dir.path().join("pause.toml");
+    std::fs::write(
+        &file,
+        support::always_steady_experiment(
+            "killed mid-pause",
+            "",
+            &format!(
+                "[[fault]]\nname = \"pause\"\nkind = \"process-pause\"\nselect = {{ pid = {} }}\nduration = \"30s\"",
+                victim.pid()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut run = support::spawn_run_with_watchdog(&file, &state, &[]);
+    support::wait_until(
+        "the victim paused",
+        std::time::Duration::from_secs(20),
+        || support::state_of(victim.pid()) == support::ProcState::Stopped,
+    );
+    run.kill().unwrap();
+    run.wait().unwrap();
+    support::wait_until(
+        "the watchdog ended the run",
+        std::time::Duration::from_secs(10),
+        || {
+            history_json(&state, &[])
+                .first()
+                .is_some_and(|row| !row["verdict"].is_null())
+        },
+    );
+    assert_eq!(support::state_of(victim.pid()), support::ProcState::Awake);
+    let rows = history_json(&state, &[]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["verdict"], "error");
+    assert_eq!(rows[0]["exit_code"], 5);
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "the run's process stopped during the run (killed or crashed); the watchdog reverted its faults: "
+        ) && reason.contains("pause"),
+        "{reason}"
+    );
+}
