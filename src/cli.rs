@@ -637,6 +637,12 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, junit::render(&report))
             .with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
     }
+    runtime.block_on(crate::notify::send_within(
+        &exp.notify,
+        crate::notify::Outcome::of_report(&report, None),
+        crate::notify::CLI_WAIT,
+        |l| eprintln!("warning: {l}"),
+    ));
     Ok(ExitCode::from(report.exit_code()))
 }
 

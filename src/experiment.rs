@@ -209,6 +209,8 @@ impl Validator<'_> {
             .map(|a| self.abort(a, &steady_state.probes))
             .collect::<VResult<Vec<_>>>()?;
         let budget = raw.slo_budget.map(|b| self.budget(b)).transpose()?;
+        let notify = crate::notify::validate_all(raw.notify)
+            .map_err(|e| (self.fail)(Some(e.span), e.message))?;
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
@@ -221,6 +223,7 @@ impl Validator<'_> {
             aborts,
             recovery_within: raw.recovery.within.0,
             budget,
+            notify,
         })
     }
 

@@ -18,6 +18,7 @@ mod gameday;
 mod history;
 mod inventory;
 mod model;
+mod notify;
 mod outage;
 mod plan;
 mod probe;

@@ -28,6 +28,8 @@ pub(crate) struct Experiment {
     pub(crate) recovery_within: Duration,
     /// The error-budget gate, checked before anything else in a run.
     pub(crate) budget: Option<BudgetSpec>,
+    /// `[[notify]]`: webhooks told of the run's verdict after it ends.
+    pub(crate) notify: Vec<crate::notify::Notify>,
 }
 
 impl Experiment {

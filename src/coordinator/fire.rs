@@ -373,6 +373,12 @@ async fn run_one(
             // Plain lines timed from the run's start, as `faultline run --quiet` prints them.
             let progress = Progress::new(true);
             let report = ctx.session.run(&exp, &selection, opts, &progress).await;
+            // In a task of its own: retries to a slow receiver never hold up the next run.
+            tokio::spawn(crate::notify::send(
+                exp.notify.clone(),
+                crate::notify::Outcome::of_report(&report, Some(&s.name)),
+                log,
+            ));
             RunEnd::of_report(&report)
         }
     };

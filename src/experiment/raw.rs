@@ -27,6 +27,9 @@ pub(crate) struct Experiment {
     pub(crate) abort: Vec<Spanned<Abort>>,
     pub(crate) recovery: Recovery,
     pub(crate) slo_budget: Option<Spanned<SloBudget>>,
+    /// `[[notify]]`: its shape and checks are `notify.rs`'s, shared with game days.
+    #[serde(default)]
+    pub(crate) notify: Vec<crate::notify::RawNotify>,
 }
 
 #[derive(Debug, Deserialize)]
