@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::history::{RunEnd, RunStart};
 use crate::report::{Report, Verdict};
 
 /// How long `faultline run` waits for its deliveries after the verdict is printed; what is still
@@ -198,6 +199,33 @@ impl Outcome {
         }
     }
 
+    /// A coordinator's run as the history records it, so a run that ended without a report (an
+    /// experiment that no longer loads, an unreachable agent) is notified too.
+    pub(crate) fn of_run(start: &RunStart, end: &RunEnd) -> Outcome {
+        let verdict = [
+            Verdict::Passed,
+            Verdict::Failed,
+            Verdict::Aborted,
+            Verdict::NotRun,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == end.verdict)
+        .unwrap_or(Verdict::Error);
+        Outcome {
+            verdict,
+            reason: end.reason.clone(),
+            title: start.title.clone(),
+            file: start.file.clone(),
+            sha256: start.sha256.clone(),
+            run_id: start.run_id.clone(),
+            started_at: start.started_at,
+            ended_at: end.ended_at,
+            exit_code: end.exit_code,
+            time_to_recover: end.time_to_recover,
+            schedule: start.schedule.clone(),
+        }
+    }
+
     /// The JSON body a webhook receives.
     pub(crate) fn body(&self, link: Option<&str>) -> serde_json::Value {
         let link = link.map(|l| l.replace("{run_id}", &self.run_id));
@@ -246,10 +274,13 @@ impl Outcome {
 /// Sends `outcome` to every webhook whose `on` lists its verdict, all at once, each retried with
 /// backoff; returns when every delivery has been made or given up. `log` reports failures.
 pub(crate) async fn send(notifies: Vec<Notify>, outcome: Outcome, log: fn(&str)) {
-    let wanted: Vec<Notify> = notifies
-        .into_iter()
-        .filter(|n| n.on.contains(&outcome.verdict))
-        .collect();
+    // A webhook named by both the game day and the experiment is told once.
+    let mut wanted: Vec<Notify> = Vec::new();
+    for n in notifies {
+        if n.on.contains(&outcome.verdict) && !wanted.iter().any(|w| w.webhook == n.webhook) {
+            wanted.push(n);
+        }
+    }
     if wanted.is_empty() {
         return;
     }

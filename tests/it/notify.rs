@@ -323,3 +323,159 @@ fn validate_refuses_a_bad_notify_table_with_its_position() {
         "{stderr}"
     );
 }
+
+/// A `faultline coordinator` process, its log (stderr) in a file; dropped while running, it gets
+/// two SIGTERMs (the second reverts at once) and then SIGKILL.
+struct Coordinator {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Coordinator {
+    fn start(gameday: &Path) -> Coordinator {
+        let log = gameday.with_extension("log");
+        let stderr = std::fs::File::create(&log).expect("create the coordinator log");
+        let child = Command::new(BIN)
+            .arg("coordinator")
+            .arg(gameday)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start faultline coordinator");
+        Coordinator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn term(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit; the exit code, if it exited.
+    fn stop(&mut self, within: Duration) -> Option<i32> {
+        self.term();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        self.term();
+        std::thread::sleep(Duration::from_millis(100));
+        self.term();
+        let _ = self.stop(Duration::from_secs(10));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (run id, schedule, verdict) of every finished run in a coordinator's SQLite history.
+fn finished_runs(db: &Path) -> Vec<(String, Option<String>, String)> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let Ok(mut q) =
+        conn.prepare("SELECT run_id, schedule, verdict FROM runs WHERE verdict IS NOT NULL")
+    else {
+        return Vec::new();
+    };
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_coordinator_posts_each_run_once_to_a_webhook_named_by_the_game_day_and_the_experiment() {
+    let dir = tempdir();
+    let receiver = Receiver::start(&[500, 200]);
+    let victim = Proc::spawn(&["sleep", "600"]);
+    // The same webhook in the experiment and in the game day: each run is posted once.
+    let fault = format!(
+        "[[fault]]\nname = \"pause\"\nkind = \"process-pause\"\nselect = {{ pid = {} }}\nduration = \"200ms\"\n[[notify]]\nwebhook = \"{}\"\non = [\"passed\"]\n",
+        victim.pid(),
+        receiver.url()
+    );
+    let exp = dir.path().join("pause.toml");
+    std::fs::write(&exp, always_steady_experiment("paused", "", &fault)).unwrap();
+    let gameday = dir.path().join("gameday.toml");
+    std::fs::write(
+        &gameday,
+        format!(
+            r#"[coordinator]
+state_dir = "state"
+name = "notify-coordinator"
+lease = "2s"
+
+[[notify]]
+webhook = "{}"
+on = ["passed", "failed"]
+
+[[schedule]]
+name = "every 2s"
+experiments = ["{}"]
+cron = "*/2 * * * * *"
+"#,
+            receiver.url(),
+            exp.display()
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("state/history.db");
+    let mut coordinator = Coordinator::start(&gameday);
+    let delivered = |r: &Receiver| r.requests().iter().filter(|q| q.answered == 200).count();
+    crate::support::wait_until("two delivered posts", Duration::from_secs(30), || {
+        delivered(&receiver) >= 2
+    });
+    let code = coordinator.stop(Duration::from_secs(15));
+    let log = coordinator.log();
+    assert_eq!(code, Some(0), "{log}");
+    let runs = finished_runs(&db);
+    let requests = receiver.requests();
+    assert_eq!(requests[0].answered, 500, "{requests:#?}");
+    let mut posted = std::collections::BTreeSet::new();
+    for r in requests.iter().filter(|r| r.answered == 200) {
+        let body = r.json();
+        let id = body["run_id"].as_str().unwrap().to_owned();
+        assert!(
+            posted.insert(id.clone()),
+            "run {id} posted twice: {requests:#?}"
+        );
+        let run = runs
+            .iter()
+            .find(|(run, _, _)| *run == id)
+            .unwrap_or_else(|| panic!("posted run {id} is not in the history {runs:?}\n{log}"));
+        assert_eq!(body["verdict"], run.2.as_str());
+        assert_eq!(body["verdict"], "passed");
+        assert_eq!(body["schedule"], "every 2s");
+        assert_eq!(run.1.as_deref(), Some("every 2s"));
+        assert_eq!(body["experiment"]["title"], "paused");
+    }
+    // The first attempt (answered 500) was retried: its run is among the delivered ones.
+    let first = requests[0].json()["run_id"].as_str().unwrap().to_owned();
+    assert!(posted.contains(&first), "{requests:#?}");
+    assert!(
+        log.contains(&format!(
+            "notification for run {first} to http://127.0.0.1:{}/hook failed: HTTP 500",
+            receiver.port
+        )),
+        "{log}"
+    );
+}
