@@ -492,6 +492,30 @@ mod tests {
     }
 
     #[test]
+    fn a_game_day_checks_its_notify_tables_like_an_experiment() {
+        let text = "[coordinator]\nstate_dir = \"s\"\n[[notify]]\nwebhook = \"https://h/x\"\non = [\"failed\"]\n";
+        let g = crate::gameday::parse(Path::new("g.toml"), text).unwrap();
+        assert_eq!(g.notify[0].on, vec![Verdict::Failed]);
+        let e = crate::gameday::parse(
+            Path::new("g.toml"),
+            &text.replace("https://h/x", "mailto:x@h"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "g.toml: line 4, column 11: notify: `webhook` must start with http:// or https:// (got scheme `mailto`)"
+        );
+        let e = crate::gameday::parse(Path::new("g.toml"), &text.replace("on =", "onn ="))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("g.toml: line 5, column 1: unknown field `onn`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn logged_urls_keep_no_credentials() {
         assert_eq!(
             shown_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
