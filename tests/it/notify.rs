@@ -479,3 +479,34 @@ cron = "*/2 * * * * *"
         "{log}"
     );
 }
+
+#[test]
+fn a_webhook_nobody_answers_is_given_up_after_the_cli_bound_and_the_exit_code_stands() {
+    let dir = tempdir();
+    let victim = Proc::spawn(&["sleep", "300"]);
+    // Nothing listens on this port: every attempt is refused and retried with backoff, past the
+    // 10 s the CLI waits.
+    let closed = free_port();
+    let faults = format!(
+        "[[fault]]\nname = \"kill\"\nkind = \"process-kill\"\nselect = {{ pid = {} }}\n[[notify]]\nwebhook = \"http://user:hunter2@127.0.0.1:{closed}/hook/secret-path?token=t0ken\"\non = [\"passed\"]\n",
+        victim.pid()
+    );
+    let toml = always_steady_experiment("nobody listens", "", &faults);
+    let (code, stderr, report) = run(dir.path(), &toml, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["verdict"], "passed");
+    let run_id = report["run_id"].as_str().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "warning: notification for run {run_id} to http://127.0.0.1:{closed}/hook/… failed: connection failed (attempt 1 of 5); trying again in 1s"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: notifications not delivered within 10s of the verdict were abandoned (the run's exit code is unaffected)"),
+        "{stderr}"
+    );
+    for secret in ["hunter2", "secret-path", "t0ken"] {
+        assert!(!stderr.contains(secret), "`{secret}` is logged: {stderr}");
+    }
+}
