@@ -510,3 +510,54 @@ fn a_webhook_nobody_answers_is_given_up_after_the_cli_bound_and_the_exit_code_st
         assert!(!stderr.contains(secret), "`{secret}` is logged: {stderr}");
     }
 }
+
+#[test]
+fn a_run_stopped_before_its_baseline_by_an_unreachable_agent_is_posted_as_an_error() {
+    let dir = tempdir();
+    let receiver = Receiver::start(&[200]);
+    let certs = crate::support::agent::Certs::make(dir.path(), &["127.0.0.1"]);
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "ca = \"{}\"\ntoken_file = \"{}\"\n\n[[agent]]\nname = \"w1\"\naddress = \"https://127.0.0.1:{}\"\ntags = {{ role = \"web\" }}\n",
+            certs.ca().display(),
+            certs.file("token").display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let toml = always_steady_experiment(
+        "agent away",
+        "[targets.web]\ntags = { role = \"web\" }",
+        &format!(
+            "[[fault]]\nname = \"kill\"\nkind = \"process-kill\"\non = \"web\"\nselect = {{ name = \"nothing\" }}\n[[notify]]\nwebhook = \"{}\"\n",
+            receiver.url()
+        ),
+    );
+    let file = dir.path().join("experiment.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&file)
+        .arg("--quiet")
+        .arg("--agents")
+        .arg(&inventory)
+        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run faultline");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}\n{stderr}");
+    let body = requests[0].json();
+    assert_eq!(body["verdict"], "error");
+    assert_eq!(body["exit_code"], 5);
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("nothing was injected"), "{reason}");
+    assert!(
+        reason.contains("w1"),
+        "the reason names the agent: {reason}"
+    );
+}
