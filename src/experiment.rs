@@ -157,6 +157,8 @@ impl Validator<'_> {
             .into_iter()
             .map(|s| self.fixture(s))
             .collect::<VResult<Vec<_>>>()?;
+        let notify = crate::notify::validate_all(raw.notify)
+            .map_err(|e| (self.fail)(Some(e.span), e.message))?;
         let mut targets = BTreeMap::new();
         for (name, target) in raw.targets {
             targets.insert(name.clone(), self.target(&name, target)?);
@@ -209,21 +211,19 @@ impl Validator<'_> {
             .map(|a| self.abort(a, &steady_state.probes))
             .collect::<VResult<Vec<_>>>()?;
         let budget = raw.slo_budget.map(|b| self.budget(b)).transpose()?;
-        let notify = crate::notify::validate_all(raw.notify)
-            .map_err(|e| (self.fail)(Some(e.span), e.message))?;
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
             file: path.to_owned(),
             sha256,
             setup,
+            notify,
             targets,
             steady_state,
             faults,
             aborts,
             recovery_within: raw.recovery.within.0,
             budget,
-            notify,
         })
     }
 

@@ -21,6 +21,8 @@ pub(crate) struct Experiment {
     pub(crate) file: PathBuf,
     pub(crate) sha256: String,
     pub(crate) setup: Vec<Fixture>,
+    /// `[[notify]]`: webhooks told of the run's verdict after it ends.
+    pub(crate) notify: Vec<crate::notify::Notify>,
     pub(crate) targets: BTreeMap<String, TargetGroup>,
     pub(crate) steady_state: SteadyState,
     pub(crate) faults: Vec<FaultStep>,
@@ -28,8 +30,6 @@ pub(crate) struct Experiment {
     pub(crate) recovery_within: Duration,
     /// The error-budget gate, checked before anything else in a run.
     pub(crate) budget: Option<BudgetSpec>,
-    /// `[[notify]]`: webhooks told of the run's verdict after it ends.
-    pub(crate) notify: Vec<crate::notify::Notify>,
 }
 
 impl Experiment {
