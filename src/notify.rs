@@ -516,6 +516,40 @@ mod tests {
     }
 
     #[test]
+    fn a_coordinator_run_without_a_report_is_described_from_its_history_rows() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let start = RunStart {
+            run_id: "20261202T080000Z-0001".to_owned(),
+            schedule: Some("nightly".to_owned()),
+            fire_at: Some(at("2026-12-02T08:00:00Z")),
+            title: "gone.toml".to_owned(),
+            file: "gone.toml".to_owned(),
+            sha256: String::new(),
+            seed: 1,
+            started_at: at("2026-12-02T08:00:00Z"),
+            coordinator: Some("c".to_owned()),
+        };
+        let mut end =
+            RunEnd::error("invalid experiment gone.toml: failed to read; nothing was injected");
+        end.ended_at = at("2026-12-02T08:00:01Z");
+        let body = Outcome::of_run(&start, &end).body(None);
+        assert_eq!(body["verdict"], "error");
+        assert_eq!(body["exit_code"], 5);
+        assert_eq!(body["schedule"], "nightly");
+        assert_eq!(body["run_id"], "20261202T080000Z-0001");
+        assert_eq!(body["ended_at"], "2026-12-02T08:00:01.000Z");
+        for verdict in [
+            Verdict::Passed,
+            Verdict::Failed,
+            Verdict::Aborted,
+            Verdict::NotRun,
+        ] {
+            end.verdict = verdict.as_str().to_owned();
+            assert_eq!(Outcome::of_run(&start, &end).verdict, verdict);
+        }
+    }
+
+    #[test]
     fn logged_urls_keep_no_credentials() {
         assert_eq!(
             shown_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
