@@ -302,6 +302,10 @@ struct RunArgs {
     /// Do not record this run in the state directory's history (`history.db`).
     #[arg(long)]
     no_history: bool,
+    /// A regression-gate rule, added to the experiment's `[gate]` (replacing its rule for the
+    /// same measure), e.g. `--gate 'time_to_recover=1.5x median of last 10 passed'`.
+    #[arg(long = "gate", value_name = "NAME=RULE", value_parser = crate::gate::parse_flag)]
+    gates: Vec<crate::gate::GateRule>,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -571,9 +575,10 @@ fn load(file: &Path) -> Option<Experiment> {
 }
 
 fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(exp) = load(&args.file) else {
+    let Some(mut exp) = load(&args.file) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
+    crate::gate::merge(&mut exp.gate, &args.gates);
     // Drawn here, not in the run, because the choice of agents already depends on it.
     let seed = args.seed.unwrap_or_else(rand::random);
     let runtime = runtime()?;
@@ -620,13 +625,21 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         progress.finish();
         anyhow::Ok(report)
     });
-    let report = match report {
+    let mut report = match report {
         Ok(report) => report,
         Err(e) => {
             runtime.block_on(recorder.fail(&format!("{e:#}")));
             return Err(e);
         }
     };
+    // Judged before the row is ended, so the history keeps the gated verdict and reason.
+    let state =
+        (!args.no_history).then(|| args.state_dir.clone().unwrap_or_else(default_state_dir));
+    runtime.block_on(crate::gate::judge_cli_run(
+        &mut report,
+        &exp.gate,
+        state.as_deref(),
+    ));
     print!("{}", terminal::render(&report));
     runtime.block_on(recorder.finish(&report));
     if let Some(path) = &args.report_json {
