@@ -647,6 +647,64 @@ mod tests {
         );
     }
 
+    /// A passed run that recovered in `ttr_ms`, read from the JSON a run writes.
+    fn report(verdict: &str, ttr_ms: u64) -> crate::report::Report {
+        let text = format!(
+            r#"{{"schema_version": 1, "run_id": "r1",
+            "experiment": {{"title": "t", "file": "x.toml", "sha256": "00"}},
+            "seed": 1, "started_at": "2026-12-01T10:00:00Z", "ended_at": "2026-12-01T10:00:05Z",
+            "dry_run": false, "verdict": "{verdict}", "exit_code": 0, "reason": "recovered",
+            "phases": {{"before": [], "during": [], "after": []}}, "faults": [],
+            "time_to_recover_ms": {ttr_ms}, "recovery_within_ms": 5000, "aborted_by": null,
+            "time_to_abort_ms": null, "recovered_from_journal": [], "budget": null,
+            "samples": []}}"#
+        );
+        crate::report::json::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn apply_fails_a_breach_notes_a_pass_and_leaves_other_verdicts_alone() {
+        use crate::report::Verdict;
+        let past: Vec<Past> = (0..10).map(|_| passed(500)).collect();
+        let rules = [ttr("1.5x median of last 10 passed")];
+
+        let mut slow = report("passed", 2040);
+        super::apply(&mut slow, &rules, Ok(&past));
+        assert_eq!(slow.verdict, Verdict::Failed);
+        assert_eq!(slow.exit_code(), 1);
+        assert_eq!(
+            slow.reason,
+            "time to recover 2.04 s, 4.1× the median 0.50 s of the last 10 passed runs (gate 1.5×); before the gate: recovered"
+        );
+
+        let mut fine = report("passed", 520);
+        super::apply(&mut fine, &rules, Ok(&past));
+        assert_eq!(fine.verdict, Verdict::Passed);
+        assert_eq!(
+            fine.reason,
+            "recovered; gate: time to recover 0.52 s within 1.5× the median 0.50 s of the last 10 passed runs"
+        );
+
+        let mut young = report("passed", 2040);
+        super::apply(&mut young, &rules, Ok(&past[..3]));
+        assert_eq!(young.verdict, Verdict::Passed);
+        assert_eq!(
+            young.reason,
+            "recovered; gate not applied: only 3 passed runs in the history, the gate needs 10"
+        );
+
+        let mut unrecorded = report("passed", 2040);
+        super::apply(&mut unrecorded, &rules, Err("no history"));
+        assert_eq!(unrecorded.verdict, Verdict::Passed);
+        assert_eq!(unrecorded.reason, "recovered; gate not applied: no history");
+
+        // A failed run is not gated: its verdict and reason stand.
+        let mut failed = report("failed", 2040);
+        super::apply(&mut failed, &rules, Ok(&past));
+        assert_eq!(failed.verdict, Verdict::Failed);
+        assert_eq!(failed.reason, "recovered");
+    }
+
     #[test]
     fn flags_parse_and_replace_the_files_rule() {
         let flag = super::parse_flag("time_to_recover=3x max of last 5 runs").unwrap();
