@@ -123,11 +123,13 @@ impl Pool {
         }
     }
 
-    /// "passed runs" / "runs", as reasons say it.
-    fn noun(self) -> &'static str {
-        match self {
-            Pool::Passed => "passed runs",
-            Pool::Runs => "runs",
+    /// "passed run(s)" / "run(s)" for `n` of them, as reasons say it.
+    fn noun(self, n: usize) -> &'static str {
+        match (self, n) {
+            (Pool::Passed, 1) => "passed run",
+            (Pool::Passed, _) => "passed runs",
+            (Pool::Runs, 1) => "run",
+            (Pool::Runs, _) => "runs",
         }
     }
 }
@@ -312,7 +314,7 @@ pub(crate) fn judge(rule: &GateRule, current: Option<Duration>, past: &[Past]) -
         .filter_map(|p| p.value(*metric))
         .collect();
     if values.len() < r.last {
-        let noun = r.pool.noun();
+        let noun = r.pool.noun(values.len());
         let with = if metric.needs_report() {
             format!(" with a {label}")
         } else {
@@ -330,7 +332,7 @@ pub(crate) fn judge(rule: &GateRule, current: Option<Duration>, past: &[Past]) -
         "the {stat} {} of the last {} {}",
         show(baseline),
         r.last,
-        r.pool.noun()
+        r.pool.noun(r.last)
     );
     let limit = baseline.as_secs_f64() * r.factor;
     if current.as_secs_f64() > limit {
@@ -640,7 +642,31 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_the_measure_is_not_judged() {
+    fn a_run_without_the_measure_is_not_judged_and_one_run_is_singular() {
+        assert_eq!(
+            judge(
+                &ttr("1.5x median of last 2 runs"),
+                Some(ms(1)),
+                &[passed(1)]
+            ),
+            Judgement::NotApplied("only 1 run in the history, the gate needs 2".to_owned())
+        );
+        let p99 = GateRule {
+            metric: Metric::P99During,
+            rule: "2x max of last 1 passed".parse().unwrap(),
+        };
+        let past = [Past {
+            passed: true,
+            p99_during: Some(ms(40)),
+            ..Past::default()
+        }];
+        assert_eq!(
+            judge(&p99, Some(ms(81)), &past),
+            Judgement::Breached(
+                "p99 during the faults 81.0 ms, 2.0× the max 40.0 ms of the last 1 passed run (gate 2×)"
+                    .to_owned()
+            )
+        );
         assert_eq!(
             judge(&ttr("1.5x median of last 1 passed"), None, &[passed(1)]),
             Judgement::NotApplied("this run has no time to recover".to_owned())
