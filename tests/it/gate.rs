@@ -4,10 +4,12 @@
 //! run id rewritten) to make up the earlier runs, so each test does only two real runs.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::support::{Run, free_port, run_experiment, tempdir};
+use crate::support::{BIN, Proc, Run, free_port, run_experiment, tempdir, wait_until};
 
 const TITLE: &str = "gated web kill";
 
@@ -189,4 +191,72 @@ fn with_only_three_runs_of_history_the_gate_is_not_applied_and_the_run_passes() 
         unrecorded.contains("gate not applied: the run is not recorded (--no-history)"),
         "{unrecorded}"
     );
+}
+
+/// A coordinator's run is gated against the same history: a CLI run recovering fast, then the
+/// coordinator's slow one, judged before its row ends.
+#[test]
+fn a_coordinator_run_slower_than_the_history_is_recorded_as_failed() {
+    let dir = tempdir();
+    let port = free_port();
+    let fast = run(dir.path(), "fast", &experiment(port, "0.2", ""), &[]);
+    assert_eq!(fast.code, 0, "{}", fast.explain());
+    let slow = dir.path().join("slow.toml");
+    let gate = r#"time_to_recover = "1.5x median of last 1 passed""#;
+    std::fs::write(&slow, experiment(port, "2", gate)).unwrap();
+    // The game day's state directory is the CLI runs' one, so both share `state/history.db`.
+    let gameday = dir.path().join("gameday.toml");
+    std::fs::write(
+        &gameday,
+        format!(
+            r#"[coordinator]
+state_dir = "state"
+timezone = "UTC"
+name = "gate-test"
+lease = "2s"
+
+[[schedule]]
+name = "every 2s"
+experiments = ["{}"]
+cron = "*/2 * * * * *"
+"#,
+            slow.display()
+        ),
+    )
+    .unwrap();
+    let mut coordinator = Proc::spawn(&[BIN, "coordinator", gameday.to_str().unwrap()]);
+    let db = dir.path().join("state/history.db");
+    let ended = || -> Option<(String, String)> {
+        let conn = Connection::open(&db).ok()?;
+        conn.query_row(
+            "SELECT verdict, reason FROM runs WHERE coordinator = 'gate-test' AND verdict IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+    };
+    wait_until(
+        "the coordinator's run ended",
+        Duration::from_secs(30),
+        || ended().is_some(),
+    );
+    let (verdict, why) = ended().unwrap();
+    assert_eq!(verdict, "failed", "{why}");
+    let fast_s = ttr_ms(&fast) / 1000.0;
+    assert!(
+        why.starts_with("time to recover ")
+            && why.contains(&format!(
+                "the median {fast_s:.2} s of the last 1 passed run (gate 1.5×)"
+            )),
+        "{why}"
+    );
+    // A clean stop: SIGTERM lets a run in progress finish and revert.
+    let status = Command::new("kill")
+        .args(["-TERM", &coordinator.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the coordinator stopped", Duration::from_secs(20), || {
+        !coordinator.alive()
+    });
 }
