@@ -389,12 +389,13 @@ pub(crate) fn apply(report: &mut Report, rules: &[GateRule], past: Result<&[Past
         report.verdict = Verdict::Failed;
         return;
     }
+    // No breach: every judgement is a note.
     let notes: Vec<String> = judgements
         .iter()
-        .map(|j| match j {
-            Judgement::Within(s) => format!("gate: {s}"),
-            Judgement::NotApplied(s) => format!("gate not applied: {s}"),
-            Judgement::Breached(_) => unreachable!("breaches returned above"),
+        .filter_map(|j| match j {
+            Judgement::Within(s) => Some(format!("gate: {s}")),
+            Judgement::NotApplied(s) => Some(format!("gate not applied: {s}")),
+            Judgement::Breached(_) => None,
         })
         .collect();
     report.reason = format!("{}; {}", report.reason, notes.join("; "));
