@@ -11,6 +11,8 @@
 mod api;
 mod html;
 mod metrics;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

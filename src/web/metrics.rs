@@ -19,7 +19,7 @@ const BUCKETS: [f64; 11] = [
 ];
 
 /// A label value in the text format: backslash, double quote and newline escaped.
-fn label(v: &str) -> String {
+pub(super) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -27,3 +27,4 @@ mod prometheus;
 mod stress;
 mod validate;
 mod verdicts;
+mod web;
