@@ -17,7 +17,7 @@ use crate::experiment;
 use crate::fault::{Work, worker_main};
 use crate::model::Experiment;
 use crate::progress::Progress;
-use crate::report::{json, junit, terminal};
+use crate::report::{html, json, junit, terminal};
 use crate::run::RunOptions;
 use crate::run::session::{self, Session};
 use crate::units::Dur;
@@ -283,6 +283,9 @@ struct RunArgs {
     /// Write a JUnit XML report here, for CI.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML report (timeline picture, tables, postmortem) here.
+    #[arg(long, value_name = "PATH")]
+    report_html: Option<PathBuf>,
     /// Seed for every random choice, to reproduce a run; drawn and reported when not given.
     #[arg(long)]
     seed: Option<u64>,
@@ -636,6 +639,10 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.junit {
         std::fs::write(path, junit::render(&report))
             .with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
+    }
+    if let Some(path) = &args.report_html {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("failed to write the HTML report to {}", path.display()))?;
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -1,6 +1,7 @@
 //! Owns the result of a run — verdict, reason, per-phase SLIs, faults — and its renderings, one
 //! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `terminal.rs` (people).
 
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod junit;
 pub(crate) mod terminal;
