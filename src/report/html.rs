@@ -295,4 +295,3 @@ pub(crate) fn escape(s: &str) -> String {
     }
     out
 }
-

@@ -1,5 +1,5 @@
 //! Owns the dashboard's server-rendered pages: `/` (schedules, fires in progress, recent runs),
-//! `/runs/{id}` (one run's report) and `/experiments/{title}` (its history as an inline SVG of
+//! `/runs/{id}` (one run's HTML report, as `show --html` writes it) and `/experiments/{title}` (its history as an inline SVG of
 //! time to recover per run). Every value from the history or the files is escaped; no JavaScript.
 
 use std::fmt::Write as _;
@@ -209,29 +209,19 @@ pub(super) async fn run(State(web): State<Shared>, Path(id): Path<String>) -> Re
         );
         return page(&format!("run {id}"), &body).into_response();
     };
-    let report = match tokio::task::spawn_blocking({
-        let json = json.clone();
-        move || crate::report::json::parse(&json).map(|r| crate::report::terminal::render(&r))
+    // The same bytes as `faultline show RUN_ID --html`: the report is one self-contained page.
+    let json = json.clone();
+    match tokio::task::spawn_blocking(move || {
+        crate::report::json::parse(&json).map(|r| crate::report::html::render(&r))
     })
     .await
     {
-        Ok(Ok(text)) => text,
-        Ok(Err(e)) => {
-            return failed(&format!(
-                "the stored report of run {id:?} does not parse: {e}"
-            ));
-        }
-        Err(e) => return failed(&e),
-    };
-    let body = format!(
-        "<h1>run {}</h1><p>{} <a href=\"/experiments/{}\">{}</a></p><pre>{}</pre>",
-        esc(&id),
-        badge(&end.verdict),
-        seg(&row.start.title),
-        esc(&row.start.title),
-        esc(&report)
-    );
-    page(&format!("run {id}"), &body).into_response()
+        Ok(Ok(page)) => Html(page).into_response(),
+        Ok(Err(e)) => failed(&format!(
+            "the stored report of run {id:?} does not parse: {e}"
+        )),
+        Err(e) => failed(&e),
+    }
 }
 
 pub(super) async fn experiment(State(web): State<Shared>, Path(title): Path<String>) -> Response {
@@ -255,13 +245,19 @@ pub(super) async fn experiment(State(web): State<Shared>, Path(title): Path<Stri
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "<h1>{}</h1><p class=\"muted\">the last {} run(s), oldest on the left; bar height: time to recover; a run that did not recover is a short hatched bar</p>",
+        "<h1>{}</h1><p class=\"muted\">the last {} run(s), oldest on the left; bar height: time to recover; a run without a time to recover is a short faded bar in its verdict colour</p>",
         esc(&title),
         rows.len()
     );
     chart(&mut out, &rows);
     run_rows(&mut out, &rows);
     page(&title, &out).into_response()
+}
+
+/// An axis value with as many decimals as its size needs (0.025, 0.5, 12).
+fn tick(v: f64) -> String {
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Colours of the verdicts in the chart (the badges' colours).
@@ -305,7 +301,8 @@ fn chart(out: &mut String, newest_first: &[RunRow]) {
         .unwrap_or(max);
     let plot_h = H - BOTTOM - TOP;
     let step = (W - LEFT - 10.0) / runs.len() as f64;
-    let bar = (step * 0.8).max(1.0);
+    // Thin bars for long histories, never wider than 40 px for short ones.
+    let bar = (step * 0.8).clamp(1.0, 40.0);
     let _ = writeln!(
         out,
         "<svg id=\"ttr-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"time to recover per run\">"
@@ -315,10 +312,11 @@ fn chart(out: &mut String, newest_first: &[RunRow]) {
         let y = TOP + plot_h - plot_h * f64::from(k) / 4.0;
         let _ = writeln!(
             out,
-            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.2} s</text>",
+            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{} s</text>",
             W - 10.0,
             LEFT - 4.0,
-            y + 4.0
+            y + 4.0,
+            tick(v)
         );
     }
     for (i, r) in runs.iter().enumerate() {

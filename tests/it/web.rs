@@ -272,9 +272,23 @@ fn actions_without_the_token_are_refused_and_run_nothing_with_it_the_run_is_reco
     );
     let (code, page) = curl("GET", &c.url(&format!("/runs/{id}")), None);
     assert_eq!(code, 200, "{page}");
+    // The run page is the HTML report, the same bytes as `faultline show --html`.
+    let shown = dir.path().join("shown.html");
+    let out = Command::new(BIN)
+        .args(["show", id, "--html"])
+        .arg(&shown)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run faultline show");
     assert!(
-        page.contains("badge passed") && page.contains("pause"),
-        "{page}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&shown).unwrap() == page,
+        "the run page differs from `faultline show --html`"
     );
     let (code, page) = curl("GET", &c.url("/experiments/pause%20%3Cweb%3E"), None);
     assert_eq!(code, 200, "{page}");
@@ -282,6 +296,61 @@ fn actions_without_the_token_are_refused_and_run_nothing_with_it_the_run_is_reco
     assert!(page.contains("<rect class=\"run passed\""), "{page}");
     let (code, _) = curl("GET", &c.url("/runs/no-such-run"), None);
     assert_eq!(code, 404);
+
+    // Both pages load in a real browser without console errors, with their pictures.
+    let dom = chromium(&c.url(&format!("/runs/{id}")), "web-run-page.png");
+    assert!(dom.contains("<svg"), "no SVG in the run page's DOM:\n{dom}");
+    let dom = chromium(
+        &c.url("/experiments/pause%20%3Cweb%3E"),
+        "web-experiment-page.png",
+    );
+    assert!(
+        dom.contains("id=\"ttr-chart\""),
+        "no chart in the experiment page's DOM:\n{dom}"
+    );
+    assert!(dom.contains("class=\"run passed\""), "{dom}");
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Loads `url` in headless Chromium: returns the DOM after load, keeps a PNG screenshot named
+/// `png` under the test target's tmp directory (an artifact), and fails on console messages.
+fn chromium(url: &str, png: &str) -> String {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh installs it)"
+    );
+    let profile = support::tempdir();
+    let run = |extra: &[&str]| {
+        let out = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(
+            console.is_empty(),
+            "console messages loading {url}: {console:#?}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(png);
+    run(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1200,1400",
+    ]);
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    dom
 }
 
 /// An instant query over a bare HTTP/1.0 request; `query` must need no URL escaping.
