@@ -298,6 +298,8 @@ fn actions_without_the_token_are_refused_and_run_nothing_with_it_the_run_is_reco
     assert_eq!(code, 404);
 
     // Both pages load in a real browser without console errors, with their pictures.
+    let dom = chromium(&c.url("/"), "web-dashboard.png");
+    assert!(dom.contains("id=\"schedules\""), "{dom}");
     let dom = chromium(&c.url(&format!("/runs/{id}")), "web-run-page.png");
     assert!(dom.contains("<svg"), "no SVG in the run page's DOM:\n{dom}");
     let dom = chromium(
@@ -453,4 +455,16 @@ fn prometheus_scrapes_the_coordinators_runs_counter_with_the_token() {
         "faultline_runs_total{schedule=%22every%202s%22,verdict=%22passed%22}",
     );
     assert!(passed.contains(&want), "{passed}");
+    // Suspended at runtime, the 2 s cron kept coming and started nothing: each slot is recorded
+    // as skipped, suspended.
+    assert_eq!(started(&db), runs.len(), "a run started after suspend");
+    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let suspended: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM fires WHERE skipped = 'suspended'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(suspended >= 1, "no slot recorded as skipped, suspended");
 }
