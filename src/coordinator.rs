@@ -25,7 +25,8 @@ use crate::gameday::GameDay;
 use crate::history::{FireRow, FireState, History, Location, RunEnd};
 use crate::progress::Progress;
 use crate::run::session::Session;
-use crate::schedule::{Concurrency, OnConflict};
+use crate::schedule::{Calendar, Concurrency, OnConflict};
+use crate::web::{self, Action, ActionError, Command, FirePhase, Snapshot};
 
 use self::conflict::{Answer, Claim, FireId, Table};
 use self::timing::Step;
@@ -86,6 +87,8 @@ pub(crate) enum Event {
 struct InFlight {
     schedule: usize,
     at: Timestamp,
+    /// The run it started last (for the dashboard).
+    run: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -162,6 +165,19 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
     }
     let leading = postgres.then(|| tokio::spawn(lead(ctx.clone(), lease, events_tx.clone())));
     let leader = !postgres;
+    let (snapshot_tx, snapshot) = watch::channel(Snapshot::default());
+    // Bounded: actions are people and scripts; a flood waits rather than growing a queue.
+    let (actions_tx, actions) = mpsc::channel(16);
+    let server = web::Server::bind(&ctx.gameday, ctx.history.clone(), snapshot, actions_tx).await?;
+    let serving = server.map(|server| {
+        if let Some(addr) = server.local_addr() {
+            log(&format!("dashboard, API and /metrics on http://{addr}/"));
+        }
+        tokio::spawn(server.serve())
+    });
+    // Suspension is the dispatcher's own copy: `suspend`/`resume` change it until a restart.
+    let calendar = ctx.gameday.calendar.clone();
+    let overridden = vec![false; calendar.schedules.len()];
     let mut dispatcher = Dispatcher {
         cursors: cursors
             .into_iter()
@@ -181,8 +197,15 @@ pub(crate) async fn run(gameday: GameDay) -> anyhow::Result<()> {
         stopping: Stopping::No,
         events_tx,
         tasks: JoinSet::new(),
+        calendar,
+        overridden,
+        snapshot_tx,
     };
-    dispatcher.run(events).await;
+    dispatcher.run(events, actions).await;
+    if let Some(serving) = serving {
+        serving.abort();
+        let _ = serving.await;
+    }
     if let Some(leading) = leading {
         // Stopped before the lead is given up, so no renewal already under way takes it back.
         leading.abort();
@@ -387,13 +410,24 @@ struct Dispatcher {
     stopping: Stopping,
     events_tx: mpsc::UnboundedSender<Event>,
     tasks: JoinSet<()>,
+    /// The file's calendar with the runtime `suspend`/`resume` applied: what `advance` follows.
+    calendar: Calendar,
+    /// Per schedule: a runtime action, not the file, decided its suspension.
+    overridden: Vec<bool>,
+    /// What the web server shows of this dispatcher.
+    snapshot_tx: watch::Sender<Snapshot>,
 }
 
 impl Dispatcher {
-    async fn run(&mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut actions: mpsc::Receiver<Command>,
+    ) {
         let mut sigterm = signal(SignalKind::terminate()).ok();
         let mut sigint = signal(SignalKind::interrupt()).ok();
         self.advance(Timestamp::now());
+        self.publish();
         loop {
             let sleep = self.sleep_for(Timestamp::now());
             tokio::select! {
@@ -401,6 +435,7 @@ impl Dispatcher {
                 Some(()) = recv_signal(&mut sigterm) => self.on_signal("SIGTERM"),
                 Some(()) = recv_signal(&mut sigint) => self.on_signal("SIGINT"),
                 Some(event) = events.recv() => self.on_event(event),
+                Some(command) = actions.recv() => self.on_action(command),
                 Some(done) = self.tasks.join_next() => {
                     if let Err(e) = done {
                         log(&format!("a fire task failed: {e}"));
@@ -408,12 +443,14 @@ impl Dispatcher {
                 }
             }
             if self.stopping != Stopping::No {
+                self.publish();
                 if self.in_flight.is_empty() {
                     break;
                 }
                 continue;
             }
             self.advance(Timestamp::now());
+            self.publish();
         }
         // Skips still being recorded.
         while self.tasks.join_next().await.is_some() {}
@@ -466,14 +503,12 @@ impl Dispatcher {
                 continue;
             }
             loop {
-                match timing::step(&self.ctx.gameday.calendar, i, self.cursors[i], now) {
+                match timing::step(&self.calendar, i, self.cursors[i], now) {
                     Step::Wait(at) => {
                         // A slot that will be skipped is not the next fire; its skip is logged
                         // when it comes (a per-second cron in a blackout would otherwise say
                         // "next fire" every second, of a slot that does not fire).
-                        if self.next[i] != Some(at)
-                            && self.ctx.gameday.calendar.skip_reason(i, at).is_none()
-                        {
+                        if self.next[i] != Some(at) && self.calendar.skip_reason(i, at).is_none() {
                             self.log_next(i, at);
                         }
                         self.next[i] = Some(at);
@@ -601,7 +636,14 @@ impl Dispatcher {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.in_flight.insert(id, InFlight { schedule: i, at });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                schedule: i,
+                at,
+                run: None,
+            },
+        );
         let job = fire::Job {
             id,
             schedule: i,
@@ -640,7 +682,12 @@ impl Dispatcher {
                     }
                 }
             }
-            Event::Running { fire, run } => self.table.running(fire, &run),
+            Event::Running { fire, run } => {
+                self.table.running(fire, &run);
+                if let Some(f) = self.in_flight.get_mut(&fire) {
+                    f.run = Some(run);
+                }
+            }
             Event::Done { fire } => {
                 self.in_flight.remove(&fire);
                 self.waiting.remove(&fire);
@@ -675,6 +722,91 @@ impl Dispatcher {
             Event::Lead(None) => self.leader = false,
             Event::Renewed(until) => self.lead_until = Some(until),
         }
+    }
+
+    /// Publishes what the web server shows: cheap (no cron arithmetic), so after every turn.
+    fn publish(&self) {
+        let schedules = (0..self.calendar.schedules.len())
+            .map(|i| web::ScheduleState {
+                next_slot: self.next.get(i).copied().flatten(),
+                suspended: self.calendar.schedules[i].suspend,
+                overridden: self.overridden[i],
+            })
+            .collect();
+        let fires = self
+            .in_flight
+            .iter()
+            .map(|(id, f)| web::FireState {
+                schedule: self.calendar.schedules[f.schedule].name.clone(),
+                at: f.at,
+                phase: if self.waiting.contains_key(id) {
+                    FirePhase::Queued
+                } else if f.run.is_some() {
+                    FirePhase::Running
+                } else {
+                    FirePhase::Starting
+                },
+                run: f.run.clone(),
+            })
+            .collect();
+        self.snapshot_tx.send_replace(Snapshot {
+            schedules,
+            fires,
+            leading: self.leading(),
+        });
+    }
+
+    /// Executes an action of the API (the token was checked there) and answers what it did.
+    fn on_action(&mut self, command: Command) {
+        let Some(i) = self
+            .calendar
+            .schedules
+            .iter()
+            .position(|s| s.name == command.schedule)
+        else {
+            let _ = command
+                .reply
+                .send(Err(ActionError::NoSchedule(command.schedule)));
+            return;
+        };
+        let name = self.calendar.schedules[i].name.clone();
+        let outcome = match command.action {
+            Action::RunNow if self.stopping != Stopping::No => Err(ActionError::Refused(
+                "the coordinator is stopping: no new fires".to_owned(),
+            )),
+            Action::RunNow if !self.leading() => Err(ActionError::Refused(
+                "this coordinator does not lead: ask the one that fires".to_owned(),
+            )),
+            Action::RunNow => {
+                let at = Timestamp::now();
+                let before = self.in_flight.len();
+                // The usual rules hold: `concurrency = "forbid"` skips it (recorded), a busy host
+                // queues it, the outage and halted-agent checks may skip it.
+                self.fire(i, at, false);
+                if self.in_flight.len() > before {
+                    Ok(format!("`{name}` fires now (slot {at:.0})"))
+                } else {
+                    Err(ActionError::Refused(format!(
+                        "`{name}` did not fire: its previous fire is still going or waiting (see the log)"
+                    )))
+                }
+            }
+            Action::Suspend | Action::Resume => {
+                let suspend = command.action == Action::Suspend;
+                let s = &mut self.calendar.schedules[i];
+                s.suspend = suspend;
+                self.overridden[i] = suspend != self.ctx.gameday.calendar.schedules[i].suspend;
+                // Its next slot is worked out again from the cursor, with the new suspension.
+                self.next[i] = None;
+                self.idle[i] = false;
+                Ok(format!(
+                    "`{name}` {} until the coordinator restarts (the file says suspend = {})",
+                    if suspend { "suspended" } else { "resumed" },
+                    self.ctx.gameday.calendar.schedules[i].suspend
+                ))
+            }
+        };
+        let _ = command.reply.send(outcome);
     }
 
     fn on_signal(&mut self, name: &str) {

@@ -59,6 +59,20 @@ pub(crate) struct Coordinator {
     pub(crate) name: String,
     /// Seed of every schedule's jitter (`schedule::jitter`) [default 0].
     pub(crate) seed: u64,
+    /// The dashboard, JSON API and `/metrics` (`listen`); None: no web server.
+    pub(crate) web: Option<Web>,
+}
+
+/// `listen`, `token_file`, `dashboard_token` of `[coordinator]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Web {
+    /// Plain HTTP: bind it to loopback or put it behind a TLS proxy.
+    pub(crate) listen: std::net::SocketAddr,
+    /// The bearer token of the actions (and of reading, with `dashboard_token`), read at start.
+    /// None: actions are refused.
+    pub(crate) token_file: Option<PathBuf>,
+    /// Reading (pages, API, `/metrics`) needs the token too.
+    pub(crate) dashboard_token: bool,
 }
 
 /// `outage = { alertmanager = "http://…", matchers = ['severity="critical"'] }`.
@@ -310,7 +324,9 @@ impl Validator<'_> {
             Some(n) => n.into_inner(),
             None => host_name(),
         };
+        let web = self.web(raw.listen, raw.token_file, raw.dashboard_token.as_ref())?;
         Ok(Coordinator {
+            web,
             state_dir: self.resolve(raw.state_dir.get_ref()),
             timezone,
             agents,
@@ -320,6 +336,70 @@ impl Validator<'_> {
             name,
             seed: raw.seed.unwrap_or(0),
         })
+    }
+
+    /// `listen`, `token_file` and `dashboard_token`: the last two mean nothing without the first,
+    /// and a token required for reading must exist.
+    fn web(
+        &self,
+        listen: Option<Spanned<String>>,
+        token_file: Option<Spanned<String>>,
+        dashboard_token: Option<&Spanned<bool>>,
+    ) -> VResult<Option<Web>> {
+        let Some(listen) = listen else {
+            if let Some(t) = &token_file {
+                return Err(self.at(t.span(), "token_file", "needs `listen` (the web server)"));
+            }
+            if let Some(d) = dashboard_token {
+                return Err(self.at(
+                    d.span(),
+                    "dashboard_token",
+                    "needs `listen` (the web server)",
+                ));
+            }
+            return Ok(None);
+        };
+        let addr = listen
+            .get_ref()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                self.at(
+                    listen.span(),
+                    "listen",
+                    format!(
+                        "must be an address and port such as \"127.0.0.1:7070\" (got {:?}: {e})",
+                        listen.get_ref()
+                    ),
+                )
+            })?;
+        let token_file = match token_file {
+            None => None,
+            Some(t) => {
+                let p = self.resolve(t.get_ref());
+                if !p.is_file() {
+                    return Err(self.at(
+                        t.span(),
+                        "token_file",
+                        format!("no token file at {}", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let required = dashboard_token.is_some_and(|d| *d.get_ref());
+        if required && token_file.is_none() {
+            let d = dashboard_token.map(Spanned::span).unwrap_or_default();
+            return Err(self.at(
+                d,
+                "dashboard_token",
+                "`dashboard_token = true` needs `token_file`",
+            ));
+        }
+        Ok(Some(Web {
+            listen: addr,
+            token_file,
+            dashboard_token: required,
+        }))
     }
 
     fn outage(&self, raw: raw::Outage) -> VResult<Outage> {

@@ -32,6 +32,7 @@ mod run;
 mod schedule;
 mod sli;
 mod units;
+mod web;
 
 use std::process::ExitCode;
 

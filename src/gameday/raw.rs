@@ -32,6 +32,9 @@ pub(crate) struct Coordinator {
     pub(crate) lease: Option<Spanned<Dur>>,
     pub(crate) name: Option<Spanned<String>>,
     pub(crate) seed: Option<u64>,
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) dashboard_token: Option<Spanned<bool>>,
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

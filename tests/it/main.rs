@@ -29,3 +29,4 @@ mod prometheus;
 mod stress;
 mod validate;
 mod verdicts;
+mod web;
