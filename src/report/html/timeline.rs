@@ -338,6 +338,13 @@ fn fault_rows(out: &mut String, report: &Report, top: f64, x: &Scale) {
             _ => f.reverted_at.map_or(x_end(x), since),
         };
         let (x0, x1) = (x.map(injected), x.map(ended));
+        // A dashed line from the top of the lanes down to the bar, so a kill that lasts an
+        // instant can be lined up with what the probes saw at that moment.
+        let _ = writeln!(
+            out,
+            "<line class=\"fault-moment\" x1=\"{x0:.1}\" x2=\"{x0:.1}\" y1=\"{HEADER}\" y2=\"{:.1}\" stroke=\"#bc4c00\" stroke-width=\"1.2\" stroke-dasharray=\"3 3\"/>",
+            row + 4.0
+        );
         // An instant fault (a kill) still gets a bar a person can see.
         let w = (x1 - x0).max(4.0);
         let fill = match f.status {
