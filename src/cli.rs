@@ -15,17 +15,18 @@ mod gameday;
 use crate::agent::{default_state_dir, server};
 use crate::experiment;
 use crate::fault::{Work, worker_main};
+use crate::inventory;
 use crate::model::Experiment;
 use crate::progress::Progress;
-use crate::report::{html, json, junit, terminal};
+use crate::report::{NotStarted, Report, html, json, junit, markdown, terminal};
 use crate::run::RunOptions;
-use crate::run::session::{self, Session};
+use crate::run::session::{self, Session, StartError};
 use crate::units::Dur;
 
 mod coordinator;
 
 /// Exit code for usage errors and invalid experiments: nothing ran.
-const EXIT_INVALID: u8 = 2;
+const EXIT_INVALID: u8 = crate::report::EXIT_INVALID;
 /// Exit code of `budget` when too little error budget is left (the same as a `not_run` verdict).
 const EXIT_NOT_ENOUGH: u8 = 4;
 /// Exit code when the tool could not do what was asked (here: Prometheus could not be read).
@@ -286,6 +287,10 @@ struct RunArgs {
     /// Write a self-contained HTML report (timeline picture, tables, postmortem) here.
     #[arg(long, value_name = "PATH")]
     report_html: Option<PathBuf>,
+    /// Write a short Markdown summary here (GitHub-flavoured: for `$GITHUB_STEP_SUMMARY` and
+    /// merge-request comments).
+    #[arg(long, value_name = "PATH")]
+    summary_md: Option<PathBuf>,
     /// Seed for every random choice, to reproduce a run; drawn and reported when not given.
     #[arg(long)]
     seed: Option<u64>,
@@ -575,16 +580,37 @@ fn load(file: &Path) -> Option<Experiment> {
 
 fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let Some(exp) = load(&args.file) else {
+        // No report: without a loaded experiment there is nothing it could describe.
         return Ok(ExitCode::from(EXIT_INVALID));
     };
     // Drawn here, not in the run, because the choice of agents already depends on it.
     let seed = args.seed.unwrap_or_else(rand::random);
     let runtime = runtime()?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let started_at = jiff::Timestamp::now();
+    let run_id = crate::run::new_run_id(started_at);
+    let history_dir = (!args.no_history).then_some(state_dir.as_path());
+    // A run that ends before its baseline still writes every report it was asked for and its
+    // history row (started and ended at once: nothing ran that the watchdog would have to end),
+    // so a pipeline that uploads them finds them, and they say why.
+    let not_started = |selection: Option<&inventory::Selection>, why: NotStarted| {
+        let faults = session::planned_faults(&exp, selection);
+        let report =
+            Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
+        let recorder = runtime.block_on(history::Recorder::start(history_dir, &exp, &run_id, seed));
+        end_run(&runtime, recorder, &report, args)
+    };
     let selection = match runtime.block_on(session::resolve(&exp, args.agents.as_deref(), seed)) {
         Ok(selection) => selection,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(EXIT_INVALID));
+            let reason = format!("{e}; nothing was injected");
+            eprintln!("error: {reason}");
+            // An unusable inventory is invalid input like a bad experiment: exit 2, with reports.
+            let why = match e {
+                StartError::Invalid(_) => NotStarted::Invalid(reason),
+                StartError::Halted(_) | StartError::Unreachable(_) => NotStarted::Error(reason),
+            };
+            return not_started(None, why);
         }
     };
     if args.dry_run {
@@ -594,57 +620,87 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.dry_run {
         if let Err(e) = runtime.block_on(session::preflight(&selection)) {
-            eprintln!("error: {e}; nothing was injected");
-            return Ok(ExitCode::from(5));
+            let reason = format!("{e}; nothing was injected");
+            eprintln!("error: {reason}");
+            return not_started(Some(&selection), NotStarted::Error(reason));
         }
     }
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let run_id = crate::run::new_run_id(jiff::Timestamp::now());
     // Recorded before the session recovers the journal: from here every exit path ends the row.
-    let recorder = runtime.block_on(history::Recorder::start(
-        (!args.no_history).then_some(state_dir.as_path()),
-        &exp,
-        &run_id,
-        seed,
+    let recorder = runtime.block_on(history::Recorder::start(history_dir, &exp, &run_id, seed));
+    let progress = Progress::new(args.quiet);
+    let recorded = (!args.no_history).then_some(run_id.as_str());
+    let session = runtime.block_on(Session::open_for(
+        state_dir.clone(),
+        args.lease,
+        &progress,
+        recorded,
     ));
-    let report = runtime.block_on(async {
-        let progress = Progress::new(args.quiet);
-        let recorded = (!args.no_history).then_some(run_id.as_str());
-        let mut session = Session::open_for(state_dir, args.lease, &progress, recorded).await?;
-        let opts = RunOptions {
-            seed: Some(seed),
-            dry_run: args.dry_run,
-            lease: args.lease,
-            recovered: session.take_recovered(),
-            run_id: Some(run_id),
-            stop: None,
-        };
-        let report = session.run(&exp, &selection, opts, &progress).await;
-        progress.finish();
-        anyhow::Ok(report)
-    });
-    let report = match report {
-        Ok(report) => report,
+    let mut session = match session {
+        Ok(session) => session,
         Err(e) => {
-            runtime.block_on(recorder.fail(&format!("{e:#}")));
-            return Err(e);
+            progress.finish();
+            let reason = format!("{e:#}; nothing was injected");
+            eprintln!("error: {reason}");
+            let faults = session::planned_faults(&exp, Some(&selection));
+            let why = NotStarted::Error(reason);
+            let report =
+                Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
+            return end_run(&runtime, recorder, &report, args);
         }
     };
-    print!("{}", terminal::render(&report));
-    runtime.block_on(recorder.finish(&report));
-    if let Some(path) = &args.report_json {
-        std::fs::write(path, json::render(&report))
-            .with_context(|| format!("failed to write the JSON report to {}", path.display()))?;
-    }
-    if let Some(path) = &args.junit {
-        std::fs::write(path, junit::render(&report))
-            .with_context(|| format!("failed to write the JUnit report to {}", path.display()))?;
-    }
-    if let Some(path) = &args.report_html {
-        std::fs::write(path, html::render(&report))
-            .with_context(|| format!("failed to write the HTML report to {}", path.display()))?;
-    }
+    let opts = RunOptions {
+        seed: Some(seed),
+        dry_run: args.dry_run,
+        lease: args.lease,
+        recovered: session.take_recovered(),
+        run_id: Some(run_id.clone()),
+        stop: None,
+    };
+    let report = runtime.block_on(session.run(&exp, &selection, opts, &progress));
+    progress.finish();
+    end_run(&runtime, recorder, &report, args)
+}
+
+/// How every `run` ends, however far it got: the terminal summary, the history row's end, every
+/// report file asked for, and the report's exit code.
+fn end_run(
+    runtime: &tokio::runtime::Runtime,
+    recorder: history::Recorder,
+    report: &Report,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    print!("{}", terminal::render(report));
+    runtime.block_on(recorder.finish(report));
+    write_reports(report, args)?;
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Writes every report `run` was asked for, each from the same `Report`, so a run that ended
+/// before its baseline and one that finished get the same files. One failed write does not stop
+/// the others; the error names every file that could not be written.
+fn write_reports(report: &Report, args: &RunArgs) -> anyhow::Result<()> {
+    type Render = fn(&Report) -> String;
+    let renderings: [(&str, &Option<PathBuf>, Render); 4] = [
+        ("JSON report", &args.report_json, json::render),
+        ("JUnit report", &args.junit, junit::render),
+        ("HTML report", &args.report_html, html::render),
+        ("Markdown summary", &args.summary_md, markdown::render),
+    ];
+    let mut failed = Vec::new();
+    for (what, path, render) in renderings {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::write(path, render(report)) {
+            failed.push(format!(
+                "failed to write the {what} to {}: {e}",
+                path.display()
+            ));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("; "))
+    }
 }
 
 #[cfg(test)]

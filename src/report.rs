@@ -1,9 +1,11 @@
 //! Owns the result of a run — verdict, reason, per-phase SLIs, faults — and its renderings, one
-//! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `terminal.rs` (people).
+//! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `markdown.rs` (CI
+//! summaries and merge-request comments), `terminal.rs` (people).
 
 pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod junit;
+pub(crate) mod markdown;
 pub(crate) mod terminal;
 
 use std::time::Duration;
@@ -12,8 +14,12 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
-use crate::model::GoldenSignal;
+use crate::model::{Experiment, GoldenSignal};
 use crate::sli::Stats;
+
+/// The exit code of a run whose input was invalid: an experiment file, an inventory or a target
+/// group that cannot be used. Nothing ran.
+pub(crate) const EXIT_INVALID: u8 = 2;
 
 /// The outcome a pipeline gates on. Exit codes are part of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +87,19 @@ pub(crate) struct Report {
     /// The error-budget gate's numbers, when the experiment has one and they could be read.
     pub(crate) budget: Option<Budget>,
     pub(crate) samples: Vec<SampleRecord>,
+    /// The run never started because its inventory or target groups were invalid: it exits
+    /// `EXIT_INVALID` like an invalid experiment, whatever its verdict (`error`) says.
+    pub(crate) input_invalid: bool,
+}
+
+/// Why a run ended before its baseline, outside the run loop (which reports the budget gate and
+/// failed fixtures itself): nothing was injected.
+#[derive(Debug)]
+pub(crate) enum NotStarted {
+    /// The inventory or a target group could not be used (exit 2).
+    Invalid(String),
+    /// An agent was unreachable or halted, or the embedded agent could not be opened (exit 5).
+    Error(String),
 }
 
 /// One probe's numbers in one phase.
@@ -139,6 +158,48 @@ pub(crate) struct SampleRecord {
 }
 
 impl Report {
+    /// The report of a run of `exp` that ended before its baseline: no phases, `faults` (the ones
+    /// it would have run, if known) all skipped, and the reason. Every rendering and the history
+    /// take it like any other report, so a pipeline finds every file it asked for.
+    pub(crate) fn not_started(
+        exp: &Experiment,
+        run_id: &str,
+        seed: u64,
+        started_at: Timestamp,
+        dry_run: bool,
+        faults: Vec<FaultRecord>,
+        why: NotStarted,
+    ) -> Report {
+        let (input_invalid, reason) = match why {
+            NotStarted::Invalid(reason) => (true, reason),
+            NotStarted::Error(reason) => (false, reason),
+        };
+        Report {
+            run_id: run_id.to_owned(),
+            title: exp.title.clone(),
+            file: exp.file.display().to_string(),
+            sha256: exp.sha256.clone(),
+            seed,
+            started_at,
+            ended_at: Timestamp::now().max(started_at),
+            dry_run,
+            verdict: Verdict::Error,
+            reason,
+            before: Vec::new(),
+            during: Vec::new(),
+            after: Vec::new(),
+            faults,
+            time_to_recover: None,
+            recovery_within: exp.recovery_within,
+            aborted_by: None,
+            time_to_abort: None,
+            recovered_from_journal: Vec::new(),
+            budget: None,
+            samples: Vec::new(),
+            input_invalid,
+        }
+    }
+
     /// Records a fault that outlived the run loop: the run's verdict can no longer be trusted.
     pub(crate) fn note_leftover(&mut self, line: &str) {
         self.reason = format!("{line}; before that: {}", self.reason);
@@ -147,6 +208,9 @@ impl Report {
 
     /// The process exit code. A dry run whose steady state held exits 0: nothing was meant to run.
     pub(crate) fn exit_code(&self) -> u8 {
+        if self.input_invalid {
+            return EXIT_INVALID;
+        }
         let dry_run_held = self.dry_run
             && self.verdict == Verdict::NotRun
             && !self.before.is_empty()
@@ -217,6 +281,7 @@ mod tests {
             recovered_from_journal: Vec::new(),
             budget: None,
             samples: Vec::new(),
+            input_invalid: false,
         }
     }
 
@@ -291,6 +356,39 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("faults reverted 12.35 ms after"), "{shown}");
+    }
+
+    /// A run stopped by an unusable inventory exits 2 like an invalid experiment; its stored
+    /// report keeps that exit code, and a run stopped by an unreachable agent keeps 5.
+    #[test]
+    fn a_report_of_a_run_that_never_started_keeps_its_exit_code_when_read_back() {
+        let toml = "title = \"t\"\n[steady_state]\nwindow = \"1s\"\n[[steady_state.probe]]\nname = \"p\"\ncommand = [\"true\"]\n[[fault]]\nname = \"kill\"\nkind = \"process-kill\"\nselect = { name = \"x\" }\n[recovery]\nwithin = \"3s\"\n";
+        let exp = crate::experiment::parse(std::path::Path::new("x.toml"), toml).unwrap();
+        let at: jiff::Timestamp = "2026-12-02T07:00:00Z".parse().unwrap();
+        let faults = crate::run::session::planned_faults(&exp, None);
+        for (why, exit) in [
+            (super::NotStarted::Invalid("bad inventory".to_owned()), 2),
+            (
+                super::NotStarted::Error("agent `a` is halted".to_owned()),
+                5,
+            ),
+        ] {
+            let report = Report::not_started(&exp, "r-1", 3, at, false, faults.clone(), why);
+            assert_eq!(report.verdict, Verdict::Error);
+            assert_eq!(report.exit_code(), exit);
+            assert_eq!(report.recovery_within, Duration::from_secs(3));
+            assert_eq!(report.faults.len(), 1, "the local kill, skipped");
+            assert_eq!(report.faults[0].status, FaultState::Skipped);
+            let text = super::json::render(&report);
+            assert!(text.contains(&format!("\"exit_code\": {exit},")), "{text}");
+            let back = super::json::parse(&text).unwrap();
+            assert_eq!(back.exit_code(), exit);
+            assert_eq!(super::json::render(&back), text);
+            assert_eq!(
+                super::terminal::render(&back),
+                super::terminal::render(&report)
+            );
+        }
     }
 
     #[test]

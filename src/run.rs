@@ -1070,6 +1070,7 @@ impl Runner<'_> {
             recovered_from_journal: self.opts.recovered.clone(),
             budget: self.budget.clone(),
             samples,
+            input_invalid: false,
         }
     }
 }

@@ -462,11 +462,6 @@ impl Recorder {
         self.end(&RunEnd::of_report(report)).await;
     }
 
-    /// Writes a run that failed before it made a report.
-    pub(super) async fn fail(self, error: &str) {
-        self.end(&RunEnd::error(error)).await;
-    }
-
     async fn end(self, end: &RunEnd) {
         if let Some((history, run_id)) = self.open {
             if let Err(e) = history.finish_run(&run_id, end).await {

@@ -203,6 +203,8 @@ pub(crate) fn parse(text: &str) -> Result<Report, ParseError> {
             min_remaining: b.min_remaining,
         }),
         samples: doc.samples,
+        // Only a run whose input was invalid exits 2: every verdict has another code.
+        input_invalid: doc.exit_code == super::EXIT_INVALID,
     })
 }
 
@@ -225,10 +227,8 @@ struct In {
     ended_at: String,
     dry_run: bool,
     verdict: super::Verdict,
-    #[expect(
-        dead_code,
-        reason = "derived from the verdict and the phases, like `render` does"
-    )]
+    /// Derived from the verdict and the phases like `render` does, except for the exit code of
+    /// an invalid input, which no verdict has.
     exit_code: u8,
     reason: String,
     phases: InPhases,

@@ -14,7 +14,7 @@ use crate::inventory::{self, Selection};
 use crate::model::{Experiment, LOCAL_GROUP};
 use crate::progress::Progress;
 use crate::protocol::RevertCause;
-use crate::report::Report;
+use crate::report::{FaultRecord, FaultState, Report};
 use crate::run::{self, RunOptions, Targets};
 
 /// Why a run could not start; nothing was injected.
@@ -202,4 +202,32 @@ pub(crate) async fn preflight(selection: &Selection) -> Result<(), StartError> {
         return Err(StartError::Halted(halted.join("; ")));
     }
     Ok(())
+}
+
+/// The fault records a run of `exp` would have made, all `skipped`, in the run loop's order (each
+/// step once per agent its group resolved to), for the report of a run that ended before its
+/// baseline. Without a selection (the inventory was invalid), the steps on `local` only.
+pub(crate) fn planned_faults(exp: &Experiment, selection: Option<&Selection>) -> Vec<FaultRecord> {
+    let mut records = Vec::new();
+    for step in &exp.faults {
+        let agents: Vec<&str> = if step.on == LOCAL_GROUP {
+            vec![LOCAL_GROUP]
+        } else {
+            selection
+                .and_then(|s| s.groups.get(&step.on))
+                .map(|g| g.chosen.iter().map(|a| a.name.as_str()).collect())
+                .unwrap_or_default()
+        };
+        records.extend(agents.into_iter().map(|agent| FaultRecord {
+            name: step.name.clone(),
+            kind: step.spec.kind().to_owned(),
+            agent: agent.to_owned(),
+            targets: Vec::new(),
+            injected_at: None,
+            reverted_at: None,
+            status: FaultState::Skipped,
+            detail: String::new(),
+        }));
+    }
+    records
 }

@@ -763,7 +763,20 @@ fn a_target_group_matching_no_agent_refuses_to_run() {
         "{}",
         run.explain()
     );
-    assert!(run.report.is_none(), "nothing ran, so there is no report");
+    // Nothing ran, yet the report asked for exists and says why, with the exit code of invalid
+    // input.
+    let report = run.report.as_ref().expect("the JSON report was written");
+    assert_eq!(
+        (report["verdict"].as_str(), report["exit_code"].as_u64()),
+        (Some("error"), Some(2))
+    );
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("matches none of the 1 agent(s)"),
+        "{report:#}"
+    );
 }
 
 #[test]
