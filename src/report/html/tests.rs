@@ -31,6 +31,7 @@ fn phase(stats: Stats, slo_met: Option<bool>) -> ProbePhase {
         signal: Some(crate::model::GoldenSignal::Latency),
         stats,
         slo_met,
+        p99_limit: Some(Duration::from_millis(250)),
     }
 }
 
@@ -285,4 +286,19 @@ fn a_run_that_never_started_still_renders_a_page_that_says_why() {
             "Verdict: error (exit 5) — agent `web-1` is unreachable (connection refused).",
         ]
     );
+}
+
+#[test]
+fn the_slo_p99_bound_is_a_line_when_it_fits_the_latencies_and_named_when_it_does_not() {
+    let far = render(&kill_with_recovery());
+    assert!(
+        far.contains("SLO p99 ≤ 250 ms (above this scale)</text>"),
+        "{far}"
+    );
+    assert!(!far.contains("class=\"slo-line\""));
+    let mut r = kill_with_recovery();
+    r.after[0].p99_limit = Some(Duration::from_millis(8));
+    let near = render(&r);
+    assert!(near.contains("class=\"slo-line\""), "{near}");
+    assert!(near.contains("SLO p99 ≤ 8 ms</text>"), "{near}");
 }
