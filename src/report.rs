@@ -1,6 +1,7 @@
 //! Owns the result of a run — verdict, reason, per-phase SLIs, faults — and its renderings, one
 //! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `markdown.rs` (CI
-//! summaries and merge-request comments), `terminal.rs` (people).
+//! summaries and merge-request comments), `terminal.rs` (people), `html.rs` (one self-contained
+//! page with the timeline picture).
 
 pub(crate) mod html;
 pub(crate) mod json;

@@ -22,6 +22,10 @@ const LANE_GAP: f64 = 12.0;
 const FAULT_ROW: f64 = 24.0;
 const AXIS: f64 = 44.0;
 
+/// A white outline under a label, so a marker line crossing it does not cross out its letters.
+const HALO: &str =
+    "paint-order=\"stroke\" stroke=\"#ffffff\" stroke-width=\"4\" stroke-linejoin=\"round\"";
+
 const BEFORE_FILL: &str = "#eaeef2";
 const DURING_FILL: &str = "#fff1e5";
 const AFTER_FILL: &str = "#dafbe1";
@@ -297,8 +301,8 @@ fn lane(out: &mut String, report: &Report, probe: &str, top: f64, x: &Scale) {
             let _ = writeln!(
                 out,
                 "<text class=\"slo-above\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#8250df\">SLO p99 ≤ {} (above this scale)</text>",
-                WIDTH - RIGHT - 4.0,
-                plot_top + 14.0,
+                WIDTH - RIGHT,
+                top + 14.0,
                 format_ms(Duration::from_secs_f64(l / 1000.0))
             );
         }
@@ -402,7 +406,7 @@ fn fault_rows(out: &mut String, report: &Report, top: f64, x: &Scale) {
         };
         let _ = writeln!(
             out,
-            "<text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
+            "<text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" {HALO}>{}</text>",
             row + 15.0,
             escape(&label)
         );
