@@ -36,6 +36,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .met { color: #1a7f37; font-weight: 600; }
 .notmet { color: #cf222e; font-weight: 600; }
 .postmortem p { margin: 6px 0; line-height: 1.5; }
+code { font-family: ui-monospace, monospace; background: #f6f8fa; padding: 0 3px; border-radius: 3px; }
 svg { display: block; max-width: 100%; height: auto; }
 svg text { font-family: system-ui, sans-serif; }
 ";
@@ -61,14 +62,14 @@ pub(crate) fn render(report: &Report) -> String {
         verdict_colour(report.verdict),
         report.verdict.as_str().to_uppercase(),
         report.exit_code(),
-        escape(&report.reason)
+        code_spans(&escape(&report.reason))
     );
     meta(&mut out, report);
     out.push_str("<h2>Timeline</h2>\n");
     out.push_str(&timeline::render(report));
     out.push_str("<h2>What happened</h2>\n<div class=\"postmortem\" id=\"postmortem\">\n");
     for sentence in postmortem::sentences(report) {
-        let _ = writeln!(out, "<p>{}</p>", escape(&sentence));
+        let _ = writeln!(out, "<p>{}</p>", code_spans(&escape(&sentence)));
     }
     out.push_str("</div>\n");
     phases(&mut out, report);
@@ -280,6 +281,27 @@ fn stored(d: Duration) -> Duration {
     Duration::from_micros((d.as_secs_f64() * 1_000_000.0).round() as u64)
 }
 
+/// Escaped text with each pair of backticks (how reasons and sentences quote names) turned into
+/// a `<code>` element. Runs on escaped text, so it adds markup and never lets any through; an odd
+/// backtick is left as it is.
+fn code_spans(escaped: &str) -> String {
+    let parts: Vec<&str> = escaped.split('`').collect();
+    if parts.len() % 2 == 0 {
+        return escaped.to_owned();
+    }
+    let mut out = String::with_capacity(escaped.len() + 16);
+    for (i, part) in parts.iter().enumerate() {
+        if i % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 /// Text for HTML element content and attribute values (both quote kinds).
 pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -295,3 +317,6 @@ pub(crate) fn escape(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

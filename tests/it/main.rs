@@ -19,6 +19,7 @@ mod gameday;
 mod gate;
 mod hardening;
 mod history;
+mod html;
 mod latency;
 mod measured;
 mod netem_absent;
