@@ -72,7 +72,11 @@ pub(crate) enum Event {
         reply: oneshot::Sender<Answer>,
     },
     /// A fire started this run (for conflict messages).
-    Running { fire: FireId, run: String },
+    Running {
+        fire: FireId,
+        run: String,
+        stage: crate::progress::Stage,
+    },
     /// A fire ended (sent by its guard, whatever happened).
     Done { fire: FireId },
     /// Leadership (PostgreSQL histories only): gained with every schedule's last recorded slot,
@@ -87,8 +91,8 @@ pub(crate) enum Event {
 struct InFlight {
     schedule: usize,
     at: Timestamp,
-    /// The run it started last (for the dashboard).
-    run: Option<String>,
+    /// The run it started last and where that run stands (for the dashboard).
+    run: Option<(String, crate::progress::Stage)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -682,10 +686,10 @@ impl Dispatcher {
                     }
                 }
             }
-            Event::Running { fire, run } => {
+            Event::Running { fire, run, stage } => {
                 self.table.running(fire, &run);
                 if let Some(f) = self.in_flight.get_mut(&fire) {
-                    f.run = Some(run);
+                    f.run = Some((run, stage));
                 }
             }
             Event::Done { fire } => {
@@ -746,7 +750,8 @@ impl Dispatcher {
                 } else {
                     FirePhase::Starting
                 },
-                run: f.run.clone(),
+                run: f.run.as_ref().map(|(run, _)| run.clone()),
+                stage: f.run.as_ref().map(|(_, stage)| stage.clone()),
             })
             .collect();
         self.snapshot_tx.send_replace(Snapshot {

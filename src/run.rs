@@ -948,6 +948,13 @@ impl Runner<'_> {
     }
 
     fn show_status(&mut self, now: Instant) {
+        // Every tick, so a dashboard reading it is at most one tick behind.
+        self.progress.set_stage(match self.stage {
+            Stage::Before { .. } => Some("before"),
+            Stage::Method => Some("during"),
+            Stage::After { .. } => Some("after"),
+            Stage::Done => None,
+        });
         if now.duration_since(self.last_status) < Duration::from_millis(200) {
             return;
         }

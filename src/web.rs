@@ -61,6 +61,21 @@ pub(crate) struct FireState {
     pub(crate) phase: FirePhase,
     /// The run under way (the last one the fire started).
     pub(crate) run: Option<String>,
+    /// Where that run stands, read live (before, during, after).
+    pub(crate) stage: Option<crate::progress::Stage>,
+}
+
+impl FireState {
+    /// The run's own phase (before, during, after) while one runs; else where the fire stands.
+    pub(crate) fn phase_name(&self) -> &'static str {
+        match (
+            self.phase,
+            self.stage.as_ref().and_then(crate::progress::Stage::get),
+        ) {
+            (FirePhase::Running, Some(stage)) => stage,
+            (phase, _) => phase.as_str(),
+        }
+    }
 }
 
 /// Where a fire stands, as the dispatcher sees it.

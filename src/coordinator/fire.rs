@@ -351,9 +351,13 @@ async fn run_one(
         }
     }
     let run_id = start.run_id.clone();
+    // Plain lines timed from the run's start, as `faultline run --quiet` prints them; its stage is
+    // what the dashboard shows as the run's phase.
+    let progress = Progress::new(true);
     let _ = events.send(Event::Running {
         fire: job.id,
         run: run_id.clone(),
+        stage: progress.stage(),
     });
     let notify = match &p {
         Prepared::Ready { exp, .. } => [&ctx.gameday.notify[..], &exp.notify].concat(),
@@ -374,8 +378,6 @@ async fn run_one(
                 run_id: Some(run_id.clone()),
                 stop: Some(ctx.cancel.clone()),
             };
-            // Plain lines timed from the run's start, as `faultline run --quiet` prints them.
-            let progress = Progress::new(true);
             let mut report = ctx.session.run(&exp, &selection, opts, &progress).await;
             // Judged before the run's end is recorded, so the history keeps the gated verdict.
             crate::gate::judge_run(&mut report, &exp.gate, Ok(&ctx.history)).await;

@@ -37,7 +37,7 @@ pub(super) async fn schedules(State(web): State<Shared>) -> Json<Value> {
             .fires
             .iter()
             .filter(|f| f.schedule == s.name)
-            .map(|f| json!({ "at": format!("{:.0}", f.at), "phase": f.phase.as_str(), "run_id": f.run }))
+            .map(|f| json!({ "at": format!("{:.0}", f.at), "phase": f.phase_name(), "run_id": f.run }))
             .collect();
         out.push(json!({
             "name": s.name,

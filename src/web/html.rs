@@ -174,7 +174,7 @@ pub(super) async fn index(State(web): State<Shared>) -> Response {
                 "<tr><td>{}</td><td>{:.0}</td><td>{}</td><td>{run}</td></tr>",
                 esc(&f.schedule),
                 f.at,
-                f.phase.as_str()
+                f.phase_name()
             );
         }
         out.push_str("</table>\n");

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::history::Filter;
 
-use super::{FirePhase, Shared, next_slots};
+use super::{FirePhase, FireState, Shared, next_slots};
 
 /// Upper bounds of the time-to-recover buckets, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -149,8 +149,10 @@ pub(super) async fn metrics(State(web): State<Shared>) -> Response {
             .iter()
             .rev()
             .find(|f| f.schedule == s.name)
-            .map_or("idle", |f| f.phase.as_str());
-        let phases = std::iter::once("idle").chain(FirePhase::ALL.iter().map(|p| p.as_str()));
+            .map_or("idle", FireState::phase_name);
+        let phases = std::iter::once("idle")
+            .chain(FirePhase::ALL.iter().map(|p| p.as_str()))
+            .chain(["before", "during", "after"]);
         for phase in phases {
             let _ = writeln!(
                 out,

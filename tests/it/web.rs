@@ -468,3 +468,41 @@ fn prometheus_scrapes_the_coordinators_runs_counter_with_the_token() {
         .unwrap();
     assert!(suspended >= 1, "no slot recorded as skipped, suspended");
 }
+
+#[test]
+fn the_dashboard_shows_the_phase_of_the_run_in_progress() {
+    let dir = support::tempdir();
+    let victim = Proc::spawn(&["sleep", "600"]);
+    let port = free_port();
+    let file = gameday(dir.path(), port, "", "nightly", "0 0 1 1 *", victim.pid());
+    // The same experiment, with a pause long enough to look at it while it holds.
+    let exp = dir.path().join("pause.toml");
+    let text = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(
+        &exp,
+        text.replace("duration = \"300ms\"", "duration = \"3s\""),
+    )
+    .unwrap();
+    let c = Coordinator::start(&file, port);
+    let (code, body) = curl("POST", &c.url("/api/v1/schedules/nightly/run"), Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    wait_until("the victim paused", Duration::from_secs(20), || {
+        support::state_of(victim.pid()) == support::ProcState::Stopped
+    });
+    let (_, body) = curl("GET", &c.url("/api/v1/schedules"), None);
+    let schedules = json(&body);
+    assert_eq!(
+        schedules["schedules"][0]["in_progress"][0]["phase"], "during",
+        "{body}"
+    );
+    let (_, metrics) = curl("GET", &c.url("/metrics"), None);
+    assert!(
+        metrics.contains("faultline_run_phase{schedule=\"nightly\",phase=\"during\"} 1"),
+        "{metrics}"
+    );
+    let (_, page) = curl("GET", &c.url("/"), None);
+    assert!(page.contains("<td>during</td>"), "{page}");
+    wait_until("the victim resumed", Duration::from_secs(20), || {
+        support::state_of(victim.pid()) == support::ProcState::Awake
+    });
+}
