@@ -67,7 +67,7 @@ pub(crate) fn render(report: &Report) -> String {
         ("during", &report.during),
         ("after", &report.after),
     ];
-    if phases.iter().all(|(_, list)| list.is_empty()) {
+    if report.ended_before_baseline() {
         out.push_str("No steady state was measured: the run ended before its baseline.\n\n");
     } else {
         out.push_str("| phase | probe | success | p99 | SLO |\n|---|---|--:|--:|---|\n");

@@ -24,6 +24,7 @@ mod netem_absent;
 mod netfaults;
 mod outage;
 mod prometheus;
+mod reports;
 mod stress;
 mod validate;
 mod verdicts;
