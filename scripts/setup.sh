@@ -20,6 +20,9 @@ declare -A needs=(
   [prometheus-alertmanager]=prometheus-alertmanager
   # The test of the systemd units runs `systemd-analyze verify` on them (nothing is started).
   [systemd-analyze]=systemd
+  # The test of the HTML report loads it in headless Chromium (screenshot, rendered DOM, console
+  # errors). The package is large; it is installed here only, quietly like the rest.
+  [chromium]=chromium
 )
 
 # Debian package -> a file that shows it is installed, for what is not a program on PATH.

@@ -18,7 +18,7 @@ use crate::fault::{Work, worker_main};
 use crate::inventory;
 use crate::model::Experiment;
 use crate::progress::Progress;
-use crate::report::{NotStarted, Report, json, junit, markdown, terminal};
+use crate::report::{NotStarted, Report, html, json, junit, markdown, terminal};
 use crate::run::RunOptions;
 use crate::run::session::{self, Session, StartError};
 use crate::units::Dur;
@@ -284,6 +284,9 @@ struct RunArgs {
     /// Write a JUnit XML report here, for CI.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML report (timeline picture, tables, postmortem) here.
+    #[arg(long, value_name = "PATH")]
+    report_html: Option<PathBuf>,
     /// Write a short Markdown summary here (GitHub-flavoured: for `$GITHUB_STEP_SUMMARY` and
     /// merge-request comments).
     #[arg(long, value_name = "PATH")]
@@ -677,9 +680,10 @@ fn end_run(
 /// the others; the error names every file that could not be written.
 fn write_reports(report: &Report, args: &RunArgs) -> anyhow::Result<()> {
     type Render = fn(&Report) -> String;
-    let renderings: [(&str, &Option<PathBuf>, Render); 3] = [
+    let renderings: [(&str, &Option<PathBuf>, Render); 4] = [
         ("JSON report", &args.report_json, json::render),
         ("JUnit report", &args.junit, junit::render),
+        ("HTML report", &args.report_html, html::render),
         ("Markdown summary", &args.summary_md, markdown::render),
     ];
     let mut failed = Vec::new();

@@ -2,6 +2,7 @@
 //! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `markdown.rs` (CI
 //! summaries and merge-request comments), `terminal.rs` (people).
 
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod junit;
 pub(crate) mod markdown;

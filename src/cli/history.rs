@@ -84,6 +84,9 @@ pub(super) struct ShowArgs {
     /// Print the stored JSON report exactly as `run --report-json` wrote it.
     #[arg(long)]
     json: bool,
+    /// Write the run's HTML report here, byte for byte as `run --report-html` wrote it.
+    #[arg(long, value_name = "PATH", conflicts_with = "json")]
+    html: Option<PathBuf>,
     #[command(flatten)]
     at: Where,
 }
@@ -201,8 +204,21 @@ pub(super) async fn show(args: &ShowArgs) -> ExitCode {
     }
     match report::json::parse(json) {
         Ok(report) => {
-            print!("{}", report::terminal::render(&report));
-            ExitCode::SUCCESS
+            let Some(path) = &args.html else {
+                print!("{}", report::terminal::render(&report));
+                return ExitCode::SUCCESS;
+            };
+            match tokio::fs::write(path, report::html::render(&report)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "error: failed to write the HTML report of run {} to {}: {e}",
+                        args.run_id,
+                        path.display()
+                    );
+                    ExitCode::from(super::EXIT_ERROR)
+                }
+            }
         }
         Err(e) => {
             eprintln!(

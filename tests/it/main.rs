@@ -18,6 +18,7 @@ mod fuzz;
 mod gameday;
 mod hardening;
 mod history;
+mod html;
 mod latency;
 mod measured;
 mod netem_absent;

@@ -1,4 +1,4 @@
-//! Every report, every time: the files a `faultline run` was asked for (JSON, JUnit, Markdown)
+//! Every report, every time: the files a `faultline run` was asked for (JSON, JUnit, HTML, Markdown)
 //! exist and say why for a run that ended before its baseline (an unreachable agent, a halted
 //! one, an unusable inventory) as for a failed run, and the run is in the history with that
 //! reason. Also: the CI examples under `examples/ci/` parse and use only flags `run` has.
@@ -16,6 +16,7 @@ use crate::support::{self, BIN, free_port, http_server, tempdir};
 struct Written {
     run: support::Run,
     junit: Option<String>,
+    html: Option<String>,
     markdown: Option<String>,
 }
 
@@ -33,6 +34,12 @@ impl Written {
             .unwrap_or_else(|| panic!("no JUnit report: {}", self.run.explain()))
     }
 
+    fn html(&self) -> &str {
+        self.html
+            .as_deref()
+            .unwrap_or_else(|| panic!("no HTML report: {}", self.run.explain()))
+    }
+
     fn markdown(&self) -> &str {
         self.markdown
             .as_deref()
@@ -44,12 +51,16 @@ impl Written {
 /// earlier ones, so a file found was written by this run.
 fn run_with_reports(dir: &Path, toml: &str, extra: &[&str]) -> Written {
     let junit = dir.join("junit.xml");
+    let html = dir.join("report.html");
     let markdown = dir.join("summary.md");
-    let _ = std::fs::remove_file(&junit);
-    let _ = std::fs::remove_file(&markdown);
+    for file in [&junit, &html, &markdown] {
+        let _ = std::fs::remove_file(file);
+    }
     let mut args = vec![
         "--junit",
         junit.to_str().unwrap(),
+        "--report-html",
+        html.to_str().unwrap(),
         "--summary-md",
         markdown.to_str().unwrap(),
     ];
@@ -58,6 +69,7 @@ fn run_with_reports(dir: &Path, toml: &str, extra: &[&str]) -> Written {
     Written {
         run,
         junit: std::fs::read_to_string(&junit).ok(),
+        html: std::fs::read_to_string(&html).ok(),
         markdown: std::fs::read_to_string(&markdown).ok(),
     }
 }
@@ -108,8 +120,8 @@ fn history(state: &Path) -> Vec<Value> {
 }
 
 /// The checks every run that stopped before its baseline must pass: `exit`, verdict `error`, a
-/// reason containing `why` in the JSON, the JUnit and the Markdown, nothing measured, the fault
-/// skipped on `agent`, and the run in the history with the same reason.
+/// reason containing `why` in the JSON, the JUnit, the HTML and the Markdown, nothing measured,
+/// every fault skipped, and the run in the history with the same reason.
 fn assert_stopped_before_baseline(dir: &Path, written: &Written, exit: i32, why: &str) -> String {
     let run = &written.run;
     assert_eq!(run.code, exit, "{}", run.explain());
@@ -146,6 +158,10 @@ fn assert_stopped_before_baseline(dir: &Path, written: &Written, exit: i32, why:
         before.contains("<failure type=\"error\" message=\"") && before.contains(why),
         "{junit}"
     );
+
+    let html = written.html();
+    assert!(html.contains("nothing was injected"), "{html}");
+    assert!(html.contains(json["run_id"].as_str().unwrap()), "{html}");
 
     let markdown = written.markdown();
     assert!(markdown.starts_with("### ERROR: "), "{markdown}");
@@ -350,7 +366,13 @@ fn assert_flags_exist(file: &str, script: &str) {
         .expect("run faultline run --help");
     let help = String::from_utf8_lossy(&help.stdout);
     let flags = run_flags(script);
-    for flag in ["--agents", "--report-json", "--junit", "--summary-md"] {
+    for flag in [
+        "--agents",
+        "--report-json",
+        "--junit",
+        "--report-html",
+        "--summary-md",
+    ] {
         assert!(
             flags.iter().any(|f| f == flag),
             "{file} does not pass {flag}"
@@ -393,7 +415,7 @@ fn the_github_actions_example_gates_on_the_exit_code_and_always_uploads_the_repo
         .expect("a step uploads the reports");
     assert_eq!(upload["if"], "always()", "{upload}");
     let paths = upload["with"]["path"].as_str().unwrap();
-    for report in ["report.json", "junit.xml", "summary.md"] {
+    for report in ["report.json", "junit.xml", "report.html", "summary.md"] {
         assert!(paths.contains(report), "{paths}");
     }
 }
@@ -426,7 +448,7 @@ fn the_gitlab_example_gates_on_the_exit_code_and_always_keeps_the_reports() {
         "{artifacts}"
     );
     let paths = artifacts["paths"].to_string();
-    for report in ["report.json", "summary.md"] {
+    for report in ["report.json", "report.html", "summary.md"] {
         assert!(paths.contains(report), "{paths}");
     }
 }
