@@ -310,6 +310,10 @@ struct RunArgs {
     /// Do not record this run in the state directory's history (`history.db`).
     #[arg(long)]
     no_history: bool,
+    /// A regression-gate rule, added to the experiment's `[gate]` (replacing its rule for the
+    /// same measure), e.g. `--gate 'time_to_recover=1.5x median of last 10 passed'`.
+    #[arg(long = "gate", value_name = "NAME=RULE", value_parser = crate::gate::parse_flag)]
+    gates: Vec<crate::gate::GateRule>,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -579,10 +583,11 @@ fn load(file: &Path) -> Option<Experiment> {
 }
 
 fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(exp) = load(&args.file) else {
+    let Some(mut exp) = load(&args.file) else {
         // No report: without a loaded experiment there is nothing it could describe.
         return Ok(ExitCode::from(EXIT_INVALID));
     };
+    crate::gate::merge(&mut exp.gate, &args.gates);
     // Drawn here, not in the run, because the choice of agents already depends on it.
     let seed = args.seed.unwrap_or_else(rand::random);
     let runtime = runtime()?;
@@ -656,8 +661,15 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         run_id: Some(run_id.clone()),
         stop: None,
     };
-    let report = runtime.block_on(session.run(&exp, &selection, opts, &progress));
+    let mut report = runtime.block_on(session.run(&exp, &selection, opts, &progress));
     progress.finish();
+    // Judged before the row is ended, so the history keeps the gated verdict and reason. Only a
+    // run that passed is judged, so a run that ended before its baseline never reaches it.
+    runtime.block_on(crate::gate::judge_cli_run(
+        &mut report,
+        &exp.gate,
+        history_dir,
+    ));
     end_run(&runtime, recorder, &report, args)
 }
 

@@ -209,6 +209,7 @@ impl Validator<'_> {
             .map(|a| self.abort(a, &steady_state.probes))
             .collect::<VResult<Vec<_>>>()?;
         let budget = raw.slo_budget.map(|b| self.budget(b)).transpose()?;
+        let gate = raw.gate.as_ref().map(gate_rules).unwrap_or_default();
         Ok(Experiment {
             title: raw.title,
             description: raw.description,
@@ -221,6 +222,7 @@ impl Validator<'_> {
             aborts,
             recovery_within: raw.recovery.within.0,
             budget,
+            gate,
         })
     }
 
@@ -610,6 +612,20 @@ impl Validator<'_> {
     }
 }
 
+/// `[gate]`'s rules, in `Metric::ALL` order. Each rule was checked where it was read, so a bad
+/// one was already reported at its line and column.
+fn gate_rules(raw: &raw::Gate) -> Vec<crate::gate::GateRule> {
+    use crate::gate::{GateRule, Metric};
+    [
+        (Metric::TimeToRecover, raw.time_to_recover),
+        (Metric::P99During, raw.p99_during),
+        (Metric::P99After, raw.p99_after),
+    ]
+    .into_iter()
+    .filter_map(|(metric, rule)| rule.map(|rule| GateRule { metric, rule }))
+    .collect()
+}
+
 fn default_slo() -> Slo {
     Slo {
         success: SuccessBound::Absolute(1.0),
@@ -694,6 +710,45 @@ within = "5s"
             "tcp = \"127.0.0.1:1\"\nslo = { success = \"99\" }",
         ));
         assert!(e.contains("`success`: invalid percentage `99`"), "{e}");
+    }
+
+    #[test]
+    fn gate_rules_are_read_and_bad_ones_name_line_column_and_key() {
+        let with = |gate: &str| format!("{MINIMAL}[gate]\n{gate}\n");
+        let e = parse(
+            Path::new("x.toml"),
+            &with("p99_during = \"2x p90 of last 20 runs\"\ntime_to_recover = \"1.5x median of last 10 passed\""),
+        )
+        .unwrap();
+        let rules: Vec<String> = e
+            .gate
+            .iter()
+            .map(|r| format!("{} = {}", r.metric.key(), r.rule))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "time_to_recover = 1.5x median of last 10 passed",
+                "p99_during = 2x p90 of last 20 runs"
+            ]
+        );
+        let line = MINIMAL.lines().count() + 2;
+        let e = err(&with("time_to_recover = \"0x median of last 10 passed\""));
+        assert!(
+            e.contains(&format!("line {line}, column 19: `time_to_recover`: invalid gate rule `0x median of last 10 passed`: the factor must be above 0 and at most 100 (got 0)")),
+            "{e}"
+        );
+        let e = err(&with("p99_during = \"2x median of last 5000 passed\""));
+        assert!(
+            e.contains(&format!(
+                "line {line}, column 14: `p99_during`: invalid gate rule"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("must be 1 to 1000 (got 5000)"), "{e}");
+        let e = err(&with("p95_during = \"2x median of last 10 passed\""));
+        assert!(e.contains(&format!("line {line}, column 1")), "{e}");
+        assert!(e.contains("p95_during"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod fixture;
 mod fleet;
 mod fuzz;
 mod gameday;
+mod gate;
 mod history;
 mod inventory;
 mod model;

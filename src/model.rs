@@ -28,6 +28,9 @@ pub(crate) struct Experiment {
     pub(crate) recovery_within: Duration,
     /// The error-budget gate, checked before anything else in a run.
     pub(crate) budget: Option<BudgetSpec>,
+    /// `[gate]`: the regression gate against earlier runs of the same title, in `Metric::ALL`
+    /// order; empty when the experiment has none.
+    pub(crate) gate: Vec<crate::gate::GateRule>,
 }
 
 impl Experiment {

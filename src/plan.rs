@@ -218,6 +218,16 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         Dur(exp.recovery_within),
         Dur(exp.method_length())
     );
+    if !exp.gate.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nregression gate (after a passed run, against earlier runs titled `{}` in the history; a breach fails the run):",
+            exp.title
+        );
+        for r in &exp.gate {
+            let _ = writeln!(out, "  - {} = \"{}\"", r.metric.key(), r.rule);
+        }
+    }
     out
 }
 
@@ -397,7 +407,7 @@ recovery: the steady state must hold again within 5s of the last fault ending (t
     }
 
     #[test]
-    fn plan_shows_the_budget_gate_and_prometheus_probes() {
+    fn plan_shows_the_budget_gate_the_regression_gate_and_prometheus_probes() {
         let text = r#"
 title = "gated"
 [slo_budget]
@@ -418,9 +428,18 @@ kind = "process-kill"
 select = { port = 18080 }
 [recovery]
 within = "5s"
+[gate]
+p99_during = "3x p90 of last 20 runs"
+time_to_recover = "1.5x median of last 10 passed"
 "#;
         let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
         let plan = super::render(&exp, false);
+        let gate = r#"
+regression gate (after a passed run, against earlier runs titled `gated` in the history; a breach fails the run):
+  - time_to_recover = "1.5x median of last 10 passed"
+  - p99_during = "3x p90 of last 20 runs"
+"#;
+        assert!(plan.ends_with(gate), "{plan}");
         let expected = r"
 error budget gate (checked first; nothing runs if it fails):
   Prometheus http://127.0.0.1:9090: good = `sum(good)`, total = `sum(total)`

@@ -372,7 +372,9 @@ async fn run_one(
             };
             // Plain lines timed from the run's start, as `faultline run --quiet` prints them.
             let progress = Progress::new(true);
-            let report = ctx.session.run(&exp, &selection, opts, &progress).await;
+            let mut report = ctx.session.run(&exp, &selection, opts, &progress).await;
+            // Judged before the run's end is recorded, so the history keeps the gated verdict.
+            crate::gate::judge_run(&mut report, &exp.gate, Ok(&ctx.history)).await;
             RunEnd::of_report(&report)
         }
     };

@@ -27,6 +27,16 @@ pub(crate) struct Experiment {
     pub(crate) abort: Vec<Spanned<Abort>>,
     pub(crate) recovery: Recovery,
     pub(crate) slo_budget: Option<Spanned<SloBudget>>,
+    pub(crate) gate: Option<Gate>,
+}
+
+/// `[gate]`: one rule per measure (`gate::Metric`); a bad rule is reported at its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Gate {
+    pub(crate) time_to_recover: Option<crate::gate::Rule>,
+    pub(crate) p99_during: Option<crate::gate::Rule>,
+    pub(crate) p99_after: Option<crate::gate::Rule>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ mod early_end;
 mod examples;
 mod fuzz;
 mod gameday;
+mod gate;
 mod hardening;
 mod history;
 mod html;
