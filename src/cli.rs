@@ -603,7 +603,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let report =
             Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
         let recorder = runtime.block_on(history::Recorder::start(history_dir, &exp, &run_id, seed));
-        end_run(&runtime, recorder, &report, args)
+        end_run(&runtime, recorder, &report, args, &exp.notify)
     };
     let selection = match runtime.block_on(session::resolve(&exp, args.agents.as_deref(), seed)) {
         Ok(selection) => selection,
@@ -650,7 +650,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
             let why = NotStarted::Error(reason);
             let report =
                 Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
-            return end_run(&runtime, recorder, &report, args);
+            return end_run(&runtime, recorder, &report, args, &exp.notify);
         }
     };
     let opts = RunOptions {
@@ -670,7 +670,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         &exp.gate,
         history_dir,
     ));
-    end_run(&runtime, recorder, &report, args)
+    end_run(&runtime, recorder, &report, args, &exp.notify)
 }
 
 /// How every `run` ends, however far it got: the terminal summary, the history row's end, every
@@ -680,10 +680,19 @@ fn end_run(
     recorder: history::Recorder,
     report: &Report,
     args: &RunArgs,
+    notify: &[crate::notify::Notify],
 ) -> anyhow::Result<ExitCode> {
     print!("{}", terminal::render(report));
     runtime.block_on(recorder.finish(report));
-    write_reports(report, args)?;
+    let written = write_reports(report, args);
+    // After the verdict and the files, and bounded: a receiver never holds up or changes a run.
+    runtime.block_on(crate::notify::send_within(
+        notify,
+        crate::notify::Outcome::of_report(report, None),
+        crate::notify::CLI_WAIT,
+        |l| eprintln!("warning: {l}"),
+    ));
+    written?;
     Ok(ExitCode::from(report.exit_code()))
 }
 

@@ -157,6 +157,8 @@ impl Validator<'_> {
             .into_iter()
             .map(|s| self.fixture(s))
             .collect::<VResult<Vec<_>>>()?;
+        let notify = crate::notify::validate_all(raw.notify)
+            .map_err(|e| (self.fail)(Some(e.span), e.message))?;
         let mut targets = BTreeMap::new();
         for (name, target) in raw.targets {
             targets.insert(name.clone(), self.target(&name, target)?);
@@ -216,6 +218,7 @@ impl Validator<'_> {
             file: path.to_owned(),
             sha256,
             setup,
+            notify,
             targets,
             steady_state,
             faults,

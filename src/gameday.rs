@@ -36,6 +36,8 @@ pub(crate) struct GameDay {
     pub(crate) file: PathBuf,
     pub(crate) coordinator: Coordinator,
     pub(crate) calendar: Calendar,
+    /// `[[notify]]`: webhooks told of every run the coordinator makes (besides each experiment's own).
+    pub(crate) notify: Vec<crate::notify::Notify>,
 }
 
 /// `[coordinator]`.
@@ -208,9 +210,18 @@ impl Validator<'_> {
                 self.blackout(span, b.get_ref(), &coordinator.timezone, &default_zone)?;
             blackouts.push(blackout);
         }
+        let notify = crate::notify::validate_all(raw.notify).map_err(|e| {
+            let (line, col) = line_col(self.text, e.span.start);
+            GameDayError(format!(
+                "{}: line {line}, column {col}: {}",
+                self.path.display(),
+                e.message
+            ))
+        })?;
         Ok(GameDay {
             file: self.path.to_owned(),
             coordinator,
+            notify,
             calendar: Calendar {
                 schedules,
                 blackouts,

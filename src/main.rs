@@ -19,6 +19,7 @@ mod gate;
 mod history;
 mod inventory;
 mod model;
+mod notify;
 mod outage;
 mod plan;
 mod probe;

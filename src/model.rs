@@ -21,6 +21,8 @@ pub(crate) struct Experiment {
     pub(crate) file: PathBuf,
     pub(crate) sha256: String,
     pub(crate) setup: Vec<Fixture>,
+    /// `[[notify]]`: webhooks told of the run's verdict after it ends.
+    pub(crate) notify: Vec<crate::notify::Notify>,
     pub(crate) targets: BTreeMap<String, TargetGroup>,
     pub(crate) steady_state: SteadyState,
     pub(crate) faults: Vec<FaultStep>,

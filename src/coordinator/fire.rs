@@ -355,6 +355,10 @@ async fn run_one(
         fire: job.id,
         run: run_id.clone(),
     });
+    let notify = match &p {
+        Prepared::Ready { exp, .. } => [&ctx.gameday.notify[..], &exp.notify].concat(),
+        Prepared::Broken { .. } => ctx.gameday.notify.clone(),
+    };
     let end = match p {
         Prepared::Broken { message, .. } => RunEnd::error(&message),
         Prepared::Ready {
@@ -394,6 +398,13 @@ async fn run_one(
         s.name, job.at, end.verdict, end.reason
     ));
     finish(ctx, &run_id, &end).await;
+    // After the end is recorded (the link shows the finished run), in a task of its own: retries
+    // to a slow receiver never hold up the next run.
+    tokio::spawn(crate::notify::send(
+        notify,
+        crate::notify::Outcome::of_run(&start, &end),
+        log,
+    ));
     Some(verdict)
 }
 

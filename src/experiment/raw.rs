@@ -18,6 +18,9 @@ pub(crate) struct Experiment {
     pub(crate) description: Option<String>,
     #[serde(default)]
     pub(crate) setup: Vec<Spanned<Setup>>,
+    /// `[[notify]]`: its shape and checks are `notify.rs`'s, shared with game days.
+    #[serde(default)]
+    pub(crate) notify: Vec<crate::notify::RawNotify>,
     #[serde(default)]
     pub(crate) targets: BTreeMap<String, Spanned<Target>>,
     pub(crate) steady_state: SteadyState,

@@ -16,6 +16,9 @@ pub(crate) struct GameDay {
     pub(crate) schedule: Vec<Spanned<Schedule>>,
     #[serde(default)]
     pub(crate) blackout: Vec<Spanned<Blackout>>,
+    /// `[[notify]]`: its shape and checks are `notify.rs`'s, shared with experiments.
+    #[serde(default)]
+    pub(crate) notify: Vec<crate::notify::RawNotify>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ mod latency;
 mod measured;
 mod netem_absent;
 mod netfaults;
+mod notify;
 mod outage;
 mod prometheus;
 mod reports;
