@@ -1,6 +1,7 @@
 //! Owns the result of a run — verdict, reason, per-phase SLIs, faults — and its renderings, one
 //! file each: `json.rs` (the schema_version 1 journal), `junit.rs` (for CI), `markdown.rs` (CI
-//! summaries and merge-request comments), `terminal.rs` (people).
+//! summaries and merge-request comments), `terminal.rs` (people), `html.rs` (one self-contained
+//! page with the timeline picture).
 
 pub(crate) mod html;
 pub(crate) mod json;
@@ -110,6 +111,9 @@ pub(crate) struct ProbePhase {
     pub(crate) stats: Stats,
     /// `None` when no SLO applies to this phase (the `during` phase without `slo_during`).
     pub(crate) slo_met: Option<bool>,
+    /// The p99 latency bound this phase's SLO check used (`"2x baseline"` resolved against the
+    /// baseline), when the SLO has one: the line the HTML timeline draws.
+    pub(crate) p99_limit: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +330,7 @@ mod tests {
             signal,
             stats: stats.clone(),
             slo_met,
+            p99_limit: Some(Duration::from_micros(250_500)),
         };
         report.before = vec![
             phase("web", Some(crate::model::GoldenSignal::Latency), Some(true)),

@@ -26,7 +26,7 @@ use crate::progress::Progress;
 use crate::protocol::{Applied, ApplyRequest, OpenRequest, Renewed, RevertCause, Reverted};
 use crate::report::{FaultRecord, FaultState, Phase, ProbePhase, Report, SampleRecord, millis};
 use crate::sli::{RecoveryState, RecoveryTracker, Stats, abort_breach, between, check_slo};
-use crate::units::format_ms;
+use crate::units::{LatencyBound, format_ms};
 
 use self::verdict::{Event, Judge};
 
@@ -998,11 +998,24 @@ impl Runner<'_> {
                         check_slo(&p.name, &p.slo, &window, baseline).is_ok()
                     })),
                 };
+                // The bound the phase was judged by, for the HTML timeline's SLO line.
+                let (slo, base) = match phase {
+                    Phase::Before => (Some(&p.slo), Some(&stats)),
+                    Phase::During => (p.slo_during.as_ref(), baseline),
+                    Phase::After => (Some(&p.slo), baseline),
+                };
+                let p99_limit = slo.and_then(|s| s.p99).and_then(|bound| match bound {
+                    LatencyBound::Absolute(d) => Some(d),
+                    LatencyBound::TimesBaseline(x) => {
+                        base.and_then(|b| b.p99).map(|d| d.mul_f64(x))
+                    }
+                });
                 ProbePhase {
                     probe: p.name.clone(),
                     signal: p.signal,
                     stats,
                     slo_met,
+                    p99_limit,
                 }
             })
             .collect()

@@ -75,6 +75,7 @@ fn probe_phase(p: &ProbePhase) -> Value {
         "p99_ms": ms(p.stats.p99),
         "max_ms": ms(p.stats.max),
         "slo_met": p.slo_met,
+        "slo_p99_ms": p.p99_limit.map(millis),
         "values": p.stats.values.map(|v| json!({ "count": v.count, "min": v.min, "mean": v.mean, "max": v.max })),
     })
 }
@@ -267,6 +268,9 @@ struct InPhase {
     successes: usize,
     #[expect(dead_code, reason = "derived from samples and successes")]
     success_ratio: Option<f64>,
+    /// Absent from reports written before the HTML report drew it.
+    #[serde(default)]
+    slo_p99_ms: Option<f64>,
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -306,6 +310,7 @@ impl InPhase {
                 top_cause: None,
             },
             slo_met: self.slo_met,
+            p99_limit: self.slo_p99_ms.map(from_millis),
         }
     }
 }

@@ -268,6 +268,7 @@ mod tests {
                 top_cause: None,
             },
             slo_met: Some(met),
+            p99_limit: None,
         }
     }
 

@@ -256,6 +256,7 @@ mod tests {
             signal: None,
             stats: Stats::of(&samples),
             slo_met: None,
+            p99_limit: None,
         }
     }
 

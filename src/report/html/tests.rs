@@ -31,6 +31,7 @@ fn phase(stats: Stats, slo_met: Option<bool>) -> ProbePhase {
         signal: Some(crate::model::GoldenSignal::Latency),
         stats,
         slo_met,
+        p99_limit: Some(Duration::from_millis(250)),
     }
 }
 
@@ -256,4 +257,48 @@ fn a_report_read_back_from_json_renders_the_same_page_byte_for_byte() {
         let back = crate::report::json::parse(&crate::report::json::render(&live)).unwrap();
         assert_eq!(render(&back), render(&live));
     }
+}
+
+#[test]
+fn a_run_that_never_started_still_renders_a_page_that_says_why() {
+    let mut r = aborted_pause();
+    r.verdict = Verdict::Error;
+    r.reason = "agent `web-1` is unreachable (connection refused)".to_owned();
+    r.before.clear();
+    r.during.clear();
+    r.samples.clear();
+    r.aborted_by = None;
+    r.time_to_abort = None;
+    r.faults[0].status = FaultState::Skipped;
+    r.faults[0].injected_at = None;
+    r.faults[0].reverted_at = None;
+    let page = render(&r);
+    assert!(page.contains(">ERROR</span>"), "{page}");
+    assert!(page.contains("<code>web-1</code> is unreachable"), "{page}");
+    assert!(
+        page.contains("pause (process-pause) on web-1 — skipped (never injected)"),
+        "{page}"
+    );
+    assert_eq!(
+        sentences(&r),
+        [
+            "`pause` (process-pause) on web-1 was never injected: the run stopped first.",
+            "Verdict: error (exit 5) — agent `web-1` is unreachable (connection refused).",
+        ]
+    );
+}
+
+#[test]
+fn the_slo_p99_bound_is_a_line_when_it_fits_the_latencies_and_named_when_it_does_not() {
+    let far = render(&kill_with_recovery());
+    assert!(
+        far.contains("SLO p99 ≤ 250 ms (above this scale)</text>"),
+        "{far}"
+    );
+    assert!(!far.contains("class=\"slo-line\""));
+    let mut r = kill_with_recovery();
+    r.after[0].p99_limit = Some(Duration::from_millis(8));
+    let near = render(&r);
+    assert!(near.contains("class=\"slo-line\""), "{near}");
+    assert!(near.contains("SLO p99 ≤ 8 ms</text>"), "{near}");
 }

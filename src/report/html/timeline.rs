@@ -22,6 +22,10 @@ const LANE_GAP: f64 = 12.0;
 const FAULT_ROW: f64 = 24.0;
 const AXIS: f64 = 44.0;
 
+/// A white outline under a label, so a marker line crossing it does not cross out its letters.
+const HALO: &str =
+    "paint-order=\"stroke\" stroke=\"#ffffff\" stroke-width=\"4\" stroke-linejoin=\"round\"";
+
 const BEFORE_FILL: &str = "#eaeef2";
 const DURING_FILL: &str = "#fff1e5";
 const AFTER_FILL: &str = "#dafbe1";
@@ -238,8 +242,20 @@ fn lane(out: &mut String, report: &Report, probe: &str, top: f64, x: &Scale) {
         .filter(|s| s.ok)
         .map(|s| s.latency_ms)
         .fold(0.0, f64::max);
-    let step = nice_step(max_latency.max(1.0), 4);
-    let top_value = (max_latency / step).ceil().max(1.0) * step;
+    // The steady-state SLO's p99 bound (as the recovery was judged, else the baseline).
+    let limit = report
+        .after
+        .iter()
+        .chain(&report.before)
+        .find(|p| p.probe == probe && p.p99_limit.is_some())
+        .and_then(|p| p.p99_limit)
+        .map(|d| stored(d).as_secs_f64() * 1000.0);
+    // The axis stretches to show the bound unless that would flatten the samples into the
+    // bottom third; then the bound is named at the top instead.
+    let shown_limit = limit.filter(|l| *l <= 3.0 * max_latency.max(1.0));
+    let highest = shown_limit.map_or(max_latency, |l| l.max(max_latency));
+    let step = nice_step(highest.max(1.0), 4);
+    let top_value = (highest / step).ceil().max(1.0) * step;
     let y = Scale::new((0.0, top_value), (plot_bottom, plot_top));
     let _ = writeln!(
         out,
@@ -267,6 +283,30 @@ fn lane(out: &mut String, report: &Report, probe: &str, top: f64, x: &Scale) {
             format_ms(Duration::from_secs_f64(v / 1000.0))
         );
         v += step;
+    }
+    match (limit, shown_limit) {
+        (Some(l), Some(_)) => {
+            let yy = y.map(l);
+            let _ = writeln!(
+                out,
+                "<line class=\"slo-line\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#8250df\" stroke-width=\"1.5\" stroke-dasharray=\"8 4\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#8250df\">SLO p99 ≤ {}</text>",
+                WIDTH - RIGHT,
+                WIDTH - RIGHT - 4.0,
+                yy - 4.0,
+                format_ms(Duration::from_secs_f64(l / 1000.0))
+            );
+        }
+        (Some(l), None) => {
+            let _ = writeln!(
+                out,
+                "<text class=\"slo-above\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#8250df\">SLO p99 ≤ {} (above this scale)</text>",
+                WIDTH - RIGHT,
+                top + 14.0,
+                format_ms(Duration::from_secs_f64(l / 1000.0))
+            );
+        }
+        _ => {}
     }
     let mut dots = String::new();
     let mut crosses = String::new();
@@ -366,7 +406,7 @@ fn fault_rows(out: &mut String, report: &Report, top: f64, x: &Scale) {
         };
         let _ = writeln!(
             out,
-            "<text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
+            "<text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" {HALO}>{}</text>",
             row + 15.0,
             escape(&label)
         );
