@@ -277,7 +277,7 @@ name = "front page"
 http = {{ url = "http://127.0.0.1:{port}/" }}
 every = "100ms"
 timeout = "500ms"
-slo = {{ success = "99%" }}
+slo = {{ success = "99%", p99 = "250ms" }}
 [[fault]]
 name = "kill"
 kind = "process-kill"
@@ -308,7 +308,7 @@ within = "1s"
     // The table row carries the same numbers as the JSON report.
     let after = &json["phases"]["after"][0];
     let row = format!(
-        "| after | front page | 0% (0/{}) | - | **NOT met** |",
+        "| after | front page | 0% (0/{}) | - (limit 250 ms) | **NOT met** |",
         after["samples"]
     );
     assert!(md.contains(&row), "{row} missing from\n{md}");
@@ -318,6 +318,13 @@ within = "1s"
         before["samples"]
     );
     assert!(md.contains(&row), "{row} missing from\n{md}");
+    let before_p99 = before["p99_ms"].as_f64().unwrap();
+    assert!(before_p99 < 250.0, "{json:#}");
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| before |") && l.contains(" (limit 250 ms) | met |")),
+        "{md}"
+    );
     assert!(
         md.contains(&format!("| run | `{}` |", json["run_id"].as_str().unwrap())),
         "{md}"
