@@ -184,6 +184,18 @@ fn assert_stopped_before_baseline(dir: &Path, written: &Written, exit: i32, why:
     assert_eq!(runs[0]["verdict"], "error");
     assert_eq!(runs[0]["exit_code"], exit);
     assert_eq!(runs[0]["reason"].as_str(), Some(reason.as_str()));
+    // The stored report reads back: `show` prints what the run printed.
+    let shown = Command::new(BIN)
+        .args(["show", json["run_id"].as_str().unwrap(), "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .expect("run faultline show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.ends_with(&format!("verdict: ERROR (exit {exit}) — {reason}\n")),
+        "{shown}"
+    );
+    assert!(run.stdout.ends_with(&*shown), "{}", run.explain());
     reason
 }
 
