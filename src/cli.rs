@@ -663,9 +663,13 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut report = runtime.block_on(session.run(&exp, &selection, opts, &progress));
     progress.finish();
-    // Judged before the row is ended, so the history keeps the gated verdict and reason.
-    let state = (!args.no_history).then_some(state_dir.as_path());
-    runtime.block_on(crate::gate::judge_cli_run(&mut report, &exp.gate, state));
+    // Judged before the row is ended, so the history keeps the gated verdict and reason. Only a
+    // run that passed is judged, so a run that ended before its baseline never reaches it.
+    runtime.block_on(crate::gate::judge_cli_run(
+        &mut report,
+        &exp.gate,
+        history_dir,
+    ));
     end_run(&runtime, recorder, &report, args, &exp.notify)
 }
 

@@ -204,6 +204,15 @@ impl Report {
         }
     }
 
+    /// Whether the run ended before it measured its baseline: no probe numbers in any phase and
+    /// no fault started (a refused preflight, a failed fixture, the budget gate).
+    pub(crate) fn ended_before_baseline(&self) -> bool {
+        self.before.is_empty()
+            && self.during.is_empty()
+            && self.after.is_empty()
+            && self.faults.iter().all(|f| f.status == FaultState::Skipped)
+    }
+
     /// Records a fault that outlived the run loop: the run's verdict can no longer be trusted.
     pub(crate) fn note_leftover(&mut self, line: &str) {
         self.reason = format!("{line}; before that: {}", self.reason);
@@ -388,6 +397,13 @@ mod tests {
             assert!(text.contains(&format!("\"exit_code\": {exit},")), "{text}");
             let back = super::json::parse(&text).unwrap();
             assert_eq!(back.exit_code(), exit);
+            assert!(back.ended_before_baseline());
+            // Nothing was measured: the baseline's test case fails with the reason, not passes.
+            let xml = super::junit::render(&back);
+            assert!(
+                xml.contains(&format!("name=\"steady state before the method\">\n      <failure type=\"error\" message=\"{}", back.reason)),
+                "{xml}"
+            );
             assert_eq!(super::json::render(&back), text);
             assert_eq!(
                 super::terminal::render(&back),

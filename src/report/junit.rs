@@ -16,7 +16,9 @@ pub(crate) fn render(report: &Report) -> String {
             (!b.enough()).then(|| report.reason.clone()),
         ));
     }
-    let before_failed = report.verdict == Verdict::NotRun && !budget_refused;
+    // A run stopped by an error before its baseline never met its steady state either.
+    let before_failed = (report.verdict == Verdict::NotRun && !budget_refused)
+        || (report.verdict == Verdict::Error && report.ended_before_baseline());
     cases.push((
         "steady state before the method".to_owned(),
         before_failed.then(|| report.reason.clone()),

@@ -67,7 +67,7 @@ pub(crate) fn render(report: &Report) -> String {
         ("during", &report.during),
         ("after", &report.after),
     ];
-    if phases.iter().all(|(_, list)| list.is_empty()) {
+    if report.ended_before_baseline() {
         out.push_str("No steady state was measured: the run ended before its baseline.\n\n");
     } else {
         out.push_str("| phase | probe | success | p99 | SLO |\n|---|---|--:|--:|---|\n");
@@ -126,10 +126,14 @@ fn probe_row(phase: &str, p: &ProbePhase) -> String {
         || "no samples".to_owned(),
         |r| format!("{} ({}/{})", Percent(r), p.stats.successes, p.stats.samples),
     );
-    let p99 = p
+    let mut p99 = p
         .stats
         .p99
         .map_or_else(|| "-".to_owned(), |d| format_ms(as_stored(d)));
+    // The bound the SLO check used, next to the number it was held to.
+    if let Some(limit) = p.p99_limit {
+        let _ = write!(p99, " (limit {})", format_ms(as_stored(limit)));
+    }
     let slo = match p.slo_met {
         Some(true) => "met",
         Some(false) => "**NOT met**",
@@ -288,7 +292,10 @@ mod tests {
             reason: "front page success was 40% (2/5), below 99%: status 503 in 3/5 samples in the last 1 s; not recovered within the allowed 2 s".to_owned(),
             before: vec![phase("front page", 30, 30, 12, true)],
             during: vec![phase("front page", 20, 4, 950, true)],
-            after: vec![phase("front page", 20, 8, 812, false)],
+            after: vec![ProbePhase {
+                p99_limit: Some(Duration::from_millis(250)),
+                ..phase("front page", 20, 8, 812, false)
+            }],
             faults: vec![FaultRecord {
                 name: "kill".to_owned(),
                 kind: "process-kill".to_owned(),
@@ -330,7 +337,7 @@ mod tests {
 |---|---|--:|--:|---|
 | before | front page | 100% (30/30) | 12 ms | met |
 | during | front page | 20% (4/20) | 950 ms | met |
-| after | front page | 40% (8/20) | 812 ms | **NOT met** |
+| after | front page | 40% (8/20) | 812 ms (limit 250 ms) | **NOT met** |
 
 | fault | agent | target | status | injected → reverted |
 |---|---|---|---|---|

@@ -27,6 +27,7 @@ mod netfaults;
 mod notify;
 mod outage;
 mod prometheus;
+mod reports;
 mod stress;
 mod validate;
 mod verdicts;
