@@ -19,20 +19,9 @@ const RECENT: usize = 50;
 /// Runs drawn on an experiment's page (the newest).
 const DRAWN: usize = 200;
 
-/// Text made safe for HTML content and attribute values.
+/// Text made safe for HTML content and attribute values: the report's own escaping.
 pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::report::html::escape(s)
 }
 
 /// A path segment percent-encoded (titles hold spaces and slashes).
