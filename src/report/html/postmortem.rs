@@ -26,6 +26,23 @@ pub(super) fn sentences(report: &Report) -> Vec<String> {
             }
         }
     }
+    // An instant fault (a kill) acts in a moment: what users saw comes after it, until recovery.
+    for after in &report.after {
+        let failed = after.stats.samples - after.stats.successes;
+        if failed > 0 {
+            let cause = after
+                .stats
+                .top_cause
+                .as_ref()
+                .map_or_else(String::new, |(cause, n)| {
+                    format!(", most often {cause} ({n} of them)")
+                });
+            out.push(format!(
+                "Between the end of the faults and the end of the run, `{}` failed {failed} of {} samples{cause}.",
+                after.probe, after.stats.samples
+            ));
+        }
+    }
     out.extend(recovery_sentence(report));
     let missed: Vec<&str> = report
         .after

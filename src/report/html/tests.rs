@@ -211,6 +211,7 @@ fn the_postmortem_of_a_passed_kill_says_what_was_hit_what_users_saw_and_how_fast
         [
             "`kill the server` (process-kill) hit pid 42 (python3) on local at 2.5 s into the run; it acts at once and has nothing to revert.",
             "Users of `front page` saw 100% of requests succeed while the faults acted (1 of 1 samples), against 100% before; p99 latency was 5.09 ms against 4.33 ms before.",
+            "Between the end of the faults and the end of the run, `front page` failed 7 of 26 samples.",
             "The steady state came back 711 ms after the last fault ended, within the allowed 5 s.",
             "After the faults, every probe met its SLO again.",
             "Verdict: passed (exit 0) — every probe met its SLO again 711 ms after the last fault ended (allowed 5 s).",
@@ -231,6 +232,7 @@ fn the_postmortem_of_a_failed_run_says_the_service_did_not_come_back() {
         said[1..],
         [
             "Users of `front page` saw 25% of requests succeed while the faults acted (2 of 8 samples), against 100% before; p99 latency was 480 ms against 4.33 ms before.",
+            "Between the end of the faults and the end of the run, `front page` failed 7 of 26 samples.",
             "The steady state did not come back within the allowed 5 s.",
             "After the faults, `front page` did not meet its SLO.",
             "Verdict: failed (exit 1) — `front page` did not recover within 5 s: success 20% (allowed 99%).",
