@@ -27,18 +27,12 @@ pub(super) fn sentences(report: &Report) -> Vec<String> {
         }
     }
     // An instant fault (a kill) acts in a moment: what users saw comes after it, until recovery.
+    // Only what the stored JSON keeps, so a stored report says the same.
     for after in &report.after {
         let failed = after.stats.samples - after.stats.successes;
         if failed > 0 {
-            let cause = after
-                .stats
-                .top_cause
-                .as_ref()
-                .map_or_else(String::new, |(cause, n)| {
-                    format!(", most often {cause} ({n} of them)")
-                });
             out.push(format!(
-                "Between the end of the faults and the end of the run, `{}` failed {failed} of {} samples{cause}.",
+                "Between the end of the faults and the end of the run, `{}` failed {failed} of {} samples.",
                 after.probe, after.stats.samples
             ));
         }
