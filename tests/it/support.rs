@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod agent;
 pub mod alertmanager;
 pub mod chromium;
+pub mod coordinator;
 pub mod postgres;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");

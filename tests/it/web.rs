@@ -2,12 +2,11 @@
 //! JSON API with its token-gated actions and `/metrics`, driven with curl and scraped by a real
 //! Prometheus (the Debian `prometheus` package); the history is read straight from its SQLite file.
 
-use std::fs::OpenOptions;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -16,57 +15,25 @@ use crate::support::{self, BIN, Proc, free_port, wait_for_port, wait_until};
 const TOKEN: &str = "s3cret-token-for-tests-0123456789";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-/// A coordinator process with its log in a file; dropped, it gets two SIGTERMs (revert at once),
-/// then SIGKILL if it is still there.
+/// A coordinator serving its dashboard on `port` (the shared test coordinator, started and ready).
 struct Coordinator {
-    child: Child,
-    log: PathBuf,
+    process: support::coordinator::Coordinator,
     port: u16,
 }
 
 impl Coordinator {
     fn start(gameday: &Path, port: u16) -> Coordinator {
-        let log = gameday.with_extension("log");
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the coordinator log");
-        let child = Command::new(BIN)
-            .arg("coordinator")
-            .arg(gameday)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start faultline coordinator");
+        let process = support::coordinator::Coordinator::start(gameday);
         wait_for_port(port, Duration::from_secs(20));
-        Coordinator { child, log, port }
+        Coordinator { process, port }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        for _ in 0..2 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
