@@ -11,9 +11,9 @@ mod timeline;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::terminal::signal_cell;
 use super::{FaultState, ProbePhase, Report, Verdict};
 use crate::model::GoldenSignal;
-use crate::probe::prometheus::format_number_full;
 use crate::units::{Percent, format_ms};
 
 /// The page forbids every load and every script: what it shows is in the file, and a string from
@@ -180,31 +180,6 @@ fn signals(out: &mut String, report: &Report) {
     out.push_str("</table>\n");
     if let Some(b) = &report.budget {
         let _ = writeln!(out, "<p>Error budget: {}</p>", escape(&b.summary()));
-    }
-}
-
-/// The number that stands for a signal in one phase, as the terminal shows it.
-fn signal_cell(signal: GoldenSignal, p: &ProbePhase) -> String {
-    if p.stats.samples == 0 {
-        return "-".to_owned();
-    }
-    if let Some(v) = p.stats.values {
-        let (mean, max) = (format_number_full(v.mean), format_number_full(v.max));
-        return if (v.max - v.min).abs() < f64::EPSILON {
-            mean
-        } else {
-            format!("mean {mean}, max {max}")
-        };
-    }
-    match signal {
-        GoldenSignal::Latency => format!("p50 {}, p99 {}", ms(p.stats.p50), ms(p.stats.p99)),
-        GoldenSignal::Errors => p.stats.success_ratio().map_or_else(
-            || "-".to_owned(),
-            |r| format!("{} failed", Percent(1.0 - r)),
-        ),
-        GoldenSignal::Traffic | GoldenSignal::Saturation => {
-            format!("{} answered of {}", p.stats.successes, p.stats.samples)
-        }
     }
 }
 

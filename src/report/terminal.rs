@@ -187,7 +187,7 @@ fn signal_rows(report: &Report) -> Vec<SignalRow> {
 
 /// The number that stands for a signal in one phase: the value the probe read when it reads one
 /// (a PromQL rate, a queue depth), otherwise what the samples themselves say.
-fn signal_cell(signal: GoldenSignal, p: &ProbePhase) -> String {
+pub(super) fn signal_cell(signal: GoldenSignal, p: &ProbePhase) -> String {
     if p.stats.samples == 0 {
         return "-".to_owned();
     }
