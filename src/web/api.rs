@@ -69,6 +69,9 @@ const VERDICTS: [&str; 6] = ["passed", "failed", "aborted", "not_run", "error", 
 
 /// Runs when `last` is not given: a list, not a dump of the whole history.
 const DEFAULT_LAST: usize = 100;
+/// The most runs one request may ask for: reading needs no token by default, so one request
+/// must not make the coordinator read and send its whole history.
+const MAX_LAST: usize = 1000;
 
 pub(super) async fn runs(
     State(web): State<Shared>,
@@ -88,6 +91,13 @@ pub(super) async fn runs(
         }
     }
     let last = q.last.unwrap_or(DEFAULT_LAST);
+    if !(1..=MAX_LAST).contains(&last) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("last must be from 1 to {MAX_LAST} (got {last})\n"),
+        )
+            .into_response();
+    }
     // The verdict is not a column filter of the history: filter here, then keep `last`.
     let filter = Filter {
         experiment: q.experiment,

@@ -191,6 +191,13 @@ fn actions_without_the_token_are_refused_and_run_nothing_with_it_the_run_is_reco
     assert_eq!(json(&body)["runs"], serde_json::json!([]), "{body}");
     let (code, body) = curl("GET", &c.url("/api/v1/runs?verdict=green"), None);
     assert_eq!(code, 400, "{body}");
+    for (last, said) in [("0", "got 0"), ("1001", "got 1001")] {
+        let (code, body) = curl("GET", &c.url(&format!("/api/v1/runs?last={last}")), None);
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(body, format!("last must be from 1 to 1000 ({said})\n"));
+    }
+    let (code, body) = curl("GET", &c.url("/api/v1/runs?last=-1"), None);
+    assert_eq!(code, 400, "{body}");
     let (code, body) = curl("GET", &c.url(&format!("/api/v1/runs/{id}")), None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["verdict"], "passed", "{body}");
