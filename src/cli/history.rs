@@ -484,8 +484,8 @@ mod tests {
 
     use jiff::tz::TimeZone;
 
-    use super::{cut, runs_json, runs_table};
-    use crate::history::{RunEnd, RunRow, RunStart};
+    use super::{cut, fires_table, runs_json, runs_table};
+    use crate::history::{FireRow, FireState, RunEnd, RunRow, RunStart};
 
     fn rows() -> Vec<RunRow> {
         let start = RunStart {
@@ -543,6 +543,53 @@ times in Europe/Berlin, newest first
 ";
         assert_eq!(runs_table(&rows(), &zone), expected);
         assert_eq!(runs_table(&[], &zone), "no runs\n");
+    }
+
+    #[test]
+    fn the_fires_table_shows_each_slot_with_its_state_reason_and_jitter() {
+        let zone = TimeZone::get("Europe/Berlin").unwrap();
+        let at: jiff::Timestamp = "2027-03-28T00:30:00Z".parse().unwrap();
+        let rows = [
+            FireRow {
+                schedule: "nightly".to_owned(),
+                at,
+                state: FireState::Skipped("blackout `year-end freeze`".to_owned()),
+                by: "c1".to_owned(),
+                recorded_at: at,
+                jitter: Duration::ZERO,
+            },
+            FireRow {
+                schedule: "nightly".to_owned(),
+                at: at - jiff::SignedDuration::from_hours(24),
+                state: FireState::Fired,
+                by: "c1".to_owned(),
+                recorded_at: at,
+                jitter: Duration::from_millis(1500),
+            },
+        ];
+        let table = fires_table(&rows, &zone);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].contains("slot") && lines[1].contains("reason"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("2027-03-28 01:30:00")
+                && lines[3].contains("skipped")
+                && lines[3].contains("blackout `year-end freeze`"),
+            "{table}"
+        );
+        assert!(
+            lines[4].contains("2027-03-27 01:30:00")
+                && lines[4].contains("fired")
+                && lines[4].contains("1.5 s"),
+            "{table}"
+        );
+        assert!(
+            table.ends_with("slot times in Europe/Berlin, newest first\n"),
+            "{table}"
+        );
+        assert_eq!(fires_table(&[], &zone), "no fires\n");
     }
 
     #[test]
