@@ -23,6 +23,9 @@ declare -A needs=(
   # The test of the HTML report loads it in headless Chromium (screenshot, rendered DOM, console
   # errors). The package is large; it is installed here only, quietly like the rest.
   [chromium]=chromium
+  # The container tests run a real OCI runtime (runc) on a root filesystem they build from
+  # busybox-static (below); no image is pulled.
+  [runc]=runc
 )
 
 # Debian package -> a file that shows it is installed, for what is not a program on PATH.
@@ -34,6 +37,9 @@ declare -A files=(
   [tzdata]=/usr/share/zoneinfo/Europe/Berlin
   # The test of the Kubernetes manifests parses them.
   [python3-yaml]='/usr/lib/python3/dist-packages/yaml/__init__.py'
+  # The container tests copy its static /bin/busybox into a container's root filesystem; the
+  # dynamically linked `busybox` package would not run there, so the package itself is checked.
+  [busybox-static]=/var/lib/dpkg/info/busybox-static.list
 )
 
 # Packages whose own service the install would start and enable. Tests start their own servers;

@@ -9,6 +9,8 @@
 
 mod bandwidth;
 pub(crate) mod check;
+mod container_kill;
+mod container_pause;
 mod disk_fill;
 mod latency;
 mod net;
@@ -31,6 +33,8 @@ use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
+pub(crate) use container_kill::ContainerKill;
+pub(crate) use container_pause::ContainerPause;
 pub(crate) use disk_fill::{DiskFill, FillAmount, forbid_fills_in};
 pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::Cidr;
@@ -62,6 +66,8 @@ pub(crate) enum FaultSpec {
     NetemLatency(NetemLatency),
     /// `latency` with `backend = "proxy"`; the wire tag keeps it apart from the netem backend.
     LatencyProxy(LatencyProxy),
+    ContainerKill(ContainerKill),
+    ContainerPause(ContainerPause),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -75,7 +81,7 @@ pub(crate) struct Context<'a> {
 }
 
 /// The kinds users write, for the error that names an unknown one.
-const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress";
+const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause";
 
 impl FaultSpec {
     /// Builds the spec of kind `kind` from the rest of its `[[fault]]` table (the keys every
@@ -118,6 +124,12 @@ impl FaultSpec {
                 }),
                 _ => build(table, name, latency::Table::validate).map(FaultSpec::LatencyProxy),
             },
+            "container-kill" => {
+                build(table, name, container_kill::Table::validate).map(FaultSpec::ContainerKill)
+            }
+            "container-pause" => {
+                build(table, name, container_pause::Table::validate).map(FaultSpec::ContainerPause)
+            }
             other => Err(Invalid {
                 span: kind.span(),
                 message: format!("unknown kind `{other}`; expected one of {KINDS}"),
@@ -138,6 +150,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(_) => "bandwidth",
             // Two backends, one kind for users and reports.
             FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
+            FaultSpec::ContainerKill(_) => "container-kill",
+            FaultSpec::ContainerPause(_) => "container-pause",
         }
     }
 
@@ -155,6 +169,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.check(),
             FaultSpec::NetemLatency(f) => f.check(),
             FaultSpec::LatencyProxy(f) => f.check(),
+            FaultSpec::ContainerKill(f) => f.check(),
+            FaultSpec::ContainerPause(f) => f.check(),
         }
     }
 
@@ -171,13 +187,18 @@ impl FaultSpec {
             | FaultSpec::DiskFill(_)
             | FaultSpec::NetworkLoss(_)
             | FaultSpec::Partition(_)
-            | FaultSpec::LatencyProxy(_) => Ok(()),
+            | FaultSpec::LatencyProxy(_)
+            | FaultSpec::ContainerKill(_)
+            | FaultSpec::ContainerPause(_) => Ok(()),
         }
     }
 
     /// Whether the fault is over the moment it is injected (a kill), rather than held for a duration.
     pub(crate) fn is_instant(&self) -> bool {
-        matches!(self, FaultSpec::ProcessKill(_))
+        matches!(
+            self,
+            FaultSpec::ProcessKill(_) | FaultSpec::ContainerKill(_)
+        )
     }
 
     /// One sentence on what the fault will do. Pure: reads nothing.
@@ -193,6 +214,8 @@ impl FaultSpec {
             FaultSpec::Partition(f) => f.describe(),
             FaultSpec::Bandwidth(f) => f.describe(),
             FaultSpec::NetemLatency(f) => f.describe(),
+            FaultSpec::ContainerKill(f) => f.describe(),
+            FaultSpec::ContainerPause(f) => f.describe(),
         }
     }
 
@@ -205,7 +228,9 @@ impl FaultSpec {
             | FaultSpec::DiskFill(_)
             | FaultSpec::CpuStress(_)
             | FaultSpec::MemoryStress(_)
-            | FaultSpec::LatencyProxy(_) => None,
+            | FaultSpec::LatencyProxy(_)
+            | FaultSpec::ContainerKill(_)
+            | FaultSpec::ContainerPause(_) => None,
             FaultSpec::NetworkLoss(f) => Some(f.changes(fault_id)),
             FaultSpec::Partition(f) => Some(f.changes(fault_id)),
             FaultSpec::Bandwidth(f) => Some(f.changes(fault_id)),
@@ -225,6 +250,23 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.preview(),
             FaultSpec::NetemLatency(f) => f.preview(),
             FaultSpec::LatencyProxy(f) => f.preview(),
+            FaultSpec::ContainerKill(f) => match f.target.init() {
+                Ok((id, init)) => format!("container {id}, init {init}"),
+                Err(e) => e,
+            },
+            FaultSpec::ContainerPause(f) => match f.prepare(&Context {
+                fault_id: "preview",
+                seed: 0,
+                control_port: None,
+            }) {
+                Ok(p) => format!(
+                    "{} right now: {} process(es) through {}",
+                    p.targets().join(", "),
+                    p.procs.len(),
+                    p.freezer
+                ),
+                Err(e) => e,
+            },
         }
     }
 
@@ -241,6 +283,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::NetemLatency(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
+            FaultSpec::ContainerKill(f) => f.prepare(ctx).map(Prepared::ContainerKill),
+            FaultSpec::ContainerPause(f) => f.prepare(ctx).map(Prepared::Freeze),
         }
     }
 
@@ -326,13 +370,16 @@ pub(crate) enum Prepared {
     /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
     Qdisc(net::RootQdisc),
     Latency(latency::Prepared),
+    ContainerKill(container_kill::Prepared),
+    /// `container-pause`: a cgroup's freezer.
+    Freeze(container_pause::Prepared),
 }
 
 impl Prepared {
     /// What reverses this fault. Journaled before [`Prepared::inject`] runs.
     pub(crate) fn undo(&self) -> Undo {
         match self {
-            Prepared::Kill(_) => Undo::Nothing,
+            Prepared::Kill(_) | Prepared::ContainerKill(_) => Undo::Nothing,
             Prepared::Pause(p) => Undo::Resume {
                 procs: p.victims.clone(),
             },
@@ -354,6 +401,9 @@ impl Prepared {
                 proxy: p.proxy.clone(),
                 owner: p.owner.clone(),
             },
+            Prepared::Freeze(p) => Undo::Thaw {
+                freezer: p.freezer.clone(),
+            },
         }
     }
 
@@ -367,6 +417,8 @@ impl Prepared {
             Prepared::Nft(p) => vec![format!("nft table inet {}", p.table)],
             Prepared::Qdisc(p) => vec![format!("{} qdisc {:x}: on {}", p.kind, p.handle, p.device)],
             Prepared::Latency(p) => vec![format!("proxy on {}", p.listen)],
+            Prepared::ContainerKill(p) => p.targets(),
+            Prepared::Freeze(p) => p.targets(),
         }
     }
 
@@ -375,6 +427,8 @@ impl Prepared {
         match self {
             Prepared::Kill(p) => &p.victims,
             Prepared::Pause(p) => &p.victims,
+            Prepared::ContainerKill(p) => p.init(),
+            Prepared::Freeze(p) => &p.procs,
             Prepared::Fill(_)
             | Prepared::Stress(_)
             | Prepared::Nft(_)
@@ -394,6 +448,8 @@ impl Prepared {
             Prepared::Nft(p) => p.inject(),
             Prepared::Qdisc(p) => p.inject(),
             Prepared::Latency(p) => p.inject(),
+            Prepared::ContainerKill(p) => p.inject(),
+            Prepared::Freeze(p) => p.inject(),
         }
     }
 
@@ -407,6 +463,8 @@ impl Prepared {
             Prepared::Nft(p) => p.verify(),
             Prepared::Qdisc(p) => p.verify(),
             Prepared::Latency(p) => p.verify(),
+            Prepared::ContainerKill(p) => p.verify(),
+            Prepared::Freeze(p) => p.verify(),
         }
     }
 }
@@ -437,6 +495,8 @@ pub(crate) enum Undo {
     ClearToxics { proxy: String, owner: String },
     /// Close a run-scoped proxy.
     CloseProxy { proxy: String },
+    /// Thaw a cgroup that `container-pause` froze (nothing, if the cgroup is gone).
+    Thaw { freezer: container_pause::Freezer },
 }
 
 impl Undo {
@@ -455,6 +515,7 @@ impl Undo {
             } => net::tc_delete_root(device, *handle, kind),
             Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
             Undo::CloseProxy { proxy } => Ok(crate::proxy::registry().close(proxy)),
+            Undo::Thaw { freezer } => container_pause::thaw(freezer),
         }
     }
 }

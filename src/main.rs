@@ -8,6 +8,7 @@ mod bench;
 mod budget;
 mod certs;
 mod cli;
+mod container;
 mod coordinator;
 mod experiment;
 mod fault;

@@ -16,38 +16,134 @@ use procfs::process::{FDTarget, Process};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// How a fault finds its victims. Exactly one way per fault.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum Selector {
-    Pid(i32),
-    Pidfile(PathBuf),
+/// How a fault finds its victims: every key given must match (a conjunction), and at least one
+/// is given. `pid`, `pidfile` and `port` name processes explicitly; the others are patterns.
+/// On the wire a selector is a map of the keys given, so a one-key selector reads as before.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Selector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pidfile: Option<PathBuf>,
     /// The kernel's short name (`comm`), matched exactly.
-    Name(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
     /// A regex over the whole command line, arguments joined by spaces.
-    Cmdline(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cmdline: Option<String>,
     /// The process that owns a listening TCP socket on this port.
-    Port(u16),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
+    /// A container id or a unique prefix of one, read from each process's cgroups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) container: Option<String>,
+    /// A container's name, where its runtime records one (see `container::NAME_ANNOTATIONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) container_name: Option<String>,
+    /// A cgroup path: processes in it or below it, in any hierarchy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cgroup: Option<String>,
 }
 
 impl Selector {
-    /// Whether the selector names one process (`pid`, `pidfile`, `port`) rather than a pattern.
+    #[cfg(test)]
+    pub(crate) fn pid(pid: i32) -> Selector {
+        Selector {
+            pid: Some(pid),
+            ..Selector::default()
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn name(name: &str) -> Selector {
+        Selector {
+            name: Some(name.to_owned()),
+            ..Selector::default()
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cmdline(pattern: &str) -> Selector {
+        Selector {
+            cmdline: Some(pattern.to_owned()),
+            ..Selector::default()
+        }
+    }
+
+    /// Whether no key is given (such a selector is refused: it would match everything).
+    pub(crate) fn is_empty(&self) -> bool {
+        self == &Selector::default()
+    }
+
+    /// Whether the selector names processes (`pid`, `pidfile`, `port`) rather than a pattern.
     pub(crate) fn is_explicit(&self) -> bool {
-        matches!(
-            self,
-            Selector::Pid(_) | Selector::Pidfile(_) | Selector::Port(_)
-        )
+        self.pid.is_some() || self.pidfile.is_some() || self.port.is_some()
+    }
+
+    /// Each key given, as (what one key alone selects, the same as a condition).
+    fn phrases(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(pid) = self.pid {
+            out.push((format!("pid {pid}"), format!("have pid {pid}")));
+        }
+        if let Some(path) = &self.pidfile {
+            let path = path.display();
+            out.push((
+                format!("the pid in {path}"),
+                format!("have the pid in {path}"),
+            ));
+        }
+        if let Some(name) = &self.name {
+            out.push((
+                format!("processes named `{name}`"),
+                format!("are named `{name}`"),
+            ));
+        }
+        if let Some(re) = &self.cmdline {
+            out.push((
+                format!("processes whose command line matches /{re}/"),
+                format!("have a command line matching /{re}/"),
+            ));
+        }
+        if let Some(port) = self.port {
+            out.push((
+                format!("the process listening on TCP port {port}"),
+                format!("listen on TCP port {port}"),
+            ));
+        }
+        if let Some(c) = &self.container {
+            out.push((
+                format!("processes in container `{c}`"),
+                format!("are in container `{c}`"),
+            ));
+        }
+        if let Some(n) = &self.container_name {
+            out.push((
+                format!("processes in the container named `{n}`"),
+                format!("are in the container named `{n}`"),
+            ));
+        }
+        if let Some(g) = &self.cgroup {
+            out.push((
+                format!("processes in cgroup `{g}` or below"),
+                format!("are in cgroup `{g}` or below"),
+            ));
+        }
+        out
     }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::Pid(pid) => write!(f, "pid {pid}"),
-            Selector::Pidfile(path) => write!(f, "the pid in {}", path.display()),
-            Selector::Name(name) => write!(f, "processes named `{name}`"),
-            Selector::Cmdline(re) => write!(f, "processes whose command line matches /{re}/"),
-            Selector::Port(port) => write!(f, "the process listening on TCP port {port}"),
+        let phrases = self.phrases();
+        match phrases.as_slice() {
+            [] => f.write_str("no process (an empty selector)"),
+            [(alone, _)] => f.write_str(alone),
+            many => {
+                let conditions: Vec<&str> = many.iter().map(|(_, c)| c.as_str()).collect();
+                write!(f, "processes that {}", conditions.join(" and "))
+            }
         }
     }
 }
@@ -128,7 +224,7 @@ impl ProcInfo {
         }
     }
 
-    fn is_kernel_thread(&self) -> bool {
+    pub(crate) fn is_kernel_thread(&self) -> bool {
         self.kernel_thread
     }
 }
@@ -331,18 +427,18 @@ fn read_pidfile(path: &Path) -> Result<i32, String> {
         })
 }
 
-/// Finds the processes a selector names. Explicit selectors (`pid`, `pidfile`, `port`) that name a
-/// protected process or a kernel thread are an error; pattern selectors silently leave them out.
-/// A thread id stands for its whole process (signals act on the thread group).
+/// Finds the processes a selector names: those that match every key given. Explicit keys
+/// (`pid`, `pidfile`, `port`) that name a protected process or a kernel thread are an error;
+/// patterns silently leave them out. A thread id stands for its whole process (signals act on
+/// the thread group).
 pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
+    if selector.is_empty() {
+        return Err("an empty selector: give at least one key".to_owned());
+    }
     let protected = protected();
-    let explicit = |id: i32| -> Result<Matches, String> {
-        let none = Matches {
-            procs: Vec::new(),
-            excluded: Vec::new(),
-        };
+    let explicit = |id: i32| -> Result<Option<ProcInfo>, String> {
         let Some(pid) = thread_group_of(id) else {
-            return Ok(none);
+            return Ok(None);
         };
         let named = if pid == id {
             format!("pid {id}")
@@ -353,7 +449,7 @@ pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
             return Err(format!("refusing to signal {named}: it is {reason}"));
         }
         let Some(info) = read(pid) else {
-            return Ok(none);
+            return Ok(None);
         };
         if info.is_kernel_thread() {
             return Err(format!(
@@ -361,39 +457,121 @@ pub(crate) fn select(selector: &Selector) -> Result<Matches, String> {
                 info.comm
             ));
         }
-        Ok(Matches {
-            procs: vec![info],
-            excluded: Vec::new(),
-        })
+        Ok(Some(info))
     };
-    match selector {
-        Selector::Pid(pid) => explicit(*pid),
-        Selector::Pidfile(path) => explicit(read_pidfile(path)?),
-        Selector::Port(port) => {
-            let mut matches = Matches {
-                procs: Vec::new(),
-                excluded: Vec::new(),
+    // The processes the explicit keys name, each key narrowing the others.
+    let mut named: Option<Vec<ProcInfo>> = None;
+    let mut narrow = |found: Vec<ProcInfo>| {
+        named = Some(match named.take() {
+            None => found,
+            Some(before) => before
+                .into_iter()
+                .filter(|p| found.iter().any(|f| f.pid == p.pid))
+                .collect(),
+        });
+    };
+    if let Some(pid) = selector.pid {
+        narrow(explicit(pid)?.into_iter().collect());
+    }
+    if let Some(path) = &selector.pidfile {
+        narrow(explicit(read_pidfile(path)?)?.into_iter().collect());
+    }
+    if let Some(port) = selector.port {
+        let mut found = Vec::new();
+        for pid in listeners(port)? {
+            found.extend(explicit(pid)?);
+        }
+        narrow(found);
+    }
+    let is_explicit = named.is_some();
+    let candidates = named.unwrap_or_else(all);
+    let filter = Filter::new(selector, &candidates)?;
+    let found = candidates.into_iter().filter(|p| filter.accepts(p));
+    if is_explicit {
+        return Ok(Matches {
+            procs: found.collect(),
+            excluded: Vec::new(),
+        });
+    }
+    Ok(split_protected(found, &protected))
+}
+
+/// The pattern keys of a selector, ready to test processes against.
+struct Filter<'s> {
+    name: Option<&'s str>,
+    cmdline: Option<Regex>,
+    /// The container a `container` or `container_name` key resolved to (both, if both are
+    /// given: then they must be the same one), with the index that says where each process is.
+    /// `Some(None)` when a key is given but no running container fits it.
+    containers: Option<(Option<String>, crate::container::Index)>,
+    cgroup: Option<&'s str>,
+}
+
+impl<'s> Filter<'s> {
+    fn new(selector: &'s Selector, candidates: &[ProcInfo]) -> Result<Filter<'s>, String> {
+        let cmdline = match &selector.cmdline {
+            None => None,
+            Some(pattern) => Some(
+                Regex::new(pattern)
+                    .map_err(|e| format!("invalid cmdline regex /{pattern}/: {e}"))?,
+            ),
+        };
+        let containers = if selector.container.is_some() || selector.container_name.is_some() {
+            let index = crate::container::Index::scan(candidates.iter().map(|p| p.pid));
+            let by_id = match &selector.container {
+                Some(reference) => Some(index.resolve(reference)?),
+                None => None,
             };
-            for pid in listeners(*port)? {
-                let found = explicit(pid)?;
-                matches.procs.extend(found.procs);
+            let by_name = match &selector.container_name {
+                Some(name) => Some(index.resolve_name(name)?),
+                None => None,
+            };
+            let id = match (by_id, by_name) {
+                (Some(a), Some(b)) => a.filter(|a| b.as_ref() == Some(a)),
+                (Some(one), None) | (None, Some(one)) => one,
+                (None, None) => None,
+            };
+            Some((id, index))
+        } else {
+            None
+        };
+        Ok(Filter {
+            name: selector.name.as_deref(),
+            cmdline,
+            containers,
+            cgroup: selector.cgroup.as_deref(),
+        })
+    }
+
+    fn accepts(&self, p: &ProcInfo) -> bool {
+        if self.name.is_some_and(|name| p.comm != name) {
+            return false;
+        }
+        if self
+            .cmdline
+            .as_ref()
+            .is_some_and(|re| p.cmdline.is_empty() || !re.is_match(&p.cmdline))
+        {
+            return false;
+        }
+        if let Some((id, index)) = &self.containers {
+            let inside = id
+                .as_ref()
+                .is_some_and(|id| index.container_of(p.pid).is_some_and(|f| &f.id == id));
+            if !inside {
+                return false;
             }
-            Ok(matches)
         }
-        Selector::Name(name) => Ok(split_protected(
-            all().into_iter().filter(|p| &p.comm == name),
-            &protected,
-        )),
-        Selector::Cmdline(pattern) => {
-            let re = Regex::new(pattern)
-                .map_err(|e| format!("invalid cmdline regex /{pattern}/: {e}"))?;
-            Ok(split_protected(
-                all()
-                    .into_iter()
-                    .filter(|p| !p.cmdline.is_empty() && re.is_match(&p.cmdline)),
-                &protected,
-            ))
+        if let Some(prefix) = self.cgroup {
+            let lines = crate::container::cgroups_of(p.pid);
+            if !lines
+                .iter()
+                .any(|l| crate::container::is_under(&l.path, prefix))
+            {
+                return false;
+            }
         }
+        true
     }
 }
 
@@ -460,11 +638,56 @@ mod tests {
         let protected = protected();
         assert!(protected.contains_key(&1));
         assert!(protected.contains_key(&(std::process::id() as i32)));
-        let err = select(&Selector::Pid(1)).unwrap_err();
+        let err = select(&Selector::pid(1)).unwrap_err();
         assert!(
             err.contains("refusing to signal pid 1: it is init of this pid namespace"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_key_given_must_match() {
+        let mut one = std::process::Command::new("sleep")
+            .arg("304.125")
+            .spawn()
+            .unwrap();
+        let mut two = std::process::Command::new("sleep")
+            .arg("304.25")
+            .spawn()
+            .unwrap();
+        let (a, b) = (one.id() as i32, two.id() as i32);
+        let both = Selector {
+            name: Some("sleep".to_owned()),
+            cmdline: Some(r"^sleep 304\.125$".to_owned()),
+            ..Selector::default()
+        };
+        let by_both = select(&both).map(|m| m.procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+        // An explicit pid narrowed by a name it does not have matches nothing.
+        let mismatch = Selector {
+            pid: Some(b),
+            name: Some("python3".to_owned()),
+            ..Selector::default()
+        };
+        let by_mismatch = select(&mismatch).map(|m| m.procs.len());
+        let by_pid_and_name = select(&Selector {
+            pid: Some(b),
+            name: Some("sleep".to_owned()),
+            ..Selector::default()
+        })
+        .map(|m| m.procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+        for child in [&mut one, &mut two] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        assert_eq!(by_both.unwrap(), [a]);
+        assert_eq!(by_mismatch.unwrap(), 0);
+        assert_eq!(by_pid_and_name.unwrap(), [b]);
+        assert_eq!(
+            both.to_string(),
+            r"processes that are named `sleep` and have a command line matching /^sleep 304\.125$/"
+        );
+        assert_eq!(Selector::name("x").to_string(), "processes named `x`");
+        assert!(select(&Selector::default()).is_err());
     }
 
     #[test]
@@ -498,7 +721,7 @@ mod tests {
         let tid = rx.recv().unwrap();
         assert_ne!(tid, me);
         assert_eq!(thread_group_of(tid), Some(me));
-        let result = select(&Selector::Pid(tid));
+        let result = select(&Selector::pid(tid));
         stop.send(()).unwrap();
         thread.join().unwrap();
         let err = result.expect_err("a thread of this process was selected");
@@ -514,7 +737,7 @@ mod tests {
             .into_iter()
             .find(|p| p.is_kernel_thread() && p.pid > 2)
             .expect("no kernel thread is visible in /proc: run this test on a host, not in a pid namespace");
-        let err = select(&Selector::Pid(kthread.pid)).expect_err("a kernel thread was selected");
+        let err = select(&Selector::pid(kthread.pid)).expect_err("a kernel thread was selected");
         assert_eq!(
             err,
             format!(
@@ -527,7 +750,7 @@ mod tests {
             "pid 2 is protected by its number"
         );
         if read(2).is_some_and(|p| p.is_kernel_thread()) {
-            let err = select(&Selector::Pid(2)).expect_err("kthreadd was selected");
+            let err = select(&Selector::pid(2)).expect_err("kthreadd was selected");
             assert!(err.ends_with("it is a kernel thread"), "{err}");
         }
     }
@@ -537,7 +760,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("shadow");
         std::fs::write(&secret, "root:$6$SECRETHASH:19000:0:99999:7:::\n").unwrap();
-        let err = select(&Selector::Pidfile(secret.clone())).unwrap_err();
+        let err = select(&Selector {
+            pidfile: Some(secret.clone()),
+            ..Selector::default()
+        })
+        .unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -551,7 +778,11 @@ mod tests {
             format!("{}\n{}", std::process::id(), "x".repeat(1 << 20)),
         )
         .unwrap();
-        let err = select(&Selector::Pidfile(long.clone())).unwrap_err();
+        let err = select(&Selector {
+            pidfile: Some(long.clone()),
+            ..Selector::default()
+        })
+        .unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -561,7 +792,11 @@ mod tests {
         );
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let err = select(&Selector::Pidfile(fifo.clone())).unwrap_err();
+        let err = select(&Selector {
+            pidfile: Some(fifo.clone()),
+            ..Selector::default()
+        })
+        .unwrap_err();
         assert_eq!(
             err,
             format!("pidfile {} is not a regular file", fifo.display())
@@ -572,7 +807,10 @@ mod tests {
             .spawn()
             .unwrap();
         std::fs::write(&good, format!("{}\n", child.id())).unwrap();
-        let found = select(&Selector::Pidfile(good));
+        let found = select(&Selector {
+            pidfile: Some(good),
+            ..Selector::default()
+        });
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found.unwrap().procs[0].pid, child.id() as i32);

@@ -326,6 +326,30 @@ mod tests {
                 json!({"kind": "process-pause", "select": {"cmdline": ""}, "pick": null}),
             ),
             (
+                "kind = \"container-kill\"\ncontainer = \"\"\n",
+                json!({"kind": "container-kill", "target": {"container": ""}, "signal": "SIGKILL"}),
+            ),
+            (
+                "kind = \"container-kill\"\ncontainer = \"abcd\"\nsignal = \"SIGNOPE\"\n",
+                json!({"kind": "container-kill", "target": {"container": "abcd"}, "signal": "SIGNOPE"}),
+            ),
+            (
+                "kind = \"container-pause\"\nduration = \"1s\"\ncgroup = \"system.slice/x\"\n",
+                json!({"kind": "container-pause", "target": {"cgroup": "system.slice/x"}}),
+            ),
+            (
+                "kind = \"container-pause\"\nduration = \"1s\"\ncgroup = \"/a/../b\"\n",
+                json!({"kind": "container-pause", "target": {"cgroup": "/a/../b"}}),
+            ),
+            (
+                "kind = \"process-kill\"\nselect = { cgroup = \"/\" }\n",
+                json!({"kind": "process-kill", "select": {"cgroup": "/"}, "pick": null, "signal": "SIGKILL"}),
+            ),
+            (
+                "kind = \"process-pause\"\nduration = \"1s\"\nselect = { name = \"x\", container = \"ab\" }\n",
+                json!({"kind": "process-pause", "select": {"name": "x", "container": "ab"}, "pick": null}),
+            ),
+            (
                 "kind = \"latency\"\nduration = \"1s\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\ndelay = \"10ms\"\n",
                 json!({"kind": "latency-proxy", "via": {"run": {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:5432"}},
                        "toxics": {"direction": "both", "delay": {"secs": 0, "nanos": 10_000_000}, "jitter": {"secs": 0, "nanos": 0},

@@ -1160,7 +1160,7 @@ mod tests {
         ApplyRequest {
             run_id: "r".to_owned(),
             spec: FaultSpec::ProcessPause(ProcessPause {
-                select: Selector::Pid(pid),
+                select: Selector::pid(pid),
                 pick: None,
             }),
             duration_ms: Some(3_600_000),
@@ -1426,7 +1426,7 @@ mod tests {
         let req = ApplyRequest {
             run_id: "r".to_owned(),
             spec: FaultSpec::ProcessPause(ProcessPause {
-                select: Selector::Pid(victim.id() as i32),
+                select: Selector::pid(victim.id() as i32),
                 pick: None,
             }),
             duration_ms: Some(3_600_000),
@@ -1461,7 +1461,7 @@ mod tests {
         ApplyRequest {
             run_id: "r".to_owned(),
             spec: FaultSpec::ProcessKill(crate::fault::ProcessKill {
-                select: Selector::Pid(pid),
+                select: Selector::pid(pid),
                 signal: signal.to_owned(),
                 pick: None,
             }),

@@ -178,37 +178,72 @@ pub(crate) fn pick(pick: Option<Pick>) -> Checked {
 
 /// A process selector that can match something and never names init (pid 1) or a pid below it.
 /// pid 2 is left to the agent: on a host it is `kthreadd`, which the agent refuses as a kernel
-/// thread by its flag, but inside a container's pid namespace it is an ordinary process.
+/// thread by its flag, but inside a container's pid namespace it is an ordinary process. Every
+/// key given is checked; at least one must be.
 pub(crate) fn selector(select: &Selector) -> Checked {
-    match select {
-        Selector::Pid(pid) if *pid <= 0 => Err(FieldError::new(
-            "pid",
-            format!("must be a process id above 1 (got {pid})"),
-        )),
-        Selector::Pid(pid) if *pid == 1 => Err(FieldError::raw(
+    if select.is_empty() {
+        return Err(FieldError::raw(
             "select",
-            format!(
-                "refusing to target pid {pid}: it is {}",
-                crate::process::protection_reason(*pid)
-            ),
-        )),
-        Selector::Pidfile(path) if path.as_os_str().is_empty() => {
-            Err(FieldError::new("pidfile", "must not be empty"))
-        }
-        Selector::Name(name) if name.is_empty() => {
-            Err(FieldError::new("name", "must not be empty"))
-        }
-        Selector::Cmdline(re) if re.is_empty() => Err(FieldError::new(
-            "cmdline",
-            "must not be empty: it would match every process",
-        )),
-        Selector::Cmdline(re) => regex::Regex::new(re)
-            .map(|_| ())
-            .map_err(|e| FieldError::raw("cmdline", format!("invalid `cmdline` regex: {e}"))),
-        Selector::Port(p) => port("port", Some(*p)),
-        _ => Ok(()),
+            format!("`select` needs at least one of {SELECT_KEYS}"),
+        ));
     }
+    match select.pid {
+        Some(pid) if pid <= 0 => {
+            return Err(FieldError::new(
+                "pid",
+                format!("must be a process id above 1 (got {pid})"),
+            ));
+        }
+        Some(1) => {
+            return Err(FieldError::raw(
+                "select",
+                format!(
+                    "refusing to target pid 1: it is {}",
+                    crate::process::protection_reason(1)
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if select
+        .pidfile
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(FieldError::new("pidfile", "must not be empty"));
+    }
+    if select.name.as_ref().is_some_and(String::is_empty) {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    if let Some(re) = &select.cmdline {
+        if re.is_empty() {
+            return Err(FieldError::new(
+                "cmdline",
+                "must not be empty: it would match every process",
+            ));
+        }
+        regex::Regex::new(re)
+            .map_err(|e| FieldError::raw("cmdline", format!("invalid `cmdline` regex: {e}")))?;
+    }
+    if let Some(p) = select.port {
+        port("port", Some(p))?;
+    }
+    if let Some(c) = &select.container {
+        crate::container::check_container_ref(c).map_err(|e| FieldError::new("container", e))?;
+    }
+    if let Some(n) = &select.container_name {
+        crate::container::check_container_name(n)
+            .map_err(|e| FieldError::new("container_name", e))?;
+    }
+    if let Some(g) = &select.cgroup {
+        crate::container::check_cgroup_path(g).map_err(|e| FieldError::new("cgroup", e))?;
+    }
+    Ok(())
 }
+
+/// The keys of `select`, for messages.
+pub(crate) const SELECT_KEYS: &str =
+    "`pid`, `pidfile`, `name`, `cmdline`, `port`, `container`, `container_name` or `cgroup`";
 
 /// A network device name as the kernel allows it. It becomes a `tc` argument and a path under
 /// `/sys/class/net`, so one that starts with `-` or holds a `/` is refused too.

@@ -94,6 +94,11 @@ impl ProcessKill {
 }
 
 impl Prepared {
+    /// A kill of exactly these processes (`container-kill` sends its signal through this).
+    pub(super) fn new(victims: Vec<ProcRef>, signal: Signal) -> Prepared {
+        Prepared { victims, signal }
+    }
+
     pub(crate) fn inject(&self) -> Result<String, String> {
         let mut sent = Vec::new();
         for victim in &self.victims {
@@ -140,7 +145,7 @@ mod tests {
 
     fn kill(signal: &str) -> ProcessKill {
         ProcessKill {
-            select: Selector::Name("x".to_owned()),
+            select: Selector::name("x"),
             pick: None,
             signal: signal.to_owned(),
         }

@@ -181,7 +181,7 @@ mod tests {
         let stopped = Stopped::start();
         let pid = stopped.0.id() as i32;
         let by_pid = ProcessPause {
-            select: Selector::Pid(pid),
+            select: Selector::pid(pid),
             pick: None,
         };
         let err = by_pid.prepare(&ctx()).unwrap_err();
@@ -192,7 +192,7 @@ mod tests {
             )
         );
         let by_pattern = ProcessPause {
-            select: Selector::Cmdline(r"^sleep 301\.25$".to_owned()),
+            select: Selector::cmdline(r"^sleep 301\.25$"),
             pick: None,
         };
         let prepared = by_pattern.prepare(&ctx());

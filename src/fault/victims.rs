@@ -1,16 +1,18 @@
 //! Owns the keys `process-kill` and `process-pause` share: `select` (which processes) and
-//! `count`/`percent` (how many of them), as written in TOML and as validated.
+//! `count`/`percent` (how many of them), as written in TOML and as validated. Several `select`
+//! keys may be given: a process must match every one (a conjunction).
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::check::FieldError;
+use super::check::{FieldError, SELECT_KEYS};
 use crate::model::Pick;
 use crate::process::Selector;
 use crate::units::Percent;
 
-/// `select = { pid | pidfile | name | cmdline | port }`.
+/// `select = { pid, pidfile, name, cmdline, port, container, container_name, cgroup }`: any of
+/// them, at least one; a process must match all that are given.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SelectTable {
@@ -19,34 +21,36 @@ pub(crate) struct SelectTable {
     name: Option<String>,
     cmdline: Option<String>,
     port: Option<u16>,
+    container: Option<String>,
+    container_name: Option<String>,
+    cgroup: Option<String>,
 }
 
-/// Exactly one way of finding the victims.
+/// The ways of finding the victims, all of which must match. Their bounds are the spec's check.
 pub(crate) fn selector(select: Option<SelectTable>) -> Result<Selector, FieldError> {
     let Some(s) = select else {
         return Err(FieldError::raw(
             "select",
-            "needs `select` with one of `pid`, `pidfile`, `name`, `cmdline` or `port`".to_owned(),
+            format!("needs `select` with at least one of {SELECT_KEYS}"),
         ));
     };
-    let mut chosen: Vec<Selector> = [
-        s.pid.map(Selector::Pid),
-        s.pidfile.map(Selector::Pidfile),
-        s.name.map(Selector::Name),
-        s.cmdline.map(Selector::Cmdline),
-        s.port.map(Selector::Port),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if chosen.len() != 1 {
+    let selector = Selector {
+        pid: s.pid,
+        pidfile: s.pidfile,
+        name: s.name,
+        cmdline: s.cmdline,
+        port: s.port,
+        container: s.container,
+        container_name: s.container_name,
+        cgroup: s.cgroup,
+    };
+    if selector.is_empty() {
         return Err(FieldError::raw(
             "select",
-            "`select` takes exactly one of `pid`, `pidfile`, `name`, `cmdline` or `port`"
-                .to_owned(),
+            format!("`select` needs at least one of {SELECT_KEYS}"),
         ));
     }
-    Ok(chosen.remove(0))
+    Ok(selector)
 }
 
 /// `count` or `percent`, or neither (all of the matches). Their bounds are the spec's check.

@@ -9,6 +9,7 @@ mod agent_edge;
 mod agents;
 mod attack_core;
 mod attack_kinds;
+mod containers;
 mod coordinator;
 mod deploy;
 mod disk_fill;

@@ -13,6 +13,7 @@ pub mod alertmanager;
 pub mod chromium;
 pub mod coordinator;
 pub mod postgres;
+pub mod runc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
