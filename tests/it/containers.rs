@@ -378,6 +378,49 @@ fn container_pause_of_a_cgroup_freezes_it_through_cgroup_v2_and_thaws_it() {
 }
 
 #[test]
+fn a_cgroup_frozen_by_a_crashed_run_is_thawed_from_the_journal_by_the_next_start() {
+    if !crate::support::privileged("a_cgroup_frozen_by_a_crashed_run") {
+        return;
+    }
+    let stem = format!("faultline-test-{:08x}", rand_u32());
+    let group = Cgroup::make(&stem);
+    let a = Proc::spawn(&["sleep", "302.75"]);
+    group.adopt(a.pid());
+    let dir = tempdir();
+    let file = dir.path().join("freeze.toml");
+    std::fs::write(
+        &file,
+        crate::support::always_steady_experiment(
+            "cgroup freeze",
+            "",
+            &format!(
+                "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"60s\"\n",
+                group.path
+            ),
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    // No watchdog: what is left is for the journal alone.
+    let mut child = crate::support::spawn_run(&file, &state, &[]);
+    wait_until("the cgroup frozen", Duration::from_secs(20), || group.frozen());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(group.frozen(), "nothing should have thawed it yet");
+    let out = crate::support::faultline(
+        &["run", file.to_str().unwrap(), "--quiet", "--dry-run"],
+        &state,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reverted a fault left by an earlier crashed run"),
+        "{stderr}"
+    );
+    assert!(!group.frozen(), "the next start did not thaw the cgroup");
+    wait_for_empty_journal(&state);
+}
+
+#[test]
 fn process_kill_combines_container_with_name() {
     if !runc::available("process_kill_combines_container_with_name") {
         return;
