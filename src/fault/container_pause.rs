@@ -103,7 +103,7 @@ impl Target {
         };
         let Some(id) = id else {
             return Err(format!(
-                "no running container is {self} (found from the cgroups of every process): nothing to inject"
+                "no running container matches {self} (read from the cgroups of every process): nothing to inject"
             ));
         };
         let members = index.members(&id);
@@ -319,7 +319,7 @@ impl ContainerPause {
             Target::Cgroup(path) => {
                 let freezer = Freezer::of_path(path, &mounts).ok_or_else(|| {
                     format!(
-                        "cgroup `{path}` has no freezer on this host (neither a v1 freezer.state nor a v2 cgroup.freeze): nothing to inject"
+                        "cgroup `{path}` does not exist on this host, or has no freezer (neither a v1 freezer.state nor a v2 cgroup.freeze): nothing to inject"
                     )
                 })?;
                 (freezer, path.clone(), format!("cgroup {path}"))

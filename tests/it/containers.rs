@@ -403,7 +403,9 @@ fn a_cgroup_frozen_by_a_crashed_run_is_thawed_from_the_journal_by_the_next_start
     let state = dir.path().join("state");
     // No watchdog: what is left is for the journal alone.
     let mut child = crate::support::spawn_run(&file, &state, &[]);
-    wait_until("the cgroup frozen", Duration::from_secs(20), || group.frozen());
+    wait_until("the cgroup frozen", Duration::from_secs(20), || {
+        group.frozen()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(group.frozen(), "nothing should have thawed it yet");
