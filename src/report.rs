@@ -159,6 +159,12 @@ pub(crate) struct SampleRecord {
     pub(crate) cause: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) value: Option<f64>,
+    /// The connect time of a sample that opened a connection (`http`, `grpc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connect_ms: Option<f64>,
+    /// The time to the response's headers (`http`, `grpc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) first_byte_ms: Option<f64>,
 }
 
 impl Report {
@@ -324,6 +330,12 @@ mod tests {
                 max: 0.97,
             }),
             top_cause: None,
+            connect: Some(crate::sli::Split {
+                count: 2,
+                p50: Duration::from_micros(1_250),
+                p99: Duration::from_micros(3_500),
+            }),
+            first_byte: None,
         };
         let phase = |probe: &str, signal, slo_met| super::ProbePhase {
             probe: probe.to_owned(),
@@ -356,6 +368,8 @@ mod tests {
             error: Some("connection refused".to_owned()),
             cause: Some("refused".to_owned()),
             value: None,
+            connect_ms: Some(1.5),
+            first_byte_ms: None,
         }];
         let text = super::json::render(&report);
         let back = super::json::parse(&text).unwrap();

@@ -1062,6 +1062,8 @@ impl Runner<'_> {
                 error: s.error.clone(),
                 cause: s.cause.clone(),
                 value: s.value,
+                connect_ms: s.timing.connect.map(millis),
+                first_byte_ms: s.timing.first_byte.map(millis),
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));

@@ -249,6 +249,7 @@ mod tests {
                 error: None,
                 cause: None,
                 value,
+                timing: crate::probe::Timing::default(),
             })
             .collect();
         ProbePhase {

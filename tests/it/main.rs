@@ -26,6 +26,8 @@ mod netem_absent;
 mod netfaults;
 mod notify;
 mod outage;
+mod probes_grpc;
+mod probes_http;
 mod prometheus;
 mod reports;
 mod stress;

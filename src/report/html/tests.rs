@@ -55,6 +55,8 @@ fn kill_with_recovery() -> Report {
             error: (!ok).then(|| "connection refused".to_owned()),
             cause: (!ok).then(|| "refused".to_owned()),
             value: None,
+            connect_ms: None,
+            first_byte_ms: None,
         });
     }
     Report {
