@@ -1092,6 +1092,7 @@ impl Runner<'_> {
             recovered_from_journal: self.opts.recovered.clone(),
             budget: self.budget.clone(),
             samples,
+            warnings: crate::probe::warnings(&self.exp.steady_state.probes),
             input_invalid: false,
         }
     }

@@ -30,6 +30,7 @@ pub(crate) fn render(report: &Report) -> String {
         "time_to_abort_ms": report.time_to_abort.map(millis),
         "recovered_from_journal": report.recovered_from_journal,
         "budget": report.budget.as_ref().map(budget),
+        "warnings": report.warnings,
     });
     let Value::Object(head) = value else {
         unreachable!("the report head is a json! object literal")
@@ -211,6 +212,7 @@ pub(crate) fn parse(text: &str) -> Result<Report, ParseError> {
             min_remaining: b.min_remaining,
         }),
         samples: doc.samples,
+        warnings: doc.warnings,
         // Only a run whose input was invalid exits 2: every verdict has another code.
         input_invalid: doc.exit_code == super::EXIT_INVALID,
     })
@@ -248,6 +250,9 @@ struct In {
     recovered_from_journal: Vec<String>,
     budget: Option<InBudget>,
     samples: Vec<SampleRecord>,
+    /// Absent from reports written before reports carried warnings.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]

@@ -315,6 +315,7 @@ mod tests {
             recovered_from_journal: Vec::new(),
             budget: None,
             samples: Vec::new(),
+            warnings: Vec::new(),
             input_invalid: false,
         }
     }

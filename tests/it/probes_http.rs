@@ -284,6 +284,17 @@ fn a_tls_server_with_the_tests_own_ca_passes_with_ca_and_fails_clearly_without()
     let run = server.run(&format!(r#"url = "{url}", insecure = true"#));
     assert_eq!(run.code, 0, "{}", run.explain());
     assert!(
+        run.stdout
+            .contains("warning: probe `shop` has `insecure = true`"),
+        "the terminal report says it too: {}",
+        run.explain()
+    );
+    let warnings = &run.report.as_ref().unwrap()["warnings"];
+    assert_eq!(
+        warnings[0],
+        "probe `shop` has `insecure = true`: its server's TLS certificate is not checked, so it may be talking to anyone"
+    );
+    assert!(
         run.stderr
             .contains("warning: probe `shop` has `insecure = true`"),
         "{}",

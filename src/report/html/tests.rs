@@ -91,6 +91,7 @@ fn kill_with_recovery() -> Report {
         recovered_from_journal: Vec::new(),
         budget: None,
         samples,
+        warnings: Vec::new(),
         input_invalid: false,
     }
 }
