@@ -20,7 +20,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(tls: Option<(&Path, &Path)>) -> Server {
+    /// `tls`: serve TLS with this certificate, key and (optionally) required client CA.
+    fn start(tls: Option<(&Path, &Path, Option<&Path>)>) -> Server {
         let importable = std::process::Command::new("python3")
             .args(["-c", "import grpc, grpc_health.v1.health"])
             .status()
@@ -45,13 +46,16 @@ impl Server {
             "--down",
             "1.5",
         ];
-        if let Some((cert, key)) = tls {
+        if let Some((cert, key, client_ca)) = tls {
             argv.extend([
                 "--cert",
                 cert.to_str().unwrap(),
                 "--key",
                 key.to_str().unwrap(),
             ]);
+            if let Some(ca) = client_ca {
+                argv.extend(["--client-ca", ca.to_str().unwrap()]);
+            }
         }
         let server = Proc::spawn(&argv);
         wait_for_port(port, Duration::from_secs(20));
@@ -178,7 +182,11 @@ fn a_tls_grpc_server_passes_with_its_ca_and_fails_without() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let server = Server::start(Some((&out.join("agent.pem"), &out.join("agent-key.pem"))));
+    let server = Server::start(Some((
+        &out.join("agent.pem"),
+        &out.join("agent-key.pem"),
+        None,
+    )));
     let address = format!("127.0.0.1:{}", server.port);
     let ca = out.join("ca.pem");
     let run = server.run(&format!(
@@ -193,4 +201,45 @@ fn a_tls_grpc_server_passes_with_its_ca_and_fails_without() {
     assert_eq!(run.code, 4, "{}", run.explain());
     let error = &errors(&run, "before")[0];
     assert!(error.contains("UnknownIssuer"), "{error}");
+}
+
+#[test]
+fn a_grpc_server_that_requires_a_client_certificate_passes_with_client_cert_and_key() {
+    let dir = tempdir();
+    let out = dir.path().join("certs");
+    let made = faultline(
+        &["certs", "--out", out.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let ca = out.join("ca.pem");
+    let server = Server::start(Some((
+        &out.join("agent.pem"),
+        &out.join("agent-key.pem"),
+        Some(&ca),
+    )));
+    let address = format!("127.0.0.1:{}", server.port);
+    // Without a client certificate the server ends the handshake: not SERVING, not a pass.
+    let run = server.run(&format!(
+        r#"address = "{address}", service = "shop.Cart", ca = "{}""#,
+        ca.display()
+    ));
+    assert_eq!(run.code, 4, "{}", run.explain());
+    // `insecure` skips checking the server, but still sends the client certificate.
+    let run = server.run(&format!(
+        r#"address = "{address}", service = "shop.Cart", insecure = true, client_cert = "{}", client_key = "{}""#,
+        out.join("client.pem").display(),
+        out.join("client-key.pem").display()
+    ));
+    assert_eq!(run.code, 0, "{}", run.explain());
+    assert!(
+        run.stderr
+            .contains("warning: probe `cart` has `insecure = true`"),
+        "{}",
+        run.explain()
+    );
 }

@@ -3,9 +3,10 @@ grpcio-health-checking (scripts/setup.sh installs both).
 
 Services: `shop.Cart` is SERVING until the process --watch-pid is gone, then NOT_SERVING for
 --down seconds, then SERVING again (the test's fault kills that process, so the flip happens
-mid-run, after the baseline); `shop.Down` is always NOT_SERVING. With --cert/--key it serves TLS.
+mid-run, after the baseline); `shop.Down` is always NOT_SERVING. With --cert/--key it serves TLS,
+and with --client-ca it also requires a client certificate signed by that CA.
 
-usage: probe_grpc_server.py PORT --watch-pid PID [--down SECONDS] [--cert PEM --key PEM]
+usage: probe_grpc_server.py PORT --watch-pid PID [--down SECONDS] [--cert PEM --key PEM [--client-ca PEM]]
 """
 
 import argparse
@@ -22,6 +23,7 @@ parser.add_argument("--watch-pid", type=int, required=True)
 parser.add_argument("--down", type=float, default=1.5)
 parser.add_argument("--cert")
 parser.add_argument("--key")
+parser.add_argument("--client-ca")
 args = parser.parse_args()
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -35,7 +37,14 @@ servicer.set("shop.Down", NOT_SERVING)
 address = f"127.0.0.1:{args.port}"
 if args.cert:
     with open(args.key, "rb") as k, open(args.cert, "rb") as c:
-        credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        pair = (k.read(), c.read())
+    if args.client_ca:
+        with open(args.client_ca, "rb") as ca:
+            credentials = grpc.ssl_server_credentials(
+                [pair], root_certificates=ca.read(), require_client_auth=True
+            )
+    else:
+        credentials = grpc.ssl_server_credentials([pair])
     server.add_secure_port(address, credentials)
 else:
     server.add_insecure_port(address)
