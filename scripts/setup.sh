@@ -56,6 +56,13 @@ for package in "${!files[@]}"; do
   compgen -G ${files[$package]} >/dev/null || missing+=("$package")
 done
 
+# The tests of the `grpc` probe serve the standard health service with Python's grpcio and
+# grpcio-health-checking (installed from PyPI below: Debian does not package the health service),
+# which needs pip.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   # Deduplicate package names.
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -92,5 +99,18 @@ if [ ${#missing[@]} -gt 0 ]; then
       done
     done
   fi
+fi
+if ! python3 -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
+  echo "setup: installing grpcio and grpcio-health-checking (PyPI) for the grpc probe tests" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root to install grpcio" >&2; exit 1; }
+    sudo=sudo
+  fi
+  # Debian marks its Python as externally managed; these two packages are test fixtures only.
+  $sudo env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install \
+    --quiet --disable-pip-version-check grpcio grpcio-health-checking
+  python3 -c 'import grpc, grpc_health.v1.health' \
+    || { echo "setup: grpcio-health-checking is still not importable by python3" >&2; exit 1; }
 fi
 echo "setup: everything faultline needs is installed" >&2

@@ -553,12 +553,15 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             continue;
         }
         match experiment::load(file) {
-            Ok(exp) => println!(
-                "{}: ok ({} probe(s), {} fault(s))",
-                file.display(),
-                exp.steady_state.probes.len(),
-                exp.faults.len()
-            ),
+            Ok(exp) => {
+                warn_probes(&exp);
+                println!(
+                    "{}: ok ({} probe(s), {} fault(s))",
+                    file.display(),
+                    exp.steady_state.probes.len(),
+                    exp.faults.len()
+                );
+            }
             Err(e) => {
                 eprintln!("error: invalid experiment {e}");
                 ok = false;
@@ -572,9 +575,20 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Says what a probe does that weakens what it proves (`insecure = true`), on standard error,
+/// however quiet the run: `validate`, `plan` and `run` all say it.
+fn warn_probes(exp: &Experiment) {
+    for w in crate::probe::warnings(&exp.steady_state.probes) {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn load(file: &Path) -> Option<Experiment> {
     match experiment::load(file) {
-        Ok(exp) => Some(exp),
+        Ok(exp) => {
+            warn_probes(&exp);
+            Some(exp)
+        }
         Err(e) => {
             eprintln!("error: invalid experiment {e}");
             None

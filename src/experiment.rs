@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod network_kinds;
+mod probes;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -100,7 +101,13 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
     let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
         .map_err(toml_error)?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Validator {
+        fail: &fail,
+        text,
+        dir,
+    }
+    .experiment(raw, faults, path, sha256)
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
@@ -133,6 +140,8 @@ struct Validator<'a> {
     fail: &'a dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
     /// The experiment's text, to name the key of a bad value.
     text: &'a str,
+    /// The experiment file's directory: relative paths in probes (TLS files) start there.
+    dir: &'a Path,
 }
 
 type VResult<T> = std::result::Result<T, ExperimentError>;
@@ -385,6 +394,7 @@ impl Validator<'_> {
         let name = p.name;
         let given = [
             p.http.is_some(),
+            p.grpc.is_some(),
             p.tcp.is_some(),
             p.command.is_some(),
             p.prometheus.is_some(),
@@ -396,7 +406,7 @@ impl Validator<'_> {
             return self.at(
                 span,
                 format!(
-                    "probe `{name}`: give exactly one of `http`, `tcp`, `command` or `prometheus`"
+                    "probe `{name}`: give exactly one of `http`, `grpc`, `tcp`, `command` or `prometheus`"
                 ),
             );
         }
@@ -433,19 +443,13 @@ impl Validator<'_> {
                 threshold,
             }
         } else if let Some(http) = p.http {
-            if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                return self.at(
-                    span,
-                    format!(
-                        "probe `{name}`: `url` must start with http:// or https:// (got `{}`)",
-                        http.url
-                    ),
-                );
-            }
-            Check::Http {
-                url: http.url,
-                status: http.status.unwrap_or_default(),
-            }
+            Check::Http(Box::new(
+                probes::http(self.dir, &span, http).or_else(|e| self.probe_error(&name, e))?,
+            ))
+        } else if let Some(grpc) = p.grpc {
+            Check::Grpc(Box::new(
+                probes::grpc(self.dir, &span, grpc).or_else(|e| self.probe_error(&name, e))?,
+            ))
         } else if let Some(addr) = p.tcp {
             if !addr.contains(':') {
                 return self.at(
@@ -505,6 +509,18 @@ impl Validator<'_> {
             slo_during,
             signal: p.signal,
         })
+    }
+
+    /// A probe table's error, at its value, naming the probe and (when the message does not yet)
+    /// the key.
+    fn probe_error<T>(&self, name: &str, e: probes::Bad) -> VResult<T> {
+        let mut message = e.message;
+        if let Some(key) = key_before(self.text, e.span.start) {
+            if !message.contains(&format!("`{key}`")) {
+                message = format!("`{key}`: {message}");
+            }
+        }
+        self.at(e.span, format!("probe `{name}`: {message}"))
     }
 
     fn fault(

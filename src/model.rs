@@ -132,10 +132,10 @@ pub(crate) struct ProbeSpec {
 
 #[derive(Debug)]
 pub(crate) enum Check {
-    Http {
-        url: String,
-        status: Vec<u16>,
-    },
+    /// Boxed: it is much larger than the other checks.
+    Http(Box<HttpSpec>),
+    /// `grpc.health.v1.Health/Check` against one service.
+    Grpc(Box<GrpcSpec>),
     Tcp {
         addr: String,
     },
@@ -152,6 +152,104 @@ pub(crate) enum Check {
         query: String,
         threshold: Threshold,
     },
+}
+
+/// An `http` probe: the request it sends and what the response must show.
+#[derive(Debug)]
+pub(crate) struct HttpSpec {
+    pub(crate) url: String,
+    /// One of [`HTTP_METHODS`].
+    pub(crate) method: &'static str,
+    /// Names and values already checked against the HTTP rules, in the file's order.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Option<RequestBody>,
+    pub(crate) status: StatusSet,
+    /// A regex the (first [`MAX_CHECKED_BODY`] bytes of the) response body must match.
+    pub(crate) body_matches: Option<Regex>,
+    pub(crate) json: Option<JsonCheck>,
+    pub(crate) tls: TlsSpec,
+    /// How many redirects to follow; 0 (the default) takes a 3xx as the response.
+    pub(crate) redirects: u8,
+}
+
+/// The methods an `http` probe may send.
+pub(crate) const HTTP_METHODS: [&str; 7] =
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// At most this much of a response body is read for `body_matches` and `json`.
+pub(crate) const MAX_CHECKED_BODY: usize = 1024 * 1024;
+
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    Text(String),
+    /// Sent with `content-type: application/json` unless the headers name another.
+    Json(serde_json::Value),
+}
+
+/// The statuses a response may have: inclusive ranges; empty means any 2xx.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct StatusSet(pub(crate) Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub(crate) fn allows(&self, code: u16) -> bool {
+        if self.0.is_empty() {
+            return (200..300).contains(&code);
+        }
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+impl std::fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("2xx");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| match (lo, hi) {
+                _ if lo == hi => lo.to_string(),
+                _ if lo % 100 == 0 && hi == lo + 99 => format!("{}xx", lo / 100),
+                _ => format!("{lo}-{hi}"),
+            })
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// `json = { pointer, equals }`: the value at an RFC 6901 pointer in the JSON response body must
+/// equal `equals`, or merely exist when `equals` is not given.
+#[derive(Debug)]
+pub(crate) struct JsonCheck {
+    pub(crate) pointer: String,
+    pub(crate) equals: Option<serde_json::Value>,
+}
+
+/// The TLS settings of a probe; paths were readable PEM when the experiment was validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TlsSpec {
+    /// Trust only this CA (PEM) instead of the built-in roots.
+    pub(crate) ca: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for servers that ask for one.
+    pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate. Reported loudly at validate, plan and in the report.
+    pub(crate) insecure: bool,
+}
+
+impl TlsSpec {
+    pub(crate) fn is_default(&self) -> bool {
+        *self == TlsSpec::default()
+    }
+}
+
+/// A `grpc` probe: `grpc.health.v1.Health/Check` for `service` at `address` (`host:port`).
+#[derive(Debug)]
+pub(crate) struct GrpcSpec {
+    pub(crate) address: String,
+    /// The service name asked about; empty asks about the server as a whole.
+    pub(crate) service: String,
+    /// `None`: plaintext HTTP/2.
+    pub(crate) tls: Option<TlsSpec>,
 }
 
 /// What a Prometheus probe's value must be. Comparisons are strict.

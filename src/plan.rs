@@ -77,10 +77,7 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     );
     for p in &exp.steady_state.probes {
         let check = match &p.check {
-            Check::Http { url, status } if status.is_empty() => {
-                format!("GET {url}, expect any 2xx")
-            }
-            Check::Http { url, status } => format!("GET {url}, expect status {status:?}"),
+            Check::Http(_) | Check::Grpc(_) => crate::probe::describe(&p.check).unwrap_or_default(),
             Check::Tcp { addr } => format!("TCP connect to {addr}"),
             Check::Command {
                 argv,
@@ -382,7 +379,7 @@ setup (started first, stopped last, each in its own process group):
   1. `web`: runs ["python3", "-m", "http.server", "18080"]; ready when 127.0.0.1:18080 accepts TCP connections (within 5s)
 
 steady state (baseline window 2s):
-  - `front page`: GET http://127.0.0.1:18080/, expect status [200]; every 100ms, timeout 500ms
+  - `front page`: GET http://127.0.0.1:18080/, expect status 200; every 100ms, timeout 500ms
     SLO: success >= 99%, p99 <= 250 ms
 
 targets:

@@ -2,10 +2,14 @@
 //! [`Sample`] to the run loop. The checks themselves are one file each.
 
 mod command;
+mod grpc;
 mod http;
 pub(crate) mod prometheus;
 mod tcp;
+pub(crate) mod tls;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -29,6 +33,96 @@ pub(crate) struct Sample {
     /// The number the check read, for probes that read one (a Prometheus query, a command's
     /// output with `value = true`); kept for failed samples too, since the value is often why.
     pub(crate) value: Option<f64>,
+    /// Where the time went, for probes that can tell (`http`, `grpc`).
+    pub(crate) timing: Timing,
+}
+
+/// The parts of a sample's latency. `None` is "not measured", never zero: a request sent on a
+/// connection kept from an earlier sample made no connection, so it has no connect time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Timing {
+    /// Name resolution, TCP connect and the TLS handshake of a new connection.
+    pub(crate) connect: Option<Duration>,
+    /// From sending the request to the response's status line and headers.
+    pub(crate) first_byte: Option<Duration>,
+}
+
+/// Times the connections a client makes, so a sample can tell whether its request made one and
+/// how long it took. Each sample starts a new generation; a connection counts for the sample
+/// whose generation it was started in, so one finishing late for an earlier (timed out) sample
+/// is never taken as this sample's.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectTimer {
+    generation: Arc<AtomicU64>,
+    last: Arc<Mutex<Option<(u64, Duration)>>>,
+}
+
+impl ConnectTimer {
+    /// Starts a sample's generation.
+    pub(crate) fn begin(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The connect time of a connection made for generation `g`, if one was.
+    pub(crate) fn connect_time(&self, g: u64) -> Option<Duration> {
+        let last = *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.filter(|(made_in, _)| *made_in == g).map(|(_, d)| d)
+    }
+
+    /// Times `connecting`, recording it when it succeeds.
+    pub(crate) fn time<F, T, E>(
+        &self,
+        connecting: F,
+    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'static
+    where
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let last = Arc::clone(&self.last);
+        async move {
+            let start = Instant::now();
+            let made = connecting.await;
+            if made.is_ok() {
+                *last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((generation, start.elapsed()));
+            }
+            made
+        }
+    }
+}
+
+/// The warnings an experiment's probes deserve, said at `validate`, `plan` and `run`:
+/// certificate checks turned off.
+pub(crate) fn warnings(probes: &[ProbeSpec]) -> Vec<String> {
+    probes
+        .iter()
+        .filter(|p| match &p.check {
+            Check::Http(h) => h.tls.insecure,
+            Check::Grpc(g) => g.tls.as_ref().is_some_and(|t| t.insecure),
+            _ => false,
+        })
+        .map(|p| {
+            format!(
+                "probe `{}` has `insecure = true`: its server's TLS certificate is not checked, so it may be talking to anyone",
+                p.name
+            )
+        })
+        .collect()
+}
+
+/// The `plan` line of an `http` or `grpc` probe; `None` for the other kinds. Header values are
+/// not shown (they often hold credentials), nor are bodies.
+pub(crate) fn describe(check: &Check) -> Option<String> {
+    match check {
+        Check::Http(h) => Some(http::describe(h)),
+        Check::Grpc(g) => Some(grpc::describe(g)),
+        _ => None,
+    }
 }
 
 /// Why one check failed: a short cause shared by every sample that failed the same way, so a
@@ -72,7 +166,8 @@ pub(crate) fn io_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> 
 
 /// A check ready to run repeatedly, built once per probe.
 enum Prober {
-    Http(http::HttpCheck),
+    Http(Box<http::HttpCheck>),
+    Grpc(Box<grpc::GrpcCheck>),
     Tcp(String),
     Command(command::CommandCheck),
     Prometheus(prometheus::PrometheusCheck),
@@ -81,9 +176,8 @@ enum Prober {
 impl Prober {
     fn new(check: &Check, timeout: Duration) -> Result<Prober, String> {
         Ok(match check {
-            Check::Http { url, status } => {
-                Prober::Http(http::HttpCheck::new(url, status, timeout)?)
-            }
+            Check::Http(spec) => Prober::Http(Box::new(http::HttpCheck::new(spec, timeout)?)),
+            Check::Grpc(spec) => Prober::Grpc(Box::new(grpc::GrpcCheck::new(spec, timeout)?)),
             Check::Tcp { addr } => Prober::Tcp(addr.clone()),
             Check::Command {
                 argv,
@@ -106,13 +200,26 @@ impl Prober {
         })
     }
 
-    /// The value read, if the check reads one, and whether the check passed.
-    async fn check(&self) -> (Option<f64>, Result<(), Failure>) {
+    /// The value read, if the check reads one, where the time went, and whether it passed.
+    async fn check(&self) -> (Option<f64>, Timing, Result<(), Failure>) {
         match self {
-            Prober::Http(h) => (None, h.check().await),
-            Prober::Tcp(addr) => (None, tcp::check(addr).await),
-            Prober::Command(c) => c.check().await,
-            Prober::Prometheus(p) => p.check().await,
+            Prober::Http(h) => {
+                let (timing, outcome) = h.check().await;
+                (None, timing, outcome)
+            }
+            Prober::Grpc(g) => {
+                let (timing, outcome) = g.check().await;
+                (None, timing, outcome)
+            }
+            Prober::Tcp(addr) => (None, Timing::default(), tcp::check(addr).await),
+            Prober::Command(c) => {
+                let (value, outcome) = c.check().await;
+                (value, Timing::default(), outcome)
+            }
+            Prober::Prometheus(p) => {
+                let (value, outcome) = p.check().await;
+                (value, Timing::default(), outcome)
+            }
         }
     }
 }
@@ -142,16 +249,18 @@ pub(crate) fn spawn_all(
                     return;
                 }
                 let at = Instant::now();
-                let (value, outcome) = match tokio::time::timeout(timeout, prober.check()).await {
-                    Ok(checked) => checked,
-                    Err(_) => (
-                        None,
-                        Err(Failure::new(
-                            "timed out",
-                            format!("timed out after {}", humantime::format_duration(timeout)),
-                        )),
-                    ),
-                };
+                let (value, timing, outcome) =
+                    match tokio::time::timeout(timeout, prober.check()).await {
+                        Ok(checked) => checked,
+                        Err(_) => (
+                            None,
+                            Timing::default(),
+                            Err(Failure::new(
+                                "timed out",
+                                format!("timed out after {}", humantime::format_duration(timeout)),
+                            )),
+                        ),
+                    };
                 let latency = at.elapsed();
                 let (error, cause) = match outcome {
                     Ok(()) => (None, None),
@@ -165,6 +274,7 @@ pub(crate) fn spawn_all(
                     error,
                     cause,
                     value,
+                    timing,
                 };
                 if tx.send(sample).is_err() {
                     return;

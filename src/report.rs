@@ -88,6 +88,8 @@ pub(crate) struct Report {
     /// The error-budget gate's numbers, when the experiment has one and they could be read.
     pub(crate) budget: Option<Budget>,
     pub(crate) samples: Vec<SampleRecord>,
+    /// What weakens what the run proves, said in every report: a probe with `insecure = true`.
+    pub(crate) warnings: Vec<String>,
     /// The run never started because its inventory or target groups were invalid: it exits
     /// `EXIT_INVALID` like an invalid experiment, whatever its verdict (`error`) says.
     pub(crate) input_invalid: bool,
@@ -159,6 +161,12 @@ pub(crate) struct SampleRecord {
     pub(crate) cause: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) value: Option<f64>,
+    /// The connect time of a sample that opened a connection (`http`, `grpc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connect_ms: Option<f64>,
+    /// The time to the response's headers (`http`, `grpc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) first_byte_ms: Option<f64>,
 }
 
 impl Report {
@@ -200,6 +208,7 @@ impl Report {
             recovered_from_journal: Vec::new(),
             budget: None,
             samples: Vec::new(),
+            warnings: crate::probe::warnings(&exp.steady_state.probes),
             input_invalid,
         }
     }
@@ -294,6 +303,7 @@ mod tests {
             recovered_from_journal: Vec::new(),
             budget: None,
             samples: Vec::new(),
+            warnings: Vec::new(),
             input_invalid: false,
         }
     }
@@ -304,6 +314,7 @@ mod tests {
     fn a_report_read_back_from_json_renders_exactly_like_the_live_one() {
         use crate::sli::{Stats, ValueStats};
         let mut report = revert_failed_report();
+        report.warnings = vec!["probe `web` has `insecure = true`: ...".to_owned()];
         report.time_to_recover = Some(Duration::from_nanos(1_234_999_600));
         report.aborted_by = Some("errors above 50%".to_owned());
         // 12.3446 ms prints as 12.34 ms, but the JSON keeps 12.345 ms, which prints as 12.35 ms:
@@ -324,6 +335,12 @@ mod tests {
                 max: 0.97,
             }),
             top_cause: None,
+            connect: Some(crate::sli::Split {
+                count: 2,
+                p50: Duration::from_micros(1_250),
+                p99: Duration::from_micros(3_500),
+            }),
+            first_byte: None,
         };
         let phase = |probe: &str, signal, slo_met| super::ProbePhase {
             probe: probe.to_owned(),
@@ -356,6 +373,8 @@ mod tests {
             error: Some("connection refused".to_owned()),
             cause: Some("refused".to_owned()),
             value: None,
+            connect_ms: Some(1.5),
+            first_byte_ms: None,
         }];
         let text = super::json::render(&report);
         let back = super::json::parse(&text).unwrap();

@@ -1062,6 +1062,8 @@ impl Runner<'_> {
                 error: s.error.clone(),
                 cause: s.cause.clone(),
                 value: s.value,
+                connect_ms: s.timing.connect.map(millis),
+                first_byte_ms: s.timing.first_byte.map(millis),
             })
             .collect();
         samples.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
@@ -1090,6 +1092,7 @@ impl Runner<'_> {
             recovered_from_journal: self.opts.recovered.clone(),
             budget: self.budget.clone(),
             samples,
+            warnings: crate::probe::warnings(&self.exp.steady_state.probes),
             input_invalid: false,
         }
     }

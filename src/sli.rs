@@ -26,6 +26,29 @@ pub(crate) struct Stats {
     /// The most common cause among failed samples and how many failed with it: what a reason
     /// names when the success ratio is too low ("status 503" in 17 samples).
     pub(crate) top_cause: Option<(String, usize)>,
+    /// Connect time (DNS, TCP, TLS) of the samples that opened a connection (`http`, `grpc`).
+    pub(crate) connect: Option<Split>,
+    /// Time to the response's headers, of the samples that got a response (`http`, `grpc`).
+    pub(crate) first_byte: Option<Split>,
+}
+
+/// Percentiles of one part of the latency, over the samples that measured it, failed ones
+/// included: a slow connect is where the time went whatever the status was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Split {
+    pub(crate) count: usize,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+impl Split {
+    fn of(hist: &Histogram<u64>) -> Option<Split> {
+        (!hist.is_empty()).then(|| Split {
+            count: hist.len() as usize,
+            p50: Duration::from_micros(hist.value_at_quantile(0.50)),
+            p99: Duration::from_micros(hist.value_at_quantile(0.99)),
+        })
+    }
 }
 
 /// Minimum, mean and maximum of the numbers a probe read in one phase.
@@ -43,6 +66,8 @@ impl Stats {
         let mut hist =
             Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
         let mut stats = Stats::default();
+        let mut connect = hist.clone();
+        let mut first_byte = hist.clone();
         let (mut count, mut sum, mut min, mut max) =
             (0_usize, 0.0_f64, f64::INFINITY, f64::NEG_INFINITY);
         let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
@@ -53,6 +78,12 @@ impl Stats {
                 hist.saturating_record((s.latency.as_micros() as u64).max(1));
             } else if let Some(cause) = s.cause.as_deref().or(s.error.as_deref()) {
                 *causes.entry(cause).or_default() += 1;
+            }
+            if let Some(d) = s.timing.connect {
+                connect.saturating_record((d.as_micros() as u64).max(1));
+            }
+            if let Some(d) = s.timing.first_byte {
+                first_byte.saturating_record((d.as_micros() as u64).max(1));
             }
             if let Some(v) = s.value.filter(|v| !v.is_nan()) {
                 count += 1;
@@ -75,6 +106,8 @@ impl Stats {
                 max,
             });
         }
+        stats.connect = Split::of(&connect);
+        stats.first_byte = Split::of(&first_byte);
         if stats.successes > 0 {
             let at = |q: f64| Some(Duration::from_micros(hist.value_at_quantile(q)));
             stats.p50 = at(0.50);
@@ -352,7 +385,40 @@ mod tests {
             error: None,
             cause: None,
             value: None,
+            timing: crate::probe::Timing::default(),
         }
+    }
+
+    #[test]
+    fn the_latency_split_counts_only_samples_that_measured_each_part() {
+        let t = Instant::now();
+        let timed = |connect: Option<u64>, first_byte: Option<u64>, ok: bool| Sample {
+            timing: crate::probe::Timing {
+                connect: connect.map(Duration::from_millis),
+                first_byte: first_byte.map(Duration::from_millis),
+            },
+            ..sample(t, ok, 50)
+        };
+        // One new connection, three reused ones, and a refused connection that measured nothing.
+        let samples = [
+            timed(Some(20), Some(40), true),
+            timed(None, Some(10), true),
+            timed(None, Some(10), true),
+            timed(None, Some(30), false),
+            timed(None, None, false),
+        ];
+        let stats = Stats::of(&samples);
+        let connect = stats.connect.unwrap();
+        assert_eq!(connect.count, 1, "reused connections have no connect time");
+        assert_eq!(connect.p50.as_millis(), 20);
+        let first_byte = stats.first_byte.unwrap();
+        assert_eq!(
+            first_byte.count, 4,
+            "a failed status still had a first byte"
+        );
+        assert_eq!(first_byte.p50.as_millis(), 10);
+        assert_eq!(first_byte.p99.as_millis(), 40);
+        assert_eq!(Stats::of(&[sample(t, true, 5)]).connect, None);
     }
 
     fn probe(slo: Slo) -> ProbeSpec {

@@ -81,6 +81,7 @@ pub(crate) struct SteadyState {
 pub(crate) struct Probe {
     pub(crate) name: String,
     pub(crate) http: Option<HttpProbe>,
+    pub(crate) grpc: Option<GrpcProbe>,
     pub(crate) tcp: Option<String>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) prometheus: Option<PrometheusProbe>,
@@ -101,8 +102,43 @@ pub(crate) struct Probe {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HttpProbe {
-    pub(crate) url: String,
-    pub(crate) status: Option<Vec<u16>>,
+    pub(crate) url: Spanned<String>,
+    pub(crate) method: Option<Spanned<String>>,
+    pub(crate) headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// The request body as text.
+    pub(crate) body: Option<Spanned<String>>,
+    /// The request body as JSON (any TOML value), sent with `content-type: application/json`.
+    pub(crate) json_body: Option<Spanned<toml::Value>>,
+    pub(crate) status: Option<super::probes::StatusKey>,
+    pub(crate) body_matches: Option<Spanned<String>>,
+    /// The response check `{ pointer, equals }`.
+    pub(crate) json: Option<Spanned<JsonCheck>>,
+    pub(crate) redirects: Option<super::probes::Redirects>,
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) client_cert: Option<Spanned<String>>,
+    pub(crate) client_key: Option<Spanned<String>>,
+    pub(crate) insecure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JsonCheck {
+    pub(crate) pointer: Spanned<String>,
+    pub(crate) equals: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcProbe {
+    pub(crate) address: Spanned<String>,
+    #[serde(default)]
+    pub(crate) service: String,
+    /// TLS with the built-in roots; `ca`, `client_cert` and `insecure` imply it.
+    pub(crate) tls: Option<bool>,
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) client_cert: Option<Spanned<String>>,
+    pub(crate) client_key: Option<Spanned<String>>,
+    pub(crate) insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

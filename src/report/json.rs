@@ -30,6 +30,7 @@ pub(crate) fn render(report: &Report) -> String {
         "time_to_abort_ms": report.time_to_abort.map(millis),
         "recovered_from_journal": report.recovered_from_journal,
         "budget": report.budget.as_ref().map(budget),
+        "warnings": report.warnings,
     });
     let Value::Object(head) = value else {
         unreachable!("the report head is a json! object literal")
@@ -77,7 +78,14 @@ fn probe_phase(p: &ProbePhase) -> Value {
         "slo_met": p.slo_met,
         "slo_p99_ms": p.p99_limit.map(millis),
         "values": p.stats.values.map(|v| json!({ "count": v.count, "min": v.min, "mean": v.mean, "max": v.max })),
+        "connect": p.stats.connect.map(split),
+        "first_byte": p.stats.first_byte.map(split),
     })
+}
+
+/// One part of the latency split (`http` and `grpc` probes).
+fn split(s: crate::sli::Split) -> Value {
+    json!({ "samples": s.count, "p50_ms": millis(s.p50), "p99_ms": millis(s.p99) })
 }
 
 /// Fractions, as everywhere in the report (`0.999` = 99.9%).
@@ -204,6 +212,7 @@ pub(crate) fn parse(text: &str) -> Result<Report, ParseError> {
             min_remaining: b.min_remaining,
         }),
         samples: doc.samples,
+        warnings: doc.warnings,
         // Only a run whose input was invalid exits 2: every verdict has another code.
         input_invalid: doc.exit_code == super::EXIT_INVALID,
     })
@@ -241,6 +250,9 @@ struct In {
     recovered_from_journal: Vec<String>,
     budget: Option<InBudget>,
     samples: Vec<SampleRecord>,
+    /// Absent from reports written before reports carried warnings.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +289,29 @@ struct InPhase {
     max_ms: Option<f64>,
     slo_met: Option<bool>,
     values: Option<InValues>,
+    /// Absent from reports written before probes split their latency.
+    #[serde(default)]
+    connect: Option<InSplit>,
+    #[serde(default)]
+    first_byte: Option<InSplit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InSplit {
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl InSplit {
+    fn into_split(self) -> crate::sli::Split {
+        crate::sli::Split {
+            count: self.samples,
+            p50: from_millis(self.p50_ms),
+            p99: from_millis(self.p99_ms),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -308,6 +343,8 @@ impl InPhase {
                     max: number(v.max),
                 }),
                 top_cause: None,
+                connect: self.connect.map(InSplit::into_split),
+                first_byte: self.first_byte.map(InSplit::into_split),
             },
             slo_met: self.slo_met,
             p99_limit: self.slo_p99_ms.map(from_millis),

@@ -270,6 +270,8 @@ mod tests {
                 max: Some(Duration::from_millis(p99_ms)),
                 values: None,
                 top_cause: None,
+                connect: None,
+                first_byte: None,
             },
             slo_met: Some(met),
             p99_limit: None,
@@ -313,6 +315,7 @@ mod tests {
             recovered_from_journal: Vec::new(),
             budget: None,
             samples: Vec::new(),
+            warnings: Vec::new(),
             input_invalid: false,
         }
     }

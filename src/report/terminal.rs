@@ -124,6 +124,9 @@ pub(crate) fn render(report: &Report) -> String {
     for line in &report.recovered_from_journal {
         out.push_str(&format!("reverted from an earlier crashed run: {line}\n"));
     }
+    for line in &report.warnings {
+        out.push_str(&format!("warning: {line}\n"));
+    }
     out.push_str(&format!(
         "verdict: {} (exit {}) — {}\n",
         report.verdict.as_str().to_uppercase(),
@@ -249,6 +252,7 @@ mod tests {
                 error: None,
                 cause: None,
                 value,
+                timing: crate::probe::Timing::default(),
             })
             .collect();
         ProbePhase {

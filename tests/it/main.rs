@@ -27,6 +27,8 @@ mod netem_absent;
 mod netfaults;
 mod notify;
 mod outage;
+mod probes_grpc;
+mod probes_http;
 mod prometheus;
 mod reports;
 mod stress;

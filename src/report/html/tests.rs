@@ -55,6 +55,8 @@ fn kill_with_recovery() -> Report {
             error: (!ok).then(|| "connection refused".to_owned()),
             cause: (!ok).then(|| "refused".to_owned()),
             value: None,
+            connect_ms: None,
+            first_byte_ms: None,
         });
     }
     Report {
@@ -89,6 +91,7 @@ fn kill_with_recovery() -> Report {
         recovered_from_journal: Vec::new(),
         budget: None,
         samples,
+        warnings: Vec::new(),
         input_invalid: false,
     }
 }
