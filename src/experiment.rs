@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod network_kinds;
 mod raw;
+pub(crate) mod vars;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +33,8 @@ pub(crate) struct ExperimentError {
     /// 1-based line and column, when the problem has a place in the file.
     pub(crate) position: Option<(usize, usize)>,
     pub(crate) message: String,
+    /// The file could not be read at all (missing, unreadable): not an invalid experiment.
+    pub(crate) unreadable: bool,
 }
 
 impl fmt::Display for ExperimentError {
@@ -50,25 +53,44 @@ impl fmt::Display for ExperimentError {
 
 impl std::error::Error for ExperimentError {}
 
-/// Reads and validates an experiment file.
+/// Reads and validates an experiment file, with its `[vars]` defaults only.
 pub(crate) fn load(path: &Path) -> Result<Experiment, ExperimentError> {
+    load_with(path, &vars::Overrides::default())
+}
+
+/// Reads and validates an experiment file, with vars given from outside it (`--var`, `--vars`).
+pub(crate) fn load_with(
+    path: &Path,
+    overrides: &vars::Overrides,
+) -> Result<Experiment, ExperimentError> {
     let text = std::fs::read_to_string(path).map_err(|e| ExperimentError {
         path: path.to_owned(),
         position: None,
-        message: format!("failed to read the experiment: {e}"),
+        message: format!("cannot read the experiment file: {e}"),
+        unreadable: true,
     })?;
-    parse(path, &text)
+    parse_with(path, &text, overrides)
 }
 
 /// Validates experiment text; `path` is only used in messages and the report.
 pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentError> {
+    parse_with(path, text, &vars::Overrides::default())
+}
+
+/// Validates experiment text with vars given from outside it.
+pub(crate) fn parse_with(
+    path: &Path,
+    text: &str,
+    overrides: &vars::Overrides,
+) -> Result<Experiment, ExperimentError> {
     let fail = |span: Option<Range<usize>>, message: String| ExperimentError {
         path: path.to_owned(),
         position: span.map(|s| line_col(text, s.start)),
         message,
+        unreadable: false,
     };
     let toml_error = |e: toml::de::Error| {
-        let mut message = e.message().trim().to_owned();
+        let mut message = suggest_field(e.message().trim());
         // A bad value's span points at the value; name the key it belongs to as well.
         if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
             if !message.contains(&format!("`{key}`")) {
@@ -82,6 +104,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
     let root = DeTable::parse(text).map_err(toml_error)?;
     let span = root.span();
     let mut root = root.into_inner();
+    // `${…}` references are replaced before anything is deserialised, in place, so every later
+    // error still points into the file (`experiment/vars.rs`).
+    let var_error = |e: vars::VarError| fail(e.span, e.message);
+    let (scope, used) = vars::Scope::take(&mut root, overrides).map_err(var_error)?;
+    scope.substitute(&mut root, text, used).map_err(var_error)?;
     let faults = match root.remove("fault") {
         None => Vec::new(),
         Some(value) => {
@@ -100,7 +127,44 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
     let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
         .map_err(toml_error)?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)
+    let mut exp = Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)?;
+    exp.vars = scope.listing();
+    Ok(exp)
+}
+
+/// The candidate closest to `name` by edit distance, when it is close enough to be a likely typo
+/// (`timout` → `timeout`): for "did you mean" hints.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// serde's "unknown field `timout`, expected one of `name`, `timeout`" with "; did you mean
+/// `timeout`?" added when one expected field is close. Other messages are returned as they are.
+pub(crate) fn suggest_field(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
+        return message.to_owned();
+    };
+    let Some((name, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let candidates = expected.split('`').skip(1).step_by(2);
+    match closest(name, candidates) {
+        Some(c) => format!("{message}; did you mean `{c}`?"),
+        None => message.to_owned(),
+    }
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
@@ -226,6 +290,7 @@ impl Validator<'_> {
             recovery_within: raw.recovery.within.0,
             budget,
             gate,
+            vars: Vec::new(),
         })
     }
 
@@ -371,6 +436,17 @@ impl Validator<'_> {
                     ),
                 );
             }
+            if raw.window.0 < probe.every {
+                return self.at(
+                    span,
+                    format!(
+                        "`steady_state.window` ({}) is shorter than probe `{}`'s `every` ({}): the baseline would end before its first sample; make `window` at least `every`",
+                        crate::units::Dur(raw.window.0),
+                        probe.name,
+                        crate::units::Dur(probe.every)
+                    ),
+                );
+            }
             probes.push(probe);
         }
         Ok(SteadyState {
@@ -513,7 +589,7 @@ impl Validator<'_> {
         targets: &BTreeMap<String, TargetGroup>,
     ) -> VResult<FaultStep> {
         let invalid = |name: Option<&str>, e: Invalid| {
-            let mut message = e.message;
+            let mut message = suggest_field(&e.message);
             // A bad value's span points at the value; name the key it belongs to as well.
             if let Some(key) = key_before(self.text, e.span.start) {
                 if !message.contains(&format!("`{key}`")) {
@@ -702,6 +778,65 @@ within = "5s"
     }
 
     #[test]
+    fn unknown_keys_get_the_closest_expected_key_and_far_ones_none() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\ntimout = \"1s\"",
+        ));
+        assert!(
+            e.contains("line 8, column 1: unknown field `timout`"),
+            "{e}"
+        );
+        assert!(e.ends_with("; did you mean `timeout`?"), "{e}");
+        let e = err(&MINIMAL.replace("tcp = \"127.0.0.1:1\"", "tcp = \"127.0.0.1:1\"\nzzzzzz = 1"));
+        assert!(!e.contains("did you mean"), "{e}");
+        let e = err(&format!("{MINIMAL}[var]\nport = 1\n"));
+        assert!(e.ends_with("did you mean `vars`?"), "{e}");
+    }
+
+    #[test]
+    fn a_window_shorter_than_every_names_both_keys() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nevery = \"2s\"",
+        ));
+        assert!(
+            e.ends_with("line 5, column 1: `steady_state.window` (1s) is shorter than probe `p`'s `every` (2s): the baseline would end before its first sample; make `window` at least `every`"),
+            "{e}"
+        );
+        let equal = MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nevery = \"1s\"",
+        );
+        assert!(parse(Path::new("x.toml"), &equal).is_ok());
+    }
+
+    #[test]
+    fn vars_are_substituted_before_validation_and_errors_keep_their_position() {
+        let text = MINIMAL
+            .replace(
+                "title = \"t\"",
+                "title = \"t\"\n[vars]\nwin = \"2 parsecs\"\nname = \"nothing-here\"",
+            )
+            .replace("window = \"1s\"", "window = \"${win}\"")
+            .replace("name = \"nothing-here\" }", "name = \"${name}\" }");
+        let e = err(&text);
+        assert!(
+            e.contains("line 7, column 10: `window`: invalid duration `2 parsecs`"),
+            "{e}"
+        );
+        let overrides = vars::Overrides::new(&[], &[("win".to_owned(), "3s".to_owned())]).unwrap();
+        let exp = parse_with(Path::new("x.toml"), &text, &overrides).unwrap();
+        assert_eq!(exp.steady_state.window, Duration::from_secs(3));
+        assert_eq!(
+            exp.vars,
+            ["name = \"nothing-here\" ([vars])", "win = \"3s\" (--var)"]
+        );
+        let plan = crate::plan::render(&exp, false);
+        assert!(plan.contains("  win = \"3s\" (--var)"), "{plan}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let e = err(&MINIMAL.replace("window = \"1s\"", "window = \"2 seconds please\""));
         assert!(
@@ -783,7 +918,7 @@ within = "5s"
         );
         let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kil\""));
         assert!(
-            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress"),
+            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress; did you mean `process-kill`?"),
             "{e}"
         );
         let e = err(&MINIMAL.replace(
@@ -810,6 +945,7 @@ within = "5s"
             e.contains("line 11, column 24: fault `k`: unknown field `pidd`"),
             "{e}"
         );
+        assert!(e.ends_with("; did you mean `pid`?"), "{e}");
         let e = err(&format!("{MINIMAL}[[fault]]\nkind = \"process-kill\"\n"));
         assert!(e.contains("missing field `name`"), "{e}");
     }

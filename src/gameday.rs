@@ -159,7 +159,7 @@ impl Validator<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> GameDayError {
-        let mut message = e.message().trim().to_owned();
+        let mut message = crate::experiment::suggest_field(e.message().trim());
         // A bad value's span points at the value; name the key it belongs to as well.
         if let Some(key) = e.span().and_then(|span| key_before(self.text, span.start)) {
             if !message.contains(&format!("`{key}`")) {
@@ -468,10 +468,16 @@ impl Validator<'_> {
         for e in raw.experiments.get_ref() {
             let p = self.resolve(e.get_ref());
             if let Err(err) = crate::experiment::load(&p) {
+                // A missing file is not an invalid experiment: the message says which it is.
+                let what = if err.unreadable {
+                    ""
+                } else {
+                    "invalid experiment "
+                };
                 return Err(self.at(
                     e.span(),
                     "experiments",
-                    format!("{context}: invalid experiment {err}"),
+                    crate::secrets::redact(&format!("{context}: {what}{err}")).into_owned(),
                 ));
             }
             experiments.push(p);

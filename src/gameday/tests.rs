@@ -80,7 +80,7 @@ fn every_bad_value_is_named_with_its_position_and_key() {
     let cases = [
         (
             "[[schedule]]\nname = \"a\"\nexperiment = []\n",
-            "gamedays/t.toml: line 5, column 1: unknown field `experiment`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`",
+            "gamedays/t.toml: line 5, column 1: unknown field `experiment`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`; did you mean `experiments`?",
         ),
         (
             &format!("{SCHEDULE}cron = \"0 * * * *\"\ntimezone = \"Europe/Berln\"\n"),
@@ -110,7 +110,7 @@ fn every_bad_value_is_named_with_its_position_and_key() {
         ),
         (
             "[[schedule]]\nname = \"a\"\nexperiments = [\"missing.toml\"]\ncron = \"@daily\"\n",
-            "gamedays/t.toml: line 5, column 16: `experiments`: schedule `a`: invalid experiment gamedays/missing.toml: failed to read the experiment: No such file or directory (os error 2)",
+            "gamedays/t.toml: line 5, column 16: `experiments`: schedule `a`: gamedays/missing.toml: cannot read the experiment file: No such file or directory (os error 2)",
         ),
         (
             "[[schedule]]\nname = \"a\"\nexperiments = []\ncron = \"@daily\"\n",
