@@ -89,16 +89,7 @@ pub(crate) fn parse_with(
         message,
         unreadable: false,
     };
-    let toml_error = |e: toml::de::Error| {
-        let mut message = suggest_field(e.message().trim());
-        // A bad value's span points at the value; name the key it belongs to as well.
-        if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
-            if !message.contains(&format!("`{key}`")) {
-                message = format!("`{key}`: {message}");
-            }
-        }
-        fail(e.span(), message)
-    };
+    let toml_error = |e: toml::de::Error| toml_error(&e, text, &fail);
     // Parsed once, keeping every span. The `[[fault]]` tables are taken out before the rest is
     // deserialised: which keys a fault takes depends on its kind, so each is read by its kind.
     let root = DeTable::parse(text).map_err(toml_error)?;
@@ -108,7 +99,75 @@ pub(crate) fn parse_with(
     // error still points into the file (`experiment/vars.rs`).
     let var_error = |e: vars::VarError| fail(e.span, e.message);
     let (scope, used) = vars::Scope::take(&mut root, overrides).map_err(var_error)?;
-    scope.substitute(&mut root, text, used).map_err(var_error)?;
+    let typed = scope.substitute(&mut root, text, used).map_err(var_error)?;
+    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    // A string that is exactly one integer or boolean var became that integer or boolean; where
+    // the key wants text after all (an argv element, a name), it goes back to text and the file
+    // is read again: the key decides, at most once per such value.
+    let mut flipped = 0;
+    loop {
+        let attempt = validate(
+            root.clone(),
+            span.clone(),
+            path,
+            text,
+            &fail,
+            sha256.clone(),
+        );
+        let mut exp = match attempt {
+            Err(e) if flipped < typed.len() && wants_text(&e.message) => {
+                let at = typed
+                    .iter()
+                    .find(|s| Some(line_col(text, s.start)) == e.position);
+                match at {
+                    Some(at) if vars::back_to_text(&mut root, at) => {
+                        flipped += 1;
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            other => other?,
+        };
+        exp.vars = scope.listing();
+        return Ok(exp);
+    }
+}
+
+/// A TOML or serde error at its place, naming the key of a bad value and the closest known key
+/// of an unknown one.
+fn toml_error(
+    e: &toml::de::Error,
+    text: &str,
+    fail: &dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+) -> ExperimentError {
+    let mut message = suggest_field(e.message().trim());
+    // A bad value's span points at the value; name the key it belongs to as well.
+    if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
+        if !message.contains(&format!("`{key}`")) {
+            message = format!("`{key}`: {message}");
+        }
+    }
+    fail(e.span(), message)
+}
+
+/// Whether a deserialisation error says a key wanted text where it got a number or a boolean.
+fn wants_text(message: &str) -> bool {
+    (message.contains("invalid type: integer") || message.contains("invalid type: boolean"))
+        && message.contains("expected a string")
+}
+
+/// The substituted document deserialised and validated: the `[[fault]]` tables are taken out
+/// first, as which keys a fault takes depends on its kind.
+fn validate(
+    mut root: DeTable<'_>,
+    span: Range<usize>,
+    path: &Path,
+    text: &str,
+    fail: &dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+    sha256: String,
+) -> Result<Experiment, ExperimentError> {
+    let toml_error = |e: toml::de::Error| toml_error(&e, text, fail);
     let faults = match root.remove("fault") {
         None => Vec::new(),
         Some(value) => {
@@ -126,10 +185,7 @@ pub(crate) fn parse_with(
     };
     let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
         .map_err(toml_error)?;
-    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
-    let mut exp = Validator { fail: &fail, text }.experiment(raw, faults, path, sha256)?;
-    exp.vars = scope.listing();
-    Ok(exp)
+    Validator { fail, text }.experiment(raw, faults, path, sha256)
 }
 
 /// The candidate closest to `name` by edit distance, when it is close enough to be a likely typo
@@ -834,6 +890,31 @@ within = "5s"
         );
         let plan = crate::plan::render(&exp, false);
         assert!(plan.contains("  win = \"3s\" (--var)"), "{plan}");
+    }
+
+    #[test]
+    fn a_typed_var_is_a_number_where_the_key_takes_one_and_text_where_it_takes_text() {
+        let text = MINIMAL
+            .replace("title = \"t\"", "title = \"${port}\"\n[vars]\nport = 8080")
+            .replace(
+                "[steady_state]",
+                "[[setup]]\nname = \"${port}\"\nrun = [\"python3\", \"-m\", \"http.server\", \"${port}\"]\n[steady_state]",
+            )
+            .replace("name = \"nothing-here\" }", "port = \"${port}\" }");
+        let exp = parse(Path::new("x.toml"), &text).unwrap();
+        assert_eq!(exp.title, "8080");
+        assert_eq!(exp.setup[0].name, "8080");
+        assert_eq!(exp.setup[0].argv[3], "8080");
+        let wire = serde_json::to_value(&exp.faults[0].spec).unwrap();
+        assert_eq!(wire["select"]["port"], 8080, "{wire}");
+        // Text where a number is wanted is still refused, at the value.
+        let e = err(&text.replace("port = 8080", "port = \"http\""));
+        assert!(
+            e.contains(
+                "line 16, column 19: fault `k`: `port`: invalid type: string \"http\", expected u16"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - `$${` is a literal `${`.
 //!
 //! A string that is exactly one `${NAME}` of an integer or boolean var becomes that integer or
-//! boolean (`port = "${port}"`); anywhere else a var is its text. A var's type is its default's;
+//! boolean (`port = "${port}"`); `experiment.rs` turns it back into text where the key wants text
+//! (`substitute` returns those spans, `back_to_text` undoes one). Elsewhere a var is its text. A var's type is its default's;
 //! an override is converted to it (`--var port=8081` is the integer 8081 when `[vars]` has
 //! `port = 8080`), and refused when it cannot be.
 
@@ -428,14 +429,16 @@ impl Scope {
 
     /// Replaces every reference in every string value of `root`. `used` are the vars already
     /// referenced by other vars; a `--var` that nothing declares or references is an error.
+    /// Returns the spans of the values that became an integer or a boolean.
     pub(crate) fn substitute<'r>(
         &'r self,
         root: &mut DeTable<'r>,
         text: &str,
         mut used: BTreeSet<String>,
-    ) -> Result<(), VarError> {
+    ) -> Result<Vec<Range<usize>>, VarError> {
+        let mut typed = Vec::new();
         for (_, value) in root.iter_mut() {
-            self.walk(value, text, &mut used)?;
+            self.walk(value, text, &mut used, &mut typed)?;
         }
         for name in &self.undeclared_flags {
             if !used.contains(name) {
@@ -455,7 +458,7 @@ impl Scope {
                 );
             }
         }
-        Ok(())
+        Ok(typed)
     }
 
     fn walk<'r>(
@@ -463,6 +466,7 @@ impl Scope {
         value: &mut Spanned<DeValue<'r>>,
         text: &str,
         used: &mut BTreeSet<String>,
+        typed: &mut Vec<Range<usize>>,
     ) -> Result<(), VarError> {
         let span = value.span();
         let replacement = match value.get_mut() {
@@ -474,12 +478,14 @@ impl Scope {
                     .or_else(|e| err(Some(locate(text, &span, e.raw)), e.message))?;
                 match expanded {
                     Expanded::Var(name) if matches!(self.vars.get(name), Some(Value::Int(_))) => {
+                        typed.push(span.clone());
                         let int = self.ints.get(name).map_or("0", String::as_str);
                         DeValue::parse(int).map(Spanned::into_inner).or_else(|_| {
                             err(Some(span), format!("var `{name}` is not an integer"))
                         })?
                     }
                     Expanded::Var(name) if matches!(self.vars.get(name), Some(Value::Bool(_))) => {
+                        typed.push(span.clone());
                         DeValue::Boolean(self.vars.get(name) == Some(&Value::Bool(true)))
                     }
                     Expanded::Var(name) => DeValue::String(Cow::Owned(
@@ -494,13 +500,13 @@ impl Scope {
             }
             DeValue::Array(items) => {
                 for item in items.iter_mut() {
-                    self.walk(item, text, used)?;
+                    self.walk(item, text, used, typed)?;
                 }
                 return Ok(());
             }
             DeValue::Table(table) => {
                 for (_, item) in table.iter_mut() {
-                    self.walk(item, text, used)?;
+                    self.walk(item, text, used, typed)?;
                 }
                 return Ok(());
             }
@@ -839,6 +845,28 @@ fn read_vars_file(path: &Path) -> Result<Vec<(String, Value)>, String> {
         vars.push((name.to_owned(), value));
     }
     Ok(vars)
+}
+
+/// Turns the integer or boolean at `span` (a typed var put there by `substitute`) back into its
+/// text, for a key that wants text. Whether it found one.
+pub(crate) fn back_to_text(table: &mut DeTable<'_>, span: &Range<usize>) -> bool {
+    fn visit(value: &mut Spanned<DeValue<'_>>, span: &Range<usize>) -> bool {
+        if value.span() == *span {
+            let text = match value.get_ref() {
+                DeValue::Integer(i) => i.as_str().to_owned(),
+                DeValue::Boolean(b) => b.to_string(),
+                _ => return false,
+            };
+            *value.get_mut() = DeValue::String(Cow::Owned(text));
+            return true;
+        }
+        match value.get_mut() {
+            DeValue::Array(items) => items.iter_mut().any(|v| visit(v, span)),
+            DeValue::Table(t) => t.iter_mut().any(|(_, v)| visit(v, span)),
+            _ => false,
+        }
+    }
+    table.iter_mut().any(|(_, v)| visit(v, span))
 }
 
 /// Where `raw` (a reference as written) is inside the value at `span`: its own position when the
