@@ -53,11 +53,6 @@ impl fmt::Display for ExperimentError {
 
 impl std::error::Error for ExperimentError {}
 
-/// Reads and validates an experiment file, with its `[vars]` defaults only.
-pub(crate) fn load(path: &Path) -> Result<Experiment, ExperimentError> {
-    load_with(path, &vars::Overrides::default())
-}
-
 /// Reads and validates an experiment file, with vars given from outside it (`--var`, `--vars`).
 pub(crate) fn load_with(
     path: &Path,

@@ -464,10 +464,15 @@ impl Validator<'_> {
                 format!("{context}: name at least one experiment file"),
             ));
         }
+        let vars = match &raw.vars {
+            None => crate::experiment::vars::Overrides::default(),
+            Some(table) => crate::experiment::vars::Overrides::of_schedule(&name, table.get_ref())
+                .map_err(|e| self.at(table.span(), "vars", format!("{context}: {e}")))?,
+        };
         let mut experiments = Vec::new();
         for e in raw.experiments.get_ref() {
             let p = self.resolve(e.get_ref());
-            if let Err(err) = crate::experiment::load(&p) {
+            if let Err(err) = crate::experiment::load_with(&p, &vars) {
                 // A missing file is not an invalid experiment: the message says which it is.
                 let what = if err.unreadable {
                     ""
@@ -565,6 +570,7 @@ impl Validator<'_> {
         Ok(Schedule {
             name,
             experiments,
+            vars,
             keep_going: raw.keep_going,
             cron_text: raw.cron.get_ref().trim().to_owned(),
             zone_name,

@@ -87,6 +87,8 @@ pub(crate) enum Origin {
     Flag,
     /// A `--vars` file: one file per environment serves many experiments, so unused is fine.
     File(PathBuf),
+    /// A game day's `[[schedule]]` `vars`: unused is an error, as for `--var`.
+    Schedule(String),
 }
 
 /// Values given from outside the experiment file, by name; later ones replaced earlier ones.
@@ -118,6 +120,30 @@ impl Overrides {
                 "at most {MAX_VARS} vars can be given (got {})",
                 entries.len()
             ));
+        }
+        Ok(Overrides { entries })
+    }
+
+    /// A game day schedule's `vars = { NAME = value }` (strings, integers, booleans).
+    pub(crate) fn of_schedule(schedule: &str, table: &toml::Table) -> Result<Overrides, String> {
+        if table.len() > MAX_VARS {
+            return Err(format!("`vars` holds at most {MAX_VARS} vars"));
+        }
+        let mut entries = BTreeMap::new();
+        for (name, value) in table {
+            check_name(name).map_err(|e| format!("`vars`: {e}"))?;
+            let value = match value {
+                toml::Value::String(s) if s.len() <= MAX_VALUE => Value::Str(s.clone()),
+                toml::Value::Integer(i) => Value::Int(*i),
+                toml::Value::Boolean(b) => Value::Bool(*b),
+                other => {
+                    return Err(format!(
+                        "var `{name}` must be a string (at most 64 KiB), an integer or a boolean (got {})",
+                        other.type_str()
+                    ));
+                }
+            };
+            entries.insert(name.clone(), (value, Origin::Schedule(schedule.to_owned())));
         }
         Ok(Overrides { entries })
     }
@@ -267,6 +293,7 @@ impl Def {
             None => format!("var `{name}`"),
             Some(Origin::Flag) => format!("--var {name}"),
             Some(Origin::File(f)) => format!("var `{name}` (from {})", f.display()),
+            Some(Origin::Schedule(s)) => format!("schedule `{s}`'s var `{name}`"),
         }
     }
 }
@@ -281,7 +308,8 @@ pub(crate) struct Scope {
     /// Where each var came from and each secret is read from, for `listing`.
     whence: BTreeMap<String, String>,
     /// `--var` names that no `[vars]` entry declares: each must be referenced, or it is a typo.
-    undeclared_flags: BTreeSet<String>,
+    /// (Their names, with how a message names them.)
+    undeclared_flags: BTreeMap<String, String>,
 }
 
 /// Resolution state: definitions, and what is resolved or being resolved.
@@ -383,6 +411,7 @@ impl Scope {
                     None => "[vars]".to_owned(),
                     Some(Origin::Flag) => "--var".to_owned(),
                     Some(Origin::File(f)) => format!("--vars {}", f.display()),
+                    Some(Origin::Schedule(s)) => format!("schedule `{s}`"),
                 };
                 (n.clone(), from)
             })
@@ -392,8 +421,10 @@ impl Scope {
         }
         let undeclared_flags = defs
             .iter()
-            .filter(|(_, d)| d.origin == Some(Origin::Flag) && d.default.is_none())
-            .map(|(n, _)| n.clone())
+            .filter(|(_, d)| {
+                matches!(d.origin, Some(Origin::Flag | Origin::Schedule(_))) && d.default.is_none()
+            })
+            .map(|(n, d)| (n.clone(), d.whence(n)))
             .collect();
         Ok((
             Scope {
@@ -440,20 +471,20 @@ impl Scope {
         for (_, value) in root.iter_mut() {
             self.walk(value, text, &mut used, &mut typed)?;
         }
-        for name in &self.undeclared_flags {
+        for (name, whence) in &self.undeclared_flags {
             if !used.contains(name) {
                 let known: Vec<&str> = used
                     .iter()
                     .map(String::as_str)
                     .chain(self.vars.keys().map(String::as_str))
-                    .filter(|n| !self.undeclared_flags.contains(*n))
+                    .filter(|n| !self.undeclared_flags.contains_key(*n))
                     .collect();
                 let hint = closest(name, known)
                     .map_or_else(String::new, |c| format!("; did you mean `{c}`?"));
                 return err(
                     None,
                     format!(
-                        "--var {name}: the experiment neither declares `{name}` in `[vars]` nor uses `${{{name}}}`{hint}"
+                        "{whence}: the experiment neither declares `{name}` in `[vars]` nor uses `${{{name}}}`{hint}"
                     ),
                 );
             }
