@@ -35,6 +35,9 @@ const MAX_ENV_NAME: usize = 256;
 pub(crate) const MAX_VARS: usize = 256;
 /// A var's value and a substituted string are at most this many bytes.
 pub(crate) const MAX_VALUE: usize = 64 * 1024;
+/// All substituted strings of one experiment together hold at most this many bytes: a 64 KiB var
+/// used in thousands of strings must not blow a small file up into gigabytes.
+const MAX_TOTAL: usize = 16 * 1024 * 1024;
 /// A `--vars` file is read up to this many bytes.
 const MAX_VARS_FILE: u64 = 1024 * 1024;
 
@@ -310,6 +313,8 @@ pub(crate) struct Scope {
     /// `--var` names that no `[vars]` entry declares: each must be referenced, or it is a typo.
     /// (Their names, with how a message names them.)
     undeclared_flags: BTreeMap<String, String>,
+    /// Bytes of substituted strings so far (`MAX_TOTAL`).
+    grown: std::cell::Cell<usize>,
 }
 
 /// Resolution state: definitions, and what is resolved or being resolved.
@@ -433,6 +438,7 @@ impl Scope {
                 secrets,
                 whence,
                 undeclared_flags,
+                grown: std::cell::Cell::new(0),
             },
             used,
         ))
@@ -526,7 +532,19 @@ impl Scope {
                             .unwrap_or_default()
                             .into_owned(),
                     )),
-                    Expanded::Text(t) => DeValue::String(Cow::Owned(t)),
+                    Expanded::Text(t) => {
+                        // The whole document's substituted text, bounded (counted per value).
+                        self.grown.set(self.grown.get().saturating_add(t.len()));
+                        if self.grown.get() > MAX_TOTAL {
+                            return err(
+                                Some(span),
+                                format!(
+                                    "the experiment's strings hold more than {MAX_TOTAL} bytes once their references are replaced"
+                                ),
+                            );
+                        }
+                        DeValue::String(Cow::Owned(t))
+                    }
                 }
             }
             DeValue::Array(items) => {
@@ -1068,6 +1086,25 @@ mod tests {
             e,
             "2:5: secret `x`: environment variable `FAULTLINE_SURELY_UNSET_9` is not set (or not UTF-8)"
         );
+    }
+
+    #[test]
+    fn substitution_cannot_blow_a_small_file_up() {
+        let mut doc = format!("[vars]\nbig = \"{}\"\n[t]\n", "x".repeat(60_000));
+        for i in 0..300 {
+            doc.push_str(&format!("a{i} = \"${{big}}.\"\n"));
+        }
+        let e = scope_of(&doc, &Overrides::default()).unwrap_err();
+        assert!(
+            e.contains("more than 16777216 bytes once their references are replaced"),
+            "{e}"
+        );
+        let e = scope_of(
+            "[vars]\na = \"${b}${b}\"\nb = \"${c}${c}\"\nc = \"${d}${d}\"\nd = \"${e}${e}\"\ne = \"${f}${f}\"\nf = \"${g}${g}\"\ng = \"${h}${h}\"\nh = \"${i}${i}\"\ni = \"${j}${j}\"\nj = \"${k}${k}\"\nk = \"${l}${l}\"\nl = \"${m}${m}\"\nm = \"${n}${n}\"\nn = \"${o}${o}\"\no = \"${p}${p}\"\np = \"${q}${q}\"\nq = \"xxxxxxxxxxxxxxxx\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
     }
 
     #[test]
