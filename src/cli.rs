@@ -50,7 +50,11 @@ enum Command {
     Run(RunArgs),
     /// Print the error budget of an experiment's `[slo_budget]` (exit 0 enough left, 2 invalid or no
     /// `[slo_budget]`, 4 less than `min_remaining` left, 5 Prometheus could not be read).
-    Budget { file: PathBuf },
+    Budget {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
     /// Measure faultline itself and print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,6 +62,8 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// A stress worker process, started by the `cpu-stress` and `memory-stress` faults.
     #[command(name = "stress-worker", hide = true)]
@@ -108,6 +114,8 @@ enum Command {
         /// Show the agents this seed would choose; without it, the matching agents are listed.
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// Write a private CA, an agent certificate and key, a client certificate and a random token
     /// into a directory, for `faultline agent` and the inventory.
@@ -149,6 +157,20 @@ enum Command {
     /// Game-day schedules: `schedule next FILE` prints the coming fires and skipped slots.
     #[command(subcommand)]
     Schedule(gameday::ScheduleCommand),
+}
+
+/// `--var` and `--vars`, on every command that loads an experiment. Precedence: `--var` beats
+/// `--vars` (the last file wins), which beats the experiment's `[vars]` defaults.
+#[derive(Args, Default)]
+struct VarArgs {
+    /// Set a var of the experiment, used as `${NAME}` (repeatable; beats --vars and `[vars]`).
+    /// A name the experiment neither declares nor uses is an error.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = experiment::vars::parse_flag)]
+    var_flags: Vec<(String, String)>,
+    /// A TOML file of vars, `NAME = value` lines (repeatable, later files win; beats `[vars]`).
+    /// Names the experiment does not use are ignored: one file can serve many experiments.
+    #[arg(long = "vars", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -314,6 +336,8 @@ struct RunArgs {
     /// same measure), e.g. `--gate 'time_to_recover=1.5x median of last 10 passed'`.
     #[arg(long = "gate", value_name = "NAME=RULE", value_parser = crate::gate::parse_flag)]
     gates: Vec<crate::gate::GateRule>,
+    #[command(flatten)]
+    vars: VarArgs,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -335,9 +359,14 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { files } => Ok(validate(&files)),
-        Command::Plan { file, agents, seed } => {
-            let Some(exp) = load(&file) else {
+        Command::Validate { files, vars } => Ok(validate(&files, &vars)),
+        Command::Plan {
+            file,
+            agents,
+            seed,
+            vars,
+        } => {
+            let Some(exp) = load(&file, &vars) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
             let selection = match runtime()?.block_on(session::resolve(
@@ -347,12 +376,16 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             )) {
                 Ok(selection) => selection,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", redact(&format!("{e:#}")));
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             };
-            print!("{}", crate::plan::render(&exp, true));
-            print!("{}", crate::plan::render_selection(&selection, seed));
+            // The plan shows resolved values; a secret among them is masked.
+            print!("{}", redact(&crate::plan::render(&exp, true)));
+            print!(
+                "{}",
+                redact(&crate::plan::render_selection(&selection, seed))
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_experiment(&args),
@@ -439,7 +472,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Revert(args) => {
             runtime()?.block_on(crate::fleet::revert(&args.agents, args.run.as_deref()))
         }
-        Command::Budget { file } => budget(&file),
+        Command::Budget { file, vars } => budget(&file, &vars),
         Command::Coordinator(args) => coordinator::run(&args),
         Command::Fuzz(args) => fuzz(args),
         Command::Schedule(command) => Ok(gameday::schedule(&command)),
@@ -504,8 +537,8 @@ fn fuzz(args: FuzzArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn budget(file: &Path) -> anyhow::Result<ExitCode> {
-    let Some(exp) = load(file) else {
+fn budget(file: &Path, vars: &VarArgs) -> anyhow::Result<ExitCode> {
+    let Some(exp) = load(file, vars) else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
     let Some(spec) = &exp.budget else {
@@ -532,7 +565,7 @@ fn budget(file: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         Err(e) => {
-            eprintln!("error: could not check the error budget: {e}");
+            eprintln!("error: could not check the error budget: {}", redact(&e));
             Ok(ExitCode::from(EXIT_ERROR))
         }
     }
@@ -545,27 +578,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("failed to start the async runtime")
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+fn validate(files: &[PathBuf], vars: &VarArgs) -> ExitCode {
     let mut ok = true;
     for file in files {
         if let Some(valid) = gameday::validate(file) {
             ok &= valid;
             continue;
         }
-        match experiment::load(file) {
-            Ok(exp) => {
-                warn_probes(&exp);
-                println!(
-                    "{}: ok ({} probe(s), {} fault(s))",
-                    file.display(),
-                    exp.steady_state.probes.len(),
-                    exp.faults.len()
-                );
-            }
-            Err(e) => {
-                eprintln!("error: invalid experiment {e}");
-                ok = false;
-            }
+        match load(file, vars) {
+            Some(exp) => println!(
+                "{}: ok ({} probe(s), {} fault(s))",
+                file.display(),
+                exp.steady_state.probes.len(),
+                exp.faults.len()
+            ),
+            None => ok = false,
         }
     }
     if ok {
@@ -583,21 +610,39 @@ fn warn_probes(exp: &Experiment) {
     }
 }
 
-fn load(file: &Path) -> Option<Experiment> {
-    match experiment::load(file) {
+/// Loads an experiment with the command line's vars; on failure prints why (exit 2 follows).
+fn load(file: &Path, vars: &VarArgs) -> Option<Experiment> {
+    let overrides = match experiment::vars::Overrides::new(&vars.var_files, &vars.var_flags) {
+        Ok(overrides) => overrides,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return None;
+        }
+    };
+    match experiment::load_with(file, &overrides) {
         Ok(exp) => {
             warn_probes(&exp);
             Some(exp)
         }
+        // A file that is not there is not an invalid experiment: say which it is.
+        Err(e) if e.unreadable => {
+            eprintln!("error: {}", redact(&e.to_string()));
+            None
+        }
         Err(e) => {
-            eprintln!("error: invalid experiment {e}");
+            eprintln!("error: invalid experiment {}", redact(&e.to_string()));
             None
         }
     }
 }
 
+/// Masks the experiment's secrets in what is printed (`secrets.rs`).
+fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::secrets::redact(text)
+}
+
 fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(mut exp) = load(&args.file) else {
+    let Some(mut exp) = load(&args.file, &args.vars) else {
         // No report: without a loaded experiment there is nothing it could describe.
         return Ok(ExitCode::from(EXIT_INVALID));
     };
@@ -617,13 +662,13 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let report =
             Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
         let recorder = runtime.block_on(history::Recorder::start(history_dir, &exp, &run_id, seed));
-        end_run(&runtime, recorder, &report, args, &exp.notify)
+        end_run(&runtime, recorder, report, args, &exp.notify)
     };
     let selection = match runtime.block_on(session::resolve(&exp, args.agents.as_deref(), seed)) {
         Ok(selection) => selection,
         Err(e) => {
             let reason = format!("{e}; nothing was injected");
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", redact(&reason));
             // An unusable inventory is invalid input like a bad experiment: exit 2, with reports.
             let why = match e {
                 StartError::Invalid(_) => NotStarted::Invalid(reason),
@@ -634,13 +679,19 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     if args.dry_run {
         // Fixtures are not running yet, so "what matches now" would mislead for self-contained experiments.
-        print!("{}", crate::plan::render(&exp, exp.setup.is_empty()));
-        print!("{}", crate::plan::render_selection(&selection, Some(seed)));
+        print!(
+            "{}",
+            redact(&crate::plan::render(&exp, exp.setup.is_empty()))
+        );
+        print!(
+            "{}",
+            redact(&crate::plan::render_selection(&selection, Some(seed)))
+        );
     }
     if !args.dry_run {
         if let Err(e) = runtime.block_on(session::preflight(&selection)) {
             let reason = format!("{e}; nothing was injected");
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", redact(&reason));
             return not_started(Some(&selection), NotStarted::Error(reason));
         }
     }
@@ -659,12 +710,12 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => {
             progress.finish();
             let reason = format!("{e:#}; nothing was injected");
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", redact(&reason));
             let faults = session::planned_faults(&exp, Some(&selection));
             let why = NotStarted::Error(reason);
             let report =
                 Report::not_started(&exp, &run_id, seed, started_at, args.dry_run, faults, why);
-            return end_run(&runtime, recorder, &report, args, &exp.notify);
+            return end_run(&runtime, recorder, report, args, &exp.notify);
         }
     };
     let opts = RunOptions {
@@ -684,7 +735,7 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
         &exp.gate,
         history_dir,
     ));
-    end_run(&runtime, recorder, &report, args, &exp.notify)
+    end_run(&runtime, recorder, report, args, &exp.notify)
 }
 
 /// How every `run` ends, however far it got: the terminal summary, the history row's end, every
@@ -692,11 +743,15 @@ fn run_experiment(args: &RunArgs) -> anyhow::Result<ExitCode> {
 fn end_run(
     runtime: &tokio::runtime::Runtime,
     recorder: history::Recorder,
-    report: &Report,
+    mut report: Report,
     args: &RunArgs,
     notify: &[crate::notify::Notify],
 ) -> anyhow::Result<ExitCode> {
-    print!("{}", terminal::render(report));
+    // Every sink below (terminal, history, files, webhooks) gets the report with its secrets
+    // masked; each also masks its own text again.
+    report.redact_secrets();
+    let report = &report;
+    print!("{}", redact(&terminal::render(report)));
     runtime.block_on(recorder.finish(report));
     let written = write_reports(report, args);
     // After the verdict and the files, and bounded: a receiver never holds up or changes a run.
@@ -704,7 +759,7 @@ fn end_run(
         notify,
         crate::notify::Outcome::of_report(report, None),
         crate::notify::CLI_WAIT,
-        |l| eprintln!("warning: {l}"),
+        |l| eprintln!("warning: {}", redact(l)),
     ));
     written?;
     Ok(ExitCode::from(report.exit_code()))
@@ -724,7 +779,7 @@ fn write_reports(report: &Report, args: &RunArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for (what, path, render) in renderings {
         let Some(path) = path else { continue };
-        if let Err(e) = std::fs::write(path, render(report)) {
+        if let Err(e) = std::fs::write(path, redact(&render(report)).as_bytes()) {
             failed.push(format!(
                 "failed to write the {what} to {}: {e}",
                 path.display()
@@ -744,6 +799,13 @@ mod tests {
 
     use super::{Cli, parse_lease};
     use crate::fault::check::MAX_LEASE;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks unique argument ids and the like only when asked (or at run time).
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn leases_are_bounded_on_the_command_line_and_for_the_watchdog() {

@@ -43,7 +43,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// A line on stderr with the UTC time: the coordinator's log, one event per line.
 pub(crate) fn log(line: &str) {
-    eprintln!("{:.3} {line}", Timestamp::now());
+    // Experiments' secrets never reach the coordinator's log (`secrets.rs`).
+    eprintln!("{:.3} {}", Timestamp::now(), crate::secrets::redact(line));
 }
 
 /// What every fire task shares with the dispatcher.

@@ -5,6 +5,7 @@
 mod network_kinds;
 mod probes;
 mod raw;
+pub(crate) mod vars;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +34,8 @@ pub(crate) struct ExperimentError {
     /// 1-based line and column, when the problem has a place in the file.
     pub(crate) position: Option<(usize, usize)>,
     pub(crate) message: String,
+    /// The file could not be read at all (missing, unreadable): not an invalid experiment.
+    pub(crate) unreadable: bool,
 }
 
 impl fmt::Display for ExperimentError {
@@ -51,38 +54,116 @@ impl fmt::Display for ExperimentError {
 
 impl std::error::Error for ExperimentError {}
 
-/// Reads and validates an experiment file.
-pub(crate) fn load(path: &Path) -> Result<Experiment, ExperimentError> {
+/// Reads and validates an experiment file, with vars given from outside it (`--var`, `--vars`).
+pub(crate) fn load_with(
+    path: &Path,
+    overrides: &vars::Overrides,
+) -> Result<Experiment, ExperimentError> {
     let text = std::fs::read_to_string(path).map_err(|e| ExperimentError {
         path: path.to_owned(),
         position: None,
-        message: format!("failed to read the experiment: {e}"),
+        message: format!("cannot read the experiment file: {e}"),
+        unreadable: true,
     })?;
-    parse(path, &text)
+    parse_with(path, &text, overrides)
 }
 
 /// Validates experiment text; `path` is only used in messages and the report.
 pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentError> {
+    parse_with(path, text, &vars::Overrides::default())
+}
+
+/// Validates experiment text with vars given from outside it.
+pub(crate) fn parse_with(
+    path: &Path,
+    text: &str,
+    overrides: &vars::Overrides,
+) -> Result<Experiment, ExperimentError> {
     let fail = |span: Option<Range<usize>>, message: String| ExperimentError {
         path: path.to_owned(),
         position: span.map(|s| line_col(text, s.start)),
         message,
+        unreadable: false,
     };
-    let toml_error = |e: toml::de::Error| {
-        let mut message = e.message().trim().to_owned();
-        // A bad value's span points at the value; name the key it belongs to as well.
-        if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
-            if !message.contains(&format!("`{key}`")) {
-                message = format!("`{key}`: {message}");
-            }
-        }
-        fail(e.span(), message)
-    };
+    let toml_error = |e: toml::de::Error| toml_error(&e, text, &fail);
     // Parsed once, keeping every span. The `[[fault]]` tables are taken out before the rest is
     // deserialised: which keys a fault takes depends on its kind, so each is read by its kind.
     let root = DeTable::parse(text).map_err(toml_error)?;
     let span = root.span();
     let mut root = root.into_inner();
+    // `${…}` references are replaced before anything is deserialised, in place, so every later
+    // error still points into the file (`experiment/vars.rs`).
+    let var_error = |e: vars::VarError| fail(e.span, e.message);
+    let (scope, used) = vars::Scope::take(&mut root, overrides).map_err(var_error)?;
+    let typed = scope.substitute(&mut root, text, used).map_err(var_error)?;
+    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    // A string that is exactly one integer or boolean var became that integer or boolean; where
+    // the key wants text after all (an argv element, a name), it goes back to text and the file
+    // is read again: the key decides, at most once per such value.
+    let mut flipped = 0;
+    loop {
+        let attempt = validate(
+            root.clone(),
+            span.clone(),
+            path,
+            text,
+            &fail,
+            sha256.clone(),
+        );
+        let mut exp = match attempt {
+            Err(e) if flipped < typed.len() && wants_text(&e.message) => {
+                let at = typed
+                    .iter()
+                    .find(|s| Some(line_col(text, s.start)) == e.position);
+                match at {
+                    Some(at) if vars::back_to_text(&mut root, at) => {
+                        flipped += 1;
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            other => other?,
+        };
+        exp.vars = scope.listing();
+        return Ok(exp);
+    }
+}
+
+/// A TOML or serde error at its place, naming the key of a bad value and the closest known key
+/// of an unknown one.
+fn toml_error(
+    e: &toml::de::Error,
+    text: &str,
+    fail: &dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+) -> ExperimentError {
+    let mut message = suggest_field(e.message().trim());
+    // A bad value's span points at the value; name the key it belongs to as well.
+    if let Some(key) = e.span().and_then(|span| key_before(text, span.start)) {
+        if !message.contains(&format!("`{key}`")) {
+            message = format!("`{key}`: {message}");
+        }
+    }
+    fail(e.span(), message)
+}
+
+/// Whether a deserialisation error says a key wanted text where it got a number or a boolean.
+fn wants_text(message: &str) -> bool {
+    (message.contains("invalid type: integer") || message.contains("invalid type: boolean"))
+        && message.contains("expected a string")
+}
+
+/// The substituted document deserialised and validated: the `[[fault]]` tables are taken out
+/// first, as which keys a fault takes depends on its kind.
+fn validate(
+    mut root: DeTable<'_>,
+    span: Range<usize>,
+    path: &Path,
+    text: &str,
+    fail: &dyn Fn(Option<Range<usize>>, String) -> ExperimentError,
+    sha256: String,
+) -> Result<Experiment, ExperimentError> {
+    let toml_error = |e: toml::de::Error| toml_error(&e, text, fail);
     let faults = match root.remove("fault") {
         None => Vec::new(),
         Some(value) => {
@@ -100,14 +181,43 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Experiment, ExperimentErr
     };
     let raw = raw::Experiment::deserialize(toml::de::Deserializer::from(Spanned::new(span, root)))
         .map_err(toml_error)?;
-    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
     let dir = path.parent().unwrap_or(Path::new("."));
-    Validator {
-        fail: &fail,
-        text,
-        dir,
+    Validator { fail, text, dir }.experiment(raw, faults, path, sha256)
+}
+
+/// The candidate closest to `name` by edit distance, when it is close enough to be a likely typo
+/// (`timout` → `timeout`): for "did you mean" hints.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// serde's "unknown field `timout`, expected one of `name`, `timeout`" with "; did you mean
+/// `timeout`?" added when one expected field is close. Other messages are returned as they are.
+pub(crate) fn suggest_field(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
+        return message.to_owned();
+    };
+    let Some((name, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let candidates = expected.split('`').skip(1).step_by(2);
+    match closest(name, candidates) {
+        Some(c) => format!("{message}; did you mean `{c}`?"),
+        None => message.to_owned(),
     }
-    .experiment(raw, faults, path, sha256)
 }
 
 /// The key whose value starts at `offset`: the name before the last `=` on that line, up to it.
@@ -235,6 +345,7 @@ impl Validator<'_> {
             recovery_within: raw.recovery.within.0,
             budget,
             gate,
+            vars: Vec::new(),
         })
     }
 
@@ -377,6 +488,17 @@ impl Validator<'_> {
                     format!(
                         "two probes are named `{}`: probe names must be unique",
                         probe.name
+                    ),
+                );
+            }
+            if raw.window.0 < probe.every {
+                return self.at(
+                    span,
+                    format!(
+                        "`steady_state.window` ({}) is shorter than probe `{}`'s `every` ({}): the baseline would end before its first sample; make `window` at least `every`",
+                        crate::units::Dur(raw.window.0),
+                        probe.name,
+                        crate::units::Dur(probe.every)
                     ),
                 );
             }
@@ -529,7 +651,7 @@ impl Validator<'_> {
         targets: &BTreeMap<String, TargetGroup>,
     ) -> VResult<FaultStep> {
         let invalid = |name: Option<&str>, e: Invalid| {
-            let mut message = e.message;
+            let mut message = suggest_field(&e.message);
             // A bad value's span points at the value; name the key it belongs to as well.
             if let Some(key) = key_before(self.text, e.span.start) {
                 if !message.contains(&format!("`{key}`")) {
@@ -718,6 +840,90 @@ within = "5s"
     }
 
     #[test]
+    fn unknown_keys_get_the_closest_expected_key_and_far_ones_none() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\ntimout = \"1s\"",
+        ));
+        assert!(
+            e.contains("line 8, column 1: unknown field `timout`"),
+            "{e}"
+        );
+        assert!(e.ends_with("; did you mean `timeout`?"), "{e}");
+        let e = err(&MINIMAL.replace("tcp = \"127.0.0.1:1\"", "tcp = \"127.0.0.1:1\"\nzzzzzz = 1"));
+        assert!(!e.contains("did you mean"), "{e}");
+        let e = err(&format!("{MINIMAL}[var]\nport = 1\n"));
+        assert!(e.ends_with("did you mean `vars`?"), "{e}");
+    }
+
+    #[test]
+    fn a_window_shorter_than_every_names_both_keys() {
+        let e = err(&MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nevery = \"2s\"",
+        ));
+        assert!(
+            e.ends_with("line 5, column 1: `steady_state.window` (1s) is shorter than probe `p`'s `every` (2s): the baseline would end before its first sample; make `window` at least `every`"),
+            "{e}"
+        );
+        let equal = MINIMAL.replace(
+            "tcp = \"127.0.0.1:1\"",
+            "tcp = \"127.0.0.1:1\"\nevery = \"1s\"",
+        );
+        assert!(parse(Path::new("x.toml"), &equal).is_ok());
+    }
+
+    #[test]
+    fn vars_are_substituted_before_validation_and_errors_keep_their_position() {
+        let text = MINIMAL
+            .replace(
+                "title = \"t\"",
+                "title = \"t\"\n[vars]\nwin = \"2 parsecs\"\nname = \"nothing-here\"",
+            )
+            .replace("window = \"1s\"", "window = \"${win}\"")
+            .replace("name = \"nothing-here\" }", "name = \"${name}\" }");
+        let e = err(&text);
+        assert!(
+            e.contains("line 7, column 10: `window`: invalid duration `2 parsecs`"),
+            "{e}"
+        );
+        let overrides = vars::Overrides::new(&[], &[("win".to_owned(), "3s".to_owned())]).unwrap();
+        let exp = parse_with(Path::new("x.toml"), &text, &overrides).unwrap();
+        assert_eq!(exp.steady_state.window, Duration::from_secs(3));
+        assert_eq!(
+            exp.vars,
+            ["name = \"nothing-here\" ([vars])", "win = \"3s\" (--var)"]
+        );
+        let plan = crate::plan::render(&exp, false);
+        assert!(plan.contains("  win = \"3s\" (--var)"), "{plan}");
+    }
+
+    #[test]
+    fn a_typed_var_is_a_number_where_the_key_takes_one_and_text_where_it_takes_text() {
+        let text = MINIMAL
+            .replace("title = \"t\"", "title = \"${port}\"\n[vars]\nport = 8080")
+            .replace(
+                "[steady_state]",
+                "[[setup]]\nname = \"${port}\"\nrun = [\"python3\", \"-m\", \"http.server\", \"${port}\"]\n[steady_state]",
+            )
+            .replace("name = \"nothing-here\" }", "port = \"${port}\" }");
+        let exp = parse(Path::new("x.toml"), &text).unwrap();
+        assert_eq!(exp.title, "8080");
+        assert_eq!(exp.setup[0].name, "8080");
+        assert_eq!(exp.setup[0].argv[3], "8080");
+        let wire = serde_json::to_value(&exp.faults[0].spec).unwrap();
+        assert_eq!(wire["select"]["port"], 8080, "{wire}");
+        // Text where a number is wanted is still refused, at the value.
+        let e = err(&text.replace("port = 8080", "port = \"http\""));
+        assert!(
+            e.contains(
+                "line 16, column 19: fault `k`: `port`: invalid type: string \"http\", expected u16"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let e = err(&MINIMAL.replace("window = \"1s\"", "window = \"2 seconds please\""));
         assert!(
@@ -799,7 +1005,7 @@ within = "5s"
         );
         let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kil\""));
         assert!(
-            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause"),
+            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause; did you mean `process-kill`?"),
             "{e}"
         );
         let e = err(&MINIMAL.replace(
@@ -826,6 +1032,7 @@ within = "5s"
             e.contains("line 11, column 24: fault `k`: unknown field `pidd`"),
             "{e}"
         );
+        assert!(e.ends_with("; did you mean `pid`?"), "{e}");
         let e = err(&format!("{MINIMAL}[[fault]]\nkind = \"process-kill\"\n"));
         assert!(e.contains("missing field `name`"), "{e}");
     }

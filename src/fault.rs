@@ -132,7 +132,11 @@ impl FaultSpec {
             }
             other => Err(Invalid {
                 span: kind.span(),
-                message: format!("unknown kind `{other}`; expected one of {KINDS}"),
+                message: format!(
+                    "unknown kind `{other}`; expected one of {KINDS}{}",
+                    crate::experiment::closest(other, KINDS.split(", "))
+                        .map_or_else(String::new, |k| format!("; did you mean `{k}`?"))
+                ),
             }),
         }?;
         Ok(spec)

@@ -159,7 +159,7 @@ impl Validator<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> GameDayError {
-        let mut message = e.message().trim().to_owned();
+        let mut message = crate::experiment::suggest_field(e.message().trim());
         // A bad value's span points at the value; name the key it belongs to as well.
         if let Some(key) = e.span().and_then(|span| key_before(self.text, span.start)) {
             if !message.contains(&format!("`{key}`")) {
@@ -464,14 +464,25 @@ impl Validator<'_> {
                 format!("{context}: name at least one experiment file"),
             ));
         }
+        let vars = match &raw.vars {
+            None => crate::experiment::vars::Overrides::default(),
+            Some(table) => crate::experiment::vars::Overrides::of_schedule(&name, table.get_ref())
+                .map_err(|e| self.at(table.span(), "vars", format!("{context}: {e}")))?,
+        };
         let mut experiments = Vec::new();
         for e in raw.experiments.get_ref() {
             let p = self.resolve(e.get_ref());
-            if let Err(err) = crate::experiment::load(&p) {
+            if let Err(err) = crate::experiment::load_with(&p, &vars) {
+                // A missing file is not an invalid experiment: the message says which it is.
+                let what = if err.unreadable {
+                    ""
+                } else {
+                    "invalid experiment "
+                };
                 return Err(self.at(
                     e.span(),
                     "experiments",
-                    format!("{context}: invalid experiment {err}"),
+                    crate::secrets::redact(&format!("{context}: {what}{err}")).into_owned(),
                 ));
             }
             experiments.push(p);
@@ -559,6 +570,7 @@ impl Validator<'_> {
         Ok(Schedule {
             name,
             experiments,
+            vars,
             keep_going: raw.keep_going,
             cron_text: raw.cron.get_ref().trim().to_owned(),
             zone_name,

@@ -266,11 +266,26 @@ impl History {
 
     /// Records a run before it touches anything. A run id already stored is an error.
     pub(crate) async fn start_run(&self, start: &RunStart) -> Result<(), HistoryError> {
+        // The history is read by anyone with the state directory or the dashboard: no secret
+        // of the experiment is stored (`secrets.rs`).
+        let mut start = start.clone();
+        crate::secrets::redact_in_place(&mut start.title);
+        crate::secrets::redact_in_place(&mut start.file);
+        let start = &start;
         dispatch!(self, s => s.start_run(start).await)
     }
 
     /// Records how a started run ended. A run id never started is an error.
     pub(crate) async fn finish_run(&self, run_id: &str, end: &RunEnd) -> Result<(), HistoryError> {
+        let mut end = end.clone();
+        crate::secrets::redact_in_place(&mut end.reason);
+        for agent in &mut end.agents {
+            crate::secrets::redact_in_place(agent);
+        }
+        if let Some(json) = &mut end.report_json {
+            crate::secrets::redact_in_place(json);
+        }
+        let end = &end;
         dispatch!(self, s => s.finish_run(run_id, end).await)
     }
 

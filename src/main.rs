@@ -31,6 +31,7 @@ mod proxy;
 mod report;
 mod run;
 mod schedule;
+mod secrets;
 mod sli;
 mod units;
 mod web;
@@ -42,12 +43,13 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        // Secrets from `[secrets]` never reach the log: every event is redacted as it is written.
+        .with_writer(secrets::RedactingStderr)
         .init();
     match cli::run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", secrets::redact(&format!("{e:#}")));
             ExitCode::from(5)
         }
     }

@@ -33,6 +33,9 @@ pub(crate) struct Experiment {
     /// `[gate]`: the regression gate against earlier runs of the same title, in `Metric::ALL`
     /// order; empty when the experiment has none.
     pub(crate) gate: Vec<crate::gate::GateRule>,
+    /// The vars and secrets it was loaded with, one `name = value (where from)` line each, for
+    /// `plan` (secrets read `***`).
+    pub(crate) vars: Vec<String>,
 }
 
 impl Experiment {

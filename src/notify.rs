@@ -361,7 +361,9 @@ async fn deliver(client: &reqwest::Client, notify: &Notify, outcome: &Outcome, l
             }
         },
     };
-    let body = outcome.body(notify.link.as_deref()).to_string();
+    // The receiver is outside: no secret of the experiment goes into what it is sent.
+    let body =
+        crate::secrets::redact(&outcome.body(notify.link.as_deref()).to_string()).into_owned();
     let mut pauses = BACKOFF.iter();
     let mut attempt = 1;
     loop {

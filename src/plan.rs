@@ -21,6 +21,12 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
     if let Some(d) = &exp.description {
         let _ = writeln!(out, "description: {}", d.trim());
     }
+    if !exp.vars.is_empty() {
+        out.push_str("\nvars (--var beats --vars beats [vars]; secrets are never shown):\n");
+        for line in &exp.vars {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     if !exp.setup.is_empty() {
         out.push_str("\nsetup (started first, stopped last, each in its own process group):\n");
         for (i, f) in exp.setup.iter().enumerate() {

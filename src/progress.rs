@@ -57,6 +57,7 @@ impl Progress {
 
     /// A line that stays: phase changes, injections, reverts.
     pub(crate) fn log(&self, line: &str) {
+        let line = crate::secrets::redact(line);
         let stamp = format!("[{:>7.2}s] {line}", self.started.elapsed().as_secs_f64());
         match &self.bar {
             Some(bar) => bar.println(stamp),
@@ -77,7 +78,7 @@ impl Progress {
     /// The live status (phase, probe health). Only shown on a terminal.
     pub(crate) fn status(&self, text: &str) {
         if let Some(bar) = &self.bar {
-            bar.set_message(text.to_owned());
+            bar.set_message(crate::secrets::redact(text).into_owned());
         }
     }
 

@@ -170,6 +170,48 @@ pub(crate) struct SampleRecord {
 }
 
 impl Report {
+    /// Masks every registered secret (`secrets.rs`) in every text the report holds, before any
+    /// rendering: a rendering that cuts or escapes a text could otherwise show part of one.
+    pub(crate) fn redact_secrets(&mut self) {
+        use crate::secrets::redact_in_place as r;
+        if !crate::secrets::any() {
+            return;
+        }
+        for text in [&mut self.title, &mut self.file, &mut self.reason] {
+            r(text);
+        }
+        for phase in [&mut self.before, &mut self.during, &mut self.after] {
+            for p in phase {
+                r(&mut p.probe);
+                if let Some((cause, _)) = &mut p.stats.top_cause {
+                    r(cause);
+                }
+            }
+        }
+        for f in &mut self.faults {
+            for text in [&mut f.name, &mut f.kind, &mut f.agent, &mut f.detail] {
+                r(text);
+            }
+            f.targets.iter_mut().for_each(r);
+        }
+        if let Some(rule) = &mut self.aborted_by {
+            r(rule);
+        }
+        self.recovered_from_journal.iter_mut().for_each(r);
+        if let Some(budget) = &mut self.budget {
+            r(&mut budget.prometheus);
+        }
+        for s in &mut self.samples {
+            r(&mut s.probe);
+            if let Some(e) = &mut s.error {
+                r(e);
+            }
+            if let Some(c) = &mut s.cause {
+                r(c);
+            }
+        }
+    }
+
     /// The report of a run of `exp` that ended before its baseline: no phases, `faults` (the ones
     /// it would have run, if known) all skipped, and the reason. Every rendering and the history
     /// take it like any other report, so a pipeline finds every file it asked for.

@@ -870,6 +870,7 @@ impl Runner<'_> {
                         fault.record.targets = applied.targets;
                         fault.record.detail = applied.detail;
                         self.first_injected.get_or_insert(now);
+                        self.judge.on(Event::Injected);
                         if applied.instant {
                             fault.slot = Slot::Done;
                             fault.ended = Some(now);

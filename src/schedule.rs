@@ -49,6 +49,8 @@ pub(crate) struct Schedule {
     pub(crate) name: String,
     /// Experiment files, resolved against the game-day file's directory; run in order.
     pub(crate) experiments: Vec<PathBuf>,
+    /// `vars = { … }`: its experiments are loaded with these, like `run --var`.
+    pub(crate) vars: crate::experiment::vars::Overrides,
     /// `continue = true`: run the next experiment even when one did not pass.
     pub(crate) keep_going: bool,
     /// The cron text as written, for logs and `schedule next`.

@@ -127,7 +127,7 @@ async fn checks(
     }
     let mut prepared = Vec::new();
     for path in &s.experiments {
-        prepared.push(prepare(ctx, path).await);
+        prepared.push(prepare(ctx, path, &s.vars).await);
     }
     let hosts: BTreeSet<String> = prepared
         .iter()
@@ -194,10 +194,12 @@ async fn checks(
 
 /// Loads an experiment afresh (the file may have changed since the coordinator started; its
 /// sha256 is recorded) and resolves its agents with a new seed, as `faultline run` does.
-async fn prepare(ctx: &Ctx, path: &Path) -> Prepared {
+async fn prepare(ctx: &Ctx, path: &Path, vars: &crate::experiment::vars::Overrides) -> Prepared {
     let seed: u64 = rand::random();
     let owned = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || crate::experiment::load(&owned)).await;
+    let vars = vars.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || crate::experiment::load_with(&owned, &vars)).await;
     let exp = match loaded {
         Ok(Ok(exp)) => exp,
         Ok(Err(e)) => {

@@ -82,6 +82,7 @@ mod tests {
             schedules: vec![Schedule {
                 name: "s".into(),
                 experiments: Vec::new(),
+                vars: crate::experiment::vars::Overrides::default(),
                 keep_going: false,
                 cron_text: "*/2 * * * * *".into(),
                 zone_name: "UTC".into(),

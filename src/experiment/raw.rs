@@ -31,6 +31,18 @@ pub(crate) struct Experiment {
     pub(crate) recovery: Recovery,
     pub(crate) slo_budget: Option<Spanned<SloBudget>>,
     pub(crate) gate: Option<Gate>,
+    /// `[vars]` and `[secrets]` are taken out and applied before this is deserialised
+    /// (`experiment/vars.rs`); named here so a typo of them gets a "did you mean".
+    #[expect(
+        dead_code,
+        reason = "always taken out before; listed for the expected keys"
+    )]
+    pub(crate) vars: Option<serde::de::IgnoredAny>,
+    #[expect(
+        dead_code,
+        reason = "always taken out before; listed for the expected keys"
+    )]
+    pub(crate) secrets: Option<serde::de::IgnoredAny>,
 }
 
 /// `[gate]`: one rule per measure (`gate::Metric`); a bad rule is reported at its value.

@@ -90,9 +90,13 @@ impl<'i> FaultTable<'i> {
         for (key, _) in &self.entries {
             let key = key.get_ref().as_ref();
             if !known.contains(&key) {
+                // The keys every fault takes were taken out before: a typo of one is a typo too.
+                let common = ["name", "kind", "on", "at", "duration"];
+                let hint = crate::experiment::closest(key, known.iter().copied().chain(common))
+                    .map_or_else(String::new, |k| format!("; did you mean `{k}`?"));
                 return Err(Invalid {
                     span: self.key_span(key),
-                    message: format!("`{key}` does not apply to kind `{kind}`"),
+                    message: format!("`{key}` does not apply to kind `{kind}`{hint}"),
                 });
             }
         }

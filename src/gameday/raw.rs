@@ -64,6 +64,8 @@ pub(crate) struct Schedule {
     pub(crate) on_conflict: OnConflict,
     #[serde(default)]
     pub(crate) suspend: bool,
+    /// Vars for this schedule's experiments, as `--var` gives them to `faultline run`.
+    pub(crate) vars: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

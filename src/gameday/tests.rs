@@ -80,7 +80,7 @@ fn every_bad_value_is_named_with_its_position_and_key() {
     let cases = [
         (
             "[[schedule]]\nname = \"a\"\nexperiment = []\n",
-            "gamedays/t.toml: line 5, column 1: unknown field `experiment`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`",
+            "gamedays/t.toml: line 5, column 1: unknown field `experiment`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`, `vars`; did you mean `experiments`?",
         ),
         (
             &format!("{SCHEDULE}cron = \"0 * * * *\"\ntimezone = \"Europe/Berln\"\n"),
@@ -110,7 +110,7 @@ fn every_bad_value_is_named_with_its_position_and_key() {
         ),
         (
             "[[schedule]]\nname = \"a\"\nexperiments = [\"missing.toml\"]\ncron = \"@daily\"\n",
-            "gamedays/t.toml: line 5, column 16: `experiments`: schedule `a`: invalid experiment gamedays/missing.toml: failed to read the experiment: No such file or directory (os error 2)",
+            "gamedays/t.toml: line 5, column 16: `experiments`: schedule `a`: gamedays/missing.toml: cannot read the experiment file: No such file or directory (os error 2)",
         ),
         (
             "[[schedule]]\nname = \"a\"\nexperiments = []\ncron = \"@daily\"\n",
@@ -200,4 +200,44 @@ fn game_days_are_told_apart_from_experiments() {
     assert!(!is_gameday(
         "title = \"x\"\n[[fault]]\nname = \"schedule\"\n"
     ));
+}
+
+#[test]
+fn a_schedule_passes_vars_to_its_experiments_like_var_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("by-port.toml");
+    let text = std::fs::read_to_string("experiments/quickstart.toml")
+        .unwrap()
+        .replace("[[setup]]", "[vars]\nport = 18080\n\n[[setup]]")
+        .replace("http://127.0.0.1:18080/", "http://127.0.0.1:${port}/");
+    std::fs::write(&exp, text).unwrap();
+    let schedule = |vars: &str| {
+        format!(
+            "[[schedule]]\nname = \"a\"\nexperiments = [{:?}]\ncron = \"@daily\"\n{vars}",
+            exp.display().to_string()
+        )
+    };
+    // With its `[vars]` defaults only, and with a schedule's vars.
+    assert!(parse_body(&schedule("")).is_ok());
+    let g = parse_body(&schedule("vars = { port = 8081 }\n")).unwrap();
+    let vars = &g.calendar.schedules[0].vars;
+    let loaded = crate::experiment::load_with(&exp, vars).unwrap();
+    assert!(
+        loaded
+            .vars
+            .contains(&"port = 8081 (schedule `a`)".to_owned()),
+        "{:?}",
+        loaded.vars
+    );
+    let e = parse_body(&schedule("vars = { prot = 8081 }\n")).unwrap_err();
+    assert!(
+        e.contains("schedule `a`'s var `prot`: the experiment neither declares `prot`"),
+        "{e}"
+    );
+    assert!(e.ends_with("did you mean `port`?"), "{e}");
+    let e = parse_body(&schedule("vars = { port = [1] }\n")).unwrap_err();
+    assert!(
+        e.ends_with("line 7, column 8: `vars`: schedule `a`: var `port` must be a string (at most 64 KiB), an integer or a boolean (got array)"),
+        "{e}"
+    );
 }

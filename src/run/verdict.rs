@@ -36,6 +36,8 @@ pub(crate) enum Event {
     DryRunHeld,
     /// The steady state held before; the faults start.
     MethodStarted,
+    /// A fault was injected (or, for an instant fault, carried out).
+    Injected,
     InjectFailed {
         fault: String,
         error: String,
@@ -81,6 +83,8 @@ pub(crate) struct Judge {
     setup: Option<(Verdict, String)>,
     interrupted: Option<(&'static str, Stage)>,
     inject_failed: Vec<String>,
+    /// How many faults were injected: a reason says "nothing was injected" when none was.
+    injected: usize,
     ended_early: Vec<String>,
     revert_failed: Vec<String>,
     abort: Option<String>,
@@ -97,6 +101,7 @@ impl Judge {
             setup: None,
             interrupted: None,
             inject_failed: Vec::new(),
+            injected: 0,
             ended_early: Vec::new(),
             revert_failed: Vec::new(),
             abort: None,
@@ -124,6 +129,7 @@ impl Judge {
                     .to_owned(),
             ),
             Event::MethodStarted => self.stage = Stage::Method,
+            Event::Injected => self.injected += 1,
             Event::InjectFailed { fault, error } => self
                 .inject_failed
                 .push(format!("fault `{fault}` could not be injected: {error}")),
@@ -209,6 +215,15 @@ impl Judge {
         (verdict, reason)
     }
 
+    /// What became of the faults of a run that stopped during its method.
+    fn reverted_clause(&self) -> &'static str {
+        if self.injected == 0 {
+            "nothing was injected"
+        } else {
+            "every injected fault was reverted"
+        }
+    }
+
     /// The verdict before failed reverts and leftovers are laid over it.
     fn outcome(&self) -> (Verdict, String) {
         if let Some(settled) = &self.setup {
@@ -217,9 +232,7 @@ impl Judge {
         if let Some((signal, stage)) = self.interrupted {
             let reason = match stage {
                 Stage::Before => format!("interrupted by {signal} before any fault was injected"),
-                Stage::Method => {
-                    format!("interrupted by {signal}; every injected fault was reverted")
-                }
+                Stage::Method => format!("interrupted by {signal}; {}", self.reverted_clause()),
                 Stage::After => format!(
                     "interrupted by {signal} while waiting for recovery; every fault had been reverted"
                 ),
@@ -230,8 +243,9 @@ impl Judge {
             return (
                 Verdict::Error,
                 format!(
-                    "{}; every injected fault was reverted",
-                    self.inject_failed.join("; ")
+                    "{}; {}",
+                    self.inject_failed.join("; "),
+                    self.reverted_clause()
                 ),
             );
         }
@@ -417,6 +431,21 @@ mod tests {
         assert_eq!(v, Verdict::Error);
         assert_eq!(
             reason,
+            "fault `kill` could not be injected: no process matched; nothing was injected"
+        );
+        // When another fault did go in, the sentence says it was reverted.
+        let (_, reason) = judge([
+            Event::MethodStarted,
+            Event::Injected,
+            Event::InjectFailed {
+                fault: "kill".into(),
+                error: "no process matched".into(),
+            },
+            Event::RecoveryStarted,
+            recovered(),
+        ]);
+        assert_eq!(
+            reason,
             "fault `kill` could not be injected: no process matched; every injected fault was reverted"
         );
     }
@@ -466,9 +495,15 @@ mod tests {
             Event::Interrupted("SIGTERM"),
             Event::Interrupted("SIGINT"),
         ]);
+        assert_eq!(reason, "interrupted by SIGTERM; nothing was injected");
+        let (_, reason) = judge([
+            Event::MethodStarted,
+            Event::Injected,
+            Event::Interrupted("SIGINT"),
+        ]);
         assert_eq!(
             reason,
-            "interrupted by SIGTERM; every injected fault was reverted"
+            "interrupted by SIGINT; every injected fault was reverted"
         );
         let (_, reason) = judge([
             Event::MethodStarted,

@@ -20,6 +20,7 @@ fn schedule(name: &str, cron: &str, zone: &str) -> Schedule {
     Schedule {
         name: name.to_owned(),
         experiments: Vec::new(),
+        vars: crate::experiment::vars::Overrides::default(),
         keep_going: false,
         cron_text: cron.to_owned(),
         zone_name: zone.to_owned(),

@@ -209,7 +209,7 @@ fn a_typo_in_a_game_day_exits_2_naming_line_column_and_key() {
     assert_eq!(
         stderr,
         format!(
-            "error: invalid game day {}: line 8, column 1: unknown field `continu`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`\n",
+            "error: invalid game day {}: line 8, column 1: unknown field `continu`, expected one of `name`, `experiments`, `continue`, `cron`, `timezone`, `only_within`, `jitter`, `missed`, `concurrency`, `on_conflict`, `suspend`, `vars`; did you mean `continue`?\n",
             file.display()
         )
     );

@@ -33,5 +33,6 @@ mod prometheus;
 mod reports;
 mod stress;
 mod validate;
+mod vars;
 mod verdicts;
 mod web;

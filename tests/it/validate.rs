@@ -118,3 +118,70 @@ fn plan_refuses_an_at_beyond_a_day_instead_of_panicking() {
         assert!(!stderr.contains("panicked"), "{command}: {stderr}");
     }
 }
+
+/// Writes the quickstart with `from` replaced by `to` and runs `faultline validate` on it.
+fn validate_quickstart_with(from: &str, to: &str) -> (Option<i32>, String) {
+    let dir = tempdir();
+    let file = dir.path().join("edited.toml");
+    let text = std::fs::read_to_string("experiments/quickstart.toml").unwrap();
+    assert!(text.contains(from), "the quickstart has no `{from}`");
+    std::fs::write(&file, text.replace(from, to)).unwrap();
+    let out = faultline(
+        &["validate", file.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_window_shorter_than_a_probes_every_is_refused_naming_both() {
+    let (code, stderr) = validate_quickstart_with("window = \"2s\"", "window = \"10ms\"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 15, column 1: `steady_state.window` (10ms) is shorter than probe `front page`'s `every` (100ms)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn typos_of_keys_and_kinds_get_the_closest_name() {
+    let (code, stderr) = validate_quickstart_with("timeout = \"500ms\"", "timout = \"500ms\"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `timout`"), "{stderr}");
+    assert!(stderr.ends_with("did you mean `timeout`?\n"), "{stderr}");
+    let (code, stderr) =
+        validate_quickstart_with("kind = \"process-kill\"", "kind = \"proces-kill\"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean `process-kill`?"), "{stderr}");
+    let (code, stderr) = validate_quickstart_with("signal = \"SIGKILL\"", "signl = \"SIGKILL\"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`signl` does not apply to kind `process-kill`; did you mean `signal`?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_experiment_file_says_so_and_exits_2() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope.toml");
+    for command in ["run", "validate", "plan"] {
+        let out = faultline(
+            &[command, missing.to_str().unwrap()],
+            &dir.path().join("state"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "error: {}: cannot read the experiment file: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+            "{command}"
+        );
+    }
+}
