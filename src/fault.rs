@@ -9,7 +9,9 @@
 
 mod bandwidth;
 pub(crate) mod check;
+mod command;
 mod disk_fill;
+mod http_action;
 mod latency;
 mod net;
 mod netem;
@@ -31,7 +33,9 @@ use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
+pub(crate) use command::CommandAction;
 pub(crate) use disk_fill::{DiskFill, FillAmount, forbid_fills_in};
+pub(crate) use http_action::HttpAction;
 pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::Cidr;
 pub(crate) use netem::NetemLatency;
@@ -62,6 +66,11 @@ pub(crate) enum FaultSpec {
     NetemLatency(NetemLatency),
     /// `latency` with `backend = "proxy"`; the wire tag keeps it apart from the netem backend.
     LatencyProxy(LatencyProxy),
+    /// A custom action: programs to run, and the one that reverts it.
+    Command(CommandAction),
+    /// A custom action: an HTTP request, and the one that reverts it. Boxed: two requests would
+    /// make every spec as large as this one.
+    Http(Box<HttpAction>),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -75,7 +84,7 @@ pub(crate) struct Context<'a> {
 }
 
 /// The kinds users write, for the error that names an unknown one.
-const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress";
+const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, command, http";
 
 impl FaultSpec {
     /// Builds the spec of kind `kind` from the rest of its `[[fault]]` table (the keys every
@@ -118,6 +127,9 @@ impl FaultSpec {
                 }),
                 _ => build(table, name, latency::Table::validate).map(FaultSpec::LatencyProxy),
             },
+            "command" => build(table, name, command::Table::validate).map(FaultSpec::Command),
+            "http" => build(table, name, http_action::Table::validate)
+                .map(|h| FaultSpec::Http(Box::new(h))),
             other => Err(Invalid {
                 span: kind.span(),
                 message: format!("unknown kind `{other}`; expected one of {KINDS}"),
@@ -138,6 +150,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(_) => "bandwidth",
             // Two backends, one kind for users and reports.
             FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
+            FaultSpec::Command(_) => "command",
+            FaultSpec::Http(_) => "http",
         }
     }
 
@@ -155,6 +169,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.check(),
             FaultSpec::NetemLatency(f) => f.check(),
             FaultSpec::LatencyProxy(f) => f.check(),
+            FaultSpec::Command(f) => f.check(),
+            FaultSpec::Http(f) => f.check(),
         }
     }
 
@@ -171,7 +187,9 @@ impl FaultSpec {
             | FaultSpec::DiskFill(_)
             | FaultSpec::NetworkLoss(_)
             | FaultSpec::Partition(_)
-            | FaultSpec::LatencyProxy(_) => Ok(()),
+            | FaultSpec::LatencyProxy(_)
+            | FaultSpec::Command(_)
+            | FaultSpec::Http(_) => Ok(()),
         }
     }
 
@@ -193,6 +211,8 @@ impl FaultSpec {
             FaultSpec::Partition(f) => f.describe(),
             FaultSpec::Bandwidth(f) => f.describe(),
             FaultSpec::NetemLatency(f) => f.describe(),
+            FaultSpec::Command(f) => f.describe(),
+            FaultSpec::Http(f) => f.describe(),
         }
     }
 
@@ -210,6 +230,8 @@ impl FaultSpec {
             FaultSpec::Partition(f) => Some(f.changes(fault_id)),
             FaultSpec::Bandwidth(f) => Some(f.changes(fault_id)),
             FaultSpec::NetemLatency(f) => Some(f.changes(fault_id)),
+            FaultSpec::Command(f) => Some(f.changes()),
+            FaultSpec::Http(f) => Some(f.changes()),
         }
     }
 
@@ -225,6 +247,8 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.preview(),
             FaultSpec::NetemLatency(f) => f.preview(),
             FaultSpec::LatencyProxy(f) => f.preview(),
+            FaultSpec::Command(f) => f.preview(),
+            FaultSpec::Http(_) => "sends nothing until injected".to_owned(),
         }
     }
 
@@ -241,6 +265,27 @@ impl FaultSpec {
             FaultSpec::Bandwidth(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::NetemLatency(f) => f.prepare(ctx).map(Prepared::Qdisc),
             FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
+            FaultSpec::Command(f) => f.prepare().map(Prepared::Command),
+            FaultSpec::Http(f) => Ok(Prepared::Http(f.prepare())),
+        }
+    }
+
+    /// How much longer than ordinary bookkeeping applying this fault may take: an action kind
+    /// waits for its programs or request, each bounded by its `timeout`. Zero for other kinds.
+    pub(crate) fn apply_allowance(&self) -> std::time::Duration {
+        match self {
+            FaultSpec::Command(f) => f.apply_allowance(),
+            FaultSpec::Http(f) => f.apply_allowance(),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Like [`FaultSpec::apply_allowance`], for reverting.
+    pub(crate) fn revert_allowance(&self) -> std::time::Duration {
+        match self {
+            FaultSpec::Command(f) => f.revert_allowance(),
+            FaultSpec::Http(f) => f.revert_allowance(),
+            _ => std::time::Duration::ZERO,
         }
     }
 
@@ -326,6 +371,8 @@ pub(crate) enum Prepared {
     /// `bandwidth` and netem `latency`: a root qdisc of the fault's own.
     Qdisc(net::RootQdisc),
     Latency(latency::Prepared),
+    Command(command::Prepared),
+    Http(http_action::Prepared),
 }
 
 impl Prepared {
@@ -354,6 +401,8 @@ impl Prepared {
                 proxy: p.proxy.clone(),
                 owner: p.owner.clone(),
             },
+            Prepared::Command(p) => Undo::Command(Box::new(p.revert.clone())),
+            Prepared::Http(p) => Undo::Http(Box::new(p.revert.clone())),
         }
     }
 
@@ -367,6 +416,8 @@ impl Prepared {
             Prepared::Nft(p) => vec![format!("nft table inet {}", p.table)],
             Prepared::Qdisc(p) => vec![format!("{} qdisc {:x}: on {}", p.kind, p.handle, p.device)],
             Prepared::Latency(p) => vec![format!("proxy on {}", p.listen)],
+            Prepared::Command(p) => p.targets(),
+            Prepared::Http(p) => p.targets(),
         }
     }
 
@@ -379,7 +430,18 @@ impl Prepared {
             | Prepared::Stress(_)
             | Prepared::Nft(_)
             | Prepared::Qdisc(_)
-            | Prepared::Latency(_) => &[],
+            | Prepared::Latency(_)
+            | Prepared::Command(_)
+            | Prepared::Http(_) => &[],
+        }
+    }
+
+    /// What an action kind ran to inject and verify, for the report; empty for other kinds.
+    pub(crate) fn actions(&self) -> Vec<crate::protocol::ActionOutput> {
+        match self {
+            Prepared::Command(p) => p.actions(),
+            Prepared::Http(p) => p.actions(),
+            _ => Vec::new(),
         }
     }
 
@@ -394,6 +456,8 @@ impl Prepared {
             Prepared::Nft(p) => p.inject(),
             Prepared::Qdisc(p) => p.inject(),
             Prepared::Latency(p) => p.inject(),
+            Prepared::Command(p) => p.inject(),
+            Prepared::Http(p) => p.inject(),
         }
     }
 
@@ -407,6 +471,8 @@ impl Prepared {
             Prepared::Nft(p) => p.verify(),
             Prepared::Qdisc(p) => p.verify(),
             Prepared::Latency(p) => p.verify(),
+            Prepared::Command(p) => p.verify(),
+            Prepared::Http(p) => p.verify(),
         }
     }
 }
@@ -437,11 +503,32 @@ pub(crate) enum Undo {
     ClearToxics { proxy: String, owner: String },
     /// Close a run-scoped proxy.
     CloseProxy { proxy: String },
+    /// Run a `command` fault's `revert` program (resolved to an absolute path). Boxed, like the
+    /// next, to keep every undo small.
+    Command(Box<command::Invocation>),
+    /// Send an `http` fault's `revert` request.
+    Http(Box<http_action::Request>),
 }
 
 impl Undo {
     /// Reverses the fault. Idempotent: undoing twice, or undoing what never happened, succeeds.
     pub(crate) fn revert(&self) -> Result<String, String> {
+        self.revert_reported().0
+    }
+
+    /// [`Undo::revert`], with what an action kind ran to revert (every attempt), for the report.
+    pub(crate) fn revert_reported(
+        &self,
+    ) -> (Result<String, String>, Vec<crate::protocol::ActionOutput>) {
+        let done = match self {
+            Undo::Command(invocation) => return command::revert(invocation),
+            Undo::Http(request) => return http_action::revert(request),
+            other => other.revert_host(),
+        };
+        (done, Vec::new())
+    }
+
+    fn revert_host(&self) -> Result<String, String> {
         match self {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
@@ -455,6 +542,7 @@ impl Undo {
             } => net::tc_delete_root(device, *handle, kind),
             Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
             Undo::CloseProxy { proxy } => Ok(crate::proxy::registry().close(proxy)),
+            Undo::Command(_) | Undo::Http(_) => self.revert_reported().0,
         }
     }
 }

@@ -81,6 +81,7 @@ fn kill_with_recovery() -> Report {
             reverted_at: None,
             status: FaultState::Completed,
             detail: "sent SIGKILL to pid 42 (python3)".to_owned(),
+            actions: Vec::new(),
         }],
         time_to_recover: Some(Duration::from_nanos(711_345_600)),
         recovery_within: Duration::from_secs(5),
@@ -107,6 +108,7 @@ fn aborted_pause() -> Report {
         reverted_at: Some(at("2026-11-26T14:15:03.7Z")),
         status: FaultState::Reverted,
         detail: "stopped pid 43".to_owned(),
+        actions: Vec::new(),
     }];
     r.during = vec![phase(stats(12, 0, None), None)];
     r.after = Vec::new();
