@@ -172,6 +172,42 @@ fn ctrl_c_of_the_run_runs_the_revert() {
 }
 
 #[test]
+fn an_abort_runs_the_revert_early() {
+    let dir = support::tempdir();
+    let marker = dir.path().join("marker");
+    let m = marker.display();
+    // The probe fails while the marker exists, so the abort rule fires during the fault.
+    let toml = format!(
+        r#"title = "abort"
+[steady_state]
+window = "300ms"
+[[steady_state.probe]]
+name = "no marker"
+command = ["/bin/sh", "-c", "! test -e \"$1\"", "sh", "{m}"]
+every = "100ms"
+{fault}
+[[abort]]
+probe = "no marker"
+when = {{ success_below = "50%", over = "300ms" }}
+[recovery]
+within = "5s"
+"#,
+        fault = marker_fault(&marker, "60s", None)
+    );
+    let run = support::run_experiment(dir.path(), &toml, &[]);
+    assert_eq!(run.code, 3, "the abort rule must fire: {}", run.explain());
+    assert!(!marker.exists(), "the abort left the marker");
+    let report = run.report.as_ref().unwrap();
+    let actions = report["faults"][0]["actions"].as_array().unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["step"] == "revert" && a["ok"] == true),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_sigkilled_run_s_watchdog_runs_the_revert() {
     let dir = support::tempdir();
     let marker = dir.path().join("marker");
