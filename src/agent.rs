@@ -80,6 +80,16 @@ impl Agent {
     }
 
     pub(crate) async fn revert(&self, id: &str) -> Result<Reverted, AgentError> {
+        self.revert_within(id, std::time::Duration::ZERO).await
+    }
+
+    /// [`Agent::revert`] of a fault whose revert may take `extra` longer than usual (an action
+    /// kind's revert program or request).
+    pub(crate) async fn revert_within(
+        &self,
+        id: &str,
+        extra: std::time::Duration,
+    ) -> Result<Reverted, AgentError> {
         match self {
             Agent::Embedded(core) => {
                 let core = Arc::clone(core);
@@ -90,7 +100,7 @@ impl Agent {
                 .await
                 .map_err(|e| AgentError::Internal(e.to_string()))?
             }
-            Agent::Remote(remote) => remote.revert(id).await,
+            Agent::Remote(remote) => remote.revert_within(id, extra).await,
         }
     }
 

@@ -1005,7 +1005,7 @@ within = "5s"
         );
         let e = err(&MINIMAL.replace("kind = \"process-kill\"", "kind = \"process-kil\""));
         assert!(
-            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause; did you mean `process-kill`?"),
+            e.ends_with("line 10, column 8: fault `k`: `kind`: unknown kind `process-kil`; expected one of process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause, command, http; did you mean `process-kill`?"),
             "{e}"
         );
         let e = err(&MINIMAL.replace(

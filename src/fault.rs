@@ -11,7 +11,9 @@ mod bandwidth;
 pub(crate) mod check;
 mod container_kill;
 mod container_pause;
+mod command;
 mod disk_fill;
+mod http_action;
 mod latency;
 mod net;
 mod netem;
@@ -35,7 +37,9 @@ pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
 pub(crate) use container_kill::ContainerKill;
 pub(crate) use container_pause::ContainerPause;
+pub(crate) use command::CommandAction;
 pub(crate) use disk_fill::{DiskFill, FillAmount, forbid_fills_in};
+pub(crate) use http_action::HttpAction;
 pub(crate) use latency::{LatencyProxy, Via};
 pub(crate) use net::Cidr;
 pub(crate) use netem::NetemLatency;
@@ -68,6 +72,11 @@ pub(crate) enum FaultSpec {
     LatencyProxy(LatencyProxy),
     ContainerKill(ContainerKill),
     ContainerPause(ContainerPause),
+    /// A custom action: programs to run, and the one that reverts it.
+    Command(CommandAction),
+    /// A custom action: an HTTP request, and the one that reverts it. Boxed: two requests would
+    /// make every spec as large as this one.
+    Http(Box<HttpAction>),
 }
 
 /// What the agent knows when it prepares a fault.
@@ -81,7 +90,7 @@ pub(crate) struct Context<'a> {
 }
 
 /// The kinds users write, for the error that names an unknown one.
-const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause";
+const KINDS: &str = "process-kill, process-pause, disk-fill, latency, network-loss, partition, bandwidth, cpu-stress, memory-stress, container-kill, container-pause, command, http";
 
 impl FaultSpec {
     /// Builds the spec of kind `kind` from the rest of its `[[fault]]` table (the keys every
@@ -130,6 +139,9 @@ impl FaultSpec {
             "container-pause" => {
                 build(table, name, container_pause::Table::validate).map(FaultSpec::ContainerPause)
             }
+            "command" => build(table, name, command::Table::validate).map(FaultSpec::Command),
+            "http" => build(table, name, http_action::Table::validate)
+                .map(|h| FaultSpec::Http(Box::new(h))),
             other => Err(Invalid {
                 span: kind.span(),
                 message: format!(
@@ -156,6 +168,8 @@ impl FaultSpec {
             FaultSpec::NetemLatency(_) | FaultSpec::LatencyProxy(_) => "latency",
             FaultSpec::ContainerKill(_) => "container-kill",
             FaultSpec::ContainerPause(_) => "container-pause",
+            FaultSpec::Command(_) => "command",
+            FaultSpec::Http(_) => "http",
         }
     }
 
@@ -175,6 +189,8 @@ impl FaultSpec {
             FaultSpec::LatencyProxy(f) => f.check(),
             FaultSpec::ContainerKill(f) => f.check(),
             FaultSpec::ContainerPause(f) => f.check(),
+            FaultSpec::Command(f) => f.check(),
+            FaultSpec::Http(f) => f.check(),
         }
     }
 
@@ -194,6 +210,8 @@ impl FaultSpec {
             | FaultSpec::LatencyProxy(_)
             | FaultSpec::ContainerKill(_)
             | FaultSpec::ContainerPause(_) => Ok(()),
+            | FaultSpec::Command(_)
+            | FaultSpec::Http(_) => Ok(()),
         }
     }
 
@@ -220,6 +238,8 @@ impl FaultSpec {
             FaultSpec::NetemLatency(f) => f.describe(),
             FaultSpec::ContainerKill(f) => f.describe(),
             FaultSpec::ContainerPause(f) => f.describe(),
+            FaultSpec::Command(f) => f.describe(),
+            FaultSpec::Http(f) => f.describe(),
         }
     }
 
@@ -239,6 +259,8 @@ impl FaultSpec {
             FaultSpec::Partition(f) => Some(f.changes(fault_id)),
             FaultSpec::Bandwidth(f) => Some(f.changes(fault_id)),
             FaultSpec::NetemLatency(f) => Some(f.changes(fault_id)),
+            FaultSpec::Command(f) => Some(f.changes()),
+            FaultSpec::Http(f) => Some(f.changes()),
         }
     }
 
@@ -271,6 +293,8 @@ impl FaultSpec {
                 ),
                 Err(e) => e,
             },
+            FaultSpec::Command(f) => f.preview(),
+            FaultSpec::Http(_) => "sends nothing until injected".to_owned(),
         }
     }
 
@@ -289,6 +313,27 @@ impl FaultSpec {
             FaultSpec::LatencyProxy(f) => f.prepare(ctx).map(Prepared::Latency),
             FaultSpec::ContainerKill(f) => f.prepare(ctx).map(Prepared::ContainerKill),
             FaultSpec::ContainerPause(f) => f.prepare(ctx).map(Prepared::Freeze),
+            FaultSpec::Command(f) => f.prepare().map(Prepared::Command),
+            FaultSpec::Http(f) => Ok(Prepared::Http(f.prepare())),
+        }
+    }
+
+    /// How much longer than ordinary bookkeeping applying this fault may take: an action kind
+    /// waits for its programs or request, each bounded by its `timeout`. Zero for other kinds.
+    pub(crate) fn apply_allowance(&self) -> std::time::Duration {
+        match self {
+            FaultSpec::Command(f) => f.apply_allowance(),
+            FaultSpec::Http(f) => f.apply_allowance(),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Like [`FaultSpec::apply_allowance`], for reverting.
+    pub(crate) fn revert_allowance(&self) -> std::time::Duration {
+        match self {
+            FaultSpec::Command(f) => f.revert_allowance(),
+            FaultSpec::Http(f) => f.revert_allowance(),
+            _ => std::time::Duration::ZERO,
         }
     }
 
@@ -377,6 +422,8 @@ pub(crate) enum Prepared {
     ContainerKill(container_kill::Prepared),
     /// `container-pause`: a cgroup's freezer.
     Freeze(container_pause::Prepared),
+    Command(command::Prepared),
+    Http(http_action::Prepared),
 }
 
 impl Prepared {
@@ -408,6 +455,8 @@ impl Prepared {
             Prepared::Freeze(p) => Undo::Thaw {
                 freezer: p.freezer.clone(),
             },
+            Prepared::Command(p) => Undo::Command(Box::new(p.revert.clone())),
+            Prepared::Http(p) => Undo::Http(Box::new(p.revert.clone())),
         }
     }
 
@@ -423,6 +472,8 @@ impl Prepared {
             Prepared::Latency(p) => vec![format!("proxy on {}", p.listen)],
             Prepared::ContainerKill(p) => p.targets(),
             Prepared::Freeze(p) => p.targets(),
+            Prepared::Command(p) => p.targets(),
+            Prepared::Http(p) => p.targets(),
         }
     }
 
@@ -437,7 +488,18 @@ impl Prepared {
             | Prepared::Stress(_)
             | Prepared::Nft(_)
             | Prepared::Qdisc(_)
-            | Prepared::Latency(_) => &[],
+            | Prepared::Latency(_)
+            | Prepared::Command(_)
+            | Prepared::Http(_) => &[],
+        }
+    }
+
+    /// What an action kind ran to inject and verify, for the report; empty for other kinds.
+    pub(crate) fn actions(&self) -> Vec<crate::protocol::ActionOutput> {
+        match self {
+            Prepared::Command(p) => p.actions(),
+            Prepared::Http(p) => p.actions(),
+            _ => Vec::new(),
         }
     }
 
@@ -454,6 +516,8 @@ impl Prepared {
             Prepared::Latency(p) => p.inject(),
             Prepared::ContainerKill(p) => p.inject(),
             Prepared::Freeze(p) => p.inject(),
+            Prepared::Command(p) => p.inject(),
+            Prepared::Http(p) => p.inject(),
         }
     }
 
@@ -469,6 +533,8 @@ impl Prepared {
             Prepared::Latency(p) => p.verify(),
             Prepared::ContainerKill(p) => p.verify(),
             Prepared::Freeze(p) => p.verify(),
+            Prepared::Command(p) => p.verify(),
+            Prepared::Http(p) => p.verify(),
         }
     }
 }
@@ -501,11 +567,32 @@ pub(crate) enum Undo {
     CloseProxy { proxy: String },
     /// Thaw a cgroup that `container-pause` froze (nothing, if the cgroup is gone).
     Thaw { freezer: container_pause::Freezer },
+    /// Run a `command` fault's `revert` program (resolved to an absolute path). Boxed, like the
+    /// next, to keep every undo small.
+    Command(Box<command::Invocation>),
+    /// Send an `http` fault's `revert` request.
+    Http(Box<http_action::Request>),
 }
 
 impl Undo {
     /// Reverses the fault. Idempotent: undoing twice, or undoing what never happened, succeeds.
     pub(crate) fn revert(&self) -> Result<String, String> {
+        self.revert_reported().0
+    }
+
+    /// [`Undo::revert`], with what an action kind ran to revert (every attempt), for the report.
+    pub(crate) fn revert_reported(
+        &self,
+    ) -> (Result<String, String>, Vec<crate::protocol::ActionOutput>) {
+        let done = match self {
+            Undo::Command(invocation) => return command::revert(invocation),
+            Undo::Http(request) => return http_action::revert(request),
+            other => other.revert_host(),
+        };
+        (done, Vec::new())
+    }
+
+    fn revert_host(&self) -> Result<String, String> {
         match self {
             Undo::Nothing => Ok("nothing to undo".to_owned()),
             Undo::Resume { procs } => process_pause::resume(procs),
@@ -520,6 +607,7 @@ impl Undo {
             Undo::ClearToxics { proxy, owner } => Ok(latency::clear(proxy, owner)),
             Undo::CloseProxy { proxy } => Ok(crate::proxy::registry().close(proxy)),
             Undo::Thaw { freezer } => container_pause::thaw(freezer),
+            Undo::Command(_) | Undo::Http(_) => self.revert_reported().0,
         }
     }
 }

@@ -184,11 +184,12 @@ pub(crate) fn render(exp: &Experiment, preview: bool) -> String {
         if let Some(changes) = f.spec.changes(&format!("RUN-{index}")) {
             // The fault id (run id + index) names the nft table and picks the tc handle; the run id
             // is only chosen when the run starts, so the plan writes RUN in its place.
-            let _ = writeln!(
-                out,
-                "  {:<10} exact changes (RUN stands for the run id; the table name and tc handle derive from it):",
+            let note = if changes.contains("RUN-") {
+                " (RUN stands for the run id; the table name and tc handle derive from it)"
+            } else {
                 ""
-            );
+            };
+            let _ = writeln!(out, "  {:<10} exact changes{note}:", "");
             for line in changes.lines() {
                 let _ = writeln!(out, "  {:<10}   {line}", "");
             }

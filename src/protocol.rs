@@ -44,6 +44,34 @@ pub(crate) struct Applied {
     pub(crate) injected_at: Timestamp,
     /// True for instant faults: nothing is held, nothing will be reverted.
     pub(crate) instant: bool,
+    /// What the action kinds (`command`, `http`) ran to inject and verify. Absent from older
+    /// agents and empty for other kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) actions: Vec<ActionOutput>,
+}
+
+/// One program (or HTTP request) an action kind ran, as reports show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ActionOutput {
+    /// `run`, `verify` or `revert` (`command`); `request` or `revert` (`http`).
+    pub(crate) step: String,
+    /// The argument vector on one line, or `METHOD URL`.
+    pub(crate) command: String,
+    /// Exit 0, or the expected HTTP status.
+    pub(crate) ok: bool,
+    #[serde(default)]
+    pub(crate) exit_code: Option<i32>,
+    /// The HTTP status, for a request.
+    #[serde(default)]
+    pub(crate) status: Option<u16>,
+    /// One phrase: `exit 0`, `timed out after 30s; ...`, `status 503`.
+    pub(crate) outcome: String,
+    /// At most 4 KiB, sanitised (a response body, for a request).
+    #[serde(default)]
+    pub(crate) stdout: String,
+    #[serde(default)]
+    pub(crate) stderr: String,
+    pub(crate) duration_ms: u64,
 }
 
 /// Why a fault was reverted.
@@ -84,6 +112,9 @@ pub(crate) struct Reverted {
     pub(crate) detail: String,
     pub(crate) at: Timestamp,
     pub(crate) cause: RevertCause,
+    /// What an action kind's revert ran (every attempt). Absent from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) actions: Vec<ActionOutput>,
 }
 
 /// One fault as an agent lists it.
@@ -354,6 +385,28 @@ mod tests {
                 json!({"kind": "latency-proxy", "via": {"run": {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:5432"}},
                        "toxics": {"direction": "both", "delay": {"secs": 0, "nanos": 10_000_000}, "jitter": {"secs": 0, "nanos": 0},
                                   "rate": null, "corrupt": 0.0, "timeout": null, "slow_close": null, "reset_after": null}}),
+            ),
+            (
+                "kind = \"command\"\nduration = \"1s\"\nrun = []\nrevert = [\"true\"]\n",
+                json!({"kind": "command", "run": [], "revert": ["true"], "timeout_ms": 30000}),
+            ),
+            (
+                "kind = \"command\"\nduration = \"1s\"\nrun = [\"true\"]\nrevert = [\"./undo\"]\n",
+                json!({"kind": "command", "run": ["true"], "revert": ["./undo"], "timeout_ms": 30000}),
+            ),
+            (
+                "kind = \"command\"\nduration = \"1s\"\nrun = [\"true\"]\nrevert = [\"true\"]\ntimeout = \"10m\"\n",
+                json!({"kind": "command", "run": ["true"], "revert": ["true"], "timeout_ms": 600_000}),
+            ),
+            (
+                "kind = \"http\"\nduration = \"1s\"\nurl = \"ftp://h/x\"\nrevert = { url = \"http://h/\" }\n",
+                json!({"kind": "http", "request": {"method": "GET", "url": "ftp://h/x", "timeout_ms": 30000},
+                       "revert": {"method": "GET", "url": "http://h/", "timeout_ms": 30000}}),
+            ),
+            (
+                "kind = \"http\"\nduration = \"1s\"\nmethod = \"FETCH\"\nurl = \"http://h/\"\nrevert = { url = \"http://h/\" }\n",
+                json!({"kind": "http", "request": {"method": "FETCH", "url": "http://h/", "timeout_ms": 30000},
+                       "revert": {"method": "GET", "url": "http://h/", "timeout_ms": 30000}}),
             ),
         ]
     }

@@ -143,6 +143,9 @@ pub(crate) struct FaultRecord {
     pub(crate) reverted_at: Option<Timestamp>,
     pub(crate) status: FaultState,
     pub(crate) detail: String,
+    /// What an action kind (`command`, `http`) ran: programs or requests, exit codes or
+    /// statuses, bounded output. Empty for other kinds.
+    pub(crate) actions: Vec<crate::protocol::ActionOutput>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -326,6 +329,7 @@ mod tests {
                     reverted_at: None,
                     status: FaultState::Completed,
                     detail: "sent SIGKILL to pid 42 (python3)".to_owned(),
+                    actions: Vec::new(),
                 },
                 FaultRecord {
                     name: "pause".to_owned(),
@@ -336,6 +340,7 @@ mod tests {
                     reverted_at: None,
                     status: FaultState::RevertFailed,
                     detail: "stopped pid 43 (sleep); REVERT FAILED: EPERM".to_owned(),
+                    actions: Vec::new(),
                 },
             ],
             time_to_recover: Some(Duration::from_micros(674_620)),

@@ -180,6 +180,7 @@ pub(crate) async fn run(
                     reverted_at: None,
                     status: FaultState::Skipped,
                     detail: String::new(),
+                    actions: Vec::new(),
                 },
                 ended: None,
                 sent: None,
@@ -785,12 +786,14 @@ impl Runner<'_> {
             step.spec.describe()
         ));
         let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
+        // An action kind waits for its programs or request on the agent, each within its timeout.
+        let within = OP_TIMEOUT + step.spec.apply_allowance();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(OP_TIMEOUT, agent.apply(&id, req)).await {
+            let result = match tokio::time::timeout(within, agent.apply(&id, req)).await {
                 Ok(result) => result,
                 Err(_) => Err(AgentError::FaultFailed(format!(
                     "no answer from the agent within {}",
-                    format_ms(OP_TIMEOUT)
+                    format_ms(within)
                 ))),
             };
             let _ = ops.send(Op::Applied(i, result));
@@ -800,13 +803,15 @@ impl Runner<'_> {
     fn revert(&mut self, i: usize) {
         let fault = &mut self.faults[i];
         fault.slot = Slot::Reverting;
+        let extra = self.exp.faults[fault.step].spec.revert_allowance();
+        let within = OP_TIMEOUT + extra;
         let (agent, id, ops) = (fault.agent.clone(), fault.id.clone(), self.ops.clone());
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
+            let result = match tokio::time::timeout(within, agent.revert_within(&id, extra)).await {
                 Ok(result) => result,
                 Err(_) => Err(AgentError::RevertFailed(format!(
                     "no answer from the agent within {}",
-                    format_ms(OP_TIMEOUT)
+                    format_ms(within)
                 ))),
             };
             let _ = ops.send(Op::Reverted(i, result));
@@ -869,6 +874,7 @@ impl Runner<'_> {
                         fault.record.injected_at = Some(applied.injected_at);
                         fault.record.targets = applied.targets;
                         fault.record.detail = applied.detail;
+                        fault.record.actions = applied.actions;
                         self.first_injected.get_or_insert(now);
                         self.judge.on(Event::Injected);
                         if applied.instant {
@@ -910,6 +916,12 @@ impl Runner<'_> {
                 let name = format!("{}` on `{}", fault.record.name, fault.record.agent);
                 fault.slot = Slot::Done;
                 fault.ended = Some(now);
+                if let Ok(reverted) = &result {
+                    fault
+                        .record
+                        .actions
+                        .extend(reverted.actions.iter().cloned());
+                }
                 match result {
                     Ok(reverted) if fault.early => {
                         // The record keeps the early end; this revert only confirms nothing is left.
@@ -1116,6 +1128,7 @@ mod tests {
         Reverted {
             id: id.to_owned(),
             detail: "continued pid 42 (sleep)".to_owned(),
+            actions: Vec::new(),
             at: at("2026-12-02T04:00:01Z"),
             cause,
         }

@@ -361,6 +361,7 @@ impl AgentCore {
                         detail,
                         at: Timestamp::now(),
                         cause: RevertCause::Recovered,
+                        actions: Vec::new(),
                     });
                 }
                 Err(e) => recovery
@@ -473,6 +474,7 @@ impl AgentCore {
                         detail: "instant fault: nothing to revert".to_owned(),
                         at: applied.injected_at,
                         cause: RevertCause::Requested,
+                        actions: Vec::new(),
                     }),
                 }
                 if halted_meanwhile {
@@ -544,8 +546,14 @@ impl AgentCore {
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
+            // An action kind's `run` may take up to its allowance before the duration counts:
+            // the watchdog must not revert while `run` is still running.
             deadline: (!req.spec.is_instant())
-                .then(|| Timestamp::now().checked_add(duration).ok())
+                .then(|| {
+                    Timestamp::now()
+                        .checked_add(duration + req.spec.apply_allowance())
+                        .ok()
+                })
                 .flatten(),
         };
         self.journal
@@ -586,6 +594,7 @@ impl AgentCore {
             detail,
             injected_at,
             instant: req.spec.is_instant(),
+            actions: prepared.actions(),
         };
         if req.spec.is_instant() {
             self.journal.remove(id).map_err(AgentError::FaultFailed)?;
@@ -637,6 +646,7 @@ impl AgentCore {
                     detail: already.to_owned(),
                     injected_at: a.injected_at,
                     instant: false,
+                    actions: Vec::new(),
                 })),
             },
             Some(Slot::Applying(_)) => Err(AgentError::Conflict(format!(
@@ -753,6 +763,7 @@ impl AgentCore {
                     detail,
                     injected_at,
                     instant: false,
+                    actions: Vec::new(),
                 })
             }
             Err(e) => {
@@ -810,6 +821,7 @@ impl AgentCore {
                         detail: "not active on this agent".to_owned(),
                         at: Timestamp::now(),
                         cause,
+                        actions: Vec::new(),
                     });
                 }
             }
@@ -817,13 +829,13 @@ impl AgentCore {
         drop(state);
         // A panicking undo is a failed revert like any other: the slot stays active and the reaper
         // tries again, instead of the id staying "reverting" for ever.
-        let result = unpanic(|| {
+        let (result, actions) = unpanic(|| {
             #[cfg(test)]
             hooks::at(id, hooks::Stage::Revert);
-            undo.revert()
+            undo.revert_reported()
         })
-        .unwrap_or_else(|panic| Err(format!("reverting panicked: {panic}")))
-        .and_then(|detail| self.journal.remove(id).map(|()| detail));
+        .unwrap_or_else(|panic| (Err(format!("reverting panicked: {panic}")), Vec::new()));
+        let result = result.and_then(|detail| self.journal.remove(id).map(|()| detail));
         let mut state = self.state();
         let answer = match result {
             Ok(detail) => {
@@ -839,6 +851,7 @@ impl AgentCore {
                     detail,
                     at: Timestamp::now(),
                     cause,
+                    actions,
                 };
                 state.live.remove(id);
                 state.finished.insert(reverted.clone());

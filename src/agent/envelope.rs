@@ -1,5 +1,10 @@
 //! Owns an agent's safety envelope (`agent.toml`): which fault kinds it accepts, how long and how
 //! large they may be, and which processes no fault may ever signal — whatever a coordinator asks.
+//!
+//! The action kinds (`command`, `http`) run whatever programs and requests a coordinator sends,
+//! so a network agent refuses them unless its `allowed_kinds` lists them by name — also when
+//! `allowed_kinds` is absent. The embedded agent of `faultline run` ([`Envelope::embedded`]) acts
+//! for the person running it, on their own host, and allows them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,9 +33,16 @@ struct RawConfig {
     proxy: Vec<PersistentProxy>,
 }
 
-/// The validated envelope. The default (no `agent.toml`) allows everything the fault kinds allow.
+/// The kinds that run what the request says (programs, HTTP requests): a network agent takes them
+/// only when `allowed_kinds` names them.
+pub(crate) const ACTION_KINDS: [&str; 2] = ["command", "http"];
+
+/// The validated envelope. The default (a network agent with no `agent.toml`) allows everything
+/// the fault kinds allow, except the action kinds ([`ACTION_KINDS`]).
 #[derive(Debug, Default)]
 pub(crate) struct Envelope {
+    /// Set for the embedded agent only: it may run the action kinds without `allowed_kinds`.
+    embedded: bool,
     allowed_kinds: Option<Vec<String>>,
     max_duration: Option<Duration>,
     max_disk_fill: Option<f64>,
@@ -42,6 +54,15 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of `faultline run`'s embedded agent: no limits beyond the kinds' own, and the
+    /// action kinds allowed (the person running it already runs programs on this host).
+    pub(crate) fn embedded() -> Envelope {
+        Envelope {
+            embedded: true,
+            ..Envelope::default()
+        }
+    }
+
     pub(crate) fn load(path: &Path) -> Result<Envelope, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("failed to read agent config {}: {e}", path.display()))?;
@@ -60,6 +81,7 @@ impl Envelope {
             .collect::<Result<Vec<_>, _>>()?;
         persistent::check(&raw.proxy)?;
         Ok(Envelope {
+            embedded: false,
             allowed_kinds: raw.allowed_kinds,
             max_duration: raw.max_duration.map(|d| d.0),
             max_disk_fill: raw.max_disk_fill.map(|p| p.0),
@@ -88,6 +110,18 @@ impl Envelope {
     /// guard is lowered to the envelope's maximum, so no amount can push the disk past it.
     pub(crate) fn admit(&self, req: &ApplyRequest) -> Result<ApplyRequest, String> {
         let kind = req.spec.kind();
+        let listed = self
+            .allowed_kinds
+            .as_ref()
+            .is_some_and(|allowed| allowed.iter().any(|k| k == kind));
+        if ACTION_KINDS.contains(&kind) && !self.embedded && !listed {
+            return Err(format!(
+                "this agent does not allow `{kind}` faults: a network agent runs programs and HTTP requests from a coordinator only when its agent.toml lists the kind in `allowed_kinds` (e.g. allowed_kinds = [\"{kind}\"]){}",
+                self.allowed_kinds
+                    .as_ref()
+                    .map_or_else(String::new, |a| format!("; allowed: {}", a.join(", ")))
+            ));
+        }
         if let Some(allowed) = &self.allowed_kinds {
             if !allowed.iter().any(|k| k == kind) {
                 return Err(format!(
@@ -153,6 +187,45 @@ mod tests {
         let e = Envelope::parse(include_str!("../../agents/agent.toml")).unwrap();
         assert_eq!(e.max_disk_fill, Some(0.9));
         assert!(!e.protected.is_empty());
+    }
+
+    fn apply(kind: &str) -> crate::protocol::ApplyRequest {
+        let spec = match kind {
+            "command" => {
+                serde_json::json!({"kind": "command", "run": ["true"], "revert": ["true"], "timeout_ms": 1000})
+            }
+            _ => serde_json::json!({"kind": "http",
+                "request": {"method": "PUT", "url": "http://127.0.0.1:1/on", "timeout_ms": 1000},
+                "revert": {"method": "PUT", "url": "http://127.0.0.1:1/off", "timeout_ms": 1000}}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "run_id": "r", "spec": spec, "duration_ms": 1000, "lease_ms": 5000, "seed": 1,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_network_agent_runs_actions_only_when_allowed_kinds_lists_them() {
+        for kind in ["command", "http"] {
+            let req = apply(kind);
+            let refused = Envelope::default().admit(&req).unwrap_err();
+            assert_eq!(
+                refused,
+                format!(
+                    "this agent does not allow `{kind}` faults: a network agent runs programs and HTTP requests from a coordinator only when its agent.toml lists the kind in `allowed_kinds` (e.g. allowed_kinds = [\"{kind}\"])"
+                )
+            );
+            let others = Envelope::parse("allowed_kinds = [\"process-kill\"]").unwrap();
+            assert!(
+                others
+                    .admit(&req)
+                    .unwrap_err()
+                    .ends_with("; allowed: process-kill")
+            );
+            let listed = Envelope::parse(&format!("allowed_kinds = [\"{kind}\"]")).unwrap();
+            assert!(listed.admit(&req).is_ok(), "{kind} listed");
+            assert!(Envelope::embedded().admit(&req).is_ok(), "{kind} embedded");
+        }
     }
 
     #[test]

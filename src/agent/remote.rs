@@ -88,8 +88,24 @@ impl RemoteAgent {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, AgentError> {
+        self.call_within(method, path, body, Duration::ZERO).await
+    }
+
+    /// [`RemoteAgent::call`], given `extra` time beyond [`REQUEST_TIMEOUT`]: what an action kind
+    /// may spend running its programs or requests on the agent.
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        extra: Duration,
+    ) -> Result<T, AgentError> {
         let url = format!("{}{path}", self.address);
-        let mut req = self.client.request(method, &url).bearer_auth(&self.token);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .timeout(REQUEST_TIMEOUT + extra);
         if let Some(body) = body {
             let bytes = serde_json::to_vec(body)
                 .map_err(|e| AgentError::Internal(format!("failed to encode the request: {e}")))?;
@@ -143,7 +159,8 @@ impl RemoteAgent {
     }
 
     pub(crate) async fn apply(&self, id: &str, req: &ApplyRequest) -> Result<Applied, AgentError> {
-        self.call(Method::PUT, &format!("/v1/faults/{id}"), Some(req))
+        let extra = req.spec.apply_allowance();
+        self.call_within(Method::PUT, &format!("/v1/faults/{id}"), Some(req), extra)
             .await
     }
 
@@ -154,8 +171,22 @@ impl RemoteAgent {
     }
 
     pub(crate) async fn revert(&self, id: &str) -> Result<Reverted, AgentError> {
-        self.call(Method::DELETE, &format!("/v1/faults/{id}"), None::<&()>)
-            .await
+        self.revert_within(id, Duration::ZERO).await
+    }
+
+    /// [`RemoteAgent::revert`] of a fault whose revert may take `extra` longer than usual.
+    pub(crate) async fn revert_within(
+        &self,
+        id: &str,
+        extra: Duration,
+    ) -> Result<Reverted, AgentError> {
+        self.call_within(
+            Method::DELETE,
+            &format!("/v1/faults/{id}"),
+            None::<&()>,
+            extra,
+        )
+        .await
     }
 
     pub(crate) async fn renew(&self, ids: Vec<String>) -> Result<Renewed, AgentError> {

@@ -574,6 +574,12 @@ impl Target for JournalTarget {
             Undo::CloseProxy {
                 proxy: "listen-127.0.0.1-18080".to_owned(),
             },
+            serde_json::from_value(serde_json::json!({"undo": "command",
+                "argv": ["/usr/bin/rm", "-f", "/tmp/marker"], "env": {"A": "b"}, "cwd": "/", "timeout_ms": 1000}))
+            .expect("a command undo"),
+            serde_json::from_value(serde_json::json!({"undo": "http", "method": "PUT",
+                "url": "http://127.0.0.1:1/flag", "headers": {"X-A": "b"}, "body": "off", "status": [200], "timeout_ms": 1000}))
+            .expect("an http undo"),
         ];
         undos
             .into_iter()

@@ -115,6 +115,8 @@ fn fault(f: &FaultRecord) -> Value {
         reverted_at: Option<String>,
         status: super::FaultState,
         detail: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        actions: &'a [crate::protocol::ActionOutput],
     }
     serde_json::to_value(Out {
         name: &f.name,
@@ -125,6 +127,7 @@ fn fault(f: &FaultRecord) -> Value {
         reverted_at: f.reverted_at.map(|t| t.to_string()),
         status: f.status,
         detail: &f.detail,
+        actions: &f.actions,
     })
     .unwrap_or(Value::Null)
 }
@@ -178,6 +181,7 @@ pub(crate) fn parse(text: &str) -> Result<Report, ParseError> {
             targets: f.target,
             status: f.status,
             detail: f.detail,
+            actions: f.actions,
         });
     }
     Ok(Report {
@@ -363,6 +367,8 @@ struct InFault {
     reverted_at: Option<String>,
     status: super::FaultState,
     detail: String,
+    #[serde(default)]
+    actions: Vec<crate::protocol::ActionOutput>,
 }
 
 #[derive(Deserialize)]

@@ -307,6 +307,7 @@ mod tests {
                 reverted_at: None,
                 status: FaultState::Completed,
                 detail: "sent SIGKILL to pid 4242 (python3)".to_owned(),
+                actions: Vec::new(),
             }],
             time_to_recover: None,
             recovery_within: Duration::from_secs(2),

@@ -58,7 +58,7 @@ impl Session {
         progress: &Progress,
         run: Option<&str>,
     ) -> anyhow::Result<Session> {
-        let (core, recovery) = AgentCore::open_async(state_dir, Envelope::default(), None)
+        let (core, recovery) = AgentCore::open_async(state_dir, Envelope::embedded(), None)
             .await
             .map_err(anyhow::Error::msg)?;
         for line in &recovery.reverted {
@@ -227,6 +227,7 @@ pub(crate) fn planned_faults(exp: &Experiment, selection: Option<&Selection>) ->
             reverted_at: None,
             status: FaultState::Skipped,
             detail: String::new(),
+            actions: Vec::new(),
         }));
     }
     records

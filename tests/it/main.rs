@@ -4,6 +4,7 @@
 
 mod support;
 
+mod actions;
 mod agent_core;
 mod agent_edge;
 mod agents;

@@ -83,6 +83,7 @@ fn kill_with_recovery() -> Report {
             reverted_at: None,
             status: FaultState::Completed,
             detail: "sent SIGKILL to pid 42 (python3)".to_owned(),
+            actions: Vec::new(),
         }],
         time_to_recover: Some(Duration::from_nanos(711_345_600)),
         recovery_within: Duration::from_secs(5),
@@ -110,6 +111,7 @@ fn aborted_pause() -> Report {
         reverted_at: Some(at("2026-11-26T14:15:03.7Z")),
         status: FaultState::Reverted,
         detail: "stopped pid 43".to_owned(),
+        actions: Vec::new(),
     }];
     r.during = vec![phase(stats(12, 0, None), None)];
     r.after = Vec::new();
@@ -306,4 +308,26 @@ fn the_slo_p99_bound_is_a_line_when_it_fits_the_latencies_and_named_when_it_does
     let near = render(&r);
     assert!(near.contains("class=\"slo-line\""), "{near}");
     assert!(near.contains("SLO p99 ≤ 8 ms</text>"), "{near}");
+}
+
+#[test]
+fn what_an_action_ran_survives_the_json_round_trip() {
+    let mut live = kill_with_recovery();
+    live.faults[0].kind = "command".to_owned();
+    live.faults[0].actions = vec![crate::protocol::ActionOutput {
+        step: "run".to_owned(),
+        command: "/usr/bin/kubectl delete pod web-0".to_owned(),
+        ok: false,
+        exit_code: Some(1),
+        status: None,
+        outcome: "exit 1".to_owned(),
+        stdout: String::new(),
+        stderr: "error: pods \"web-0\" not found\n".to_owned(),
+        duration_ms: 212,
+    }];
+    let json = crate::report::json::render(&live);
+    let back = crate::report::json::parse(&json).unwrap();
+    assert_eq!(back.faults[0].actions, live.faults[0].actions);
+    assert_eq!(render(&back), render(&live));
+    assert!(json.contains(r#""exit_code": 1"#), "{json}");
 }
