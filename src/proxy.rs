@@ -54,6 +54,11 @@ const SPLICE_CHUNK: usize = 1 << 20;
 /// bound is larger — 16 MiB carries 1.6 GB/s under a 10 ms delay. The pipe's own capacity
 /// (`pipe-max-size` worth of page slots) bounds it too.
 const PIPE_QUEUE_BYTES: usize = 16 << 20;
+/// Pipes one direction may hold at once. A pipe holds `pipe-max-size / 4 KiB` page slots, and a
+/// slot as few bytes as the socket buffer it came from, so under a delay one pipe fills long
+/// before [`PIPE_QUEUE_BYTES`]: the reader then opens the next pipe, and the writer moves on to it
+/// once it has emptied the one before.
+const MAX_PIPES: usize = 16;
 /// What one queued chunk costs beyond its bytes (buffer header, queue slot), charged to the budget
 /// so that many tiny chunks are bounded too.
 const CHUNK_OVERHEAD: usize = 128;
@@ -70,6 +75,9 @@ const FD_RESERVE: u64 = 256;
 
 /// Live proxied connections across every proxy of this process, to keep [`FD_RESERVE`] free.
 static ALL_LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Pipes open beyond the first of each direction, across every proxy: two descriptors each,
+/// beyond [`FDS_PER_CONNECTION`].
+static EXTRA_PIPES: AtomicUsize = AtomicUsize::new(0);
 
 /// Every proxy this process runs, by name. Process-wide because the sockets are: a proxy lives
 /// exactly as long as this process, so after a crash there is nothing left to close, and a revert
@@ -462,8 +470,9 @@ enum Item {
         release: Instant,
         len: usize,
     },
-    /// The read end of the direction's pipe, sent once before the first `Piped`.
-    Pipe(OwnedFd),
+    /// The read end of the pipe the `Piped` chunks after it are in; the one before is empty by
+    /// the time the writer reaches this.
+    Pipe(PipeOut),
     Reset,
 }
 
@@ -587,8 +596,19 @@ impl Relay {
 fn descriptors_to_spare() -> bool {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);
-    let held = ALL_LIVE.load(Ordering::Relaxed) as u64 * FDS_PER_CONNECTION;
-    held + FDS_PER_CONNECTION <= limit.saturating_sub(FD_RESERVE)
+    held_descriptors() + FDS_PER_CONNECTION <= limit.saturating_sub(FD_RESERVE)
+}
+
+/// Whether an extra pipe's two descriptors fit without eating into [`FD_RESERVE`].
+fn descriptors_for_a_pipe() -> bool {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    held_descriptors() + 2 <= limit.saturating_sub(FD_RESERVE)
+}
+
+fn held_descriptors() -> u64 {
+    ALL_LIVE.load(Ordering::Relaxed) as u64 * FDS_PER_CONNECTION
+        + EXTRA_PIPES.load(Ordering::Relaxed) as u64 * 2
 }
 
 /// One live connection of a proxy, counted in its `live` and in [`ALL_LIVE`] until dropped, so
@@ -684,6 +704,21 @@ fn timed_end(toxics: Option<&Arc<InForce>>, started: Instant) -> Option<(Instant
         .min_by_key(|(at, _)| *at)
 }
 
+/// The read end of a direction's pipe, held by its writer.
+struct PipeOut {
+    fd: OwnedFd,
+    /// Counted in [`EXTRA_PIPES`] until dropped.
+    extra: bool,
+}
+
+impl Drop for PipeOut {
+    fn drop(&mut self) {
+        if self.extra {
+            EXTRA_PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the reader and the writer of one direction share.
 struct Lane {
     /// Bytes of copied chunks queued (plus [`CHUNK_OVERHEAD`] each): the reader takes budget
@@ -694,6 +729,8 @@ struct Lane {
     pipe_budget: Semaphore,
     /// Bytes in the pipe now: spliced in by the reader, not yet out by the writer.
     in_pipe: AtomicUsize,
+    /// Pipes open: made by the reader, dropped by the writer once it has moved past them.
+    pipes: AtomicUsize,
     /// Signalled each time the writer takes bytes out of the pipe, for a reader that found it
     /// full.
     drained: Notify,
@@ -705,6 +742,7 @@ impl Lane {
             budget: Semaphore::new(QUEUE_BYTES),
             pipe_budget: Semaphore::new(PIPE_QUEUE_BYTES),
             in_pipe: AtomicUsize::new(0),
+            pipes: AtomicUsize::new(0),
             drained: Notify::new(),
         }
     }
@@ -894,13 +932,9 @@ async fn splice_chunk(
     current: Option<Arc<InForce>>,
 ) -> Spliced {
     if pipe_in.is_none() {
-        match splice::pipe() {
-            Ok((read, write)) => {
-                if tx.send(Item::Pipe(read)).is_err() {
-                    return Spliced::Ended(End::Close);
-                }
-                *pipe_in = Some(write);
-            }
+        match next_pipe(tx, lane, false) {
+            Ok(Some(write)) => *pipe_in = Some(write),
+            Ok(None) => return Spliced::Ended(End::Close),
             Err(e) => {
                 // Out of descriptors, typically: this connection copies instead.
                 tracing::debug!("proxy failed to make a pipe, copying instead: {e}");
@@ -960,9 +994,21 @@ async fn splice_chunk(
         }
         Ok(SpliceIn::PipeFull) => {
             give_back(size + CHUNK_OVERHEAD);
-            if !pipe.grow() {
-                lane.drained.notified().await;
+            if pipe.grow() {
+                return Spliced::Next;
             }
+            if lane.pipes.load(Ordering::Acquire) < MAX_PIPES && descriptors_for_a_pipe() {
+                match next_pipe(tx, lane, true) {
+                    Ok(Some(write)) => {
+                        *pipe_in = Some(write);
+                        return Spliced::Next;
+                    }
+                    Ok(None) => return Spliced::Ended(End::Close),
+                    // Out of descriptors: wait for this pipe to drain instead.
+                    Err(_) => {}
+                }
+            }
+            lane.drained.notified().await;
             Spliced::Next
         }
         Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -978,6 +1024,22 @@ async fn splice_chunk(
     }
 }
 
+/// Makes the direction's next pipe and sends its read end to the writer; `None` when the writer
+/// is gone.
+fn next_pipe(
+    tx: &mpsc::UnboundedSender<Item>,
+    lane: &Lane,
+    extra: bool,
+) -> std::io::Result<Option<splice::PipeIn>> {
+    let (read, write) = splice::pipe()?;
+    if extra {
+        EXTRA_PIPES.fetch_add(1, Ordering::Relaxed);
+    }
+    lane.pipes.fetch_add(1, Ordering::AcqRel);
+    let out = PipeOut { fd: read, extra };
+    Ok(tx.send(Item::Pipe(out)).is_ok().then_some(write))
+}
+
 /// Writes queued chunks no earlier than their release time, in order; half-closes at the end.
 async fn write_side(
     mut dst: WriteHalf<'_>,
@@ -985,7 +1047,7 @@ async fn write_side(
     lane: &Lane,
 ) -> End {
     let mut timer: Option<PreciseTimer> = None;
-    let mut pipe_out: Option<OwnedFd> = None;
+    let mut pipe_out: Option<PipeOut> = None;
     // An item taken off the queue while gathering piped chunks, to handle next.
     let mut next: Option<Item> = None;
     loop {
@@ -997,7 +1059,13 @@ async fn write_side(
             },
         };
         match item {
-            Item::Pipe(fd) => pipe_out = Some(fd),
+            Item::Pipe(out) => {
+                // Every chunk of the previous pipe came before this item: it is empty now.
+                if pipe_out.replace(out).is_some() {
+                    lane.pipes.fetch_sub(1, Ordering::AcqRel);
+                    lane.drained.notify_one();
+                }
+            }
             Item::Piped { release, mut len } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
@@ -1017,7 +1085,7 @@ async fn write_side(
                         }
                     }
                 }
-                let Some(from) = pipe_out.as_ref() else {
+                let Some(PipeOut { fd: from, .. }) = pipe_out.as_ref() else {
                     return End::Close;
                 };
                 if let Err(end) = splice_out(from, &mut dst, len, lane).await {
