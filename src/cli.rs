@@ -254,6 +254,10 @@ enum BenchCommand {
         /// Concurrent connections of the scale figure.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Run the proxy thread (and the OS-floor thread) at this SCHED_FIFO priority, 1 to 99,
+        /// if permitted (off by default; FAULTLINE_PROXY_RT_PRIORITY does the same for agents).
+        #[arg(long, value_name = "PRIORITY", value_parser = crate::proxy::priority::parse_priority)]
+        realtime_priority: Option<u8>,
     },
     /// The history's costs: `faultline history` on a database of N runs, and what a run
     /// spends writing its own rows (fills a temporary SQLite database).
@@ -394,12 +398,14 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             delays_ms,
             bulk_bytes,
             connections,
+            realtime_priority,
         }) => {
             let settings = crate::bench::proxy::Settings {
                 round_trips,
                 delays_ms,
                 bulk_bytes,
                 connections,
+                realtime: realtime_priority,
             };
             crate::bench::proxy::run(&settings)?;
             Ok(ExitCode::SUCCESS)

@@ -8,25 +8,32 @@
 //! instant it may be written (read time + delay), so a delay shifts a stream without throttling it.
 
 pub(crate) mod persistent;
+pub(crate) mod priority;
+mod splice;
+#[cfg(test)]
+mod splice_tests;
 mod timer;
 mod toxics;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 pub(crate) use persistent::check_persistent_name;
+use splice::SpliceIn;
 pub(crate) use timer::PreciseTimer;
 use toxics::InForce;
+use toxics::{Chunk, Flow, Plan, Pump};
 pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
-use toxics::{Flow, Plan, Pump};
 
 /// The names of run proxies start with this; persistent proxies may not.
 pub(crate) const RUN_PREFIX: &str = "listen-";
@@ -40,6 +47,18 @@ const FIRST_BUFFER: usize = 2 << 10;
 /// than chunks keeps a stream of small messages (64-byte requests at 100k/s under 50 ms is
 /// 5000 chunks) from being throttled by the queue.
 const QUEUE_BYTES: usize = 4 << 20;
+/// The most bytes one splice moves into a pipe.
+const SPLICE_CHUNK: usize = 1 << 20;
+/// Bytes waiting in a direction's pipe, the zero-copy path's counterpart of [`QUEUE_BYTES`]: they
+/// are kernel pages, not this process's memory, and a delay holds `rate × delay` of them, so the
+/// bound is larger — 16 MiB carries 1.6 GB/s under a 10 ms delay. The pipe's own capacity
+/// (`pipe-max-size` worth of page slots) bounds it too.
+const PIPE_QUEUE_BYTES: usize = 16 << 20;
+/// Pipes one direction may hold at once. A pipe holds `pipe-max-size / 4 KiB` page slots, and a
+/// slot as few bytes as the socket buffer it came from, so under a delay one pipe fills long
+/// before [`PIPE_QUEUE_BYTES`]: the reader then opens the next pipe, and the writer moves on to it
+/// once it has emptied the one before.
+const MAX_PIPES: usize = 16;
 /// What one queued chunk costs beyond its bytes (buffer header, queue slot), charged to the budget
 /// so that many tiny chunks are bounded too.
 const CHUNK_OVERHEAD: usize = 128;
@@ -47,14 +66,18 @@ const CHUNK_OVERHEAD: usize = 128;
 /// accepted. Without a cap, any peer that can reach the port (no token is needed) could take every
 /// descriptor of the agent, and with them its API and `halt`.
 pub(crate) const MAX_CONNECTIONS: usize = 1024;
-/// Descriptors a proxied connection may hold: two sockets and a timer per direction.
-const FDS_PER_CONNECTION: u64 = 4;
+/// Descriptors a proxied connection may hold: two sockets, and a timer and a pipe (two ends) per
+/// direction.
+const FDS_PER_CONNECTION: u64 = 8;
 /// Descriptors kept free for everything but the proxies (the control API, the journal, the audit
 /// log): proxies stop accepting while their connections would eat into them.
 const FD_RESERVE: u64 = 256;
 
 /// Live proxied connections across every proxy of this process, to keep [`FD_RESERVE`] free.
 static ALL_LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Pipes open beyond the first of each direction, across every proxy: two descriptors each,
+/// beyond [`FDS_PER_CONNECTION`].
+static EXTRA_PIPES: AtomicUsize = AtomicUsize::new(0);
 
 /// Every proxy this process runs, by name. Process-wide because the sockets are: a proxy lives
 /// exactly as long as this process, so after a crash there is nothing left to close, and a revert
@@ -78,19 +101,52 @@ struct Proxy {
     /// Disconnects when the accept loop has dropped its listener.
     closed: std::sync::mpsc::Receiver<()>,
     live: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+}
+
+/// How a proxy relays bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    /// Splice bytes through a pipe when no toxic needs to see them (the default); false copies
+    /// every byte through this process, as `faultline bench proxy` does to compare both paths.
+    pub(crate) splice: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { splice: true }
+    }
+}
+
+/// Bytes a proxy has moved, by path, counted as they are read from a socket.
+#[derive(Debug, Default)]
+struct Counters {
+    spliced: AtomicU64,
+    copied: AtomicU64,
+}
+
+/// What [`Registry::moved`] reports: bytes spliced (never in this process's memory) and bytes
+/// copied (read into memory, because a toxic needed them or splicing was off or refused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Moved {
+    pub(crate) spliced: u64,
+    pub(crate) copied: u64,
 }
 
 /// The proxies' own runtime: one worker thread that does nothing but relay, so the run loop,
 /// probes and the agent's API never hold back a chunk's release. Measured with `faultline bench
 /// proxy` on a quiet 2-core machine, 10 ms delay: p99 error 0.35 ms on its own thread against
-/// 0.47 ms sharing two workers with everything else.
+/// 0.47 ms sharing two workers with everything else. Its threads are tuned by
+/// [`priority::tune_current_thread`] (timer slack, optional real-time priority).
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
+            let realtime = priority::realtime()?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(proxy_threads())
                 .thread_name("faultline-proxy")
+                .on_thread_start(move || priority::tune_current_thread(realtime))
                 .enable_all()
                 .build()
                 .map_err(|e| format!("failed to start the proxy runtime: {e}"))
@@ -117,6 +173,17 @@ impl Registry {
         name: &str,
         listen: SocketAddr,
         upstream: &str,
+    ) -> Result<String, String> {
+        self.open_with(name, listen, upstream, Options::default())
+    }
+
+    /// [`Registry::open`] with relaying options other than the default.
+    pub(crate) fn open_with(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        upstream: &str,
+        options: Options,
     ) -> Result<String, String> {
         let mut proxies = self.proxies.lock().expect("proxy registry lock");
         if let Some(p) = proxies.get(name) {
@@ -147,12 +214,15 @@ impl Registry {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (closed_tx, closed) = std::sync::mpsc::channel();
         let live = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(Counters::default());
         let relay = Relay {
             upstream: upstream.into(),
             toxics: toxics_rx,
             shutdown: shutdown_rx,
             live: Arc::clone(&live),
             own_ports: OwnPorts::default(),
+            splice: options.splice,
+            counters: Arc::clone(&counters),
         };
         runtime.spawn(relay.accept_loop(listener, closed_tx));
         proxies.insert(
@@ -164,6 +234,7 @@ impl Registry {
                 shutdown,
                 closed,
                 live,
+                counters,
             },
         );
         Ok(format!(
@@ -242,6 +313,18 @@ impl Registry {
             .expect("proxy registry lock")
             .get(name)
             .map(|p| p.listen)
+    }
+
+    /// The bytes the proxy `name` has moved so far, by path, if it runs.
+    pub(crate) fn moved(&self, name: &str) -> Option<Moved> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| Moved {
+                spliced: p.counters.spliced.load(Ordering::Relaxed),
+                copied: p.counters.copied.load(Ordering::Relaxed),
+            })
     }
 
     /// How many connections the proxy `name` holds now, if it runs.
@@ -357,6 +440,9 @@ struct Relay {
     shutdown: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
     own_ports: OwnPorts,
+    /// Whether this proxy may splice ([`Options::splice`]).
+    splice: bool,
+    counters: Arc<Counters>,
 }
 
 /// How one direction, or a whole connection, ended.
@@ -379,6 +465,14 @@ enum Item {
         release: Instant,
         bytes: Vec<u8>,
     },
+    /// The next `len` bytes of the pipe, to splice out no earlier than `release`.
+    Piped {
+        release: Instant,
+        len: usize,
+    },
+    /// The read end of the pipe the `Piped` chunks after it are in; the one before is empty by
+    /// the time the writer reaches this.
+    Pipe(PipeOut),
     Reset,
 }
 
@@ -433,8 +527,9 @@ impl Relay {
         drop(closed);
     }
 
-    async fn connection(mut self, mut client: TcpStream, index: u64, _live: Live) {
+    async fn connection(self, mut client: TcpStream, index: u64, _live: Live) {
         let _ = client.set_nodelay(true);
+        let mut shutdown = self.shutdown.clone();
         let connect = connect_upstream(&self.upstream, &self.own_ports);
         let (mut server, _own) = tokio::select! {
             s = connect => match s {
@@ -444,7 +539,7 @@ impl Relay {
                     return;
                 }
             },
-            _ = self.shutdown.changed() => return,
+            _ = shutdown.changed() => return,
         };
         let _ = server.set_nodelay(true);
         let started = Instant::now();
@@ -456,17 +551,15 @@ impl Relay {
             let up = pipe(
                 client_read,
                 server_write,
-                Flow::ToServer,
-                index,
-                &self.toxics,
+                Pump::new(Flow::ToServer, index),
+                &self,
                 &counted,
             );
             let down = pipe(
                 server_read,
                 client_write,
-                Flow::ToClient,
-                index,
-                &self.toxics,
+                Pump::new(Flow::ToClient, index),
+                &self,
                 &counted,
             );
             tokio::pin!(up, down);
@@ -481,7 +574,7 @@ impl Relay {
                     }
                 };
                 tokio::select! {
-                    _ = self.shutdown.changed() => break End::Close,
+                    _ = shutdown.changed() => break End::Close,
                     changed = toxics.changed() => if changed.is_err() { break End::Close },
                     end = &mut up, if !up_done => if end == End::Eof { up_done = true } else { break end },
                     end = &mut down, if !down_done => if end == End::Eof { down_done = true } else { break end },
@@ -503,8 +596,19 @@ impl Relay {
 fn descriptors_to_spare() -> bool {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);
-    let held = ALL_LIVE.load(Ordering::Relaxed) as u64 * FDS_PER_CONNECTION;
-    held + FDS_PER_CONNECTION <= limit.saturating_sub(FD_RESERVE)
+    held_descriptors() + FDS_PER_CONNECTION <= limit.saturating_sub(FD_RESERVE)
+}
+
+/// Whether an extra pipe's two descriptors fit without eating into [`FD_RESERVE`].
+fn descriptors_for_a_pipe() -> bool {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    held_descriptors() + 2 <= limit.saturating_sub(FD_RESERVE)
+}
+
+fn held_descriptors() -> u64 {
+    ALL_LIVE.load(Ordering::Relaxed) as u64 * FDS_PER_CONNECTION
+        + EXTRA_PIPES.load(Ordering::Relaxed) as u64 * 2
 }
 
 /// One live connection of a proxy, counted in its `live` and in [`ALL_LIVE`] until dropped, so
@@ -600,21 +704,76 @@ fn timed_end(toxics: Option<&Arc<InForce>>, started: Instant) -> Option<(Instant
         .min_by_key(|(at, _)| *at)
 }
 
+/// The read end of a direction's pipe, held by its writer.
+struct PipeOut {
+    fd: OwnedFd,
+    /// Counted in [`EXTRA_PIPES`] until dropped.
+    extra: bool,
+}
+
+impl Drop for PipeOut {
+    fn drop(&mut self) {
+        if self.extra {
+            EXTRA_PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the reader and the writer of one direction share.
+struct Lane {
+    /// Bytes of copied chunks queued (plus [`CHUNK_OVERHEAD`] each): the reader takes budget
+    /// before it reads, the writer gives it back once written, so a full queue stops reads and
+    /// the sender meets TCP back-pressure.
+    budget: Semaphore,
+    /// The same for bytes waiting in the pipe, bounded by [`PIPE_QUEUE_BYTES`].
+    pipe_budget: Semaphore,
+    /// Bytes in the pipe now: spliced in by the reader, not yet out by the writer.
+    in_pipe: AtomicUsize,
+    /// Pipes open: made by the reader, dropped by the writer once it has moved past them.
+    pipes: AtomicUsize,
+    /// Signalled each time the writer takes bytes out of the pipe, for a reader that found it
+    /// full.
+    drained: Notify,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            budget: Semaphore::new(QUEUE_BYTES),
+            pipe_budget: Semaphore::new(PIPE_QUEUE_BYTES),
+            in_pipe: AtomicUsize::new(0),
+            pipes: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// The writer moved `n` bytes out of the pipe.
+    fn took_out(&self, n: usize) {
+        self.in_pipe.fetch_sub(n, Ordering::AcqRel);
+        self.pipe_budget.add_permits(n);
+        self.drained.notify_one();
+    }
+}
+
 /// Moves one direction of a connection: read, plan each chunk, queue it, write it when due.
+///
+/// A chunk no toxic needs to see is spliced into the direction's pipe and only its length and
+/// release time are queued; one a toxic must read (or change, or drop) is read into memory and
+/// queued with its bytes. The one queue keeps both kinds in read order, so the direction
+/// switches between splicing and copying chunk by chunk, as toxics start and end, without
+/// reordering a byte: the writer splices piped chunks out of the pipe (a FIFO) in the same order.
 async fn pipe(
-    src: impl AsyncRead + Unpin,
-    dst: impl AsyncWrite + Unpin,
-    flow: Flow,
-    index: u64,
-    toxics: &watch::Receiver<Option<Arc<InForce>>>,
+    src: ReadHalf<'_>,
+    dst: WriteHalf<'_>,
+    pump: Pump,
+    relay: &Relay,
     counted: &Mutex<(u64, u64)>,
 ) -> End {
-    // The queue itself is unbounded; the byte budget bounds it. The reader takes budget before it
-    // reads, so a full queue stops reads and the sender meets TCP back-pressure.
+    // The queue itself is unbounded; the byte budgets bound it.
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
-    let budget = Semaphore::new(QUEUE_BYTES);
-    let reader = read_side(src, tx, &budget, Pump::new(flow, index), toxics, counted);
-    let writer = write_side(dst, rx, &budget);
+    let lane = Lane::new();
+    let reader = read_side(src, tx, &lane, pump, relay, counted);
+    let writer = write_side(dst, rx, &lane);
     tokio::pin!(reader, writer);
     let mut reading = true;
     loop {
@@ -625,33 +784,72 @@ async fn pipe(
     }
 }
 
+/// How a failed read or splice ends the connection.
+fn end_of(e: &std::io::Error) -> End {
+    if e.kind() == ErrorKind::ConnectionReset {
+        End::Reset
+    } else {
+        End::Close
+    }
+}
+
+/// What the reader does after one attempt at splicing.
+enum Spliced {
+    /// Read on.
+    Next,
+    /// This direction cannot splice: copy from now on.
+    Refused,
+    Ended(End),
+}
+
 /// Reads chunks and queues them with their release time. Returning drops `tx`, which tells the
 /// writer that nothing more comes.
 async fn read_side(
-    mut src: impl AsyncRead + Unpin,
+    src: ReadHalf<'_>,
     tx: mpsc::UnboundedSender<Item>,
-    budget: &Semaphore,
+    lane: &Lane,
     mut pump: Pump,
-    toxics: &watch::Receiver<Option<Arc<InForce>>>,
+    relay: &Relay,
     counted: &Mutex<(u64, u64)>,
 ) -> End {
     // Reads start small and double while they come back full, so a thousand idle or chatty
     // connections hold little memory and a bulk stream still reads CHUNK at a time. Each read
     // goes into a fresh buffer that is queued as it is: no zeroing, no copy.
     let mut want = FIRST_BUFFER;
+    let mut splicing = relay.splice;
+    let mut pipe_in: Option<splice::PipeIn> = None;
     loop {
-        let size = pump.read_size(toxics.borrow().as_ref(), want);
-        let Ok(taken) = budget.acquire_many((size + CHUNK_OVERHEAD) as u32).await else {
+        if let Err(e) = src.readable().await {
+            return end_of(&e);
+        }
+        let current = relay.toxics.borrow().clone();
+        if splicing && !pump.needs_bytes(current.as_ref()) {
+            match splice_chunk(&src, &tx, lane, &mut pump, relay, &mut pipe_in, current).await {
+                Spliced::Next => continue,
+                Spliced::Refused => {
+                    splicing = false;
+                    continue;
+                }
+                Spliced::Ended(end) => return end,
+            }
+        }
+        let size = pump.read_size(current.as_ref(), want);
+        let Ok(taken) = lane
+            .budget
+            .acquire_many((size + CHUNK_OVERHEAD) as u32)
+            .await
+        else {
             return End::Close;
         };
         taken.forget();
         let mut chunk = Vec::with_capacity(size);
-        let read = src.read_buf(&mut chunk).await;
-        budget.add_permits(size - read.as_ref().map_or(0, |n| *n));
+        let read = src.try_read_buf(&mut chunk);
+        let got = read.as_ref().map_or(0, |n| *n);
+        lane.budget.add_permits(size - got);
         let mut n = match read {
             Ok(0) => {
                 let slow = pump
-                    .active(toxics.borrow().as_ref())
+                    .active(relay.toxics.borrow().as_ref())
                     .and_then(|t| t.toxics.spec.slow_close);
                 if let Some(d) = slow {
                     let _ = tx.send(Item::Fin {
@@ -661,14 +859,18 @@ async fn read_side(
                 return End::Eof;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return End::Reset,
-            Err(_) => return End::Close,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                lane.budget.add_permits(CHUNK_OVERHEAD);
+                continue;
+            }
+            Err(e) => return end_of(&e),
         };
+        relay.counters.copied.fetch_add(n as u64, Ordering::Relaxed);
         let read_at = Instant::now();
         if n == want && want < CHUNK {
             want *= 2;
         }
-        let current = toxics.borrow().clone();
+        let current = relay.toxics.borrow().clone();
         let mut reset = false;
         if let Some(ResetAfter::Bytes(limit)) = pump
             .active(current.as_ref())
@@ -689,14 +891,14 @@ async fn read_side(
             count.1 += n as u64;
         }
         if chunk.len() > n {
-            budget.add_permits(chunk.len() - n);
+            lane.budget.add_permits(chunk.len() - n);
             chunk.truncate(n);
         }
         if chunk.len() * 2 < chunk.capacity() {
             // A small message held in a large buffer while it waits out a delay wastes memory.
             chunk.shrink_to_fit();
         }
-        match pump.plan(read_at, &mut chunk, current.as_ref()) {
+        match pump.plan(read_at, Chunk::Bytes(&mut chunk), current.as_ref()) {
             Plan::Release(release) if n > 0 => {
                 if tx
                     .send(Item::Data {
@@ -709,7 +911,7 @@ async fn read_side(
                 }
             }
             // Nothing queued (a black hole, or a reset cut the chunk to nothing): give back its budget.
-            _ => budget.add_permits(n + CHUNK_OVERHEAD),
+            _ => lane.budget.add_permits(n + CHUNK_OVERHEAD),
         }
         if reset {
             // The writer delivers what came before, then resets the connection.
@@ -719,15 +921,178 @@ async fn read_side(
     }
 }
 
+/// One splice from `src` into the direction's pipe (made on first use), queued as a `Piped` chunk.
+async fn splice_chunk(
+    src: &ReadHalf<'_>,
+    tx: &mpsc::UnboundedSender<Item>,
+    lane: &Lane,
+    pump: &mut Pump,
+    relay: &Relay,
+    pipe_in: &mut Option<splice::PipeIn>,
+    current: Option<Arc<InForce>>,
+) -> Spliced {
+    if pipe_in.is_none() {
+        match next_pipe(tx, lane, false) {
+            Ok(Some(write)) => *pipe_in = Some(write),
+            Ok(None) => return Spliced::Ended(End::Close),
+            Err(e) => {
+                // Out of descriptors, typically: this connection copies instead.
+                tracing::debug!("proxy failed to make a pipe, copying instead: {e}");
+                return Spliced::Refused;
+            }
+        }
+    }
+    let pipe = pipe_in.as_mut().expect("made above");
+    // As much as the budget has room for (at least a little, waiting for it if need be): a
+    // splice costs the same syscall whatever its length.
+    let room = lane
+        .pipe_budget
+        .available_permits()
+        .saturating_sub(CHUNK_OVERHEAD);
+    let size = pump
+        .read_size(current.as_ref(), SPLICE_CHUNK)
+        .min(room.max(64 << 10));
+    let Ok(taken) = lane
+        .pipe_budget
+        .acquire_many((size + CHUNK_OVERHEAD) as u32)
+        .await
+    else {
+        return Spliced::Ended(End::Close);
+    };
+    taken.forget();
+    let give_back = |n: usize| lane.pipe_budget.add_permits(n);
+    match pipe.splice_from(src.as_ref(), size, lane.in_pipe.load(Ordering::Acquire)) {
+        Ok(SpliceIn::Moved(n)) => {
+            give_back(size - n);
+            lane.in_pipe.fetch_add(n, Ordering::AcqRel);
+            relay
+                .counters
+                .spliced
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let read_at = Instant::now();
+            let release = match pump.plan(read_at, Chunk::Spliced(n), current.as_ref()) {
+                Plan::Release(at) => at,
+                // Only a black hole drops, and it needs the bytes: never spliced.
+                Plan::Drop => read_at,
+            };
+            if tx.send(Item::Piped { release, len: n }).is_err() {
+                return Spliced::Ended(End::Close);
+            }
+            Spliced::Next
+        }
+        Ok(SpliceIn::Eof) => {
+            give_back(size + CHUNK_OVERHEAD);
+            let slow = pump
+                .active(relay.toxics.borrow().as_ref())
+                .and_then(|t| t.toxics.spec.slow_close);
+            if let Some(d) = slow {
+                let _ = tx.send(Item::Fin {
+                    at: toxics::later(Instant::now(), d),
+                });
+            }
+            Spliced::Ended(End::Eof)
+        }
+        Ok(SpliceIn::PipeFull) => {
+            give_back(size + CHUNK_OVERHEAD);
+            if pipe.grow() {
+                return Spliced::Next;
+            }
+            if lane.pipes.load(Ordering::Acquire) < MAX_PIPES && descriptors_for_a_pipe() {
+                match next_pipe(tx, lane, true) {
+                    Ok(Some(write)) => {
+                        *pipe_in = Some(write);
+                        return Spliced::Next;
+                    }
+                    Ok(None) => return Spliced::Ended(End::Close),
+                    // Out of descriptors: wait for this pipe to drain instead.
+                    Err(_) => {}
+                }
+            }
+            lane.drained.notified().await;
+            Spliced::Next
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            give_back(size + CHUNK_OVERHEAD);
+            Spliced::Next
+        }
+        Err(e) if splice::is_unsupported(&e) => {
+            give_back(size + CHUNK_OVERHEAD);
+            splice::warn_unsupported(&e);
+            Spliced::Refused
+        }
+        Err(e) => Spliced::Ended(end_of(&e)),
+    }
+}
+
+/// Makes the direction's next pipe and sends its read end to the writer; `None` when the writer
+/// is gone.
+fn next_pipe(
+    tx: &mpsc::UnboundedSender<Item>,
+    lane: &Lane,
+    extra: bool,
+) -> std::io::Result<Option<splice::PipeIn>> {
+    let (read, write) = splice::pipe()?;
+    if extra {
+        EXTRA_PIPES.fetch_add(1, Ordering::Relaxed);
+    }
+    lane.pipes.fetch_add(1, Ordering::AcqRel);
+    let out = PipeOut { fd: read, extra };
+    Ok(tx.send(Item::Pipe(out)).is_ok().then_some(write))
+}
+
 /// Writes queued chunks no earlier than their release time, in order; half-closes at the end.
 async fn write_side(
-    mut dst: impl AsyncWrite + Unpin,
+    mut dst: WriteHalf<'_>,
     mut rx: mpsc::UnboundedReceiver<Item>,
-    budget: &Semaphore,
+    lane: &Lane,
 ) -> End {
     let mut timer: Option<PreciseTimer> = None;
-    while let Some(item) = rx.recv().await {
+    let mut pipe_out: Option<PipeOut> = None;
+    // An item taken off the queue while gathering piped chunks, to handle next.
+    let mut next: Option<Item> = None;
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         match item {
+            Item::Pipe(out) => {
+                // Every chunk of the previous pipe came before this item: it is empty now.
+                if pipe_out.replace(out).is_some() {
+                    lane.pipes.fetch_sub(1, Ordering::AcqRel);
+                    lane.drained.notify_one();
+                }
+            }
+            Item::Piped { release, mut len } => {
+                if release > Instant::now() {
+                    wait_until(&mut timer, release).await;
+                }
+                // Every piped chunk already due leaves in the same splice.
+                let mut chunks = 1;
+                let now = Instant::now();
+                while let Ok(item) = rx.try_recv() {
+                    match item {
+                        Item::Piped { release, len: more } if release <= now => {
+                            len += more;
+                            chunks += 1;
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let Some(PipeOut { fd: from, .. }) = pipe_out.as_ref() else {
+                    return End::Close;
+                };
+                if let Err(end) = splice_out(from, &mut dst, len, lane).await {
+                    return end;
+                }
+                lane.pipe_budget.add_permits(chunks * CHUNK_OVERHEAD);
+            }
             Item::Data { release, bytes } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
@@ -735,7 +1100,7 @@ async fn write_side(
                 if dst.write_all(&bytes).await.is_err() {
                     return End::Close;
                 }
-                budget.add_permits(bytes.len() + CHUNK_OVERHEAD);
+                lane.budget.add_permits(bytes.len() + CHUNK_OVERHEAD);
             }
             Item::Fin { at } => {
                 wait_until(&mut timer, at).await;
@@ -746,6 +1111,39 @@ async fn write_side(
     }
     let _ = dst.shutdown().await;
     End::Eof
+}
+
+/// Moves `len` bytes from the pipe to `dst`, splicing while it can, copying if it is refused.
+async fn splice_out(
+    from: &OwnedFd,
+    dst: &mut WriteHalf<'_>,
+    mut len: usize,
+    lane: &Lane,
+) -> Result<(), End> {
+    while len > 0 {
+        dst.as_ref().writable().await.map_err(|_| End::Close)?;
+        match splice::splice_to(from, dst.as_ref(), len) {
+            Ok(0) => return Err(End::Close),
+            Ok(n) => {
+                len -= n;
+                lane.took_out(n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if splice::is_unsupported(&e) => {
+                splice::warn_unsupported(&e);
+                let mut buf = vec![0_u8; len.min(CHUNK)];
+                let n = splice::read_pipe(from, &mut buf).map_err(|_| End::Close)?;
+                if n == 0 {
+                    return Err(End::Close);
+                }
+                dst.write_all(&buf[..n]).await.map_err(|_| End::Close)?;
+                len -= n;
+                lane.took_out(n);
+            }
+            Err(_) => return Err(End::Close),
+        }
+    }
+    Ok(())
 }
 
 /// Waits precisely when a timerfd is available, else (out of descriptors) with tokio's timer,

@@ -21,6 +21,8 @@ pub(crate) struct Settings {
     pub(crate) delays_ms: Vec<u64>,
     pub(crate) bulk_bytes: u64,
     pub(crate) connections: usize,
+    /// `SCHED_FIFO` priority for the proxy thread (and the OS-floor thread), if any.
+    pub(crate) realtime: Option<u8>,
 }
 
 /// Runs every figure and prints it. Takes a few minutes with the defaults (1000 round trips at
@@ -30,6 +32,9 @@ pub(crate) struct Settings {
 /// clients and the echo and bulk servers on a separate single-threaded one, standing in for other
 /// processes. The tokio-sleep baseline runs on the proxy runtime too, so only the timer differs.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
+    if settings.realtime.is_some() {
+        proxy::priority::set_realtime(settings.realtime).map_err(anyhow::Error::msg)?;
+    }
     let proxies = proxy::runtime().map_err(anyhow::Error::msg)?;
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,11 +50,21 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         "faultline bench proxy — loopback, 64-byte request/response on one persistent TCP_NODELAY connection"
     );
     println!(
-        "error = RTT − delay − baseline RTT (the median direct RTT, so the proxy's own hop cost is part of the error), in µs\n"
+        "error = RTT − delay − baseline RTT (the median direct RTT, so the proxy's own hop cost is part of the error), in µs"
+    );
+    let realtime = proxy::priority::realtime().map_err(anyhow::Error::msg)?;
+    println!(
+        "proxy thread and OS-floor thread: timer slack 1 ns, {}\n",
+        realtime.map_or("normal priority".to_owned(), |p| format!(
+            "SCHED_FIFO priority {p} (if permitted; see the log)"
+        ))
     );
 
     let direct = round_trips(echo, settings.round_trips).await?;
     let ours_base = round_trips(ours.listen, settings.round_trips).await?;
+    let ours_copying = Ours::open_with(echo, proxies, proxy::Options { splice: false })?;
+    let copying_base = round_trips(ours_copying.listen, settings.round_trips).await?;
+    ours_copying.close();
     let sleepy_base = round_trips(sleepy.listen, settings.round_trips).await?;
     // The tail of the undelayed round trips is the machine's scheduling noise: delay errors
     // cannot be judged finer than it.
@@ -60,6 +75,7 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
     for (label, rtts) in [
         ("direct", &direct),
         ("through faultline", &ours_base),
+        ("through faultline, copying", &copying_base),
         ("through the sleep proxy", &sleepy_base),
     ] {
         println!(
@@ -97,7 +113,17 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         );
         print_errors("baseline (tokio sleep)", ms, &measured);
         sleepy.delay_us.store(0, Ordering::Relaxed);
-        let floor = tokio::task::spawn_blocking(move || os_sleep_lateness(delay, 200)).await?;
+        // On a thread tuned like the proxy's (timer slack, priority), so the floor is the one
+        // the proxy faces.
+        let floor = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || {
+                proxy::priority::tune_current_thread(realtime);
+                os_sleep_lateness(delay, 200)
+            })
+            .join()
+        })
+        .await?
+        .map_err(|_| anyhow::anyhow!("the OS-floor thread panicked"))?;
         print_errors("OS floor (thread::sleep)", ms, &floor);
     }
     println!(
@@ -110,27 +136,36 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         crate::units::format_bytes(settings.bulk_bytes)
     );
     let source = source_server(settings.bulk_bytes).await?;
-    let bulk = Ours::open(source, proxies)?;
+    let spliced = Ours::open_with(source, proxies, proxy::Options { splice: true })?;
+    let copying = Ours::open_with(source, proxies, proxy::Options { splice: false })?;
     let direct_rate = bulk_read(source).await?;
-    let proxied = bulk_read(bulk.listen).await?;
-    bulk.set_delay(Duration::from_millis(10));
-    let delayed = bulk_read(bulk.listen).await?;
-    bulk.set_delay(Duration::ZERO);
     println!(
-        "  direct                      {:>8.0} MB/s",
+        "  direct                                  {:>8.0} MB/s",
         direct_rate / 1e6
     );
-    println!(
-        "  through the proxy, no toxic {:>8.0} MB/s  (ratio to direct {:.2})",
-        proxied / 1e6,
-        proxied / direct_rate
-    );
-    println!(
-        "  through the proxy, 10 ms    {:>8.0} MB/s  (ratio to direct {:.2})",
-        delayed / 1e6,
-        delayed / direct_rate
-    );
-    bulk.close();
+    for (label, bulk) in [("spliced", &spliced), ("copying", &copying)] {
+        for delay_ms in [0, 10] {
+            bulk.set_delay(Duration::from_millis(delay_ms));
+            let before = bulk.moved();
+            let rate = bulk_read(bulk.listen).await?;
+            let after = bulk.moved();
+            bulk.set_delay(Duration::ZERO);
+            let toxic = if delay_ms == 0 {
+                "no toxic".to_owned()
+            } else {
+                format!("{delay_ms} ms delay")
+            };
+            println!(
+                "  through the proxy, {label}, {toxic:<11} {:>8.0} MB/s  (ratio to direct {:.2}; {} spliced, {} copied)",
+                rate / 1e6,
+                rate / direct_rate,
+                crate::units::format_bytes(after.spliced - before.spliced),
+                crate::units::format_bytes(after.copied - before.copied),
+            );
+        }
+    }
+    spliced.close();
+    copying.close();
 
     println!(
         "\nscale: {} concurrent connections through one proxy",
@@ -238,11 +273,13 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
         per_proxied.saturating_sub(per_direct) as f64 / n as f64,
         rss2 / 1024
     );
-    drop(direct);
     // Each connection does a round trip every 500 ms (starts staggered), 2000 round trips a
     // second through the one proxy for 1000 connections: load, but not a burst the single-threaded
-    // client itself would queue.
+    // client itself would queue. The same load on direct connections first: the clients and the
+    // echo server share one thread, and its queueing is in every figure, not the proxy's doing.
     let spacing = Duration::from_millis(500);
+    let (direct_paced, direct) = paced_round_trips(direct, 4, spacing).await?;
+    drop(direct);
     let (quiet, proxied) = paced_round_trips(proxied, 4, spacing).await?;
     ours.set_delay(Duration::from_millis(10));
     let (delayed, proxied) = paced_round_trips(proxied, 4, spacing).await?;
@@ -250,6 +287,7 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
     ours.set_delay(Duration::ZERO);
     drop(proxied);
     let base = percentile(direct_rtts, 0.5);
+    let direct_paced: Vec<f64> = direct_paced.iter().map(|r| r - base).collect();
     let quiet: Vec<f64> = quiet.iter().map(|r| r - base).collect();
     let early = delayed.iter().filter(|rtt| **rtt < 10_000.0).count();
     let total = delayed.len();
@@ -263,7 +301,13 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
         "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "", "delay", "p50", "p99", "max", "min"
     );
+    print_errors("direct (same load)", 0, &direct_paced);
     print_errors("no toxic (proxy hop cost)", 0, &quiet);
+    println!(
+        "  proxy vs direct under the same load: p50 +{:.1} µs, p99 +{:.1} µs",
+        percentile(&quiet, 0.5) - percentile(&direct_paced, 0.5),
+        percentile(&quiet, 0.99) - percentile(&direct_paced, 0.99)
+    );
     print_errors("faultline (timerfd)", 10, &delayed);
     println!(
         "  {early} of {total} delayed round trips took less than 10 ms; RSS after them {} MiB",
@@ -339,13 +383,28 @@ struct Ours {
 
 impl Ours {
     fn open(upstream: SocketAddr, proxies: &Handle) -> anyhow::Result<Ours> {
+        Ours::open_with(upstream, proxies, proxy::Options::default())
+    }
+
+    fn open_with(
+        upstream: SocketAddr,
+        proxies: &Handle,
+        options: proxy::Options,
+    ) -> anyhow::Result<Ours> {
         let listen = free_addr()?;
         let name = format!("bench-{listen}");
         let _on_the_proxy_runtime = proxies.enter();
         proxy::registry()
-            .open(&name, listen, &upstream.to_string())
+            .open_with(&name, listen, &upstream.to_string(), options)
             .map_err(anyhow::Error::msg)?;
         Ok(Ours { name, listen })
+    }
+
+    fn moved(&self) -> proxy::Moved {
+        proxy::registry().moved(&self.name).unwrap_or(proxy::Moved {
+            spliced: 0,
+            copied: 0,
+        })
     }
 
     fn set_delay(&self, delay: Duration) {

@@ -133,6 +133,13 @@ impl InForce {
     }
 }
 
+/// A chunk as a pump sees it: bytes read into memory, or only the length of bytes spliced into a
+/// pipe, which stay in the kernel.
+pub(crate) enum Chunk<'a> {
+    Bytes(&'a mut [u8]),
+    Spliced(usize),
+}
+
 /// What a pump does with one chunk.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Plan {
@@ -178,11 +185,26 @@ impl Pump {
         }
     }
 
-    /// Decides when the chunk read at `read_at` leaves, corrupting it first if asked.
+    /// Whether the toxics that apply to this pump must see the bytes themselves (`corrupt` flips
+    /// them, `timeout` drops them, `reset_after` by bytes cuts a chunk at its limit), so the
+    /// chunk has to be read into memory. Everything else (no toxics, `delay`, `jitter`, `rate`,
+    /// `slow_close`, `reset_after` by time) acts on lengths and instants only, and the bytes may
+    /// stay in the kernel.
+    pub(crate) fn needs_bytes(&self, toxics: Option<&Arc<InForce>>) -> bool {
+        self.active(toxics).is_some_and(|t| {
+            let spec = &t.toxics.spec;
+            spec.corrupt > 0.0
+                || spec.timeout.is_some()
+                || matches!(spec.reset_after, Some(ResetAfter::Bytes(_)))
+        })
+    }
+
+    /// Decides when the chunk read at `read_at` leaves, corrupting it first if asked. A
+    /// [`Chunk::Spliced`] chunk is only a length: call it only when [`Pump::needs_bytes`] is false.
     pub(crate) fn plan(
         &mut self,
         read_at: Instant,
-        chunk: &mut [u8],
+        chunk: Chunk<'_>,
         toxics: Option<&Arc<InForce>>,
     ) -> Plan {
         let Some(t) = self.active(toxics) else {
@@ -195,14 +217,23 @@ impl Pump {
         }
         let rng = self.rng_for(t);
         let mut release = later(read_at, draw_delay(spec.delay, spec.jitter, rng));
-        if spec.corrupt > 0.0 {
-            corrupt(chunk, spec.corrupt, rng);
-        }
+        let len = match chunk {
+            Chunk::Bytes(bytes) => {
+                if spec.corrupt > 0.0 {
+                    corrupt(bytes, spec.corrupt, rng);
+                }
+                bytes.len()
+            }
+            Chunk::Spliced(len) => {
+                debug_assert!(spec.corrupt == 0.0, "a spliced chunk cannot be corrupted");
+                len
+            }
+        };
         if let Some(rate) = spec.rate {
             let start = self.paced_until.map_or(read_at, |p| p.max(read_at));
             let done = later(
                 start,
-                Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64),
+                Duration::from_secs_f64(len as f64 / rate.max(1) as f64),
             );
             self.paced_until = Some(done);
             release = release.max(done);
@@ -300,7 +331,7 @@ mod tests {
         let mut last = start;
         for i in 0..1000 {
             let read_at = start + Duration::from_micros(i * 100);
-            let Plan::Release(at) = pump.plan(read_at, &mut [0; 8], Some(&t)) else {
+            let Plan::Release(at) = pump.plan(read_at, Chunk::Bytes(&mut [0; 8]), Some(&t)) else {
                 panic!("dropped")
             };
             assert!(
@@ -321,13 +352,13 @@ mod tests {
         let now = Instant::now();
         let mut up = Pump::new(Flow::ToServer, 0);
         assert_eq!(
-            up.plan(now, &mut [0], Some(&t)),
+            up.plan(now, Chunk::Bytes(&mut [0]), Some(&t)),
             Plan::Release(now),
             "downstream is the default"
         );
         let mut down = Pump::new(Flow::ToClient, 0);
         assert_eq!(
-            down.plan(now, &mut [0], Some(&t)),
+            down.plan(now, Chunk::Bytes(&mut [0]), Some(&t)),
             Plan::Release(now + Duration::from_millis(10))
         );
     }
@@ -340,15 +371,75 @@ mod tests {
         });
         let now = Instant::now();
         let mut pump = Pump::new(Flow::ToClient, 0);
-        let Plan::Release(first) = pump.plan(now, &mut [0], Some(&t)) else {
+        let Plan::Release(first) = pump.plan(now, Chunk::Bytes(&mut [0]), Some(&t)) else {
             panic!()
         };
         assert_eq!(
-            pump.plan(now + Duration::from_millis(1), &mut [0], None),
+            pump.plan(now + Duration::from_millis(1), Chunk::Bytes(&mut [0]), None),
             Plan::Release(first)
         );
         let later = now + Duration::from_millis(20);
-        assert_eq!(pump.plan(later, &mut [0], None), Plan::Release(later));
+        assert_eq!(
+            pump.plan(later, Chunk::Bytes(&mut [0]), None),
+            Plan::Release(later)
+        );
+    }
+
+    #[test]
+    fn only_toxics_that_read_change_or_drop_bytes_need_them() {
+        let pump = Pump::new(Flow::ToClient, 0);
+        let needs = |spec: ToxicSpec| pump.needs_bytes(Some(&toxics(spec)));
+        assert!(!pump.needs_bytes(None), "no toxics: spliced");
+        assert!(
+            !needs(ToxicSpec {
+                delay: Duration::from_millis(10),
+                jitter: Duration::from_millis(5),
+                rate: Some(1000),
+                slow_close: Some(Duration::from_millis(5)),
+                reset_after: Some(ResetAfter::Time(Duration::from_secs(1))),
+                ..ToxicSpec::default()
+            }),
+            "lengths and instants only"
+        );
+        assert!(needs(ToxicSpec {
+            corrupt: 0.01,
+            ..ToxicSpec::default()
+        }));
+        assert!(needs(ToxicSpec {
+            timeout: Some(Duration::ZERO),
+            ..ToxicSpec::default()
+        }));
+        assert!(needs(ToxicSpec {
+            reset_after: Some(ResetAfter::Bytes(10)),
+            ..ToxicSpec::default()
+        }));
+        assert!(
+            !Pump::new(Flow::ToServer, 0).needs_bytes(Some(&toxics(ToxicSpec {
+                corrupt: 0.5,
+                ..ToxicSpec::default()
+            }))),
+            "a toxic on the other direction leaves this one spliced"
+        );
+    }
+
+    #[test]
+    fn a_spliced_chunk_is_planned_like_copied_bytes_of_its_length() {
+        let t = toxics(ToxicSpec {
+            delay: Duration::from_millis(3),
+            jitter: Duration::from_millis(2),
+            rate: Some(10_000),
+            ..ToxicSpec::default()
+        });
+        let now = Instant::now();
+        let (mut spliced, mut copied) =
+            (Pump::new(Flow::ToClient, 5), Pump::new(Flow::ToClient, 5));
+        for i in 0..100 {
+            let at = now + Duration::from_micros(i * 700);
+            assert_eq!(
+                spliced.plan(at, Chunk::Spliced(37), Some(&t)),
+                copied.plan(at, Chunk::Bytes(&mut [0; 37]), Some(&t))
+            );
+        }
     }
 
     #[test]
@@ -361,11 +452,11 @@ mod tests {
         let mut pump = Pump::new(Flow::ToClient, 0);
         assert_eq!(pump.read_size(Some(&t), 32 << 10), 10);
         assert_eq!(
-            pump.plan(now, &mut [0; 10], Some(&t)),
+            pump.plan(now, Chunk::Bytes(&mut [0; 10]), Some(&t)),
             Plan::Release(now + Duration::from_millis(10))
         );
         assert_eq!(
-            pump.plan(now, &mut [0; 10], Some(&t)),
+            pump.plan(now, Chunk::Bytes(&mut [0; 10]), Some(&t)),
             Plan::Release(now + Duration::from_millis(20))
         );
     }
@@ -378,7 +469,7 @@ mod tests {
         });
         let run = || {
             let mut chunk = vec![0_u8; 4096];
-            Pump::new(Flow::ToClient, 1).plan(Instant::now(), &mut chunk, Some(&t));
+            Pump::new(Flow::ToClient, 1).plan(Instant::now(), Chunk::Bytes(&mut chunk), Some(&t));
             chunk
         };
         let (a, b) = (run(), run());
@@ -399,7 +490,7 @@ mod tests {
             ..ToxicSpec::default()
         });
         assert_eq!(
-            Pump::new(Flow::ToServer, 0).plan(Instant::now(), &mut [1], Some(&t)),
+            Pump::new(Flow::ToServer, 0).plan(Instant::now(), Chunk::Bytes(&mut [1]), Some(&t)),
             Plan::Drop
         );
     }
@@ -412,7 +503,7 @@ mod tests {
         };
         let corrupted = |pump: &mut Pump, t: &Arc<InForce>| {
             let mut chunk = vec![0_u8; 256];
-            pump.plan(Instant::now(), &mut chunk, Some(t));
+            pump.plan(Instant::now(), Chunk::Bytes(&mut chunk), Some(t));
             chunk
         };
         let first = toxics(spec.clone());
