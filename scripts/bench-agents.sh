@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark (prints figures, asserts nothing): one inject+revert round of a fault on N agents,
 # the dead-man switch after a coordinator SIGKILL, and an idle agent's memory.
-#   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline)
+#   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline unless
+#                                          FAULTLINE_BIN names another binary)
 # Every agent runs on 127.0.0.1 with its own port and state directory; all of them are stopped at
 # the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1 10 50)
-cargo build --release --quiet
-bin="$PWD/target/release/faultline"
+if [ -z "${FAULTLINE_BIN:-}" ]; then
+  cargo build --release --quiet
+  bin="$PWD/target/release/faultline"
+else
+  bin=$FAULTLINE_BIN
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -2,7 +2,8 @@
 //! lease renewal) → after (recovery) → teardown, and the verdict that comes out of it.
 //!
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
-//! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
+//! an alarm at the next moment the clock alone changes something, a tick, signals); probes and
+//! fault operations are separate tasks that talk to it by channels.
 
 pub(crate) mod session;
 mod verdict;
@@ -30,7 +31,9 @@ use crate::units::{LatencyBound, format_ms};
 
 use self::verdict::{Event, Judge};
 
-/// How often the run loop re-evaluates the timeline, abort rules and recovery.
+/// How often the run loop re-evaluates abort rules and refreshes its status at the latest. The
+/// timeline (the end of the baseline, injections, fault ends, a recovery window completing,
+/// renewals) does not wait for a tick: an alarm wakes the loop at the next such moment.
 const TICK: Duration = Duration::from_millis(20);
 /// How long one apply or revert may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -298,9 +301,11 @@ pub(crate) async fn run(
         .flatten();
     let mut tick = tokio::time::interval(TICK);
     loop {
+        let alarm = runner.next_due(Instant::now());
         tokio::select! {
             Some(sample) = samples_rx.recv() => runner.samples[sample.probe].push(sample),
             Some(op) = ops_rx.recv() => runner.on_op(op),
+            () = sleep_until(alarm) => {}
             _ = tick.tick() => {}
             Some(()) = recv_signal(&mut sigint) => runner.interrupt("SIGINT"),
             Some(()) = recv_signal(&mut sigterm) => runner.interrupt("SIGTERM"),
@@ -386,6 +391,14 @@ fn early_cause(cause: RevertCause) -> Option<&'static str> {
     }
 }
 
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once when the caller asks the run to stop, then never again.
 async fn stop_requested(s: &mut Option<watch::Receiver<bool>>) -> Option<()> {
     let Some(rx) = s else {
@@ -419,28 +432,48 @@ impl Runner<'_> {
                 }
             }
         }
-        for (k, (agent, resource)) in wanted.into_iter().enumerate() {
-            let id = format!("{}-r{k}", self.run_id);
-            let what = format!("{} on {}", resource.describe(), agent.name());
-            let req = OpenRequest {
-                run_id: self.run_id.clone(),
-                resource,
-                lease_ms: self.opts.lease.as_millis() as u64,
-            };
-            match tokio::time::timeout(OP_TIMEOUT, agent.open(&id, req)).await {
-                Ok(Ok(opened)) => {
+        // All at once: a run that opens a proxy on each of hundreds of agents waits for the
+        // slowest, not the sum. Every one that opened is kept, so a failure closes them all.
+        let opening: Vec<_> = wanted
+            .into_iter()
+            .enumerate()
+            .map(|(k, (agent, resource))| {
+                let id = format!("{}-r{k}", self.run_id);
+                let what = format!("{} on {}", resource.describe(), agent.name());
+                let req = OpenRequest {
+                    run_id: self.run_id.clone(),
+                    resource,
+                    lease_ms: self.opts.lease.as_millis() as u64,
+                };
+                let task = {
+                    let (agent, id) = (agent.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(OP_TIMEOUT, agent.open(&id, req)).await
+                    })
+                };
+                (agent, id, what, task)
+            })
+            .collect();
+        let mut failed = None;
+        for (agent, id, what, task) in opening {
+            let error = match task.await {
+                Ok(Ok(Ok(opened))) => {
                     self.progress
                         .log(&format!("setup: {}: {}", agent.name(), opened.detail));
                     self.resources.push((agent, id));
+                    continue;
                 }
-                Ok(Err(e)) => return Err(format!("failed to open the {what}: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "failed to open the {what}: no answer from the agent within {}",
-                        format_ms(OP_TIMEOUT)
-                    ));
-                }
-            }
+                Ok(Ok(Err(e))) => format!("failed to open the {what}: {e}"),
+                Ok(Err(_)) => format!(
+                    "failed to open the {what}: no answer from the agent within {}",
+                    format_ms(OP_TIMEOUT)
+                ),
+                Err(e) => format!("failed to open the {what}: {e}"),
+            };
+            failed.get_or_insert(error);
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.last_renew = Instant::now();
         Ok(())
@@ -448,8 +481,30 @@ impl Runner<'_> {
 
     /// Closes the run resources; a failure is reported like a failed revert.
     async fn close_resources(&mut self) {
-        for (agent, id) in std::mem::take(&mut self.resources) {
-            let line = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
+        // All at once, like opening them.
+        let closing: Vec<_> = std::mem::take(&mut self.resources)
+            .into_iter()
+            .map(|(agent, id)| {
+                let task = {
+                    let (agent, id) = (agent.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await
+                    })
+                };
+                (agent, id, task)
+            })
+            .collect();
+        for (agent, id, task) in closing {
+            let Ok(closed) = task.await else {
+                let line = format!(
+                    "run resource {id} on {} could NOT be closed: the closing task failed",
+                    agent.name()
+                );
+                self.progress.log(&line);
+                self.judge.on(Event::ResourceNotClosed(line));
+                continue;
+            };
+            let line = match closed {
                 Ok(Ok(closed)) => {
                     self.progress
                         .log(&format!("teardown: {}: {}", agent.name(), closed.detail));
@@ -468,6 +523,52 @@ impl Runner<'_> {
             self.progress.log(&line);
             self.judge.on(Event::ResourceNotClosed(line));
         }
+    }
+
+    /// The next moment at which the clock alone changes what the run must do: the end of the
+    /// baseline, a fault's injection time or planned end, a recovery window completing (or the
+    /// recovery deadline), the next lease renewal. `None` when nothing is due by the clock. A
+    /// moment already past is not returned: `advance` has just handled it.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        let renew = self.last_renew + self.opts.lease / 3;
+        let stage = match &self.stage {
+            Stage::Before { until } => Some(*until),
+            Stage::Method => self.method_start.and_then(|start| {
+                self.faults
+                    .iter()
+                    .filter_map(|f| {
+                        let step = &self.exp.faults[f.step];
+                        match f.slot {
+                            Slot::Pending => Some(start + step.at),
+                            Slot::Active { since } => step.duration.map(|d| since + d),
+                            _ => None,
+                        }
+                    })
+                    .filter(|t| *t > now)
+                    .min()
+            }),
+            Stage::After { tracker } => {
+                // A recovery is confirmed once a whole window after a sample has passed: the
+                // first sample whose window has not yet completed gives the next moment.
+                let window = self.exp.steady_state.window;
+                let from = self.after_start.unwrap_or(now);
+                let next_window = self
+                    .samples
+                    .iter()
+                    .filter_map(|probe| {
+                        let i = probe.partition_point(|s| s.at < from || s.at + window <= now);
+                        probe.get(i).map(|s| s.at + window)
+                    })
+                    .min();
+                Some(next_window.map_or(tracker.deadline(), |t| t.min(tracker.deadline())))
+            }
+            Stage::Done => None,
+        };
+        [Some(renew), stage]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
     }
 
     fn interrupt(&mut self, name: &'static str) {
