@@ -115,4 +115,9 @@ t1=$(date +%s.%N)
 python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"
 
 rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[0]}/status")
+anon=$(awk '/RssAnon/ {print $2}' "/proc/${pids[0]}/status")
+file=$(awk '/RssFile/ {print $2}' "/proc/${pids[0]}/status")
 echo "idle agent RSS: $((rss / 1024)) MiB (${rss} kB, /proc/PID/status VmRSS after serving one run)"
+# The split says what an agent costs a host: its own memory (anonymous) and the pages of the
+# faultline binary it has mapped (file; the page cache holds one copy for every agent on a host).
+echo "  of which anonymous ${anon} kB, file-backed ${file} kB; threads $(awk '/Threads/ {print $2}' "/proc/${pids[0]}/status")"
