@@ -78,9 +78,10 @@ on = \"all\"
 path = \"$work/fill\"
 size = \"4KiB\"
 duration = \"1ms\"" > "$work/round.toml"
-  FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
+  FAULTLINE_STATE_DIR="$work/coordinator" /usr/bin/time -f %M -o "$work/round.rss" \
+    "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
     --quiet --report-json "$work/round.json" >/dev/null 2>&1 || true
-  python3 - "$work/round.json" "$n" <<'PY'
+  python3 - "$work/round.json" "$n" "$(tail -1 "$work/round.rss")" <<'PY'
 import json, sys
 from datetime import datetime
 r = json.load(open(sys.argv[1]))
@@ -93,7 +94,8 @@ inj = sorted(ts(x["injected_at"]) for x in f)
 rev = sorted(ts(x["reverted_at"]) for x in f)
 ms = lambda d: d.total_seconds() * 1000
 print(f"  {sys.argv[2]:>3} agents: {ms(last - first):7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']}; "
-      f"injections spread over {ms(inj[-1] - inj[0]):.1f} ms, reverts over {ms(rev[-1] - rev[0]):.1f} ms)")
+      f"injections spread over {ms(inj[-1] - inj[0]):.1f} ms, reverts over {ms(rev[-1] - rev[0]):.1f} ms; "
+      f"coordinator peak RSS {int(sys.argv[3]) / 1024:.1f} MiB)")
 PY
   done
   stop_agents

@@ -2,6 +2,8 @@
 # Benchmark (prints figures, asserts nothing): what a whole `faultline run` costs beyond the waits
 # its experiment asks for, and its peak memory.
 #   ./scripts/bench-run.sh [RUNS=10]      (builds target/release/faultline unless FAULTLINE_BIN is set)
+#   FAULTLINE_COMPARE=OTHER-BINARY ./scripts/bench-run.sh    also runs another build (e.g. main's),
+#   interleaved run by run with this one, so both meet the same machine load; prints both.
 # The experiment: a 200 ms baseline of one TCP probe every 10 ms (against a listener this script
 # starts), a 4 KiB disk-fill held 100 ms on the embedded agent, and recovery (one more window).
 # Its deliberate waits are window + duration + window = 500 ms: no run can be shorter. The
@@ -57,9 +59,10 @@ duration = "100ms"
 within = "5s"
 TOML
 
-python3 - "$bin" "$work" "$runs" <<'PY'
+python3 - "$bin" "$work" "$runs" "${FAULTLINE_COMPARE:-}" <<'PY'
 import os, statistics, subprocess, sys, time
-bin, work, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bin, work, runs, other = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+bins = [bin] + ([other] if other else [])
 waits_ms = 200 + 100 + 200
 
 def timed(args, state):
@@ -73,27 +76,34 @@ def timed(args, state):
     p.stderr.close()
     return wall, usage.ru_maxrss, p.returncode, err
 
-start, run = [], []
+start = {b: [] for b in bins}
+run = {b: [] for b in bins}
 for i in range(runs + 1):
-    start.append(timed([bin, "--version"], f"{work}/state"))
-    w, rss, code, err = timed([bin, "run", f"{work}/run.toml", "--quiet",
-                               "--report-json", f"{work}/report.json"], f"{work}/state")
-    if code != 0:
-        sys.exit(f"run {i} exited {code} (expected 0, a passed run):\n{err}")
-    if i > 0:
-        run.append((w, rss))
+    for k, b in enumerate(bins):
+        state = f"{work}/state-{k}"
+        start[b].append(timed([b, "--version"], state))
+        w, rss, code, err = timed([b, "run", f"{work}/run.toml", "--quiet",
+                                   "--report-json", f"{work}/report.json"], state)
+        if code != 0:
+            sys.exit(f"run {i} of {b} exited {code} (expected 0, a passed run):\n{err}")
+        if i > 0:
+            run[b].append((w, rss))
 
 med = statistics.median
-start_ms = med(w for w, *_ in start)
-start_rss = med(r for _, r, *_ in start)
-walls = [w for w, _ in run]
-over = [w - waits_ms for w in walls]
-rss = [r for _, r in run]
-print(f"whole run, {runs} runs ({bin}); deliberate waits {waits_ms} ms (window + fault + window):")
-print(f"  wall:            median {med(walls):7.1f} ms  min {min(walls):7.1f} ms")
-print(f"  run overhead:    median {med(over):7.1f} ms  min {min(over):7.1f} ms  (wall - {waits_ms} ms)")
-print(f"  peak RSS:        median {med(rss) / 1024:7.1f} MiB  max {max(rss) / 1024:7.1f} MiB")
-print(f"baseline, same run: `faultline --version`: median {start_ms:.1f} ms, peak RSS {start_rss / 1024:.1f} MiB")
-print(f"  overhead beyond starting the binary: median {med(over) - start_ms:.1f} ms; "
-      f"overhead / start-up = {med(over) / start_ms:.1f}x; peak RSS / start-up = {med(rss) / start_rss:.1f}x")
+for b in bins:
+    start_ms = med(w for w, *_ in start[b])
+    start_rss = med(r for _, r, *_ in start[b])
+    walls = [w for w, _ in run[b]]
+    over = [w - waits_ms for w in walls]
+    rss = [r for _, r in run[b]]
+    print(f"whole run, {runs} runs ({b}); deliberate waits {waits_ms} ms (window + fault + window):")
+    print(f"  wall:            median {med(walls):7.1f} ms  min {min(walls):7.1f} ms")
+    print(f"  run overhead:    median {med(over):7.1f} ms  min {min(over):7.1f} ms  (wall - {waits_ms} ms)")
+    print(f"  peak RSS:        median {med(rss) / 1024:7.1f} MiB  max {max(rss) / 1024:7.1f} MiB")
+    print(f"  baseline, same run: `faultline --version`: median {start_ms:.1f} ms, peak RSS {start_rss / 1024:.1f} MiB")
+    print(f"  overhead beyond starting the binary: median {med(over) - start_ms:.1f} ms; "
+          f"overhead / start-up = {med(over) / start_ms:.1f}x; peak RSS / start-up = {med(rss) / start_rss:.1f}x")
+if other:
+    o = [med(w for w, _ in run[b]) - waits_ms for b in bins]
+    print(f"run overhead, this build / the other: {o[0] / o[1]:.2f}")
 PY
