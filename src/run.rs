@@ -391,6 +391,34 @@ fn early_cause(cause: RevertCause) -> Option<&'static str> {
     }
 }
 
+/// When a fault in `slot` next needs the run by the clock: its injection time while pending,
+/// its planned end while active (none for a fault without a duration), nothing otherwise.
+fn slot_due(slot: Slot, inject_at: Instant, duration: Option<Duration>) -> Option<Instant> {
+    match slot {
+        Slot::Pending => Some(inject_at),
+        Slot::Active { since } => duration.map(|d| since + d),
+        Slot::Injecting | Slot::Reverting | Slot::Done => None,
+    }
+}
+
+/// When the next recovery window completes: a recovery is confirmed once a whole `window` after
+/// a sample taken since `from` has passed, so the first such sample whose window is still open
+/// at `now` gives the moment (each probe's samples are in start order). `None` before any.
+fn next_window_end(
+    samples: &[Vec<Sample>],
+    from: Instant,
+    window: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    samples
+        .iter()
+        .filter_map(|probe| {
+            let i = probe.partition_point(|s| s.at < from || s.at + window <= now);
+            probe.get(i).map(|s| s.at + window)
+        })
+        .min()
+}
+
 /// Resolves at `at`, or never.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -538,29 +566,19 @@ impl Runner<'_> {
                     .iter()
                     .filter_map(|f| {
                         let step = &self.exp.faults[f.step];
-                        match f.slot {
-                            Slot::Pending => Some(start + step.at),
-                            Slot::Active { since } => step.duration.map(|d| since + d),
-                            _ => None,
-                        }
+                        slot_due(f.slot, start + step.at, step.duration)
                     })
                     .filter(|t| *t > now)
                     .min()
             }),
             Stage::After { tracker } => {
-                // A recovery is confirmed once a whole window after a sample has passed: the
-                // first sample whose window has not yet completed gives the next moment.
-                let window = self.exp.steady_state.window;
-                let from = self.after_start.unwrap_or(now);
-                let next_window = self
-                    .samples
-                    .iter()
-                    .filter_map(|probe| {
-                        let i = probe.partition_point(|s| s.at < from || s.at + window <= now);
-                        probe.get(i).map(|s| s.at + window)
-                    })
-                    .min();
-                Some(next_window.map_or(tracker.deadline(), |t| t.min(tracker.deadline())))
+                let next = next_window_end(
+                    &self.samples,
+                    self.after_start.unwrap_or(now),
+                    self.exp.steady_state.window,
+                    now,
+                );
+                Some(next.map_or(tracker.deadline(), |t| t.min(tracker.deadline())))
             }
             Stage::Done => None,
         };
@@ -1202,8 +1220,70 @@ mod tests {
 
     use jiff::Timestamp;
 
-    use super::{Held, early_from_renewal};
+    use super::{Held, Slot, early_from_renewal, next_window_end, slot_due};
+    use crate::probe::Sample;
     use crate::protocol::{Renewed, RevertCause, Reverted};
+
+    fn sample(probe: usize, at: Instant) -> Sample {
+        Sample {
+            probe,
+            at,
+            ok: true,
+            latency: Duration::from_millis(1),
+            error: None,
+            cause: None,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn the_loop_wakes_for_a_pending_fault_at_its_injection_and_an_active_one_at_its_end() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let at = t0 + ms(300);
+        assert_eq!(slot_due(Slot::Pending, at, Some(ms(100))), Some(at));
+        let active = Slot::Active {
+            since: t0 + ms(310),
+        };
+        assert_eq!(slot_due(active, at, Some(ms(100))), Some(t0 + ms(410)));
+        // Without a duration an active fault ends with the run; in flight, an answer wakes it.
+        assert_eq!(slot_due(active, at, None), None);
+        for slot in [Slot::Injecting, Slot::Reverting, Slot::Done] {
+            assert_eq!(slot_due(slot, at, Some(ms(100))), None, "{slot:?}");
+        }
+    }
+
+    #[test]
+    fn the_loop_wakes_when_the_first_open_recovery_window_completes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let window = ms(200);
+        let from = t0 + ms(1000);
+        let samples = vec![
+            // Before the recovery started: never a candidate.
+            vec![
+                sample(0, t0 + ms(990)),
+                sample(0, t0 + ms(1010)),
+                sample(0, t0 + ms(1050)),
+            ],
+            vec![sample(1, t0 + ms(1030))],
+        ];
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1100)),
+            Some(t0 + ms(1210))
+        );
+        // Once that window has completed (and was judged), the next one open is the moment.
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1210)),
+            Some(t0 + ms(1230))
+        );
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1250)),
+            None,
+            "every window has completed: the recovery deadline is left"
+        );
+        assert_eq!(next_window_end(&[Vec::new()], from, window, from), None);
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
