@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark (prints figures, asserts nothing): one inject+revert round of a fault on N agents,
 # the dead-man switch after a coordinator SIGKILL, and an idle agent's memory.
-#   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline)
+#   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline unless
+#                                          FAULTLINE_BIN names another binary)
 # Every agent runs on 127.0.0.1 with its own port and state directory; all of them are stopped at
 # the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1 10 50)
-cargo build --release --quiet
-bin="$PWD/target/release/faultline"
+if [ -z "${FAULTLINE_BIN:-}" ]; then
+  cargo build --release --quiet
+  bin="$PWD/target/release/faultline"
+else
+  bin=$FAULTLINE_BIN
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -62,7 +67,7 @@ TOML
 }
 
 echo "inject+revert round, 3 runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
-echo "first injected_at -> last reverted_at from the report; includes up to one 20 ms run-loop tick):"
+echo "first injected_at -> last reverted_at from the report, agents' clocks):"
 for n in "${counts[@]}"; do
   start_agents "$n" 27400
   for attempt in 1 2 3; do
@@ -73,9 +78,10 @@ on = \"all\"
 path = \"$work/fill\"
 size = \"4KiB\"
 duration = \"1ms\"" > "$work/round.toml"
-  FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
+  FAULTLINE_STATE_DIR="$work/coordinator" /usr/bin/time -f %M -o "$work/round.rss" \
+    "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
     --quiet --report-json "$work/round.json" >/dev/null 2>&1 || true
-  python3 - "$work/round.json" "$n" <<'PY'
+  python3 - "$work/round.json" "$n" "$(tail -1 "$work/round.rss")" <<'PY'
 import json, sys
 from datetime import datetime
 r = json.load(open(sys.argv[1]))
@@ -84,10 +90,42 @@ f = r["faults"]
 ok = all(x["status"] == "reverted" for x in f)
 first = min(ts(x["injected_at"]) for x in f)
 last = max(ts(x["reverted_at"]) for x in f)
-print(f"  {sys.argv[2]:>3} agents: {(last - first).total_seconds() * 1000:7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']})")
+inj = sorted(ts(x["injected_at"]) for x in f)
+rev = sorted(ts(x["reverted_at"]) for x in f)
+ms = lambda d: d.total_seconds() * 1000
+print(f"  {sys.argv[2]:>3} agents: {ms(last - first):7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']}; "
+      f"injections spread over {ms(inj[-1] - inj[0]):.1f} ms, reverts over {ms(rev[-1] - rev[0]):.1f} ms; "
+      f"coordinator peak RSS {int(sys.argv[3]) / 1024:.1f} MiB)")
 PY
   done
   stop_agents
+done
+
+# The same run's floor: every agent journals a fault (file + directory fsync) before injecting
+# it and removes the entry after reverting it, and here all agents share one disk. N concurrent
+# journal writes, twice, is what a round cannot go below on this machine.
+echo "disk floor, same run: N concurrent journal writes (200 B file + fsync, directory fsync), twice:"
+for n in "${counts[@]}"; do
+  python3 - "$work" "$n" <<'PY'
+import os, sys, threading, time
+work, n = sys.argv[1], int(sys.argv[2])
+d = os.path.join(work, "floor")
+os.makedirs(d, exist_ok=True)
+def journal(i):
+    fd = os.open(f"{d}/{i}.json", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, b"x" * 200); os.fsync(fd); os.close(fd)
+    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+best = None
+for attempt in range(3):
+    t = time.perf_counter()
+    for round in range(2):
+        threads = [threading.Thread(target=journal, args=(attempt * 2 * n + round * n + i,)) for i in range(n)]
+        for x in threads: x.start()
+        for x in threads: x.join()
+    ms = (time.perf_counter() - t) * 1000
+    best = ms if best is None else min(best, ms)
+print(f"  {n:>3} writers: {best:7.1f} ms (best of 3)")
+PY
 done
 
 echo "coordinator SIGKILL -> victim running again (process-pause held 60s, lease 5s default):"
@@ -110,4 +148,9 @@ t1=$(date +%s.%N)
 python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"
 
 rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[0]}/status")
+anon=$(awk '/RssAnon/ {print $2}' "/proc/${pids[0]}/status")
+file=$(awk '/RssFile/ {print $2}' "/proc/${pids[0]}/status")
 echo "idle agent RSS: $((rss / 1024)) MiB (${rss} kB, /proc/PID/status VmRSS after serving one run)"
+# The split says what an agent costs a host: its own memory (anonymous) and the pages of the
+# faultline binary it has mapped (file; the page cache holds one copy for every agent on a host).
+echo "  of which anonymous ${anon} kB, file-backed ${file} kB; threads $(awk '/Threads/ {print $2}' "/proc/${pids[0]}/status")"

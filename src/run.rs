@@ -2,7 +2,8 @@
 //! lease renewal) → after (recovery) → teardown, and the verdict that comes out of it.
 //!
 //! One task owns all run state and is the only `select!` over its events (samples, fault results,
-//! a tick, signals); probes and fault operations are separate tasks that talk to it by channels.
+//! an alarm at the next moment the clock alone changes something, a tick, signals); probes and
+//! fault operations are separate tasks that talk to it by channels.
 
 pub(crate) mod session;
 mod verdict;
@@ -30,7 +31,9 @@ use crate::units::{LatencyBound, format_ms};
 
 use self::verdict::{Event, Judge};
 
-/// How often the run loop re-evaluates the timeline, abort rules and recovery.
+/// How often the run loop re-evaluates abort rules and refreshes its status at the latest. The
+/// timeline (the end of the baseline, injections, fault ends, a recovery window completing,
+/// renewals) does not wait for a tick: an alarm wakes the loop at the next such moment.
 const TICK: Duration = Duration::from_millis(20);
 /// How long one apply or revert may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -299,9 +302,11 @@ pub(crate) async fn run(
         .flatten();
     let mut tick = tokio::time::interval(TICK);
     loop {
+        let alarm = runner.next_due(Instant::now());
         tokio::select! {
             Some(sample) = samples_rx.recv() => runner.samples[sample.probe].push(sample),
             Some(op) = ops_rx.recv() => runner.on_op(op),
+            () = sleep_until(alarm) => {}
             _ = tick.tick() => {}
             Some(()) = recv_signal(&mut sigint) => runner.interrupt("SIGINT"),
             Some(()) = recv_signal(&mut sigterm) => runner.interrupt("SIGTERM"),
@@ -387,6 +392,42 @@ fn early_cause(cause: RevertCause) -> Option<&'static str> {
     }
 }
 
+/// When a fault in `slot` next needs the run by the clock: its injection time while pending,
+/// its planned end while active (none for a fault without a duration), nothing otherwise.
+fn slot_due(slot: Slot, inject_at: Instant, duration: Option<Duration>) -> Option<Instant> {
+    match slot {
+        Slot::Pending => Some(inject_at),
+        Slot::Active { since } => duration.map(|d| since + d),
+        Slot::Injecting | Slot::Reverting | Slot::Done => None,
+    }
+}
+
+/// When the next recovery window completes: a recovery is confirmed once a whole `window` after
+/// a sample taken since `from` has passed, so the first such sample whose window is still open
+/// at `now` gives the moment (each probe's samples are in start order). `None` before any.
+fn next_window_end(
+    samples: &[Vec<Sample>],
+    from: Instant,
+    window: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    samples
+        .iter()
+        .filter_map(|probe| {
+            let i = probe.partition_point(|s| s.at < from || s.at + window <= now);
+            probe.get(i).map(|s| s.at + window)
+        })
+        .min()
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once when the caller asks the run to stop, then never again.
 async fn stop_requested(s: &mut Option<watch::Receiver<bool>>) -> Option<()> {
     let Some(rx) = s else {
@@ -420,28 +461,48 @@ impl Runner<'_> {
                 }
             }
         }
-        for (k, (agent, resource)) in wanted.into_iter().enumerate() {
-            let id = format!("{}-r{k}", self.run_id);
-            let what = format!("{} on {}", resource.describe(), agent.name());
-            let req = OpenRequest {
-                run_id: self.run_id.clone(),
-                resource,
-                lease_ms: self.opts.lease.as_millis() as u64,
-            };
-            match tokio::time::timeout(OP_TIMEOUT, agent.open(&id, req)).await {
-                Ok(Ok(opened)) => {
+        // All at once: a run that opens a proxy on each of hundreds of agents waits for the
+        // slowest, not the sum. Every one that opened is kept, so a failure closes them all.
+        let opening: Vec<_> = wanted
+            .into_iter()
+            .enumerate()
+            .map(|(k, (agent, resource))| {
+                let id = format!("{}-r{k}", self.run_id);
+                let what = format!("{} on {}", resource.describe(), agent.name());
+                let req = OpenRequest {
+                    run_id: self.run_id.clone(),
+                    resource,
+                    lease_ms: self.opts.lease.as_millis() as u64,
+                };
+                let task = {
+                    let (agent, id) = (agent.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(OP_TIMEOUT, agent.open(&id, req)).await
+                    })
+                };
+                (agent, id, what, task)
+            })
+            .collect();
+        let mut failed = None;
+        for (agent, id, what, task) in opening {
+            let error = match task.await {
+                Ok(Ok(Ok(opened))) => {
                     self.progress
                         .log(&format!("setup: {}: {}", agent.name(), opened.detail));
                     self.resources.push((agent, id));
+                    continue;
                 }
-                Ok(Err(e)) => return Err(format!("failed to open the {what}: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "failed to open the {what}: no answer from the agent within {}",
-                        format_ms(OP_TIMEOUT)
-                    ));
-                }
-            }
+                Ok(Ok(Err(e))) => format!("failed to open the {what}: {e}"),
+                Ok(Err(_)) => format!(
+                    "failed to open the {what}: no answer from the agent within {}",
+                    format_ms(OP_TIMEOUT)
+                ),
+                Err(e) => format!("failed to open the {what}: {e}"),
+            };
+            failed.get_or_insert(error);
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.last_renew = Instant::now();
         Ok(())
@@ -449,8 +510,30 @@ impl Runner<'_> {
 
     /// Closes the run resources; a failure is reported like a failed revert.
     async fn close_resources(&mut self) {
-        for (agent, id) in std::mem::take(&mut self.resources) {
-            let line = match tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await {
+        // All at once, like opening them.
+        let closing: Vec<_> = std::mem::take(&mut self.resources)
+            .into_iter()
+            .map(|(agent, id)| {
+                let task = {
+                    let (agent, id) = (agent.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(OP_TIMEOUT, agent.revert(&id)).await
+                    })
+                };
+                (agent, id, task)
+            })
+            .collect();
+        for (agent, id, task) in closing {
+            let Ok(closed) = task.await else {
+                let line = format!(
+                    "run resource {id} on {} could NOT be closed: the closing task failed",
+                    agent.name()
+                );
+                self.progress.log(&line);
+                self.judge.on(Event::ResourceNotClosed(line));
+                continue;
+            };
+            let line = match closed {
                 Ok(Ok(closed)) => {
                     self.progress
                         .log(&format!("teardown: {}: {}", agent.name(), closed.detail));
@@ -469,6 +552,42 @@ impl Runner<'_> {
             self.progress.log(&line);
             self.judge.on(Event::ResourceNotClosed(line));
         }
+    }
+
+    /// The next moment at which the clock alone changes what the run must do: the end of the
+    /// baseline, a fault's injection time or planned end, a recovery window completing (or the
+    /// recovery deadline), the next lease renewal. `None` when nothing is due by the clock. A
+    /// moment already past is not returned: `advance` has just handled it.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        let renew = self.last_renew + self.opts.lease / 3;
+        let stage = match &self.stage {
+            Stage::Before { until } => Some(*until),
+            Stage::Method => self.method_start.and_then(|start| {
+                self.faults
+                    .iter()
+                    .filter_map(|f| {
+                        let step = &self.exp.faults[f.step];
+                        slot_due(f.slot, start + step.at, step.duration)
+                    })
+                    .filter(|t| *t > now)
+                    .min()
+            }),
+            Stage::After { tracker } => {
+                let next = next_window_end(
+                    &self.samples,
+                    self.after_start.unwrap_or(now),
+                    self.exp.steady_state.window,
+                    now,
+                );
+                Some(next.map_or(tracker.deadline(), |t| t.min(tracker.deadline())))
+            }
+            Stage::Done => None,
+        };
+        [Some(renew), stage]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
     }
 
     fn interrupt(&mut self, name: &'static str) {
@@ -1117,8 +1236,70 @@ mod tests {
 
     use jiff::Timestamp;
 
-    use super::{Held, early_from_renewal};
+    use super::{Held, Slot, early_from_renewal, next_window_end, slot_due};
+    use crate::probe::Sample;
     use crate::protocol::{Renewed, RevertCause, Reverted};
+
+    fn sample(probe: usize, at: Instant) -> Sample {
+        Sample {
+            probe,
+            at,
+            ok: true,
+            latency: Duration::from_millis(1),
+            error: None,
+            cause: None,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn the_loop_wakes_for_a_pending_fault_at_its_injection_and_an_active_one_at_its_end() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let at = t0 + ms(300);
+        assert_eq!(slot_due(Slot::Pending, at, Some(ms(100))), Some(at));
+        let active = Slot::Active {
+            since: t0 + ms(310),
+        };
+        assert_eq!(slot_due(active, at, Some(ms(100))), Some(t0 + ms(410)));
+        // Without a duration an active fault ends with the run; in flight, an answer wakes it.
+        assert_eq!(slot_due(active, at, None), None);
+        for slot in [Slot::Injecting, Slot::Reverting, Slot::Done] {
+            assert_eq!(slot_due(slot, at, Some(ms(100))), None, "{slot:?}");
+        }
+    }
+
+    #[test]
+    fn the_loop_wakes_when_the_first_open_recovery_window_completes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let window = ms(200);
+        let from = t0 + ms(1000);
+        let samples = vec![
+            // Before the recovery started: never a candidate.
+            vec![
+                sample(0, t0 + ms(990)),
+                sample(0, t0 + ms(1010)),
+                sample(0, t0 + ms(1050)),
+            ],
+            vec![sample(1, t0 + ms(1030))],
+        ];
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1100)),
+            Some(t0 + ms(1210))
+        );
+        // Once that window has completed (and was judged), the next one open is the moment.
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1210)),
+            Some(t0 + ms(1230))
+        );
+        assert_eq!(
+            next_window_end(&samples, from, window, t0 + ms(1250)),
+            None,
+            "every window has completed: the recovery deadline is left"
+        );
+        assert_eq!(next_window_end(&[Vec::new()], from, window, from), None);
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -4,11 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use super::AgentError;
 use super::server::excerpt;
@@ -23,6 +27,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest error message from an agent that is passed on (agents cut theirs to 400).
 const MAX_ERROR_CHARS: usize = 600;
+/// A pooled connection idle this long is dropped by the client. Shorter than the agent's own
+/// idle limit (10 s, `tls::HEADER_TIMEOUT`), so a request is never written onto a connection the
+/// agent is closing at that moment.
+const POOL_IDLE: Duration = Duration::from_secs(8);
+/// Idle connections kept per agent: a run has a few requests in flight per agent at most (an
+/// apply or revert per fault on it, and one renewal), and an agent closes idle authenticated
+/// connections beyond its limit anyway.
+const POOL_PER_AGENT: usize = 8;
+/// TLS sessions remembered for resumption, over all agents of all inventories in this process.
+const SESSION_CACHE: usize = 4096;
+/// Distinct credential sets (CA, client certificate) whose connections this process keeps.
+const MAX_SHARED: usize = 8;
 
 /// What the client needs to trust and authenticate to agents, shared by a whole inventory.
 #[derive(Clone, Debug)]
@@ -42,9 +58,108 @@ pub(crate) struct RemoteAgent {
     token: String,
 }
 
+/// The HTTPS side shared by every agent reached with the same CA and client certificate: one
+/// rustls configuration (so one TLS session cache: a reconnection resumes instead of doing a full
+/// handshake) and one connection pool (so a run's preflight, applies, renewals and reverts to an
+/// agent reuse one kept-alive connection: one round trip each). Kept for the life of the process,
+/// so a coordinator that loads its inventory for every fire still finds its connections and
+/// sessions from the last one.
+struct Shared {
+    /// SHA-256 of the CA and client identity PEM.
+    key: [u8; 32],
+    tls: rustls::ClientConfig,
+    client: reqwest::Client,
+}
+
+static SHARED: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+
+impl Shared {
+    /// The shared side for `creds`, made on first use; the least recently made one is dropped
+    /// beyond [`MAX_SHARED`] (its agents keep their clients; only the sharing ends).
+    fn get(creds: &Credentials) -> Result<Arc<Shared>, String> {
+        let mut hash = Sha256::new();
+        hash.update((creds.ca_pem.len() as u64).to_le_bytes());
+        hash.update(&creds.ca_pem);
+        if let Some(identity) = &creds.identity_pem {
+            hash.update(identity);
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        let mut all = SHARED.lock().expect("shared clients lock");
+        if let Some(shared) = all.iter().find(|s| s.key == key) {
+            return Ok(Arc::clone(shared));
+        }
+        let tls = client_config(creds)?;
+        let client = builder(&tls)
+            .build()
+            .map_err(|e| format!("failed to set up the HTTPS client: {e}"))?;
+        let shared = Arc::new(Shared { key, tls, client });
+        if all.len() >= MAX_SHARED {
+            all.remove(0);
+        }
+        all.push(Arc::clone(&shared));
+        Ok(shared)
+    }
+}
+
+/// The rustls client configuration: trusts only the inventory's CA, presents the client
+/// certificate when there is one, speaks HTTP/1.1, and remembers sessions for resumption.
+fn client_config(creds: &Credentials) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&creds.ca_pem) {
+        let cert = cert.map_err(|e| format!("invalid CA certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("invalid CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("invalid CA certificate: no PEM certificate found".to_owned());
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("failed to set up TLS: {e}"))?
+    .with_root_certificates(roots);
+    let mut config = match &creds.identity_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let invalid =
+                |e: &dyn std::fmt::Display| format!("invalid client certificate or key: {e}");
+            let chain = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&e))?;
+            if chain.is_empty() {
+                return Err(invalid(&"no PEM certificate found"));
+            }
+            let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid(&e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid(&e))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE);
+    Ok(config)
+}
+
+/// A client builder with the shared TLS configuration and this module's limits. A clone of a
+/// `ClientConfig` shares its session cache.
+fn builder(tls: &rustls::ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .https_only(true)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_PER_AGENT)
+        .no_proxy()
+}
+
 impl RemoteAgent {
     /// `resolve` pins the address's host name to one IP (DNS discovery): TLS still checks the
-    /// certificate against the host name, while the connection goes to that one agent.
+    /// certificate against the host name, while the connection goes to that one agent. Such an
+    /// agent gets a client of its own (the pin is per client) that still shares the TLS session
+    /// cache; every other agent shares one client and its connection pool.
     pub(crate) fn new(
         name: String,
         address: &str,
@@ -52,27 +167,18 @@ impl RemoteAgent {
         creds: &Credentials,
         resolve: Option<(String, SocketAddr)>,
     ) -> Result<RemoteAgent, String> {
-        let ca = reqwest::Certificate::from_pem(&creds.ca_pem)
-            .map_err(|e| format!("invalid CA certificate: {e}"))?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .https_only(true)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .no_proxy();
-        if let Some(pem) = &creds.identity_pem {
-            let identity = reqwest::Identity::from_pem(pem)
-                .map_err(|e| format!("invalid client certificate or key: {e}"))?;
-            builder = builder.identity(identity);
-        }
-        if let Some((host, addr)) = resolve {
-            builder = builder.resolve(&host, addr);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("failed to set up the HTTPS client for agent `{name}`: {e}"))?;
+        let shared = Shared::get(creds)?;
+        let client = match resolve {
+            None => shared.client.clone(),
+            Some((host, addr)) => {
+                builder(&shared.tls)
+                    .resolve(&host, addr)
+                    .build()
+                    .map_err(|e| {
+                        format!("failed to set up the HTTPS client for agent `{name}`: {e}")
+                    })?
+            }
+        };
         Ok(RemoteAgent {
             name,
             address: address.trim_end_matches('/').to_owned(),
@@ -266,8 +372,114 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{compatible, excerpt};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::routing::get;
+
+    use super::{Credentials, RemoteAgent, compatible, excerpt};
+    use crate::agent::tls::{self, Admission};
     use crate::protocol::PROTOCOL_VERSION;
+
+    /// A real TLS server (the agent's own configuration and accept loop) on a loopback port,
+    /// answering `GET /ping`, and the credentials to reach it; stops when the handle is dropped.
+    async fn server() -> (
+        tempfile::TempDir,
+        String,
+        Credentials,
+        Arc<Admission>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::generate(dir.path(), &["127.0.0.1".to_owned()]).unwrap();
+        let config = tls::server_config(
+            &dir.path().join("agent.pem"),
+            &dir.path().join("agent-key.pem"),
+            None,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("https://{}", listener.local_addr().unwrap());
+        let admission = Arc::new(Admission::default());
+        let app = Router::new().route("/ping", get(|| async { "pong" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tls::serve(
+            listener,
+            config,
+            app,
+            Arc::clone(&admission),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let creds = Credentials {
+            ca_pem: std::fs::read(dir.path().join("ca.pem")).unwrap(),
+            token: "unused".to_owned(),
+            identity_pem: None,
+        };
+        (dir, address, creds, admission, stop)
+    }
+
+    async fn ping(agent: &RemoteAgent, close: bool) {
+        let mut req = agent.client.get(format!("{}/ping", agent.address));
+        if close {
+            req = req.header(reqwest::header::CONNECTION, "close");
+        }
+        let text = req.send().await.unwrap().text().await.unwrap();
+        assert_eq!(text, "pong");
+    }
+
+    /// The fan-out's cost per request: a second request to an agent rides the kept-alive
+    /// connection (no handshake at all), a reconnection resumes the TLS session (no certificate
+    /// signature), and another agent object for the same inventory shares both.
+    #[tokio::test]
+    async fn requests_to_an_agent_reuse_the_connection_and_a_reconnection_resumes_tls() {
+        let (_dir, address, creds, admission, _stop) = server().await;
+        let agent = RemoteAgent::new("a".into(), &address, BTreeMap::new(), &creds, None).unwrap();
+        ping(&agent, false).await;
+        assert_eq!(admission.handshakes(), (1, 0));
+        ping(&agent, false).await;
+        ping(&agent, false).await;
+        assert_eq!(
+            admission.handshakes(),
+            (1, 0),
+            "kept-alive requests need no handshake"
+        );
+        // The server closes this connection after answering, so the next request reconnects.
+        ping(&agent, true).await;
+        let again = RemoteAgent::new("a".into(), &address, BTreeMap::new(), &creds, None).unwrap();
+        ping(&again, false).await;
+        assert_eq!(
+            admission.handshakes(),
+            (1, 1),
+            "a reconnection resumes the session"
+        );
+        ping(&agent, false).await;
+        assert_eq!(
+            admission.handshakes(),
+            (1, 1),
+            "both agent objects share one pool"
+        );
+    }
+
+    #[test]
+    fn an_inventory_ca_that_holds_no_certificate_is_refused_at_load() {
+        let creds = Credentials {
+            ca_pem: b"not a certificate".to_vec(),
+            token: "t".to_owned(),
+            identity_pem: None,
+        };
+        let err = RemoteAgent::new(
+            "a".into(),
+            "https://127.0.0.1:1",
+            BTreeMap::new(),
+            &creds,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err, "invalid CA certificate: no PEM certificate found");
+    }
 
     #[test]
     fn an_agent_of_the_same_major_protocol_version_is_accepted() {

@@ -582,6 +582,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Connections closed to make room for newer ones, or new ones closed for want of room (a flood, if it grows).",
         state.admission.evicted(),
     );
+    let (full, resumed) = state.admission.handshakes();
+    metric(
+        "faultline_agent_tls_handshakes_full_total",
+        "counter",
+        "TLS handshakes completed in full (certificate signed and checked).",
+        full,
+    );
+    metric(
+        "faultline_agent_tls_handshakes_resumed_total",
+        "counter",
+        "TLS handshakes that resumed an earlier session from its ticket.",
+        resumed,
+    );
     let (dropped, suppressed) = state.audit.figures();
     metric(
         "faultline_agent_audit_lines_dropped_total",

@@ -15,8 +15,8 @@ use axum::Router;
 use axum::extract::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::{HandshakeKind, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -128,6 +128,12 @@ pub(crate) fn server_config(
         )
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless TLS 1.3 session tickets, so a coordinator that reconnects (an idle connection
+    // closed, a coordinator daemon between fires) resumes in one round trip without a
+    // certificate signature and check, and the agent keeps no per-client session state: the
+    // ticket key lives in memory, so a restarted agent simply does full handshakes again.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| format!("failed to set up TLS session tickets: {e}"))?;
     Ok(config)
 }
 
@@ -207,6 +213,7 @@ async fn connection(
         }
     };
     ticket.reached(Stage::Handshaken);
+    ticket.admission.handshook(tls.get_ref().1.handshake_kind());
     let client_cert = tls
         .get_ref()
         .1
@@ -262,6 +269,10 @@ pub(crate) struct Admission {
     /// Connections closed to make room, or refused because every candidate was in its grace
     /// period, since the start (for `/metrics`).
     evicted: AtomicU64,
+    /// TLS handshakes completed since the start: full ones (certificate signed and checked), and
+    /// resumed ones (a session ticket from an earlier connection), for `/metrics`.
+    handshakes_full: AtomicU64,
+    handshakes_resumed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -419,6 +430,25 @@ impl Admission {
     /// Connections closed to make room, or refused for want of it, since the start.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Counts one finished TLS handshake of `kind` (rustls reports it once the handshake is done).
+    fn handshook(&self, kind: Option<HandshakeKind>) {
+        let counter = match kind {
+            Some(HandshakeKind::Resumed) => &self.handshakes_resumed,
+            Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest) | None => {
+                &self.handshakes_full
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Finished TLS handshakes since the start: (full, resumed).
+    pub(crate) fn handshakes(&self) -> (u64, u64) {
+        (
+            self.handshakes_full.load(Ordering::Relaxed),
+            self.handshakes_resumed.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -16,6 +16,7 @@ mod deploy;
 mod disk_fill;
 mod early_end;
 mod examples;
+mod fanout;
 mod fuzz;
 mod gameday;
 mod gate;
