@@ -1249,6 +1249,7 @@ mod tests {
             error: None,
             cause: None,
             value: None,
+            timing: Default::default(),
         }
     }
 
