@@ -423,6 +423,59 @@ fn a_cgroup_frozen_by_a_crashed_run_is_thawed_from_the_journal_by_the_next_start
 }
 
 #[test]
+fn a_frozen_cgroup_is_thawed_when_its_run_stops_renewing_the_lease() {
+    if !crate::support::privileged("a_frozen_cgroup_is_thawed_when_its_run_stops") {
+        return;
+    }
+    let stem = format!("faultline-test-{:08x}", rand_u32());
+    let group = Cgroup::make(&stem);
+    let a = Proc::spawn(&["sleep", "302.875"]);
+    group.adopt(a.pid());
+    let dir = tempdir();
+    let file = dir.path().join("freeze.toml");
+    std::fs::write(
+        &file,
+        crate::support::always_steady_experiment(
+            "cgroup freeze",
+            "",
+            &format!(
+                "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"60s\"\n",
+                group.path
+            ),
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut child = spawn_run_with_watchdog(&file, &state, &["--lease", "1s"]);
+    wait_until("the cgroup frozen", Duration::from_secs(20), || {
+        group.frozen()
+    });
+    let stop = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    };
+    // A stopped run renews nothing: its lease runs out and the watchdog thaws the cgroup.
+    stop("-STOP");
+    let thawed = crate::support::poll_until(Duration::from_secs(15), || !group.frozen());
+    stop("-CONT");
+    let status = child.wait().unwrap();
+    assert!(
+        thawed.is_some(),
+        "the cgroup stayed frozen while its run was stopped"
+    );
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "a fault that ended early makes the run an error"
+    );
+    wait_for_empty_journal(&state);
+}
+
+#[test]
 fn process_kill_combines_container_with_name() {
     if !runc::available("process_kill_combines_container_with_name") {
         return;
