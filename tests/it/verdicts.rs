@@ -496,7 +496,7 @@ fn an_http_probe_answered_503_is_not_run_and_the_reason_says_status_503() {
         "{reason}"
     );
     assert_eq!(report["samples"][0]["cause"], "status 503", "{report:#}");
-    assert_eq!(report["samples"][0]["error"], "HTTP 503");
+    assert_eq!(report["samples"][0]["error"], "HTTP 503, expected 2xx");
     // The terminal summary ends with the same reason.
     assert!(run.stdout.contains("status 503 in"), "{}", run.explain());
     assert!(victim.alive(), "nothing may be injected");
