@@ -85,7 +85,10 @@ duration = \"1ms\"" > "$work/round.toml"
 import json, sys
 from datetime import datetime
 r = json.load(open(sys.argv[1]))
-ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")[:26] + "+00:00") if "." in s else datetime.fromisoformat(s.replace("Z", "+00:00"))
+def ts(s):
+    # RFC 3339 in UTC with 0 to 9 fraction digits; datetime takes at most 6.
+    whole, _, frac = s.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(frac + '000000')[:6]}+00:00")
 f = r["faults"]
 ok = all(x["status"] == "reverted" for x in f)
 first = min(ts(x["injected_at"]) for x in f)
