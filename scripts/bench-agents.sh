@@ -85,7 +85,10 @@ duration = \"1ms\"" > "$work/round.toml"
 import json, sys
 from datetime import datetime
 r = json.load(open(sys.argv[1]))
-ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")[:26] + "+00:00") if "." in s else datetime.fromisoformat(s.replace("Z", "+00:00"))
+def ts(s):
+    # RFC 3339 in UTC with 0 to 9 fraction digits; datetime takes at most 6.
+    whole, _, frac = s.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(frac + '000000')[:6]}+00:00")
 f = r["faults"]
 ok = all(x["status"] == "reverted" for x in f)
 first = min(ts(x["injected_at"]) for x in f)
@@ -98,6 +101,54 @@ print(f"  {sys.argv[2]:>3} agents: {ms(last - first):7.1f} ms  ({len(f)} faults,
       f"coordinator peak RSS {int(sys.argv[3]) / 1024:.1f} MiB)")
 PY
   done
+  # A lease renewal touches no disk on the agent: the spread of one renewal round over all agents
+  # is the fan-out itself (one request per agent on its kept-alive connection). A 4 KiB fill held
+  # 5 s with a 3 s lease renews every second (a shorter lease lapses on 500 agents here, where
+  # injecting on all of them takes about as long); each agent's audit log says when it answered.
+  experiment "[[fault]]
+name = \"fill\"
+kind = \"disk-fill\"
+on = \"all\"
+path = \"$work/fill\"
+size = \"4KiB\"
+duration = \"5s\"" > "$work/renew.toml"
+  since=$(date +%s.%N)
+  FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/renew.toml" --agents "$work/inventory.toml" \
+    --lease 3s --quiet --report-json "$work/renew.json" >/dev/null 2>&1 || true
+  python3 - "$work" "$n" "$since" <<'PY'
+import glob, json, statistics, sys
+from datetime import datetime
+work, n, since = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+report = json.load(open(f"{work}/renew.json"))
+def ts(s):
+    whole, _, frac = s.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(frac + '000000')[:6]}+00:00").timestamp()
+times = []
+for path in glob.glob(f"{work}/state-*/audit.jsonl"):
+    for line in open(path):
+        entry = json.loads(line)
+        if entry.get("request") == "POST /v1/leases/renew" and entry.get("status") == 200:
+            times.append(ts(entry["time"]))
+# Earlier sizes' agents kept their state directories: only this run's renewals count.
+times = sorted(t for t in times if t >= since)
+# Rounds are 1 s apart: a gap over 100 ms starts the next one.
+rounds, current = [], []
+for t in times:
+    if current and t - current[-1] > 0.1:
+        rounds.append(current)
+        current = []
+    current.append(t)
+if current:
+    rounds.append(current)
+full = [r for r in rounds if len(r) == n]
+if not full:
+    print(f"  {n:>3} agents: no renewal round told apart from the next (answers per cluster: "
+          f"{[len(r) for r in rounds]}); run verdict {report['verdict']}: {report['reason'][:300]}")
+else:
+    spreads = [(r[-1] - r[0]) * 1000 for r in full]
+    print(f"  {n:>3} agents: renewal round (no disk), first -> last agent answering: median "
+          f"{statistics.median(spreads):.1f} ms, max {max(spreads):.1f} ms over {len(full)} rounds")
+PY
   stop_agents
 done
 

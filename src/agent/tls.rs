@@ -1,5 +1,6 @@
 //! Owns the agent daemon's transport: loading PEM files, the rustls server configuration (ring
-//! provider, optional client-certificate verification), the accept loop that hands each TLS
+//! provider, optional client-certificate verification, stateless session tickets, a count of full
+//! and resumed handshakes for `/metrics`), the accept loop that hands each TLS
 //! connection to the HTTP service, and the admission of connections that have not yet shown the
 //! token, so that an unauthenticated peer cannot starve a token holder.
 
