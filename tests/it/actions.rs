@@ -257,6 +257,18 @@ fn agent_allowing(dir: &Path, kinds: &str) -> TlsAgent {
     )
 }
 
+/// Waits for the marker a coordinator's `command` fault makes on `agent`; on failure, says what
+/// the coordinator and the agent logged.
+fn wait_for_marker_on_agent(marker: &Path, agent: &TlsAgent, dir: &Path) {
+    let made = support::poll_until(Duration::from_secs(60), || marker.exists());
+    assert!(
+        made.is_some(),
+        "no marker within 60 s; the coordinator's log:\n{}\nthe agent's log:\n{}",
+        std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default(),
+        agent.log_text()
+    );
+}
+
 #[test]
 fn a_sigkilled_network_agent_runs_the_revert_when_it_restarts() {
     let dir = support::tempdir();
@@ -280,9 +292,7 @@ fn a_sigkilled_network_agent_runs_the_revert_when_it_restarts() {
         Some(&dir.path().join("coordinator-state")),
         &dir.path().join("coordinator.log"),
     );
-    wait_until("the marker made by `run`", Duration::from_secs(30), || {
-        marker.exists()
-    });
+    wait_for_marker_on_agent(&marker, &agent, dir.path());
     agent.kill();
     assert!(
         marker.exists(),
@@ -322,9 +332,7 @@ fn a_network_agent_runs_the_revert_when_a_killed_coordinator_s_lease_lapses() {
         Some(&dir.path().join("coordinator-state")),
         &dir.path().join("coordinator.log"),
     );
-    wait_until("the marker made by `run`", Duration::from_secs(30), || {
-        marker.exists()
-    });
+    wait_for_marker_on_agent(&marker, &agent, dir.path());
     coordinator.child.kill().unwrap();
     coordinator.child.wait().unwrap();
     assert!(marker.exists(), "only the lapsed lease may remove it");
