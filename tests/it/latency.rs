@@ -394,10 +394,15 @@ fn bench_proxy_prints_every_figure() {
         "faultline (timerfd)             1ms",
         "baseline (tokio sleep)          1ms",
         "OS floor (thread::sleep)        1ms",
-        "through the proxy, no toxic",
-        "through the proxy, 10 ms",
+        "through faultline, copying",
+        "through the proxy, spliced, no toxic",
+        "through the proxy, spliced, 10 ms delay",
+        "through the proxy, copying, no toxic",
+        "through the proxy, copying, 10 ms delay",
         "20 proxied connections",
+        "direct (same load)",
         "no toxic (proxy hop cost)",
+        "proxy vs direct under the same load",
         "0 of 80 delayed round trips took less than 10 ms",
     ] {
         assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
@@ -413,10 +418,12 @@ fn bench_proxy_prints_every_figure() {
     for label in [
         "direct  ",
         "through faultline",
+        "through faultline, copying",
         "through the sleep proxy",
         "faultline (timerfd)             1ms",
         "baseline (tokio sleep)",
         "OS floor (thread::sleep)",
+        "direct (same load)",
         "no toxic (proxy hop cost)",
         "faultline (timerfd)            10ms",
     ] {
@@ -440,14 +447,30 @@ fn bench_proxy_prints_every_figure() {
             .unwrap_or_else(|| panic!("no throughput line `{label}` in:\n{stdout}"))
     };
     let direct = throughput(rate_line("direct"));
-    for label in ["through the proxy, no toxic", "through the proxy, 10 ms"] {
+    for (label, path) in [
+        ("through the proxy, spliced, no toxic", "spliced"),
+        ("through the proxy, spliced, 10 ms delay", "spliced"),
+        ("through the proxy, copying, no toxic", "copying"),
+        ("through the proxy, copying, 10 ms delay", "copying"),
+    ] {
         let l = rate_line(label);
         let rate = throughput(l);
         let ratio: f64 = l
             .split("ratio to direct ")
             .nth(1)
-            .and_then(|r| r.trim_end_matches(')').parse().ok())
+            .and_then(|r| r.split(';').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no ratio in `{l}`"));
+        // The proxy's own counters: the spliced path copied nothing, the copying one spliced
+        // nothing, so a splice path that silently never engages shows here.
+        let (none, some) = if path == "spliced" {
+            ("0 B copied", "; 0 B spliced")
+        } else {
+            ("; 0 B spliced", "0 B copied")
+        };
+        assert!(
+            l.contains(none) && !l.contains(some),
+            "`{l}`: bytes did not take the {path} path"
+        );
         assert!(rate.is_finite() && rate > 0.0, "{l}");
         assert!(ratio.is_finite() && ratio > 0.0, "{l}");
         // Both are printed rounded: the rate to 1 MB/s, the ratio to 0.01.
