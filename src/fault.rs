@@ -9,9 +9,9 @@
 
 mod bandwidth;
 pub(crate) mod check;
+mod command;
 mod container_kill;
 mod container_pause;
-mod command;
 mod disk_fill;
 mod http_action;
 mod latency;
@@ -35,9 +35,9 @@ use toml::Spanned;
 
 pub(crate) use bandwidth::Bandwidth;
 pub(crate) use check::{FieldError, Host};
+pub(crate) use command::CommandAction;
 pub(crate) use container_kill::ContainerKill;
 pub(crate) use container_pause::ContainerPause;
-pub(crate) use command::CommandAction;
 pub(crate) use disk_fill::{DiskFill, FillAmount, forbid_fills_in};
 pub(crate) use http_action::HttpAction;
 pub(crate) use latency::{LatencyProxy, Via};
@@ -209,7 +209,7 @@ impl FaultSpec {
             | FaultSpec::Partition(_)
             | FaultSpec::LatencyProxy(_)
             | FaultSpec::ContainerKill(_)
-            | FaultSpec::ContainerPause(_) => Ok(()),
+            | FaultSpec::ContainerPause(_)
             | FaultSpec::Command(_)
             | FaultSpec::Http(_) => Ok(()),
         }

@@ -1249,7 +1249,7 @@ mod tests {
             error: None,
             cause: None,
             value: None,
-            timing: Default::default(),
+            timing: crate::probe::Timing::default(),
         }
     }
 
