@@ -23,12 +23,20 @@ pub(crate) const MAX_LEN: usize = 64 * 1024;
 /// Every registered form of every secret, longest first (so a form that contains another is
 /// replaced whole).
 static FORMS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// Every registered secret as it was given, for [`occurring_in`].
+static VALUES: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Registers a secret value: from now on [`redact`] masks it. Values shorter than [`MIN_LEN`] are
 /// the caller's to refuse.
 pub(crate) fn register(value: &str) {
     if value.is_empty() {
         return;
+    }
+    {
+        let mut values = VALUES.write().unwrap_or_else(PoisonError::into_inner);
+        if !values.iter().any(|v| v == value) {
+            values.push(value.to_owned());
+        }
     }
     let mut forms = FORMS.write().unwrap_or_else(PoisonError::into_inner);
     for form in forms_of(value) {
@@ -60,6 +68,18 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The registered secrets (as given) that `text` holds in any of their forms: what a journal
+/// entry carries, so that another process reverting it (the watchdog, a later start's recovery)
+/// masks them in what it prints and records, although it never read the experiment.
+pub(crate) fn occurring_in(text: &str) -> Vec<String> {
+    let values = VALUES.read().unwrap_or_else(PoisonError::into_inner);
+    values
+        .iter()
+        .filter(|v| forms_of(v).iter().any(|f| text.contains(f.as_str())))
+        .cloned()
+        .collect()
 }
 
 /// Redacts a `String` in place.

@@ -351,10 +351,13 @@ impl AgentCore {
             match entry.undo.revert() {
                 Ok(detail) => {
                     let _ = self.journal.remove(&entry.id);
-                    recovery.reverted.push(format!(
-                        "{} ({}, run {}): {detail}",
-                        entry.id, entry.kind, entry.run_id
-                    ));
+                    recovery.reverted.push(
+                        crate::secrets::redact(&format!(
+                            "{} ({}, run {}): {detail}",
+                            entry.id, entry.kind, entry.run_id
+                        ))
+                        .into_owned(),
+                    );
                     // A coordinator still renewing this fault learns it was cut short, and when.
                     self.state().finished.insert(Reverted {
                         id: entry.id.clone(),
@@ -364,9 +367,10 @@ impl AgentCore {
                         actions: Vec::new(),
                     });
                 }
-                Err(e) => recovery
-                    .failed
-                    .push(format!("{} ({}): {e}", entry.id, entry.kind)),
+                Err(e) => recovery.failed.push(
+                    crate::secrets::redact(&format!("{} ({}): {e}", entry.id, entry.kind))
+                        .into_owned(),
+                ),
             }
         }
         recovery
@@ -543,6 +547,7 @@ impl AgentCore {
             id: id.to_owned(),
             run_id: req.run_id.clone(),
             kind: req.spec.kind().to_owned(),
+            secrets: Entry::secrets_in(&undo),
             undo: undo.clone(),
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
@@ -717,6 +722,7 @@ impl AgentCore {
             owner: self.owner.clone(),
             written_at: Timestamp::now(),
             deadline: None,
+            secrets: Vec::new(),
         };
         self.journal
             .record(&entry)
@@ -1582,6 +1588,7 @@ mod tests {
                 owner: dead,
                 written_at: Timestamp::now(),
                 deadline: None,
+                secrets: Vec::new(),
             })
             .unwrap();
         let before = Timestamp::now();

@@ -26,6 +26,19 @@ pub(crate) struct Entry {
     /// the run still exists (stopped, stalled). `None` for run resources; absent in older entries.
     #[serde(default)]
     pub(crate) deadline: Option<Timestamp>,
+    /// The run's secrets that the undo holds (a `command` revert's argv, say). Reading the entry
+    /// registers them (`secrets.rs`), so whatever process reverts it masks them in its output
+    /// and in the history. Empty (and absent) for most entries and on remote agents, which are
+    /// never told which values are secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) secrets: Vec<String>,
+}
+
+impl Entry {
+    /// The registered secrets that `undo` holds, for [`Entry::secrets`].
+    pub(crate) fn secrets_in(undo: &Undo) -> Vec<String> {
+        crate::secrets::occurring_in(&serde_json::to_string(undo).unwrap_or_default())
+    }
 }
 
 /// Creates (or truncates) `path` for writing with mode 0600, whatever the umask: every file in the
@@ -125,6 +138,11 @@ impl Journal {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
                 .map_err(|e| format!("unreadable journal entry {}: {e}", path.display()));
+            if let Ok(entry) = &parsed {
+                for secret in &entry.secrets {
+                    crate::secrets::register(secret);
+                }
+            }
             entries.push(parsed);
         }
         entries

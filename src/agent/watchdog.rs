@@ -183,14 +183,17 @@ pub(crate) fn main(
                 Ok(detail) => {
                     let _ = journal.remove(&entry.id);
                     eprintln!(
-                        "faultline watchdog: run {parent} still holds {} ({}) but {why}; reverted it: {detail}",
-                        entry.id, entry.kind
+                        "faultline watchdog: run {parent} still holds {} ({}) but {why}; reverted it: {}",
+                        entry.id,
+                        entry.kind,
+                        crate::secrets::redact(&detail)
                     );
                 }
                 Err(e) => {
                     eprintln!(
-                        "faultline watchdog: could NOT revert {} ({why}): {e}; retrying in 1 s",
-                        entry.id
+                        "faultline watchdog: could NOT revert {} ({why}): {}; retrying in 1 s",
+                        entry.id,
+                        crate::secrets::redact(&e)
                     );
                     retry_at.insert(entry.id.clone(), now + Duration::from_secs(1));
                 }

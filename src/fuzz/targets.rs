@@ -594,6 +594,12 @@ impl Target for JournalTarget {
                     written_at: Timestamp::UNIX_EPOCH,
                     // Every other seed entry has a deadline, so the mutations reach that field too.
                     deadline: (i % 2 == 0).then_some(Timestamp::UNIX_EPOCH),
+                    // One seed carries a secret, so the mutations reach that field too.
+                    secrets: if i == 1 {
+                        vec!["s3cret-value".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
                 })
             })
             .collect()

@@ -545,3 +545,86 @@ fn an_unexpected_status_fails_the_injection_and_the_revert_is_still_sent() {
     );
     assert_eq!(flag(&state), "off", "the revert was not sent");
 }
+
+/// A secret in a `command` fault's `revert` argv, and the run SIGKILLed: the watchdog, a process
+/// that never read the experiment, reverts the fault and ends the run's history row, and neither
+/// its output nor the history shows the secret (the journal entry names which values to mask).
+#[test]
+fn a_secret_in_a_revert_never_reaches_the_watchdogs_output_or_the_history() {
+    const SECRET: &str = "watchdog-secret-8c1f";
+    let dir = support::tempdir();
+    let state = dir.path().join("state");
+    let marker = dir.path().join(format!("marker-{SECRET}"));
+    let written = PathBuf::from(format!("{}/marker-${{secret:S}}", dir.path().display()));
+    let file = write_experiment(
+        dir.path(),
+        &marker_fault(&written, "60s", None),
+        "[secrets]\nS = { env = \"FL_ACTION_SECRET\" }\n",
+    );
+    let stderr = dir.path().join("run.err");
+    let mut run = Reaped(
+        Command::new(BIN)
+            .args(["run", file.to_str().unwrap(), "--quiet"])
+            .env("FAULTLINE_STATE_DIR", &state)
+            .env("FL_ACTION_SECRET", SECRET)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            // The watchdog inherits it.
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the marker made by `run`", Duration::from_secs(20), || {
+        marker.exists()
+    });
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let history = || {
+        let out = Command::new(BIN)
+            .args(["history", "--json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    wait_until(
+        "the watchdog ended the run",
+        Duration::from_secs(20),
+        || serde_json::from_str::<serde_json::Value>(&history()).unwrap()[0]["verdict"] == "error",
+    );
+    assert!(!marker.exists(), "the watchdog ran `revert`");
+    let rows = history();
+    let reason = serde_json::from_str::<serde_json::Value>(&rows).unwrap()[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("the watchdog reverted its faults") && reason.contains("marker-***"),
+        "{reason}"
+    );
+    let printed = std::fs::read_to_string(&stderr).unwrap();
+    assert!(printed.contains("marker-***"), "{printed}");
+    let mut seen = vec![
+        ("stderr".to_owned(), printed.into_bytes()),
+        ("history --json".to_owned(), rows.into_bytes()),
+    ];
+    for entry in std::fs::read_dir(&state).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("history.db")
+        {
+            seen.push((
+                entry.path().display().to_string(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+    }
+    for (what, bytes) in seen {
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret is in {what}"
+        );
+    }
+}
