@@ -527,4 +527,41 @@ mod tests {
             "the fault table shows the failed revert: {text}"
         );
     }
+
+    #[test]
+    fn the_terminal_summary_says_what_an_action_ran_and_why_a_step_failed() {
+        let mut report = revert_failed_report();
+        let step =
+            |step: &str, ok: bool, outcome: &str, stderr: &str| crate::protocol::ActionOutput {
+                step: step.to_owned(),
+                command: format!("/usr/bin/flagctl {step}"),
+                ok,
+                exit_code: Some(i32::from(!ok)),
+                status: None,
+                outcome: outcome.to_owned(),
+                stdout: String::new(),
+                stderr: stderr.to_owned(),
+                duration_ms: 12,
+            };
+        report.faults[0].actions = vec![
+            step("run", true, "exit 0", ""),
+            step(
+                "revert",
+                false,
+                "exit 1",
+                "\nflag service unreachable\nmore",
+            ),
+        ];
+        let text = super::terminal::render(&report);
+        assert!(
+            text.contains("action: kill run: /usr/bin/flagctl run → exit 0 in 12 ms\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "action: kill revert: /usr/bin/flagctl revert → exit 1 in 12 ms\n        stderr: flag service unreachable\n"
+            ),
+            "{text}"
+        );
+    }
 }

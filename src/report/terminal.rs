@@ -106,6 +106,11 @@ pub(crate) fn render(report: &Report) -> String {
         out.push_str(&Table::new(faults).with(Style::rounded()).to_string());
         out.push('\n');
     }
+    for f in &report.faults {
+        for a in &f.actions {
+            out.push_str(&action_line(&f.name, a));
+        }
+    }
     if let Some(ttr) = report.time_to_recover {
         out.push_str(&format!(
             "time to recover: {} (allowed {})\n",
@@ -134,6 +139,26 @@ pub(crate) fn render(report: &Report) -> String {
         report.reason
     ));
     out
+}
+
+/// One line per program or request an action kind ran: its step, what it ran, how it ended and
+/// how long it took, with the first line of its standard error when it failed (the JSON report
+/// keeps the whole bounded output).
+fn action_line(fault: &str, a: &crate::protocol::ActionOutput) -> String {
+    let mut line = format!(
+        "action: {fault} {}: {} → {} in {}\n",
+        a.step,
+        a.command,
+        a.outcome,
+        format_ms(Duration::from_millis(a.duration_ms))
+    );
+    if !a.ok {
+        if let Some(first) = a.stderr.lines().find(|l| !l.trim().is_empty()) {
+            let first: String = first.chars().take(120).collect();
+            line.push_str(&format!("        stderr: {first}\n"));
+        }
+    }
+    line
 }
 
 /// A duration as the JSON report keeps it (whole microseconds; `recovery_within` whole
