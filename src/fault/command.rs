@@ -323,23 +323,7 @@ impl Prepared {
 /// Runs the journaled revert, trying again (up to [`REVERT_ATTEMPTS`] in all) while it fails and
 /// its `timeout` is not used up. Every attempt is returned for the report.
 pub(super) fn revert(inv: &Invocation) -> (Result<String, String>, Vec<ActionOutput>) {
-    let started = Instant::now();
-    let mut outputs = Vec::new();
-    for attempt in 1..=REVERT_ATTEMPTS {
-        let left = inv.timeout().saturating_sub(started.elapsed());
-        if left.is_zero() {
-            break;
-        }
-        let out = execute("revert", inv, left);
-        let ok = out.ok;
-        outputs.push(out);
-        if ok {
-            break;
-        }
-        if attempt < REVERT_ATTEMPTS {
-            std::thread::sleep(Duration::from_millis(200) * attempt);
-        }
-    }
+    let outputs = revert_attempts(inv.timeout(), |left| execute("revert", inv, left));
     let result = match outputs.last() {
         Some(out) if out.ok => Ok(format!(
             "ran `{}`: {}{}",
@@ -365,6 +349,33 @@ pub(super) fn revert(inv: &Invocation) -> (Result<String, String>, Vec<ActionOut
         )),
     };
     (result, outputs)
+}
+
+/// Runs `attempt` (given the time left) until it succeeds, at most [`REVERT_ATTEMPTS`] times and
+/// while `timeout` is not used up, backing off a little more each time: the revert of both action
+/// kinds. Every attempt is returned for the report; none when the timeout was used up at once.
+pub(super) fn revert_attempts(
+    timeout: Duration,
+    mut attempt: impl FnMut(Duration) -> ActionOutput,
+) -> Vec<ActionOutput> {
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    for n in 1..=REVERT_ATTEMPTS {
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        let out = attempt(left);
+        let ok = out.ok;
+        outputs.push(out);
+        if ok {
+            break;
+        }
+        if n < REVERT_ATTEMPTS {
+            std::thread::sleep(Duration::from_millis(200) * n);
+        }
+    }
+    outputs
 }
 
 /// Executes one program: its own process group, stdin closed, stdout and stderr captured (the

@@ -28,8 +28,6 @@ const MAX_HEADERS: usize = 64;
 const MAX_BODY: usize = 64 * 1024;
 /// How many expected statuses a request may list.
 const MAX_STATUSES: usize = 32;
-/// How many times a failing revert is sent, within its `timeout` altogether.
-const REVERT_ATTEMPTS: u32 = 3;
 
 /// The keys of an `http` table, as written: the action's request, and `revert`.
 #[derive(Debug, Deserialize)]
@@ -334,26 +332,10 @@ impl Prepared {
     }
 }
 
-/// Sends the journaled revert request, again (up to [`REVERT_ATTEMPTS`] in all) while it fails
+/// Sends the journaled revert request, again (up to `command::REVERT_ATTEMPTS` in all) while it fails
 /// and its `timeout` is not used up.
 pub(super) fn revert(req: &Request) -> (Result<String, String>, Vec<ActionOutput>) {
-    let started = Instant::now();
-    let mut outputs: Vec<ActionOutput> = Vec::new();
-    for attempt in 1..=REVERT_ATTEMPTS {
-        let left = req.timeout().saturating_sub(started.elapsed());
-        if left.is_zero() {
-            break;
-        }
-        let out = send("revert", req, left);
-        let ok = out.ok;
-        outputs.push(out);
-        if ok {
-            break;
-        }
-        if attempt < REVERT_ATTEMPTS {
-            std::thread::sleep(Duration::from_millis(200) * attempt);
-        }
-    }
+    let outputs = super::command::revert_attempts(req.timeout(), |left| send("revert", req, left));
     let result = match outputs.last() {
         Some(out) if out.ok => Ok(format!("sent `{}`: {}", out.command, out.outcome)),
         Some(out) => Err(format!(
