@@ -287,6 +287,43 @@ impl Drop for Cgroup {
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` or, on a hybrid host, below it).
+/// A cgroup of the test's own holding one `sleep` (its argument tells the tests' sleeps apart),
+/// and an experiment that freezes that cgroup for `duration`.
+struct Freezing {
+    group: Cgroup,
+    a: Proc,
+    dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl Freezing {
+    fn new(sleep: &str, duration: &str) -> Freezing {
+        let group = Cgroup::make(&format!("faultline-test-{:08x}", rand_u32()));
+        let a = Proc::spawn(&["sleep", sleep]);
+        group.adopt(a.pid());
+        let dir = tempdir();
+        let file = dir.path().join("freeze.toml");
+        std::fs::write(
+            &file,
+            crate::support::always_steady_experiment(
+                "cgroup freeze",
+                "",
+                &format!(
+                    "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"{duration}\"\n",
+                    group.path
+                ),
+            ),
+        )
+        .unwrap();
+        Freezing {
+            group,
+            a,
+            dir,
+            file,
+        }
+    }
+}
+
 fn v2_mount() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
@@ -349,24 +386,12 @@ fn container_pause_of_a_cgroup_freezes_it_through_cgroup_v2_and_thaws_it() {
     if !crate::support::privileged("container_pause_of_a_cgroup") {
         return;
     }
-    let stem = format!("faultline-test-{:08x}", rand_u32());
-    let group = Cgroup::make(&stem);
-    let a = Proc::spawn(&["sleep", "302.5"]);
-    group.adopt(a.pid());
-    let dir = tempdir();
-    let file = dir.path().join("freeze.toml");
-    std::fs::write(
-        &file,
-        crate::support::always_steady_experiment(
-            "cgroup freeze",
-            "",
-            &format!(
-                "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"1s\"\n",
-                group.path
-            ),
-        ),
-    )
-    .unwrap();
+    let Freezing {
+        group,
+        a,
+        dir,
+        file,
+    } = Freezing::new("302.5", "1s");
     let mut child = crate::support::spawn_run(&file, &dir.path().join("state"), &[]);
     wait_until("the cgroup frozen", Duration::from_secs(20), || {
         group.frozen()
@@ -382,24 +407,12 @@ fn a_cgroup_frozen_by_a_crashed_run_is_thawed_from_the_journal_by_the_next_start
     if !crate::support::privileged("a_cgroup_frozen_by_a_crashed_run") {
         return;
     }
-    let stem = format!("faultline-test-{:08x}", rand_u32());
-    let group = Cgroup::make(&stem);
-    let a = Proc::spawn(&["sleep", "302.75"]);
-    group.adopt(a.pid());
-    let dir = tempdir();
-    let file = dir.path().join("freeze.toml");
-    std::fs::write(
-        &file,
-        crate::support::always_steady_experiment(
-            "cgroup freeze",
-            "",
-            &format!(
-                "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"60s\"\n",
-                group.path
-            ),
-        ),
-    )
-    .unwrap();
+    let Freezing {
+        group,
+        a: _sleep,
+        dir,
+        file,
+    } = Freezing::new("302.75", "60s");
     let state = dir.path().join("state");
     // No watchdog: what is left is for the journal alone.
     let mut child = crate::support::spawn_run(&file, &state, &[]);
@@ -427,24 +440,12 @@ fn a_frozen_cgroup_is_thawed_when_its_run_stops_renewing_the_lease() {
     if !crate::support::privileged("a_frozen_cgroup_is_thawed_when_its_run_stops") {
         return;
     }
-    let stem = format!("faultline-test-{:08x}", rand_u32());
-    let group = Cgroup::make(&stem);
-    let a = Proc::spawn(&["sleep", "302.875"]);
-    group.adopt(a.pid());
-    let dir = tempdir();
-    let file = dir.path().join("freeze.toml");
-    std::fs::write(
-        &file,
-        crate::support::always_steady_experiment(
-            "cgroup freeze",
-            "",
-            &format!(
-                "[[fault]]\nname = \"freeze\"\nkind = \"container-pause\"\ncgroup = \"{}\"\nduration = \"60s\"\n",
-                group.path
-            ),
-        ),
-    )
-    .unwrap();
+    let Freezing {
+        group,
+        a: _sleep,
+        dir,
+        file,
+    } = Freezing::new("302.875", "60s");
     let state = dir.path().join("state");
     let mut child = spawn_run_with_watchdog(&file, &state, &["--lease", "1s"]);
     wait_until("the cgroup frozen", Duration::from_secs(20), || {
