@@ -71,17 +71,23 @@ bins = [bin] + ([other] if other else [])
 waits_ms = 200 + 100 + 200
 
 rss_file = f"{work}/rss"
+err_file = f"{work}/stderr"
 
 def timed(args, state):
     env = dict(os.environ, FAULTLINE_STATE_DIR=state)
-    # -q: time(1) prints no note of its own when the command exits non-zero.
-    t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file] + args,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    wall = (time.perf_counter() - t0) * 1000
+    # -q: time(1) prints no note of its own when the command exits non-zero. stderr goes to a
+    # file, not a pipe: the run's watchdog inherits it and outlives the run by up to a poll
+    # period, and reading a pipe to its end would wait for the watchdog too.
+    with open(err_file, "w+b") as err:
+        t0 = time.perf_counter()
+        code = subprocess.call(["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file] + args,
+                               stdout=subprocess.DEVNULL, stderr=err, env=env)
+        wall = (time.perf_counter() - t0) * 1000
+        err.seek(0)
+        text = err.read().decode(errors="replace")
     with open(rss_file) as f:
         maxrss = int(f.read().split()[-1])
-    return wall, maxrss, p.returncode, p.stderr.decode(errors="replace")
+    return wall, maxrss, code, text
 
 floor_runs = [timed(["/bin/true"], f"{work}/state-floor") for _ in range(5)]
 floor = (statistics.median(w for w, *_ in floor_runs), statistics.median(r for _, r, *_ in floor_runs))
