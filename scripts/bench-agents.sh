@@ -205,3 +205,11 @@ echo "idle agent RSS: $((rss / 1024)) MiB (${rss} kB, /proc/PID/status VmRSS aft
 # The split says what an agent costs a host: its own memory (anonymous) and the pages of the
 # faultline binary it has mapped (file; the page cache holds one copy for every agent on a host).
 echo "  of which anonymous ${anon} kB, file-backed ${file} kB; threads $(awk '/Threads/ {print $2}' "/proc/${pids[0]}/status")"
+# What the file-backed part is: mapped pages of the binary's text (r-xp), of its read-only data
+# (r--p: .rodata, .eh_frame, the relocations the loader reads) and of shared libraries. Text is
+# mapped in whole fault-around windows (64 KiB) and large page-cache folios around each page the
+# agent executes, so it follows how spread out the executed code is, not how much of it runs.
+# PSS divides each page by the processes mapping it: N agents on a host share one copy.
+awk -v bin="$(readlink -f "$bin")" '/^[0-9a-f]+-/ {what = ($6 == bin) ? "binary " $2 : ($6 ~ /\.so/ ? "shared libraries" : "other")}
+  /^Rss:/ {rss[what] += $2} END {for (w in rss) printf "  %-18s %6d kB\n", w, rss[w]}' "/proc/${pids[0]}/smaps" | sort
+grep -E '^(Pss_Anon|Pss_File|Private_Clean|Private_Dirty):' "/proc/${pids[0]}/smaps_rollup" | awk '{printf "  %s %s kB", $1, $2} END {print ""}'

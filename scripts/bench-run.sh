@@ -9,12 +9,17 @@
 # Its deliberate waits are window + duration + window = 500 ms: no run can be shorter. The
 # overhead is wall - 500 ms; the baseline in the same run is the cost of starting the binary at
 # all (`faultline --version`, same measurement), printed beside it. Peak RSS is the run process's
-# own (wait4's ru_maxrss); the embedded agent's watchdog is a separate process, not counted.
+# own, as GNU time reports it (its child's ru_maxrss); the embedded agent's watchdog is a separate
+# process, not counted. Not wait4 on a child of this Python: Python starts children with vfork,
+# and the kernel charges the high-water RSS of the address space an exec leaves to the new
+# program, so every child of Python "peaked" at Python's own RSS (~14 MiB here, `/bin/true`
+# included). time(1) forks from a small process; its floor (`/bin/true`) is printed beside.
 # All runs share one state directory, as runs on one host do (the history database exists after
 # a first, uncounted run), so the figure is a run's and not the creation of the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
+[ -x /usr/bin/time ] || { echo "bench-run: needs GNU time at /usr/bin/time (apt-get install time)" >&2; exit 1; }
 if [ -z "${FAULTLINE_BIN:-}" ]; then
   cargo build --release --quiet
   bin="$PWD/target/release/faultline"
@@ -65,16 +70,27 @@ bin, work, runs, other = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 bins = [bin] + ([other] if other else [])
 waits_ms = 200 + 100 + 200
 
+rss_file = f"{work}/rss"
+err_file = f"{work}/stderr"
+
 def timed(args, state):
     env = dict(os.environ, FAULTLINE_STATE_DIR=state)
-    t0 = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = (time.perf_counter() - t0) * 1000
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
-    return wall, usage.ru_maxrss, p.returncode, err
+    # -q: time(1) prints no note of its own when the command exits non-zero. stderr goes to a
+    # file, not a pipe: the run's watchdog inherits it and outlives the run by up to a poll
+    # period, and reading a pipe to its end would wait for the watchdog too.
+    with open(err_file, "w+b") as err:
+        t0 = time.perf_counter()
+        code = subprocess.call(["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file] + args,
+                               stdout=subprocess.DEVNULL, stderr=err, env=env)
+        wall = (time.perf_counter() - t0) * 1000
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    with open(rss_file) as f:
+        maxrss = int(f.read().split()[-1])
+    return wall, maxrss, code, text
+
+floor_runs = [timed(["/bin/true"], f"{work}/state-floor") for _ in range(5)]
+floor = (statistics.median(w for w, *_ in floor_runs), statistics.median(r for _, r, *_ in floor_runs))
 
 start = {b: [] for b in bins}
 run = {b: [] for b in bins}
@@ -101,6 +117,7 @@ for b in bins:
     print(f"  run overhead:    median {med(over):7.1f} ms  min {min(over):7.1f} ms  (wall - {waits_ms} ms)")
     print(f"  peak RSS:        median {med(rss) / 1024:7.1f} MiB  max {max(rss) / 1024:7.1f} MiB")
     print(f"  baseline, same run: `faultline --version`: median {start_ms:.1f} ms, peak RSS {start_rss / 1024:.1f} MiB")
+    print(f"  floor of the measurement (`/bin/true` under time(1)): {floor[0]:.1f} ms, peak RSS {floor[1] / 1024:.1f} MiB")
     print(f"  overhead beyond starting the binary: median {med(over) - start_ms:.1f} ms; "
           f"overhead / start-up = {med(over) / start_ms:.1f}x; peak RSS / start-up = {med(rss) / start_rss:.1f}x")
 if other:

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
 use super::schema::{self, SQLITE_MIGRATIONS};
@@ -505,6 +506,15 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
     // fine for a history and saves an fsync per statement.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| fail("failed to set synchronous", &e))?;
+    // No checkpoint when the connection closes: with NORMAL, that checkpoint was the only fsync
+    // of a run's history (the WAL, then the database), and it deleted the WAL so that the next
+    // run's first commit created it again (an fsync of the new WAL's header and of the
+    // directory). Together four fsyncs, on every `faultline run`'s critical path. The WAL stays
+    // and is checkpointed when it reaches SQLite's auto-checkpoint size (1000 pages); readers see
+    // its rows as before. Durability is what NORMAL promises (a power loss may lose the last
+    // rows, never corrupt the file); the agent's journal, which undoes faults, has its own fsyncs.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| fail("failed to keep the WAL on close", &e))?;
     migrate(&mut conn).map_err(|e| fail("failed to migrate", &e.0))?;
     Ok(conn)
 }
@@ -599,6 +609,26 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn closing_leaves_the_wal_for_the_next_open_to_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let conn = open_blocking(&path).unwrap();
+        conn.execute_batch("CREATE TABLE scratch (x INTEGER); INSERT INTO scratch VALUES (42)")
+            .unwrap();
+        drop(conn);
+        // No checkpoint on close (it would have copied the WAL into the database, fsynced both
+        // and deleted the WAL): the WAL is still there, holding the writes above.
+        let wal = std::fs::metadata(path.with_file_name("history.db-wal"))
+            .expect("the WAL outlives the connection");
+        assert!(wal.len() > 0, "the WAL is empty");
+        let conn = open_blocking(&path).unwrap();
+        let x: i64 = conn
+            .query_row("SELECT x FROM scratch", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 42);
     }
 
     #[test]
