@@ -123,6 +123,23 @@ impl Default for Options {
 struct Counters {
     spliced: AtomicU64,
     copied: AtomicU64,
+    /// How late delayed chunks left, measured by the writer just before its write: how many fell
+    /// under each of [`LATENESS_BOUNDS_US`] (the last slot counts the rest). For `faultline bench
+    /// proxy`, to tell the proxy's own wake-up from what the receiver adds after it.
+    late: [AtomicU64; LATENESS_BOUNDS_US.len() + 1],
+}
+
+/// Upper bounds (µs) of the buckets of [`Counters::late`].
+pub(crate) const LATENESS_BOUNDS_US: [u64; 12] =
+    [2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000];
+
+impl Counters {
+    /// A chunk due at `release` leaves now.
+    fn released(&self, release: Instant) {
+        let late = Instant::now().saturating_duration_since(release).as_micros() as u64;
+        let slot = LATENESS_BOUNDS_US.partition_point(|bound| *bound < late);
+        self.late[slot].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What [`Registry::moved`] reports: bytes spliced (never in this process's memory) and bytes
@@ -324,6 +341,22 @@ impl Registry {
             .map(|p| Moved {
                 spliced: p.counters.spliced.load(Ordering::Relaxed),
                 copied: p.counters.copied.load(Ordering::Relaxed),
+            })
+    }
+
+    /// How many delayed chunks the proxy `name` released within each bound of
+    /// [`LATENESS_BOUNDS_US`] of their due time (the last count is for later ones), if it runs.
+    pub(crate) fn release_lateness(&self, name: &str) -> Option<Vec<u64>> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| {
+                p.counters
+                    .late
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect()
             })
     }
 
@@ -773,7 +806,7 @@ async fn pipe(
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     let lane = Lane::new();
     let reader = read_side(src, tx, &lane, pump, relay, counted);
-    let writer = write_side(dst, rx, &lane);
+    let writer = write_side(dst, rx, &lane, &relay.counters);
     tokio::pin!(reader, writer);
     let mut reading = true;
     loop {
@@ -1045,6 +1078,7 @@ async fn write_side(
     mut dst: WriteHalf<'_>,
     mut rx: mpsc::UnboundedReceiver<Item>,
     lane: &Lane,
+    counters: &Counters,
 ) -> End {
     let mut timer: Option<PreciseTimer> = None;
     let mut pipe_out: Option<PipeOut> = None;
@@ -1069,6 +1103,7 @@ async fn write_side(
             Item::Piped { release, mut len } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
+                    counters.released(release);
                 }
                 // Every piped chunk already due leaves in the same splice.
                 let mut chunks = 1;
@@ -1096,6 +1131,7 @@ async fn write_side(
             Item::Data { release, bytes } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
+                    counters.released(release);
                 }
                 if dst.write_all(&bytes).await.is_err() {
                     return End::Close;
