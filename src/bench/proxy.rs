@@ -167,6 +167,16 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         .await?
         .map_err(|_| anyhow::anyhow!("the OS-floor thread panicked"))?;
         print_errors("OS floor (thread::sleep)", ms, &floor);
+        let timerfd_floor = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || {
+                proxy::priority::tune_current_thread(realtime);
+                timerfd_lateness(delay, 200)
+            })
+            .join()
+        })
+        .await?
+        .map_err(|_| anyhow::anyhow!("the timerfd-floor thread panicked"))??;
+        print_errors("timerfd in tokio, no proxy", ms, &timerfd_floor);
         let handoff = SleepEcho::start(delay, realtime)?;
         let measured = errors(
             &round_trips(handoff.listen, settings.round_trips).await?,
@@ -256,6 +266,24 @@ fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// How late the proxy's timer ([`proxy::PreciseTimer`], a timerfd polled by a tokio runtime on
+/// this thread) wakes from a sleep of `d`, in microseconds: the OS floor plus the reactor's path.
+fn timerfd_lateness(d: Duration, n: usize) -> anyhow::Result<Vec<f64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let timer = proxy::PreciseTimer::new()?;
+        let mut late = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            timer.sleep_until(t + d).await?;
+            late.push((t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6);
+        }
+        Ok(late)
+    })
+}
+
 /// The delay error of each round trip, in microseconds.
 fn errors(rtts: &[f64], delay: Duration, baseline: &[f64]) -> Vec<f64> {
     let base = percentile(baseline, 0.5);
@@ -335,11 +363,15 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
     // client itself would queue. The same load on direct connections first: the clients' thread
     // and the echo server's queue and wake up in every figure, not the proxy's doing.
     let spacing = Duration::from_millis(500);
+    let s0 = Sched::now();
     let (direct_paced, direct) = paced_round_trips(direct, 4, spacing).await?;
     drop(direct);
+    let s1 = Sched::now();
     let (quiet, proxied) = paced_round_trips(proxied, 4, spacing).await?;
+    let s2 = Sched::now();
     ours.set_delay(Duration::from_millis(10));
     let (delayed, proxied) = paced_round_trips(proxied, 4, spacing).await?;
+    let s3 = Sched::now();
     let rss3 = rss_kib();
     ours.set_delay(Duration::ZERO);
     drop(proxied);
@@ -367,6 +399,16 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
     );
     print_errors("faultline (timerfd)", 10, &delayed);
     print_lateness(ours);
+    println!(
+        "  per round trip, µs on a CPU / µs runnable but waiting for one (schedstat), by thread:"
+    );
+    for (label, from, to, count) in [
+        ("direct", &s0, &s1, direct_paced.len()),
+        ("no toxic", &s1, &s2, quiet.len()),
+        ("10 ms", &s2, &s3, total),
+    ] {
+        println!("    {label:<9} {}", to.since(from, count));
+    }
     println!(
         "  {early} of {total} delayed round trips took less than 10 ms; RSS after them {} MiB",
         rss3 / 1024
@@ -690,5 +732,54 @@ impl Drop for SleepEcho {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// On-CPU and run-queue wait time of the bench's threads, from `/proc/self/task/*/schedstat`:
+/// whether a tail is work, or a thread that was ready but had no CPU.
+struct Sched(Vec<(&'static str, u64, u64)>);
+
+impl Sched {
+    /// The threads by role: the proxy runtime's workers, the servers' thread, everything else
+    /// (the clients' thread, mostly).
+    fn now() -> Sched {
+        let mut by = vec![("proxy", 0, 0), ("servers", 0, 0), ("clients", 0, 0)];
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let path = task.path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+                    continue;
+                };
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+                let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+                let slot = if comm.starts_with("faultline-proxy") {
+                    0
+                } else if comm.starts_with("bench-servers") {
+                    1
+                } else {
+                    2
+                };
+                by[slot].1 += run;
+                by[slot].2 += wait;
+            }
+        }
+        Sched(by)
+    }
+
+    fn since(&self, before: &Sched, round_trips: usize) -> String {
+        let n = round_trips.max(1) as f64;
+        self.0
+            .iter()
+            .zip(&before.0)
+            .map(|((label, run, wait), (_, run0, wait0))| {
+                format!(
+                    "{label} {:.1}/{:.1}",
+                    run.saturating_sub(*run0) as f64 / 1e3 / n,
+                    wait.saturating_sub(*wait0) as f64 / 1e3 / n
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
