@@ -136,7 +136,9 @@ pub(crate) const LATENESS_BOUNDS_US: [u64; 12] =
 impl Counters {
     /// A chunk due at `release` leaves now.
     fn released(&self, release: Instant) {
-        let late = Instant::now().saturating_duration_since(release).as_micros() as u64;
+        let late = Instant::now()
+            .saturating_duration_since(release)
+            .as_micros() as u64;
         let slot = LATENESS_BOUNDS_US.partition_point(|bound| *bound < late);
         self.late[slot].fetch_add(1, Ordering::Relaxed);
     }

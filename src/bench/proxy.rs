@@ -751,7 +751,9 @@ impl Sched {
                 let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
                     continue;
                 };
-                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+                let mut fields = stat
+                    .split_whitespace()
+                    .map(|f| f.parse::<u64>().unwrap_or(0));
                 let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
                 let slot = if comm.starts_with("faultline-proxy") {
                     0
