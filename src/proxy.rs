@@ -1289,12 +1289,38 @@ mod tests {
                 t.elapsed()
             );
         }
+        // Each round trip released at least one delayed chunk per direction, each counted in the
+        // bench's lateness histogram (whatever bucket the machine put it in).
+        let late = registry().release_lateness(&name).unwrap();
+        assert_eq!(late.len(), super::LATENESS_BOUNDS_US.len() + 1);
+        assert!(late.iter().sum::<u64>() >= 40, "{late:?}");
         assert!(
             registry()
                 .clear_toxics(&name, "test-fault")
                 .contains("toxics off")
         );
         close(name).await;
+    }
+
+    #[test]
+    fn release_lateness_lands_in_the_bucket_of_its_bound() {
+        let counters = super::Counters::default();
+        // Due 30 µs ago at least: above the 20 µs bound, so in the slot of a later bound.
+        counters.released(Instant::now() - Duration::from_micros(30));
+        // Due a second ago: beyond every bound, in the last slot.
+        counters.released(Instant::now() - Duration::from_secs(1));
+        let counts: Vec<u64> = counters
+            .late
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let twenty = super::LATENESS_BOUNDS_US
+            .iter()
+            .position(|b| *b == 20)
+            .unwrap();
+        assert_eq!(counts[..=twenty].iter().sum::<u64>(), 0, "{counts:?}");
+        assert_eq!(counts[super::LATENESS_BOUNDS_US.len()], 1, "{counts:?}");
+        assert_eq!(counts.iter().sum::<u64>(), 2, "{counts:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

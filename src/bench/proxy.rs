@@ -184,7 +184,7 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
             &direct,
         );
         drop(handoff);
-        print_errors("floor + hand-off (sleep echo)", ms, &measured);
+        print_errors("sleep echo (floor+hand-off)", ms, &measured);
         print_lateness(&ours);
     }
     println!(
@@ -192,7 +192,7 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         200
     );
     println!(
-        " floor + hand-off: an echo server that sleeps that long (thread::sleep, tuned like the proxy thread) before it answers,"
+        " sleep echo: an echo server that sleeps that long (thread::sleep, tuned like the proxy thread) before it answers,"
     );
     println!(
         " measured by the same client as the proxy, so it adds the client's own wake-up: the best any delaying process can do here)"
