@@ -1306,9 +1306,13 @@ mod tests {
     fn release_lateness_lands_in_the_bucket_of_its_bound() {
         let counters = super::Counters::default();
         // Due 30 µs ago at least: above the 20 µs bound, so in the slot of a later bound.
-        counters.released(Instant::now() - Duration::from_micros(30));
+        counters.released(
+            Instant::now()
+                .checked_sub(Duration::from_micros(30))
+                .unwrap(),
+        );
         // Due a second ago: beyond every bound, in the last slot.
-        counters.released(Instant::now() - Duration::from_secs(1));
+        counters.released(Instant::now().checked_sub(Duration::from_secs(1)).unwrap());
         let counts: Vec<u64> = counters
             .late
             .iter()
