@@ -123,6 +123,25 @@ impl Default for Options {
 struct Counters {
     spliced: AtomicU64,
     copied: AtomicU64,
+    /// How late delayed chunks left, measured by the writer just before its write: how many fell
+    /// under each of [`LATENESS_BOUNDS_US`] (the last slot counts the rest). For `faultline bench
+    /// proxy`, to tell the proxy's own wake-up from what the receiver adds after it.
+    late: [AtomicU64; LATENESS_BOUNDS_US.len() + 1],
+}
+
+/// Upper bounds (µs) of the buckets of [`Counters::late`].
+pub(crate) const LATENESS_BOUNDS_US: [u64; 12] =
+    [2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000];
+
+impl Counters {
+    /// A chunk due at `release` leaves now.
+    fn released(&self, release: Instant) {
+        let late = Instant::now()
+            .saturating_duration_since(release)
+            .as_micros() as u64;
+        let slot = LATENESS_BOUNDS_US.partition_point(|bound| *bound < late);
+        self.late[slot].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What [`Registry::moved`] reports: bytes spliced (never in this process's memory) and bytes
@@ -324,6 +343,22 @@ impl Registry {
             .map(|p| Moved {
                 spliced: p.counters.spliced.load(Ordering::Relaxed),
                 copied: p.counters.copied.load(Ordering::Relaxed),
+            })
+    }
+
+    /// How many delayed chunks the proxy `name` released within each bound of
+    /// [`LATENESS_BOUNDS_US`] of their due time (the last count is for later ones), if it runs.
+    pub(crate) fn release_lateness(&self, name: &str) -> Option<Vec<u64>> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| {
+                p.counters
+                    .late
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect()
             })
     }
 
@@ -773,7 +808,7 @@ async fn pipe(
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     let lane = Lane::new();
     let reader = read_side(src, tx, &lane, pump, relay, counted);
-    let writer = write_side(dst, rx, &lane);
+    let writer = write_side(dst, rx, &lane, &relay.counters);
     tokio::pin!(reader, writer);
     let mut reading = true;
     loop {
@@ -1045,6 +1080,7 @@ async fn write_side(
     mut dst: WriteHalf<'_>,
     mut rx: mpsc::UnboundedReceiver<Item>,
     lane: &Lane,
+    counters: &Counters,
 ) -> End {
     let mut timer: Option<PreciseTimer> = None;
     let mut pipe_out: Option<PipeOut> = None;
@@ -1069,6 +1105,7 @@ async fn write_side(
             Item::Piped { release, mut len } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
+                    counters.released(release);
                 }
                 // Every piped chunk already due leaves in the same splice.
                 let mut chunks = 1;
@@ -1096,6 +1133,7 @@ async fn write_side(
             Item::Data { release, bytes } => {
                 if release > Instant::now() {
                     wait_until(&mut timer, release).await;
+                    counters.released(release);
                 }
                 if dst.write_all(&bytes).await.is_err() {
                     return End::Close;
@@ -1251,12 +1289,42 @@ mod tests {
                 t.elapsed()
             );
         }
+        // Each round trip released at least one delayed chunk per direction, each counted in the
+        // bench's lateness histogram (whatever bucket the machine put it in).
+        let late = registry().release_lateness(&name).unwrap();
+        assert_eq!(late.len(), super::LATENESS_BOUNDS_US.len() + 1);
+        assert!(late.iter().sum::<u64>() >= 40, "{late:?}");
         assert!(
             registry()
                 .clear_toxics(&name, "test-fault")
                 .contains("toxics off")
         );
         close(name).await;
+    }
+
+    #[test]
+    fn release_lateness_lands_in_the_bucket_of_its_bound() {
+        let counters = super::Counters::default();
+        // Due 30 µs ago at least: above the 20 µs bound, so in the slot of a later bound.
+        counters.released(
+            Instant::now()
+                .checked_sub(Duration::from_micros(30))
+                .unwrap(),
+        );
+        // Due a second ago: beyond every bound, in the last slot.
+        counters.released(Instant::now().checked_sub(Duration::from_secs(1)).unwrap());
+        let counts: Vec<u64> = counters
+            .late
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let twenty = super::LATENESS_BOUNDS_US
+            .iter()
+            .position(|b| *b == 20)
+            .unwrap();
+        assert_eq!(counts[..=twenty].iter().sum::<u64>(), 0, "{counts:?}");
+        assert_eq!(counts[super::LATENESS_BOUNDS_US.len()], 1, "{counts:?}");
+        assert_eq!(counts.iter().sum::<u64>(), 2, "{counts:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,21 +29,63 @@ pub(crate) struct Settings {
 /// 50 ms is 50 s per proxy).
 ///
 /// The proxies run on the proxy runtime of `faultline run` (one dedicated worker thread); the
-/// clients and the echo and bulk servers on a separate single-threaded one, standing in for other
-/// processes. The tokio-sleep baseline runs on the proxy runtime too, so only the timer differs.
+/// clients on a separate single-threaded one, and the echo and bulk servers on a third, standing
+/// in for other processes. The servers have their own thread so that a direct round trip crosses
+/// threads (client → server → client) as a proxied one does: sharing the clients' thread, a
+/// direct round trip never waited for another thread to wake, and the proxy was charged for every
+/// wake-up. The tokio-sleep baseline runs on the proxy runtime too, so only the timer differs.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
     if settings.realtime.is_some() {
         proxy::priority::set_realtime(settings.realtime).map_err(anyhow::Error::msg)?;
     }
     let proxies = proxy::runtime().map_err(anyhow::Error::msg)?;
+    let servers = Servers::start()?;
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    clients.block_on(measure(settings, proxies))
+    clients.block_on(measure(settings, proxies, &servers.handle))
 }
 
-async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
-    let echo = echo_server().await?;
+/// A single-threaded runtime on its own thread for the echo and bulk servers; stops when dropped.
+struct Servers {
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start() -> anyhow::Result<Servers> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-servers".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Servers {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> anyhow::Result<()> {
+    let echo = echo_server(servers)?;
     let ours = Ours::open(echo, proxies)?;
     let sleepy = SleepProxy::open(echo, proxies)?;
     println!(
@@ -125,17 +167,42 @@ async fn measure(settings: &Settings, proxies: &Handle) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the OS-floor thread panicked"))?;
         print_errors("OS floor (thread::sleep)", ms, &floor);
+        let timerfd_floor = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || {
+                proxy::priority::tune_current_thread(realtime);
+                timerfd_lateness(delay, 200)
+            })
+            .join()
+        })
+        .await?
+        .map_err(|_| anyhow::anyhow!("the timerfd-floor thread panicked"))??;
+        print_errors("timerfd in tokio, no proxy", ms, &timerfd_floor);
+        let handoff = SleepEcho::start(delay, realtime)?;
+        let measured = errors(
+            &round_trips(handoff.listen, settings.round_trips).await?,
+            delay,
+            &direct,
+        );
+        drop(handoff);
+        print_errors("sleep echo (floor+hand-off)", ms, &measured);
+        print_lateness(&ours);
     }
     println!(
-        "(OS floor: how late a plain thread wakes from a {}-sample sleep of that length on this machine, with no proxy at all)",
+        "(OS floor: how late a plain thread wakes from a {}-sample sleep of that length on this machine, with no proxy at all;",
         200
+    );
+    println!(
+        " sleep echo: an echo server that sleeps that long (thread::sleep, tuned like the proxy thread) before it answers,"
+    );
+    println!(
+        " measured by the same client as the proxy, so it adds the client's own wake-up: the best any delaying process can do here)"
     );
 
     println!(
         "\nthroughput: {} from a server to a client (downstream, the direction delays apply to)",
         crate::units::format_bytes(settings.bulk_bytes)
     );
-    let source = source_server(settings.bulk_bytes).await?;
+    let source = source_server(servers, settings.bulk_bytes)?;
     let spliced = Ours::open_with(source, proxies, proxy::Options { splice: true })?;
     let copying = Ours::open_with(source, proxies, proxy::Options { splice: false })?;
     let direct_rate = bulk_read(source).await?;
@@ -197,6 +264,24 @@ fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
             (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
         })
         .collect()
+}
+
+/// How late the proxy's timer ([`proxy::PreciseTimer`], a timerfd polled by a tokio runtime on
+/// this thread) wakes from a sleep of `d`, in microseconds: the OS floor plus the reactor's path.
+fn timerfd_lateness(d: Duration, n: usize) -> anyhow::Result<Vec<f64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let timer = proxy::PreciseTimer::new()?;
+        let mut late = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            timer.sleep_until(t + d).await?;
+            late.push((t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6);
+        }
+        Ok(late)
+    })
 }
 
 /// The delay error of each round trip, in microseconds.
@@ -275,14 +360,18 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
     );
     // Each connection does a round trip every 500 ms (starts staggered), 2000 round trips a
     // second through the one proxy for 1000 connections: load, but not a burst the single-threaded
-    // client itself would queue. The same load on direct connections first: the clients and the
-    // echo server share one thread, and its queueing is in every figure, not the proxy's doing.
+    // client itself would queue. The same load on direct connections first: the clients' thread
+    // and the echo server's queue and wake up in every figure, not the proxy's doing.
     let spacing = Duration::from_millis(500);
+    let s0 = Sched::now();
     let (direct_paced, direct) = paced_round_trips(direct, 4, spacing).await?;
     drop(direct);
+    let s1 = Sched::now();
     let (quiet, proxied) = paced_round_trips(proxied, 4, spacing).await?;
+    let s2 = Sched::now();
     ours.set_delay(Duration::from_millis(10));
     let (delayed, proxied) = paced_round_trips(proxied, 4, spacing).await?;
+    let s3 = Sched::now();
     let rss3 = rss_kib();
     ours.set_delay(Duration::ZERO);
     drop(proxied);
@@ -309,6 +398,17 @@ async fn scale(echo: SocketAddr, ours: &Ours, n: usize, direct_rtts: &[f64]) -> 
         percentile(&quiet, 0.99) - percentile(&direct_paced, 0.99)
     );
     print_errors("faultline (timerfd)", 10, &delayed);
+    print_lateness(ours);
+    println!(
+        "  per round trip, µs on a CPU / µs runnable but waiting for one (schedstat), by thread:"
+    );
+    for (label, from, to, count) in [
+        ("direct", &s0, &s1, direct_paced.len()),
+        ("no toxic", &s1, &s2, quiet.len()),
+        ("10 ms", &s2, &s3, total),
+    ] {
+        println!("    {label:<9} {}", to.since(from, count));
+    }
     println!(
         "  {early} of {total} delayed round trips took less than 10 ms; RSS after them {} MiB",
         rss3 / 1024
@@ -407,6 +507,13 @@ impl Ours {
         })
     }
 
+    /// The proxy's release-lateness histogram so far (see [`proxy::LATENESS_BOUNDS_US`]).
+    fn lateness(&self) -> Vec<u64> {
+        proxy::registry()
+            .release_lateness(&self.name)
+            .unwrap_or_default()
+    }
+
     fn set_delay(&self, delay: Duration) {
         proxy::registry().clear_toxics(&self.name, "bench");
         if !delay.is_zero() {
@@ -501,10 +608,14 @@ async fn sleep_pipe(
     tokio::join!(reader, writer);
 }
 
-async fn echo_server() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+fn echo_server(servers: &Handle) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    servers.spawn(async move {
+        let Ok(listener) = TcpListener::from_std(listener) else {
+            return;
+        };
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let _ = conn.set_nodelay(true);
@@ -517,10 +628,14 @@ async fn echo_server() -> anyhow::Result<SocketAddr> {
 }
 
 /// A server that sends `bytes` to every client, then closes.
-async fn source_server(bytes: u64) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+fn source_server(servers: &Handle, bytes: u64) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    servers.spawn(async move {
+        let Ok(listener) = TcpListener::from_std(listener) else {
+            return;
+        };
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let chunk = vec![0xab_u8; 256 << 10];
@@ -536,4 +651,137 @@ async fn source_server(bytes: u64) -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// Prints how late the proxy itself released delayed chunks since the last call (its timer's
+/// wake-up up to the write), as bucket bounds: what the client measures beyond it is the
+/// receiver's own wake-up.
+fn print_lateness(ours: &Ours) {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    let now = ours.lateness();
+    let mut seen = SEEN.lock().expect("lateness lock");
+    seen.resize(now.len(), 0);
+    let counts: Vec<u64> = now.iter().zip(seen.iter()).map(|(n, s)| n - s).collect();
+    seen.clone_from(&now);
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return;
+    }
+    let bound = |q: f64| {
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut sum = 0;
+        for (i, c) in counts.iter().enumerate() {
+            sum += c;
+            if sum >= rank {
+                return proxy::LATENESS_BOUNDS_US
+                    .get(i)
+                    .map_or("> 10000".to_owned(), |b| format!("<= {b}"));
+            }
+        }
+        "?".to_owned()
+    };
+    println!(
+        "  of which the proxy's own release (timer wake-up to write), {total} delayed chunks: p50 {} µs, p99 {} µs",
+        bound(0.5),
+        bound(0.99)
+    );
+}
+
+/// The hand-off floor: a blocking echo server on a thread tuned like the proxy's, which sleeps
+/// `delay` between reading a 64-byte request and answering it, one connection at a time.
+struct SleepEcho {
+    listen: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SleepEcho {
+    fn start(delay: Duration, realtime: Option<u8>) -> anyhow::Result<SleepEcho> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listen = listener.local_addr()?;
+        let thread = std::thread::Builder::new()
+            .name("bench-sleep-echo".into())
+            .spawn(move || {
+                use std::io::{Read, Write};
+                proxy::priority::tune_current_thread(realtime);
+                // One client: the round trips, or the stop connection from `drop`.
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let _ = conn.set_nodelay(true);
+                let mut request = [0_u8; 64];
+                while conn.read_exact(&mut request).is_ok() {
+                    std::thread::sleep(delay);
+                    if conn.write_all(&request).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(SleepEcho {
+            listen,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SleepEcho {
+    fn drop(&mut self) {
+        // The client has closed its connection by now, which ends the echo loop; if it never
+        // came (its connect failed), this connection stands in for it, so the thread ends.
+        drop(std::net::TcpStream::connect(self.listen));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// On-CPU and run-queue wait time of the bench's threads, from `/proc/self/task/*/schedstat`:
+/// whether a tail is work, or a thread that was ready but had no CPU.
+struct Sched(Vec<(&'static str, u64, u64)>);
+
+impl Sched {
+    /// The threads by role: the proxy runtime's workers, the servers' thread, everything else
+    /// (the clients' thread, mostly).
+    fn now() -> Sched {
+        let mut by = vec![("proxy", 0, 0), ("servers", 0, 0), ("clients", 0, 0)];
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let path = task.path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+                    continue;
+                };
+                let mut fields = stat
+                    .split_whitespace()
+                    .map(|f| f.parse::<u64>().unwrap_or(0));
+                let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+                let slot = if comm.starts_with("faultline-proxy") {
+                    0
+                } else if comm.starts_with("bench-servers") {
+                    1
+                } else {
+                    2
+                };
+                by[slot].1 += run;
+                by[slot].2 += wait;
+            }
+        }
+        Sched(by)
+    }
+
+    fn since(&self, before: &Sched, round_trips: usize) -> String {
+        let n = round_trips.max(1) as f64;
+        self.0
+            .iter()
+            .zip(&before.0)
+            .map(|((label, run, wait), (_, run0, wait0))| {
+                format!(
+                    "{label} {:.1}/{:.1}",
+                    run.saturating_sub(*run0) as f64 / 1e3 / n,
+                    wait.saturating_sub(*wait0) as f64 / 1e3 / n
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

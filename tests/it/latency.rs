@@ -404,6 +404,10 @@ fn bench_proxy_prints_every_figure() {
         "no toxic (proxy hop cost)",
         "proxy vs direct under the same load",
         "0 of 80 delayed round trips took less than 10 ms",
+        "timerfd in tokio, no proxy      1ms",
+        "sleep echo (floor+hand-off)     1ms",
+        "of which the proxy's own release (timer wake-up to write)",
+        "per round trip, µs on a CPU",
     ] {
         assert!(stdout.contains(figure), "no `{figure}` in:\n{stdout}");
     }
@@ -423,6 +427,8 @@ fn bench_proxy_prints_every_figure() {
         "faultline (timerfd)             1ms",
         "baseline (tokio sleep)",
         "OS floor (thread::sleep)",
+        "timerfd in tokio, no proxy",
+        "sleep echo (floor+hand-off)",
         "direct (same load)",
         "no toxic (proxy hop cost)",
         "faultline (timerfd)            10ms",
