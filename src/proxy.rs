@@ -42,6 +42,9 @@ pub(crate) const RUN_PREFIX: &str = "listen-";
 pub(crate) const CHUNK: usize = 32 << 10;
 /// The read buffer a connection starts with, per direction.
 const FIRST_BUFFER: usize = 2 << 10;
+/// A splice that moves less than this ends a bulk stretch: the direction copies again until a
+/// read fills [`CHUNK`]. Small messages copy (fewer syscalls), streams splice.
+const BULK_SPLICE: usize = 4 << 10;
 /// Bytes queued per direction of a connection, waiting for their release time: enough for
 /// 400 MB/s under a 10 ms delay, and a hard bound whatever the sender does. Bounding bytes rather
 /// than chunks keeps a stream of small messages (64-byte requests at 100k/s under 50 ms is
@@ -832,6 +835,8 @@ fn end_of(e: &std::io::Error) -> End {
 enum Spliced {
     /// Read on.
     Next,
+    /// Moved this many bytes into the pipe; read on.
+    Moved(usize),
     /// This direction cannot splice: copy from now on.
     Refused,
     Ended(End),
@@ -852,14 +857,23 @@ async fn read_side(
     // goes into a fresh buffer that is queued as it is: no zeroing, no copy.
     let mut want = FIRST_BUFFER;
     let mut splicing = relay.splice;
+    // Splicing pays for bulk streams only: a small message costs a splice in, a splice out and
+    // a failed splice with its peek, against one read and one write copied. A direction copies
+    // until a read fills the largest buffer, splices while splices move at least
+    // [`BULK_SPLICE`], and copies again after a shorter one.
+    let mut bulk = false;
     let mut pipe_in: Option<splice::PipeIn> = None;
     loop {
         if let Err(e) = src.readable().await {
             return end_of(&e);
         }
         let current = relay.toxics.borrow().clone();
-        if splicing && !pump.needs_bytes(current.as_ref()) {
+        if splicing && bulk && !pump.needs_bytes(current.as_ref()) {
             match splice_chunk(&src, &tx, lane, &mut pump, relay, &mut pipe_in, current).await {
+                Spliced::Moved(n) => {
+                    bulk = n >= BULK_SPLICE;
+                    continue;
+                }
                 Spliced::Next => continue,
                 Spliced::Refused => {
                     splicing = false;
@@ -905,6 +919,7 @@ async fn read_side(
         if n == want && want < CHUNK {
             want *= 2;
         }
+        bulk = n >= CHUNK;
         let current = relay.toxics.borrow().clone();
         let mut reset = false;
         if let Some(ResetAfter::Bytes(limit)) = pump
@@ -1013,7 +1028,7 @@ async fn splice_chunk(
             if tx.send(Item::Piped { release, len: n }).is_err() {
                 return Spliced::Ended(End::Close);
             }
-            Spliced::Next
+            Spliced::Moved(n)
         }
         Ok(SpliceIn::Eof) => {
             give_back(size + CHUNK_OVERHEAD);
