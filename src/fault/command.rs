@@ -132,7 +132,30 @@ pub(crate) struct Prepared {
     verify: Option<Invocation>,
     pub(crate) revert: Invocation,
     /// What ran so far (run, verify), for the report.
-    outputs: Mutex<Vec<ActionOutput>>,
+    outputs: ActionLog,
+}
+
+/// What an action kind ran so far, for the report: both kinds keep their steps here.
+#[derive(Debug, Default)]
+pub(super) struct ActionLog(Mutex<Vec<ActionOutput>>);
+
+impl ActionLog {
+    /// Records `output` and hands it back.
+    pub(super) fn keep(&self, output: ActionOutput) -> ActionOutput {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(output.clone());
+        output
+    }
+
+    /// Every step recorded so far.
+    pub(super) fn all(&self) -> Vec<ActionOutput> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl CommandAction {
@@ -260,7 +283,7 @@ impl CommandAction {
                 .map(|v| invocation("verify", v))
                 .transpose()?,
             revert: invocation("revert", &self.revert)?,
-            outputs: Mutex::new(Vec::new()),
+            outputs: ActionLog::default(),
         })
     }
 }
@@ -271,19 +294,12 @@ impl Prepared {
     }
 
     fn keep(&self, output: ActionOutput) -> ActionOutput {
-        self.outputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(output.clone());
-        output
+        self.outputs.keep(output)
     }
 
     /// What ran, for the report.
     pub(crate) fn actions(&self) -> Vec<ActionOutput> {
-        self.outputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.outputs.all()
     }
 
     /// Runs `run`. A non-zero exit is a failed injection: the agent then runs the journaled revert.

@@ -232,7 +232,7 @@ impl Request {
 pub(crate) struct Prepared {
     request: Request,
     pub(crate) revert: Request,
-    outputs: std::sync::Mutex<Vec<ActionOutput>>,
+    outputs: super::command::ActionLog,
 }
 
 impl HttpAction {
@@ -287,7 +287,7 @@ impl HttpAction {
         Prepared {
             request: self.request.clone(),
             revert: self.revert.clone(),
-            outputs: std::sync::Mutex::new(Vec::new()),
+            outputs: super::command::ActionLog::default(),
         }
     }
 }
@@ -298,18 +298,13 @@ impl Prepared {
     }
 
     pub(crate) fn actions(&self) -> Vec<ActionOutput> {
-        self.outputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.outputs.all()
     }
 
     pub(crate) fn inject(&self) -> Result<String, String> {
-        let out = send("request", &self.request, self.request.timeout());
-        self.outputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(out.clone());
+        let out = self
+            .outputs
+            .keep(send("request", &self.request, self.request.timeout()));
         if out.ok {
             Ok(format!("sent `{}`: {}", out.command, out.outcome))
         } else {
