@@ -67,17 +67,7 @@ enum Command {
     },
     /// A stress worker process, started by the `cpu-stress` and `memory-stress` faults.
     #[command(name = "stress-worker", hide = true)]
-    StressWorker {
-        #[arg(long)]
-        fault_id: String,
-        /// The agent's pid: the worker exits as soon as it is no longer its parent.
-        #[arg(long)]
-        parent: u32,
-        #[arg(long)]
-        cpu_load: Option<f64>,
-        #[arg(long)]
-        memory: Option<u64>,
-    },
+    StressWorker(StressWorkerArgs),
     /// The embedded agent's dead-man switch: reverts a run's faults from its journal as soon as
     /// the run is gone, however it ended.
     #[command(name = "watchdog", hide = true)]
@@ -196,6 +186,54 @@ struct FuzzArgs {
     /// Print the targets, one per line.
     #[arg(long)]
     list: bool,
+}
+
+#[derive(Args)]
+struct StressWorkerArgs {
+    #[arg(long)]
+    fault_id: String,
+    /// The agent's pid: the worker exits as soon as it is no longer its parent.
+    #[arg(long)]
+    parent: u32,
+    #[arg(long)]
+    cpu_load: Option<f64>,
+    #[arg(long)]
+    memory: Option<u64>,
+}
+
+/// The command line of the dedicated agent executable (`faultline-agent`): exactly `faultline
+/// agent`'s flags, parsed by the same [`AgentArgs`] and run by the same [`agent`].
+#[derive(Parser)]
+#[command(
+    name = "faultline-agent",
+    version,
+    about = "The faultline agent daemon: serves the agent API over TLS until SIGTERM, then reverts every fault"
+)]
+struct AgentCli {
+    #[command(flatten)]
+    args: AgentArgs,
+}
+
+/// The one internal mode of the agent executable: the stress workers its faults start by running
+/// their own executable again (`fault/stress.rs`).
+#[derive(Parser)]
+#[command(name = "faultline-agent")]
+enum AgentWorkerCli {
+    #[command(name = "stress-worker")]
+    StressWorker(StressWorkerArgs),
+}
+
+/// The entry of the dedicated agent executable: `faultline agent`'s flags (the same parser and
+/// the same code), and the hidden `stress-worker` mode its stress faults start.
+pub(crate) fn run_agent() -> anyhow::Result<ExitCode> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|mode| mode == "stress-worker")
+    {
+        let AgentWorkerCli::StressWorker(args) = AgentWorkerCli::parse();
+        return stress_worker(&args);
+    }
+    agent(AgentCli::parse().args)
 }
 
 #[derive(Args)]
@@ -410,20 +448,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             crate::bench::proxy::run(&settings)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::StressWorker {
-            fault_id: _,
-            parent,
-            cpu_load,
-            memory,
-        } => {
-            let work = match (cpu_load, memory) {
-                (Some(load), None) => Work::Cpu { load },
-                (None, Some(bytes)) => Work::Memory { bytes },
-                _ => bail!("stress-worker takes exactly one of --cpu-load or --memory"),
-            };
-            worker_main(&work, parent);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::StressWorker(args) => stress_worker(&args),
         Command::Watchdog {
             parent,
             state_dir,
@@ -455,24 +480,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agent(args) => {
-            // Before anything opens: the proxies then keep a reserve of descriptors below this
-            // limit for the API, whatever their peers do.
-            crate::proxy::raise_descriptor_limit();
-            let settings = server::Settings {
-                listen: args.listen,
-                token_file: args.token_file,
-                tls_cert: args.tls_cert,
-                tls_key: args.tls_key,
-                client_ca: args.client_ca,
-                state_dir: args
-                    .state_dir
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/faultline/agent")),
-                config: args.config,
-            };
-            runtime()?.block_on(server::run(settings))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Agent(args) => agent(args),
         Command::Halt { agents } => runtime()?.block_on(crate::fleet::halt(&agents)),
         Command::Resume { agents } => runtime()?.block_on(crate::fleet::resume(&agents)),
         Command::Revert(args) => {
@@ -517,6 +525,36 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `faultline agent` and the dedicated `faultline-agent` executable.
+fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    // Before anything opens: the proxies then keep a reserve of descriptors below this
+    // limit for the API, whatever their peers do.
+    crate::proxy::raise_descriptor_limit();
+    let settings = server::Settings {
+        listen: args.listen,
+        token_file: args.token_file,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        client_ca: args.client_ca,
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/faultline/agent")),
+        config: args.config,
+    };
+    runtime()?.block_on(server::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stress_worker(args: &StressWorkerArgs) -> anyhow::Result<ExitCode> {
+    let work = match (args.cpu_load, args.memory) {
+        (Some(load), None) => Work::Cpu { load },
+        (None, Some(bytes)) => Work::Memory { bytes },
+        _ => bail!("stress-worker takes exactly one of --cpu-load or --memory"),
+    };
+    worker_main(&work, args.parent);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fuzz(args: FuzzArgs) -> anyhow::Result<ExitCode> {
