@@ -294,21 +294,51 @@ pub(crate) fn protected() -> HashMap<i32, &'static str> {
 /// outlive their lease). Stress workers are not among them: they are a fault's own load.
 const GUARDED_MODES: [&str; 4] = ["agent", "run", WATCHDOG_COMMAND, "fixture-guard"];
 
-/// Every process on the host that runs this same binary (by `/proc/PID/exe`) in one of the
-/// [`GUARDED_MODES`] (its first argument that is not a flag).
+/// The dedicated agent executable (`src/bin/faultline-agent.rs`), installed beside `faultline`.
+const AGENT_EXECUTABLE: &str = "faultline-agent";
+/// The executable with every subcommand.
+const MAIN_EXECUTABLE: &str = "faultline";
+/// The mode of either executable that runs a stress worker (`fault/stress.rs`'s `WORKER_COMMAND`):
+/// a fault's own load, not guarded.
+pub(crate) const STRESS_WORKER_MODE: &str = "stress-worker";
+
+/// Every process on the host that runs faultline — this same binary or its sibling executable in
+/// the same directory (`faultline` beside `faultline-agent`), by `/proc/PID/exe` — in a guarded
+/// mode (see [`guarded`]).
 fn faultline_processes() -> Vec<i32> {
-    this_binary_processes()
-        .into_iter()
+    let Ok(my_exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let executables = [
+        my_exe.clone(),
+        my_exe.with_file_name(MAIN_EXECUTABLE),
+        my_exe.with_file_name(AGENT_EXECUTABLE),
+    ];
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
         .filter(|p| {
-            p.cmdline().is_ok_and(|argv| {
-                argv.iter()
-                    .skip(1)
-                    .find(|a| !a.starts_with('-'))
-                    .is_some_and(|mode| GUARDED_MODES.contains(&mode.as_str()))
+            p.exe().is_ok_and(|exe| {
+                executables.contains(&exe) && p.cmdline().is_ok_and(|argv| guarded(&exe, &argv))
             })
         })
         .map(|p| p.pid())
         .collect()
+}
+
+/// Whether a faultline process (`exe`, `argv`) is one no fault may signal: `faultline` in one of
+/// the [`GUARDED_MODES`] (its first argument that is not a flag), or the dedicated agent
+/// executable in any mode but the stress workers its own faults start.
+fn guarded(exe: &Path, argv: &[String]) -> bool {
+    if exe.file_name().is_some_and(|name| name == AGENT_EXECUTABLE) {
+        return argv.get(1).is_none_or(|mode| mode != STRESS_WORKER_MODE);
+    }
+    argv.iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|mode| GUARDED_MODES.contains(&mode.as_str()))
 }
 
 /// Every process on the host whose executable (`/proc/PID/exe`) is this same binary: faultline's
@@ -688,6 +718,40 @@ mod tests {
         );
         assert_eq!(Selector::name("x").to_string(), "processes named `x`");
         assert!(select(&Selector::default()).is_err());
+    }
+
+    #[test]
+    fn the_agent_executable_is_guarded_in_every_mode_but_its_stress_workers() {
+        let argv = |args: &[&str]| args.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let agent = Path::new("/usr/local/bin/faultline-agent");
+        let main = Path::new("/usr/local/bin/faultline");
+        // Its first argument is a flag's value, not a mode: it is guarded all the same.
+        let daemon = argv(&[
+            "faultline-agent",
+            "--listen",
+            "0.0.0.0:7443",
+            "--token-file",
+            "t",
+        ]);
+        assert!(guarded(agent, &daemon));
+        let worker = argv(&[
+            "faultline-agent",
+            "stress-worker",
+            "--fault-id=x",
+            "--parent",
+            "1",
+        ]);
+        assert!(!guarded(agent, &worker));
+        assert!(guarded(
+            main,
+            &argv(&["faultline", "agent", "--listen", "0.0.0.0:7443"])
+        ));
+        assert!(guarded(
+            main,
+            &argv(&["faultline", "--quiet", "run", "x.toml"])
+        ));
+        assert!(!guarded(main, &worker));
+        assert!(!guarded(main, &argv(&["faultline", "validate", "x.toml"])));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod support;
 
 mod actions;
+mod agent_binary;
 mod agent_core;
 mod agent_edge;
 mod agents;

@@ -16,6 +16,8 @@ pub mod postgres;
 pub mod runc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+/// The dedicated agent executable (`src/bin/faultline-agent.rs`).
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_faultline-agent");
 
 /// Whether this process can do what privileged tests need (namespaces, mounts, nft, tc).
 pub fn is_root() -> bool {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{BIN, Proc};
+use super::{AGENT_BIN, BIN, Proc};
 
 /// A CA, agent certificate, client certificate and token made by `faultline certs`.
 #[derive(Clone)]
@@ -122,6 +122,8 @@ pub struct AgentOptions<'a> {
     pub prefix: &'a [&'a str],
     /// Arguments after the standard ones, e.g. `["--config", FILE]`.
     pub extra: &'a [&'a str],
+    /// Run the dedicated `faultline-agent` executable instead of `faultline agent`.
+    pub dedicated: bool,
 }
 
 /// A `faultline agent` over TLS with certificates, token, state directory and log of its own;
@@ -172,9 +174,12 @@ impl TlsAgent {
     ) -> TlsAgent {
         let arg = |p: PathBuf| p.to_str().expect("test paths are UTF-8").to_owned();
         let mut argv: Vec<String> = options.prefix.iter().map(ToString::to_string).collect();
+        if options.dedicated {
+            argv.push(AGENT_BIN.to_owned());
+        } else {
+            argv.extend([BIN.to_owned(), "agent".to_owned()]);
+        }
         argv.extend([
-            BIN.to_owned(),
-            "agent".to_owned(),
             "--listen".to_owned(),
             listen.to_owned(),
             "--token-file".to_owned(),
