@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, faultline, tempdir};
+use crate::support::{AGENT_BIN, BIN, faultline, tempdir};
 
 /// Every YAML document of `file`, as JSON (python3 with PyYAML reads it; scripts/setup.sh installs
 /// it as python3-yaml).
@@ -109,6 +109,31 @@ fn kubernetes_manifests_parse_and_mount_only_volumes_they_declare() {
             }
         }
     }
+}
+
+#[test]
+fn the_daemonset_runs_the_dedicated_agent_executable_that_the_image_holds() {
+    let docs = documents(Path::new("agents/kubernetes/agent-daemonset.yaml"));
+    let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["command"],
+        serde_json::json!(["/usr/local/bin/faultline-agent"])
+    );
+    // Every argument is a flag the dedicated executable takes (no `agent` subcommand word).
+    let help = Command::new(AGENT_BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for arg in container["args"].as_array().unwrap() {
+        let flag = arg.as_str().unwrap().split('=').next().unwrap();
+        assert!(
+            flag.starts_with("--") && help.contains(&format!("{flag} <")),
+            "`{flag}` is not a flag of faultline-agent:\n{help}"
+        );
+    }
+    let dockerfile = std::fs::read_to_string("agents/Dockerfile").unwrap();
+    assert!(
+        dockerfile.contains("target/dist/faultline-agent /usr/local/bin/"),
+        "the image must hold the agent executable"
+    );
 }
 
 #[test]
@@ -249,15 +274,20 @@ fn the_game_days_of_both_coordinator_manifests_validate() {
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let dir = tempdir();
-    for unit in ["faultline-coordinator.service", "faultline-agent.service"] {
+    for (unit, program, bin) in [
+        ("faultline-coordinator.service", "faultline", BIN),
+        ("faultline-agent.service", "faultline-agent", AGENT_BIN),
+    ] {
         let text = std::fs::read_to_string(Path::new("agents").join(unit)).unwrap();
-        assert!(
-            text.contains("ExecStart=/usr/local/bin/faultline "),
-            "{unit}"
-        );
+        let exec = format!("ExecStart=/usr/local/bin/{program} ");
+        assert!(text.contains(&exec), "{unit}");
         // verify checks that ExecStart's program exists: point it at the binary under test.
         let copy = dir.path().join(unit);
-        std::fs::write(&copy, text.replace("/usr/local/bin/faultline", BIN)).unwrap();
+        std::fs::write(
+            &copy,
+            text.replace(&format!("/usr/local/bin/{program} "), &format!("{bin} ")),
+        )
+        .unwrap();
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&copy)
