@@ -66,11 +66,86 @@ within = "5s"
 TOML
 }
 
-echo "inject+revert round, 3 runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
+rounds=${FAULTLINE_ROUNDS:-5}
+case "$rounds" in
+  '' | *[!0-9]*) rounds=0 ;;
+esac
+if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 50 ]; then
+  echo "FAULTLINE_ROUNDS must be a whole number from 1 to 50, not \`${FAULTLINE_ROUNDS}\`" >&2
+  exit 2
+fi
+
+# The disk's floor for a round on N agents, measured in the same run: each agent must journal its
+# fault durably before changing the host (a new file written, renamed into place and fsynced, then
+# the directory fsynced: what src/agent/journal.rs does), all N at once on this one disk. A round
+# cannot go below it here.
+disk_floor() { # N -> median ms of 5 tries
+  python3 - "$work" "$1" <<'PY'
+import os, statistics, sys, threading, time
+work, n = sys.argv[1], int(sys.argv[2])
+def journal(d):
+    fd = os.open(f"{d}/.e.tmp", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    os.write(fd, b"x" * 400); os.rename(f"{d}/.e.tmp", f"{d}/e.json"); os.fsync(fd); os.close(fd)
+    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+times = []
+for attempt in range(5):
+    dirs = [os.path.join(work, "floor", f"{n}-{attempt}-{i}") for i in range(n)]
+    for d in dirs:
+        os.makedirs(d)
+    t = time.perf_counter()
+    threads = [threading.Thread(target=journal, args=(d,)) for d in dirs]
+    for x in threads: x.start()
+    for x in threads: x.join()
+    times.append((time.perf_counter() - t) * 1000)
+print(f"{statistics.median(times):.1f}")
+PY
+}
+
+# CPU ticks (user + system) the agents have used so far, summed.
+agents_cpu() {
+  local total=0 p f
+  for p in "${pids[@]}"; do
+    f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue
+    total=$((total + ${f% *} + ${f#* }))
+  done
+  echo "$total"
+}
+
+# The agents' own accounts (`/metrics`), summed: microseconds in applies and reverts, and in their
+# journal. A binary without these counters yields {}.
+scrape_agents() { # N
+  python3 - "$work" "$1" 27400 <<'PY'
+import json, ssl, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+work, n, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=f"{work}/certs/ca.pem")
+token = open(f"{work}/certs/token").read().strip()
+names = ["apply", "revert", "journal_record", "journal_remove"]
+def one(i):
+    req = urllib.request.Request(f"https://127.0.0.1:{base + i}/metrics",
+                                 headers={"Authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(req, context=ctx, timeout=10).read().decode()
+    got = {}
+    for line in text.splitlines():
+        for name in names:
+            if line.startswith(f"faultline_agent_{name}_microseconds_total "):
+                got[name] = int(line.split()[1])
+    return got
+total = {}
+with ThreadPoolExecutor(16) as pool:
+    for got in pool.map(one, range(n)):
+        for k, v in got.items():
+            total[k] = total.get(k, 0) + v
+print(json.dumps(total))
+PY
+}
+
+echo "inject+revert round, $rounds runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
 echo "first injected_at -> last reverted_at from the report, agents' clocks):"
 for n in "${counts[@]}"; do
   start_agents "$n" 27400
-  for attempt in 1 2 3; do
+  : > "$work/rounds.txt"
+  for ((attempt = 1; attempt <= rounds; attempt++)); do
   experiment "[[fault]]
 name = \"fill\"
 kind = \"disk-fill\"
@@ -78,10 +153,15 @@ on = \"all\"
 path = \"$work/fill\"
 size = \"4KiB\"
 duration = \"1ms\"" > "$work/round.toml"
-  FAULTLINE_STATE_DIR="$work/coordinator" /usr/bin/time -f %M -o "$work/round.rss" \
+  metrics_before=$(scrape_agents "$n")
+  cpu_before=$(agents_cpu)
+  FAULTLINE_STATE_DIR="$work/coordinator" /usr/bin/time -f '%M %U %S' -o "$work/round.rss" \
     "$bin" run "$work/round.toml" --agents "$work/inventory.toml" \
     --quiet --report-json "$work/round.json" >/dev/null 2>&1 || true
-  python3 - "$work/round.json" "$n" "$(tail -1 "$work/round.rss")" <<'PY'
+  cpu_after=$(agents_cpu)
+  metrics_after=$(scrape_agents "$n")
+  python3 - "$work/round.json" "$n" "$(tail -1 "$work/round.rss")" "$((cpu_after - cpu_before))" \
+    "$(getconf CLK_TCK)" "$metrics_before" "$metrics_after" "$work/rounds.txt" <<'PY'
 import json, sys
 from datetime import datetime
 r = json.load(open(sys.argv[1]))
@@ -89,6 +169,10 @@ def ts(s):
     # RFC 3339 in UTC with 0 to 9 fraction digits; datetime takes at most 6.
     whole, _, frac = s.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{whole}.{(frac + '000000')[:6]}+00:00")
+n = int(sys.argv[2])
+rss_kb, user, system = sys.argv[3].split()
+agents_cpu_ms = int(sys.argv[4]) * 1000 / int(sys.argv[5])
+before, after = json.loads(sys.argv[6]), json.loads(sys.argv[7])
 f = r["faults"]
 ok = all(x["status"] == "reverted" for x in f)
 first = min(ts(x["injected_at"]) for x in f)
@@ -96,11 +180,28 @@ last = max(ts(x["reverted_at"]) for x in f)
 inj = sorted(ts(x["injected_at"]) for x in f)
 rev = sorted(ts(x["reverted_at"]) for x in f)
 ms = lambda d: d.total_seconds() * 1000
-print(f"  {sys.argv[2]:>3} agents: {ms(last - first):7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']}; "
+round_ms = ms(last - first)
+open(sys.argv[8], "a").write(f"{round_ms}\n")
+print(f"  {n:>3} agents: {round_ms:7.1f} ms  ({len(f)} faults, all reverted: {ok}, verdict {r['verdict']}; "
       f"injections spread over {ms(inj[-1] - inj[0]):.1f} ms, reverts over {ms(rev[-1] - rev[0]):.1f} ms; "
-      f"coordinator peak RSS {int(sys.argv[3]) / 1024:.1f} MiB)")
+      f"coordinator peak RSS {int(rss_kb) / 1024:.1f} MiB)")
+per = lambda k: (after.get(k, 0) - before.get(k, 0)) / 1000 / n
+if "apply" in after:
+    print(f"        mean per agent, its own clock: apply {per('apply'):.2f} ms (journal write {per('journal_record'):.2f} ms), "
+          f"revert {per('revert'):.2f} ms (journal removal {per('journal_remove'):.2f} ms)")
+print(f"        CPU over the whole run: agents {agents_cpu_ms:.0f} ms, coordinator {(float(user) + float(system)) * 1000:.0f} ms")
 PY
   done
+  floor=$(disk_floor "$n")
+  python3 - "$n" "$floor" "$work/rounds.txt" <<'PY'
+import statistics, sys
+n, floor = int(sys.argv[1]), float(sys.argv[2])
+rounds = [float(x) for x in open(sys.argv[3])]
+med = statistics.median(rounds)
+print(f"  {n:>3} agents: round median {med:.1f} ms (min {min(rounds):.1f}, max {max(rounds):.1f}, {len(rounds)} runs); "
+      f"disk floor, same run ({n} concurrent durable journal writes, median of 5): {floor:.1f} ms; "
+      f"round / floor = {med / floor:.2f}")
+PY
   # A lease renewal touches no disk on the agent: the spread of one renewal round over all agents
   # is the fan-out itself (one request per agent on its kept-alive connection). A 4 KiB fill held
   # 5 s with a 3 s lease renews every second (a shorter lease lapses on 500 agents here, where
@@ -152,33 +253,6 @@ PY
   stop_agents
 done
 
-# The same run's floor: every agent journals a fault (file + directory fsync) before injecting
-# it and removes the entry after reverting it, and here all agents share one disk. N concurrent
-# journal writes, twice, is what a round cannot go below on this machine.
-echo "disk floor, same run: N concurrent journal writes (200 B file + fsync, directory fsync), twice:"
-for n in "${counts[@]}"; do
-  python3 - "$work" "$n" <<'PY'
-import os, sys, threading, time
-work, n = sys.argv[1], int(sys.argv[2])
-d = os.path.join(work, "floor")
-os.makedirs(d, exist_ok=True)
-def journal(i):
-    fd = os.open(f"{d}/{i}.json", os.O_CREAT | os.O_WRONLY, 0o600)
-    os.write(fd, b"x" * 200); os.fsync(fd); os.close(fd)
-    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
-best = None
-for attempt in range(3):
-    t = time.perf_counter()
-    for round in range(2):
-        threads = [threading.Thread(target=journal, args=(attempt * 2 * n + round * n + i,)) for i in range(n)]
-        for x in threads: x.start()
-        for x in threads: x.join()
-    ms = (time.perf_counter() - t) * 1000
-    best = ms if best is None else min(best, ms)
-print(f"  {n:>3} writers: {best:7.1f} ms (best of 3)")
-PY
-done
-
 echo "coordinator SIGKILL -> victim running again (process-pause held 60s, lease 5s default):"
 start_agents 1 27400
 sleep 300 & victim=$!
@@ -194,6 +268,8 @@ coordinator=$!
 until [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 kill -KILL "$coordinator"
 t0=$(date +%s.%N)
+# Reaped here, quietly: otherwise the shell reports the kill on stderr.
+wait "$coordinator" 2>/dev/null || true
 while [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 t1=$(date +%s.%N)
 python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"

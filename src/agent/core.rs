@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::AgentError;
 use super::envelope::Envelope;
-use super::journal::{Entry, Journal};
+use super::journal::{Entry, Forget, Journal};
 use crate::fault::{Context, FaultSpec, RunResource, Undo};
 use crate::process;
 use crate::protocol::{
@@ -193,6 +193,19 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) lease_expiries: AtomicU64,
     pub(crate) refused: AtomicU64,
+    /// Microseconds spent writing journal entries durably, and removing them: with the two
+    /// below, what a round of applies and reverts spends on disk against the whole.
+    pub(crate) journal_record_us: AtomicU64,
+    pub(crate) journal_remove_us: AtomicU64,
+    /// Microseconds from an apply (a revert) starting on its blocking thread to its answer.
+    pub(crate) apply_us: AtomicU64,
+    pub(crate) revert_us: AtomicU64,
+}
+
+/// Adds the time since `since` to `counter`, in microseconds.
+fn add_elapsed(counter: &AtomicU64, since: Instant) {
+    let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counter.fetch_add(us, Ordering::Relaxed);
 }
 
 /// The file whose presence says "halted": it survives an agent restart, so a halted fleet stays
@@ -337,6 +350,13 @@ impl AgentCore {
         #[cfg(test)]
         hooks::recovering(self.state_dir());
         let mut recovery = Recovery::default();
+        for path in self.journal.discard_torn() {
+            recovery.reverted.push(format!(
+                "{}: discarded a journal entry a crash of the host cut short while it was being \
+                 written (its fault was never made)",
+                path.display()
+            ));
+        }
         for entry in self.journal.entries() {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -350,7 +370,7 @@ impl AgentCore {
             }
             match entry.undo.revert() {
                 Ok(detail) => {
-                    let _ = self.journal.remove(&entry.id);
+                    let _ = self.forget_entry(&entry.id, &entry.undo);
                     recovery.reverted.push(
                         crate::secrets::redact(&format!(
                             "{} ({}, run {}): {detail}",
@@ -420,13 +440,31 @@ impl AgentCore {
         id: &str,
         req: &ApplyRequest,
     ) -> Result<Applied, AgentError> {
+        let started = Instant::now();
         let result = self.apply_inner(id, req);
+        add_elapsed(&self.counters.apply_us, started);
         let counter = match &result {
             Ok(_) => &self.counters.applied,
             Err(AgentError::Refused(_)) => &self.counters.refused,
             Err(_) => &self.counters.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Journals `entry` durably (timed for `/metrics`).
+    fn record_entry(&self, entry: &Entry) -> Result<(), String> {
+        let started = Instant::now();
+        let result = self.journal.record(entry);
+        add_elapsed(&self.counters.journal_record_us, started);
+        result
+    }
+
+    /// Forgets the entry of an undo that has run, as [`forget`] says (timed for `/metrics`).
+    fn forget_entry(&self, id: &str, undo: &Undo) -> Result<(), String> {
+        let started = Instant::now();
+        let result = self.journal.remove(id, forget(undo));
+        add_elapsed(&self.counters.journal_remove_us, started);
         result
     }
 
@@ -511,7 +549,7 @@ impl AgentCore {
         let undo_note = match journaled {
             None => String::new(),
             Some(undo) => match unpanic(|| undo.revert()) {
-                Ok(Ok(detail)) => match self.journal.remove(id) {
+                Ok(Ok(detail)) => match self.forget_entry(id, &undo) {
                     Ok(()) => format!("; reverted what was journaled: {detail}"),
                     Err(e) => format!("; reverted what was journaled ({detail}), but {e}"),
                 },
@@ -561,9 +599,7 @@ impl AgentCore {
                 })
                 .flatten(),
         };
-        self.journal
-            .record(&entry)
-            .map_err(AgentError::FaultFailed)?;
+        self.record_entry(&entry).map_err(AgentError::FaultFailed)?;
         *journaled = Some(undo.clone());
         let injected_at = Timestamp::now();
         let started = Instant::now();
@@ -582,8 +618,7 @@ impl AgentCore {
                 *journaled = None;
                 let undo_note = match reverted {
                     Ok(_) => self
-                        .journal
-                        .remove(id)
+                        .forget_entry(id, &undo)
                         .err()
                         .map_or_else(String::new, |e| format!("; {e}")),
                     Err(undo_err) => {
@@ -602,7 +637,8 @@ impl AgentCore {
             actions: prepared.actions(),
         };
         if req.spec.is_instant() {
-            self.journal.remove(id).map_err(AgentError::FaultFailed)?;
+            self.forget_entry(id, &undo)
+                .map_err(AgentError::FaultFailed)?;
             *journaled = None;
             return Ok((applied, None));
         }
@@ -724,9 +760,7 @@ impl AgentCore {
             deadline: None,
             secrets: Vec::new(),
         };
-        self.journal
-            .record(&entry)
-            .map_err(AgentError::FaultFailed)?;
+        self.record_entry(&entry).map_err(AgentError::FaultFailed)?;
         let opened = match unpanic(|| {
             #[cfg(test)]
             hooks::at(id, hooks::Stage::Open);
@@ -773,7 +807,7 @@ impl AgentCore {
                 })
             }
             Err(e) => {
-                let e = match undo.revert().and_then(|_| self.journal.remove(id)) {
+                let e = match undo.revert().and_then(|_| self.forget_entry(id, &undo)) {
                     Ok(()) => e,
                     Err(undo_err) => format!("{e}; and cleaning up failed: {undo_err}"),
                 };
@@ -788,6 +822,13 @@ impl AgentCore {
         id: &str,
         cause: RevertCause,
     ) -> Result<Reverted, AgentError> {
+        let started = Instant::now();
+        let result = self.revert_inner(id, cause);
+        add_elapsed(&self.counters.revert_us, started);
+        result
+    }
+
+    fn revert_inner(&self, id: &str, cause: RevertCause) -> Result<Reverted, AgentError> {
         validate_fault_id(id).map_err(AgentError::BadRequest)?;
         // The reaper (duration end, lease) and a request can ask at the same moment: the second
         // waits for the first to finish (woken by `changed`) and then answers with its result.
@@ -841,7 +882,7 @@ impl AgentCore {
             undo.revert_reported()
         })
         .unwrap_or_else(|panic| (Err(format!("reverting panicked: {panic}")), Vec::new()));
-        let result = result.and_then(|detail| self.journal.remove(id).map(|()| detail));
+        let result = result.and_then(|detail| self.forget_entry(id, &undo).map(|()| detail));
         let mut state = self.state();
         let answer = match result {
             Ok(detail) => {
@@ -1092,6 +1133,33 @@ pub(super) mod hooks {
             }
             panic!("test hook: {stage:?} of {id} panics");
         }
+    }
+}
+
+/// How to forget the journal entry of an undo that has just run (see [`Forget`]).
+///
+/// Forgetting lazily saves a directory fsync on every revert, and only a crash of the whole host
+/// in the next seconds can bring the entry back; the next start then runs the undo once more.
+/// After a reboot that is harmless for every undo of the host's own state: what a fault made in
+/// the kernel (a stopped process, an nft table, a qdisc, a frozen cgroup, stress workers, a proxy
+/// of the crashed process) is gone with the reboot, and each of these undos succeeds when what it
+/// would undo is gone (`already gone`, `not running`, identity checked by pid and start time). A
+/// fill file lives on disk, and its undo deletes it only if it still carries the fault's marker
+/// under the fault's random name: running it again is right, since a lost entry removal may have
+/// lost the fill file's deletion too. A `command` or `http` revert is the operator's program or
+/// request, which faultline cannot know is safe to run twice: its entry is forgotten durably.
+pub(super) fn forget(undo: &Undo) -> Forget {
+    match undo {
+        Undo::Nothing
+        | Undo::Resume { .. }
+        | Undo::RemoveFile { .. }
+        | Undo::KillWorkers { .. }
+        | Undo::DeleteNftTable { .. }
+        | Undo::DeleteRootQdisc { .. }
+        | Undo::ClearToxics { .. }
+        | Undo::CloseProxy { .. }
+        | Undo::Thaw { .. } => Forget::Lazily,
+        Undo::Command(_) | Undo::Http(_) => Forget::Durably,
     }
 }
 
@@ -1600,6 +1668,110 @@ mod tests {
         assert!(renewed.ended[0].at >= before);
         assert!(renewed.unknown.is_empty());
         assert!(!victim.stopped());
+    }
+
+    /// A crash of the host can bring back the entry of a fault that was undone (its removal was
+    /// not synced): the next start runs the undo again, which must succeed with nothing to undo.
+    #[test]
+    fn entries_of_faults_already_undone_recover_cleanly_and_torn_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = Victim::spawn();
+        let victim_ref = process::read(victim.pid()).unwrap().to_ref();
+        let me = process::read(std::process::id() as i32).unwrap().to_ref();
+        let dead = process::ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        let fill = dir
+            .path()
+            .join("elsewhere")
+            .join(".faultline-fill-gone-0-abcd");
+        let undone = [
+            ("nothing", Undo::Nothing),
+            // Continued already: the victim runs.
+            (
+                "process-pause",
+                Undo::Resume {
+                    procs: vec![victim_ref],
+                },
+            ),
+            // Deleted already.
+            ("disk-fill", Undo::RemoveFile { path: fill }),
+            (
+                "cpu-stress",
+                Undo::KillWorkers {
+                    fault_id: "gone-3".to_owned(),
+                },
+            ),
+            (
+                "latency",
+                Undo::ClearToxics {
+                    proxy: "listen-127.0.0.1:1".to_owned(),
+                    owner: "gone-4".to_owned(),
+                },
+            ),
+            (
+                "proxy",
+                Undo::CloseProxy {
+                    proxy: "listen-127.0.0.1:1".to_owned(),
+                },
+            ),
+        ];
+        let journal = Journal::open(dir.path()).unwrap();
+        for (i, (kind, undo)) in undone.iter().enumerate() {
+            journal
+                .record(&Entry {
+                    id: format!("gone-{i}"),
+                    run_id: "r".to_owned(),
+                    kind: (*kind).to_owned(),
+                    undo: undo.clone(),
+                    owner: dead.clone(),
+                    written_at: Timestamp::now(),
+                    deadline: None,
+                    secrets: Vec::new(),
+                })
+                .unwrap();
+        }
+        std::fs::write(
+            dir.path().join("torn-0.json"),
+            b"{\n  \"id\": \"torn-0\",\n",
+        )
+        .unwrap();
+        let (core, recovery) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        assert!(recovery.failed.is_empty(), "{recovery:?}");
+        assert_eq!(recovery.reverted.len(), undone.len() + 1, "{recovery:?}");
+        assert!(
+            recovery
+                .reverted
+                .iter()
+                .any(|r| r.contains("torn-0.json: discarded a journal entry")),
+            "{recovery:?}"
+        );
+        assert!(core.journal.entries().is_empty());
+        assert!(!victim.stopped());
+    }
+
+    /// The operator's own revert may not be safe to run twice: its entry must not come back.
+    #[test]
+    fn only_an_operators_revert_program_or_request_is_forgotten_durably() {
+        let undo = |json: &str| serde_json::from_str::<Undo>(json).unwrap();
+        let command = undo(r#"{"undo": "command", "argv": ["/usr/bin/true"], "timeout_ms": 1000}"#);
+        let http = undo(
+            r#"{"undo": "http", "method": "POST", "url": "http://127.0.0.1:1/", "timeout_ms": 1000}"#,
+        );
+        assert_eq!(forget(&command), Forget::Durably);
+        assert_eq!(forget(&http), Forget::Durably);
+        for lazy in [
+            Undo::Nothing,
+            Undo::DeleteNftTable {
+                table: "t".to_owned(),
+            },
+            Undo::RemoveFile {
+                path: PathBuf::from("/tmp/x"),
+            },
+        ] {
+            assert_eq!(forget(&lazy), Forget::Lazily, "{lazy:?}");
+        }
     }
 
     #[test]

@@ -60,6 +60,24 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     private(path)?.write_all(bytes)
 }
 
+/// How [`Journal::remove`] forgets an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forget {
+    /// Synced: gone even after a crash of the host.
+    Durably,
+    /// Gone for every process now; on disk by the filesystem's next commit.
+    Lazily,
+}
+
+/// Whether `bytes` are an entry whose write a crash cut short: nothing, only zeros (a file
+/// whose size reached the disk before its data), or JSON that ends before the entry does.
+fn is_torn(bytes: &[u8]) -> bool {
+    if bytes.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) {
+        return true;
+    }
+    serde_json::from_slice::<serde_json::Value>(bytes).is_err_and(|e| e.is_eof())
+}
+
 #[derive(Debug)]
 pub(crate) struct Journal {
     dir: PathBuf,
@@ -87,7 +105,16 @@ impl Journal {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Writes the entry durably: temp file, fsync, rename, fsync the directory.
+    /// Writes the entry durably: temp file, rename, fsync the file, fsync the directory. Readers
+    /// (recovery, a watchdog, another run sharing the directory) only ever see a whole entry: it
+    /// is complete in the temp file before the rename. The fsync comes after the rename so that
+    /// one journal commit carries the data, the new name and the rename together (on ext4 an
+    /// fsync commits the file's latest metadata change, the rename): the old order, fsync then
+    /// rename then the directory, paid a second commit for the rename. The directory fsync stays
+    /// for filesystems that do not order a rename with the file; where the commit already
+    /// carried it, it costs no second commit. The caller changes the host only after this
+    /// returns. A crash of the host before it returns may leave the entry empty or cut short:
+    /// its fault was never made, and [`Journal::discard_torn`] drops it at the next start.
     pub(crate) fn record(&self, entry: &Entry) -> Result<(), String> {
         let fail = |e: std::io::Error| {
             format!(
@@ -101,39 +128,71 @@ impl Journal {
             .map_err(|e| format!("failed to encode journal entry: {e}"))?;
         let mut file = private(&tmp).map_err(fail)?;
         file.write_all(&body).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
         fs::rename(&tmp, self.path(&entry.id)).map_err(fail)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)
+        file.sync_all().map_err(fail)?;
+        self.sync_dir().map_err(fail)
+    }
+
+    fn sync_dir(&self) -> std::io::Result<()> {
+        File::open(&self.dir).and_then(|d| d.sync_all())
     }
 
     /// Forgets an entry once its fault is undone. Removing a missing entry succeeds.
-    pub(crate) fn remove(&self, id: &str) -> Result<(), String> {
+    ///
+    /// [`Forget::Durably`] syncs the directory, so the entry stays gone even if the host crashes
+    /// right after. [`Forget::Lazily`] leaves that to the filesystem's next commit (seconds): no
+    /// process ever sees the entry again, only a crash of the whole host can bring it back, and
+    /// then the next start runs its undo once more. That is fine for an undo that is safe to run
+    /// again after a reboot, and the caller decides which undo is (see `core.rs`).
+    pub(crate) fn remove(&self, id: &str, how: Forget) -> Result<(), String> {
         match fs::remove_file(self.path(id)) {
-            Ok(()) => File::open(&self.dir)
-                .and_then(|d| d.sync_all())
+            Ok(()) if how == Forget::Lazily => Ok(()),
+            Ok(()) => self
+                .sync_dir()
                 .map_err(|e| format!("failed to sync {}: {e}", self.dir.display())),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("failed to remove journal entry {id}: {e}")),
         }
     }
 
-    /// Every entry on disk. Unreadable entries are returned as errors so they are reported, not lost.
-    pub(crate) fn entries(&self) -> Vec<Result<Entry, String>> {
+    /// Deletes the entries a crash of the host cut short while they were being recorded (empty,
+    /// zeros, or JSON that ends early), and returns their paths. Such an entry's fault was never
+    /// made: [`Journal::record`] returns only after the whole entry is durable, and the host is
+    /// changed only after that. No running process ever sees a torn entry (entries are renamed
+    /// into place whole), so this is safe while other writers share the directory. An entry
+    /// that is whole but wrong is left alone and reported by [`Journal::entries`].
+    pub(crate) fn discard_torn(&self) -> Vec<PathBuf> {
+        let mut discarded = Vec::new();
+        for path in self.entry_paths() {
+            let Ok(bytes) = fs::read(&path) else {
+                continue;
+            };
+            if is_torn(&bytes) && fs::remove_file(&path).is_ok() {
+                discarded.push(path);
+            }
+        }
+        discarded
+    }
+
+    fn entry_paths(&self) -> Vec<PathBuf> {
         let Ok(dir) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
+        dir.filter_map(Result::ok)
+            .map(|item| item.path())
+            .filter(|path| {
+                path.extension().is_some_and(|e| e == "json")
+                    && !path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    }
+
+    /// Every entry on disk. Unreadable entries are returned as errors so they are reported, not lost.
+    pub(crate) fn entries(&self) -> Vec<Result<Entry, String>> {
         let mut entries = Vec::new();
-        for item in dir.filter_map(Result::ok) {
-            let path = item.path();
-            let is_entry = path.extension().is_some_and(|e| e == "json")
-                && !path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if !is_entry {
-                continue;
-            }
+        for path in self.entry_paths() {
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
@@ -146,5 +205,100 @@ impl Journal {
             entries.push(parsed);
         }
         entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, undo: Undo) -> Entry {
+        Entry {
+            id: id.to_owned(),
+            run_id: "r".to_owned(),
+            kind: "disk-fill".to_owned(),
+            undo,
+            owner: ProcRef {
+                pid: 1,
+                start_time: 1,
+                comm: "gone".to_owned(),
+            },
+            written_at: Timestamp::now(),
+            deadline: None,
+            secrets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_recorded_entry_is_whole_leaves_no_temp_file_and_is_forgotten_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let undo = Undo::RemoveFile {
+            path: dir.path().join("fill"),
+        };
+        journal.record(&entry("f-0", undo.clone())).unwrap();
+        journal.record(&entry("f-1", undo.clone())).unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f-0.json", "f-1.json"]);
+        let read = journal.entries();
+        assert_eq!(read.len(), 2);
+        for e in &read {
+            assert_eq!(e.as_ref().unwrap().undo, undo);
+        }
+        assert!(journal.discard_torn().is_empty());
+        journal.remove("f-0", Forget::Lazily).unwrap();
+        journal.remove("f-1", Forget::Durably).unwrap();
+        // A missing entry is forgotten already, whichever way.
+        journal.remove("f-0", Forget::Lazily).unwrap();
+        journal.remove("f-1", Forget::Durably).unwrap();
+        assert!(journal.entries().is_empty());
+    }
+
+    #[test]
+    fn only_entries_a_crash_cut_short_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let whole = serde_json::to_vec_pretty(&entry(
+            "whole",
+            Undo::RemoveFile {
+                path: dir.path().join("fill"),
+            },
+        ))
+        .unwrap();
+        let write = |name: &str, bytes: &[u8]| fs::write(dir.path().join(name), bytes).unwrap();
+        write("empty.json", b"");
+        write("zeros.json", &[0; 512]);
+        write("cut.json", &whole[..whole.len() / 2]);
+        write("cut-at-the-brace.json", &whole[..whole.len() - 1]);
+        write("whole.json", &whole);
+        // Whole JSON that is not an entry, and bytes that are not JSON: damaged, not torn.
+        write("wrong.json", b"{\"id\": 1}");
+        write("garbage.json", b"not json at all");
+        let mut discarded: Vec<String> = journal
+            .discard_torn()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        discarded.sort();
+        assert_eq!(
+            discarded,
+            [
+                "cut-at-the-brace.json",
+                "cut.json",
+                "empty.json",
+                "zeros.json"
+            ]
+        );
+        let entries = journal.entries();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert_eq!(entries.iter().filter(|e| e.is_ok()).count(), 1);
+        let mut errors: Vec<&String> = entries.iter().filter_map(|e| e.as_ref().err()).collect();
+        errors.sort();
+        assert!(errors[0].contains("garbage.json"), "{errors:?}");
+        assert!(errors[1].contains("wrong.json"), "{errors:?}");
     }
 }

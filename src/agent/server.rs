@@ -563,6 +563,30 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Faults reverted because the coordinator stopped renewing their lease.",
         c.lease_expiries.load(Ordering::Relaxed),
     );
+    for (name, help, value) in [
+        (
+            "faultline_agent_journal_record_microseconds_total",
+            "Time spent writing journal entries durably before changing the host.",
+            &c.journal_record_us,
+        ),
+        (
+            "faultline_agent_journal_remove_microseconds_total",
+            "Time spent removing journal entries after undoing their faults.",
+            &c.journal_remove_us,
+        ),
+        (
+            "faultline_agent_apply_microseconds_total",
+            "Time from an apply starting on its thread to its answer, journal included.",
+            &c.apply_us,
+        ),
+        (
+            "faultline_agent_revert_microseconds_total",
+            "Time from a revert starting on its thread to its answer, journal included.",
+            &c.revert_us,
+        ),
+    ] {
+        metric(name, "counter", help, value.load(Ordering::Relaxed));
+    }
     let (unauthenticated, authenticated) = state.admission.counts();
     metric(
         "faultline_agent_connections_unauthenticated",

@@ -181,7 +181,7 @@ pub(crate) fn main(
             // idempotent, and removing a missing entry succeeds.
             match entry.undo.revert() {
                 Ok(detail) => {
-                    let _ = journal.remove(&entry.id);
+                    let _ = journal.remove(&entry.id, super::core::forget(&entry.undo));
                     eprintln!(
                         "faultline watchdog: run {parent} still holds {} ({}) but {why}; reverted it: {}",
                         entry.id,

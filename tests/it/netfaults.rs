@@ -808,3 +808,81 @@ fn partial_loss_drops_about_that_share_of_datagrams() {
     let (code, stderr) = run.finish();
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// A crash of the host can bring back the journal entry of a network fault that was already
+/// undone (the agent does not sync an entry's removal). The next start runs the undo again: with
+/// the nft table and the qdisc already gone, recovery succeeds, says so, and empties the journal.
+#[test]
+fn network_faults_already_undone_but_still_journaled_recover_cleanly() {
+    if !privileged("network_faults_already_undone_but_still_journaled_recover_cleanly") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let www = tempdir();
+    let _server = net.server(www.path());
+    let files = Files::new(&experiment(
+        "kind = \"network-loss\"\npercent = \"100%\"\nmatch = { port = 9 }",
+        "1s",
+    ));
+    std::fs::create_dir_all(files.state()).unwrap();
+    // Written by an agent that is gone: no process has this pid (above any pid_max).
+    let owner = r#"{"pid": 4194305, "start_time": 1, "comm": "faultline"}"#;
+    let undos = [
+        (
+            "network-loss",
+            r#"{"undo": "delete-nft-table", "table": "faultline_gone_0"}"#,
+        ),
+        (
+            "bandwidth",
+            r#"{"undo": "delete-root-qdisc", "device": "va", "handle": 7, "kind": "htb"}"#,
+        ),
+    ];
+    for (i, (kind, undo)) in undos.iter().enumerate() {
+        std::fs::write(
+            files.state().join(format!("gone-{i}.json")),
+            format!(
+                r#"{{"id": "gone-{i}", "run_id": "r", "kind": "{kind}", "undo": {undo}, "owner": {owner}, "written_at": "2026-12-02T04:00:00Z"}}"#
+            ),
+        )
+        .unwrap();
+    }
+    // Which qdiscs there are, without their counters (traffic changes those).
+    let qdiscs = || -> Vec<(String, String)> {
+        net.qdiscs_a()
+            .iter()
+            .map(|q| (q["kind"].to_string(), q["handle"].to_string()))
+            .collect()
+    };
+    let qdiscs_before = qdiscs();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            BIN,
+            "run",
+            files.experiment().to_str().unwrap(),
+            "--quiet",
+            "--dry-run",
+        ])
+        .env("FAULTLINE_STATE_DIR", files.state())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("reverted a fault left by an earlier crashed run")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not be reverted"), "{stderr}");
+    let left: Vec<PathBuf> = std::fs::read_dir(files.state())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(left.is_empty(), "journal entries left: {left:?}");
+    assert_eq!(qdiscs(), qdiscs_before, "recovery touched the qdiscs");
+}
