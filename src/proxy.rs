@@ -54,11 +54,11 @@ const QUEUE_BYTES: usize = 4 << 20;
 const SPLICE_CHUNK: usize = 1 << 20;
 /// Bytes waiting in a direction's pipes, the zero-copy path's counterpart of [`QUEUE_BYTES`]: they
 /// are kernel pages, not this process's memory, and a delay holds `rate × delay` of them, so the
-/// bound is larger — 64 MiB carries 6.7 GB/s under a 10 ms delay (16 MiB, the bound before,
+/// bound is larger — 32 MiB carries 3.3 GB/s under a 10 ms delay (16 MiB, the bound before,
 /// held the bench's 10 ms figure to 1.0 GB/s of a 2.1 GB/s direct rate). Beyond
 /// [`splice::LANE_RESERVE`] the bytes also draw on the process-wide budget ([`splice::pool`]),
 /// which bounds all connections together. The pipes' own capacity bounds it too.
-const PIPE_QUEUE_BYTES: usize = 64 << 20;
+const PIPE_QUEUE_BYTES: usize = 32 << 20;
 /// Pipes one direction may hold at once. A pipe holds `pipe-max-size / 4 KiB` page slots, and a
 /// slot as few bytes as the socket buffer it came from, so under a delay one pipe fills long
 /// before [`PIPE_QUEUE_BYTES`]: the reader then opens the next pipe, and the writer moves on to it
