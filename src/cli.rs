@@ -296,6 +296,9 @@ enum BenchCommand {
         /// if permitted (off by default; FAULTLINE_PROXY_RT_PRIORITY does the same for agents).
         #[arg(long, value_name = "PRIORITY", value_parser = crate::proxy::priority::parse_priority)]
         realtime_priority: Option<u8>,
+        /// Run only this section (all run by default).
+        #[arg(long, value_enum, value_name = "SECTION")]
+        only: Option<crate::bench::proxy::Section>,
     },
     /// The history's costs: `faultline history` on a database of N runs, and what a run
     /// spends writing its own rows (fills a temporary SQLite database).
@@ -437,6 +440,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             bulk_bytes,
             connections,
             realtime_priority,
+            only,
         }) => {
             let settings = crate::bench::proxy::Settings {
                 round_trips,
@@ -444,6 +448,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
                 bulk_bytes,
                 connections,
                 realtime: realtime_priority,
+                only,
             };
             crate::bench::proxy::run(&settings)?;
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,16 @@ pub(crate) struct Settings {
     pub(crate) connections: usize,
     /// `SCHED_FIFO` priority for the proxy thread (and the OS-floor thread), if any.
     pub(crate) realtime: Option<u8>,
+    /// Only this section, if any (`--only`).
+    pub(crate) only: Option<Section>,
+}
+
+/// A section of the bench that `--only` may pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Section {
+    /// Bulk transfers direct and through the proxy, spliced and copying, without and with a
+    /// 10 ms delay.
+    Throughput,
 }
 
 /// Runs every figure and prints it. Takes a few minutes with the defaults (1000 round trips at
@@ -85,6 +95,9 @@ impl Drop for Servers {
 }
 
 async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> anyhow::Result<()> {
+    if settings.only == Some(Section::Throughput) {
+        return throughput(settings, proxies, servers).await;
+    }
     let echo = echo_server(servers)?;
     let ours = Ours::open(echo, proxies)?;
     let sleepy = SleepProxy::open(echo, proxies)?;
@@ -198,41 +211,7 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         " measured by the same client as the proxy, so it adds the client's own wake-up: the best any delaying process can do here)"
     );
 
-    println!(
-        "\nthroughput: {} from a server to a client (downstream, the direction delays apply to)",
-        crate::units::format_bytes(settings.bulk_bytes)
-    );
-    let source = source_server(servers, settings.bulk_bytes)?;
-    let spliced = Ours::open_with(source, proxies, proxy::Options { splice: true })?;
-    let copying = Ours::open_with(source, proxies, proxy::Options { splice: false })?;
-    let direct_rate = bulk_read(source).await?;
-    println!(
-        "  direct                                  {:>8.0} MB/s",
-        direct_rate / 1e6
-    );
-    for (label, bulk) in [("spliced", &spliced), ("copying", &copying)] {
-        for delay_ms in [0, 10] {
-            bulk.set_delay(Duration::from_millis(delay_ms));
-            let before = bulk.moved();
-            let rate = bulk_read(bulk.listen).await?;
-            let after = bulk.moved();
-            bulk.set_delay(Duration::ZERO);
-            let toxic = if delay_ms == 0 {
-                "no toxic".to_owned()
-            } else {
-                format!("{delay_ms} ms delay")
-            };
-            println!(
-                "  through the proxy, {label}, {toxic:<11} {:>8.0} MB/s  (ratio to direct {:.2}; {} spliced, {} copied)",
-                rate / 1e6,
-                rate / direct_rate,
-                crate::units::format_bytes(after.spliced - before.spliced),
-                crate::units::format_bytes(after.copied - before.copied),
-            );
-        }
-    }
-    spliced.close();
-    copying.close();
+    throughput(settings, proxies, servers).await?;
 
     println!(
         "\nscale: {} concurrent connections through one proxy",
@@ -242,6 +221,92 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
     ours.close();
     Ok(())
 }
+
+/// Bulk transfers of the same server's stream: direct, then through the proxy spliced and
+/// copying, without and with a 10 ms delay, [`BULK_ROUNDS`] times interleaved (the machine's
+/// load drifts from second to second, so each round's ratios compare transfers made moments
+/// apart). Prints the median rate of each, the ratio of the medians, and the spread of the
+/// per-round ratios.
+async fn throughput(settings: &Settings, proxies: &Handle, servers: &Handle) -> anyhow::Result<()> {
+    println!(
+        "\nthroughput: {} from a server to a client (downstream, the direction delays apply to), median of {BULK_ROUNDS} interleaved rounds",
+        crate::units::format_bytes(settings.bulk_bytes)
+    );
+    let source = source_server(servers, settings.bulk_bytes)?;
+    let spliced = Ours::open_with(source, proxies, proxy::Options { splice: true })?;
+    let copying = Ours::open_with(source, proxies, proxy::Options { splice: false })?;
+    let paths = [
+        (&spliced, "spliced", 0),
+        (&spliced, "spliced", 10),
+        (&copying, "copying", 0),
+        (&copying, "copying", 10),
+    ];
+    let mut direct = Vec::with_capacity(BULK_ROUNDS);
+    // Per path: rates, per-round ratios to that round's direct rate, bytes moved, peak pipe bytes.
+    let mut rates = vec![Vec::with_capacity(BULK_ROUNDS); paths.len()];
+    let mut ratios = vec![Vec::with_capacity(BULK_ROUNDS); paths.len()];
+    let mut moved = vec![(0_u64, 0_u64); paths.len()];
+    let mut peaks = vec![0_usize; paths.len()];
+    for _ in 0..BULK_ROUNDS {
+        let direct_rate = bulk_read(source).await?;
+        direct.push(direct_rate);
+        for (i, (bulk, _, delay_ms)) in paths.iter().enumerate() {
+            bulk.set_delay(Duration::from_millis(*delay_ms));
+            let before = bulk.moved();
+            let _ = proxy::pipe_usage();
+            let rate = bulk_read(bulk.listen).await?;
+            let after = bulk.moved();
+            if let Some((_, peak, _)) = proxy::pipe_usage() {
+                peaks[i] = peaks[i].max(peak);
+            }
+            bulk.set_delay(Duration::ZERO);
+            rates[i].push(rate);
+            ratios[i].push(rate / direct_rate);
+            moved[i].0 += after.spliced - before.spliced;
+            moved[i].1 += after.copied - before.copied;
+        }
+    }
+    let direct_rate = percentile(&direct, 0.5);
+    println!(
+        "  direct                                  {:>8.0} MB/s  (runs {:.0}..{:.0})",
+        direct_rate / 1e6,
+        percentile(&direct, 0.0) / 1e6,
+        percentile(&direct, 1.0) / 1e6,
+    );
+    let budget = proxy::pipe_usage().map_or(0, |(_, _, size)| size);
+    for (i, (_, label, delay_ms)) in paths.iter().enumerate() {
+        let toxic = if *delay_ms == 0 {
+            "no toxic".to_owned()
+        } else {
+            format!("{delay_ms} ms delay")
+        };
+        let rate = percentile(&rates[i], 0.5);
+        let rounds = BULK_ROUNDS as u64;
+        println!(
+            "  through the proxy, {label}, {toxic:<11} {:>8.0} MB/s  (ratio to direct {:.2}; {} spliced, {} copied per run; per-round ratios {:.2}..{:.2}, median {:.2})",
+            rate / 1e6,
+            rate / direct_rate,
+            crate::units::format_bytes(moved[i].0 / rounds),
+            crate::units::format_bytes(moved[i].1 / rounds),
+            percentile(&ratios[i], 0.0),
+            percentile(&ratios[i], 1.0),
+            percentile(&ratios[i], 0.5),
+        );
+        if *label == "spliced" {
+            println!(
+                "    bytes held in the proxy's pipes at most {} (process budget beyond each direction's reserve: {})",
+                crate::units::format_bytes(peaks[i] as u64),
+                crate::units::format_bytes(budget as u64),
+            );
+        }
+    }
+    spliced.close();
+    copying.close();
+    Ok(())
+}
+
+/// Rounds of the throughput section.
+const BULK_ROUNDS: usize = 3;
 
 fn print_errors(label: &str, delay_ms: u64, errors: &[f64]) {
     println!(

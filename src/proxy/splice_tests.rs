@@ -381,3 +381,85 @@ fn a_live_connection_switches_to_copying_while_a_toxic_needs_the_bytes_and_back(
         "after the last toxic ended the rest was spliced again: {end:?} after {last:?}"
     );
 }
+
+/// Polls `fut` once: whether it is done, and with what.
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn directions_share_one_pipe_budget_beyond_their_reserves_and_wait_for_it_not_fail() {
+    use super::Lane;
+    use super::splice::{LANE_RESERVE, Pool};
+
+    const POOL: usize = 1 << 20;
+    let pool: &'static Pool = Box::leak(Box::new(Pool::new(POOL)));
+    let lanes: Vec<Lane> = (0..8).map(|_| Lane::with_pool(Some(pool))).collect();
+    // Every direction fills its reserve without touching the pool.
+    for lane in &lanes {
+        assert_eq!(
+            poll_once(std::pin::pin!(lane.take_pipe(LANE_RESERVE))),
+            Some(true)
+        );
+    }
+    assert_eq!(pool.available(), POOL);
+    // One direction takes the whole pool beyond its reserve.
+    for _ in 0..4 {
+        assert_eq!(
+            poll_once(std::pin::pin!(lanes[0].take_pipe(POOL / 4))),
+            Some(true)
+        );
+    }
+    assert_eq!(pool.available(), 0);
+    // Another direction now waits for budget: it neither fails nor goes past the cap.
+    {
+        let mut waiting = std::pin::pin!(lanes[1].take_pipe(64 << 10));
+        assert_eq!(
+            poll_once(waiting.as_mut()),
+            None,
+            "took budget the pool did not have"
+        );
+        let (in_pipes, _, _) = pool.usage();
+        assert_eq!(
+            in_pipes,
+            lanes.len() * LANE_RESERVE + POOL,
+            "more than the cap is held"
+        );
+        // The first one drains a little; the waiting one proceeds.
+        lanes[0].give_pipe(64 << 10, 0);
+        assert_eq!(
+            poll_once(waiting.as_mut()),
+            Some(true),
+            "the waiting one did not proceed"
+        );
+    }
+    assert_eq!(pool.available(), 0);
+    // A direction draining below its reserve gives the pool nothing back: it owed it nothing.
+    lanes[2].give_pipe(LANE_RESERVE, 0);
+    assert_eq!(pool.available(), 0);
+    // Connections that end with bytes still in their pipes give back their share.
+    drop(lanes);
+    assert_eq!(pool.available(), POOL);
+    assert_eq!(
+        pool.usage().0,
+        0,
+        "bytes counted in pipes after every lane is gone"
+    );
+}
+
+#[test]
+fn the_pipe_budget_is_a_size_within_bounds_and_an_error_names_its_variable() {
+    use super::splice::{PIPE_BYTES_ENV, parse_pool_bytes};
+
+    assert_eq!(parse_pool_bytes("256MiB"), Ok(256 << 20));
+    assert_eq!(parse_pool_bytes("1MiB"), Ok(1 << 20));
+    for bad in ["0", "1KiB", "65GiB", "lots", "-5MiB", "1.5GiB"] {
+        let e = parse_pool_bytes(bad).expect_err(bad);
+        assert!(e.starts_with(PIPE_BYTES_ENV), "`{bad}`: {e}");
+        assert!(e.contains(bad), "`{bad}`: {e}");
+    }
+}

@@ -549,3 +549,101 @@ fn moved_bytes(line: &str, how: &str) -> f64 {
     };
     value * scale
 }
+
+/// `faultline bench proxy` with `FAULTLINE_PROXY_PIPE_BYTES` set, `--only throughput`.
+fn bench_throughput_with_pipe_budget(budget: &str) -> std::process::Output {
+    let dir = tempdir();
+    std::process::Command::new(crate::support::BIN)
+        .args([
+            "bench",
+            "proxy",
+            "--only",
+            "throughput",
+            "--bulk-bytes",
+            "50000000",
+        ])
+        .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
+        .env("FAULTLINE_PROXY_PIPE_BYTES", budget)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the faultline binary")
+}
+
+#[test]
+fn proxy_pipes_stay_within_the_process_wide_budget_under_a_delay() {
+    let out = bench_throughput_with_pipe_budget("1MiB");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("through the proxy, spliced, 10 ms delay"),
+        "{stdout}"
+    );
+    for other in ["precision", "scale:"] {
+        assert!(
+            !stdout.contains(other),
+            "`--only throughput` ran `{other}`:\n{stdout}"
+        );
+    }
+    // Under a 10 ms delay a stream of hundreds of MB/s would hold megabytes in the pipes; the
+    // budget holds them to 1 MiB beyond each direction's 256 KiB reserve (the bench's one
+    // connection has two directions; allow the one before it, still closing, two more).
+    let peaks: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.split("pipes at most ").nth(1))
+        .map(|rest| {
+            let mut words = rest.split_whitespace();
+            let value: f64 = words.next().and_then(|v| v.parse().ok()).expect("a number");
+            let scale = match words.next() {
+                Some("B") => 1.0,
+                Some("KiB") => 1024.0,
+                Some("MiB") => 1024.0 * 1024.0,
+                Some("GiB") => 1024.0 * 1024.0 * 1024.0,
+                other => panic!("unit {other:?} in:\n{stdout}"),
+            };
+            value * scale
+        })
+        .collect();
+    assert_eq!(peaks.len(), 2, "no pipe peaks in:\n{stdout}");
+    let delayed = peaks[1];
+    assert!(
+        delayed > 0.0,
+        "the delayed stream held nothing in pipes:\n{stdout}"
+    );
+    assert!(
+        delayed <= (1 << 20) as f64 + 4.0 * (256 << 10) as f64,
+        "pipes held {delayed} bytes, beyond the budget:\n{stdout}"
+    );
+}
+
+#[test]
+fn an_invalid_proxy_pipe_budget_is_refused_with_its_name() {
+    for bad in ["0", "lots", "100GiB"] {
+        let out = bench_throughput_with_pipe_budget(bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "`{bad}` was accepted");
+        assert!(
+            stderr.contains("FAULTLINE_PROXY_PIPE_BYTES") && stderr.contains(bad),
+            "`{bad}`: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bench_proxy_refuses_an_unknown_section() {
+    let dir = tempdir();
+    let out = faultline(
+        &["bench", "proxy", "--only", "everything"],
+        &dir.path().join("state"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--only") && stderr.contains("throughput"),
+        "{stderr}"
+    );
+}
