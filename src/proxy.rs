@@ -15,6 +15,7 @@ mod splice_tests;
 mod timer;
 mod toxics;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 pub(crate) use persistent::check_persistent_name;
 use splice::SpliceIn;
-pub(crate) use timer::PreciseTimer;
+pub(crate) use timer::{PreciseTimer, SPIN_ENV, spin_window, spun};
 use toxics::InForce;
 use toxics::{Chunk, Flow, Plan, Pump};
 pub(crate) use toxics::{Direction, ResetAfter, ToxicSpec, Toxics};
@@ -131,6 +132,8 @@ impl Default for Options {
 struct Counters {
     spliced: AtomicU64,
     copied: AtomicU64,
+    /// Of the copied bytes, those the reader wrote itself, never queued.
+    inline: AtomicU64,
     /// How late delayed chunks left, measured by the writer just before its write: how many fell
     /// under each of [`LATENESS_BOUNDS_US`] (the last slot counts the rest). For `faultline bench
     /// proxy`, to tell the proxy's own wake-up from what the receiver adds after it.
@@ -176,6 +179,7 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Handle, String> {
     RUNTIME
         .get_or_init(|| {
             let realtime = priority::realtime()?;
+            timer::configure_spin()?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(proxy_threads())
                 .thread_name("faultline-proxy")
@@ -378,6 +382,16 @@ impl Registry {
                     .map(|c| c.load(Ordering::Relaxed))
                     .collect()
             })
+    }
+
+    /// Of the bytes the proxy `name` copied, how many a reader wrote straight on, never queued.
+    #[cfg(test)]
+    fn written_inline(&self, name: &str) -> Option<u64> {
+        self.proxies
+            .lock()
+            .expect("proxy registry lock")
+            .get(name)
+            .map(|p| p.counters.inline.load(Ordering::Relaxed))
     }
 
     /// How many connections the proxy `name` holds now, if it runs.
@@ -601,16 +615,26 @@ impl Relay {
             let counted = Mutex::new((0_u64, 0_u64));
             let (client_read, client_write) = client.split();
             let (server_read, server_write) = server.split();
+            // Each reader may also write what it reads straight to the other socket (see
+            // `read_side`): it needs that socket beside the writer's half, and a socket's read
+            // half reaches it by shared reference.
+            let (client_ref, server_ref) = (client_read.as_ref(), server_read.as_ref());
             let up = pipe(
-                client_read,
-                server_write,
+                &client_read,
+                Out {
+                    half: server_write,
+                    stream: server_ref,
+                },
                 Pump::new(Flow::ToServer, index),
                 &self,
                 &counted,
             );
             let down = pipe(
-                server_read,
-                client_write,
+                &server_read,
+                Out {
+                    half: client_write,
+                    stream: client_ref,
+                },
                 Pump::new(Flow::ToClient, index),
                 &self,
                 &counted,
@@ -792,6 +816,11 @@ struct Lane {
     /// Signalled each time the writer takes bytes out of the pipe, for a reader that found it
     /// full.
     drained: Notify,
+    /// Items sent to the writer and not yet done with by it (written, spliced out, or moved
+    /// past). Zero means nothing is queued and the writer is idle, so the reader may write a due
+    /// chunk itself without overtaking a byte: reader and writer are polled by one task, never
+    /// at the same time, so the count cannot change between the reader's check and its write.
+    queued: AtomicUsize,
 }
 
 /// The part of `held` pipe bytes a direction draws from the process-wide pool.
@@ -814,6 +843,7 @@ impl Lane {
             in_pipe: AtomicUsize::new(0),
             pipes: AtomicUsize::new(0),
             drained: Notify::new(),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -875,6 +905,16 @@ impl Lane {
         }
     }
 
+    /// The writer is done with `n` items.
+    fn done(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Nothing is queued and the writer is idle.
+    fn idle(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) == 0
+    }
+
     /// The writer moved `n` bytes out of the pipe.
     fn took_out(&self, n: usize) {
         self.in_pipe.fetch_sub(n, Ordering::AcqRel);
@@ -895,6 +935,27 @@ impl Drop for Lane {
     }
 }
 
+/// The writer's queue as the reader sees it: every item sent is counted in [`Lane::queued`].
+struct Queue<'l> {
+    tx: mpsc::UnboundedSender<Item>,
+    lane: &'l Lane,
+}
+
+impl Queue<'_> {
+    fn send(&self, item: Item) -> Result<(), mpsc::error::SendError<Item>> {
+        self.tx.send(item)?;
+        self.lane.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Where a direction writes: the writer's half, and the same socket by shared reference for the
+/// reader's own writes.
+struct Out<'a> {
+    half: WriteHalf<'a>,
+    stream: &'a TcpStream,
+}
+
 /// Moves one direction of a connection: read, plan each chunk, queue it, write it when due.
 ///
 /// A chunk no toxic needs to see is spliced into the direction's pipe and only its length and
@@ -903,8 +964,8 @@ impl Drop for Lane {
 /// switches between splicing and copying chunk by chunk, as toxics start and end, without
 /// reordering a byte: the writer splices piped chunks out of the pipe (a FIFO) in the same order.
 async fn pipe(
-    src: ReadHalf<'_>,
-    dst: WriteHalf<'_>,
+    src: &ReadHalf<'_>,
+    dst: Out<'_>,
     pump: Pump,
     relay: &Relay,
     counted: &Mutex<(u64, u64)>,
@@ -912,8 +973,9 @@ async fn pipe(
     // The queue itself is unbounded; the byte budgets bound it.
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     let lane = Lane::new();
-    let reader = read_side(src, tx, &lane, pump, relay, counted);
-    let writer = write_side(dst, rx, &lane, &relay.counters);
+    let tx = Queue { tx, lane: &lane };
+    let reader = read_side(src, dst.stream, tx, &lane, pump, relay, counted);
+    let writer = write_side(dst.half, rx, &lane, &relay.counters);
     tokio::pin!(reader, writer);
     let mut reading = true;
     loop {
@@ -944,19 +1006,31 @@ enum Spliced {
     Ended(End),
 }
 
-/// Reads chunks and queues them with their release time. Returning drops `tx`, which tells the
-/// writer that nothing more comes.
+thread_local! {
+    /// The read buffer of chunks that may leave at once: one per proxy thread rather than one per
+    /// direction of every connection, as such a chunk is written (or copied into the queue)
+    /// before its reader awaits again, so no other reader can want the buffer meanwhile.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Reads chunks and sends each on with its release time. A chunk that is due at once while
+/// nothing is queued (no toxic, or one that does not delay it) is written here and then, one
+/// read and one write with no allocation and no hand-off to the writer; everything else — a
+/// delayed chunk, what a short write left, every chunk while the queue holds anything — is
+/// queued, so no byte overtakes another. Returning drops `tx`, which tells the writer that
+/// nothing more comes.
 async fn read_side(
-    src: ReadHalf<'_>,
-    tx: mpsc::UnboundedSender<Item>,
+    src: &ReadHalf<'_>,
+    dst: &TcpStream,
+    tx: Queue<'_>,
     lane: &Lane,
     mut pump: Pump,
     relay: &Relay,
     counted: &Mutex<(u64, u64)>,
 ) -> End {
     // Reads start small and double while they come back full, so a thousand idle or chatty
-    // connections hold little memory and a bulk stream still reads CHUNK at a time. Each read
-    // goes into a fresh buffer that is queued as it is: no zeroing, no copy.
+    // connections hold little memory and a bulk stream still reads CHUNK at a time. A queued
+    // read goes into a fresh buffer that is queued as it is: no zeroing, no copy.
     let mut want = FIRST_BUFFER;
     let mut splicing = relay.splice;
     // Splicing pays for bulk streams only: a small message costs a splice in, a splice out and
@@ -965,13 +1039,29 @@ async fn read_side(
     // [`BULK_SPLICE`], and copies again after a shorter one.
     let mut bulk = false;
     let mut pipe_in: Option<splice::PipeIn> = None;
+    // The toxics in force, looked up again only when they have changed: an atomic load per
+    // read instead of a lock and a reference count.
+    let mut toxics = relay.toxics.clone();
+    let mut current = toxics.borrow_and_update().clone();
     loop {
         if let Err(e) = src.readable().await {
             return end_of(&e);
         }
-        let current = relay.toxics.borrow().clone();
+        if toxics.has_changed().unwrap_or(false) {
+            current.clone_from(&toxics.borrow_and_update());
+        }
         if splicing && bulk && !pump.needs_bytes(current.as_ref()) {
-            match splice_chunk(&src, &tx, lane, &mut pump, relay, &mut pipe_in, current).await {
+            match splice_chunk(
+                src,
+                &tx,
+                lane,
+                &mut pump,
+                relay,
+                &mut pipe_in,
+                current.clone(),
+            )
+            .await
+            {
                 Spliced::Moved(n) => {
                     bulk = n >= BULK_SPLICE;
                     continue;
@@ -993,14 +1083,31 @@ async fn read_side(
             return End::Close;
         };
         taken.forget();
-        let mut chunk = Vec::with_capacity(size);
-        let read = src.try_read_buf(&mut chunk);
+        // Toxics that started while this waited for budget apply to what it reads now.
+        if toxics.has_changed().unwrap_or(false) {
+            current.clone_from(&toxics.borrow_and_update());
+        }
+        // With nothing queued the chunk may leave at once: read it into the thread's scratch
+        // buffer. Otherwise it will be queued: read it into a buffer of its own.
+        let inline = lane.idle();
+        let mut scratch = Vec::new();
+        let mut chunk = Vec::new();
+        let read = if inline {
+            scratch = SCRATCH.take();
+            if scratch.len() < CHUNK {
+                scratch.resize(CHUNK, 0);
+            }
+            src.try_read(&mut scratch[..size])
+        } else {
+            chunk = Vec::with_capacity(size);
+            src.try_read_buf(&mut chunk)
+        };
         let got = read.as_ref().map_or(0, |n| *n);
         lane.budget.add_permits(size - got);
         let mut n = match read {
             Ok(0) => {
                 let slow = pump
-                    .active(relay.toxics.borrow().as_ref())
+                    .active(toxics.borrow().as_ref())
                     .and_then(|t| t.toxics.spec.slow_close);
                 if let Some(d) = slow {
                     let _ = tx.send(Item::Fin {
@@ -1012,6 +1119,9 @@ async fn read_side(
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 lane.budget.add_permits(CHUNK_OVERHEAD);
+                if inline {
+                    SCRATCH.set(scratch);
+                }
                 continue;
             }
             Err(e) => return end_of(&e),
@@ -1022,7 +1132,6 @@ async fn read_side(
             want *= 2;
         }
         bulk = n >= CHUNK;
-        let current = relay.toxics.borrow().clone();
         let mut reset = false;
         if let Some(ResetAfter::Bytes(limit)) = pump
             .active(current.as_ref())
@@ -1042,28 +1151,51 @@ async fn read_side(
             }
             count.1 += n as u64;
         }
-        if chunk.len() > n {
-            lane.budget.add_permits(chunk.len() - n);
+        lane.budget.add_permits(got - n);
+        let bytes = if inline {
+            &mut scratch[..n]
+        } else {
             chunk.truncate(n);
-        }
-        if chunk.len() * 2 < chunk.capacity() {
-            // A small message held in a large buffer while it waits out a delay wastes memory.
-            chunk.shrink_to_fit();
-        }
-        match pump.plan(read_at, Chunk::Bytes(&mut chunk), current.as_ref()) {
+            if chunk.len() * 2 < chunk.capacity() {
+                // A small message held in a large buffer while it waits out a delay wastes memory.
+                chunk.shrink_to_fit();
+            }
+            &mut chunk[..]
+        };
+        match pump.plan(read_at, Chunk::Bytes(bytes), current.as_ref()) {
             Plan::Release(release) if n > 0 => {
-                if tx
-                    .send(Item::Data {
-                        release,
-                        bytes: chunk,
-                    })
-                    .is_err()
-                {
-                    return End::Close;
+                let mut written = 0;
+                if inline && release <= read_at {
+                    match dst.try_write(&scratch[..n]) {
+                        Ok(w) => written = w,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return End::Close,
+                    }
+                    relay
+                        .counters
+                        .inline
+                        .fetch_add(written as u64, Ordering::Relaxed);
+                }
+                if written < n {
+                    // The rest waits in the queue, and every chunk after it behind it.
+                    let bytes = if inline {
+                        scratch[written..n].to_vec()
+                    } else {
+                        chunk
+                    };
+                    lane.budget.add_permits(written);
+                    if tx.send(Item::Data { release, bytes }).is_err() {
+                        return End::Close;
+                    }
+                } else {
+                    lane.budget.add_permits(n + CHUNK_OVERHEAD);
                 }
             }
             // Nothing queued (a black hole, or a reset cut the chunk to nothing): give back its budget.
             _ => lane.budget.add_permits(n + CHUNK_OVERHEAD),
+        }
+        if inline {
+            SCRATCH.set(scratch);
         }
         if reset {
             // The writer delivers what came before, then resets the connection.
@@ -1076,7 +1208,7 @@ async fn read_side(
 /// One splice from `src` into the direction's pipe (made on first use), queued as a `Piped` chunk.
 async fn splice_chunk(
     src: &ReadHalf<'_>,
-    tx: &mpsc::UnboundedSender<Item>,
+    tx: &Queue<'_>,
     lane: &Lane,
     pump: &mut Pump,
     relay: &Relay,
@@ -1178,11 +1310,7 @@ async fn splice_chunk(
 
 /// Makes the direction's next pipe and sends its read end to the writer; `None` when the writer
 /// is gone.
-fn next_pipe(
-    tx: &mpsc::UnboundedSender<Item>,
-    lane: &Lane,
-    extra: bool,
-) -> std::io::Result<Option<splice::PipeIn>> {
+fn next_pipe(tx: &Queue<'_>, lane: &Lane, extra: bool) -> std::io::Result<Option<splice::PipeIn>> {
     let (read, write) = splice::pipe()?;
     if extra {
         EXTRA_PIPES.fetch_add(1, Ordering::Relaxed);
@@ -1218,6 +1346,7 @@ async fn write_side(
                     lane.pipes.fetch_sub(1, Ordering::AcqRel);
                     lane.drained.notify_one();
                 }
+                lane.done(1);
             }
             Item::Piped { release, mut len } => {
                 if release > Instant::now() {
@@ -1246,6 +1375,7 @@ async fn write_side(
                     return end;
                 }
                 lane.pipe_budget.add_permits(chunks * CHUNK_OVERHEAD);
+                lane.done(chunks);
             }
             Item::Data { release, bytes } => {
                 if release > Instant::now() {
@@ -1256,6 +1386,7 @@ async fn write_side(
                     return End::Close;
                 }
                 lane.budget.add_permits(bytes.len() + CHUNK_OVERHEAD);
+                lane.done(1);
             }
             Item::Fin { at } => {
                 wait_until(&mut timer, at).await;
@@ -1761,6 +1892,142 @@ mod tests {
         );
         drop(conn);
         assert_eq!(live_settles(&name, 0).await, 0, "connections stayed open");
+        close(name).await;
+    }
+
+    /// Bytes no reorder, loss or duplicate can leave unchanged: a 64-bit LCG's high bytes.
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_toxic_a_peer_that_does_not_read_pushes_back_and_then_gets_every_byte_in_order()
+    {
+        for splice in [false, true] {
+            // A server that reads nothing until told to, then everything.
+            let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let upstream = server.local_addr().unwrap();
+            let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
+            let sink = tokio::spawn(async move {
+                let (mut conn, _) = server.accept().await.unwrap();
+                start_rx.await.unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            registry()
+                .open_with(
+                    &name,
+                    listen,
+                    &upstream.to_string(),
+                    super::Options { splice },
+                )
+                .unwrap();
+            let mut conn = TcpStream::connect(listen).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            // Messages from 1 byte to 40 KB, so some are written by the reader at once, some
+            // are cut short by a full socket and queue, and some wait behind those.
+            let data = pattern(48 << 20, 7);
+            let mut sent = 0;
+            let mut size = 1;
+            while sent < data.len() {
+                let end = (sent + size).min(data.len());
+                // One `write` (cancel-safe, unlike `write_all`): on a timeout nothing was sent.
+                match tokio::time::timeout(Duration::from_millis(500), conn.write(&data[sent..end]))
+                    .await
+                {
+                    Ok(written) => sent += written.unwrap(),
+                    // Blocked: the proxy pushes back while its peer reads nothing.
+                    Err(_) => break,
+                }
+                size = size * 7 % 40_009 + 1;
+            }
+            if !splice {
+                // The queue's 4 MiB at most, plus what the kernel buffers on the way. (Spliced
+                // bytes wait in pipes, whose bound is the splice path's own.)
+                assert!(
+                    sent < data.len(),
+                    "the proxy took {sent} bytes without pushing back"
+                );
+                assert!(sent >= 1 << 20, "only {sent} bytes went in");
+            }
+            start_tx.send(()).unwrap();
+            let (mut r, mut w) = conn.split();
+            let send_rest = async {
+                w.write_all(&data[sent..]).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let ((), got) = tokio::join!(send_rest, sink);
+            let got = got.unwrap();
+            assert_eq!(got.len(), data.len(), "splice {splice}");
+            let first_bad = got.iter().zip(&data).position(|(a, b)| a != b);
+            assert_eq!(
+                first_bad, None,
+                "bytes reordered or changed (splice {splice})"
+            );
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).await.unwrap();
+            assert!(
+                registry().written_inline(&name).unwrap() > 0,
+                "no chunk was written by its reader (splice {splice})"
+            );
+            close(name).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_toxic_starting_mid_stream_delays_the_next_chunk_and_later_ones_wait_behind_it() {
+        let (name, listen) = proxied_echo().await;
+        let mut conn = TcpStream::connect(listen).await.unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut back = [0_u8; 128];
+        // Before the toxic: the chunks go straight through, written by their readers.
+        for _ in 0..3 {
+            conn.write_all(&[1; 64]).await.unwrap();
+            conn.read_exact(&mut back[..64]).await.unwrap();
+            assert_eq!(back[..64], [1; 64]);
+        }
+        let inline_before = registry().written_inline(&name).unwrap();
+        assert!(inline_before > 0, "no chunk was written by its reader");
+        let delay = Duration::from_millis(200);
+        let spec = ToxicSpec {
+            delay,
+            direction: Direction::Upstream,
+            ..ToxicSpec::default()
+        };
+        registry().set_toxics(&name, toxics(spec)).unwrap();
+        let copied = |name: &str| registry().moved(name).unwrap().copied;
+        let before_b = copied(&name);
+        let t = Instant::now();
+        conn.write_all(&[2; 64]).await.unwrap();
+        // Once the proxy has read B (and queued it, delayed), the toxic ends; C, sent now and
+        // due at once, must still wait behind B rather than be written by its reader.
+        while copied(&name) < before_b + 64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            registry()
+                .clear_toxics(&name, "test-fault")
+                .contains("toxics off")
+        );
+        conn.write_all(&[3; 64]).await.unwrap();
+        conn.read_exact(&mut back).await.unwrap();
+        assert!(t.elapsed() >= delay, "B came back early: {:?}", t.elapsed());
+        assert_eq!(back[..64], [2; 64], "B did not come first");
+        assert_eq!(back[64..], [3; 64], "C overtook B or was changed");
         close(name).await;
     }
 }

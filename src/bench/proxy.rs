@@ -108,11 +108,14 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         "error = RTT − delay − baseline RTT (the median direct RTT, so the proxy's own hop cost is part of the error), in µs"
     );
     let realtime = proxy::priority::realtime().map_err(anyhow::Error::msg)?;
+    let window = proxy::spin_window();
     println!(
-        "proxy thread and OS-floor thread: timer slack 1 ns, {}\n",
+        "proxy thread and OS-floor thread: timer slack 1 ns, {}; proxy timers spin the last {} µs ({}, at most 2% of a core)\n",
         realtime.map_or("normal priority".to_owned(), |p| format!(
             "SCHED_FIFO priority {p} (if permitted; see the log)"
-        ))
+        )),
+        window.as_micros(),
+        proxy::SPIN_ENV
     );
 
     let direct = round_trips(echo, settings.round_trips).await?;
@@ -151,11 +154,13 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
     for &ms in &settings.delays_ms {
         let delay = Duration::from_millis(ms);
         ours.set_delay(delay);
+        let spun = proxy::spun();
         let measured = errors(
             &round_trips(ours.listen, settings.round_trips).await?,
             delay,
             &direct,
         );
+        let spun = proxy::spun().saturating_sub(spun);
         print_errors("faultline (timerfd)", ms, &measured);
         ours.set_delay(Duration::ZERO);
         sleepy
@@ -180,6 +185,20 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         .await?
         .map_err(|_| anyhow::anyhow!("the OS-floor thread panicked"))?;
         print_errors("OS floor (thread::sleep)", ms, &floor);
+        if !window.is_zero() {
+            // The floor of a sleeper that spins like the proxy's timers: the proxy's line is
+            // only comparable to this one.
+            let spinning = tokio::task::spawn_blocking(move || {
+                std::thread::spawn(move || {
+                    proxy::priority::tune_current_thread(realtime);
+                    os_spin_lateness(delay, window, 200)
+                })
+                .join()
+            })
+            .await?
+            .map_err(|_| anyhow::anyhow!("the spinning OS-floor thread panicked"))?;
+            print_errors("OS floor, sleep + spin", ms, &spinning);
+        }
         let timerfd_floor = tokio::task::spawn_blocking(move || {
             std::thread::spawn(move || {
                 proxy::priority::tune_current_thread(realtime);
@@ -189,7 +208,15 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         })
         .await?
         .map_err(|_| anyhow::anyhow!("the timerfd-floor thread panicked"))??;
-        print_errors("timerfd in tokio, no proxy", ms, &timerfd_floor);
+        print_errors(
+            if window.is_zero() {
+                "timerfd in tokio, no proxy"
+            } else {
+                "timerfd+spin, no proxy"
+            },
+            ms,
+            &timerfd_floor,
+        );
         let handoff = SleepEcho::start(delay, realtime)?;
         let measured = errors(
             &round_trips(handoff.listen, settings.round_trips).await?,
@@ -199,6 +226,12 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         drop(handoff);
         print_errors("sleep echo (floor+hand-off)", ms, &measured);
         print_lateness(&ours);
+        if !window.is_zero() {
+            println!(
+                "  the proxy spun {:.1} µs of CPU per delayed round trip",
+                spun.as_secs_f64() * 1e6 / settings.round_trips.max(1) as f64
+            );
+        }
     }
     println!(
         "(OS floor: how late a plain thread wakes from a {}-sample sleep of that length on this machine, with no proxy at all;",
@@ -326,6 +359,22 @@ fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
         .map(|_| {
             let t = Instant::now();
             std::thread::sleep(d);
+            (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
+        })
+        .collect()
+}
+
+/// How late a thread that sleeps `d − window` and spins the rest on the clock is, in
+/// microseconds: the floor of a spinning sleeper, to compare a spinning proxy with.
+fn os_spin_lateness(d: Duration, window: Duration, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let deadline = t + d;
+            std::thread::sleep(d.saturating_sub(window));
+            while Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
             (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
         })
         .collect()
