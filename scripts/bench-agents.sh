@@ -268,8 +268,8 @@ coordinator=$!
 until [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 kill -KILL "$coordinator"
 t0=$(date +%s.%N)
-# Reaped here, quietly: otherwise the shell reports the kill on stderr.
-wait "$coordinator" 2>/dev/null || true
+# Reaped here, quietly: otherwise the shell reports the kill on its stderr.
+{ wait "$coordinator" || true; } 2>/dev/null
 while [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 t1=$(date +%s.%N)
 python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"
