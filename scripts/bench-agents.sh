@@ -2,13 +2,23 @@
 # Benchmark (prints figures, asserts nothing): one inject+revert round of a fault on N agents,
 # the dead-man switch after a coordinator SIGKILL, and an idle agent's memory.
 #   ./scripts/bench-agents.sh [N...]      (default: 1 10 50; builds target/release/faultline unless
-#                                          FAULTLINE_BIN names another binary)
+#                                          FAULTLINE_BIN names another binary; FAULTLINE_ROUNDS
+#                                          rounds per size, 1 to 50, default 5)
 # Every agent runs on 127.0.0.1 with its own port and state directory; all of them are stopped at
 # the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1 10 50)
+rounds=${FAULTLINE_ROUNDS:-5}
+case "$rounds" in
+  '' | *[!0-9]*) rounds=0 ;;
+esac
+if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 50 ]; then
+  echo "FAULTLINE_ROUNDS must be a whole number from 1 to 50, not \`${FAULTLINE_ROUNDS}\`" >&2
+  exit 2
+fi
+rounds=$((10#$rounds))
 if [ -z "${FAULTLINE_BIN:-}" ]; then
   cargo build --release --quiet
   bin="$PWD/target/release/faultline"
@@ -65,15 +75,6 @@ $1
 within = "5s"
 TOML
 }
-
-rounds=${FAULTLINE_ROUNDS:-5}
-case "$rounds" in
-  '' | *[!0-9]*) rounds=0 ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 50 ]; then
-  echo "FAULTLINE_ROUNDS must be a whole number from 1 to 50, not \`${FAULTLINE_ROUNDS}\`" >&2
-  exit 2
-fi
 
 # The disk's floor for a round on N agents, measured in the same run: each agent must journal its
 # fault durably before changing the host (a new file written, renamed into place and fsynced, then
@@ -268,8 +269,8 @@ coordinator=$!
 until [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 kill -KILL "$coordinator"
 t0=$(date +%s.%N)
-# Reaped here, quietly: otherwise the shell reports the kill on stderr.
-wait "$coordinator" 2>/dev/null || true
+# Reaped here, quietly: otherwise the shell reports the kill on its stderr.
+{ wait "$coordinator" || true; } 2>/dev/null
 while [ "$(awk '{print $3}' "/proc/$victim/stat")" = T ]; do sleep 0.01; done
 t1=$(date +%s.%N)
 python3 -c "print(f'  {($t1 - $t0):.2f} s after SIGKILL (bound: lease 5 s + renewal phase; the lease counts from the last renewal)')"
