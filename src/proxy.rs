@@ -6,6 +6,7 @@
 //! of a connection is one reader and one writer joined by a queue of chunks bounded in bytes, so a
 //! fast sender meets TCP back-pressure instead of growing memory, and each chunk carries the
 //! instant it may be written (read time + delay), so a delay shifts a stream without throttling it.
+//! A chunk that is due at once while the queue is empty skips it: its reader writes it itself.
 
 pub(crate) mod persistent;
 pub(crate) mod priority;
