@@ -25,6 +25,16 @@ if [ -z "${FAULTLINE_BIN:-}" ]; then
 else
   bin=$FAULTLINE_BIN
 fi
+# Agents run the executable deployments run: `faultline-agent` beside the binary when it has one,
+# else (an older build) `faultline agent`.
+if [ -x "$(dirname "$bin")/faultline-agent" ]; then
+  agent_bin="$(dirname "$bin")/faultline-agent"
+  agent_cmd=("$agent_bin")
+else
+  agent_bin=$bin
+  agent_cmd=("$bin" agent)
+fi
+echo "agents run: ${agent_cmd[*]}"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -42,7 +52,7 @@ start_agents() { # N BASEPORT
   printf 'ca = "%s"\ntoken_file = "%s"\n' "$work/certs/ca.pem" "$work/certs/token" >> "$work/inventory.toml"
   for ((i = 0; i < n; i++)); do
     local port=$((base + i))
-    "$bin" agent --listen "127.0.0.1:$port" --token-file "$work/certs/token" \
+    "${agent_cmd[@]}" --listen "127.0.0.1:$port" --token-file "$work/certs/token" \
       --tls-cert "$work/certs/agent.pem" --tls-key "$work/certs/agent-key.pem" \
       --state-dir "$work/state-$port" >/dev/null 2>&1 &
     pids+=($!)
@@ -287,6 +297,6 @@ echo "  of which anonymous ${anon} kB, file-backed ${file} kB; threads $(awk '/T
 # mapped in whole fault-around windows (64 KiB) and large page-cache folios around each page the
 # agent executes, so it follows how spread out the executed code is, not how much of it runs.
 # PSS divides each page by the processes mapping it: N agents on a host share one copy.
-awk -v bin="$(readlink -f "$bin")" '/^[0-9a-f]+-/ {what = ($6 == bin) ? "binary " $2 : ($6 ~ /\.so/ ? "shared libraries" : "other")}
+awk -v bin="$(readlink -f "$agent_bin")" '/^[0-9a-f]+-/ {what = ($6 == bin) ? "binary " $2 : ($6 ~ /\.so/ ? "shared libraries" : "other")}
   /^Rss:/ {rss[what] += $2} END {for (w in rss) printf "  %-18s %6d kB\n", w, rss[w]}' "/proc/${pids[0]}/smaps" | sort
 grep -E '^(Pss_Anon|Pss_File|Private_Clean|Private_Dirty):' "/proc/${pids[0]}/smaps_rollup" | awk '{printf "  %s %s kB", $1, $2} END {print ""}'
