@@ -348,9 +348,12 @@ fn a_live_connection_switches_to_copying_while_a_toxic_needs_the_bytes_and_back(
             let (spliced, copied) = (now.spliced - last.spliced, now.copied - last.copied);
             if s.spliced_before {
                 // Reads in the instant between sampling the counters and switching the toxics
-                // count towards the next interval: a few chunks at most.
+                // count towards the next interval, and a direction copies after a switch until
+                // a read fills the largest buffer (longer on a loaded machine, where reads come
+                // back short): mostly spliced, not only. A build that never splices again copies
+                // the whole interval.
                 assert!(
-                    spliced >= step && copied < step / 16,
+                    spliced >= step && copied <= spliced / 4,
                     "before {} MiB: {spliced} bytes spliced, {copied} copied",
                     s.at >> 20
                 );
@@ -377,7 +380,8 @@ fn a_live_connection_switches_to_copying_while_a_toxic_needs_the_bytes_and_back(
     assert!(steps.next().is_none(), "every switch happened");
     let end = proxy.moved();
     assert!(
-        end.spliced - last.spliced >= step && end.copied - last.copied < step / 16,
+        end.spliced - last.spliced >= step
+            && end.copied - last.copied <= (end.spliced - last.spliced) / 4,
         "after the last toxic ended the rest was spliced again: {end:?} after {last:?}"
     );
 }
