@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::AgentError;
 use super::envelope::Envelope;
-use super::journal::{Entry, Forget, Journal};
+use super::journal::{self, Entry, Forget, Journal};
 use crate::fault::{Context, FaultSpec, RunResource, Undo};
 use crate::process;
 use crate::protocol::{
@@ -365,7 +365,33 @@ impl AgentCore {
                     continue;
                 }
             };
-            if entry.owner.is_alive() {
+            let rebooted = entry.written_before_a_restart();
+            // The writer of an entry from an earlier boot is gone, whatever process now holds
+            // its pid and start time.
+            if !rebooted && entry.owner.is_alive() {
+                continue;
+            }
+            if rebooted && !outlives_a_restart(&entry.undo) {
+                // What it would undo went with the restart; running it could only meet an
+                // unrelated process, cgroup or table that happens to match.
+                let _ = self.journal.remove(&entry.id, Forget::Durably);
+                let detail = "the host restarted since the fault was made, which undid it: \
+                              nothing left to undo"
+                    .to_owned();
+                recovery.reverted.push(
+                    crate::secrets::redact(&format!(
+                        "{} ({}, run {}): {detail}",
+                        entry.id, entry.kind, entry.run_id
+                    ))
+                    .into_owned(),
+                );
+                self.state().finished.insert(Reverted {
+                    id: entry.id.clone(),
+                    detail,
+                    at: Timestamp::now(),
+                    cause: RevertCause::Recovered,
+                    actions: Vec::new(),
+                });
                 continue;
             }
             match entry.undo.revert() {
@@ -598,6 +624,7 @@ impl AgentCore {
                         .ok()
                 })
                 .flatten(),
+            boot: journal::boot_id(),
         };
         self.record_entry(&entry).map_err(AgentError::FaultFailed)?;
         *journaled = Some(undo.clone());
@@ -759,6 +786,7 @@ impl AgentCore {
             written_at: Timestamp::now(),
             deadline: None,
             secrets: Vec::new(),
+            boot: journal::boot_id(),
         };
         self.record_entry(&entry).map_err(AgentError::FaultFailed)?;
         let opened = match unpanic(|| {
@@ -1139,11 +1167,13 @@ pub(super) mod hooks {
 /// How to forget the journal entry of an undo that has just run (see [`Forget`]).
 ///
 /// Forgetting lazily saves a directory fsync on every revert, and only a crash of the whole host
-/// in the next seconds can bring the entry back; the next start then runs the undo once more.
-/// After a reboot that is harmless for every undo of the host's own state: what a fault made in
-/// the kernel (a stopped process, an nft table, a qdisc, a frozen cgroup, stress workers, a proxy
-/// of the crashed process) is gone with the reboot, and each of these undos succeeds when what it
-/// would undo is gone (`already gone`, `not running`, identity checked by pid and start time). A
+/// in the next seconds can bring the entry back; the next start then finds it. After a reboot
+/// that is harmless for every undo of the host's own state: what a fault made in the kernel (a
+/// stopped process, an nft table, a qdisc, a frozen cgroup, stress workers, a proxy of the
+/// crashed process) is gone with the reboot, and recovery forgets such an entry from an earlier
+/// boot without running its undo ([`outlives_a_restart`]), so a process that now has the same
+/// pid and start time is never touched; each of these undos also succeeds when what it would
+/// undo is gone (`already gone`, `not running`). A
 /// fill file lives on disk, and its undo deletes it only if it still carries the fault's marker
 /// under the fault's random name: running it again is right, since a lost entry removal may have
 /// lost the fill file's deletion too. A `command` or `http` revert is the operator's program or
@@ -1160,6 +1190,25 @@ pub(super) fn forget(undo: &Undo) -> Forget {
         | Undo::CloseProxy { .. }
         | Undo::Thaw { .. } => Forget::Lazily,
         Undo::Command(_) | Undo::Http(_) => Forget::Durably,
+    }
+}
+
+/// Whether what `undo` undoes outlives a restart of the host, so that an entry from an earlier
+/// boot still needs it run. Only a fill file lives on disk, and only the operator knows what a
+/// `command` or `http` revert restores (a setting on disk, a remote service's state). A stopped
+/// process, stress workers, an nft table, a qdisc, a frozen cgroup and a proxy live in the kernel
+/// or in a process, and the restart ended them.
+pub(super) fn outlives_a_restart(undo: &Undo) -> bool {
+    match undo {
+        Undo::RemoveFile { .. } | Undo::Command(_) | Undo::Http(_) => true,
+        Undo::Nothing
+        | Undo::Resume { .. }
+        | Undo::KillWorkers { .. }
+        | Undo::DeleteNftTable { .. }
+        | Undo::DeleteRootQdisc { .. }
+        | Undo::ClearToxics { .. }
+        | Undo::CloseProxy { .. }
+        | Undo::Thaw { .. } => false,
     }
 }
 
@@ -1657,6 +1706,7 @@ mod tests {
                 written_at: Timestamp::now(),
                 deadline: None,
                 secrets: Vec::new(),
+                boot: journal::boot_id(),
             })
             .unwrap();
         let before = Timestamp::now();
@@ -1672,6 +1722,82 @@ mod tests {
 
     /// A crash of the host can bring back the entry of a fault that was undone (its removal was
     /// not synced): the next start runs the undo again, which must succeed with nothing to undo.
+    #[test]
+    fn entries_from_before_a_restart_of_the_host_run_only_undos_of_what_outlives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stopped process whose pid and start time an entry from an earlier boot names: after
+        // a real restart it would be an unrelated process that happens to match, so recovery
+        // must not continue it. The same entry from this boot continues it (the other tests).
+        let victim = Victim::spawn();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim.pid()),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+        while !victim.stopped() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let victim_ref = process::read(victim.pid()).unwrap().to_ref();
+        // Written by this very process, which is alive: only the boot says its writer is gone.
+        let me = process::read(std::process::id() as i32).unwrap().to_ref();
+        let fill = dir.path().join(".faultline-fill-before-restart");
+        // Marked as disk-fill marks its files, or its undo leaves the file alone.
+        std::fs::write(
+            &fill,
+            b"faultline fill .faultline-fill-before-restart\n0000",
+        )
+        .unwrap();
+        let earlier = Some("00000000-0000-4000-8000-000000000000".to_owned());
+        assert_ne!(earlier, journal::boot_id());
+        let journal = Journal::open(dir.path()).unwrap();
+        for (id, kind, undo) in [
+            (
+                "old-pause",
+                "process-pause",
+                Undo::Resume {
+                    procs: vec![victim_ref],
+                },
+            ),
+            (
+                "old-fill",
+                "disk-fill",
+                Undo::RemoveFile { path: fill.clone() },
+            ),
+        ] {
+            journal
+                .record(&Entry {
+                    id: id.to_owned(),
+                    run_id: "r".to_owned(),
+                    kind: kind.to_owned(),
+                    undo,
+                    owner: me.clone(),
+                    written_at: Timestamp::now(),
+                    deadline: None,
+                    secrets: Vec::new(),
+                    boot: earlier.clone(),
+                })
+                .unwrap();
+        }
+        let (core, recovery) = AgentCore::open(dir.path(), Envelope::default(), None).unwrap();
+        assert!(recovery.failed.is_empty(), "{recovery:?}");
+        assert_eq!(recovery.reverted.len(), 2, "{recovery:?}");
+        assert!(
+            recovery
+                .reverted
+                .iter()
+                .any(|r| r.starts_with("old-pause") && r.contains("the host restarted")),
+            "{recovery:?}"
+        );
+        assert!(
+            victim.stopped(),
+            "an entry from an earlier boot continued a process"
+        );
+        assert!(!fill.exists(), "a fill file outlives a restart and must go");
+        assert!(core.journal.entries().is_empty());
+        assert!(outlives_a_restart(&Undo::RemoveFile { path: fill }));
+        assert!(!outlives_a_restart(&Undo::Nothing));
+    }
+
     #[test]
     fn entries_of_faults_already_undone_recover_cleanly_and_torn_ones_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -1729,6 +1855,7 @@ mod tests {
                     written_at: Timestamp::now(),
                     deadline: None,
                     secrets: Vec::new(),
+                    boot: journal::boot_id(),
                 })
                 .unwrap();
         }

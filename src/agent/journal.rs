@@ -5,6 +5,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -32,12 +33,41 @@ pub(crate) struct Entry {
     /// never told which values are secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) secrets: Vec<String>,
+    /// The kernel boot the entry was written in ([`boot_id`]). Recovery knows from it that the
+    /// host restarted since: what the fault made in the kernel went with the restart, and the
+    /// pid and start time its undo names may now be an unrelated process's. `None` where the
+    /// boot id cannot be read, and in older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) boot: Option<String>,
 }
 
 impl Entry {
     /// The registered secrets that `undo` holds, for [`Entry::secrets`].
     pub(crate) fn secrets_in(undo: &Undo) -> Vec<String> {
         crate::secrets::occurring_in(&serde_json::to_string(undo).unwrap_or_default())
+    }
+}
+
+/// This boot of the kernel (`/proc/sys/kernel/random/boot_id`, a new random id at every boot),
+/// read once; `None` where it cannot be read.
+pub(crate) fn boot_id() -> Option<String> {
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+    })
+    .clone()
+}
+
+impl Entry {
+    /// Whether the entry was written before the host last restarted: both boots are known and
+    /// they differ.
+    pub(crate) fn written_before_a_restart(&self) -> bool {
+        self.boot
+            .as_deref()
+            .is_some_and(|then| boot_id().is_some_and(|now| now != then))
     }
 }
 
@@ -226,6 +256,7 @@ mod tests {
             written_at: Timestamp::now(),
             deadline: None,
             secrets: Vec::new(),
+            boot: boot_id(),
         }
     }
 

@@ -600,6 +600,8 @@ impl Target for JournalTarget {
                     } else {
                         Vec::new()
                     },
+                    // One seed comes from another boot, so the mutations reach that field too.
+                    boot: (i == 2).then(|| "6f1c2a4e-0000-4000-8000-000000000000".to_owned()),
                 })
             })
             .collect()
