@@ -371,32 +371,21 @@ impl AgentCore {
             if !rebooted && entry.owner.is_alive() {
                 continue;
             }
-            if rebooted && !outlives_a_restart(&entry.undo) {
+            let undone = if rebooted && !outlives_a_restart(&entry.undo) {
                 // What it would undo went with the restart; running it could only meet an
                 // unrelated process, cgroup or table that happens to match.
-                let _ = self.journal.remove(&entry.id, Forget::Durably);
-                let detail = "the host restarted since the fault was made, which undid it: \
-                              nothing left to undo"
-                    .to_owned();
-                recovery.reverted.push(
-                    crate::secrets::redact(&format!(
-                        "{} ({}, run {}): {detail}",
-                        entry.id, entry.kind, entry.run_id
-                    ))
-                    .into_owned(),
-                );
-                self.state().finished.insert(Reverted {
-                    id: entry.id.clone(),
-                    detail,
-                    at: Timestamp::now(),
-                    cause: RevertCause::Recovered,
-                    actions: Vec::new(),
-                });
-                continue;
-            }
-            match entry.undo.revert() {
-                Ok(detail) => {
+                self.journal.remove(&entry.id, Forget::Durably).map(|()| {
+                    "the host restarted since the fault was made, which undid it: nothing \
+                         left to undo"
+                        .to_owned()
+                })
+            } else {
+                entry.undo.revert().inspect(|_| {
                     let _ = self.forget_entry(&entry.id, &entry.undo);
+                })
+            };
+            match undone {
+                Ok(detail) => {
                     recovery.reverted.push(
                         crate::secrets::redact(&format!(
                             "{} ({}, run {}): {detail}",
