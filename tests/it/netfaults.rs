@@ -352,20 +352,7 @@ fn a_loss_table_left_by_a_killed_run_is_deleted_by_the_next_run() {
         "the fault should still hold after the kill"
     );
 
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            BIN,
-            "run",
-            files.experiment().to_str().unwrap(),
-            "--quiet",
-            "--dry-run",
-        ])
-        .env("FAULTLINE_STATE_DIR", files.state())
-        .output()
-        .unwrap();
+    let out = dry_run_in_a(&net, &files);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("reverted a fault left by an earlier crashed run"),
@@ -735,20 +722,7 @@ fn a_qdisc_left_by_a_killed_run_is_deleted_by_the_next_run() {
         net.qdiscs_a().iter().any(ours),
         "the qdisc should survive a SIGKILL of the run"
     );
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            BIN,
-            "run",
-            files.experiment().to_str().unwrap(),
-            "--quiet",
-            "--dry-run",
-        ])
-        .env("FAULTLINE_STATE_DIR", files.state())
-        .output()
-        .unwrap();
+    let out = dry_run_in_a(&net, &files);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("reverted a fault left by an earlier crashed run"),
@@ -809,9 +783,11 @@ fn partial_loss_drops_about_that_share_of_datagrams() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// A crash of the host can bring back the journal entry of a network fault that was already
-/// undone (the agent does not sync an entry's removal). The next start runs the undo again: with
-/// the nft table and the qdisc already gone, recovery succeeds, says so, and empties the journal.
+/// The journal can hold the entry of a network fault that was already undone: the agent died
+/// between the undo and the entry's removal, or (an entry written before entries named their
+/// boot) a crash of the host brought back a removal that was not synced. The next start runs the
+/// undo again: with the nft table and the qdisc already gone, recovery succeeds, says so, and
+/// empties the journal.
 #[test]
 fn network_faults_already_undone_but_still_journaled_recover_cleanly() {
     if !privileged("network_faults_already_undone_but_still_journaled_recover_cleanly") {
@@ -854,20 +830,7 @@ fn network_faults_already_undone_but_still_journaled_recover_cleanly() {
             .collect()
     };
     let qdiscs_before = qdiscs();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            BIN,
-            "run",
-            files.experiment().to_str().unwrap(),
-            "--quiet",
-            "--dry-run",
-        ])
-        .env("FAULTLINE_STATE_DIR", files.state())
-        .output()
-        .unwrap();
+    let out = dry_run_in_a(&net, &files);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -885,4 +848,23 @@ fn network_faults_already_undone_but_still_journaled_recover_cleanly() {
         .collect();
     assert!(left.is_empty(), "journal entries left: {left:?}");
     assert_eq!(qdiscs(), qdiscs_before, "recovery touched the qdiscs");
+}
+
+/// A `--dry-run` of the experiment in namespace A with its state directory: it recovers what the
+/// journal holds, as every start does, and injects nothing.
+fn dry_run_in_a(net: &NetnsPair, files: &Files) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            BIN,
+            "run",
+            files.experiment().to_str().unwrap(),
+            "--quiet",
+            "--dry-run",
+        ])
+        .env("FAULTLINE_STATE_DIR", files.state())
+        .output()
+        .unwrap()
 }
