@@ -950,6 +950,12 @@ impl AgentCore {
         };
         for id in ids {
             match state.live.get_mut(id) {
+                // Lapsed: the dead-man switch has fired, whether or not the reaper has reverted
+                // it yet, and another process (an embedded run's watchdog) may have undone it
+                // already. Renewing it now would let a run that was stopped past its lease carry
+                // on and call a fault held that was not: the reaper reverts it, and the next
+                // renewal hears when and why.
+                Some(Slot::Active(a)) if now >= a.lease_until => {}
                 Some(Slot::Active(a)) => {
                     a.lease_until = now + a.lease;
                     answer.renewed.push(id.clone());
@@ -1643,6 +1649,37 @@ mod tests {
             vec!["held-0".to_owned()],
             "the oldest id was not forgotten"
         );
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_not_renewed_before_the_reaper_reverts_it() {
+        let (_dir, core) = open_core();
+        let victim = Victim::spawn();
+        let req = ApplyRequest {
+            lease_ms: 50,
+            ..pause(victim.pid())
+        };
+        core.apply_blocking("late-0", &req).unwrap();
+        assert!(core.renew(&["late-0".to_owned()]).renewed == ["late-0"]);
+        // The run renews nothing for longer than its lease (stopped, say); no reaper runs here.
+        std::thread::sleep(Duration::from_millis(120));
+        let late = core.renew(&["late-0".to_owned()]);
+        assert!(
+            late.renewed.is_empty(),
+            "a lapsed lease was renewed: {late:?}"
+        );
+        assert!(late.ended.is_empty() && late.unknown.is_empty(), "{late:?}");
+        assert_eq!(
+            core.expired(Instant::now()),
+            [("late-0".to_owned(), RevertCause::LeaseExpired)],
+            "the late renewal kept the reaper from seeing the lapse"
+        );
+        core.revert_blocking("late-0", RevertCause::LeaseExpired)
+            .unwrap();
+        let after = core.renew(&["late-0".to_owned()]);
+        assert_eq!(after.ended.len(), 1, "{after:?}");
+        assert_eq!(after.ended[0].cause, RevertCause::LeaseExpired);
+        assert!(!victim.stopped());
     }
 
     #[test]
