@@ -175,39 +175,22 @@ async fn measure(settings: &Settings, proxies: &Handle, servers: &Handle) -> any
         sleepy.delay_us.store(0, Ordering::Relaxed);
         // On a thread tuned like the proxy's (timer slack, priority), so the floor is the one
         // the proxy faces.
-        let floor = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || {
-                proxy::priority::tune_current_thread(realtime);
-                os_sleep_lateness(delay, 200)
-            })
-            .join()
-        })
-        .await?
-        .map_err(|_| anyhow::anyhow!("the OS-floor thread panicked"))?;
+        let floor =
+            on_tuned_thread(realtime, "OS-floor", move || os_sleep_lateness(delay, 200)).await?;
         print_errors("OS floor (thread::sleep)", ms, &floor);
         if !window.is_zero() {
             // The floor of a sleeper that spins like the proxy's timers: the proxy's line is
             // only comparable to this one.
-            let spinning = tokio::task::spawn_blocking(move || {
-                std::thread::spawn(move || {
-                    proxy::priority::tune_current_thread(realtime);
-                    os_spin_lateness(delay, window, 200)
-                })
-                .join()
+            let spinning = on_tuned_thread(realtime, "spinning OS-floor", move || {
+                os_spin_lateness(delay, window, 200)
             })
-            .await?
-            .map_err(|_| anyhow::anyhow!("the spinning OS-floor thread panicked"))?;
+            .await?;
             print_errors("OS floor, sleep + spin", ms, &spinning);
         }
-        let timerfd_floor = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || {
-                proxy::priority::tune_current_thread(realtime);
-                timerfd_lateness(delay, 200)
-            })
-            .join()
+        let timerfd_floor = on_tuned_thread(realtime, "timerfd-floor", move || {
+            timerfd_lateness(delay, 200)
         })
-        .await?
-        .map_err(|_| anyhow::anyhow!("the timerfd-floor thread panicked"))??;
+        .await??;
         print_errors(
             if window.is_zero() {
                 "timerfd in tokio, no proxy"
@@ -362,6 +345,24 @@ fn os_sleep_lateness(d: Duration, n: usize) -> Vec<f64> {
             (t.elapsed().as_secs_f64() - d.as_secs_f64()) * 1e6
         })
         .collect()
+}
+
+/// Runs `measure` on a fresh thread tuned like the proxy's (timer slack, priority), so a floor
+/// is the one the proxy faces, without holding a runtime worker while it sleeps.
+async fn on_tuned_thread<T: Send + 'static>(
+    realtime: Option<u8>,
+    what: &str,
+    measure: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            proxy::priority::tune_current_thread(realtime);
+            measure()
+        })
+        .join()
+    })
+    .await?
+    .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))
 }
 
 /// How late a thread that sleeps `d − window` and spins the rest on the clock is, in
