@@ -151,19 +151,23 @@ print(json.dumps(total))
 PY
 }
 
-echo "inject+revert round, $rounds runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
-echo "first injected_at -> last reverted_at from the report, agents' clocks):"
-for n in "${counts[@]}"; do
-  start_agents "$n" 27400
-  : > "$work/rounds.txt"
-  for ((attempt = 1; attempt <= rounds; attempt++)); do
+fill_experiment() { # DURATION: a 4 KiB disk-fill on every agent
   experiment "[[fault]]
 name = \"fill\"
 kind = \"disk-fill\"
 on = \"all\"
 path = \"$work/fill\"
 size = \"4KiB\"
-duration = \"1ms\"" > "$work/round.toml"
+duration = \"$1\""
+}
+
+echo "inject+revert round, $rounds runs per size (disk-fill of 4 KiB held 1ms on every agent at once;"
+echo "first injected_at -> last reverted_at from the report, agents' clocks):"
+for n in "${counts[@]}"; do
+  start_agents "$n" 27400
+  : > "$work/rounds.txt"
+  for ((attempt = 1; attempt <= rounds; attempt++)); do
+  fill_experiment 1ms > "$work/round.toml"
   metrics_before=$(scrape_agents "$n")
   cpu_before=$(agents_cpu)
   FAULTLINE_STATE_DIR="$work/coordinator" /usr/bin/time -f '%M %U %S' -o "$work/round.rss" \
@@ -217,13 +221,7 @@ PY
   # is the fan-out itself (one request per agent on its kept-alive connection). A 4 KiB fill held
   # 5 s with a 3 s lease renews every second (a shorter lease lapses on 500 agents here, where
   # injecting on all of them takes about as long); each agent's audit log says when it answered.
-  experiment "[[fault]]
-name = \"fill\"
-kind = \"disk-fill\"
-on = \"all\"
-path = \"$work/fill\"
-size = \"4KiB\"
-duration = \"5s\"" > "$work/renew.toml"
+  fill_experiment 5s > "$work/renew.toml"
   since=$(date +%s.%N)
   FAULTLINE_STATE_DIR="$work/coordinator" "$bin" run "$work/renew.toml" --agents "$work/inventory.toml" \
     --lease 3s --quiet --report-json "$work/renew.json" >/dev/null 2>&1 || true
