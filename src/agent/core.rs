@@ -1174,6 +1174,11 @@ pub(super) mod hooks {
 /// lost the fill file's deletion too. A `command` or `http` revert is the operator's program or
 /// request, which faultline cannot know is safe to run twice: its entry is forgotten durably.
 pub(super) fn forget(undo: &Undo) -> Forget {
+    if journal::boot_id().is_none() {
+        // Without a boot id an entry brought back by a host crash cannot be told from one of
+        // this boot, and would have its undo replayed against whatever now has its names.
+        return Forget::Durably;
+    }
     match undo {
         Undo::Nothing
         | Undo::Resume { .. }

@@ -46,6 +46,14 @@ impl Entry {
     pub(crate) fn secrets_in(undo: &Undo) -> Vec<String> {
         crate::secrets::occurring_in(&serde_json::to_string(undo).unwrap_or_default())
     }
+
+    /// Whether the entry was written before the host last restarted: both boots are known and
+    /// they differ.
+    pub(crate) fn written_before_a_restart(&self) -> bool {
+        self.boot
+            .as_deref()
+            .is_some_and(|then| boot_id().is_some_and(|now| now != then))
+    }
 }
 
 /// This boot of the kernel (`/proc/sys/kernel/random/boot_id`, a new random id at every boot),
@@ -59,16 +67,6 @@ pub(crate) fn boot_id() -> Option<String> {
             .filter(|id| !id.is_empty())
     })
     .clone()
-}
-
-impl Entry {
-    /// Whether the entry was written before the host last restarted: both boots are known and
-    /// they differ.
-    pub(crate) fn written_before_a_restart(&self) -> bool {
-        self.boot
-            .as_deref()
-            .is_some_and(|then| boot_id().is_some_and(|now| now != then))
-    }
 }
 
 /// Creates (or truncates) `path` for writing with mode 0600, whatever the umask: every file in the
@@ -158,9 +156,16 @@ impl Journal {
             .map_err(|e| format!("failed to encode journal entry: {e}"))?;
         let mut file = private(&tmp).map_err(fail)?;
         file.write_all(&body).map_err(fail)?;
-        fs::rename(&tmp, self.path(&entry.id)).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-        self.sync_dir().map_err(fail)
+        let path = self.path(&entry.id);
+        fs::rename(&tmp, &path).map_err(fail)?;
+        file.sync_all()
+            .and_then(|()| self.sync_dir())
+            .inspect_err(|_| {
+                // The fault will not be made: a whole entry left behind would have the next
+                // start run its undo (an operator's revert program, say) for nothing.
+                let _ = fs::remove_file(&path);
+            })
+            .map_err(fail)
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
