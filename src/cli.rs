@@ -228,7 +228,7 @@ enum AgentWorkerCli {
 pub(crate) fn run_agent() -> anyhow::Result<ExitCode> {
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|mode| mode == crate::process::STRESS_WORKER_MODE)
+        .is_some_and(|mode| mode == crate::fault::STRESS_WORKER_COMMAND)
     {
         let AgentWorkerCli::StressWorker(args) = AgentWorkerCli::parse();
         return stress_worker(&args);

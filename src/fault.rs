@@ -47,7 +47,9 @@ pub(crate) use network_loss::NetworkLoss;
 pub(crate) use partition::Partition;
 pub(crate) use process_kill::ProcessKill;
 pub(crate) use process_pause::ProcessPause;
-pub(crate) use stress::{CpuStress, MemoryStress, Work, worker_main};
+pub(crate) use stress::{
+    CpuStress, MemoryStress, WORKER_COMMAND as STRESS_WORKER_COMMAND, Work, worker_main,
+};
 pub(crate) use table::{FaultTable, Invalid};
 
 use crate::model::Pick;

@@ -298,9 +298,6 @@ const GUARDED_MODES: [&str; 4] = ["agent", "run", WATCHDOG_COMMAND, "fixture-gua
 const AGENT_EXECUTABLE: &str = "faultline-agent";
 /// The executable with every subcommand.
 const MAIN_EXECUTABLE: &str = "faultline";
-/// The mode of either executable that runs a stress worker (`fault/stress.rs`'s `WORKER_COMMAND`):
-/// a fault's own load, not guarded.
-pub(crate) const STRESS_WORKER_MODE: &str = "stress-worker";
 
 /// Every process on the host that runs faultline — this same binary or its sibling executable in
 /// the same directory (`faultline` beside `faultline-agent`), by `/proc/PID/exe` — in a guarded
@@ -333,7 +330,9 @@ fn faultline_processes() -> Vec<i32> {
 /// executable in any mode but the stress workers its own faults start.
 fn guarded(exe: &Path, argv: &[String]) -> bool {
     if exe.file_name().is_some_and(|name| name == AGENT_EXECUTABLE) {
-        return argv.get(1).is_none_or(|mode| mode != STRESS_WORKER_MODE);
+        return argv
+            .get(1)
+            .is_none_or(|mode| mode != crate::fault::STRESS_WORKER_COMMAND);
     }
     argv.iter()
         .skip(1)
