@@ -952,6 +952,23 @@ fn a_network_fault_on_an_agent_spares_its_control_port_so_renewals_and_revert_ge
         metrics.contains("faultline_agent_lease_expiries_total 0"),
         "the lease must never have lapsed: {metrics}"
     );
+    // What scripts/bench-agents.sh reads by name: the time the agent spent on the fault. An
+    // unsynced unlink may take under a microsecond, so the removal need only be there.
+    for (counter, counts) in [
+        ("faultline_agent_apply_microseconds_total", true),
+        ("faultline_agent_revert_microseconds_total", true),
+        ("faultline_agent_journal_record_microseconds_total", true),
+        ("faultline_agent_journal_remove_microseconds_total", false),
+    ] {
+        let spent: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(counter)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{counter}` in {metrics}"));
+        assert!(
+            spent > 0 || !counts,
+            "`{counter}` counted nothing for an applied and reverted fault"
+        );
+    }
     let tables = Command::new("ip")
         .args(["netns", "exec", &host.ns, "nft", "list", "tables"])
         .output()

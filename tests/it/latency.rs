@@ -556,6 +556,11 @@ fn moved_bytes(line: &str, how: &str) -> f64 {
 
 /// `faultline bench proxy` with `FAULTLINE_PROXY_PIPE_BYTES` set, `--only throughput`.
 fn bench_throughput_with_pipe_budget(budget: &str) -> std::process::Output {
+    bench_throughput_with("FAULTLINE_PROXY_PIPE_BYTES", budget)
+}
+
+/// `faultline bench proxy --only throughput` on a short transfer, with `var` set to `value`.
+fn bench_throughput_with(var: &str, value: &str) -> std::process::Output {
     let dir = tempdir();
     std::process::Command::new(crate::support::BIN)
         .args([
@@ -567,7 +572,7 @@ fn bench_throughput_with_pipe_budget(budget: &str) -> std::process::Output {
             "50000000",
         ])
         .env("FAULTLINE_STATE_DIR", dir.path().join("state"))
-        .env("FAULTLINE_PROXY_PIPE_BYTES", budget)
+        .env(var, value)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run the faultline binary")
@@ -632,6 +637,19 @@ fn an_invalid_proxy_pipe_budget_is_refused_with_its_name() {
         assert_ne!(out.status.code(), Some(0), "`{bad}` was accepted");
         assert!(
             stderr.contains("FAULTLINE_PROXY_PIPE_BYTES") && stderr.contains(bad),
+            "`{bad}`: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_proxy_spin_window_is_refused_with_its_name() {
+    for bad in ["1001", "-5", "fast"] {
+        let out = bench_throughput_with("FAULTLINE_PROXY_SPIN_US", bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "`{bad}` was accepted");
+        assert!(
+            stderr.contains("FAULTLINE_PROXY_SPIN_US") && stderr.contains(bad),
             "`{bad}`: {stderr}"
         );
     }
