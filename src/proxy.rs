@@ -1011,6 +1011,28 @@ thread_local! {
     static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
+/// [`SCRATCH`] while a reader holds it, given back to the thread however the read ends (an EOF,
+/// an error), so the next connection's reader does not allocate and zero a new one.
+struct Scratch(Vec<u8>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        let mut buf = SCRATCH.take();
+        if buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
+        Scratch(buf)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() > 0 {
+            SCRATCH.set(std::mem::take(&mut self.0));
+        }
+    }
+}
+
 /// Reads chunks and sends each on with its release time. A chunk that is due at once while
 /// nothing is queued (no toxic, or one that does not delay it) is written here and then, one
 /// read and one write with no allocation and no hand-off to the writer; everything else — a
@@ -1088,14 +1110,11 @@ async fn read_side(
         // With nothing queued the chunk may leave at once: read it into the thread's scratch
         // buffer. Otherwise it will be queued: read it into a buffer of its own.
         let inline = lane.idle();
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch(Vec::new());
         let mut chunk = Vec::new();
         let read = if inline {
-            scratch = SCRATCH.take();
-            if scratch.len() < CHUNK {
-                scratch.resize(CHUNK, 0);
-            }
-            src.try_read(&mut scratch[..size])
+            scratch = Scratch::take();
+            src.try_read(&mut scratch.0[..size])
         } else {
             chunk = Vec::with_capacity(size);
             src.try_read_buf(&mut chunk)
@@ -1117,9 +1136,6 @@ async fn read_side(
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 lane.budget.add_permits(CHUNK_OVERHEAD);
-                if inline {
-                    SCRATCH.set(scratch);
-                }
                 continue;
             }
             Err(e) => return end_of(&e),
@@ -1151,7 +1167,7 @@ async fn read_side(
         }
         lane.budget.add_permits(got - n);
         let bytes = if inline {
-            &mut scratch[..n]
+            &mut scratch.0[..n]
         } else {
             chunk.truncate(n);
             if chunk.len() * 2 < chunk.capacity() {
@@ -1164,7 +1180,7 @@ async fn read_side(
             Plan::Release(release) if n > 0 => {
                 let mut written = 0;
                 if inline && release <= read_at {
-                    match dst.try_write(&scratch[..n]) {
+                    match dst.try_write(&scratch.0[..n]) {
                         Ok(w) => written = w,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                         Err(_) => return End::Close,
@@ -1177,7 +1193,7 @@ async fn read_side(
                 if written < n {
                     // The rest waits in the queue, and every chunk after it behind it.
                     let bytes = if inline {
-                        scratch[written..n].to_vec()
+                        scratch.0[written..n].to_vec()
                     } else {
                         chunk
                     };
@@ -1192,9 +1208,7 @@ async fn read_side(
             // Nothing queued (a black hole, or a reset cut the chunk to nothing): give back its budget.
             _ => lane.budget.add_permits(n + CHUNK_OVERHEAD),
         }
-        if inline {
-            SCRATCH.set(scratch);
-        }
+        drop(scratch);
         if reset {
             // The writer delivers what came before, then resets the connection.
             let _ = tx.send(Item::Reset);
