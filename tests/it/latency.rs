@@ -631,28 +631,25 @@ fn proxy_pipes_stay_within_the_process_wide_budget_under_a_delay() {
 
 #[test]
 fn an_invalid_proxy_pipe_budget_is_refused_with_its_name() {
-    for bad in ["0", "lots", "100GiB"] {
-        let out = bench_throughput_with_pipe_budget(bad);
+    refuses_naming("FAULTLINE_PROXY_PIPE_BYTES", &["0", "lots", "100GiB"]);
+}
+
+/// Each of `bad` in `var` stops the proxy with an error naming the variable and the value.
+fn refuses_naming(var: &str, bad: &[&str]) {
+    for bad in bad {
+        let out = bench_throughput_with(var, bad);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "`{bad}` was accepted");
+        assert_ne!(out.status.code(), Some(0), "{var}=`{bad}` was accepted");
         assert!(
-            stderr.contains("FAULTLINE_PROXY_PIPE_BYTES") && stderr.contains(bad),
-            "`{bad}`: {stderr}"
+            stderr.contains(var) && stderr.contains(bad),
+            "{var}=`{bad}`: {stderr}"
         );
     }
 }
 
 #[test]
 fn an_invalid_proxy_spin_window_is_refused_with_its_name() {
-    for bad in ["1001", "-5", "fast"] {
-        let out = bench_throughput_with("FAULTLINE_PROXY_SPIN_US", bad);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "`{bad}` was accepted");
-        assert!(
-            stderr.contains("FAULTLINE_PROXY_SPIN_US") && stderr.contains(bad),
-            "`{bad}`: {stderr}"
-        );
-    }
+    refuses_naming("FAULTLINE_PROXY_SPIN_US", &["1001", "-5", "fast"]);
 }
 
 #[test]
